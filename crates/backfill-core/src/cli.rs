@@ -1,0 +1,511 @@
+//! The command line every connector binary shares (DESIGN.md §3):
+//!
+//! ```text
+//! source-<db> spec
+//! source-<db> check    --config FILE
+//! source-<db> discover --config FILE [--json]
+//! source-<db> capture  --config FILE --state FILE [--until-caught-up] [--metrics-addr ADDR]
+//! ```
+//!
+//! A binary implements [`Connector`] and calls [`main`]. Logs go to stderr (human-readable,
+//! or JSON with `--log-format json`); stdout carries only the protocol. A failure exits
+//! non-zero with one line that says what is wrong and what to do. Transient failures
+//! during `capture` restart the merger from the state file with exponential backoff.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::{Binding, Config, Resource};
+use crate::error::{Error, ErrorKind, Result, SourceError};
+use crate::merger::{self, EngineOptions, Outcome, Shutdown};
+use crate::metrics::Metrics;
+use crate::mode::{BackfillMode, resolve_mode, select_mode};
+use crate::output::StdoutSink;
+use crate::source::{ColumnInfo, Discovery, Source, TableInfo};
+use crate::state::{ResolvedBinding, State};
+
+/// One result line of `check`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckItem {
+    /// What was checked.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found, and on failure what to change.
+    pub detail: String,
+}
+
+/// What a connector binary provides.
+pub trait Connector {
+    /// The `endpoint` section of the config.
+    type Endpoint: DeserializeOwned + JsonSchema;
+    /// The source it drives.
+    type Source: Source + Discovery;
+
+    /// Binary name, for messages.
+    const NAME: &'static str;
+
+    /// Connects (and verifies the server settings capture needs).
+    async fn connect(endpoint: &Self::Endpoint) -> Result<Self::Source, SourceError>;
+
+    /// Verifies connection, permissions and server settings; one item per check.
+    async fn check(endpoint: &Self::Endpoint) -> Result<Vec<CheckItem>, SourceError>;
+
+    /// Merger options from the endpoint's advanced settings.
+    fn engine_options(_endpoint: &Self::Endpoint) -> EngineOptions {
+        EngineOptions::default()
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Change-data-capture source connector")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: tracing::Level,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the JSON Schema of the endpoint and resource config.
+    Spec,
+    /// Connect and verify permissions and server settings.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List every capturable table with its key, columns and the mode Automatic picks.
+    Discover {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print `{"bindings": [...]}` ready to paste into a config.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Backfill and stream the configured bindings to stdout.
+    Capture {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        state: PathBuf,
+        /// Exit 0 once every backfill is done and the log end read then is checkpointed.
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Serve Prometheus metrics on this address (for example 127.0.0.1:9187).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+}
+
+/// Runs a connector binary: parses arguments, sets up logging, runs the command and turns
+/// errors into one line on stderr and a non-zero exit.
+pub fn main<C: Connector>() -> ExitCode {
+    let cli = Cli::parse();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(cli.log_level);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command::<C>(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command<C: Connector>(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Spec => {
+            write_stdout(
+                &serde_json::to_string_pretty(&spec::<C::Endpoint>()).unwrap_or_default(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = Config::<C::Endpoint>::load(&config)?;
+            let items = C::check(&config.endpoint).await?;
+            let mut text = String::new();
+            for item in &items {
+                text.push_str(&format!(
+                    "{} {}: {}\n",
+                    if item.ok { "ok  " } else { "FAIL" },
+                    item.name,
+                    item.detail
+                ));
+            }
+            write_stdout(text.trim_end())?;
+            Ok(if items.iter().all(|i| i.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Discover { config, json } => {
+            let config = Config::<C::Endpoint>::load(&config)?;
+            let mut source = C::connect(&config.endpoint).await?;
+            let tables = source.discover().await?;
+            let text = if json {
+                serde_json::to_string_pretty(&discover_json(&tables)).unwrap_or_default()
+            } else {
+                discover_table(&tables)
+            };
+            write_stdout(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Capture {
+            config,
+            state,
+            until_caught_up,
+            metrics_addr,
+        } => {
+            capture::<C>(&config, &state, until_caught_up, metrics_addr).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)] // the commands' own output
+fn write_stdout(text: &str) -> Result<()> {
+    println!("{text}");
+    Ok(())
+}
+
+/// The `spec` document: JSON Schemas of the endpoint and of a binding's resource.
+pub fn spec<E: JsonSchema>() -> Value {
+    json!({
+        "endpoint": schemars::schema_for!(E),
+        "resource": schemars::schema_for!(Resource),
+        "binding": schemars::schema_for!(Binding),
+    })
+}
+
+/// `discover --json`: config bindings with the resolved mode, plus key, columns, reason.
+pub fn discover_json(tables: &[TableInfo]) -> Value {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        resource: Resource,
+        target: String,
+        backfill: u32,
+        key: Vec<&'a str>,
+        columns: &'a [ColumnInfo],
+        reason: String,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        warnings: &'a [String],
+    }
+    let bindings: Vec<Entry<'_>> = tables
+        .iter()
+        .map(|t| {
+            let (mode, reason) = select_mode(&t.facts);
+            Entry {
+                resource: Resource {
+                    namespace: t.table.namespace.clone(),
+                    stream: t.table.stream.clone(),
+                    mode: mode.as_requested(),
+                },
+                target: format!("{}/{}", t.table.namespace, t.table.stream),
+                backfill: 0,
+                key: t.facts.key.iter().map(|c| c.name.as_str()).collect(),
+                columns: &t.columns,
+                reason,
+                warnings: &t.warnings,
+            }
+        })
+        .collect();
+    json!({ "bindings": bindings })
+}
+
+/// `discover` for people: one row per table, then warnings.
+pub fn discover_table(tables: &[TableInfo]) -> String {
+    let rows: Vec<[String; 4]> = tables
+        .iter()
+        .map(|t| {
+            let (mode, reason) = select_mode(&t.facts);
+            let key = t
+                .facts
+                .key
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            [
+                format!("{}.{}", t.table.namespace, t.table.stream),
+                if key.is_empty() { "-".into() } else { key },
+                mode.as_str().to_string(),
+                reason,
+            ]
+        })
+        .collect();
+    let header = [
+        "TABLE".to_string(),
+        "KEY".into(),
+        "MODE".into(),
+        "REASON".into(),
+    ];
+    let widths: Vec<usize> = (0..3)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        out.push_str(&format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
+    }
+    for t in tables {
+        for w in &t.warnings {
+            out.push_str(&format!(
+                "warning: {}.{}: {w}\n",
+                t.table.namespace, t.table.stream
+            ));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// Matches the config's bindings with discovered tables and decides each one's mode. A
+/// missing table or a mode the table cannot support is refused, naming the binding.
+pub fn resolve_bindings(
+    bindings: &[Binding],
+    tables: &[TableInfo],
+) -> Result<Vec<ResolvedBinding>> {
+    bindings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let table = tables
+                .iter()
+                .find(|t| t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "binding {i} ({}): no such table, or the connector's user cannot see it; check the spelling (run `discover`) and the user's grants",
+                        b.table_name()
+                    ))
+                })?;
+            let (mode, reason) = resolve_mode(b.resource.mode, &table.facts)
+                .map_err(|e| Error::Config(format!("binding {i} ({}): {e}", b.table_name())))?;
+            if b.resource.mode == BackfillMode::Automatic {
+                tracing::info!(table = %b.table_name(), mode = mode.as_str(), %reason, "automatic mode");
+            }
+            Ok(ResolvedBinding {
+                binding: b.clone(),
+                mode,
+                key: table.facts.key.iter().map(|c| c.name.clone()).collect(),
+            })
+        })
+        .collect()
+}
+
+async fn capture<C: Connector>(
+    config_path: &Path,
+    state_path: &Path,
+    until_caught_up: bool,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let config = Config::<C::Endpoint>::load(config_path)?;
+    let metrics = Metrics::new(config.bindings.iter().map(Binding::table_name));
+    let _server = match metrics_addr {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, Arc::clone(&metrics))
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot serve metrics on {addr}: {e}; choose another --metrics-addr"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let shutdown = Shutdown::default();
+    shutdown.on_signals()?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = async {
+            let mut source = C::connect(&config.endpoint).await?;
+            let tables = source.discover().await?;
+            let bindings = resolve_bindings(&config.bindings, &tables)?;
+            let loaded = State::load(state_path)?;
+            let mut options = C::engine_options(&config.endpoint);
+            options.until_caught_up = until_caught_up;
+            merger::run(
+                source,
+                StdoutSink::new(state_path.to_path_buf()),
+                &bindings,
+                loaded,
+                options,
+                shutdown.clone(),
+                Arc::clone(&metrics),
+            )
+            .await
+        };
+        match attempt.await {
+            Ok((outcome, _)) => {
+                tracing::info!(?outcome, "capture finished");
+                debug_assert!(matches!(outcome, Outcome::CaughtUp | Outcome::Stopped));
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::Transient && !shutdown.requested() => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure; resuming from the last checkpoint");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mode::{KeyColumnFacts, KeyOrdering, ResolvedMode, TableFacts};
+    use crate::source::TableRef;
+
+    fn table(stream: &str, key: &[&str]) -> TableInfo {
+        TableInfo {
+            table: TableRef {
+                namespace: "public".into(),
+                stream: stream.into(),
+            },
+            columns: vec![ColumnInfo {
+                name: "id".into(),
+                type_name: "bigint".into(),
+                nullable: false,
+            }],
+            facts: TableFacts {
+                key: key
+                    .iter()
+                    .map(|k| KeyColumnFacts {
+                        name: (*k).into(),
+                        type_name: "bigint".into(),
+                        ordering: KeyOrdering::Native,
+                    })
+                    .collect(),
+            },
+            warnings: vec!["a warning".into()],
+        }
+    }
+
+    #[test]
+    fn discover_json_pastes_into_a_config() {
+        let v = discover_json(&[table("orders", &["id"]), table("log", &[])]);
+        let b = &v["bindings"];
+        assert_eq!(b[0]["resource"]["mode"], "Precise");
+        assert_eq!(b[0]["key"], json!(["id"]));
+        assert_eq!(
+            b[0]["columns"][0],
+            json!({"name": "id", "type": "bigint", "nullable": false})
+        );
+        assert_eq!(b[1]["resource"]["mode"], "Without Primary Key");
+        let binding: Binding = serde_json::from_value(json!({
+            "resource": b[0]["resource"], "target": b[0]["target"], "backfill": b[0]["backfill"]
+        }))
+        .unwrap();
+        assert_eq!(binding.resource.mode, BackfillMode::Precise);
+        let text = discover_table(&[table("orders", &["id"])]);
+        assert!(
+            text.contains("public.orders") && text.contains("warning: public.orders: a warning"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn resolving_names_the_binding_and_the_fix() {
+        let tables = [table("orders", &["id"]), table("log", &[])];
+        let b = |stream: &str, mode: BackfillMode| Binding {
+            resource: Resource {
+                namespace: "public".into(),
+                stream: stream.into(),
+                mode,
+            },
+            target: String::new(),
+            backfill: 0,
+        };
+        let ok = resolve_bindings(
+            &[
+                b("orders", BackfillMode::Automatic),
+                b("log", BackfillMode::Automatic),
+            ],
+            &tables,
+        )
+        .unwrap();
+        assert_eq!(ok[0].mode, ResolvedMode::Precise);
+        assert_eq!(ok[0].key, ["id"]);
+        assert_eq!(ok[1].mode, ResolvedMode::WithoutPrimaryKey);
+        let missing = resolve_bindings(&[b("nope", BackfillMode::Automatic)], &tables)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.starts_with("binding 0 (public.nope): no such table"),
+            "{missing}"
+        );
+        let keyless = resolve_bindings(
+            &[
+                b("orders", BackfillMode::Automatic),
+                b("log", BackfillMode::Precise),
+            ],
+            &tables,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            keyless.contains("binding 1 (public.log)") && keyless.contains("Without Primary Key"),
+            "{keyless}"
+        );
+    }
+
+    #[test]
+    fn spec_has_endpoint_and_resource_schemas() {
+        #[derive(JsonSchema)]
+        #[allow(dead_code)]
+        struct Endpoint {
+            host: String,
+        }
+        let s = spec::<Endpoint>();
+        assert!(s["endpoint"]["properties"]["host"].is_object(), "{s}");
+        assert!(s["resource"]["properties"]["mode"].is_object(), "{s}");
+    }
+}

@@ -1,0 +1,164 @@
+//! The connector config (DESIGN.md §2): a database-specific `endpoint` and bindings of one
+//! shape for every database. Unknown fields are refused, so a typo never silently turns an
+//! option off; every message names the binding and the fix.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::mode::BackfillMode;
+
+/// A whole config file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config<E> {
+    /// Connection and database-specific options.
+    pub endpoint: E,
+    /// One entry per captured table; a document's `binding` is the index into this list.
+    pub bindings: Vec<Binding>,
+}
+
+/// One captured table.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// Which table, and how to backfill it.
+    pub resource: Resource,
+    /// Where the documents go; carried through for the runtime, not used by the connector.
+    #[serde(default)]
+    pub target: String,
+    /// Backfill counter: raising it re-backfills this binding; raising it for every binding
+    /// at once also re-establishes the stream position at the current end of the log.
+    #[serde(default)]
+    pub backfill: u32,
+}
+
+/// The table a binding captures.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// Schema (PostgreSQL, SQL Server) or database (MySQL).
+    pub namespace: String,
+    /// Table name.
+    pub stream: String,
+    /// Backfill mode; absent or empty means Automatic.
+    #[serde(default)]
+    pub mode: BackfillMode,
+}
+
+impl Binding {
+    /// `<namespace>.<stream>`, with `.v<N>` appended when the counter N is above 0.
+    pub fn state_key(&self) -> String {
+        state_key(
+            &self.resource.namespace,
+            &self.resource.stream,
+            self.backfill,
+        )
+    }
+
+    /// `<namespace>.<stream>`, for messages.
+    pub fn table_name(&self) -> String {
+        format!("{}.{}", self.resource.namespace, self.resource.stream)
+    }
+}
+
+/// The state key of a table at a backfill counter.
+pub fn state_key(namespace: &str, stream: &str, counter: u32) -> String {
+    if counter == 0 {
+        format!("{namespace}.{stream}")
+    } else {
+        format!("{namespace}.{stream}.v{counter}")
+    }
+}
+
+impl<E: DeserializeOwned> Config<E> {
+    /// Parses and validates a config document.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Config<E> = serde_json::from_str(text).map_err(|e| {
+            Error::Config(format!(
+                "config is not valid: {e}; see `spec` for the accepted shape"
+            ))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::parse(&text)
+    }
+}
+
+impl<E> Config<E> {
+    /// Checks what the types cannot: names present, no table bound twice.
+    pub fn validate(&self) -> Result<()> {
+        let mut seen = HashSet::new();
+        for (i, b) in self.bindings.iter().enumerate() {
+            if b.resource.namespace.trim().is_empty() || b.resource.stream.trim().is_empty() {
+                return Err(Error::Config(format!(
+                    "binding {i}: resource needs a non-empty \"namespace\" and \"stream\""
+                )));
+            }
+            if !seen.insert((&b.resource.namespace, &b.resource.stream)) {
+                return Err(Error::Config(format!(
+                    "binding {i} ({}): the table is already bound by an earlier binding; remove one of them",
+                    b.table_name()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Cfg = Config<serde_json::Value>;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let cfg = Cfg::parse(
+            r#"{"endpoint": {"host": "x"}, "bindings": [
+                {"resource": {"namespace": "public", "stream": "orders", "mode": "Precise"},
+                 "target": "acme/postgres/public/orders", "backfill": 0},
+                {"resource": {"namespace": "public", "stream": "items"}, "target": "t", "backfill": 2}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.bindings[0].resource.mode, BackfillMode::Precise);
+        assert_eq!(cfg.bindings[1].resource.mode, BackfillMode::Automatic);
+        assert_eq!(cfg.bindings[0].state_key(), "public.orders");
+        assert_eq!(cfg.bindings[1].state_key(), "public.items.v2");
+    }
+
+    #[test]
+    fn refuses_unknown_fields_bad_modes_and_duplicates() {
+        let unknown = r#"{"endpoint": {}, "bindings": [{"resource": {"namespace": "a", "stream": "b", "mod": "Precise"}}]}"#;
+        assert!(Cfg::parse(unknown).unwrap_err().to_string().contains("mod"));
+        let bad_mode = r#"{"endpoint": {}, "bindings": [{"resource": {"namespace": "a", "stream": "b", "mode": "Fast"}}]}"#;
+        let msg = Cfg::parse(bad_mode).unwrap_err().to_string();
+        assert!(msg.contains("\"Without Primary Key\""), "{msg}");
+        let dup = r#"{"endpoint": {}, "bindings": [{"resource": {"namespace": "a", "stream": "b"}}, {"resource": {"namespace": "a", "stream": "b"}}]}"#;
+        assert!(
+            Cfg::parse(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("binding 1 (a.b)")
+        );
+        let empty =
+            r#"{"endpoint": {}, "bindings": [{"resource": {"namespace": "", "stream": "b"}}]}"#;
+        assert!(
+            Cfg::parse(empty)
+                .unwrap_err()
+                .to_string()
+                .contains("binding 0")
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! `backfill-core`: the database-neutral heart of the CDC connectors.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`config`] | the config file: endpoint + bindings (DESIGN.md §2) |
+//! | [`mode`] | backfill modes and Automatic selection (§6) |
+//! | [`key`] | keys, the backfill window, regions (§7 "Key order") |
+//! | [`source`] | the traits a database crate implements |
+//! | [`state`] | the state file, reconciliation with the config, atomic replace (§4) |
+//! | [`output`] | the JSONL protocol and its commit protocol (§4) |
+//! | [`merger`] | the chunk / fence / patch cycle and its correctness argument (§7) |
+//! | [`metrics`] | progress, lag, Prometheus endpoint |
+//! | [`cli`] | the shared command line: `spec`, `check`, `discover`, `capture` (§3) |
+//!
+//! Nothing here names a database: a new database is a crate that implements
+//! [`source::Source`] and [`source::Discovery`] and a binary that calls [`cli::main`].
+
+// The traits are driven from one task by the merger; no caller needs `Send` futures.
+#![allow(async_fn_in_trait)]
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod key;
+pub mod merger;
+pub mod metrics;
+pub mod mode;
+pub mod output;
+pub mod source;
+pub mod state;
+
+pub use error::{Error, ErrorKind, Result, SourceError};

@@ -1,0 +1,942 @@
+//! The merger: stitches key-ordered backfill chunks into the change stream (DESIGN.md §7).
+//!
+//! Each binding moves `Pending -> Backfilling(cursor) -> Active`. While any binding is not
+//! Active, the merger runs chunk cycles over the first `concurrency` of them (config order):
+//!
+//! ```text
+//!   scan ──▶ fence F ──▶ stream to F ──────────────────────────▶ emit chunk, checkpoint
+//!   (one snapshot       (each change, by the region of its key:
+//!    per binding)        Done: emit   Window: patch the buffer   Ahead: drop)
+//! ```
+//!
+//! ## Why Precise is correct
+//!
+//! Let `P` be the position the stream has delivered when a chunk is scanned in snapshot `S`,
+//! `F` the fence (every transaction visible in `S` commits at or before `F`), and let the
+//! stream then be read to a transaction boundary `Q >= F`. For a key `k` in the window:
+//!
+//! * every transaction that committed at or before `P` is visible in `S` (the
+//!   fence-ordering invariant, checked below through the chunk's [`SnapshotWitness`]);
+//! * every transaction visible in `S` commits at or before `F <= Q`.
+//!
+//! So the transactions that touch `k` and are *not* reflected in `S` all lie in `(P, Q]`,
+//! and the buffer patched with every change of `(P, Q]` in commit order holds exactly the
+//! row's state at `Q` (changes `S` already saw are re-applied, which is idempotent for full
+//! images and for deletes). The chunk and its patches are committed as one unit at `Q`, so
+//! no chunk row is ever emitted after a newer change of its key, and changes after `Q` of a
+//! key now at or below the cursor are emitted by the stream. Keys above `hi` are dropped:
+//! their next chunk's snapshot sees them by the same invariant.
+//!
+//! Normal and Without Primary Key emit the chunk at scan time, *before* streaming to `F`,
+//! and every change: any change newer than the snapshot follows the chunk row, so the last
+//! document of each key is its current state (convergence), at the cost of duplicates.
+//!
+//! ## Incremental backfills
+//!
+//! When a binding's counter is above 0 the destination may hold rows the scanner has not
+//! reached, so Precise emits every delete, whatever the key's region, at its own stream
+//! position (and still patches the buffer when the key is in the window). Emitting it in
+//! stream order rather than with the chunk keeps `pos` strictly increasing, and a key that
+//! is deleted then re-inserted in the window gets `d` then the chunk's `c`: a clean history.
+//!
+//! ## Commit protocol and the fence check
+//!
+//! Checkpoints are written only between transactions, after a whole chunk cycle or at the
+//! streaming checkpoint interval, through [`Output::checkpoint`]; the position is
+//! acknowledged to the source only after that returns. The transaction ids the stream
+//! delivers are remembered until a snapshot is seen to include them; visibility is
+//! monotonic, so one successful check retires them all. Across a restart they are not
+//! remembered: the core assumes a restart takes longer than the commit-to-visible gap,
+//! and sources whose witness is a log position ([`SnapshotWitness::SeesThrough`]) need no
+//! such assumption.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result, SourceError};
+use crate::key::{Hi, Key, Region, Window};
+use crate::metrics::Metrics;
+use crate::mode::ResolvedMode;
+use crate::output::{Output, Sink};
+use crate::source::{
+    BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Row, ScanRequest,
+    SnapshotWitness, Source, StreamEvent, StreamStart, TableRef,
+};
+use crate::state::{Phase, ResolvedBinding, State};
+
+/// How the merger runs.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Bounds of one chunk.
+    pub limits: ChunkLimits,
+    /// Bindings backfilled at once (in config order); at least 1.
+    pub concurrency: usize,
+    /// Stream events classified and routed as one batch (one classification query per
+    /// binding per batch).
+    pub batch_events: usize,
+    /// While only streaming, checkpoint at most this often (at transaction boundaries).
+    pub checkpoint_interval: Duration,
+    /// Exit once backfills are done and the log end read afterwards is delivered.
+    pub until_caught_up: bool,
+    /// How often to log backfill progress.
+    pub progress_interval: Duration,
+    /// Rescans allowed for a chunk whose snapshot does not yet see delivered transactions.
+    pub max_rescans: u32,
+    /// Pause before a rescan.
+    pub rescan_backoff: Duration,
+    /// Deliberate defects, for tests that prove the checker catches them.
+    #[doc(hidden)]
+    pub sabotage: Sabotage,
+}
+
+/// Deliberate defects that break the guarantees; tests use them to show the guarantee
+/// checker is sensitive. Never set in production.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sabotage {
+    /// Accept a chunk whose snapshot misses delivered transactions.
+    pub skip_snapshot_check: bool,
+    /// Emit Precise chunks without patching changes into them.
+    pub skip_patching: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            limits: ChunkLimits {
+                rows: 4096,
+                bytes: 8 << 20,
+            },
+            concurrency: 1,
+            batch_events: 4096,
+            checkpoint_interval: Duration::from_millis(500),
+            until_caught_up: false,
+            progress_interval: Duration::from_secs(10),
+            max_rescans: 200,
+            rescan_backoff: Duration::from_millis(25),
+            sabotage: Sabotage::default(),
+        }
+    }
+}
+
+/// A request to stop at the next unit boundary (SIGTERM, SIGINT).
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    /// Asks the merger to finish the unit in hand, checkpoint and return.
+    pub fn request(&self) {
+        self.0.store(true, AtomicOrdering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.0.load(AtomicOrdering::SeqCst)
+    }
+
+    /// Requests a stop on SIGTERM or SIGINT (needs a running tokio runtime).
+    pub fn on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            tracing::info!("stop requested; finishing the unit in hand");
+            me.request();
+        });
+        Ok(())
+    }
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--until-caught-up` reached its end position.
+    CaughtUp,
+    /// A stop was requested and the unit in hand was committed.
+    Stopped,
+}
+
+/// Runs a capture from `loaded` (the state file's content, if any) until caught up,
+/// stopped, or failed. Prints the resume checkpoint first, as §4 requires.
+pub async fn run<S: Source, K: Sink>(
+    source: S,
+    sink: K,
+    bindings: &[ResolvedBinding],
+    loaded: Option<State<S::Position>>,
+    options: EngineOptions,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> Result<(Outcome, Output<K>)> {
+    let mut out = Output::new(sink);
+    let resume = match &loaded {
+        Some(s) => s.to_json(),
+        None => State::<S::Position>::initial(bindings).to_json(),
+    };
+    out.print_checkpoint(&resume)?;
+    let reconciled = State::reconcile(loaded, bindings);
+    let mut state = reconciled.state;
+    let specs: Vec<BindingSpec> = bindings
+        .iter()
+        .enumerate()
+        .map(|(index, b)| {
+            let entry = &state.bindings[&b.binding.state_key()];
+            BindingSpec {
+                index,
+                table: TableRef {
+                    namespace: b.binding.resource.namespace.clone(),
+                    stream: b.binding.resource.stream.clone(),
+                },
+                mode: entry.mode,
+                key: b.key.clone(),
+            }
+        })
+        .collect();
+    let mut source = source;
+    let start = if reconciled.reset_stream {
+        tracing::info!(
+            "every backfill counter was raised: re-establishing the stream at the end of the log"
+        );
+        StreamStart::Reset
+    } else {
+        match state.position.clone() {
+            Some(p) => StreamStart::Resume(p),
+            None => StreamStart::Fresh,
+        }
+    };
+    let (stream, start_at) = source.open_stream(start, &specs).await?;
+    let state_keys: Vec<String> = bindings.iter().map(|b| b.binding.state_key()).collect();
+    let dirty = state.position.as_ref() != Some(&start_at);
+    state.position = Some(start_at.clone());
+    let mut engine = Engine {
+        source,
+        stream,
+        out,
+        options,
+        metrics,
+        shutdown,
+        specs,
+        state_keys,
+        state,
+        delivered: start_at,
+        in_txn: false,
+        unproven_txids: Vec::new(),
+        last_pos: None,
+        last_commit_ts: None,
+        dirty,
+        last_checkpoint: Instant::now(),
+        last_progress_log: Instant::now(),
+    };
+    engine.start(&reconciled.truncate).await?;
+    let outcome = engine.main_loop().await?;
+    Ok((outcome, engine.out))
+}
+
+/// One binding's chunk in hand during a cycle.
+#[derive(Debug)]
+struct ChunkInHand {
+    binding: usize,
+    /// Precise only: rows by position; `None` once deleted by a patch.
+    rows: Vec<Option<(Key, Row)>>,
+    /// Precise only: key identity to index in `rows`.
+    index: HashMap<String, usize>,
+    /// The last key scanned; `None` with `complete`.
+    hi: Option<Key>,
+    complete: bool,
+    scanned: u64,
+}
+
+/// A change after key-change splitting, with what its document needs.
+#[derive(Debug)]
+struct RowChange {
+    binding: usize,
+    op: Op,
+    key: Key,
+    row: Row,
+    before: Option<Row>,
+    pos: Vec<u64>,
+    fields: Map<String, Value>,
+}
+
+#[derive(Debug)]
+enum Item {
+    Row(RowChange),
+    Truncate(Vec<usize>, ChangeMeta),
+}
+
+struct Engine<S: Source, K> {
+    source: S,
+    stream: S::Stream,
+    out: Output<K>,
+    options: EngineOptions,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    specs: Vec<BindingSpec>,
+    state_keys: Vec<String>,
+    state: State<S::Position>,
+    /// Every transaction committing at or before this has been read from the stream.
+    delivered: S::Position,
+    in_txn: bool,
+    /// Delivered transaction ids not yet seen in a verified snapshot.
+    unproven_txids: Vec<u64>,
+    last_pos: Option<Vec<u64>>,
+    last_commit_ts: Option<i64>,
+    /// Something changed since the last checkpoint.
+    dirty: bool,
+    last_checkpoint: Instant,
+    last_progress_log: Instant,
+}
+
+impl<S: Source, K: Sink> Engine<S, K> {
+    fn phase(&self, binding: usize) -> Phase {
+        self.state.bindings[&self.state_keys[binding]].phase
+    }
+
+    fn entry_mut(&mut self, binding: usize) -> &mut crate::state::BindingState {
+        let key = &self.state_keys[binding];
+        self.state
+            .bindings
+            .get_mut(key)
+            .expect("every binding has a state entry")
+    }
+
+    async fn start(&mut self, truncate: &[usize]) -> Result<()> {
+        for &b in truncate {
+            let mut source = self.source_fields(b);
+            source.insert("snapshot".into(), Value::Bool(true));
+            self.out.truncate(b, &source)?;
+            self.dirty = true;
+        }
+        for b in 0..self.specs.len() {
+            let entry = self.entry_mut(b);
+            if entry.mode == ResolvedMode::OnlyChanges && entry.phase != Phase::Active {
+                entry.phase = Phase::Active;
+                self.dirty = true;
+            }
+            if self.phase(b) == Phase::Active {
+                self.metrics.backfill_not_needed(b);
+            }
+        }
+        if self.dirty {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    async fn main_loop(&mut self) -> Result<Outcome> {
+        let mut end: Option<S::Position> = None;
+        loop {
+            if self.shutdown.requested() {
+                self.checkpoint_if_needed().await?;
+                return Ok(Outcome::Stopped);
+            }
+            let cycle: Vec<usize> = (0..self.specs.len())
+                .filter(|&b| self.phase(b) != Phase::Active)
+                .take(self.options.concurrency.max(1))
+                .collect();
+            if !cycle.is_empty() {
+                self.cycle(&cycle).await?;
+                continue;
+            }
+            if self.options.until_caught_up {
+                if end.is_none() {
+                    end = Some(self.source.end_position().await?);
+                }
+                if end.as_ref().is_some_and(|e| self.delivered >= *e) {
+                    self.checkpoint_if_needed().await?;
+                    return Ok(Outcome::CaughtUp);
+                }
+            }
+            self.stream_until(None, &mut []).await?;
+            if self.dirty && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
+                self.checkpoint().await?;
+            }
+        }
+    }
+
+    /// Commits the unit in hand unless the last line written is already a checkpoint of the
+    /// current state.
+    async fn checkpoint_if_needed(&mut self) -> Result<()> {
+        if self.dirty || self.out.docs_in_unit() > 0 {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&mut self) -> Result<()> {
+        debug_assert!(!self.in_txn, "checkpoints never split a transaction");
+        self.state.position = Some(self.delivered.clone());
+        let docs = self.out.docs_in_unit() as u64;
+        self.out.checkpoint(&self.state.to_json())?;
+        self.stream.acknowledge(&self.delivered).await?;
+        self.metrics.committed(docs);
+        self.dirty = false;
+        self.last_checkpoint = Instant::now();
+        if self.last_progress_log.elapsed() >= self.options.progress_interval {
+            self.metrics.log_progress();
+            self.last_progress_log = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// One chunk cycle over `bindings`: scan, fence, stream to the fence, emit, checkpoint.
+    async fn cycle(&mut self, bindings: &[usize]) -> Result<()> {
+        let mut chunks = Vec::with_capacity(bindings.len());
+        let mut fence: Option<S::Position> = None;
+        for &b in bindings {
+            if self.phase(b) == Phase::Pending {
+                let estimate = self.source.estimate_rows(&self.specs[b]).await;
+                let entry = self.entry_mut(b);
+                entry.phase = Phase::Backfilling;
+                let done = entry.rows_done;
+                self.metrics.backfill_started(b, done, estimate);
+            }
+            let chunk = self.scan_verified(b).await?;
+            if fence.as_ref().is_none_or(|f| chunk.fence > *f) {
+                fence = Some(chunk.fence.clone());
+            }
+            chunks.push(self.take_chunk(b, chunk)?);
+        }
+        // Every delivered transaction is now known to be visible.
+        self.unproven_txids.clear();
+        let fence = fence.expect("a cycle has at least one binding");
+        self.stream_until(Some(&fence), &mut chunks).await?;
+        for chunk in chunks {
+            self.finish_chunk(chunk)?;
+        }
+        self.dirty = true;
+        self.checkpoint().await
+    }
+
+    /// Scans the next chunk of `b`, rescanning until its snapshot sees every delivered
+    /// transaction (the fence-ordering invariant).
+    async fn scan_verified(&mut self, b: usize) -> Result<Chunk<S::Position>> {
+        let mut attempts = 0;
+        loop {
+            let cursor = self.state.bindings[&self.state_keys[b]].cursor.clone();
+            let chunk = self
+                .source
+                .scan(ScanRequest {
+                    binding: &self.specs[b],
+                    after: cursor.as_ref(),
+                    limits: self.options.limits,
+                })
+                .await?;
+            self.check_chunk_order(b, cursor.as_ref(), &chunk)?;
+            if self.options.sabotage.skip_snapshot_check
+                || self.snapshot_sees_delivered(&chunk.witness)
+            {
+                return Ok(chunk);
+            }
+            attempts += 1;
+            if attempts > self.options.max_rescans {
+                return Err(SourceError::transient(format!(
+                    "{}: after {attempts} scans the snapshot still does not see transactions the stream delivered; retrying from the last checkpoint",
+                    self.table_name(b)
+                ))
+                .into());
+            }
+            tracing::debug!(table = %self.table_name(b), attempts, "snapshot misses delivered transactions; rescanning");
+            if !self.options.rescan_backoff.is_zero() {
+                tokio::time::sleep(self.options.rescan_backoff).await;
+            }
+        }
+    }
+
+    fn snapshot_sees_delivered(&self, witness: &SnapshotWitness<S::Position>) -> bool {
+        match witness {
+            SnapshotWitness::SeesThrough(p) => *p >= self.delivered,
+            SnapshotWitness::Mvcc { xmax, in_progress } => self
+                .unproven_txids
+                .iter()
+                .all(|t| t < xmax && !in_progress.contains(t)),
+            SnapshotWitness::Proven => true,
+        }
+    }
+
+    fn check_chunk_order(
+        &self,
+        b: usize,
+        cursor: Option<&Key>,
+        chunk: &Chunk<S::Position>,
+    ) -> Result<()> {
+        if chunk.rows.len() > self.options.limits.rows {
+            return Err(Error::Invariant(format!(
+                "{}: chunk of {} rows exceeds the limit of {}",
+                self.table_name(b),
+                chunk.rows.len(),
+                self.options.limits.rows
+            )));
+        }
+        if chunk.rows.is_empty() && !chunk.complete {
+            return Err(Error::Invariant(format!(
+                "{}: empty chunk that is not the last",
+                self.table_name(b)
+            )));
+        }
+        let spec = &self.specs[b];
+        let mut prev = cursor;
+        for (key, _) in &chunk.rows {
+            if let Some(p) = prev {
+                if let Some(ord) = self.source.compare_native(spec, p, key) {
+                    if ord != Ordering::Less {
+                        return Err(Error::Invariant(format!(
+                            "{}: scan returned key {} after {}; the key order of the scan and of the connector disagree",
+                            self.table_name(b),
+                            key.identity(),
+                            p.identity()
+                        )));
+                    }
+                }
+            }
+            prev = Some(key);
+        }
+        Ok(())
+    }
+
+    /// Turns a scanned chunk into the chunk in hand: Precise buffers it, the other modes
+    /// emit it now (before any change newer than its snapshot).
+    fn take_chunk(&mut self, b: usize, chunk: Chunk<S::Position>) -> Result<ChunkInHand> {
+        let hi = if chunk.complete {
+            None
+        } else {
+            chunk.rows.last().map(|(k, _)| k.clone())
+        };
+        let scanned = chunk.rows.len() as u64;
+        let mut hand = ChunkInHand {
+            binding: b,
+            rows: Vec::new(),
+            index: HashMap::new(),
+            hi,
+            complete: chunk.complete,
+            scanned,
+        };
+        if self.specs[b].mode == ResolvedMode::Precise {
+            hand.index.reserve(chunk.rows.len());
+            for (i, (key, row)) in chunk.rows.into_iter().enumerate() {
+                hand.index.insert(key.identity(), i);
+                hand.rows.push(Some((key, row)));
+            }
+        } else {
+            for (_, row) in chunk.rows {
+                self.emit_snapshot(b, row)?;
+            }
+        }
+        Ok(hand)
+    }
+
+    fn finish_chunk(&mut self, hand: ChunkInHand) -> Result<()> {
+        let b = hand.binding;
+        for (_, row) in hand.rows.into_iter().flatten() {
+            self.emit_snapshot(b, row)?;
+        }
+        let entry = self.entry_mut(b);
+        entry.rows_done += hand.scanned;
+        if hand.complete {
+            entry.phase = Phase::Active;
+            entry.cursor = None;
+        } else {
+            entry.cursor = hand.hi;
+        }
+        self.metrics.chunk_done(b, hand.scanned, hand.complete);
+        if hand.complete {
+            tracing::info!(table = %self.table_name(b), "backfill complete");
+        }
+        Ok(())
+    }
+
+    /// Reads the stream. With a target, until every transaction committing at or before it
+    /// is delivered; without one, until the next transaction boundary.
+    async fn stream_until(
+        &mut self,
+        target: Option<&S::Position>,
+        chunks: &mut [ChunkInHand],
+    ) -> Result<()> {
+        loop {
+            if target.is_some_and(|t| !self.in_txn && self.delivered >= *t) {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            loop {
+                let event = self.stream.next_event().await?;
+                let boundary = self.observe(&event)?;
+                batch.push(event);
+                if batch.len() >= self.options.batch_events {
+                    break;
+                }
+                if boundary
+                    && (target.is_none_or(|t| self.delivered >= *t)
+                        || matches!(batch.last(), Some(StreamEvent::Progress { .. })))
+                {
+                    break;
+                }
+            }
+            self.route(batch, chunks).await?;
+            if target.is_none() && !self.in_txn {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Tracks transaction boundaries and the delivered position. Returns whether the event
+    /// leaves the stream between transactions.
+    fn observe(&mut self, event: &StreamEvent<S::Position>) -> Result<bool> {
+        match event {
+            StreamEvent::Begin => {
+                self.in_txn = true;
+                Ok(false)
+            }
+            StreamEvent::Change(_) | StreamEvent::Truncate { .. } => {
+                if !self.in_txn {
+                    return Err(Error::Invariant(
+                        "a change arrived outside a transaction".into(),
+                    ));
+                }
+                Ok(false)
+            }
+            StreamEvent::Commit {
+                position,
+                txid,
+                ts_ms,
+            } => {
+                self.advance(position)?;
+                self.in_txn = false;
+                if let Some(t) = txid {
+                    if self.phase_any_backfilling() {
+                        self.unproven_txids.push(*t);
+                    }
+                }
+                if let Some(ts) = ts_ms {
+                    self.last_commit_ts = Some(*ts);
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    self.metrics.stream_lag((now_ms - ts) as f64 / 1000.0, None);
+                }
+                Ok(true)
+            }
+            StreamEvent::Progress { position } => {
+                if self.in_txn {
+                    return Err(Error::Invariant(
+                        "progress reported inside a transaction".into(),
+                    ));
+                }
+                self.advance(position)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn phase_any_backfilling(&self) -> bool {
+        self.state
+            .bindings
+            .values()
+            .any(|e| e.phase != Phase::Active)
+    }
+
+    fn advance(&mut self, position: &S::Position) -> Result<()> {
+        if *position < self.delivered {
+            return Err(Error::Invariant(format!(
+                "stream position went back from {:?} to {position:?}",
+                self.delivered
+            )));
+        }
+        if *position > self.delivered {
+            self.delivered = position.clone();
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Classifies and routes one batch of events: emit, patch or drop each change.
+    async fn route(
+        &mut self,
+        batch: Vec<StreamEvent<S::Position>>,
+        chunks: &mut [ChunkInHand],
+    ) -> Result<()> {
+        let items = self.expand(batch);
+        let regions = self.classify(&items, chunks).await?;
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Item::Truncate(bindings, meta) => {
+                    for b in bindings {
+                        let mut source = self.source_fields(b);
+                        source.extend(meta.fields.clone());
+                        self.check_pos(&meta.pos)?;
+                        source.insert("pos".into(), pos_value(&meta.pos));
+                        self.out.truncate(b, &source)?;
+                        if let Some(hand) = chunks.iter_mut().find(|c| c.binding == b) {
+                            hand.rows.iter_mut().for_each(|r| *r = None);
+                        }
+                    }
+                }
+                Item::Row(change) => {
+                    let b = change.binding;
+                    let entry = &self.state.bindings[&self.state_keys[b]];
+                    let (active, incremental) = (entry.phase == Phase::Active, entry.incremental());
+                    if active || self.specs[b].mode != ResolvedMode::Precise {
+                        self.emit_change(change)?;
+                        continue;
+                    }
+                    let incremental_delete = change.op == Op::Delete && incremental;
+                    match regions[i].unwrap_or(Region::Ahead) {
+                        Region::Done => self.emit_change(change)?,
+                        Region::Window => {
+                            let hand = chunks.iter_mut().find(|c| c.binding == b);
+                            if incremental_delete {
+                                let key = change.key.clone();
+                                self.emit_change(change)?;
+                                if let Some(hand) = hand {
+                                    patch_delete(hand, &key, self.options.sabotage.skip_patching);
+                                }
+                            } else if let Some(hand) = hand {
+                                patch(hand, change, self.options.sabotage.skip_patching);
+                            }
+                        }
+                        Region::Ahead => {
+                            if incremental_delete {
+                                self.emit_change(change)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits key changes into `d` + `c` and drops transaction markers.
+    fn expand(&self, batch: Vec<StreamEvent<S::Position>>) -> Vec<Item> {
+        let mut items = Vec::with_capacity(batch.len());
+        for event in batch {
+            match event {
+                StreamEvent::Change(c) => {
+                    let key_changed =
+                        c.op == Op::Update && c.before_key.as_ref().is_some_and(|bk| *bk != c.key);
+                    if key_changed {
+                        let old_key = c.before_key.expect("checked above");
+                        let old_row = match &c.before {
+                            Some(before) => before.clone(),
+                            None => key_row(&self.specs[c.binding].key, &old_key, &c.row),
+                        };
+                        let mut c_pos = c.meta.pos.clone();
+                        c_pos.push(1);
+                        items.push(Item::Row(RowChange {
+                            binding: c.binding,
+                            op: Op::Delete,
+                            key: old_key,
+                            row: old_row,
+                            before: c.before,
+                            pos: c.meta.pos,
+                            fields: c.meta.fields.clone(),
+                        }));
+                        items.push(Item::Row(RowChange {
+                            binding: c.binding,
+                            op: Op::Insert,
+                            key: c.key,
+                            row: c.row,
+                            before: None,
+                            pos: c_pos,
+                            fields: c.meta.fields,
+                        }));
+                    } else {
+                        items.push(Item::Row(RowChange {
+                            binding: c.binding,
+                            op: c.op,
+                            key: c.key,
+                            row: c.row,
+                            before: c.before,
+                            pos: c.meta.pos,
+                            fields: c.meta.fields,
+                        }));
+                    }
+                }
+                StreamEvent::Truncate { bindings, meta } => {
+                    items.push(Item::Truncate(bindings, meta))
+                }
+                StreamEvent::Begin | StreamEvent::Commit { .. } | StreamEvent::Progress { .. } => {}
+            }
+        }
+        items
+    }
+
+    /// The region of every row change of a Precise binding that is not Active: one
+    /// classification call per binding.
+    async fn classify(
+        &mut self,
+        items: &[Item],
+        chunks: &[ChunkInHand],
+    ) -> Result<Vec<Option<Region>>> {
+        let mut regions = vec![None; items.len()];
+        let mut per_binding: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Item::Row(c) = item {
+                let entry = &self.state.bindings[&self.state_keys[c.binding]];
+                if self.specs[c.binding].mode == ResolvedMode::Precise
+                    && entry.phase != Phase::Active
+                {
+                    per_binding.entry(c.binding).or_default().push(i);
+                }
+            }
+        }
+        for (b, idxs) in per_binding {
+            let entry = &self.state.bindings[&self.state_keys[b]];
+            let cursor = entry.cursor.clone();
+            let hand = chunks.iter().find(|c| c.binding == b);
+            let hi = match hand {
+                Some(h) if h.complete => Hi::Unbounded,
+                Some(h) => h.hi.as_ref().map_or(Hi::Empty, Hi::Key),
+                None => Hi::Empty,
+            };
+            if cursor.is_none() && hi == Hi::Empty {
+                for i in idxs {
+                    regions[i] = Some(Region::Ahead);
+                }
+                continue;
+            }
+            let window = Window {
+                lo: cursor.as_ref(),
+                hi,
+            };
+            let keys: Vec<&Key> = idxs
+                .iter()
+                .map(|&i| match &items[i] {
+                    Item::Row(c) => &c.key,
+                    Item::Truncate(..) => unreachable!("only row changes are classified"),
+                })
+                .collect();
+            let answer = self.source.classify(&self.specs[b], window, &keys).await?;
+            if answer.len() != keys.len() {
+                return Err(Error::Invariant(format!(
+                    "{}: classification answered {} keys of {}",
+                    self.table_name(b),
+                    answer.len(),
+                    keys.len()
+                )));
+            }
+            for (i, region) in idxs.into_iter().zip(answer) {
+                regions[i] = Some(region);
+            }
+        }
+        Ok(regions)
+    }
+
+    fn check_pos(&mut self, pos: &[u64]) -> Result<()> {
+        if self.last_pos.as_deref().is_some_and(|last| last >= pos) {
+            return Err(Error::Invariant(format!(
+                "change position {pos:?} does not follow {:?}",
+                self.last_pos
+            )));
+        }
+        self.last_pos = Some(pos.to_vec());
+        Ok(())
+    }
+
+    fn emit_change(&mut self, change: RowChange) -> Result<()> {
+        self.check_pos(&change.pos)?;
+        let op = match change.op {
+            Op::Insert => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+        };
+        let mut source = self.source_fields(change.binding);
+        source.extend(change.fields);
+        source.insert("pos".into(), pos_value(&change.pos));
+        let mut meta = Map::new();
+        meta.insert("op".into(), Value::from(op));
+        meta.insert("source".into(), Value::Object(source));
+        if let Some(before) = change.before {
+            meta.insert("before".into(), Value::Object(before));
+        }
+        let mut doc = change.row;
+        doc.insert("_meta".into(), Value::Object(meta));
+        self.out.doc(change.binding, &doc)?;
+        Ok(())
+    }
+
+    fn emit_snapshot(&mut self, b: usize, row: Row) -> Result<()> {
+        let mut source = self.source_fields(b);
+        source.insert("snapshot".into(), Value::Bool(true));
+        let mut meta = Map::new();
+        meta.insert("op".into(), Value::from("c"));
+        meta.insert("source".into(), Value::Object(source));
+        let mut doc = row;
+        doc.insert("_meta".into(), Value::Object(meta));
+        self.out.doc(b, &doc)?;
+        Ok(())
+    }
+
+    fn source_fields(&self, b: usize) -> Map<String, Value> {
+        let table = &self.specs[b].table;
+        let mut m = Map::new();
+        m.insert("schema".into(), Value::from(table.namespace.as_str()));
+        m.insert("table".into(), Value::from(table.stream.as_str()));
+        m
+    }
+
+    fn table_name(&self, b: usize) -> String {
+        let t = &self.specs[b].table;
+        format!("{}.{}", t.namespace, t.stream)
+    }
+}
+
+fn pos_value(pos: &[u64]) -> Value {
+    Value::Array(pos.iter().map(|&p| Value::from(p)).collect())
+}
+
+/// A row holding just the key columns, for the `d` of a key change without a before image.
+fn key_row(names: &[String], key: &Key, fallback: &Row) -> Row {
+    if names.len() == key.0.len() && !names.is_empty() {
+        names.iter().cloned().zip(key.0.iter().cloned()).collect()
+    } else {
+        fallback.clone()
+    }
+}
+
+/// Applies an insert or update (or delete) to the chunk in hand.
+fn patch(hand: &mut ChunkInHand, change: RowChange, skip: bool) {
+    if skip {
+        return;
+    }
+    if change.op == Op::Delete {
+        patch_delete(hand, &change.key, false);
+        return;
+    }
+    let id = change.key.identity();
+    let mut row = change.row;
+    match hand.index.get(&id) {
+        Some(&i) => {
+            if let Some((_, old)) = &hand.rows[i] {
+                // Columns the database omitted (unchanged TOAST) keep their buffered value.
+                for (name, value) in old {
+                    if !row.contains_key(name) {
+                        row.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            hand.rows[i] = Some((change.key, row));
+        }
+        None => {
+            hand.index.insert(id, hand.rows.len());
+            hand.rows.push(Some((change.key, row)));
+        }
+    }
+}
+
+fn patch_delete(hand: &mut ChunkInHand, key: &Key, skip: bool) {
+    if skip {
+        return;
+    }
+    if let Some(&i) = hand.index.get(&key.identity()) {
+        hand.rows[i] = None;
+    }
+}

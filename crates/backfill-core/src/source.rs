@@ -1,0 +1,341 @@
+//! The seam between the core and a database: what a source crate implements.
+//!
+//! A source is four capabilities, each a trait whose doc states what the core relies on:
+//!
+//! * [`ChunkScanner`]: key-ordered chunks inside one snapshot, with a fence position and a
+//!   witness of what the snapshot sees;
+//! * [`KeyClassifier`]: where keys fall against the backfill window, natively or by asking
+//!   the database;
+//! * [`ChangeStream`]: committed changes in commit order, with transaction boundaries,
+//!   progress positions, and acknowledgement of durable positions;
+//! * [`Source`]: ties them together and opens the stream.
+//!
+//! [`Discovery`] is used by `discover`, `check` and by `capture` at start to resolve modes.
+//!
+//! The traits use native `async fn`: the merger drives one source from one task, so no
+//! `Send` bound and no boxing is needed.
+
+use std::cmp::Ordering;
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::SourceError;
+use crate::key::{Key, Region, Window};
+use crate::mode::{ResolvedMode, TableFacts};
+
+/// A row image: column name to value, in table column order.
+pub type Row = Map<String, Value>;
+
+/// A position in the source's change log.
+///
+/// Ordering is the log's order: `a < b` means everything at `a` was written to the log
+/// before anything at `b`. Serialised into the state file's `position` in the database's own
+/// terms (for example `{"lsn": "0/16B3748"}`).
+pub trait Position: Clone + Ord + Debug + Serialize + DeserializeOwned + 'static {
+    /// Bytes of log between `self` and a later position, where the source can tell; used for
+    /// the stream-lag metric only.
+    fn bytes_until(&self, _later: &Self) -> Option<u64> {
+        None
+    }
+}
+
+/// A table, by the names the config uses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableRef {
+    /// Schema or database.
+    pub namespace: String,
+    /// Table.
+    pub stream: String,
+}
+
+/// What the core tells a source about one binding.
+#[derive(Clone, Debug)]
+pub struct BindingSpec {
+    /// Index in the config's bindings; documents carry it.
+    pub index: usize,
+    /// The table.
+    pub table: TableRef,
+    /// The mode the capture runs for it.
+    pub mode: ResolvedMode,
+    /// Key columns in key order; empty for a keyless table.
+    pub key: Vec<String>,
+}
+
+/// One column of a discovered table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Type as the database spells it.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A capturable table, as discovery reports it.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    /// The table.
+    pub table: TableRef,
+    /// Columns in table order.
+    pub columns: Vec<ColumnInfo>,
+    /// The usable key and how each key column can be ordered (drives Automatic).
+    pub facts: TableFacts,
+    /// Things the user should know (for example TOAST columns with default replica
+    /// identity); `check` and `discover` print them.
+    pub warnings: Vec<String>,
+}
+
+/// Lists the tables a source can capture.
+pub trait Discovery {
+    /// Every capturable table, the connector's own helper tables excluded.
+    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError>;
+}
+
+/// Bounds on one chunk. A scan returns at most `rows` rows and stops after the row that
+/// takes it past `bytes` (so a single huge row still makes progress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Rows per chunk.
+    pub rows: usize,
+    /// Approximate bytes per chunk.
+    pub bytes: usize,
+}
+
+/// What a chunk's snapshot is known to see, so the core can check the fence-ordering
+/// invariant (DESIGN.md §7): every transaction the stream has delivered must be visible in
+/// the next chunk's snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotWitness<P> {
+    /// The snapshot sees exactly the transactions committed at or before this log position
+    /// (for example MariaDB's `binlog_snapshot_position`).
+    SeesThrough(P),
+    /// An MVCC snapshot: transaction ids at or above `xmax`, and those in `in_progress`, are
+    /// invisible; every other committed transaction is visible. The stream reports each
+    /// delivered transaction's id in [`StreamEvent::Commit`].
+    Mvcc {
+        /// First id not yet completed when the snapshot was taken.
+        xmax: u64,
+        /// Ids below `xmax` still running when the snapshot was taken.
+        in_progress: Vec<u64>,
+    },
+    /// The source established the invariant itself (and documents how).
+    Proven,
+}
+
+/// One key-ordered chunk.
+#[derive(Clone, Debug)]
+pub struct Chunk<P> {
+    /// Rows with their keys, strictly increasing in the database's key order (physical
+    /// order for keyless tables, whose `Key` is the physical locator).
+    pub rows: Vec<(Key, Row)>,
+    /// True when no row follows the last one: the chunk's upper bound is +infinity.
+    pub complete: bool,
+    /// A log position at or after the commit of every transaction visible in the snapshot.
+    pub fence: P,
+    /// What the snapshot sees; checked against what the stream has delivered.
+    pub witness: SnapshotWitness<P>,
+}
+
+/// A request for the next chunk of one binding.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanRequest<'a> {
+    /// The binding.
+    pub binding: &'a BindingSpec,
+    /// Rows strictly after this key; `None` from the start.
+    pub after: Option<&'a Key>,
+    /// Size bounds.
+    pub limits: ChunkLimits,
+}
+
+/// Reads key-ordered chunks.
+///
+/// Guarantees the core relies on:
+/// * the rows of one chunk come from one consistent snapshot;
+/// * they are strictly after `after` and strictly increasing in the database's key order;
+/// * `fence` is at or after the commit position of every transaction visible in that
+///   snapshot (read *after* the scan, inside the snapshot's transaction where the
+///   database allows, since a commit can be visible before its log record is flushed);
+/// * `witness` truthfully describes what the snapshot sees.
+pub trait ChunkScanner {
+    /// The source's log position.
+    type Position: Position;
+
+    /// Scans the next chunk.
+    async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<Self::Position>, SourceError>;
+
+    /// An estimate of the table's row count, for progress reporting.
+    async fn estimate_rows(&mut self, _binding: &BindingSpec) -> Option<u64> {
+        None
+    }
+}
+
+/// Says where keys fall against a binding's window.
+///
+/// Guarantees: the answer agrees with the database's `ORDER BY` on the key columns. A
+/// source implements [`compare_native`](Self::compare_native) for keys whose encoding is
+/// proven to order as the database does, and overrides [`classify`](Self::classify) with
+/// one query per batch for the others (collated text, enums).
+pub trait KeyClassifier {
+    /// Compares two keys of `binding` natively, or `None` when it cannot.
+    fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering>;
+
+    /// Classifies a batch of keys against `window`, one answer per key, in order. The core
+    /// calls it at most once per binding per batch of changes.
+    async fn classify(
+        &mut self,
+        binding: &BindingSpec,
+        window: Window<'_>,
+        keys: &[&Key],
+    ) -> Result<Vec<Region>, SourceError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.compare_native(binding, key, key).is_none() {
+                return Err(SourceError::definite(format!(
+                    "{}.{}: the key cannot be compared natively and the source has no database classification",
+                    binding.table.namespace, binding.table.stream
+                )));
+            }
+            out.push(window.classify_with(key, |a, b| {
+                self.compare_native(binding, a, b)
+                    .unwrap_or(Ordering::Equal)
+            }));
+        }
+        Ok(out)
+    }
+}
+
+/// What a change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// A changed row (its key may have changed too: see [`Change::before_key`]).
+    Update,
+    /// A removed row.
+    Delete,
+}
+
+/// The position and source fields of one streamed change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeMeta {
+    /// `_meta.source.pos`: non-negative integers compared lexicographically, strictly
+    /// increasing over the stream (for example `[commit_lsn, index in transaction]`).
+    pub pos: Vec<u64>,
+    /// Extra `_meta.source` fields: `ts_ms`, `txid`, and the readable position (`lsn`,
+    /// `cursor`, `seqval`). `schema`, `table` and `pos` are added by the core.
+    pub fields: Map<String, Value>,
+}
+
+/// One row change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// Index of the binding (config order).
+    pub binding: usize,
+    /// What happened.
+    pub op: Op,
+    /// The row's key after the change (for a delete, the deleted key); for keyless tables an
+    /// empty key.
+    pub key: Key,
+    /// For an update, the key before the change when the source knows it; when it differs
+    /// from `key` the core emits a `d` of the old key then a `c` of the new one.
+    pub before_key: Option<Key>,
+    /// The new image (insert/update: columns the database omitted, such as unchanged
+    /// TOASTed values, are absent); for a delete, the key columns or the whole old row.
+    pub row: Row,
+    /// The prior row image where the database provides one.
+    pub before: Option<Row>,
+    /// Position and source fields.
+    pub meta: ChangeMeta,
+}
+
+/// What the change stream delivers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamEvent<P> {
+    /// A transaction starts.
+    Begin,
+    /// A row change inside the current transaction.
+    Change(Change),
+    /// Every row of the listed bindings was removed, inside the current transaction.
+    Truncate {
+        /// Bindings truncated.
+        bindings: Vec<usize>,
+        /// Position and source fields.
+        meta: ChangeMeta,
+    },
+    /// The current transaction committed at `position`.
+    Commit {
+        /// Commit position.
+        position: P,
+        /// Transaction id, where snapshots are described by ids ([`SnapshotWitness::Mvcc`]).
+        txid: Option<u64>,
+        /// Commit time, milliseconds since the epoch, for the lag metric.
+        ts_ms: Option<i64>,
+    },
+    /// No transaction is open, and every transaction that commits at or before `position`
+    /// has been delivered.
+    Progress {
+        /// The position reached.
+        position: P,
+    },
+}
+
+/// Committed changes, in commit order.
+///
+/// Guarantees the core relies on:
+/// * transactions arrive whole and in commit order: `Begin`, changes, `Commit`; positions
+///   of `Commit` and `Progress` never go back;
+/// * after the scanner returned a fence `F`, an event at or after `F` arrives even when the
+///   database is idle (a watermark, a keepalive carrying the server's log end);
+/// * when idle, `next_event` returns a `Progress` at least every few seconds, so the core
+///   can checkpoint, heartbeat and notice shutdown;
+/// * a change's `meta.pos` strictly increases along the stream.
+///
+/// Durability: the source may discard log only up to the last position passed to
+/// [`acknowledge`](Self::acknowledge), which the core calls only after the state holding
+/// that position is durable.
+pub trait ChangeStream {
+    /// The source's log position.
+    type Position: Position;
+
+    /// The next event.
+    async fn next_event(&mut self) -> Result<StreamEvent<Self::Position>, SourceError>;
+
+    /// Everything at or before `durable` is safely recorded downstream.
+    async fn acknowledge(&mut self, durable: &Self::Position) -> Result<(), SourceError>;
+}
+
+/// Where the stream starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamStart<P> {
+    /// No position yet: create (or reuse) the source's replication entity and start at its
+    /// consistent point.
+    Fresh,
+    /// Resume after this position; a position the source no longer holds is a definite
+    /// error whose message names the remedy (raise `backfill` for every binding).
+    Resume(P),
+    /// Every binding's backfill counter was raised: re-establish the position at the
+    /// current end of the log (recreate the slot, re-read the binlog end).
+    Reset,
+}
+
+/// A database, as the merger drives it.
+pub trait Source: ChunkScanner + KeyClassifier {
+    /// Its change stream.
+    type Stream: ChangeStream<Position = Self::Position>;
+
+    /// Opens the stream for `bindings` and returns it with the position it starts at: every
+    /// transaction committed after that position will be delivered.
+    async fn open_stream(
+        &mut self,
+        start: StreamStart<Self::Position>,
+        bindings: &[BindingSpec],
+    ) -> Result<(Self::Stream, Self::Position), SourceError>;
+
+    /// The current end of the log (`--until-caught-up` stops once it is delivered).
+    async fn end_position(&mut self) -> Result<Self::Position, SourceError>;
+}

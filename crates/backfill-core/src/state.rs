@@ -1,0 +1,357 @@
+//! The capture state (DESIGN.md §4): the stream position and one entry per binding, and
+//! how a loaded state is reconciled with the config at start.
+//!
+//! Reconciliation rules (DESIGN.md §2):
+//! * a binding's entry is keyed by its state key, `<namespace>.<stream>[.v<N>]`, so raising
+//!   the backfill counter makes a new entry that starts over (an *incremental* backfill);
+//! * raising the counter of **every** binding at once also drops the stream position: the
+//!   source re-establishes it at the current end of the log;
+//! * a keyless binding whose counter was raised first emits a `truncate` line, since a
+//!   multiset cannot be re-read on top of itself;
+//! * an entry keeps the mode it was created with until its counter is raised;
+//! * entries of bindings no longer in the config are dropped.
+//!
+//! With no state file the initial state depends on the config alone (position `null`, every
+//! binding pending), so the resume checkpoint of a run that never checkpointed is the same
+//! every time: the consumer protocol of §4 relies on that.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Binding;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::mode::ResolvedMode;
+use crate::source::Position;
+
+/// Where a binding is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not started.
+    Pending,
+    /// Chunks are being read; `cursor` is the last key emitted.
+    Backfilling,
+    /// Every change is emitted.
+    Active,
+}
+
+/// One binding's entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BindingState {
+    /// The mode it runs.
+    pub mode: ResolvedMode,
+    /// Where it is.
+    pub phase: Phase,
+    /// The last key emitted in a chunk (physical locator for keyless tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Key>,
+    /// Rows emitted by its backfill so far.
+    #[serde(default)]
+    pub rows_done: u64,
+    /// The backfill counter this entry belongs to; above 0 the backfill is incremental.
+    #[serde(default)]
+    pub backfill: u32,
+}
+
+impl BindingState {
+    /// Whether the destination may already hold rows of this table, so Precise must
+    /// forward deletes of keys the scanner has not reached yet.
+    pub fn incremental(&self) -> bool {
+        self.backfill > 0
+    }
+}
+
+/// The complete state. Every checkpoint carries all of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "P: Serialize", deserialize = "P: DeserializeOwned"))]
+pub struct State<P> {
+    /// Format version; 1.
+    pub version: u32,
+    /// The database's resume point; `null` before the stream was first opened.
+    pub position: Option<P>,
+    /// Entries by state key.
+    pub bindings: BTreeMap<String, BindingState>,
+}
+
+/// Current state format version.
+pub const STATE_VERSION: u32 = 1;
+
+/// A binding of the config with the mode it resolves to now.
+#[derive(Clone, Debug)]
+pub struct ResolvedBinding {
+    /// The config binding.
+    pub binding: Binding,
+    /// The mode Automatic or the config chose for it today.
+    pub mode: ResolvedMode,
+    /// Key columns in key order (empty for a keyless table).
+    pub key: Vec<String>,
+}
+
+/// The outcome of reconciling a loaded state with the config.
+#[derive(Debug)]
+pub struct Reconciled<P> {
+    /// The state to run from.
+    pub state: State<P>,
+    /// Every binding's counter was raised: re-establish the stream at the log's end.
+    pub reset_stream: bool,
+    /// Keyless bindings whose counter was raised: emit a `truncate` for each first.
+    pub truncate: Vec<usize>,
+}
+
+impl<P: Position> State<P> {
+    /// The state of a config that never ran.
+    pub fn initial(bindings: &[ResolvedBinding]) -> Self {
+        Self::reconcile(None, bindings).state
+    }
+
+    /// Reads a state file; `Ok(None)` when it does not exist.
+    pub fn load(path: &Path) -> Result<Option<Self>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::State(format!("cannot read {}: {e}", path.display()))),
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let state: Self = serde_json::from_str(&text).map_err(|e| {
+            Error::State(format!(
+                "{} is not a state this connector wrote ({e}); restore it, or remove it to start over with a full backfill",
+                path.display()
+            ))
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(Error::State(format!(
+                "{} has version {}, this connector writes version {STATE_VERSION}",
+                path.display(),
+                state.version
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    /// Reconciles `loaded` with the config (see the module docs).
+    pub fn reconcile(loaded: Option<Self>, bindings: &[ResolvedBinding]) -> Reconciled<P> {
+        let Some(loaded) = loaded else {
+            let bindings = bindings
+                .iter()
+                .map(|b| (b.binding.state_key(), fresh_entry(b)))
+                .collect();
+            return Reconciled {
+                state: State {
+                    version: STATE_VERSION,
+                    position: None,
+                    bindings,
+                },
+                reset_stream: false,
+                truncate: Vec::new(),
+            };
+        };
+        // A binding was raised when the state knows its table under another counter.
+        let tables_in_state: HashSet<&str> = loaded
+            .bindings
+            .iter()
+            .map(|(key, entry)| table_part(key, entry.backfill))
+            .collect();
+        let raised = |b: &Binding| {
+            !loaded.bindings.contains_key(&b.state_key())
+                && tables_in_state.contains(table_part(&b.state_key(), b.backfill))
+        };
+        let reset_stream = !bindings.is_empty() && bindings.iter().all(|b| raised(&b.binding));
+        let mut truncate = Vec::new();
+        let mut entries = BTreeMap::new();
+        for (i, b) in bindings.iter().enumerate() {
+            let key = b.binding.state_key();
+            let entry = match loaded.bindings.get(&key) {
+                Some(existing) => existing.clone(),
+                None => {
+                    if raised(&b.binding) && b.mode == ResolvedMode::WithoutPrimaryKey {
+                        truncate.push(i);
+                    }
+                    fresh_entry(b)
+                }
+            };
+            entries.insert(key, entry);
+        }
+        Reconciled {
+            state: State {
+                version: STATE_VERSION,
+                position: if reset_stream { None } else { loaded.position },
+                bindings: entries,
+            },
+            reset_stream,
+            truncate,
+        }
+    }
+
+    /// Serialises the state as one JSON line's worth of bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a state always serialises")
+    }
+}
+
+fn fresh_entry(b: &ResolvedBinding) -> BindingState {
+    BindingState {
+        mode: b.mode,
+        phase: Phase::Pending,
+        cursor: None,
+        rows_done: 0,
+        backfill: b.binding.backfill,
+    }
+}
+
+fn table_part(state_key: &str, counter: u32) -> &str {
+    if counter == 0 {
+        state_key
+    } else {
+        state_key.rsplit_once(".v").map_or(state_key, |(t, _)| t)
+    }
+}
+
+/// Replaces `path` atomically and durably: write a temp file beside it, fsync it, rename it
+/// over the old one, fsync the directory. A crash at any instant leaves either the old or
+/// the new state, never a partial one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Resource;
+    use crate::mode::BackfillMode;
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+    struct Lsn(u64);
+    impl Position for Lsn {}
+
+    fn rb(stream: &str, counter: u32, mode: ResolvedMode) -> ResolvedBinding {
+        ResolvedBinding {
+            binding: Binding {
+                resource: Resource {
+                    namespace: "s".into(),
+                    stream: stream.into(),
+                    mode: BackfillMode::Automatic,
+                },
+                target: String::new(),
+                backfill: counter,
+            },
+            mode,
+            key: vec!["id".into()],
+        }
+    }
+
+    fn active(mut s: State<Lsn>) -> State<Lsn> {
+        s.position = Some(Lsn(7));
+        for e in s.bindings.values_mut() {
+            e.phase = Phase::Active;
+        }
+        s
+    }
+
+    #[test]
+    fn initial_state_depends_on_the_config_alone() {
+        let cfg = [
+            rb("a", 0, ResolvedMode::Precise),
+            rb("b", 3, ResolvedMode::Normal),
+        ];
+        let a = State::<Lsn>::initial(&cfg);
+        assert_eq!(a, State::<Lsn>::initial(&cfg));
+        assert_eq!(a.position, None);
+        assert_eq!(
+            String::from_utf8(a.to_json()).unwrap(),
+            r#"{"version":1,"position":null,"bindings":{"s.a":{"mode":"Precise","phase":"pending","rows_done":0,"backfill":0},"s.b.v3":{"mode":"Normal","phase":"pending","rows_done":0,"backfill":3}}}"#
+        );
+    }
+
+    #[test]
+    fn raising_one_counter_rebackfills_that_binding_only() {
+        let before = active(State::initial(&[
+            rb("a", 0, ResolvedMode::Precise),
+            rb("k", 0, ResolvedMode::WithoutPrimaryKey),
+        ]));
+        let r = State::reconcile(
+            Some(before),
+            &[
+                rb("a", 0, ResolvedMode::Precise),
+                rb("k", 1, ResolvedMode::WithoutPrimaryKey),
+            ],
+        );
+        assert!(!r.reset_stream);
+        assert_eq!(r.state.position, Some(Lsn(7)));
+        assert_eq!(r.truncate, vec![1]);
+        assert_eq!(r.state.bindings["s.a"].phase, Phase::Active);
+        assert_eq!(r.state.bindings["s.k.v1"].phase, Phase::Pending);
+        assert!(!r.state.bindings.contains_key("s.k"));
+    }
+
+    #[test]
+    fn raising_every_counter_resets_the_stream() {
+        let before = active(State::initial(&[
+            rb("a", 0, ResolvedMode::Precise),
+            rb("b", 2, ResolvedMode::OnlyChanges),
+        ]));
+        let r = State::reconcile(
+            Some(before),
+            &[
+                rb("a", 1, ResolvedMode::OnlyChanges),
+                rb("b", 3, ResolvedMode::OnlyChanges),
+            ],
+        );
+        assert!(r.reset_stream);
+        assert_eq!(r.state.position, None);
+        assert!(r.truncate.is_empty());
+        assert_eq!(r.state.bindings["s.a.v1"].mode, ResolvedMode::OnlyChanges);
+    }
+
+    #[test]
+    fn a_new_binding_is_not_a_raise() {
+        let before = active(State::initial(&[rb("a", 0, ResolvedMode::Precise)]));
+        let r = State::reconcile(
+            Some(before),
+            &[
+                rb("a", 0, ResolvedMode::Precise),
+                rb("n", 2, ResolvedMode::WithoutPrimaryKey),
+            ],
+        );
+        assert!(!r.reset_stream);
+        assert!(r.truncate.is_empty());
+        assert_eq!(r.state.bindings["s.n.v2"].phase, Phase::Pending);
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file() {
+        let dir = std::env::temp_dir().join(format!("state-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
