@@ -45,10 +45,9 @@
 //! streaming checkpoint interval, through [`Output::checkpoint`]; the position is
 //! acknowledged to the source only after that returns. The transaction ids the stream
 //! delivers are remembered until a snapshot is seen to include them; visibility is
-//! monotonic, so one successful check retires them all. Across a restart they are not
-//! remembered: the core assumes a restart takes longer than the commit-to-visible gap,
-//! and sources whose witness is a log position ([`SnapshotWitness::SeesThrough`]) need no
-//! such assumption.
+//! monotonic, so one successful check retires them all. What the stream starts after (at
+//! the start of a run, before anything was delivered) is covered by the promise of
+//! [`Source::open_stream`].
 
 use std::cmp::Ordering;
 use std::collections::HashMap;

@@ -329,7 +329,12 @@ pub trait Source: ChunkScanner + KeyClassifier {
     type Stream: ChangeStream<Position = Self::Position>;
 
     /// Opens the stream for `bindings` and returns it with the position it starts at: every
-    /// transaction committed after that position will be delivered.
+    /// transaction committed after that position will be delivered, and every transaction
+    /// committed at or before it is visible to every snapshot the scanner takes afterwards
+    /// (the fence-ordering invariant at the start of a run, when no transaction id has
+    /// been delivered yet to check a witness against). A source meets the second half by
+    /// waiting, once, for the transactions running at open time to finish, as PostgreSQL's
+    /// slot creation does.
     async fn open_stream(
         &mut self,
         start: StreamStart<Self::Position>,

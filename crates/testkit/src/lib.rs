@@ -1,1 +1,5 @@
-pub fn x() {}
+//! Test support shared by every suite: throwaway database servers ([`servers`]) and the
+//! checker of the capture guarantees ([`checker`]).
+
+pub mod checker;
+pub mod servers;
