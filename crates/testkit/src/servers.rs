@@ -1,1 +1,641 @@
-//! servers
+//! Throwaway database servers for the live suites (DESIGN.md §9).
+//!
+//! Each server is a real PostgreSQL or MariaDB started from the binaries installed on the
+//! machine, in its own temp directory, on a free loopback port, configured for CDC
+//! (PostgreSQL `wal_level=logical`; MariaDB row binlog with full images and metadata, a
+//! server id and GTIDs). Started as root, they run as the `postgres` / `mysql` OS users,
+//! since both servers refuse root. They are stopped by PID and their directory removed when
+//! the handle is dropped, also when a test panics. Tests can restart, kill and reconfigure
+//! them.
+//!
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` point the suites at an existing server instead
+//! (the SQL commands then run through `psql` / `mariadb` against that URL). When neither a
+//! URL nor the binaries are there, [`PgServer::start_or_skip`] and friends print
+//! `SKIPPED: <why>` and return `None`: a test that cannot get its server never passes
+//! silently.
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An error from the harness, with what was being done.
+#[derive(Debug)]
+pub struct HarnessError(pub String);
+
+impl std::fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+type Result<T> = std::result::Result<T, HarnessError>;
+
+fn err(what: impl Into<String>) -> HarnessError {
+    HarnessError(what.into())
+}
+
+/// Prints the skip line the suites use for a missing server.
+pub fn skip(why: &str) {
+    eprintln!("SKIPPED: {why}");
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("no free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| err(e.to_string()))
+}
+
+/// uid and gid of an OS user, from /etc/passwd.
+fn os_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+fn running_as_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A fresh temp dir, owned by `owner` when running as root.
+fn temp_dir(prefix: &str, owner: Option<(u32, u32)>) -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!("{prefix}-{}-{nanos}-{n}", std::process::id()));
+        if fs::create_dir(&dir).is_ok() {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                    .map_err(|e| err(format!("chown {}: {e}", dir.display())))?;
+            }
+            return Ok(dir);
+        }
+    }
+    Err(err("cannot create a temp dir"))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| err(format!("{what}: cannot run: {e}")))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The directory holding PostgreSQL's server binaries (`initdb`, `postgres`), newest
+/// version first.
+pub fn postgres_bindir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p): &(u32, PathBuf)| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+/// A PostgreSQL server for tests.
+#[derive(Debug)]
+pub struct PgServer {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`, or `TEST_POSTGRES_URL`.
+    pub url: String,
+    /// Loopback port.
+    pub port: u16,
+    local: Option<PgLocal>,
+}
+
+#[derive(Debug)]
+struct PgLocal {
+    bindir: PathBuf,
+    dir: PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+    settings: Vec<(String, String)>,
+}
+
+impl PgServer {
+    /// Starts a throwaway server (or uses `TEST_POSTGRES_URL`); prints `SKIPPED:` and
+    /// returns `None` when neither is possible.
+    pub fn start_or_skip() -> Option<Self> {
+        match Self::start() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                skip(&format!("no PostgreSQL for this test: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Starts a throwaway server with `wal_level=logical`, or uses `TEST_POSTGRES_URL`.
+    pub fn start() -> Result<Self> {
+        if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(5432);
+            return Ok(Self {
+                url,
+                port,
+                local: None,
+            });
+        }
+        let bindir = postgres_bindir().ok_or_else(|| err("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (install postgresql, or set TEST_POSTGRES_URL)"))?;
+        let user = if running_as_root() {
+            Some(os_user("postgres").ok_or_else(|| {
+                err("running as root and there is no `postgres` OS user to run the server as")
+            })?)
+        } else {
+            None
+        };
+        let dir = temp_dir("testkit-pg", user)?;
+        let data = dir.join("data");
+        run(
+            as_user(
+                Command::new(bindir.join("initdb"))
+                    .args(["-D"])
+                    .arg(&data)
+                    .args([
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                    ]),
+                user,
+            ),
+            "initdb",
+        )
+        .inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })?;
+        let port = free_port()?;
+        let mut server = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            local: Some(PgLocal {
+                bindir,
+                dir,
+                user,
+                child: None,
+                settings: Vec::new(),
+            }),
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let port = self.port;
+        let Some(local) = self.local.as_mut() else {
+            return Ok(());
+        };
+        let mut cmd = Command::new(local.bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(local.dir.join("data"))
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&local.dir);
+        let mut settings: Vec<(String, String)> = [
+            ("listen_addresses", "127.0.0.1"),
+            ("wal_level", "logical"),
+            ("max_replication_slots", "20"),
+            ("max_wal_senders", "20"),
+            ("fsync", "off"),
+            ("synchronous_commit", "off"),
+            ("full_page_writes", "off"),
+            ("shared_buffers", "64MB"),
+            ("max_connections", "100"),
+            ("TimeZone", "UTC"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+        settings.extend(local.settings.iter().cloned());
+        for (k, v) in &settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        let log = fs::File::create(local.dir.join("server.log")).map_err(|e| err(e.to_string()))?;
+        if let Some((uid, gid)) = local.user {
+            let _ = std::os::unix::fs::chown(local.dir.join("server.log"), Some(uid), Some(gid));
+        }
+        let child = as_user(&mut cmd, local.user)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| err(format!("cannot start postgres: {e}")))?;
+        local.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.sql("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            let local = self.local.as_mut().expect("local server");
+            if let Some(Ok(Some(status))) = local.child.as_mut().map(Child::try_wait) {
+                let log = fs::read_to_string(local.dir.join("server.log")).unwrap_or_default();
+                return Err(err(format!("postgres exited at start ({status}): {log}")));
+            }
+            if Instant::now() > deadline {
+                return Err(err("postgres did not accept connections within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs SQL through `psql` and returns the unaligned, tuples-only output.
+    pub fn sql(&self, sql: &str) -> Result<String> {
+        let psql = match &self.local {
+            Some(l) => l.bindir.join("psql"),
+            None => PathBuf::from("psql"),
+        };
+        run(
+            Command::new(psql)
+                .arg(&self.url)
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .env("PGCONNECT_TIMEOUT", "5"),
+            "psql",
+        )
+    }
+
+    /// Stops the server (fast shutdown) and starts it again with extra `settings`.
+    pub fn restart_with(&mut self, settings: &[(&str, &str)]) -> Result<()> {
+        self.stop();
+        if let Some(l) = self.local.as_mut() {
+            l.settings.extend(
+                settings
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+            );
+        }
+        self.launch()
+    }
+
+    /// SIGKILLs the postmaster (a crash) and starts it again; recovery replays the WAL.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
+            send_signal(child.id(), "KILL");
+            wait_exit(child, Duration::from_secs(30));
+        }
+        // Orphaned backends hold the shared memory until they notice; give them a moment.
+        std::thread::sleep(Duration::from_millis(500));
+        self.launch()
+    }
+
+    /// The server's PID, when the harness started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.local
+            .as_ref()
+            .and_then(|l| l.child.as_ref())
+            .map(Child::id)
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
+            send_signal(child.id(), "INT");
+            if !wait_exit(child, Duration::from_secs(30)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(l) = self.local.as_mut() {
+            l.child = None;
+        }
+    }
+
+    /// The data directory's parent, when the harness started the server.
+    pub fn dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(|l| l.dir.as_path())
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(l) = &self.local {
+            let _ = fs::remove_dir_all(&l.dir);
+        }
+    }
+}
+
+/// A MariaDB server for tests.
+#[derive(Debug)]
+pub struct MariaDbServer {
+    /// `mysql://root@127.0.0.1:<port>/`, or `TEST_MYSQL_URL`.
+    pub url: String,
+    /// Loopback port.
+    pub port: u16,
+    local: Option<MariaLocal>,
+}
+
+#[derive(Debug)]
+struct MariaLocal {
+    dir: PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+    settings: Vec<String>,
+}
+
+fn find_binary(candidates: &[&str]) -> Option<PathBuf> {
+    for c in candidates {
+        for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+            let p = Path::new(dir).join(c);
+            if p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+impl MariaDbServer {
+    /// Starts a throwaway server (or uses `TEST_MYSQL_URL`); prints `SKIPPED:` and returns
+    /// `None` when neither is possible.
+    pub fn start_or_skip() -> Option<Self> {
+        match Self::start() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                skip(&format!("no MariaDB for this test: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Starts a throwaway server with the row binlog on, or uses `TEST_MYSQL_URL`.
+    pub fn start() -> Result<Self> {
+        if let Ok(url) = std::env::var("TEST_MYSQL_URL") {
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(3306);
+            return Ok(Self {
+                url,
+                port,
+                local: None,
+            });
+        }
+        let install =
+            find_binary(&["mariadb-install-db", "mysql_install_db"]).ok_or_else(|| {
+                err("mariadb-install-db not found (install mariadb-server, or set TEST_MYSQL_URL)")
+            })?;
+        find_binary(&["mariadbd", "mysqld"])
+            .ok_or_else(|| err("mariadbd not found (install mariadb-server)"))?;
+        let user = if running_as_root() {
+            Some(os_user("mysql").ok_or_else(|| {
+                err("running as root and there is no `mysql` OS user to run the server as")
+            })?)
+        } else {
+            None
+        };
+        let dir = temp_dir("testkit-maria", user)?;
+        let mut cmd = Command::new(install);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
+        if user.is_some() {
+            cmd.arg("--user=mysql");
+        }
+        run(&mut cmd, "mariadb-install-db").inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })?;
+        let port = free_port()?;
+        let mut server = Self {
+            url: format!("mysql://root@127.0.0.1:{port}/"),
+            port,
+            local: Some(MariaLocal {
+                dir,
+                user,
+                child: None,
+                settings: Vec::new(),
+            }),
+        };
+        server.launch()?;
+        // root over TCP from 127.0.0.1, as the connectors connect.
+        server.sql_socket(
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
+        )?;
+        Ok(server)
+    }
+
+    fn socket(&self) -> Option<PathBuf> {
+        self.local.as_ref().map(|l| l.dir.join("mysqld.sock"))
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let port = self.port;
+        let Some(local) = self.local.as_mut() else {
+            return Ok(());
+        };
+        let mariadbd =
+            find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| err("mariadbd not found"))?;
+        let d = &local.dir;
+        let mut cmd = Command::new(mariadbd);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!(
+                "--log-bin={}",
+                d.join("data").join("binlog").display()
+            ))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--server-id=1",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--gtid-strict-mode=ON",
+                "--log-slave-updates=ON",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--sync-binlog=0",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
+                "--default-time-zone=+00:00",
+            ])
+            .args(&local.settings);
+        if local.user.is_some() {
+            cmd.arg("--user=mysql");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("cannot start mariadbd: {e}")))?;
+        local.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.sql_socket("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            let local = self.local.as_mut().expect("local server");
+            if let Some(Ok(Some(status))) = local.child.as_mut().map(Child::try_wait) {
+                let log = fs::read_to_string(local.dir.join("error.log")).unwrap_or_default();
+                return Err(err(format!("mariadbd exited at start ({status}): {log}")));
+            }
+            if Instant::now() > deadline {
+                return Err(err("mariadbd did not accept connections within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn client() -> PathBuf {
+        find_binary(&["mariadb", "mysql"]).unwrap_or_else(|| PathBuf::from("mariadb"))
+    }
+
+    fn sql_socket(&self, sql: &str) -> Result<String> {
+        let Some(socket) = self.socket() else {
+            return self.sql(sql);
+        };
+        run(
+            Command::new(Self::client())
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", socket.display()))
+                .args(["-uroot", "-N", "-B", "--connect-timeout=5", "-e", sql]),
+            "mariadb",
+        )
+    }
+
+    /// Runs SQL through the `mariadb` client over TCP, as the connectors connect, and
+    /// returns tab-separated rows without headers.
+    pub fn sql(&self, sql: &str) -> Result<String> {
+        let rest = self.url.trim_start_matches("mysql://");
+        let (auth, hostpart) = rest.split_once('@').unwrap_or(("root", rest));
+        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let host = hostpart.split(['/', ':']).next().unwrap_or("127.0.0.1");
+        let mut cmd = Command::new(Self::client());
+        cmd.arg("--no-defaults")
+            .arg(format!("--host={host}"))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--user={user}"))
+            .args([
+                "--protocol=TCP",
+                "-N",
+                "-B",
+                "--connect-timeout=5",
+                "-e",
+                sql,
+            ]);
+        if !password.is_empty() {
+            cmd.env("MYSQL_PWD", password);
+        }
+        run(&mut cmd, "mariadb")
+    }
+
+    /// Stops the server and starts it again with extra `--option=value` arguments.
+    pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
+        self.stop();
+        if let Some(l) = self.local.as_mut() {
+            l.settings.extend(args.iter().map(|a| (*a).to_string()));
+        }
+        self.launch()
+    }
+
+    /// SIGKILLs the server (a crash) and starts it again.
+    pub fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
+            send_signal(child.id(), "KILL");
+            wait_exit(child, Duration::from_secs(30));
+        }
+        self.launch()
+    }
+
+    /// The server's PID, when the harness started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.local
+            .as_ref()
+            .and_then(|l| l.child.as_ref())
+            .map(Child::id)
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
+            send_signal(child.id(), "TERM");
+            if !wait_exit(child, Duration::from_secs(30)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(l) = self.local.as_mut() {
+            l.child = None;
+        }
+    }
+
+    /// The server's directory, when the harness started it.
+    pub fn dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(|l| l.dir.as_path())
+    }
+}
+
+impl Drop for MariaDbServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(l) = &self.local {
+            let _ = fs::remove_dir_all(&l.dir);
+        }
+    }
+}
