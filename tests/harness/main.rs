@@ -74,12 +74,13 @@ fn mariadb_starts_with_the_row_binlog() {
     db.sql("CREATE TABLE test.t (id int primary key); INSERT INTO test.t VALUES (1)")
         .unwrap();
     let status = db.sql("SHOW MASTER STATUS").unwrap();
+    assert!(!status.is_empty(), "the binlog is on: {status}");
+    if db.pid().is_none() {
+        return; // an external server (TEST_MYSQL_URL, perhaps MySQL 8): the rest needs our own
+    }
     assert!(status.starts_with("binlog."), "binlog file: {status}");
     let gtid = db.sql("SELECT @@gtid_binlog_pos").unwrap();
     assert!(gtid.starts_with("0-1-"), "GTIDs are assigned: {gtid}");
-    if db.pid().is_none() {
-        return;
-    }
     db.restart_with(&["--binlog-expire-logs-seconds=3600"])
         .unwrap();
     assert_eq!(

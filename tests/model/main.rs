@@ -9,6 +9,9 @@
 //! `MODEL_SEED=<seed> cargo test -p suites --test model`.
 //! `MODEL_CASES=<n>` sets how many seeded cases run (default 1500).
 
+// Simulation sizes are tiny; u64 <-> usize casts cannot truncate here.
+#![allow(clippy::cast_possible_truncation)]
+
 mod sim;
 
 use std::cell::RefCell;
@@ -137,12 +140,14 @@ fn run_case(seed: u64, sabotage: Sabotage, precise_only: bool, stats: &mut Stats
             let caught_up = db.borrow().durably_caught_up();
             if caught_up && rng.chance(0.4) {
                 counters.iter_mut().for_each(|c| *c += 1);
+                db.borrow_mut().paused = true;
                 stats.resets += 1;
             } else {
                 let b = rng.range(0, n as u64) as usize;
                 let keyless = layout.modes[b] == ResolvedMode::WithoutPrimaryKey;
                 if (!keyless && n > 1) || caught_up {
                     counters[b] += 1;
+                    db.borrow_mut().paused = n == 1;
                     stats.raises += 1;
                     stats.keyless_raises += usize::from(keyless);
                 }
@@ -279,7 +284,11 @@ fn every_mode_keeps_its_guarantees_under_random_interleavings_and_crashes() {
     };
     let mut stats = Stats::default();
     for &seed in &seeds {
+        let started = std::time::Instant::now();
         let outcome = run_case(seed, Sabotage::default(), false, &mut stats);
+        if started.elapsed() > std::time::Duration::from_secs(5) {
+            eprintln!("model: seed {seed} took {:?}", started.elapsed());
+        }
         if !outcome.violations.is_empty() {
             panic!(
                 "seed {seed} violates the guarantees ({:?}):\n  {}\nreplay: MODEL_SEED={seed} cargo test -p suites --test model every_mode",

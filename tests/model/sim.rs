@@ -129,6 +129,9 @@ pub(crate) struct SimDb {
     pub(crate) durable: Rc<RefCell<Option<Vec<u8>>>>,
     /// Each binding's state key in the running config.
     pub(crate) state_keys: Vec<String>,
+    /// Writes are paused until the durable state holds `state_keys`: the upgrade path
+    /// (every counter raised) is taken with writes paused.
+    pub(crate) paused: bool,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) stop_after_calls: Option<u64>,
     calls: u64,
@@ -149,6 +152,7 @@ impl SimDb {
             deleted_ids: Vec::new(),
             durable: Rc::new(RefCell::new(None)),
             state_keys: Vec::new(),
+            paused: false,
             shutdown: None,
             stop_after_calls: None,
             calls: 0,
@@ -313,6 +317,12 @@ impl SimDb {
             return Err(SourceError::transient("simulated connection reset"));
         }
         self.tick();
+        if self.paused {
+            if !self.durable_has(&self.state_keys) {
+                return Ok(());
+            }
+            self.paused = false;
+        }
         let n = self.rng.range(0, 3);
         for _ in 0..n {
             if self.writes_left == 0 {

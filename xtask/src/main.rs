@@ -1,1 +1,70 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`:
+//!
+//! * `ci`: what CI runs: `cargo fmt --check`, clippy with warnings denied, every test
+//!   (cargo-nextest when installed, `cargo test` otherwise);
+//! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
+//!   and stop them when Enter is pressed.
+
+use std::process::{Command, ExitCode};
+
+use testkit::servers::{MariaDbServer, PgServer};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("dbs") => dbs(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | dbs>\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<(), String> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+fn has_nextest() -> bool {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    if has_nextest() {
+        cargo(&["nextest", "run", "--workspace", "--no-fail-fast", "--success-output", "never", "--failure-output", "final"])?;
+        // nextest does not run doctests.
+        cargo(&["test", "--workspace", "--doc", "--quiet"])
+    } else {
+        cargo(&["test", "--workspace", "--no-fail-fast"])
+    }
+}
+
+#[allow(clippy::print_stdout)] // the URLs are this command's output
+fn dbs() -> Result<(), String> {
+    let pg = PgServer::start().map_err(|e| e.to_string())?;
+    let maria = MariaDbServer::start().map_err(|e| e.to_string())?;
+    println!("TEST_POSTGRES_URL={}", pg.url);
+    println!("TEST_MYSQL_URL={}", maria.url);
+    eprintln!("both servers run until you press Enter");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop((pg, maria));
+    Ok(())
+}

@@ -389,7 +389,7 @@ async fn capture<C: Connector>(
                 return Ok(());
             }
             Err(e) if e.kind() == ErrorKind::Transient && !shutdown.requested() => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "transient failure; resuming from the last checkpoint");
+                tracing::warn!(error = %e, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "transient failure; resuming from the last checkpoint");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

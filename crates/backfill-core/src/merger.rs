@@ -618,7 +618,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     self.last_commit_ts = Some(*ts);
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64);
+                        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
                     self.metrics.stream_lag((now_ms - ts) as f64 / 1000.0, None);
                 }
                 Ok(true)

@@ -161,11 +161,11 @@ fn parse_line(run: usize, line: &str, violations: &mut Vec<String>) -> Option<Co
             state: obj.remove("checkpoint")?,
         }),
         ["binding", "truncate"] => {
-            let binding = obj["binding"].as_u64()? as usize;
+            let binding = usize::try_from(obj["binding"].as_u64()?).ok()?;
             Some(Committed::Truncate { run, binding })
         }
         ["binding", "doc"] => {
-            let binding = obj["binding"].as_u64()? as usize;
+            let binding = usize::try_from(obj["binding"].as_u64()?).ok()?;
             let Value::Object(mut row) = obj.remove("doc")? else {
                 violations.push(format!("run {run}: doc is not an object: {line}"));
                 return None;
