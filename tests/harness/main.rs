@@ -98,3 +98,55 @@ fn mariadb_starts_with_the_row_binlog() {
         "the server is stopped"
     );
 }
+
+/// The shared live scenario against each database whose connector binary is built: every
+/// mode under concurrent writes, tiny chunks and repeated SIGKILL restarts, checked by
+/// merge-apply. Until the connector exists the scenario prints SKIPPED.
+fn every_mode_under_writes_and_kills(db: &dyn testkit::live::LiveDb) {
+    use backfill_core::mode::ResolvedMode;
+    let scenario = testkit::live::Scenario {
+        modes: vec![
+            ResolvedMode::Precise,
+            ResolvedMode::Normal,
+            ResolvedMode::OnlyChanges,
+            ResolvedMode::WithoutPrimaryKey,
+        ],
+        initial_rows: 200,
+        txns: 400,
+        kills: 6,
+        endpoint_extra: serde_json::json!({"advanced": {"chunk_size": 7}}),
+    };
+    let Some(report) = testkit::live::run(db, "modes", &scenario).expect("scenario setup") else {
+        return;
+    };
+    eprintln!(
+        "{}: {} runs, {} kills, {} lines",
+        db.name(),
+        report.runs,
+        report.kills,
+        report.lines
+    );
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+#[test]
+fn live_scenario_postgres() {
+    if let Err(why) = testkit::live::workspace_binary("source-postgres") {
+        return testkit::servers::skip(&why);
+    }
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    every_mode_under_writes_and_kills(&pg);
+}
+
+#[test]
+fn live_scenario_mariadb() {
+    if let Err(why) = testkit::live::workspace_binary("source-mysql") {
+        return testkit::servers::skip(&why);
+    }
+    let Some(db) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    every_mode_under_writes_and_kills(&db);
+}

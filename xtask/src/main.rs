@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("dbs") => dbs(),
         _ => {
-            eprintln!("usage: cargo xtask <ci | dbs>\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs");
+            eprintln!(
+                "usage: cargo xtask <ci | dbs>\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+            );
             return ExitCode::from(2);
         }
     };
@@ -34,7 +36,11 @@ fn cargo(args: &[&str]) -> Result<(), String> {
         .args(args)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
 }
 
 fn has_nextest() -> bool {
@@ -46,9 +52,25 @@ fn has_nextest() -> bool {
 
 fn ci() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     if has_nextest() {
-        cargo(&["nextest", "run", "--workspace", "--no-fail-fast", "--success-output", "never", "--failure-output", "final"])?;
+        cargo(&[
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--success-output",
+            "never",
+            "--failure-output",
+            "final",
+        ])?;
         // nextest does not run doctests.
         cargo(&["test", "--workspace", "--doc", "--quiet"])
     } else {

@@ -2,4 +2,5 @@
 //! checker of the capture guarantees ([`checker`]).
 
 pub mod checker;
+pub mod live;
 pub mod servers;

@@ -1,0 +1,350 @@
+//! The live scenarios, written once and generic over the database (DESIGN.md §9).
+//!
+//! A database joins by implementing [`LiveDb`] (how to run SQL, the DDL of the scenario
+//! tables, how to read a table back as the connector renders it). Every scenario then
+//! drives the connector *binary* exactly as a user's pipeline would: it writes a config
+//! and runs `capture` against a state file, reads stdout line by line, SIGKILLs the
+//! process at random moments and restarts it from the state file, finishes with
+//! `--until-caught-up` once the writers are quiet, and hands every run's output to
+//! [`crate::checker`], which merge-applies it and compares with the table.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backfill_core::mode::ResolvedMode;
+use serde_json::{Value, json};
+
+use crate::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+
+/// A database as the scenarios need it.
+pub trait LiveDb: Sync {
+    /// Short name for messages (`postgres`, `mariadb`).
+    fn name(&self) -> &'static str;
+    /// The connector binary, or why it cannot be had (the scenario is then skipped).
+    fn connector(&self) -> Result<PathBuf, String>;
+    /// The config's `endpoint` section.
+    fn endpoint(&self) -> Value;
+    /// The namespace (schema or database) the scenario tables live in.
+    fn namespace(&self) -> String;
+    /// Runs SQL statements.
+    fn exec(&self, sql: &str) -> Result<String, String>;
+    /// DDL creating `table` as `(id <int> [primary key], v int, pad text)`; keyless when
+    /// `keyed` is false.
+    fn create_table(&self, table: &str, keyed: bool) -> String;
+    /// Every row of `table` as the connector renders it.
+    fn rows(&self, table: &str) -> Result<Vec<Row>, String>;
+}
+
+/// The connector binary built in this workspace's target directory, if it exists.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return Ok(PathBuf::from(p));
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!("{name} is not built (cargo build -p {name})"))
+}
+
+/// How a scenario runs.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Mode of each table (`WithoutPrimaryKey` makes it keyless).
+    pub modes: Vec<ResolvedMode>,
+    /// Rows per table before the capture starts.
+    pub initial_rows: usize,
+    /// Write transactions while the capture runs.
+    pub txns: usize,
+    /// SIGKILL-and-restart cycles while the writers run.
+    pub kills: usize,
+    /// Advanced endpoint options merged into the endpoint (for example a tiny chunk size).
+    pub endpoint_extra: Value,
+}
+
+/// Figures from one scenario run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Connector runs.
+    pub runs: usize,
+    /// SIGKILLs.
+    pub kills: usize,
+    /// Lines read.
+    pub lines: usize,
+    /// Guarantee violations found by the checker.
+    pub violations: Vec<String>,
+}
+
+struct TableOracle<'a> {
+    db: &'a dyn LiveDb,
+    tables: Vec<String>,
+}
+
+impl Oracle for TableOracle<'_> {
+    fn final_rows(&self, binding: usize) -> Vec<Row> {
+        self.db.rows(&self.tables[binding]).unwrap_or_default()
+    }
+}
+
+/// Runs a scenario: creates the tables, captures under concurrent writes and SIGKILLs, and
+/// checks the output. `Ok(None)` means skipped (no connector binary).
+pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Report>, String> {
+    let binary = match db.connector() {
+        Ok(b) => b,
+        Err(why) => {
+            crate::servers::skip(&format!("{} scenario {name}: {why}", db.name()));
+            return Ok(None);
+        }
+    };
+    let ns = db.namespace();
+    let tables: Vec<String> = (0..scenario.modes.len())
+        .map(|i| format!("{name}_{i}"))
+        .collect();
+    for (t, mode) in tables.iter().zip(&scenario.modes) {
+        db.exec(&db.create_table(t, *mode != ResolvedMode::WithoutPrimaryKey))?;
+        for i in 0..scenario.initial_rows {
+            db.exec(&format!(
+                "INSERT INTO {ns}.{t} (id, v, pad) VALUES ({}, 0, 'initial')",
+                i + 1
+            ))?;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("live-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut endpoint = db.endpoint();
+    if let (Some(e), Some(extra)) = (
+        endpoint.as_object_mut(),
+        scenario.endpoint_extra.as_object(),
+    ) {
+        e.extend(extra.clone());
+    }
+    let bindings: Vec<Value> = tables
+        .iter()
+        .zip(&scenario.modes)
+        .map(|(t, m)| json!({"resource": {"namespace": ns, "stream": t, "mode": m.as_str()}, "target": t, "backfill": 0}))
+        .collect();
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        json!({"endpoint": endpoint, "bindings": bindings}).to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    let state = dir.join("state.json");
+
+    // Writers run while the connector is killed and restarted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_error = Arc::new(Mutex::new(None));
+    let mut report = Report::default();
+    let mut runs = Vec::new();
+    std::thread::scope(|s| {
+        let (stop_w, err_w, tables_w) =
+            (Arc::clone(&stop), Arc::clone(&writer_error), tables.clone());
+        let keyed: Vec<bool> = scenario
+            .modes
+            .iter()
+            .map(|m| *m != ResolvedMode::WithoutPrimaryKey)
+            .collect();
+        let ns_w = ns.clone();
+        s.spawn(move || {
+            let mut next_id = 1_000_000;
+            for n in 0..scenario.txns {
+                if stop_w.load(Ordering::SeqCst) {
+                    break;
+                }
+                let t = n % tables_w.len();
+                let table = format!("{ns_w}.{}", tables_w[t]);
+                next_id += 1;
+                let sql = match (n % 4, keyed[t]) {
+                    (0, _) => format!("INSERT INTO {table} (id, v, pad) VALUES ({next_id}, {n}, 'new')"),
+                    (1, true) => format!("UPDATE {table} SET v = {n} WHERE id = (SELECT max(id) FROM (SELECT id FROM {table}) x)"),
+                    (2, true) => format!("UPDATE {table} SET id = {next_id}, v = {n} WHERE id = (SELECT min(id) FROM (SELECT id FROM {table}) x)"),
+                    (3, true) => format!("DELETE FROM {table} WHERE id = (SELECT min(id) FROM (SELECT id FROM {table}) x)"),
+                    _ => format!("INSERT INTO {table} (id, v, pad) VALUES ({next_id}, {n}, 'keyless')"),
+                };
+                if let Err(e) = db.exec(&sql) {
+                    *err_w.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    break;
+                }
+            }
+        });
+        for k in 0..scenario.kills {
+            let lines = capture(
+                &binary,
+                &config,
+                &state,
+                false,
+                Some(Duration::from_millis(300 + 200 * (k as u64 % 5))),
+            );
+            report.kills += 1;
+            runs.push(lines);
+        }
+        stop.store(true, Ordering::SeqCst);
+    });
+    if let Some(e) = writer_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(format!("writer failed: {e}"));
+    }
+    runs.push(capture(&binary, &config, &state, true, None));
+    report.runs = runs.len();
+    report.lines = runs.iter().map(Vec::len).sum();
+    let outputs: Vec<RunOutput> = runs
+        .into_iter()
+        .map(|lines| RunOutput {
+            lines,
+            counters: vec![0; tables.len()],
+        })
+        .collect();
+    let expects: Vec<BindingExpect> = scenario
+        .modes
+        .iter()
+        .zip(&tables)
+        .map(|(m, t)| BindingExpect {
+            mode: *m,
+            key: if *m == ResolvedMode::WithoutPrimaryKey {
+                vec![]
+            } else {
+                vec!["id".into()]
+            },
+            table: format!("{ns}.{t}"),
+        })
+        .collect();
+    let oracle = TableOracle { db, tables };
+    report.violations = checker::check(&expects, &outputs, &oracle);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(report))
+}
+
+/// Runs `capture` once and returns its stdout lines: to the end with `until_caught_up`,
+/// otherwise SIGKILLed after `kill_after`.
+pub fn capture(
+    binary: &Path,
+    config: &Path,
+    state: &Path,
+    until_caught_up: bool,
+    kill_after: Option<Duration>,
+) -> Vec<String> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("capture")
+        .arg("--config")
+        .arg(config)
+        .arg("--state")
+        .arg(state);
+    if until_caught_up {
+        cmd.arg("--until-caught-up");
+    }
+    let Ok(mut child) = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    else {
+        return Vec::new();
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    if let Some(after) = kill_after {
+        let deadline = Instant::now() + after;
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    reader.join().unwrap_or_default()
+}
+
+impl LiveDb for crate::servers::PgServer {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn connector(&self) -> Result<PathBuf, String> {
+        workspace_binary("source-postgres")
+    }
+
+    fn endpoint(&self) -> Value {
+        json!({"host": "127.0.0.1", "port": self.port, "database": "postgres", "user": "postgres"})
+    }
+
+    fn namespace(&self) -> String {
+        "public".into()
+    }
+
+    fn exec(&self, sql: &str) -> Result<String, String> {
+        self.sql(sql).map_err(|e| e.to_string())
+    }
+
+    fn create_table(&self, table: &str, keyed: bool) -> String {
+        if keyed {
+            format!("CREATE TABLE public.{table} (id bigint PRIMARY KEY, v int, pad text)")
+        } else {
+            format!(
+                "CREATE TABLE public.{table} (id bigint, v int, pad text); ALTER TABLE public.{table} REPLICA IDENTITY FULL"
+            )
+        }
+    }
+
+    fn rows(&self, table: &str) -> Result<Vec<Row>, String> {
+        parse_json_rows(&self.exec(&format!("SELECT to_jsonb(t) FROM public.{table} t"))?)
+    }
+}
+
+impl LiveDb for crate::servers::MariaDbServer {
+    fn name(&self) -> &'static str {
+        "mariadb"
+    }
+
+    fn connector(&self) -> Result<PathBuf, String> {
+        workspace_binary("source-mysql")
+    }
+
+    fn endpoint(&self) -> Value {
+        json!({"host": "127.0.0.1", "port": self.port, "user": "root"})
+    }
+
+    fn namespace(&self) -> String {
+        "test".into()
+    }
+
+    fn exec(&self, sql: &str) -> Result<String, String> {
+        self.sql(sql).map_err(|e| e.to_string())
+    }
+
+    fn create_table(&self, table: &str, keyed: bool) -> String {
+        let key = if keyed { " PRIMARY KEY" } else { "" };
+        format!("CREATE TABLE test.{table} (id bigint{key}, v int, pad text)")
+    }
+
+    fn rows(&self, table: &str) -> Result<Vec<Row>, String> {
+        parse_json_rows(&self.exec(&format!(
+            "SELECT JSON_OBJECT('id', id, 'v', v, 'pad', pad) FROM test.{table}"
+        ))?)
+    }
+}
+
+fn parse_json_rows(text: &str) -> Result<Vec<Row>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(row)) => Ok(row),
+            other => Err(format!("not a JSON row: {l} ({other:?})")),
+        })
+        .collect()
+}
