@@ -286,6 +286,9 @@ fn every_mode_keeps_its_guarantees_under_random_interleavings_and_crashes() {
     for &seed in &seeds {
         let started = std::time::Instant::now();
         let outcome = run_case(seed, Sabotage::default(), false, &mut stats);
+        if seed % 500 == 0 && std::env::var("MODEL_PROGRESS").is_ok() {
+            eprintln!("model: at seed {seed}");
+        }
         if started.elapsed() > std::time::Duration::from_secs(5) {
             eprintln!("model: seed {seed} took {:?}", started.elapsed());
         }

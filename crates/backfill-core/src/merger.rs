@@ -63,7 +63,7 @@ use crate::metrics::Metrics;
 use crate::mode::ResolvedMode;
 use crate::output::{Output, Sink};
 use crate::source::{
-    BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Row, ScanRequest,
+    BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row, ScanRequest,
     SnapshotWitness, Source, StreamEvent, StreamStart, TableRef,
 };
 use crate::state::{Phase, ResolvedBinding, State};
@@ -381,8 +381,14 @@ impl<S: Source, K: Sink> Engine<S, K> {
         self.dirty = false;
         self.last_checkpoint = Instant::now();
         if self.last_progress_log.elapsed() >= self.options.progress_interval {
-            self.metrics.log_progress();
             self.last_progress_log = Instant::now();
+            self.metrics.log_progress();
+            // Lag in bytes needs the log's end: one cheap query per progress interval.
+            if let Ok(end) = self.source.end_position().await {
+                if let Some(bytes) = self.delivered.bytes_until(&end) {
+                    self.metrics.stream_lag_bytes(bytes);
+                }
+            }
         }
         Ok(())
     }
@@ -619,7 +625,8 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                    self.metrics.stream_lag((now_ms - ts) as f64 / 1000.0, None);
+                    self.metrics
+                        .stream_lag_seconds((now_ms - ts) as f64 / 1000.0);
                 }
                 Ok(true)
             }

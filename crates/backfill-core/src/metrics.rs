@@ -129,13 +129,14 @@ impl Metrics {
         inner.checkpoints += 1;
     }
 
-    /// The stream is `seconds` behind the last commit it read, and `bytes` behind the log end.
-    pub fn stream_lag(&self, seconds: f64, bytes: Option<u64>) {
-        let mut inner = self.lock();
-        inner.lag_seconds = seconds.max(0.0);
-        if bytes.is_some() {
-            inner.lag_bytes = bytes;
-        }
+    /// The last commit the stream read happened `seconds` ago.
+    pub fn stream_lag_seconds(&self, seconds: f64) {
+        self.lock().lag_seconds = seconds.max(0.0);
+    }
+
+    /// The stream has `bytes` of log left to read.
+    pub fn stream_lag_bytes(&self, bytes: u64) {
+        self.lock().lag_bytes = Some(bytes);
     }
 
     /// A snapshot of every binding's progress.
@@ -271,7 +272,9 @@ mod tests {
         assert_eq!(p[0].rows_done, 50);
         assert_eq!(p[0].percent(), Some(50.0));
         assert_eq!(p[1].percent(), Some(100.0));
+        m.stream_lag_bytes(4096);
         let text = m.render_prometheus();
+        assert!(text.contains("cdc_stream_lag_bytes 4096"), "{text}");
         assert!(
             text.contains("cdc_backfill_rows_total{table=\"s.a\"} 50"),
             "{text}"
