@@ -157,6 +157,8 @@ pub struct PgServer {
     /// Loopback port.
     pub port: u16,
     local: Option<PgLocal>,
+    #[cfg(feature = "docker-tests")]
+    _container: Option<docker::Running>,
 }
 
 #[derive(Debug)]
@@ -190,13 +192,23 @@ impl PgServer {
                 .and_then(|p| p.split('/').next())
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(5432);
-            return Ok(Self {
-                url,
-                port,
-                local: None,
-            });
+            return Ok(Self::external(url, port));
         }
-        let bindir = postgres_bindir().ok_or_else(|| err("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (install postgresql, or set TEST_POSTGRES_URL)"))?;
+        let Some(bindir) = postgres_bindir() else {
+            #[cfg(feature = "docker-tests")]
+            if let Some(running) = docker::postgres() {
+                let port = running.port;
+                let mut s = Self::external(
+                    format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                    port,
+                );
+                s._container = Some(running);
+                return Ok(s);
+            }
+            return Err(err(
+                "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (install postgresql, set TEST_POSTGRES_URL, or enable the docker-tests feature where Docker runs)",
+            ));
+        };
         let user = if running_as_root() {
             Some(os_user("postgres").ok_or_else(|| {
                 err("running as root and there is no `postgres` OS user to run the server as")
@@ -238,9 +250,21 @@ impl PgServer {
                 child: None,
                 settings: Vec::new(),
             }),
+            #[cfg(feature = "docker-tests")]
+            _container: None,
         };
         server.launch()?;
         Ok(server)
+    }
+
+    fn external(url: String, port: u16) -> Self {
+        Self {
+            url,
+            port,
+            local: None,
+            #[cfg(feature = "docker-tests")]
+            _container: None,
+        }
     }
 
     fn launch(&mut self) -> Result<()> {
@@ -383,6 +407,8 @@ pub struct MariaDbServer {
     /// Loopback port.
     pub port: u16,
     local: Option<MariaLocal>,
+    #[cfg(feature = "docker-tests")]
+    _container: Option<docker::Running>,
 }
 
 #[derive(Debug)]
@@ -427,16 +453,20 @@ impl MariaDbServer {
                 .and_then(|p| p.split('/').next())
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(3306);
-            return Ok(Self {
-                url,
-                port,
-                local: None,
-            });
+            return Ok(Self::external(url, port));
         }
-        let install =
-            find_binary(&["mariadb-install-db", "mysql_install_db"]).ok_or_else(|| {
-                err("mariadb-install-db not found (install mariadb-server, or set TEST_MYSQL_URL)")
-            })?;
+        let Some(install) = find_binary(&["mariadb-install-db", "mysql_install_db"]) else {
+            #[cfg(feature = "docker-tests")]
+            if let Some(running) = docker::mariadb() {
+                let port = running.port;
+                let mut s = Self::external(format!("mysql://root@127.0.0.1:{port}/"), port);
+                s._container = Some(running);
+                return Ok(s);
+            }
+            return Err(err(
+                "mariadb-install-db not found (install mariadb-server, set TEST_MYSQL_URL, or enable the docker-tests feature where Docker runs)",
+            ));
+        };
         find_binary(&["mariadbd", "mysqld"])
             .ok_or_else(|| err("mariadbd not found (install mariadb-server)"))?;
         let user = if running_as_root() {
@@ -467,6 +497,8 @@ impl MariaDbServer {
                 child: None,
                 settings: Vec::new(),
             }),
+            #[cfg(feature = "docker-tests")]
+            _container: None,
         };
         server.launch()?;
         // root over TCP from 127.0.0.1, as the connectors connect.
@@ -474,6 +506,16 @@ impl MariaDbServer {
             "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
         )?;
         Ok(server)
+    }
+
+    fn external(url: String, port: u16) -> Self {
+        Self {
+            url,
+            port,
+            local: None,
+            #[cfg(feature = "docker-tests")]
+            _container: None,
+        }
     }
 
     fn socket(&self) -> Option<PathBuf> {
@@ -637,5 +679,96 @@ impl Drop for MariaDbServer {
         if let Some(l) = &self.local {
             let _ = fs::remove_dir_all(&l.dir);
         }
+    }
+}
+
+/// Servers in containers, for machines with a Docker engine and without the server
+/// binaries (`--features docker-tests`).
+#[cfg(feature = "docker-tests")]
+mod docker {
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{Container, GenericImage, ImageExt};
+
+    /// A running container; removed on drop.
+    pub(super) struct Running {
+        _container: Container<GenericImage>,
+        pub(super) port: u16,
+    }
+
+    impl std::fmt::Debug for Running {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "container on port {}", self.port)
+        }
+    }
+
+    fn start(
+        image: GenericImage,
+        request_port: u16,
+        cmd: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Option<Running> {
+        let mut req = image.with_cmd(cmd);
+        for (k, v) in env {
+            req = req.with_env_var(*k, *v);
+        }
+        match req.start() {
+            Ok(container) => {
+                let port = container.get_host_port_ipv4(request_port.tcp()).ok()?;
+                Some(Running {
+                    _container: container,
+                    port,
+                })
+            }
+            Err(e) => {
+                eprintln!("docker-tests: cannot start a container: {e}");
+                None
+            }
+        }
+    }
+
+    pub(super) fn postgres() -> Option<Running> {
+        let image = GenericImage::new("postgres", "16")
+            .with_exposed_port(5432.tcp())
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept connections",
+            ));
+        let cmd = [
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "max_replication_slots=20",
+            "-c",
+            "max_wal_senders=20",
+        ];
+        start(
+            image,
+            5432,
+            cmd.iter().map(|s| (*s).to_string()).collect(),
+            &[("POSTGRES_HOST_AUTH_METHOD", "trust")],
+        )
+    }
+
+    pub(super) fn mariadb() -> Option<Running> {
+        let image = GenericImage::new("mariadb", "10.11")
+            .with_exposed_port(3306.tcp())
+            .with_wait_for(WaitFor::message_on_stderr("ready for connections"));
+        let cmd = [
+            "--log-bin=binlog",
+            "--server-id=1",
+            "--binlog-format=ROW",
+            "--binlog-row-image=FULL",
+            "--binlog-row-metadata=FULL",
+        ];
+        start(
+            image,
+            3306,
+            cmd.iter().map(|s| (*s).to_string()).collect(),
+            &[
+                ("MARIADB_ALLOW_EMPTY_ROOT_PASSWORD", "1"),
+                ("MARIADB_ROOT_HOST", "%"),
+                ("MARIADB_DATABASE", "test"),
+            ],
+        )
     }
 }
