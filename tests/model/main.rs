@@ -7,7 +7,8 @@
 //!
 //! A failing case prints its seed; replay it alone with
 //! `MODEL_SEED=<seed> cargo test -p suites --test model`.
-//! `MODEL_CASES=<n>` sets how many seeded cases run (default 1500).
+//! `MODEL_CASES=<n>` sets how many seeded cases run (default 1500); `MODEL_DUMP=1` prints
+//! every run's output and the simulated log of each case (use it with `MODEL_SEED`).
 
 // Simulation sizes are tiny; u64 <-> usize casts cannot truncate here.
 #![allow(clippy::cast_possible_truncation)]
@@ -371,16 +372,4 @@ fn checker_catches_a_merger_that_emits_chunks_without_patching() {
         caught >= 5,
         "the checker caught only {caught} of 100 unpatched-chunk cases"
     );
-}
-
-#[test]
-fn debug_dump() {
-    let Some(seed) = std::env::var("MODEL_DUMP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    else {
-        return;
-    };
-    let mut stats = Stats::default();
-    let _ = run_case(seed, Sabotage::default(), false, &mut stats);
 }

@@ -61,6 +61,9 @@ fn ci() -> Result<(), String> {
         "warnings",
     ])?;
     if has_nextest() {
+        // nextest does not run doctests; run them first so that the summary of every other
+        // test is the last thing printed.
+        cargo(&["test", "--workspace", "--doc", "--quiet"])?;
         cargo(&[
             "nextest",
             "run",
@@ -70,9 +73,7 @@ fn ci() -> Result<(), String> {
             "never",
             "--failure-output",
             "final",
-        ])?;
-        // nextest does not run doctests.
-        cargo(&["test", "--workspace", "--doc", "--quiet"])
+        ])
     } else {
         cargo(&["test", "--workspace", "--no-fail-fast"])
     }
