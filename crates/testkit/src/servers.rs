@@ -149,6 +149,102 @@ pub fn postgres_bindir() -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
+/// A server process the harness started: its directory, the OS user it runs as, and how it
+/// stops. Dropping it stops the server and removes the directory, also during a panic.
+#[derive(Debug)]
+struct Process {
+    name: &'static str,
+    dir: PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+    /// Signal for a clean shutdown (PostgreSQL: INT, fast shutdown; MariaDB: TERM).
+    stop_signal: &'static str,
+    /// Log file in `dir`, quoted when the server dies at start.
+    log: &'static str,
+}
+
+impl Process {
+    fn new(
+        name: &'static str,
+        dir: PathBuf,
+        user: Option<(u32, u32)>,
+        stop_signal: &'static str,
+        log: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            dir,
+            user,
+            child: None,
+            stop_signal,
+            log,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Takes a freshly spawned server and waits until `ready` says it accepts work.
+    fn wait_ready(&mut self, child: Child, ready: impl Fn() -> bool) -> Result<()> {
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = fs::read_to_string(self.dir.join(self.log)).unwrap_or_default();
+                return Err(err(format!(
+                    "{} exited at start ({status}): {log}",
+                    self.name
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "{} did not accept connections within 60 s",
+                    self.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A clean shutdown, escalating to SIGKILL after 30 s.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), self.stop_signal);
+            if !wait_exit(&mut child, Duration::from_secs(30)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// SIGKILL: a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), "KILL");
+            wait_exit(&mut child, Duration::from_secs(30));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn port_of(url: &str, default: u16) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A PostgreSQL server for tests.
 #[derive(Debug)]
 pub struct PgServer {
@@ -164,10 +260,19 @@ pub struct PgServer {
 #[derive(Debug)]
 struct PgLocal {
     bindir: PathBuf,
-    dir: PathBuf,
-    user: Option<(u32, u32)>,
-    child: Option<Child>,
     settings: Vec<(String, String)>,
+    process: Process,
+}
+
+fn psql(bindir: Option<&Path>, url: &str, sql: &str) -> Result<String> {
+    let psql = bindir.map_or_else(|| PathBuf::from("psql"), |d| d.join("psql"));
+    run(
+        Command::new(psql)
+            .arg(url)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "5"),
+        "psql",
+    )
 }
 
 impl PgServer {
@@ -186,12 +291,7 @@ impl PgServer {
     /// Starts a throwaway server with `wal_level=logical`, or uses `TEST_POSTGRES_URL`.
     pub fn start() -> Result<Self> {
         if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
-            let port = url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(5432);
+            let port = port_of(&url, 5432);
             return Ok(Self::external(url, port));
         }
         let Some(bindir) = postgres_bindir() else {
@@ -216,13 +316,18 @@ impl PgServer {
         } else {
             None
         };
-        let dir = temp_dir("testkit-pg", user)?;
-        let data = dir.join("data");
+        let process = Process::new(
+            "postgres",
+            temp_dir("testkit-pg", user)?,
+            user,
+            "INT",
+            "server.log",
+        );
         run(
             as_user(
                 Command::new(bindir.join("initdb"))
-                    .args(["-D"])
-                    .arg(&data)
+                    .arg("-D")
+                    .arg(process.dir.join("data"))
                     .args([
                         "-U",
                         "postgres",
@@ -235,20 +340,15 @@ impl PgServer {
                 user,
             ),
             "initdb",
-        )
-        .inspect_err(|_| {
-            let _ = fs::remove_dir_all(&dir);
-        })?;
+        )?;
         let port = free_port()?;
         let mut server = Self {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             port,
             local: Some(PgLocal {
                 bindir,
-                dir,
-                user,
-                child: None,
                 settings: Vec::new(),
+                process,
             }),
             #[cfg(feature = "docker-tests")]
             _container: None,
@@ -268,16 +368,16 @@ impl PgServer {
     }
 
     fn launch(&mut self) -> Result<()> {
-        let port = self.port;
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
+        let dir = local.process.dir.clone();
         let mut cmd = Command::new(local.bindir.join("postgres"));
         cmd.arg("-D")
-            .arg(local.dir.join("data"))
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&local.dir);
-        let mut settings: Vec<(String, String)> = [
+            .arg(dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&dir);
+        let defaults = [
             ("listen_addresses", "127.0.0.1"),
             ("wal_level", "logical"),
             ("max_replication_slots", "20"),
@@ -288,61 +388,41 @@ impl PgServer {
             ("shared_buffers", "64MB"),
             ("max_connections", "100"),
             ("TimeZone", "UTC"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-        .collect();
-        settings.extend(local.settings.iter().cloned());
-        for (k, v) in &settings {
+        ];
+        let extra = local.settings.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in defaults.into_iter().chain(extra) {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
-        let log = fs::File::create(local.dir.join("server.log")).map_err(|e| err(e.to_string()))?;
-        if let Some((uid, gid)) = local.user {
-            let _ = std::os::unix::fs::chown(local.dir.join("server.log"), Some(uid), Some(gid));
+        let log_path = dir.join(local.process.log);
+        let log = fs::File::create(&log_path).map_err(|e| err(e.to_string()))?;
+        if let Some((uid, gid)) = local.process.user {
+            let _ = std::os::unix::fs::chown(&log_path, Some(uid), Some(gid));
         }
-        let child = as_user(&mut cmd, local.user)
+        let child = as_user(&mut cmd, local.process.user)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .map_err(|e| err(format!("cannot start postgres: {e}")))?;
-        local.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.sql("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            let local = self.local.as_mut().expect("local server");
-            if let Some(Ok(Some(status))) = local.child.as_mut().map(Child::try_wait) {
-                let log = fs::read_to_string(local.dir.join("server.log")).unwrap_or_default();
-                return Err(err(format!("postgres exited at start ({status}): {log}")));
-            }
-            if Instant::now() > deadline {
-                return Err(err("postgres did not accept connections within 60 s"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (bindir, url) = (local.bindir.clone(), self.url.clone());
+        local
+            .process
+            .wait_ready(child, || psql(Some(&bindir), &url, "SELECT 1").is_ok())
     }
 
     /// Runs SQL through `psql` and returns the unaligned, tuples-only output.
     pub fn sql(&self, sql: &str) -> Result<String> {
-        let psql = match &self.local {
-            Some(l) => l.bindir.join("psql"),
-            None => PathBuf::from("psql"),
-        };
-        run(
-            Command::new(psql)
-                .arg(&self.url)
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-                .env("PGCONNECT_TIMEOUT", "5"),
-            "psql",
+        psql(
+            self.local.as_ref().map(|l| l.bindir.as_path()),
+            &self.url,
+            sql,
         )
     }
 
     /// Stops the server (fast shutdown) and starts it again with extra `settings`.
     pub fn restart_with(&mut self, settings: &[(&str, &str)]) -> Result<()> {
-        self.stop();
         if let Some(l) = self.local.as_mut() {
+            l.process.stop();
             l.settings.extend(
                 settings
                     .iter()
@@ -354,48 +434,22 @@ impl PgServer {
 
     /// SIGKILLs the postmaster (a crash) and starts it again; recovery replays the WAL.
     pub fn crash_and_restart(&mut self) -> Result<()> {
-        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
-            send_signal(child.id(), "KILL");
-            wait_exit(child, Duration::from_secs(30));
+        if let Some(l) = self.local.as_mut() {
+            l.process.kill();
+            // Orphaned backends hold the shared memory until they notice; give them a moment.
+            std::thread::sleep(Duration::from_millis(500));
         }
-        // Orphaned backends hold the shared memory until they notice; give them a moment.
-        std::thread::sleep(Duration::from_millis(500));
         self.launch()
     }
 
     /// The server's PID, when the harness started it.
     pub fn pid(&self) -> Option<u32> {
-        self.local
-            .as_ref()
-            .and_then(|l| l.child.as_ref())
-            .map(Child::id)
+        self.local.as_ref().and_then(|l| l.process.pid())
     }
 
-    fn stop(&mut self) {
-        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
-            send_signal(child.id(), "INT");
-            if !wait_exit(child, Duration::from_secs(30)) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if let Some(l) = self.local.as_mut() {
-            l.child = None;
-        }
-    }
-
-    /// The data directory's parent, when the harness started the server.
+    /// The server's directory, when the harness started it.
     pub fn dir(&self) -> Option<&Path> {
-        self.local.as_ref().map(|l| l.dir.as_path())
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(l) = &self.local {
-            let _ = fs::remove_dir_all(&l.dir);
-        }
+        self.local.as_ref().map(|l| l.process.dir.as_path())
     }
 }
 
@@ -413,10 +467,8 @@ pub struct MariaDbServer {
 
 #[derive(Debug)]
 struct MariaLocal {
-    dir: PathBuf,
-    user: Option<(u32, u32)>,
-    child: Option<Child>,
     settings: Vec<String>,
+    process: Process,
 }
 
 fn find_binary(candidates: &[&str]) -> Option<PathBuf> {
@@ -429,6 +481,20 @@ fn find_binary(candidates: &[&str]) -> Option<PathBuf> {
         }
     }
     None
+}
+
+fn mariadb_client() -> PathBuf {
+    find_binary(&["mariadb", "mysql"]).unwrap_or_else(|| PathBuf::from("mariadb"))
+}
+
+fn mariadb_socket(socket: &Path, sql: &str) -> Result<String> {
+    run(
+        Command::new(mariadb_client())
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-uroot", "-N", "-B", "--connect-timeout=5", "-e", sql]),
+        "mariadb",
+    )
 }
 
 impl MariaDbServer {
@@ -447,12 +513,7 @@ impl MariaDbServer {
     /// Starts a throwaway server with the row binlog on, or uses `TEST_MYSQL_URL`.
     pub fn start() -> Result<Self> {
         if let Ok(url) = std::env::var("TEST_MYSQL_URL") {
-            let port = url
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(3306);
+            let port = port_of(&url, 3306);
             return Ok(Self::external(url, port));
         }
         let Some(install) = find_binary(&["mariadb-install-db", "mysql_install_db"]) else {
@@ -476,26 +537,28 @@ impl MariaDbServer {
         } else {
             None
         };
-        let dir = temp_dir("testkit-maria", user)?;
+        let process = Process::new(
+            "mariadbd",
+            temp_dir("testkit-maria", user)?,
+            user,
+            "TERM",
+            "error.log",
+        );
         let mut cmd = Command::new(install);
         cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--datadir={}", process.dir.join("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"]);
         if user.is_some() {
             cmd.arg("--user=mysql");
         }
-        run(&mut cmd, "mariadb-install-db").inspect_err(|_| {
-            let _ = fs::remove_dir_all(&dir);
-        })?;
+        run(&mut cmd, "mariadb-install-db")?;
         let port = free_port()?;
         let mut server = Self {
             url: format!("mysql://root@127.0.0.1:{port}/"),
             port,
             local: Some(MariaLocal {
-                dir,
-                user,
-                child: None,
                 settings: Vec::new(),
+                process,
             }),
             #[cfg(feature = "docker-tests")]
             _container: None,
@@ -518,29 +581,28 @@ impl MariaDbServer {
         }
     }
 
-    fn socket(&self) -> Option<PathBuf> {
-        self.local.as_ref().map(|l| l.dir.join("mysqld.sock"))
-    }
-
     fn launch(&mut self) -> Result<()> {
-        let port = self.port;
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
         let mariadbd =
             find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| err("mariadbd not found"))?;
-        let d = &local.dir;
+        let d = local.process.dir.clone();
+        let socket = d.join("mysqld.sock");
         let mut cmd = Command::new(mariadbd);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!(
+                "--log-error={}",
+                d.join(local.process.log).display()
+            ))
             .arg(format!(
                 "--log-bin={}",
                 d.join("data").join("binlog").display()
             ))
-            .arg(format!("--port={port}"))
+            .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
@@ -558,7 +620,7 @@ impl MariaDbServer {
                 "--default-time-zone=+00:00",
             ])
             .args(&local.settings);
-        if local.user.is_some() {
+        if local.process.user.is_some() {
             cmd.arg("--user=mysql");
         }
         let child = cmd
@@ -567,39 +629,16 @@ impl MariaDbServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| err(format!("cannot start mariadbd: {e}")))?;
-        local.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.sql_socket("SELECT 1").is_ok() {
-                return Ok(());
-            }
-            let local = self.local.as_mut().expect("local server");
-            if let Some(Ok(Some(status))) = local.child.as_mut().map(Child::try_wait) {
-                let log = fs::read_to_string(local.dir.join("error.log")).unwrap_or_default();
-                return Err(err(format!("mariadbd exited at start ({status}): {log}")));
-            }
-            if Instant::now() > deadline {
-                return Err(err("mariadbd did not accept connections within 60 s"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn client() -> PathBuf {
-        find_binary(&["mariadb", "mysql"]).unwrap_or_else(|| PathBuf::from("mariadb"))
+        local
+            .process
+            .wait_ready(child, || mariadb_socket(&socket, "SELECT 1").is_ok())
     }
 
     fn sql_socket(&self, sql: &str) -> Result<String> {
-        let Some(socket) = self.socket() else {
-            return self.sql(sql);
-        };
-        run(
-            Command::new(Self::client())
-                .arg("--no-defaults")
-                .arg(format!("--socket={}", socket.display()))
-                .args(["-uroot", "-N", "-B", "--connect-timeout=5", "-e", sql]),
-            "mariadb",
-        )
+        match &self.local {
+            Some(l) => mariadb_socket(&l.process.dir.join("mysqld.sock"), sql),
+            None => self.sql(sql),
+        }
     }
 
     /// Runs SQL through the `mariadb` client over TCP, as the connectors connect, and
@@ -609,7 +648,7 @@ impl MariaDbServer {
         let (auth, hostpart) = rest.split_once('@').unwrap_or(("root", rest));
         let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
         let host = hostpart.split(['/', ':']).next().unwrap_or("127.0.0.1");
-        let mut cmd = Command::new(Self::client());
+        let mut cmd = Command::new(mariadb_client());
         cmd.arg("--no-defaults")
             .arg(format!("--host={host}"))
             .arg(format!("--port={}", self.port))
@@ -630,8 +669,8 @@ impl MariaDbServer {
 
     /// Stops the server and starts it again with extra `--option=value` arguments.
     pub fn restart_with(&mut self, args: &[&str]) -> Result<()> {
-        self.stop();
         if let Some(l) = self.local.as_mut() {
+            l.process.stop();
             l.settings.extend(args.iter().map(|a| (*a).to_string()));
         }
         self.launch()
@@ -639,46 +678,20 @@ impl MariaDbServer {
 
     /// SIGKILLs the server (a crash) and starts it again.
     pub fn crash_and_restart(&mut self) -> Result<()> {
-        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
-            send_signal(child.id(), "KILL");
-            wait_exit(child, Duration::from_secs(30));
+        if let Some(l) = self.local.as_mut() {
+            l.process.kill();
         }
         self.launch()
     }
 
     /// The server's PID, when the harness started it.
     pub fn pid(&self) -> Option<u32> {
-        self.local
-            .as_ref()
-            .and_then(|l| l.child.as_ref())
-            .map(Child::id)
-    }
-
-    fn stop(&mut self) {
-        if let Some(child) = self.local.as_mut().and_then(|l| l.child.as_mut()) {
-            send_signal(child.id(), "TERM");
-            if !wait_exit(child, Duration::from_secs(30)) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if let Some(l) = self.local.as_mut() {
-            l.child = None;
-        }
+        self.local.as_ref().and_then(|l| l.process.pid())
     }
 
     /// The server's directory, when the harness started it.
     pub fn dir(&self) -> Option<&Path> {
-        self.local.as_ref().map(|l| l.dir.as_path())
-    }
-}
-
-impl Drop for MariaDbServer {
-    fn drop(&mut self) {
-        self.stop();
-        if let Some(l) = &self.local {
-            let _ = fs::remove_dir_all(&l.dir);
-        }
+        self.local.as_ref().map(|l| l.process.dir.as_path())
     }
 }
 
