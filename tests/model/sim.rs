@@ -184,7 +184,7 @@ impl SimDb {
             row.insert("id".into(), json!(id));
         }
         row.insert("v".into(), json!(v));
-        if v % 3 == 0 {
+        if v.is_multiple_of(3) {
             row.insert("pad".into(), json!(format!("p{v}")));
         } else {
             row.insert("pad".into(), Value::Null);
@@ -308,10 +308,10 @@ impl SimDb {
     /// maybe write.
     fn step(&mut self) -> Result<(), SourceError> {
         self.calls += 1;
-        if let (Some(limit), Some(shutdown)) = (self.stop_after_calls, &self.shutdown) {
-            if self.calls >= limit {
-                shutdown.request();
-            }
+        if let (Some(limit), Some(shutdown)) = (self.stop_after_calls, &self.shutdown)
+            && self.calls >= limit
+        {
+            shutdown.request();
         }
         if self.rng.chance(self.layout.fail) {
             return Err(SourceError::transient("simulated connection reset"));
@@ -531,7 +531,8 @@ impl SimDb {
                     key: keyed(*table, *id),
                     before_key: (!self.keyless(*table)).then(|| keyed(*table, *old)),
                     row: row.clone(),
-                    before: (self.keyless(*table) || txn.seq % 2 == 0).then(|| before.clone()),
+                    before: (self.keyless(*table) || txn.seq.is_multiple_of(2))
+                        .then(|| before.clone()),
                     meta,
                 }),
                 SimChange::Delete { table, id, before } => {

@@ -56,8 +56,12 @@ pub trait Connector {
     /// Connects (and verifies the server settings capture needs).
     async fn connect(endpoint: &Self::Endpoint) -> Result<Self::Source, SourceError>;
 
-    /// Verifies connection, permissions and server settings; one item per check.
-    async fn check(endpoint: &Self::Endpoint) -> Result<Vec<CheckItem>, SourceError>;
+    /// Verifies connection, permissions, server settings and what each binding needs; one
+    /// item per check, each failure naming the fix.
+    async fn check(
+        endpoint: &Self::Endpoint,
+        bindings: &[Binding],
+    ) -> Result<Vec<CheckItem>, SourceError>;
 
     /// Merger options from the endpoint's advanced settings.
     fn engine_options(_endpoint: &Self::Endpoint) -> EngineOptions {
@@ -156,7 +160,7 @@ async fn run_command<C: Connector>(command: Command) -> Result<ExitCode> {
         }
         Command::Check { config } => {
             let config = Config::<C::Endpoint>::load(&config)?;
-            let items = C::check(&config.endpoint).await?;
+            let items = C::check(&config.endpoint, &config.bindings).await?;
             let mut text = String::new();
             for item in &items {
                 text.push_str(&format!(

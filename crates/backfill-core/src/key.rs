@@ -71,10 +71,10 @@ pub enum Region {
 impl Window<'_> {
     /// Classifies `key` with a comparator that agrees with the database's order.
     pub fn classify_with(&self, key: &Key, cmp: impl Fn(&Key, &Key) -> Ordering) -> Region {
-        if let Some(lo) = self.lo {
-            if cmp(key, lo) != Ordering::Greater {
-                return Region::Done;
-            }
+        if let Some(lo) = self.lo
+            && cmp(key, lo) != Ordering::Greater
+        {
+            return Region::Done;
         }
         match self.hi {
             Hi::Empty => Region::Ahead,

@@ -384,10 +384,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
             self.last_progress_log = Instant::now();
             self.metrics.log_progress();
             // Lag in bytes needs the log's end: one cheap query per progress interval.
-            if let Ok(end) = self.source.end_position().await {
-                if let Some(bytes) = self.delivered.bytes_until(&end) {
-                    self.metrics.stream_lag_bytes(bytes);
-                }
+            if let Ok(end) = self.source.end_position().await
+                && let Some(bytes) = self.delivered.bytes_until(&end)
+            {
+                self.metrics.stream_lag_bytes(bytes);
             }
         }
         Ok(())
@@ -491,17 +491,16 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let spec = &self.specs[b];
         let mut prev = cursor;
         for (key, _) in &chunk.rows {
-            if let Some(p) = prev {
-                if let Some(ord) = self.source.compare_native(spec, p, key) {
-                    if ord != Ordering::Less {
-                        return Err(Error::Invariant(format!(
-                            "{}: scan returned key {} after {}; the key order of the scan and of the connector disagree",
-                            self.table_name(b),
-                            key.identity(),
-                            p.identity()
-                        )));
-                    }
-                }
+            if let Some(p) = prev
+                && let Some(ord) = self.source.compare_native(spec, p, key)
+                && ord != Ordering::Less
+            {
+                return Err(Error::Invariant(format!(
+                    "{}: scan returned key {} after {}; the key order of the scan and of the connector disagree",
+                    self.table_name(b),
+                    key.identity(),
+                    p.identity()
+                )));
             }
             prev = Some(key);
         }
@@ -615,10 +614,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
             } => {
                 self.advance(position)?;
                 self.in_txn = false;
-                if let Some(t) = txid {
-                    if self.phase_any_backfilling() {
-                        self.unproven_txids.push(*t);
-                    }
+                if let Some(t) = txid
+                    && self.phase_any_backfilling()
+                {
+                    self.unproven_txids.push(*t);
                 }
                 if let Some(ts) = ts_ms {
                     self.last_commit_ts = Some(*ts);

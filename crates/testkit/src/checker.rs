@@ -339,14 +339,14 @@ pub fn compare_tables(
     if !expect.key.is_empty() {
         let (gr, wr) = (by_id(got), by_id(want));
         for (id, row) in &wr {
-            if let Some(have) = gr.get(id) {
-                if have != row {
-                    diffs.push(format!(
-                        "{id}: stale {} want {}",
-                        Value::Object(have.clone()),
-                        Value::Object(row.clone())
-                    ));
-                }
+            if let Some(have) = gr.get(id)
+                && have != row
+            {
+                diffs.push(format!(
+                    "{id}: stale {} want {}",
+                    Value::Object(have.clone()),
+                    Value::Object(row.clone())
+                ));
             }
         }
     }

@@ -1,0 +1,196 @@
+//! The `source-postgres` binary's glue: the core's [`Connector`] and the `check` command.
+
+use backfill_core::SourceError;
+use backfill_core::cli::{CheckItem, Connector};
+use backfill_core::config::Binding;
+use backfill_core::merger::EngineOptions;
+use backfill_core::source::ChunkLimits;
+
+use crate::endpoint::Endpoint;
+use crate::replication::ReplicationConn;
+use crate::source::PgSource;
+
+/// PostgreSQL, as the shared command line drives it.
+#[derive(Debug)]
+pub struct PostgresConnector;
+
+fn item(name: &str, ok: bool, detail: impl Into<String>) -> CheckItem {
+    CheckItem {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+impl Connector for PostgresConnector {
+    type Endpoint = Endpoint;
+    type Source = PgSource;
+
+    const NAME: &'static str = "source-postgres";
+
+    async fn connect(endpoint: &Endpoint) -> Result<PgSource, SourceError> {
+        PgSource::connect(endpoint).await
+    }
+
+    async fn check(
+        endpoint: &Endpoint,
+        bindings: &[Binding],
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        let mut items = Vec::new();
+        let source = match PgSource::connect(endpoint).await {
+            Ok(s) => s,
+            Err(e) => {
+                items.push(item("connect", false, e.message()));
+                return Ok(items);
+            }
+        };
+        let client = source.client();
+        items.push(item(
+            "connect",
+            true,
+            format!("server version {}", source.server_version()),
+        ));
+        let setting = |name: &'static str| async move {
+            client
+                .query_one(&format!("SELECT current_setting('{name}')"), &[])
+                .await
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default()
+        };
+        let wal_level = setting("wal_level").await;
+        items.push(item(
+            "wal_level",
+            wal_level == "logical",
+            if wal_level == "logical" {
+                "logical".to_string()
+            } else {
+                format!("is {wal_level:?}; set it: ALTER SYSTEM SET wal_level = logical; then restart the server")
+            },
+        ));
+        let slots: i32 = setting("max_replication_slots").await.parse().unwrap_or(0);
+        let senders: i32 = setting("max_wal_senders").await.parse().unwrap_or(0);
+        items.push(item(
+            "replication capacity",
+            slots > 0 && senders > 0,
+            format!(
+                "max_replication_slots = {slots}, max_wal_senders = {senders}{}",
+                if slots > 0 && senders > 0 {
+                    ""
+                } else {
+                    "; raise both above 0 and restart"
+                }
+            ),
+        ));
+        let can_replicate: bool = client
+            .query_one(
+                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        items.push(item(
+            "replication role",
+            can_replicate,
+            if can_replicate {
+                format!("{} may replicate", endpoint.user)
+            } else {
+                format!(
+                    "{0} lacks REPLICATION: ALTER ROLE {0} WITH REPLICATION",
+                    endpoint.user
+                )
+            },
+        ));
+        match ReplicationConn::connect(endpoint).await {
+            Ok(mut conn) => {
+                let ok = conn.simple_query("IDENTIFY_SYSTEM").await;
+                items.push(item(
+                    "replication connection",
+                    ok.is_ok(),
+                    match ok {
+                        Ok(_) => "accepted".to_string(),
+                        Err(e) => e.message().to_string(),
+                    },
+                ));
+            }
+            Err(e) => items.push(item(
+                "replication connection",
+                false,
+                format!(
+                    "{}; pg_hba.conf must allow `replication` connections for this user",
+                    e.message()
+                ),
+            )),
+        }
+        let tables = catalog_tables(&source).await?;
+        for b in bindings {
+            let name = format!("{}.{}", b.resource.namespace, b.resource.stream);
+            match tables.iter().find(|t| t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream) {
+                None => items.push(item(&format!("table {name}"), false, "not found, or the user lacks SELECT on it: GRANT SELECT ON it TO the connector's role")),
+                Some(t) => {
+                    let info = t.info();
+                    let keyless = t.key.is_empty();
+                    let identity_ok = !keyless || t.replica_identity == 'f';
+                    let mut detail = if keyless { "no primary key".to_string() } else { format!("key ({})", t.key.join(", ")) };
+                    for w in &info.warnings {
+                        detail.push_str("; warning: ");
+                        detail.push_str(w);
+                    }
+                    items.push(item(&format!("table {name}"), identity_ok, detail));
+                }
+            }
+        }
+        let publication = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&endpoint.publication],
+            )
+            .await
+            .map_err(|e| crate::source::db_error(&e, "reading pg_publication"))?;
+        let can_create: bool = client
+            .query_one(
+                "SELECT has_database_privilege(current_database(), 'CREATE')",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        items.push(match (publication.is_some(), endpoint.advanced.read_only, can_create) {
+            (true, _, _) => item("publication", true, format!("{:?} exists", endpoint.publication)),
+            (false, false, true) => item("publication", true, format!("{:?} will be created", endpoint.publication)),
+            (false, _, _) => item(
+                "publication",
+                false,
+                format!("{:?} does not exist and cannot be created by this user: CREATE PUBLICATION \"{}\" FOR TABLE ...", endpoint.publication, endpoint.publication),
+            ),
+        });
+        let slot = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&endpoint.slot],
+            )
+            .await
+            .map_err(|e| crate::source::db_error(&e, "reading pg_replication_slots"))?;
+        items.push(match slot {
+            Some(row) => item("slot", true, format!("{:?} exists{}", endpoint.slot, if row.get::<_, bool>(0) { " (in use)" } else { "" })),
+            None if endpoint.advanced.read_only => item("slot", false, format!("{:?} does not exist: SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", endpoint.slot, endpoint.slot)),
+            None => item("slot", true, format!("{:?} will be created", endpoint.slot)),
+        });
+        Ok(items)
+    }
+
+    fn engine_options(endpoint: &Endpoint) -> EngineOptions {
+        EngineOptions {
+            limits: ChunkLimits {
+                rows: endpoint.advanced.chunk_size.max(1),
+                bytes: 64 << 20,
+            },
+            concurrency: endpoint.advanced.backfill_concurrency.max(1),
+            ..EngineOptions::default()
+        }
+    }
+}
+
+async fn catalog_tables(source: &PgSource) -> Result<Vec<crate::catalog::Table>, SourceError> {
+    crate::catalog::tables(source.client()).await
+}

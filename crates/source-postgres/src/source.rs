@@ -1,0 +1,840 @@
+//! The PostgreSQL source: discovery, key-ordered and ctid-ordered chunk scans with their
+//! fence and snapshot witness, key classification, and opening the replication stream.
+//!
+//! ## Chunks, fences and the witness
+//!
+//! A chunk is read in its own `REPEATABLE READ READ ONLY` transaction:
+//!
+//! ```text
+//! BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
+//!   SELECT to_jsonb(t) ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
+//!   SELECT pg_current_wal_insert_lsn(), txid_snapshot_xmax/xip(txid_current_snapshot())
+//! COMMIT
+//! SELECT pg_logical_emit_message(false, 'source-postgres', '')                     -- unless read-only
+//! ```
+//!
+//! The insert LSN is read *after* the rows, inside the transaction: a transaction visible in
+//! S has inserted its commit record before S was taken (an asynchronous commit is visible
+//! before its record is flushed, but not before it is inserted), so the fence is at or
+//! after every visible commit. `txid_current_snapshot()` in a repeatable-read transaction is
+//! S itself, so its `xmax` and in-progress list are the witness the core checks against the
+//! transaction ids the stream delivered. The logical message after the fence gives an idle
+//! database a WAL record past the fence, so the walsender's keepalive position reaches it.
+//!
+//! Rows come from `to_jsonb(t)`: backfilled values are what DESIGN.md §5 asks for by
+//! construction. Keys are compared against the cursor with a row comparison on the key
+//! columns in their own collations, so the primary-key index serves the scan.
+
+use std::cmp::Ordering;
+
+use backfill_core::SourceError;
+use backfill_core::key::{Hi, Key, Region, Window};
+use backfill_core::mode::{KeyOrdering, ResolvedMode};
+use backfill_core::source::{
+    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
+    Source, StreamStart, TableInfo,
+};
+use serde_json::Value;
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::catalog::{self, NativeOrder, Table, Types, quote};
+use crate::endpoint::Endpoint;
+use crate::lsn::{Lsn, PgPosition};
+use crate::replication::ReplicationConn;
+use crate::stream::PgStream;
+
+/// The PostgreSQL source.
+#[derive(Debug)]
+pub struct PgSource {
+    endpoint: Endpoint,
+    client: Client,
+    tables: Vec<Table>,
+    types: Types,
+    server_version: u32,
+}
+
+pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("{what}: {} (SQLSTATE {code})", db.message());
+            if code.starts_with("08")
+                || code.starts_with("57")
+                || code == "40001"
+                || code == "55006"
+            {
+                SourceError::transient(text)
+            } else if code == "42P01" {
+                SourceError::definite(format!(
+                    "{text}; the table was dropped or renamed: remove or fix its binding"
+                ))
+            } else if code == "42501" {
+                SourceError::definite(format!(
+                    "{text}; grant the connector's role what `check` lists"
+                ))
+            } else {
+                SourceError::definite(text)
+            }
+        }
+        None => SourceError::transient(format!("{what}: {e}")),
+    }
+}
+
+/// A key value as the text of a query parameter (cast to the column type in SQL).
+pub(crate) fn param_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl PgSource {
+    /// Connects and reads the catalog.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
+        let client = crate::conn::connect(endpoint).await?;
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| db_error(&e, "reading the server version"))?
+            .get(0);
+        let tables = catalog::tables(&client).await?;
+        let types = Types::load(&client).await?;
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            client,
+            tables,
+            types,
+            server_version: u32::try_from(version).unwrap_or(0),
+        })
+    }
+
+    /// The query connection, for `check`.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The server's version number (150004 for 15.4).
+    pub fn server_version(&self) -> u32 {
+        self.server_version
+    }
+
+    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
+        self.tables
+            .iter()
+            .find(|t| t.table == spec.table)
+            .ok_or_else(|| {
+                SourceError::definite(format!(
+                    "{}.{}: table not found; was it dropped or renamed?",
+                    spec.table.namespace, spec.table.stream
+                ))
+            })
+    }
+
+    fn qualified(t: &Table) -> String {
+        format!("{}.{}", quote(&t.table.namespace), quote(&t.table.stream))
+    }
+
+    /// `$n::text::type COLLATE "c"` for key column `name`.
+    fn typed_param(t: &Table, name: &str, n: usize) -> String {
+        let c = t.column(name);
+        let ty = c.map_or("text", |c| c.type_name.as_str());
+        match c.and_then(|c| c.collation.as_ref()) {
+            Some(coll) => format!("${n}::text::{ty} COLLATE {}", quote(coll)),
+            None => format!("${n}::text::{ty}"),
+        }
+    }
+
+    fn xmin_filter(&self) -> String {
+        let mut f = String::new();
+        if let Some(min) = self.endpoint.advanced.min_backfill_xid {
+            f.push_str(&format!(
+                " AND ((t.xmin::text::bigint - {min} + 4294967296) % 4294967296) < 2147483648"
+            ));
+        }
+        if let Some(max) = self.endpoint.advanced.max_backfill_xid {
+            f.push_str(&format!(
+                " AND (({max} - t.xmin::text::bigint + 4294967296) % 4294967296) < 2147483648"
+            ));
+        }
+        f
+    }
+
+    async fn emit_watermark(&self) -> Result<(), SourceError> {
+        if self.endpoint.advanced.read_only {
+            return Ok(());
+        }
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(false, 'source-postgres', '')",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e, "emitting a watermark"))?;
+        Ok(())
+    }
+
+    async fn scan_keyed(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
+        let t = self.table(req.binding)?.clone();
+        let key = &req.binding.key;
+        let cols = key
+            .iter()
+            .map(|k| format!("t.{}", quote(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!(
+            "SELECT to_jsonb(t)::text FROM ONLY {} t WHERE true",
+            Self::qualified(&t)
+        );
+        let mut params: Vec<String> = Vec::new();
+        if let Some(after) = req.after {
+            let typed = key
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Self::typed_param(&t, k, i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sql.push_str(&format!(" AND ({cols}) > ({typed})"));
+            params = after.0.iter().map(param_text).collect();
+        }
+        sql.push_str(&self.xmin_filter());
+        sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", req.limits.rows + 1));
+        let what = format!("scanning {}", Self::qualified(&t));
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| db_error(&e, &what))?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        let rows = tx
+            .query(&sql, &refs)
+            .await
+            .map_err(|e| db_error(&e, &what))?;
+        let fence_row = tx
+            .query_one(
+                "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
+                        ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e, &what))?;
+        tx.commit().await.map_err(|e| db_error(&e, &what))?;
+        self.emit_watermark().await?;
+        let fence: Lsn = fence_row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(SourceError::definite)?;
+        let xmax: i64 = fence_row.get(1);
+        let xip: Vec<i64> = fence_row.get(2);
+        let mut complete = rows.len() <= req.limits.rows;
+        let mut out = Vec::with_capacity(rows.len().min(req.limits.rows));
+        let mut bytes = 0;
+        for r in rows.iter().take(req.limits.rows) {
+            let text: &str = r.get(0);
+            bytes += text.len();
+            let row: Row = serde_json::from_str(text)
+                .map_err(|e| SourceError::definite(format!("{what}: bad row JSON: {e}")))?;
+            let k = Key(key
+                .iter()
+                .map(|c| row.get(c).cloned().unwrap_or(Value::Null))
+                .collect());
+            out.push((k, row));
+            if bytes >= req.limits.bytes && out.len() < rows.len() {
+                complete = false;
+                break;
+            }
+        }
+        Ok(Chunk {
+            rows: out,
+            complete,
+            fence: PgPosition { lsn: fence },
+            witness: SnapshotWitness::Mvcc {
+                xmax: u64::try_from(xmax).unwrap_or(0),
+                in_progress: xip
+                    .into_iter()
+                    .filter_map(|x| u64::try_from(x).ok())
+                    .collect(),
+            },
+        })
+    }
+
+    /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`.
+    async fn scan_physical(
+        &mut self,
+        req: ScanRequest<'_>,
+    ) -> Result<Chunk<PgPosition>, SourceError> {
+        let t = self.table(req.binding)?.clone();
+        let what = format!("scanning {}", Self::qualified(&t));
+        let after = match req.after.and_then(|k| k.0.first()).and_then(Value::as_str) {
+            Some(c) => parse_ctid(c)
+                .ok_or_else(|| SourceError::definite(format!("{what}: bad cursor {c:?}")))?,
+            None => (0, 0),
+        };
+        let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
+        let xmin_filter = self.xmin_filter();
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| db_error(&e, &what))?;
+        let relpages: i64 = tx
+            .query_one(
+                &format!("SELECT (pg_relation_size('{}'::regclass) / current_setting('block_size')::int)::bigint", Self::qualified(&t).replace('\'', "''")),
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e, &what))?
+            .get(0);
+        let relpages = u64::try_from(relpages).unwrap_or(0);
+        let mut start = after;
+        let mut found: Vec<((u64, u64), String)> = Vec::new();
+        let mut end_page = after.0;
+        while found.is_empty() && end_page <= relpages {
+            end_page = start.0 + pages_per_chunk;
+            let sql = format!(
+                "SELECT ctid::text, to_jsonb(t)::text FROM ONLY {} t WHERE ctid > $1::text::tid AND ctid < $2::text::tid{xmin_filter}",
+                Self::qualified(&t),
+            );
+            let lo = format!("({},{})", start.0, start.1);
+            let hi = format!("({end_page},0)");
+            for r in tx
+                .query(&sql, &[&lo, &hi])
+                .await
+                .map_err(|e| db_error(&e, &what))?
+            {
+                let ctid: &str = r.get(0);
+                let pos = parse_ctid(ctid)
+                    .ok_or_else(|| SourceError::definite(format!("{what}: bad ctid {ctid:?}")))?;
+                found.push((pos, r.get::<_, String>(1)));
+            }
+            start = (end_page, 0);
+        }
+        let fence_row = tx
+            .query_one(
+                "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
+                        ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(&e, &what))?;
+        tx.commit().await.map_err(|e| db_error(&e, &what))?;
+        self.emit_watermark().await?;
+        found.sort_by_key(|(pos, _)| *pos);
+        let truncated = found.len() > req.limits.rows;
+        found.truncate(req.limits.rows);
+        let complete = !truncated && end_page >= relpages;
+        let mut rows = Vec::with_capacity(found.len());
+        for ((page, tuple), text) in found {
+            let row: Row = serde_json::from_str(&text)
+                .map_err(|e| SourceError::definite(format!("{what}: bad row JSON: {e}")))?;
+            rows.push((Key(vec![Value::String(format!("({page},{tuple})"))]), row));
+        }
+        let fence: Lsn = fence_row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(SourceError::definite)?;
+        let xmax: i64 = fence_row.get(1);
+        let xip: Vec<i64> = fence_row.get(2);
+        if rows.is_empty() && !complete {
+            return Err(SourceError::transient(format!(
+                "{what}: empty page range before the end of the table"
+            )));
+        }
+        Ok(Chunk {
+            rows,
+            complete,
+            fence: PgPosition { lsn: fence },
+            witness: SnapshotWitness::Mvcc {
+                xmax: u64::try_from(xmax).unwrap_or(0),
+                in_progress: xip
+                    .into_iter()
+                    .filter_map(|x| u64::try_from(x).ok())
+                    .collect(),
+            },
+        })
+    }
+
+    fn native_orders(&self, binding: &BindingSpec) -> Option<Vec<NativeOrder>> {
+        let t = self.tables.iter().find(|t| t.table == binding.table)?;
+        binding
+            .key
+            .iter()
+            .map(|k| t.column(k).and_then(catalog::native_order))
+            .collect()
+    }
+}
+
+/// `(12,3)` → (12, 3).
+pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
+    let (p, t) = s.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    Some((p.parse().ok()?, t.parse().ok()?))
+}
+
+impl Discovery for PgSource {
+    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
+        Ok(self.tables.iter().map(Table::info).collect())
+    }
+}
+
+impl ChunkScanner for PgSource {
+    type Position = PgPosition;
+
+    async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
+        if req.binding.mode == ResolvedMode::WithoutPrimaryKey || req.binding.key.is_empty() {
+            self.scan_physical(req).await
+        } else {
+            self.scan_keyed(req).await
+        }
+    }
+
+    async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
+        let t = self.table(binding).ok()?;
+        let row = self
+            .client
+            .query_one(
+                "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+                &[&t.oid],
+            )
+            .await
+            .ok()?;
+        u64::try_from(row.get::<_, i64>(0)).ok()
+    }
+}
+
+impl KeyClassifier for PgSource {
+    fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering> {
+        if binding.mode == ResolvedMode::WithoutPrimaryKey || binding.key.is_empty() {
+            let p = |k: &Key| k.0.first().and_then(Value::as_str).and_then(parse_ctid);
+            return Some(p(a)?.cmp(&p(b)?));
+        }
+        let orders = self.native_orders(binding)?;
+        for (i, order) in orders.iter().enumerate() {
+            match catalog::compare_native(*order, a.0.get(i)?, b.0.get(i)?)? {
+                Ordering::Equal => continue,
+                other => return Some(other),
+            }
+        }
+        Some(Ordering::Equal)
+    }
+
+    async fn classify(
+        &mut self,
+        binding: &BindingSpec,
+        window: Window<'_>,
+        keys: &[&Key],
+    ) -> Result<Vec<Region>, SourceError> {
+        if let Some(orders) = self.native_orders(binding) {
+            let _ = orders;
+            return Ok(keys
+                .iter()
+                .map(|k| {
+                    window.classify_with(k, |a, b| {
+                        self.compare_native(binding, a, b)
+                            .unwrap_or(Ordering::Equal)
+                    })
+                })
+                .collect());
+        }
+        // Ask the server: one query for the whole batch, in the key columns' collations.
+        let t = self.table(binding)?.clone();
+        let n = binding.key.len();
+        let cols = (0..n)
+            .map(|i| format!("u.c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let typed_cols = binding
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let c = t.column(k);
+                let ty = c.map_or("text", |c| c.type_name.as_str());
+                match c.and_then(|c| c.collation.as_ref()) {
+                    Some(coll) => format!("u.c{i}::{ty} COLLATE {}", quote(coll)),
+                    None => format!("u.c{i}::{ty}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
+        for i in 0..n {
+            let col: Vec<String> = keys
+                .iter()
+                .map(|k| k.0.get(i).map(param_text).unwrap_or_default())
+                .collect();
+            params.push(Box::new(col));
+        }
+        let mut next = n + 1;
+        let mut bound = |key: Option<&Key>,
+                         params: &mut Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>|
+         -> String {
+            match key {
+                None => "NULL".into(),
+                Some(k) => {
+                    let typed = binding
+                        .key
+                        .iter()
+                        .enumerate()
+                        .map(|(i, name)| {
+                            params.push(Box::new(k.0.get(i).map(param_text).unwrap_or_default()));
+                            let s = Self::typed_param(&t, name, next);
+                            next += 1;
+                            s
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("(({typed_cols}) > ({typed}))")
+                }
+            }
+        };
+        let above_lo = bound(window.lo, &mut params);
+        let above_hi = match window.hi {
+            Hi::Key(h) => bound(Some(h), &mut params),
+            Hi::Empty | Hi::Unbounded => "NULL".into(),
+        };
+        let unnest = (0..n)
+            .map(|i| format!("${}::text[]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {above_lo}, {above_hi} FROM unnest({unnest}) WITH ORDINALITY AS u({cols}, ord) ORDER BY ord"
+        );
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = self
+            .client
+            .query(&sql, &refs)
+            .await
+            .map_err(|e| db_error(&e, "classifying keys"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let above_lo = window.lo.is_none() || r.get::<_, Option<bool>>(0).unwrap_or(false);
+                if !above_lo {
+                    return Region::Done;
+                }
+                match window.hi {
+                    Hi::Empty => Region::Ahead,
+                    Hi::Unbounded => Region::Window,
+                    Hi::Key(_) => {
+                        if r.get::<_, Option<bool>>(1).unwrap_or(false) {
+                            Region::Ahead
+                        } else {
+                            Region::Window
+                        }
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+impl Source for PgSource {
+    type Stream = PgStream;
+
+    async fn open_stream(
+        &mut self,
+        start: StreamStart<PgPosition>,
+        bindings: &[BindingSpec],
+    ) -> Result<(PgStream, PgPosition), SourceError> {
+        self.ensure_publication(bindings).await?;
+        let slot = self.endpoint.slot.clone();
+        let existing = self.slot_state(&slot).await?;
+        let read_only = self.endpoint.advanced.read_only;
+        let lost = |why: String| {
+            SourceError::definite(format!(
+                "{why}: the stream position is lost. Raise `backfill` for every binding to re-establish it (and re-read the tables)"
+            ))
+        };
+        let mut repl = ReplicationConn::connect(&self.endpoint).await?;
+        let start_lsn = match (start, existing) {
+            (StreamStart::Resume(_), None) => {
+                return Err(lost(format!("replication slot {slot:?} does not exist")));
+            }
+            (StreamStart::Resume(p), Some(s)) => {
+                if s.lost {
+                    return Err(lost(format!(
+                        "replication slot {slot:?} was invalidated (max_slot_wal_keep_size exceeded)"
+                    )));
+                }
+                if s.confirmed > p.lsn {
+                    return Err(lost(format!(
+                        "replication slot {slot:?} has confirmed {} but the state resumes at {}",
+                        s.confirmed, p.lsn
+                    )));
+                }
+                p.lsn
+            }
+            (StreamStart::Fresh, Some(s)) if !s.lost => s.confirmed,
+            (StreamStart::Reset | StreamStart::Fresh, existing) => {
+                if existing.is_some() {
+                    if read_only {
+                        return Err(SourceError::definite(format!(
+                            "every backfill counter was raised, which recreates slot {slot:?}, but endpoint.advanced.read_only is set; drop and recreate it by hand"
+                        )));
+                    }
+                    self.client
+                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                        .await
+                        .map_err(|e| {
+                            db_error(&e, &format!("dropping replication slot {slot:?}"))
+                        })?;
+                }
+                if read_only {
+                    return Err(SourceError::definite(format!(
+                        "replication slot {slot:?} does not exist and endpoint.advanced.read_only is set; create it: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+                    )));
+                }
+                let rows = repl
+                    .simple_query(&format!(
+                        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                        quote(&slot)
+                    ))
+                    .await?;
+                let point = rows
+                    .first()
+                    .and_then(|r| r.get(1))
+                    .cloned()
+                    .flatten()
+                    .ok_or_else(|| {
+                        SourceError::definite(
+                            "CREATE_REPLICATION_SLOT returned no consistent point",
+                        )
+                    })?;
+                tracing::info!(slot = %slot, consistent_point = %point, "created replication slot");
+                point.parse().map_err(SourceError::definite)?
+            }
+        };
+        self.wait_for_running_transactions().await?;
+        let xid_ref: i64 = self
+            .client
+            .query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[])
+            .await
+            .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+            .get(0);
+        repl.start_replication(
+            &slot,
+            start_lsn,
+            &[
+                ("proto_version", "1"),
+                ("publication_names", self.endpoint.publication.as_str()),
+            ],
+        )
+        .await?;
+        let stream = PgStream::new(
+            repl,
+            crate::conn::connect(&self.endpoint).await?,
+            self.types.clone(),
+            bindings,
+            start_lsn,
+            u64::try_from(xid_ref).unwrap_or(0),
+            self.endpoint.heartbeat(),
+        );
+        Ok((stream, PgPosition { lsn: start_lsn }))
+    }
+
+    async fn end_position(&mut self) -> Result<PgPosition, SourceError> {
+        let lsn: String = self
+            .client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(|e| db_error(&e, "reading the WAL position"))?
+            .get(0);
+        self.emit_watermark().await?;
+        Ok(PgPosition {
+            lsn: lsn.parse().map_err(SourceError::definite)?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SlotState {
+    confirmed: Lsn,
+    lost: bool,
+}
+
+impl PgSource {
+    async fn slot_state(&self, slot: &str) -> Result<Option<SlotState>, SourceError> {
+        let wal_status = if self.server_version >= 130_000 {
+            "wal_status::text"
+        } else {
+            "NULL::text"
+        };
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT COALESCE(confirmed_flush_lsn, restart_lsn)::text, {wal_status}, plugin::text, database::text = current_database()
+                       FROM pg_replication_slots WHERE slot_name = $1"
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(|e| db_error(&e, "reading pg_replication_slots"))?;
+        let Some(row) = row else { return Ok(None) };
+        let plugin: Option<String> = row.get(2);
+        let same_db: Option<bool> = row.get(3);
+        if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+            return Err(SourceError::definite(format!(
+                "replication slot {slot:?} exists but is not a pgoutput slot of this database; choose another endpoint.slot"
+            )));
+        }
+        let confirmed: Option<String> = row.get(0);
+        let status: Option<String> = row.get(1);
+        Ok(Some(SlotState {
+            confirmed: confirmed
+                .as_deref()
+                .unwrap_or("0/0")
+                .parse()
+                .map_err(SourceError::definite)?,
+            lost: status.as_deref() == Some("lost") || confirmed.is_none(),
+        }))
+    }
+
+    /// Waits until every transaction running now has finished, so that everything before
+    /// the stream's start is visible to later snapshots (the promise of `open_stream`).
+    async fn wait_for_running_transactions(&self) -> Result<(), SourceError> {
+        let horizon: i64 = self
+            .client
+            .query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[])
+            .await
+            .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+            .get(0);
+        let started = std::time::Instant::now();
+        let mut warned = 0;
+        loop {
+            let xmin: i64 = self
+                .client
+                .query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())", &[])
+                .await
+                .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+                .get(0);
+            if xmin >= horizon {
+                return Ok(());
+            }
+            let waited = started.elapsed().as_secs();
+            if waited / 10 > warned {
+                warned = waited / 10;
+                tracing::warn!(
+                    waited_s = waited,
+                    "waiting for transactions that were running at start to finish (see pg_stat_activity)"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn ensure_publication(&self, bindings: &[BindingSpec]) -> Result<(), SourceError> {
+        let publication = &self.endpoint.publication;
+        let read_only = self.endpoint.advanced.read_only;
+        for b in bindings {
+            if b.mode == ResolvedMode::WithoutPrimaryKey || b.key.is_empty() {
+                let t = self.table(b)?;
+                if t.replica_identity != 'f' {
+                    return Err(SourceError::definite(format!(
+                        "{}.{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: ALTER TABLE {} REPLICA IDENTITY FULL",
+                        b.table.namespace,
+                        b.table.stream,
+                        Self::qualified(t)
+                    )));
+                }
+            }
+        }
+        let exists = self
+            .client
+            .query_opt(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
+            .await
+            .map_err(|e| db_error(&e, "reading pg_publication"))?;
+        let names: Vec<String> = bindings
+            .iter()
+            .map(|b| format!("{}.{}", quote(&b.table.namespace), quote(&b.table.stream)))
+            .collect();
+        match exists {
+            None if read_only => Err(SourceError::definite(format!(
+                "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: CREATE PUBLICATION {} FOR TABLE {}",
+                quote(publication),
+                names.join(", ")
+            ))),
+            None => {
+                let sql = if names.is_empty() {
+                    format!("CREATE PUBLICATION {}", quote(publication))
+                } else {
+                    format!(
+                        "CREATE PUBLICATION {} FOR TABLE {}",
+                        quote(publication),
+                        names.join(", ")
+                    )
+                };
+                self.client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| db_error(&e, &format!("creating publication {publication:?}")))?;
+                tracing::info!(publication = %publication, "created publication");
+                Ok(())
+            }
+            Some(row) if row.get::<_, bool>(0) => Ok(()),
+            Some(_) => {
+                let published: Vec<(String, String)> = self
+                    .client
+                    .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[publication])
+                    .await
+                    .map_err(|e| db_error(&e, "reading pg_publication_tables"))?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let missing: Vec<&String> = bindings
+                    .iter()
+                    .zip(&names)
+                    .filter(|(b, _)| {
+                        !published.contains(&(b.table.namespace.clone(), b.table.stream.clone()))
+                    })
+                    .map(|(_, n)| n)
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                let list = missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if read_only {
+                    return Err(SourceError::definite(format!(
+                        "publication {publication:?} lacks {list} and endpoint.advanced.read_only is set: ALTER PUBLICATION {} ADD TABLE {list}",
+                        quote(publication)
+                    )));
+                }
+                self.client
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} ADD TABLE {list}",
+                        quote(publication)
+                    ))
+                    .await
+                    .map_err(|e| {
+                        db_error(&e, &format!("adding {list} to publication {publication:?}"))
+                    })?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether each key column is ordered natively, by the database, or not at all.
+    pub fn key_ordering(&self, binding: &BindingSpec) -> Vec<KeyOrdering> {
+        self.tables
+            .iter()
+            .find(|t| t.table == binding.table)
+            .map(|t| t.key_ordering.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,405 @@
+//! The change stream: pgoutput messages from the replication connection turned into the
+//! core's [`StreamEvent`]s.
+//!
+//! * `Begin` / `Commit` bound each transaction; a change's `pos` is `[commit LSN, index]`
+//!   and its `_meta.source` carries `lsn` (the commit LSN), `txid` and `ts_ms`.
+//! * `Commit` carries the commit's *end* LSN: resuming there starts with the next
+//!   transaction.
+//! * Keepalives become `Progress` at the server's sent position whenever no transaction is
+//!   open; while idle the stream asks for one (a status update with the reply flag) with
+//!   a short backoff, so fences and `--until-caught-up` are reached promptly.
+//! * `Relation` messages keep the column list current: a schema change is followed, and a
+//!   row is always decoded with the columns the server sent it with.
+//! * Standby status updates report the acknowledged (durable) LSN, and are sent at least
+//!   every ten seconds so `wal_sender_timeout` never fires.
+//!
+//! Memory stays bounded for transactions of any size: each message becomes events as it
+//! arrives, and the core writes them out before asking for more.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use backfill_core::SourceError;
+use backfill_core::key::Key;
+use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use serde_json::{Map, Value};
+use tokio_postgres::Client;
+
+use crate::catalog::Types;
+use crate::lsn::{Lsn, PgPosition};
+use crate::pgoutput::{self, Cell, Message, OldImage};
+use crate::replication::{PG_EPOCH_OFFSET_US, ReplMessage, ReplicationConn};
+use crate::value::{self, Kind};
+
+#[derive(Debug)]
+struct RelInfo {
+    binding: Option<usize>,
+    namespace: String,
+    name: String,
+    columns: Vec<(String, Kind, u32)>,
+    key: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Txn {
+    final_lsn: Lsn,
+    xid: u64,
+    ts_ms: i64,
+    index: u64,
+}
+
+/// The PostgreSQL change stream.
+#[derive(Debug)]
+pub struct PgStream {
+    conn: ReplicationConn,
+    client: Client,
+    types: Types,
+    bindings: HashMap<(String, String), (usize, Vec<String>)>,
+    relations: HashMap<u32, RelInfo>,
+    txn: Option<Txn>,
+    pending: VecDeque<StreamEvent<PgPosition>>,
+    acked: Lsn,
+    progress: Lsn,
+    last_status: Instant,
+    idle_wait: Duration,
+    heartbeat: Duration,
+    xid_ref: u64,
+}
+
+impl PgStream {
+    pub(crate) fn new(
+        conn: ReplicationConn,
+        client: Client,
+        types: Types,
+        bindings: &[BindingSpec],
+        start: Lsn,
+        xid_ref: u64,
+        heartbeat: Duration,
+    ) -> Self {
+        Self {
+            conn,
+            client,
+            types,
+            bindings: bindings
+                .iter()
+                .map(|b| {
+                    (
+                        (b.table.namespace.clone(), b.table.stream.clone()),
+                        (b.index, b.key.clone()),
+                    )
+                })
+                .collect(),
+            relations: HashMap::new(),
+            txn: None,
+            pending: VecDeque::new(),
+            acked: start,
+            progress: start,
+            last_status: Instant::now(),
+            idle_wait: Duration::from_millis(5),
+            heartbeat,
+            xid_ref,
+        }
+    }
+
+    /// The 64-bit id of a 32-bit xid: the one nearest the last id seen.
+    fn full_xid(&mut self, xid: u32) -> u64 {
+        let base = self.xid_ref & !0xFFFF_FFFF;
+        let candidates = [base.wrapping_sub(1 << 32), base, base.wrapping_add(1 << 32)];
+        let full = candidates
+            .iter()
+            .map(|b| b | u64::from(xid))
+            .min_by_key(|c| c.abs_diff(self.xid_ref))
+            .unwrap_or(u64::from(xid));
+        self.xid_ref = self.xid_ref.max(full);
+        full
+    }
+
+    async fn render(&self, kind: &Kind, type_oid: u32, text: &str) -> Result<Value, SourceError> {
+        if !kind.needs_server() {
+            return value::convert(kind, text).map_err(SourceError::definite);
+        }
+        let name = self.types.name(type_oid).unwrap_or("text").to_string();
+        let row = self
+            .client
+            .query_one(
+                &format!("SELECT to_jsonb($1::text::{name})::text"),
+                &[&text],
+            )
+            .await
+            .map_err(|e| crate::source::db_error(&e, &format!("rendering a {name} value")))?;
+        serde_json::from_str(row.get::<_, &str>(0))
+            .map_err(|e| SourceError::definite(format!("bad JSON for {name}: {e}")))
+    }
+
+    async fn row(&self, rel: &RelInfo, cells: &[Cell<'_>]) -> Result<Row, SourceError> {
+        if cells.len() != rel.columns.len() {
+            return Err(SourceError::definite(format!(
+                "{}.{}: a row has {} columns where the relation has {}; refusing to emit misaligned columns",
+                rel.namespace,
+                rel.name,
+                cells.len(),
+                rel.columns.len()
+            )));
+        }
+        let mut row = Map::with_capacity(cells.len());
+        for ((name, kind, oid), cell) in rel.columns.iter().zip(cells) {
+            let v = match cell {
+                Cell::Null => Value::Null,
+                Cell::Unchanged => continue,
+                Cell::Text(t) => self.render(kind, *oid, t).await.map_err(|e| {
+                    SourceError::definite(format!(
+                        "{}.{} column {name}: {e}",
+                        rel.namespace, rel.name
+                    ))
+                })?,
+                Cell::Binary(_) => {
+                    return Err(SourceError::definite("binary tuple data was not requested"));
+                }
+            };
+            row.insert(name.clone(), v);
+        }
+        Ok(row)
+    }
+
+    fn key_of(rel: &RelInfo, row: &Row) -> Key {
+        Key(rel
+            .key
+            .iter()
+            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+            .collect())
+    }
+
+    fn meta(&mut self) -> Result<ChangeMeta, SourceError> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| SourceError::definite("a change arrived outside a transaction"))?;
+        let pos = vec![txn.final_lsn.0, txn.index];
+        txn.index += 1;
+        let mut fields = Map::new();
+        fields.insert("ts_ms".into(), Value::from(txn.ts_ms));
+        fields.insert("txid".into(), Value::from(txn.xid));
+        fields.insert("lsn".into(), Value::String(txn.final_lsn.to_string()));
+        Ok(ChangeMeta { pos, fields })
+    }
+
+    async fn handle(&mut self, data: &[u8]) -> Result<(), SourceError> {
+        let message = pgoutput::decode(data)
+            .map_err(|e| SourceError::definite(format!("malformed pgoutput message: {e}")))?;
+        match message {
+            Message::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
+                let xid = self.full_xid(xid);
+                self.txn = Some(Txn {
+                    final_lsn,
+                    xid,
+                    ts_ms: (commit_ts + PG_EPOCH_OFFSET_US) / 1000,
+                    index: 0,
+                });
+                self.pending.push_back(StreamEvent::Begin);
+            }
+            Message::Commit {
+                end_lsn, commit_ts, ..
+            } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| SourceError::definite("commit outside a transaction"))?;
+                self.progress = self.progress.max(end_lsn);
+                self.pending.push_back(StreamEvent::Commit {
+                    position: PgPosition { lsn: end_lsn },
+                    txid: Some(txn.xid),
+                    ts_ms: Some((commit_ts + PG_EPOCH_OFFSET_US) / 1000),
+                });
+            }
+            Message::Relation(r) => {
+                let binding = self
+                    .bindings
+                    .get(&(r.namespace.clone(), r.name.clone()))
+                    .cloned();
+                let columns = r
+                    .columns
+                    .iter()
+                    .map(|c| (c.name.clone(), self.types.kind(c.type_oid), c.type_oid))
+                    .collect();
+                let (binding, key) = match binding {
+                    Some((i, key)) => (Some(i), key),
+                    None => (None, Vec::new()),
+                };
+                self.relations.insert(
+                    r.oid,
+                    RelInfo {
+                        binding,
+                        namespace: r.namespace,
+                        name: r.name,
+                        columns,
+                        key,
+                    },
+                );
+            }
+            Message::Insert { rel, new } => {
+                let Some(info) = self.relations.get(&rel) else {
+                    return Err(unknown(rel));
+                };
+                let Some(binding) = info.binding else {
+                    return Ok(());
+                };
+                let row = self.row(info, &new).await?;
+                let key = Self::key_of(info, &row);
+                let meta = self.meta()?;
+                self.pending.push_back(StreamEvent::Change(Change {
+                    binding,
+                    op: Op::Insert,
+                    key,
+                    before_key: None,
+                    row,
+                    before: None,
+                    meta,
+                }));
+            }
+            Message::Update { rel, old, new } => {
+                let Some(info) = self.relations.get(&rel) else {
+                    return Err(unknown(rel));
+                };
+                let Some(binding) = info.binding else {
+                    return Ok(());
+                };
+                let row = self.row(info, &new).await?;
+                let (before_key, before) = match &old {
+                    Some((image, cells)) => {
+                        let old_row = self.row(info, cells).await?;
+                        let k = Self::key_of(info, &old_row);
+                        (Some(k), (*image == OldImage::Full).then_some(old_row))
+                    }
+                    None => (None, None),
+                };
+                let key = match (&before_key, info.key.iter().all(|k| row.contains_key(k))) {
+                    (_, true) => Self::key_of(info, &row),
+                    (Some(k), false) => k.clone(),
+                    (None, false) => Self::key_of(info, &row),
+                };
+                let meta = self.meta()?;
+                self.pending.push_back(StreamEvent::Change(Change {
+                    binding,
+                    op: Op::Update,
+                    key,
+                    before_key,
+                    row,
+                    before,
+                    meta,
+                }));
+            }
+            Message::Delete {
+                rel,
+                old: (image, cells),
+            } => {
+                let Some(info) = self.relations.get(&rel) else {
+                    return Err(unknown(rel));
+                };
+                let Some(binding) = info.binding else {
+                    return Ok(());
+                };
+                let old_row = self.row(info, &cells).await?;
+                let key = Self::key_of(info, &old_row);
+                let (row, before) = match image {
+                    OldImage::Full => (old_row.clone(), Some(old_row)),
+                    OldImage::Key => (
+                        info.key
+                            .iter()
+                            .filter_map(|k| Some((k.clone(), old_row.get(k)?.clone())))
+                            .collect(),
+                        None,
+                    ),
+                };
+                let meta = self.meta()?;
+                self.pending.push_back(StreamEvent::Change(Change {
+                    binding,
+                    op: Op::Delete,
+                    key,
+                    before_key: None,
+                    row,
+                    before,
+                    meta,
+                }));
+            }
+            Message::Truncate { rels } => {
+                let bindings: Vec<usize> = rels
+                    .iter()
+                    .filter_map(|r| self.relations.get(r).and_then(|i| i.binding))
+                    .collect();
+                if !bindings.is_empty() {
+                    let meta = self.meta()?;
+                    self.pending
+                        .push_back(StreamEvent::Truncate { bindings, meta });
+                }
+            }
+            Message::Type { .. } | Message::Origin | Message::LogicalMessage { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn unknown(rel: u32) -> SourceError {
+    SourceError::definite(format!(
+        "a change for relation {rel} arrived before its schema"
+    ))
+}
+
+impl ChangeStream for PgStream {
+    type Position = PgPosition;
+
+    async fn next_event(&mut self) -> Result<StreamEvent<PgPosition>, SourceError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            if self.last_status.elapsed() >= Duration::from_secs(10) {
+                self.conn.send_status(self.acked, false).await?;
+                self.last_status = Instant::now();
+            }
+            match self.conn.try_next()? {
+                Some(ReplMessage::XLogData { data, .. }) => {
+                    self.idle_wait = Duration::from_millis(5);
+                    self.handle(&data).await?;
+                }
+                Some(ReplMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                }) => {
+                    if reply_requested {
+                        self.conn.send_status(self.acked, false).await?;
+                        self.last_status = Instant::now();
+                    }
+                    if self.txn.is_none() && wal_end >= self.progress {
+                        self.progress = wal_end;
+                        return Ok(StreamEvent::Progress {
+                            position: PgPosition { lsn: wal_end },
+                        });
+                    }
+                }
+                None => match tokio::time::timeout(self.idle_wait, self.conn.fill()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        // Idle: ask where the server is; back off up to the heartbeat.
+                        self.conn.send_status(self.acked, true).await?;
+                        self.last_status = Instant::now();
+                        self.idle_wait =
+                            (self.idle_wait * 2).min(self.heartbeat.min(Duration::from_secs(1)));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, durable: &PgPosition) -> Result<(), SourceError> {
+        if durable.lsn > self.acked {
+            self.acked = durable.lsn;
+            self.conn.send_status(self.acked, false).await?;
+            self.last_status = Instant::now();
+        }
+        Ok(())
+    }
+}
