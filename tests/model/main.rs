@@ -248,6 +248,7 @@ fn run_case(seed: u64, sabotage: Sabotage, precise_only: bool, stats: &mut Stats
                 vec!["id".into()]
             },
             table: format!("s.t{i}"),
+            version_column: Some("v".into()),
         })
         .collect();
     for m in &layout.modes {

@@ -36,6 +36,10 @@ pub struct BindingExpect {
     pub key: Vec<String>,
     /// `<namespace>.<stream>`: its state keys are this, or this with `.v<N>`.
     pub table: String,
+    /// A column every write sets to a larger number than any write before it: without an
+    /// oracle of histories, Precise images must then show it strictly increasing per key
+    /// (no version twice, never an older one after a newer one).
+    pub version_column: Option<String>,
 }
 
 /// One run of the connector: its stdout lines and the backfill counters of its config.
@@ -475,6 +479,7 @@ fn check_histories(
         epoch: Option<u32>,
         prev: Option<String>,
         idx: Option<usize>,
+        version: Option<String>,
     }
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     let mut histories: HashMap<String, Option<Vec<KeyEvent>>> = HashMap::new();
@@ -513,6 +518,7 @@ fn check_histories(
                         epoch: Some(epoch),
                         prev: None,
                         idx: None,
+                        version: None,
                     };
                 }
                 let ok_op = match (op.as_str(), t.prev.as_deref()) {
@@ -557,9 +563,37 @@ fn check_histories(
                         }
                     }
                 }
+                if let (Some(col), true) = (&expect.version_column, op != "d") {
+                    let v = row.get(col).map(|v| v.to_string());
+                    if let (Some(prev), Some(now)) = (&t.version, &v)
+                        && crate::checker::numeric_cmp(now, prev) != std::cmp::Ordering::Greater
+                    {
+                        violations.push(format!("{label}: key {id}: {op} with {col} {now} after {prev}: an older or repeated version"));
+                    }
+                    t.version = v;
+                }
                 t.prev = Some(op.clone());
             }
             _ => {}
+        }
+    }
+}
+
+/// Compares two JSON number texts by value (integers of any length).
+pub fn numeric_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let neg = |s: &str| s.starts_with('-');
+    let mag = |s: &str| {
+        s.trim_start_matches('-')
+            .trim_start_matches('0')
+            .to_string()
+    };
+    match (neg(a), neg(b)) {
+        (false, true) => std::cmp::Ordering::Greater,
+        (true, false) => std::cmp::Ordering::Less,
+        (n, _) => {
+            let (x, y) = (mag(a), mag(b));
+            let ord = x.len().cmp(&y.len()).then_with(|| x.cmp(&y));
+            if n { ord.reverse() } else { ord }
         }
     }
 }

@@ -93,6 +93,11 @@ impl Oracle for TableOracle<'_> {
     fn final_rows(&self, binding: usize) -> Vec<Row> {
         self.db.rows(&self.tables[binding]).unwrap_or_default()
     }
+
+    /// Only Changes tables are empty until their binding is active (see `run`).
+    fn rows_at(&self, _binding: usize, _position: &Value) -> Option<Vec<Row>> {
+        Some(Vec::new())
+    }
 }
 
 /// Runs a scenario: creates the tables, captures under concurrent writes and SIGKILLs, and
@@ -111,7 +116,14 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
         .collect();
     for (t, mode) in tables.iter().zip(&scenario.modes) {
         db.exec(&db.create_table(t, *mode != ResolvedMode::WithoutPrimaryKey))?;
-        for i in 0..scenario.initial_rows {
+        // An Only Changes table starts empty and is written only once active, so the table
+        // at activation is known (empty) and the output alone must rebuild it.
+        let initial = if *mode == ResolvedMode::OnlyChanges {
+            0
+        } else {
+            scenario.initial_rows
+        };
+        for i in 0..initial {
             db.exec(&format!(
                 "INSERT INTO {ns}.{t} (id, v, pad) VALUES ({}, 0, 'initial')",
                 i + 1
@@ -148,6 +160,17 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     std::thread::scope(|s| {
         let (stop_w, err_w, tables_w) =
             (Arc::clone(&stop), Arc::clone(&writer_error), tables.clone());
+        let state_w = state.clone();
+        let gated: Vec<bool> = scenario
+            .modes
+            .iter()
+            .map(|m| {
+                matches!(
+                    m,
+                    ResolvedMode::WithoutPrimaryKey | ResolvedMode::OnlyChanges
+                )
+            })
+            .collect();
         let keyed: Vec<bool> = scenario
             .modes
             .iter()
@@ -162,9 +185,17 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
                 }
                 let t = n % tables_w.len();
                 let table = format!("{ns_w}.{}", tables_w[t]);
+                // Without Primary Key is exact only when the table is not written during
+                // its backfill, and an Only Changes table must be empty until active: write
+                // those once their binding is durably active.
+                if gated[t] && !backfill_done(&state_w, &format!("{ns_w}.{}", tables_w[t])) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 next_id += 1;
                 let sql = match (n % 4, keyed[t]) {
                     (0, _) => format!("INSERT INTO {table} (id, v, pad) VALUES ({next_id}, {n}, 'new')"),
+                    // `v` grows with every write: the checker's version column.
                     (1, true) => format!("UPDATE {table} SET v = {n} WHERE id = (SELECT max(id) FROM (SELECT id FROM {table}) x)"),
                     (2, true) => format!("UPDATE {table} SET id = {next_id}, v = {n} WHERE id = (SELECT min(id) FROM (SELECT id FROM {table}) x)"),
                     (3, true) => format!("DELETE FROM {table} WHERE id = (SELECT min(id) FROM (SELECT id FROM {table}) x)"),
@@ -218,12 +249,21 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
                 vec!["id".into()]
             },
             table: format!("{ns}.{t}"),
+            version_column: Some("v".into()),
         })
         .collect();
     let oracle = TableOracle { db, tables };
     report.violations = checker::check(&expects, &outputs, &oracle);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Some(report))
+}
+
+/// Whether the state file records `table`'s backfill as done.
+fn backfill_done(state: &Path, table: &str) -> bool {
+    std::fs::read_to_string(state)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .is_some_and(|s| s["bindings"][table]["phase"] == "active")
 }
 
 /// Runs `capture` once and returns its stdout lines: to the end with `until_caught_up`,
