@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
-//!   SELECT to_jsonb(t) ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
+//!   SELECT to_jsonb(t.*) ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
 //!   SELECT pg_current_wal_insert_lsn(), txid_snapshot_xmax/xip(txid_current_snapshot())
 //! COMMIT
 //! SELECT pg_logical_emit_message(false, 'source-postgres', '')                     -- unless read-only
@@ -21,7 +21,7 @@
 //! transaction ids the stream delivered. The logical message after the fence gives an idle
 //! database a WAL record past the fence, so the walsender's keepalive position reaches it.
 //!
-//! Rows come from `to_jsonb(t)`: backfilled values are what DESIGN.md §5 asks for by
+//! Rows come from `to_jsonb(t.*)` (the `.*` keeps a column named `t` from shadowing the row): backfilled values are what DESIGN.md §5 asks for by
 //! construction. Keys are compared against the cursor with a row comparison on the key
 //! columns in their own collations, so the primary-key index serves the scan.
 
@@ -184,7 +184,7 @@ impl PgSource {
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!(
-            "SELECT to_jsonb(t)::text FROM ONLY {} t WHERE true",
+            "SELECT to_jsonb(t.*)::text FROM ONLY {} t WHERE true",
             Self::qualified(&t)
         );
         let mut params: Vec<String> = Vec::new();
@@ -300,7 +300,7 @@ impl PgSource {
         while found.is_empty() && end_page <= relpages {
             end_page = start.0 + pages_per_chunk;
             let sql = format!(
-                "SELECT ctid::text, to_jsonb(t)::text FROM ONLY {} t WHERE ctid > $1::text::tid AND ctid < $2::text::tid{xmin_filter}",
+                "SELECT ctid::text, to_jsonb(t.*)::text FROM ONLY {} t WHERE ctid > $1::text::tid AND ctid < $2::text::tid{xmin_filter}",
                 Self::qualified(&t),
             );
             let lo = format!("({},{})", start.0, start.1);
@@ -447,7 +447,7 @@ impl KeyClassifier for PgSource {
         let t = self.table(binding)?.clone();
         let n = binding.key.len();
         let cols = (0..n)
-            .map(|i| format!("u.c{i}"))
+            .map(|i| format!("c{i}"))
             .collect::<Vec<_>>()
             .join(", ");
         let typed_cols = binding

@@ -342,7 +342,7 @@ impl LiveDb for crate::servers::PgServer {
     }
 
     fn rows(&self, table: &str) -> Result<Vec<Row>, String> {
-        parse_json_rows(&self.exec(&format!("SELECT to_jsonb(t) FROM public.{table} t"))?)
+        parse_json_rows(&self.exec(&format!("SELECT to_jsonb(t.*) FROM public.{table} t"))?)
     }
 }
 

@@ -1,0 +1,490 @@
+//! The PostgreSQL suite: `source-postgres` driven as a user would (config file, state file,
+//! stdout), against throwaway servers, checked against DESIGN.md by the shared checker and
+//! against the server itself (`to_jsonb` is the oracle for values).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use backfill_core::mode::ResolvedMode;
+use serde_json::{Value, json};
+use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+use testkit::servers::{PgServer, skip};
+
+/// A connector binary and a server, or why not.
+fn setup() -> Option<(PathBuf, PgServer)> {
+    let binary = match testkit::live::workspace_binary("source-postgres") {
+        Ok(b) => b,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    Some((binary, PgServer::start_or_skip()?))
+}
+
+/// A capture's files in a temp dir.
+struct Capture {
+    binary: PathBuf,
+    dir: PathBuf,
+}
+
+struct Outcome {
+    lines: Vec<String>,
+    stderr: String,
+    ok: bool,
+}
+
+impl Capture {
+    fn new(binary: &Path, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pg-suite-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            binary: binary.to_path_buf(),
+            dir,
+        }
+    }
+
+    fn config(&self, config: &Value) {
+        std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("config.json"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Outcome {
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.status.success(),
+        }
+    }
+
+    fn capture(&self) -> Outcome {
+        let state = self.state();
+        self.run(&[
+            "capture",
+            "--until-caught-up",
+            "--log-level",
+            "warn",
+            "--state",
+            state.to_str().unwrap(),
+        ])
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn endpoint(pg: &PgServer, extra: Value) -> Value {
+    let mut e = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "database": "postgres", "tls": {"mode": "disable"}});
+    if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        e.extend(x.clone());
+    }
+    e
+}
+
+fn binding(stream: &str, mode: &str, backfill: u32) -> Value {
+    json!({"resource": {"namespace": "public", "stream": stream, "mode": mode}, "target": stream, "backfill": backfill})
+}
+
+fn docs(lines: &[String], binding: usize) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["binding"] == binding && v.get("doc").is_some())
+        .map(|v| v["doc"].clone())
+        .collect()
+}
+
+fn strip_meta(doc: &Value) -> Value {
+    let mut d = doc.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.remove("_meta");
+    }
+    d
+}
+
+fn to_jsonb(pg: &PgServer, table: &str, id: i64) -> Value {
+    serde_json::from_str(
+        &pg.sql(&format!(
+            "SELECT to_jsonb(t.*) FROM {table} t WHERE id = {id}"
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Every built-in type, backfilled and streamed, equals `to_jsonb` of the row.
+#[test]
+fn every_value_equals_to_jsonb_backfilled_and_streamed() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+         CREATE TYPE pair AS (a timestamptz, b numeric);
+         CREATE TABLE types (
+           id bigint PRIMARY KEY, i2 smallint, i4 int, i8 bigint, n numeric, n2 numeric(10,2),
+           f4 real, f8 double precision, b bool, t text, vc varchar(10), c char(4), by bytea, u uuid,
+           j json, jb jsonb, d date, tm time, ttz timetz, ts timestamp, tstz timestamptz, iv interval,
+           ai int[], a2 int[][], at text[], ats timestamptz[], inet inet, cidr cidr, mac macaddr,
+           e mood, dom posint, r int4range, tr tstzrange, bt bit(3), vb varbit, m money, x xml,
+           p point, tv tsvector, o oid, comp pair, an numeric[], aj jsonb[])",
+    )
+    .unwrap();
+    let values = [
+        "1, -32768, 2147483647, 9223372036854775807, 123456789012345678901234567890.123456789, 1.50, 0.1, 1e100, true, 'héllo \"q\" \\ ', 'abc', 'ab', '\\x00ff', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"b\": 1, \"a\": [1e2, null]}', '{\"k\": {\"z\": 3.0E-2}}', '2020-02-29', '12:34:56.789', '12:00:00+05:30', '2020-01-01 12:00:00.5', '2020-01-01 12:00:00+02', '1 year 2 mons 3 days 04:05:06', '{1,NULL,3}', '{{1,2},{3,4}}', '{\"a b\",NULL,\"c,d\",\"\"}', '{\"2020-01-01 00:00:00+00\"}', '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 'sad', 5, '[1,10)', '[2020-01-01,2021-01-01)', B'101', B'1101', 12.5, '<a>x</a>', '(1.5,2)', 'a fat cat', 4000000000, '(\"2020-01-01 00:00:00+00\",1.0)', '{1.5,NaN}', ARRAY['{\"x\": 1}'::jsonb]",
+        "2, NULL, NULL, NULL, 'NaN', NULL, 'NaN', '-Infinity', false, '', NULL, NULL, '', NULL, 'null', '[]', 'infinity', '00:00', NULL, '-infinity', 'infinity', '-1 day', '{}', NULL, '{}', NULL, NULL, NULL, NULL, 'ok', NULL, 'empty', NULL, NULL, NULL, -1.25, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+        "3, 0, -1, -1, -0.000001, 0, 1.5e-7, -0.0, NULL, 'x', 'y', 'z', NULL, NULL, '1', '\"s\"', '0044-03-15 BC', '23:59:59.999999', '00:00:00-08', '0044-03-15 12:00:00 BC', '1900-06-01 00:00:00+00', '00:00:00.000001', '{-5}', NULL, '{NULL}', '{infinity}', '::1', '::/0', NULL, NULL, 7, '(,5]', NULL, B'000', B'', 0, NULL, '(0,0)', '', 0, '(,)', '{}', NULL",
+    ];
+    for v in values {
+        pg.sql(&format!("INSERT INTO types VALUES ({v})")).unwrap();
+    }
+    let cap = Capture::new(&binary, "types");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 2}})), "bindings": [binding("types", "", 0)]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines, 0);
+    assert_eq!(backfilled.len(), 3);
+    for doc in &backfilled {
+        let id = doc["id"].as_i64().unwrap();
+        assert_eq!(
+            strip_meta(doc),
+            to_jsonb(&pg, "types", id),
+            "backfilled row {id}"
+        );
+    }
+    // The same values streamed: inserted again under new ids, and one updated in place.
+    pg.sql("INSERT INTO types SELECT id + 100, i2, i4, i8, n, n2, f4, f8, b, t, vc, c, by, u, j, jb, d, tm, ttz, ts, tstz, iv, ai, a2, at, ats, inet, cidr, mac, e, dom, r, tr, bt, vb, m, x, p, tv, o, comp, an, aj FROM types")
+        .unwrap();
+    pg.sql("UPDATE types SET t = 'changed', comp = '(\"1999-12-31 23:59:59+00\",2)' WHERE id = 1")
+        .unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let streamed = docs(&second.lines, 0);
+    assert_eq!(streamed.len(), 4, "{:#?}", second.lines);
+    for doc in &streamed {
+        let id = doc["id"].as_i64().unwrap();
+        assert!(doc["_meta"]["source"]["pos"].is_array());
+        assert_eq!(
+            strip_meta(doc),
+            to_jsonb(&pg, "types", id),
+            "streamed row {id}"
+        );
+    }
+}
+
+struct PgOracle<'a> {
+    pg: &'a PgServer,
+    tables: Vec<&'a str>,
+    key: &'a str,
+}
+
+impl Oracle for PgOracle<'_> {
+    fn final_rows(&self, binding: usize) -> Vec<Row> {
+        self.pg
+            .sql(&format!(
+                "SELECT to_jsonb(t.*) FROM {} t ORDER BY {}",
+                self.tables[binding], self.key
+            ))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A text key under an ICU collation (whose order is not byte order) gets Precise, and
+/// keeps its guarantees under concurrent writes and SIGKILLs with tiny chunks.
+#[test]
+fn collated_text_key_is_precise_under_writes_and_kills() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE names (name text COLLATE \"en-x-icu\" PRIMARY KEY, v bigint)")
+        .unwrap();
+    let words = [
+        "apple", "Apple", "APPLE", "banana", "Banana", "éclair", "eclair", "Zebra", "zebra", "ß",
+        "ss", "a b", "a-b", "ab",
+    ];
+    for (i, w) in words.iter().enumerate() {
+        pg.sql(&format!("INSERT INTO names VALUES ('{w}', {i})"))
+            .unwrap();
+    }
+    let cap = Capture::new(&binary, "collated");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 2}})), "bindings": [binding("names", "", 0)]}));
+    let discover = cap.run(&["discover", "--json"]);
+    let d: Value = serde_json::from_str(&discover.lines.join("\n")).unwrap();
+    assert_eq!(d["bindings"][0]["resource"]["mode"], "Precise", "{d}");
+    assert!(
+        d["bindings"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("asking the database"),
+        "{d}"
+    );
+    let mut runs = Vec::new();
+    let state = cap.state();
+    let mut v = 100;
+    for round in 0..8u64 {
+        // Writes between and during runs: updates, deletes, re-inserts, key changes.
+        for (i, w) in words.iter().enumerate() {
+            v += 1;
+            let sql = match (round as usize + i) % 4 {
+                0 => format!("UPDATE names SET v = {v} WHERE name = '{w}'"),
+                1 => format!("DELETE FROM names WHERE name = '{w}'"),
+                2 => format!(
+                    "INSERT INTO names VALUES ('{w}', {v}) ON CONFLICT (name) DO UPDATE SET v = {v}"
+                ),
+                _ => format!(
+                    "UPDATE names SET name = name || 'r{round}', v = {v} WHERE name = '{w}' AND NOT EXISTS (SELECT 1 FROM names WHERE name = '{w}r{round}')"
+                ),
+            };
+            pg.sql(&sql).unwrap();
+        }
+        let lines = testkit::live::capture(
+            &binary,
+            &cap.dir.join("config.json"),
+            &state,
+            false,
+            Some(std::time::Duration::from_millis(150 + 70 * round)),
+        );
+        runs.push(RunOutput {
+            lines,
+            counters: vec![0],
+        });
+    }
+    let last = cap.capture();
+    assert!(last.ok, "{}", last.stderr);
+    runs.push(RunOutput {
+        lines: last.lines,
+        counters: vec![0],
+    });
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["name".into()],
+        table: "public.names".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(
+        &expect,
+        &runs,
+        &PgOracle {
+            pg: &pg,
+            tables: vec!["names"],
+            key: "name",
+        },
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// An update that leaves a TOASTed value unchanged omits it; merge-apply keeps it.
+#[test]
+fn unchanged_toast_values_are_omitted_and_kept_by_merging() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE docs (id int PRIMARY KEY, v int, body text); ALTER TABLE docs ALTER body SET STORAGE EXTERNAL").unwrap();
+    let cap = Capture::new(&binary, "toast");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("docs", "Precise", 0)]}),
+    );
+    assert!(cap.capture().ok);
+    pg.sql(
+        "INSERT INTO docs SELECT 1, 1, string_agg(md5(g::text), '') FROM generate_series(1, 400) g",
+    )
+    .unwrap();
+    pg.sql("UPDATE docs SET v = 2 WHERE id = 1").unwrap();
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let d = docs(&out.lines, 0);
+    assert_eq!(d.len(), 2);
+    assert!(d[0]["body"].as_str().is_some_and(|b| b.len() == 12_800));
+    assert_eq!(d[1]["_meta"]["op"], "u");
+    assert!(
+        d[1].get("body").is_none(),
+        "the unchanged TOAST value is omitted: {}",
+        d[1]
+    );
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["id".into()],
+        table: "public.docs".into(),
+        version_column: None,
+    }];
+    let runs = [RunOutput {
+        lines: out.lines,
+        counters: vec![0],
+    }];
+    let violations = checker::check(
+        &expect,
+        &runs,
+        &PgOracle {
+            pg: &pg,
+            tables: vec!["docs"],
+            key: "id",
+        },
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Backfill counters: one raised re-reads that table only; all raised re-create the slot at
+/// the end of the WAL (the upgrade path); a dropped slot stops with the remedy named.
+#[test]
+fn counters_and_lost_slot() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);
+            INSERT INTO a SELECT g, g FROM generate_series(1, 5) g; INSERT INTO b SELECT g, g FROM generate_series(1, 3) g")
+        .unwrap();
+    let cap = Capture::new(&binary, "counters");
+    let config = |ca: u32, cb: u32| json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 2}})), "bindings": [binding("a", "", ca), binding("b", "", cb)]});
+    cap.config(&config(0, 0));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    assert_eq!(
+        (docs(&first.lines, 0).len(), docs(&first.lines, 1).len()),
+        (5, 3)
+    );
+    // One counter: only b is read again, the stream goes on.
+    pg.sql("DELETE FROM a WHERE id = 1").unwrap();
+    cap.config(&config(0, 1));
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    assert_eq!(docs(&second.lines, 0).len(), 1, "a's delete streamed");
+    assert_eq!(docs(&second.lines, 1).len(), 3, "b re-read");
+    let last: Value = serde_json::from_str(second.lines.last().unwrap()).unwrap();
+    assert!(
+        last["checkpoint"]["bindings"]["public.b.v1"]["phase"] == "active",
+        "{last}"
+    );
+    // The slot is dropped behind the connector's back: a clear, definite error.
+    pg.sql("SELECT pg_drop_replication_slot('cdc_slot')")
+        .unwrap();
+    let before = std::fs::read_to_string(cap.state()).unwrap();
+    let lost = cap.capture();
+    assert!(!lost.ok);
+    let line = lost.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("error:")
+            && line.contains("does not exist")
+            && line.contains("Raise `backfill` for every binding"),
+        "{}",
+        lost.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(cap.state()).unwrap(),
+        before,
+        "state untouched"
+    );
+    // Raising every counter recreates the slot and re-reads everything.
+    cap.config(&config(1, 2));
+    let third = cap.capture();
+    assert!(third.ok, "{}", third.stderr);
+    assert_eq!(
+        (docs(&third.lines, 0).len(), docs(&third.lines, 1).len()),
+        (4, 3)
+    );
+    pg.sql("INSERT INTO a VALUES (99, 99)").unwrap();
+    let fourth = cap.capture();
+    assert!(fourth.ok, "{}", fourth.stderr);
+    assert_eq!(
+        docs(&fourth.lines, 0).len(),
+        1,
+        "streaming resumed on the new slot"
+    );
+}
+
+/// The xmin filter backfills only rows written at or after the given transaction.
+#[test]
+fn min_backfill_xid_filters_the_backfill() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE x (id int PRIMARY KEY)").unwrap();
+    pg.sql("INSERT INTO x VALUES (1), (2)").unwrap();
+    let xid: u32 = pg
+        .sql("SELECT txid_current() % 4294967296")
+        .unwrap()
+        .parse()
+        .unwrap();
+    pg.sql("INSERT INTO x VALUES (3)").unwrap();
+    let cap = Capture::new(&binary, "xmin");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"min_backfill_xid": xid}})), "bindings": [binding("x", "", 0)]}));
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let ids: Vec<i64> = docs(&out.lines, 0)
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [3]);
+}
+
+/// Bad input: each is one line that says what to do, a non-zero exit, and no state file.
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let Some((binary, mut pg)) = setup() else {
+        return;
+    };
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE k (v int)")
+        .unwrap();
+    let cap = Capture::new(&binary, "bad");
+    let check = |cap: &Capture, needle: &str| {
+        let out = cap.capture();
+        assert!(!out.ok, "expected a failure containing {needle:?}");
+        let line = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect::<Vec<_>>();
+        assert_eq!(line.len(), 1, "{}", out.stderr);
+        assert!(line[0].contains(needle), "{:?} lacks {needle:?}", line[0]);
+        assert!(!cap.state().exists(), "no state file is written");
+    };
+    std::fs::write(cap.dir.join("config.json"), "{\"endpoint\": ").unwrap();
+    check(&cap, "config is not valid");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("nope", "", 0)]}),
+    );
+    check(&cap, "binding 0 (public.nope): no such table");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("k", "Precise", 0)]}),
+    );
+    check(&cap, "Without Primary Key");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("k", "", 0)]}));
+    check(&cap, "REPLICA IDENTITY FULL");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"database": "missing"})), "bindings": [binding("t", "", 0)]}));
+    check(&cap, "endpoint.database");
+    // Password authentication required, wrong password given.
+    let hba = pg.dir().unwrap().join("hba.conf");
+    std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication postgres 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 scram-sha-256\n").unwrap();
+    let _ = Command::new("chmod").arg("644").arg(&hba).status();
+    pg.restart_with(&[("hba_file", hba.to_str().unwrap())])
+        .unwrap();
+    pg.sql("CREATE ROLE cdc LOGIN REPLICATION PASSWORD 'right'; GRANT SELECT ON t TO cdc")
+        .unwrap();
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"user": "cdc", "password": "wrong"})), "bindings": [binding("t", "", 0)]}));
+    check(&cap, "check the user and password");
+    // wal_level below logical.
+    pg.restart_with(&[("wal_level", "replica")]).unwrap();
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("t", "", 0)]}));
+    check(&cap, "wal_level");
+    let check_cmd = cap.run(&["check"]);
+    assert!(
+        !check_cmd.ok
+            && check_cmd
+                .lines
+                .iter()
+                .any(|l| l.starts_with("FAIL wal_level")
+                    && l.contains("ALTER SYSTEM SET wal_level = logical")),
+        "{:?}",
+        check_cmd.lines
+    );
+}
