@@ -2,6 +2,9 @@
 //! stdout), against throwaway servers, checked against DESIGN.md by the shared checker and
 //! against the server itself (`to_jsonb` is the oracle for values).
 
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -92,8 +95,8 @@ impl Drop for Capture {
 
 fn endpoint(pg: &PgServer, extra: Value) -> Value {
     let mut e = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "database": "postgres", "tls": {"mode": "disable"}});
-    if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
-        e.extend(x.clone());
+    if let (Some(e), Value::Object(x)) = (e.as_object_mut(), extra) {
+        e.extend(x);
     }
     e
 }
@@ -242,7 +245,7 @@ fn collated_text_key_is_precise_under_writes_and_kills() {
         // Writes between and during runs: updates, deletes, re-inserts, key changes.
         for (i, w) in words.iter().enumerate() {
             v += 1;
-            let sql = match (round as usize + i) % 4 {
+            let sql = match (usize::try_from(round).unwrap() + i) % 4 {
                 0 => format!("UPDATE names SET v = {v} WHERE name = '{w}'"),
                 1 => format!("DELETE FROM names WHERE name = '{w}'"),
                 2 => format!(
