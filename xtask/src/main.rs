@@ -3,7 +3,10 @@
 //! * `ci`: what CI runs: `cargo fmt --check`, clippy with warnings denied, every test
 //!   (cargo-nextest when installed, `cargo test` otherwise);
 //! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
-//!   and stop them when Enter is pressed.
+//!   and stop them when Enter is pressed;
+//! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`.
+
+mod demo;
 
 use std::process::{Command, ExitCode};
 
@@ -14,9 +17,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("dbs") => dbs(),
+        Some("demo") => demo::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | dbs>\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+                "usage: cargo xtask <ci | dbs | demo>\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
             );
             return ExitCode::from(2);
         }
