@@ -491,3 +491,282 @@ fn bad_input_fails_with_one_clear_line() {
         check_cmd.lines
     );
 }
+
+/// A composite key (integer and C-collated text) with key changes and a truncate, checked
+/// by merge-apply and per-key history.
+#[test]
+fn composite_key_with_key_changes_and_truncate() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TABLE c (a int, b text COLLATE \"C\", v bigint, PRIMARY KEY (a, b));
+            INSERT INTO c SELECT g % 5, 'k' || g, g FROM generate_series(1, 40) g",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "composite");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 3}})), "bindings": [binding("c", "", 0)]}));
+    let mut runs = Vec::new();
+    let first = testkit::live::capture(
+        &binary,
+        &cap.dir.join("config.json"),
+        &cap.state(),
+        false,
+        Some(std::time::Duration::from_millis(400)),
+    );
+    runs.push(RunOutput {
+        lines: first,
+        counters: vec![0],
+    });
+    pg.sql("UPDATE c SET b = b || 'x', v = 100 WHERE a = 1; DELETE FROM c WHERE a = 2; UPDATE c SET v = 101 WHERE a = 3").unwrap();
+    pg.sql("TRUNCATE c; INSERT INTO c VALUES (9, 'after', 102)")
+        .unwrap();
+    let last = cap.capture();
+    assert!(last.ok, "{}", last.stderr);
+    assert!(
+        last.lines.iter().any(|l| l.contains("\"truncate\"")),
+        "the truncate is emitted"
+    );
+    runs.push(RunOutput {
+        lines: last.lines,
+        counters: vec![0],
+    });
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["a".into(), "b".into()],
+        table: "public.c".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(
+        &expect,
+        &runs,
+        &PgOracle {
+            pg: &pg,
+            tables: vec!["c"],
+            key: "a, b",
+        },
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Renamed while streaming, dropped while backfilling, unreadable: each stops with a line
+/// that says what to do, and the state keeps its last good content.
+#[test]
+fn renamed_dropped_and_unreadable_tables_stop_clearly() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r VALUES (1)")
+        .unwrap();
+    let cap = Capture::new(&binary, "rename");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("r", "", 0)]}));
+    assert!(cap.capture().ok);
+    pg.sql("ALTER TABLE r RENAME TO r2; INSERT INTO r2 VALUES (2)")
+        .unwrap();
+    let before = std::fs::read_to_string(cap.state()).unwrap();
+    // Still configured as `r`: refused before anything is read.
+    let out = cap.capture();
+    assert!(
+        !out.ok && out.stderr.contains("binding 0 (public.r): no such table"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read_to_string(cap.state()).unwrap(), before);
+    // Renamed under a running capture: the stream notices.
+    pg.sql("ALTER TABLE r2 RENAME TO r").unwrap();
+    let cap2 = Capture::new(&binary, "rename2");
+    cap2.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "s2", "publication": "p2"})), "bindings": [binding("r", "", 0)]}));
+    assert!(cap2.capture().ok);
+    let mut child = Command::new(&binary)
+        .args(["capture", "--log-level", "warn", "--config"])
+        .arg(cap2.dir.join("config.json"))
+        .arg("--state")
+        .arg(cap2.state())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pg.sql("ALTER TABLE r RENAME TO r3; INSERT INTO r3 VALUES (3)")
+        .unwrap();
+    let output = wait_with_timeout(&mut child, 30);
+    assert!(output.contains("renamed to public.r3"), "{output}");
+    // No SELECT grant: the table is invisible to the user, and the message says why.
+    pg.sql("CREATE TABLE secret (id int PRIMARY KEY); CREATE ROLE nobody LOGIN REPLICATION")
+        .unwrap();
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"user": "nobody", "slot": "s3", "publication": "p3"})), "bindings": [binding("secret", "", 0)]}));
+    let out = cap.capture();
+    assert!(
+        !out.ok && out.stderr.contains("cannot see it") && out.stderr.contains("grants"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, seconds: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
+/// An idle capture still moves the slot forward (keepalive positions are acknowledged once
+/// durable), and SIGTERM ends with a checkpoint and exit 0.
+#[test]
+fn idle_capture_advances_the_slot_and_stops_cleanly_on_sigterm() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY)")
+        .unwrap();
+    let cap = Capture::new(&binary, "idle");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("quiet", "", 0)]}),
+    );
+    assert!(cap.capture().ok);
+    let flushed = || {
+        pg.sql("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'cdc_slot'").unwrap().parse::<f64>().unwrap()
+    };
+    let start = flushed();
+    let child = Command::new(&binary)
+        .args(["capture", "--log-level", "warn", "--config"])
+        .arg(cap.dir.join("config.json"))
+        .arg("--state")
+        .arg(cap.state())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..20 {
+        pg.sql("INSERT INTO busy DEFAULT VALUES").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        flushed() > start,
+        "the slot advanced while the captured table was idle"
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "SIGTERM exits 0");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("{\"checkpoint\""),
+        "the last line is a checkpoint: {last}"
+    );
+}
+
+/// TLS: `require` encrypts without verifying; `verify-full` checks the certificate against
+/// the given root and the host name.
+#[test]
+fn tls_require_and_verify_full() {
+    let Some((binary, mut pg)) = setup() else {
+        return;
+    };
+    let dir = pg.dir().unwrap().to_path_buf();
+    let (key, cert, root) = (
+        dir.join("server.key"),
+        dir.join("server.crt"),
+        dir.join("root.crt"),
+    );
+    // A test CA and a server certificate it signs (webpki refuses a CA as the end entity).
+    let ext = dir.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let p = |s: &std::path::Path| s.to_str().unwrap().to_string();
+    let steps: [Vec<String>; 3] = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain([p(&dir.join("ca.key")), "-out".into(), p(&root)])
+        .collect(),
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .chain([p(&key), "-out".into(), p(&dir.join("server.csr"))])
+        .collect(),
+        ["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .chain([
+                p(&dir.join("server.csr")),
+                "-CA".into(),
+                p(&root),
+                "-CAkey".into(),
+                p(&dir.join("ca.key")),
+                "-extfile".into(),
+                p(&ext),
+                "-out".into(),
+                p(&cert),
+            ])
+            .collect(),
+    ];
+    for step in &steps {
+        let made = Command::new("openssl")
+            .args(step)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            return skip("openssl cannot make test certificates");
+        }
+    }
+    for f in [&key, &cert] {
+        let _ = Command::new("chown").arg("postgres").arg(f).status();
+        let _ = Command::new("chmod").arg("600").arg(f).status();
+    }
+    pg.restart_with(&[
+        ("ssl", "on"),
+        ("ssl_cert_file", cert.to_str().unwrap()),
+        ("ssl_key_file", key.to_str().unwrap()),
+    ])
+    .unwrap();
+    pg.sql("CREATE TABLE s (id int PRIMARY KEY); INSERT INTO s VALUES (1)")
+        .unwrap();
+    for (i, tls) in [
+        json!({"mode": "require"}),
+        json!({"mode": "verify-full", "root_cert": root}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cap = Capture::new(&binary, &format!("tls{i}"));
+        cap.config(&json!({"endpoint": endpoint(&pg, json!({"host": "localhost", "tls": tls, "slot": format!("tls{i}"), "publication": format!("tls{i}")})), "bindings": [binding("s", "", 0)]}));
+        let out = cap.capture();
+        assert!(out.ok, "{}", out.stderr);
+        assert_eq!(docs(&out.lines, 0).len(), 1);
+    }
+    // verify-full without the right root refuses.
+    let cap = Capture::new(&binary, "tls-bad");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"host": "localhost", "tls": {"mode": "verify-full"}, "slot": "tls9", "publication": "tls9"})), "bindings": [binding("s", "", 0)]}));
+    let out = cap.capture();
+    assert!(!out.ok, "an unknown certificate is refused");
+}

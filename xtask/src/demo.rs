@@ -19,7 +19,9 @@ impl Oracle for Shop<'_> {
     fn final_rows(&self, binding: usize) -> Vec<Row> {
         let (table, key) = TABLES[binding];
         self.0
-            .sql(&format!("SELECT to_jsonb(t.*) FROM shop.{table} t ORDER BY {key}"))
+            .sql(&format!(
+                "SELECT to_jsonb(t.*) FROM shop.{table} t ORDER BY {key}"
+            ))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -90,13 +92,28 @@ pub(crate) fn run() -> Result<(), String> {
                             .as_object()
                             .into_iter()
                             .flatten()
-                            .map(|(k, e)| format!("{k} {} ({} rows)", e["phase"].as_str().unwrap_or("?"), e["rows_done"]))
+                            .map(|(k, e)| {
+                                format!(
+                                    "{k} {} ({} rows)",
+                                    e["phase"].as_str().unwrap_or("?"),
+                                    e["rows_done"]
+                                )
+                            })
                             .collect();
                         println!("  progress: {}", progress.join(", "));
                     }
-                } else if shown < 12 || (v["doc"]["_meta"]["source"]["snapshot"].is_null() && shown < 40) {
+                } else if shown < 12
+                    || (v["doc"]["_meta"]["source"]["snapshot"].is_null() && shown < 40)
+                {
                     shown += 1;
-                    println!("  {}", if line.len() > 160 { format!("{}...", &line[..160]) } else { line.clone() });
+                    println!(
+                        "  {}",
+                        if line.len() > 160 {
+                            format!("{}...", &line[..160])
+                        } else {
+                            line.clone()
+                        }
+                    );
                 }
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
@@ -123,7 +140,9 @@ pub(crate) fn run() -> Result<(), String> {
     loop {
         let state = std::fs::read_to_string(dir.join("state.json")).unwrap_or_default();
         let done = serde_json::from_str::<Value>(&state).ok().is_some_and(|s| {
-            s["bindings"].as_object().is_some_and(|m| m.values().all(|e| e["phase"] == "active"))
+            s["bindings"]
+                .as_object()
+                .is_some_and(|m| m.values().all(|e| e["phase"] == "active"))
         });
         if done || Instant::now() > deadline {
             break;
@@ -131,11 +150,20 @@ pub(crate) fn run() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = child.wait().map_err(|e| e.to_string())?;
     let _ = reader.join();
     let lines = lines.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let count = |pred: &dyn Fn(&Value) -> bool| lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| pred(v)).count();
+    let count = |pred: &dyn Fn(&Value) -> bool| {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| pred(v))
+            .count()
+    };
     println!(
         "\nstopped with SIGTERM ({status}): {} lines, {} backfilled documents, {} streamed changes, {} checkpoints",
         lines.len(),
@@ -152,12 +180,23 @@ pub(crate) fn run() -> Result<(), String> {
             version_column: None,
         })
         .collect();
-    let violations = checker::check(&expects, &[RunOutput { lines, counters: vec![0; 3] }], &Shop(&pg));
+    let violations = checker::check(
+        &expects,
+        &[RunOutput {
+            lines,
+            counters: vec![0; 3],
+        }],
+        &Shop(&pg),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     if violations.is_empty() {
-        println!("verified: the output, merge-applied as a destination would, equals the three tables; every key's history is clean");
+        println!(
+            "verified: the output, merge-applied as a destination would, equals the three tables; every key's history is clean"
+        );
         Ok(())
     } else {
-        Err(format!("the output does not match the tables: {violations:#?}"))
+        Err(format!(
+            "the output does not match the tables: {violations:#?}"
+        ))
     }
 }

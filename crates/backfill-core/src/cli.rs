@@ -344,6 +344,10 @@ pub fn resolve_bindings(
         .collect()
 }
 
+/// Transient failures in a row (about three minutes of backoff) before the capture gives
+/// up and reports the last one.
+const MAX_CONSECUTIVE_FAILURES: u32 = 10;
+
 async fn capture<C: Connector>(
     config_path: &Path,
     state_path: &Path,
@@ -367,7 +371,9 @@ async fn capture<C: Connector>(
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
     let mut backoff = Duration::from_millis(500);
+    let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         let attempt = async {
             let mut source = C::connect(&config.endpoint).await?;
             let tables = source.discover().await?;
@@ -393,7 +399,16 @@ async fn capture<C: Connector>(
                 return Ok(());
             }
             Err(e) if e.kind() == ErrorKind::Transient && !shutdown.requested() => {
-                tracing::warn!(error = %e, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "transient failure; resuming from the last checkpoint");
+                // A run that went on for a while was healthy: start the count again.
+                if started.elapsed() > Duration::from_secs(120) {
+                    failures = 0;
+                    backoff = Duration::from_millis(500);
+                }
+                failures += 1;
+                if failures > MAX_CONSECUTIVE_FAILURES {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, attempt = failures, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "transient failure; resuming from the last checkpoint");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

@@ -186,5 +186,19 @@ pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> Source
             _ => SourceError::definite(format!("{target}: {msg} (SQLSTATE {code})")),
         };
     }
-    SourceError::transient(format!("{target}: {e}"))
+    // Not from the server: TLS problems are configuration, everything else (refused,
+    // reset, timed out) may pass.
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    if chain.contains("TLS") || chain.contains("certificate") || chain.contains("tls") {
+        return SourceError::definite(format!(
+            "{target}: {chain}; check endpoint.tls (mode, root_cert) and the server's certificate and ssl setting"
+        ));
+    }
+    SourceError::transient(format!("{target}: {chain}"))
 }

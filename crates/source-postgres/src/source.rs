@@ -634,6 +634,15 @@ impl Source for PgSource {
             crate::conn::connect(&self.endpoint).await?,
             self.types.clone(),
             bindings,
+            bindings
+                .iter()
+                .filter_map(|b| {
+                    self.tables
+                        .iter()
+                        .find(|t| t.table == b.table)
+                        .map(|t| (t.oid, b.index))
+                })
+                .collect(),
             start_lsn,
             u64::try_from(xid_ref).unwrap_or(0),
             self.endpoint.heartbeat(),

@@ -55,6 +55,9 @@ pub struct PgStream {
     client: Client,
     types: Types,
     bindings: HashMap<(String, String), (usize, Vec<String>)>,
+    /// The bound tables' OIDs when the stream opened: a rename or a drop-and-recreate is
+    /// noticed, never silently followed or ignored.
+    bound_oids: HashMap<u32, usize>,
     relations: HashMap<u32, RelInfo>,
     txn: Option<Txn>,
     pending: VecDeque<StreamEvent<PgPosition>>,
@@ -67,11 +70,13 @@ pub struct PgStream {
 }
 
 impl PgStream {
+    #[allow(clippy::too_many_arguments)] // one call site, in `open_stream`
     pub(crate) fn new(
         conn: ReplicationConn,
         client: Client,
         types: Types,
         bindings: &[BindingSpec],
+        bound_oids: HashMap<u32, usize>,
         start: Lsn,
         xid_ref: u64,
         heartbeat: Duration,
@@ -89,6 +94,7 @@ impl PgStream {
                     )
                 })
                 .collect(),
+            bound_oids,
             relations: HashMap::new(),
             txn: None,
             pending: VecDeque::new(),
@@ -216,10 +222,26 @@ impl PgStream {
                 });
             }
             Message::Relation(r) => {
-                let binding = self
+                let by_name = self
                     .bindings
                     .get(&(r.namespace.clone(), r.name.clone()))
                     .cloned();
+                let binding = match (self.bound_oids.get(&r.oid), by_name) {
+                    (Some(&i), Some((j, key))) if i == j => Some((i, key)),
+                    (Some(&i), _) => {
+                        return Err(SourceError::definite(format!(
+                            "the table of binding {i} was renamed to {}.{}; point the binding at the new name and raise its backfill counter",
+                            r.namespace, r.name
+                        )));
+                    }
+                    (None, Some((i, _))) => {
+                        return Err(SourceError::definite(format!(
+                            "{}.{} (binding {i}) was dropped and created again while captured; raise its backfill counter to read it afresh",
+                            r.namespace, r.name
+                        )));
+                    }
+                    (None, None) => None,
+                };
                 let columns = r
                     .columns
                     .iter()
