@@ -74,6 +74,19 @@ impl Capture {
         }
     }
 
+    /// A capture running in the background, stdout and stderr piped.
+    fn spawn(&self) -> std::process::Child {
+        Command::new(&self.binary)
+            .args(["capture", "--log-level", "warn", "--config"])
+            .arg(self.dir.join("config.json"))
+            .arg("--state")
+            .arg(self.state())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn capture(&self) -> Outcome {
         let state = self.state();
         self.run(&[
@@ -573,15 +586,7 @@ fn renamed_dropped_and_unreadable_tables_stop_clearly() {
     let cap2 = Capture::new(&binary, "rename2");
     cap2.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "s2", "publication": "p2"})), "bindings": [binding("r", "", 0)]}));
     assert!(cap2.capture().ok);
-    let mut child = Command::new(&binary)
-        .args(["capture", "--log-level", "warn", "--config"])
-        .arg(cap2.dir.join("config.json"))
-        .arg("--state")
-        .arg(cap2.state())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cap2.spawn();
     std::thread::sleep(std::time::Duration::from_millis(500));
     pg.sql("ALTER TABLE r RENAME TO r3; INSERT INTO r3 VALUES (3)")
         .unwrap();
@@ -631,14 +636,7 @@ fn idle_capture_advances_the_slot_and_stops_cleanly_on_sigterm() {
         pg.sql("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'cdc_slot'").unwrap().parse::<f64>().unwrap()
     };
     let start = flushed();
-    let child = Command::new(&binary)
-        .args(["capture", "--log-level", "warn", "--config"])
-        .arg(cap.dir.join("config.json"))
-        .arg("--state")
-        .arg(cap.state())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cap.spawn();
     for _ in 0..20 {
         pg.sql("INSERT INTO busy DEFAULT VALUES").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));

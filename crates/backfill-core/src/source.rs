@@ -192,21 +192,34 @@ pub trait KeyClassifier {
         window: Window<'_>,
         keys: &[&Key],
     ) -> Result<Vec<Region>, SourceError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if self.compare_native(binding, key, key).is_none() {
-                return Err(SourceError::definite(format!(
-                    "{}.{}: the key cannot be compared natively and the source has no database classification",
-                    binding.table.namespace, binding.table.stream
-                )));
-            }
-            out.push(window.classify_with(key, |a, b| {
-                self.compare_native(binding, a, b)
-                    .unwrap_or(Ordering::Equal)
-            }));
-        }
-        Ok(out)
+        classify_natively(self, binding, window, keys)
     }
+}
+
+/// Classifies `keys` with the classifier's native comparator; an error when the binding's
+/// key has none. The default [`KeyClassifier::classify`], and what a source that answers
+/// some bindings natively and others by query calls for the native ones.
+pub fn classify_natively<C: KeyClassifier + ?Sized>(
+    classifier: &C,
+    binding: &BindingSpec,
+    window: Window<'_>,
+    keys: &[&Key],
+) -> Result<Vec<Region>, SourceError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        if classifier.compare_native(binding, key, key).is_none() {
+            return Err(SourceError::definite(format!(
+                "{}.{}: the key cannot be compared natively and the source has no database classification",
+                binding.table.namespace, binding.table.stream
+            )));
+        }
+        out.push(window.classify_with(key, |a, b| {
+            classifier
+                .compare_native(binding, a, b)
+                .unwrap_or(Ordering::Equal)
+        }));
+    }
+    Ok(out)
 }
 
 /// What a change did.

@@ -134,33 +134,33 @@ pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
 /// Opens a query connection; its driver runs on a spawned task.
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> {
     let config = pg_config(endpoint)?;
-    let client = match tls_config(endpoint)? {
-        Some(tls) => {
-            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            let (client, connection) = config
-                .connect(connector)
-                .await
-                .map_err(|e| classify(&e, endpoint))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "query connection closed");
-                }
-            });
-            client
+    match tls_config(endpoint)? {
+        Some(tls) => drive(
+            config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (*tls).clone(),
+                ))
+                .await,
+            endpoint,
+        ),
+        None => drive(config.connect(tokio_postgres::NoTls).await, endpoint),
+    }
+}
+
+fn drive<S, T>(
+    connected: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+    endpoint: &Endpoint,
+) -> Result<Client, SourceError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    let (client, connection) = connected.map_err(|e| classify(&e, endpoint))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "query connection closed");
         }
-        None => {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| classify(&e, endpoint))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "query connection closed");
-                }
-            });
-            client
-        }
-    };
+    });
     Ok(client)
 }
 

@@ -32,7 +32,7 @@ use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::mode::{KeyOrdering, ResolvedMode};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
-    Source, StreamStart, TableInfo,
+    Source, StreamStart, TableInfo, classify_natively,
 };
 use serde_json::Value;
 use tokio_postgres::{Client, IsolationLevel};
@@ -215,22 +215,9 @@ impl PgSource {
             .query(&sql, &refs)
             .await
             .map_err(|e| db_error(&e, &what))?;
-        let fence_row = tx
-            .query_one(
-                "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
-                        ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
-                &[],
-            )
-            .await
-            .map_err(|e| db_error(&e, &what))?;
+        let (fence, witness) = fence_and_witness(&tx, &what).await?;
         tx.commit().await.map_err(|e| db_error(&e, &what))?;
         self.emit_watermark().await?;
-        let fence: Lsn = fence_row
-            .get::<_, String>(0)
-            .parse()
-            .map_err(SourceError::definite)?;
-        let xmax: i64 = fence_row.get(1);
-        let xip: Vec<i64> = fence_row.get(2);
         let mut complete = rows.len() <= req.limits.rows;
         let mut out = Vec::with_capacity(rows.len().min(req.limits.rows));
         let mut bytes = 0;
@@ -252,14 +239,8 @@ impl PgSource {
         Ok(Chunk {
             rows: out,
             complete,
-            fence: PgPosition { lsn: fence },
-            witness: SnapshotWitness::Mvcc {
-                xmax: u64::try_from(xmax).unwrap_or(0),
-                in_progress: xip
-                    .into_iter()
-                    .filter_map(|x| u64::try_from(x).ok())
-                    .collect(),
-            },
+            fence,
+            witness,
         })
     }
 
@@ -317,14 +298,7 @@ impl PgSource {
             }
             start = (end_page, 0);
         }
-        let fence_row = tx
-            .query_one(
-                "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
-                        ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
-                &[],
-            )
-            .await
-            .map_err(|e| db_error(&e, &what))?;
+        let (fence, witness) = fence_and_witness(&tx, &what).await?;
         tx.commit().await.map_err(|e| db_error(&e, &what))?;
         self.emit_watermark().await?;
         found.sort_by_key(|(pos, _)| *pos);
@@ -337,12 +311,6 @@ impl PgSource {
                 .map_err(|e| SourceError::definite(format!("{what}: bad row JSON: {e}")))?;
             rows.push((Key(vec![Value::String(format!("({page},{tuple})"))]), row));
         }
-        let fence: Lsn = fence_row
-            .get::<_, String>(0)
-            .parse()
-            .map_err(SourceError::definite)?;
-        let xmax: i64 = fence_row.get(1);
-        let xip: Vec<i64> = fence_row.get(2);
         if rows.is_empty() && !complete {
             return Err(SourceError::transient(format!(
                 "{what}: empty page range before the end of the table"
@@ -351,14 +319,8 @@ impl PgSource {
         Ok(Chunk {
             rows,
             complete,
-            fence: PgPosition { lsn: fence },
-            witness: SnapshotWitness::Mvcc {
-                xmax: u64::try_from(xmax).unwrap_or(0),
-                in_progress: xip
-                    .into_iter()
-                    .filter_map(|x| u64::try_from(x).ok())
-                    .collect(),
-            },
+            fence,
+            witness,
         })
     }
 
@@ -370,6 +332,39 @@ impl PgSource {
             .map(|k| t.column(k).and_then(catalog::native_order))
             .collect()
     }
+}
+
+/// Inside a scan's repeatable-read transaction, after its rows: the fence (the WAL insert
+/// position, at or after every commit visible in the snapshot) and the snapshot itself
+/// as the witness.
+async fn fence_and_witness(
+    tx: &tokio_postgres::Transaction<'_>,
+    what: &str,
+) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
+    let row = tx
+        .query_one(
+            "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
+                    ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error(&e, what))?;
+    let lsn: Lsn = row
+        .get::<_, String>(0)
+        .parse()
+        .map_err(SourceError::definite)?;
+    let xmax: i64 = row.get(1);
+    let xip: Vec<i64> = row.get(2);
+    Ok((
+        PgPosition { lsn },
+        SnapshotWitness::Mvcc {
+            xmax: u64::try_from(xmax).unwrap_or(0),
+            in_progress: xip
+                .into_iter()
+                .filter_map(|x| u64::try_from(x).ok())
+                .collect(),
+        },
+    ))
 }
 
 /// `(12,3)` → (12, 3).
@@ -431,17 +426,9 @@ impl KeyClassifier for PgSource {
         window: Window<'_>,
         keys: &[&Key],
     ) -> Result<Vec<Region>, SourceError> {
-        if let Some(orders) = self.native_orders(binding) {
-            let _ = orders;
-            return Ok(keys
-                .iter()
-                .map(|k| {
-                    window.classify_with(k, |a, b| {
-                        self.compare_native(binding, a, b)
-                            .unwrap_or(Ordering::Equal)
-                    })
-                })
-                .collect());
+        if binding.mode == ResolvedMode::WithoutPrimaryKey || self.native_orders(binding).is_some()
+        {
+            return classify_natively(self, binding, window, keys);
         }
         // Ask the server: one query for the whole batch, in the key columns' collations.
         let t = self.table(binding)?.clone();
