@@ -1,0 +1,142 @@
+//! The `source-mysql` binary's glue: the core's [`Connector`] and `check`.
+
+use backfill_core::SourceError;
+use backfill_core::cli::{CheckItem, Connector};
+use backfill_core::config::Binding;
+use backfill_core::merger::EngineOptions;
+use backfill_core::source::ChunkLimits;
+use mysql_async::prelude::Queryable;
+
+use crate::endpoint::Endpoint;
+use crate::source::MySource;
+
+/// MySQL/MariaDB, as the shared command line drives it.
+#[derive(Debug)]
+pub struct MysqlConnector;
+
+fn item(name: &str, ok: bool, detail: impl Into<String>) -> CheckItem {
+    CheckItem {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+impl Connector for MysqlConnector {
+    type Endpoint = Endpoint;
+    type Source = MySource;
+
+    const NAME: &'static str = "source-mysql";
+
+    async fn connect(endpoint: &Endpoint) -> Result<MySource, SourceError> {
+        MySource::connect(endpoint).await
+    }
+
+    async fn check(
+        endpoint: &Endpoint,
+        bindings: &[Binding],
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        let mut items = Vec::new();
+        let mut source = match MySource::connect(endpoint).await {
+            Ok(s) => s,
+            Err(e) => {
+                items.push(item("connect", false, e.message()));
+                return Ok(items);
+            }
+        };
+        items.push(item("connect", true, "connected"));
+        let tables: Vec<(String, String)> = source
+            .tables()
+            .iter()
+            .map(|t| (t.table.namespace.clone(), t.table.stream.clone()))
+            .collect();
+        let conn = source.conn();
+        let var = |v: Option<String>| v.unwrap_or_default();
+        let settings: Vec<(String, String, &str)> = vec![
+            (
+                "log_bin".into(),
+                "1".into(),
+                "enable the binlog: log_bin (server option), then restart",
+            ),
+            (
+                "binlog_format".into(),
+                "ROW".into(),
+                "SET GLOBAL binlog_format = 'ROW' (and in the server options)",
+            ),
+            (
+                "binlog_row_image".into(),
+                "FULL".into(),
+                "SET GLOBAL binlog_row_image = 'FULL'",
+            ),
+            (
+                "binlog_row_metadata".into(),
+                "FULL".into(),
+                "SET GLOBAL binlog_row_metadata = 'FULL' (column names in the binlog)",
+            ),
+        ];
+        for (name, want, fix) in settings {
+            let got: Option<String> = conn
+                .query_first(format!("SELECT @@{name}"))
+                .await
+                .unwrap_or(None);
+            let got = var(got);
+            let ok = got.eq_ignore_ascii_case(&want) || (want == "1" && got == "ON");
+            items.push(item(
+                &name,
+                ok,
+                if ok {
+                    got
+                } else {
+                    format!("is {got:?}; {fix}")
+                },
+            ));
+        }
+        let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+        let all = grants.join(" ").to_ascii_uppercase();
+        let repl = all.contains("ALL PRIVILEGES")
+            || (all.contains("REPLICATION SLAVE") || all.contains("REPLICATION REPLICA"));
+        items.push(item(
+            "replication grants",
+            repl,
+            if repl {
+                "REPLICATION SLAVE present".to_string()
+            } else {
+                format!(
+                    "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{}'",
+                    endpoint.user
+                )
+            },
+        ));
+        let retention: Option<String> = conn
+            .query_first("SELECT @@binlog_expire_logs_seconds")
+            .await
+            .unwrap_or(None);
+        items.push(item("binlog retention", true, format!("binlog_expire_logs_seconds = {} (keep it longer than the longest pause of the capture)", var(retention))));
+        for b in bindings {
+            let found = tables
+                .iter()
+                .any(|(d, t)| d == &b.resource.namespace && t == &b.resource.stream);
+            items.push(item(
+                &format!("table {}.{}", b.resource.namespace, b.resource.stream),
+                found,
+                if found {
+                    "readable".to_string()
+                } else {
+                    "not found, or the user lacks SELECT on it".to_string()
+                },
+            ));
+        }
+        Ok(items)
+    }
+
+    fn engine_options(endpoint: &Endpoint) -> EngineOptions {
+        EngineOptions {
+            limits: ChunkLimits {
+                rows: endpoint.advanced.chunk_size.max(1),
+                bytes: 64 << 20,
+            },
+            concurrency: endpoint.advanced.backfill_concurrency.max(1),
+            ..EngineOptions::default()
+        }
+    }
+}

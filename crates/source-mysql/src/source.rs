@@ -1,0 +1,731 @@
+//! The MariaDB source: discovery, key-ordered chunks in consistent snapshots, key
+//! classification by the server, and opening the binlog stream.
+//!
+//! ## Chunks, fences and the witness (MariaDB)
+//!
+//! ```text
+//! START TRANSACTION WITH CONSISTENT SNAPSHOT
+//!   SHOW STATUS LIKE 'binlog_snapshot_%'        -- the snapshot's exact binlog position P
+//!   SELECT ... WHERE (k) > (cursor) ORDER BY k LIMIT n+1
+//! COMMIT
+//! ```
+//!
+//! MariaDB takes the snapshot and reads the binlog position under the same lock, so the
+//! snapshot sees exactly the transactions whose commit is at or before P. P is therefore
+//! both the fence (every visible transaction commits at or before it) and the witness
+//! ([`SnapshotWitness::SeesThrough`]): the core rescans until P is at or past what the
+//! stream delivered, which is how InnoDB's write-binlog-then-commit gap is closed.
+//!
+//! MySQL 8 has no `binlog_snapshot_*`; it is refused at connect with a clear message until
+//! its method (documented in ARCHITECTURE.md as open) is built.
+
+use std::cmp::Ordering;
+
+use backfill_core::SourceError;
+use backfill_core::key::{Hi, Key, Region, Window};
+use backfill_core::mode::{KeyColumnFacts, KeyOrdering, ResolvedMode, TableFacts};
+use backfill_core::source::{
+    BindingSpec, Chunk, ChunkScanner, ColumnInfo, Discovery, KeyClassifier, Row, ScanRequest,
+    SnapshotWitness, Source, StreamStart, TableInfo, TableRef, classify_natively,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Value as MyValue};
+use serde_json::Value;
+
+use crate::endpoint::{Endpoint, TlsMode};
+use crate::position::BinlogPosition;
+use crate::stream::MyStream;
+use crate::value::{ColType, Origin, to_json};
+
+/// A column as the connector uses it.
+#[derive(Clone, Debug)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// `COLUMN_TYPE` spelling.
+    pub column_type: String,
+    /// `DATA_TYPE`.
+    pub data_type: String,
+    /// NULL allowed.
+    pub nullable: bool,
+    /// Character set, for character columns.
+    pub charset: Option<String>,
+    /// Collation, for character columns.
+    pub collation: Option<String>,
+    /// How values render.
+    pub ty: ColType,
+}
+
+/// A capturable table.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Database and table.
+    pub table: TableRef,
+    /// Columns in table order.
+    pub columns: Vec<Column>,
+    /// The usable key.
+    pub key: Vec<String>,
+}
+
+impl Table {
+    /// The column called `name`.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    fn info(&self) -> TableInfo {
+        TableInfo {
+            table: self.table.clone(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| ColumnInfo {
+                    name: c.name.clone(),
+                    type_name: c.column_type.clone(),
+                    nullable: c.nullable,
+                })
+                .collect(),
+            facts: TableFacts {
+                key: self
+                    .key
+                    .iter()
+                    .map(|k| {
+                        let c = self.column(k);
+                        KeyColumnFacts {
+                            name: k.clone(),
+                            type_name: c.map(|c| c.column_type.clone()).unwrap_or_default(),
+                            ordering: c.map_or(KeyOrdering::Unorderable, key_ordering),
+                        }
+                    })
+                    .collect(),
+            },
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Integers compare natively; everything the server can cast back from its JSON form is
+/// compared by the server in the column's own collation.
+fn key_ordering(c: &Column) -> KeyOrdering {
+    match c.ty {
+        ColType::Int => KeyOrdering::Native,
+        ColType::Decimal { .. }
+        | ColType::Date
+        | ColType::DateTime { .. }
+        | ColType::Timestamp { .. }
+        | ColType::Time { .. }
+        | ColType::Text { .. }
+        | ColType::Binary
+        | ColType::Year
+        | ColType::Enum(_) => KeyOrdering::Database,
+        _ => KeyOrdering::Unorderable,
+    }
+}
+
+/// Quotes an identifier.
+pub fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// The SQL expression a key parameter is cast with, so the server compares it as the column.
+fn key_expr(c: &Column) -> String {
+    match &c.ty {
+        ColType::Int => "?".into(),
+        ColType::Decimal { .. } => "CAST(? AS DECIMAL(65,30))".into(),
+        ColType::Date => "CAST(? AS DATE)".into(),
+        ColType::DateTime { .. } => "CAST(REPLACE(?, 'T', ' ') AS DATETIME(6))".into(),
+        ColType::Timestamp { .. } => {
+            "CAST(REPLACE(REPLACE(?, 'T', ' '), 'Z', '') AS DATETIME(6))".into()
+        }
+        ColType::Time { .. } => "CAST(? AS TIME(6))".into(),
+        ColType::Binary => "FROM_BASE64(?)".into(),
+        _ => match (&c.charset, &c.collation) {
+            (Some(cs), Some(coll)) => format!("CONVERT(? USING {cs}) COLLATE {coll}"),
+            _ => "?".into(),
+        },
+    }
+}
+
+fn key_param(v: &Value) -> MyValue {
+    match v {
+        Value::Number(n) => n.as_i64().map_or_else(
+            || {
+                n.as_u64()
+                    .map_or_else(|| MyValue::Bytes(n.to_string().into_bytes()), MyValue::UInt)
+            },
+            MyValue::Int,
+        ),
+        Value::String(s) => MyValue::Bytes(s.clone().into_bytes()),
+        Value::Null => MyValue::NULL,
+        other => MyValue::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+pub(crate) fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
+    match e {
+        mysql_async::Error::Server(s) => {
+            let text = format!("{what}: {} (error {})", s.message, s.code);
+            match s.code {
+                1045 => SourceError::definite(format!("{text}; check the user and password")),
+                1142 | 1227 | 1044 => {
+                    SourceError::definite(format!("{text}; grant the user what `check` lists"))
+                }
+                1146 => SourceError::definite(format!(
+                    "{text}; the table was dropped or renamed: fix its binding"
+                )),
+                1236 => SourceError::definite(format!(
+                    "{text}: the binlog position is lost (purged). Raise `backfill` for every binding to re-establish it"
+                )),
+                1205 | 1213 | 1040 | 1053 | 2006 | 2013 => SourceError::transient(text),
+                _ => SourceError::definite(text),
+            }
+        }
+        other => SourceError::transient(format!("{what}: {other}")),
+    }
+}
+
+/// Connection options for the endpoint.
+pub(crate) fn opts(endpoint: &Endpoint) -> Result<Opts, SourceError> {
+    let mut b = OptsBuilder::default()
+        .ip_or_hostname(endpoint.host.clone())
+        .tcp_port(endpoint.port)
+        .user(Some(endpoint.user.clone()))
+        .pass(endpoint.resolve_password().map_err(SourceError::definite)?)
+        .prefer_socket(false)
+        .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"]);
+    match endpoint.tls.mode {
+        TlsMode::Disable => {}
+        TlsMode::Require => {
+            b = b.ssl_opts(
+                mysql_async::SslOpts::default()
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            );
+        }
+        TlsMode::VerifyFull => {
+            let mut ssl = mysql_async::SslOpts::default();
+            if let Some(root) = &endpoint.tls.root_cert {
+                ssl = ssl.with_root_certs(vec![std::path::PathBuf::from(root).into()]);
+            }
+            b = b.ssl_opts(ssl);
+        }
+    }
+    Ok(b.into())
+}
+
+pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
+    Conn::new(opts(endpoint)?).await.map_err(|e| {
+        my_error(
+            &e,
+            &format!("connecting to {}:{}", endpoint.host, endpoint.port),
+        )
+    })
+}
+
+/// A keyless table read in one consistent snapshot, chunk by chunk.
+#[derive(Debug)]
+struct KeylessScan {
+    binding: usize,
+    conn: Conn,
+    position: BinlogPosition,
+}
+
+/// The MariaDB source.
+#[derive(Debug)]
+pub struct MySource {
+    endpoint: Endpoint,
+    conn: Conn,
+    tables: Vec<Table>,
+    keyless: Option<KeylessScan>,
+}
+
+impl MySource {
+    /// Connects, refuses servers it cannot capture correctly, and reads the catalog.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
+        let mut conn = connect(endpoint).await?;
+        let version: String = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| my_error(&e, "reading the version"))?
+            .unwrap_or_default();
+        if !version.contains("MariaDB") {
+            return Err(SourceError::definite(format!(
+                "server {version} is MySQL; this connector captures MariaDB 10.6+ today (MySQL 8's snapshot-to-binlog method is not built yet)"
+            )));
+        }
+        let tables = load_tables(&mut conn).await?;
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            conn,
+            tables,
+            keyless: None,
+        })
+    }
+
+    /// The query connection, for `check`.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
+        self.tables
+            .iter()
+            .find(|t| t.table == spec.table)
+            .ok_or_else(|| {
+                SourceError::definite(format!(
+                    "{}.{}: table not found; was it dropped or renamed?",
+                    spec.table.namespace, spec.table.stream
+                ))
+            })
+    }
+
+    fn row_from(t: &Table, cols: &[String], values: &[MyValue]) -> Result<Row, SourceError> {
+        let mut row = Row::with_capacity(values.len());
+        for (name, v) in cols.iter().zip(values) {
+            let c = t
+                .column(name)
+                .ok_or_else(|| SourceError::definite(format!("unknown column {name}")))?;
+            let json = to_json(&c.ty, v, Origin::Query).map_err(|e| {
+                SourceError::definite(format!(
+                    "{}.{} column {name}: {e}",
+                    t.table.namespace, t.table.stream
+                ))
+            })?;
+            row.insert(name.clone(), json);
+        }
+        Ok(row)
+    }
+
+    async fn snapshot_position(conn: &mut Conn) -> Result<BinlogPosition, SourceError> {
+        let rows: Vec<(String, String)> = conn
+            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(|e| my_error(&e, "reading the snapshot's binlog position"))?;
+        let get = |n: &str| {
+            rows.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let file = get("binlog_snapshot_file")
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| {
+                SourceError::definite(
+                    "the binlog is off: set log_bin (and binlog_format=ROW) and restart the server",
+                )
+            })?;
+        let pos = get("binlog_snapshot_position")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        Ok(BinlogPosition::new(file, pos))
+    }
+
+    async fn scan_keyed(
+        &mut self,
+        req: ScanRequest<'_>,
+    ) -> Result<Chunk<BinlogPosition>, SourceError> {
+        let t = self.table(req.binding)?.clone();
+        let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+        let select = names
+            .iter()
+            .map(|n| quote(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys = req
+            .binding
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!(
+            "SELECT {select} FROM {}.{}",
+            quote(&t.table.namespace),
+            quote(&t.table.stream)
+        );
+        let mut params = Vec::new();
+        if let Some(after) = req.after {
+            let exprs = req
+                .binding
+                .key
+                .iter()
+                .map(|k| t.column(k).map_or_else(|| "?".into(), key_expr))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sql.push_str(&format!(" WHERE ({keys}) > ({exprs})"));
+            params = after.0.iter().map(key_param).collect();
+        }
+        sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", req.limits.rows + 1));
+        let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
+        self.conn
+            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+            .map_err(|e| my_error(&e, &what))?;
+        let position = Self::snapshot_position(&mut self.conn).await?;
+        let rows: Vec<mysql_async::Row> = self
+            .conn
+            .exec(&sql, params)
+            .await
+            .map_err(|e| my_error(&e, &what))?;
+        self.conn
+            .query_drop("COMMIT")
+            .await
+            .map_err(|e| my_error(&e, &what))?;
+        let complete = rows.len() <= req.limits.rows;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows.into_iter().take(req.limits.rows) {
+            let values = r.unwrap();
+            let row = Self::row_from(&t, &names, &values)?;
+            let key = Key(req
+                .binding
+                .key
+                .iter()
+                .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                .collect());
+            out.push((key, row));
+        }
+        Ok(Chunk {
+            rows: out,
+            complete,
+            fence: position.clone(),
+            witness: SnapshotWitness::SeesThrough(position),
+        })
+    }
+
+    /// Keyless tables: one consistent snapshot held open across chunks, paged by offset
+    /// inside it (stable, since the snapshot does not move). Its guarantee ("exact when the
+    /// table is not written during its backfill") does not rest on the fence ordering, so
+    /// the later chunks report the snapshot as proven.
+    async fn scan_keyless(
+        &mut self,
+        req: ScanRequest<'_>,
+    ) -> Result<Chunk<BinlogPosition>, SourceError> {
+        let t = self.table(req.binding)?.clone();
+        let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
+        let offset: u64 = req
+            .after
+            .and_then(|k| k.0.first())
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let fresh =
+            !matches!(&self.keyless, Some(k) if k.binding == req.binding.index) || offset == 0;
+        if fresh {
+            let mut conn = connect(&self.endpoint).await?;
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                .await
+                .map_err(|e| my_error(&e, &what))?;
+            let position = Self::snapshot_position(&mut conn).await?;
+            self.keyless = Some(KeylessScan {
+                binding: req.binding.index,
+                conn,
+                position,
+            });
+        }
+        let scan = self
+            .keyless
+            .as_mut()
+            .ok_or_else(|| SourceError::definite("keyless scan lost"))?;
+        let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+        let select = names
+            .iter()
+            .map(|n| quote(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {select} FROM {}.{} LIMIT {} OFFSET {offset}",
+            quote(&t.table.namespace),
+            quote(&t.table.stream),
+            req.limits.rows + 1
+        );
+        let rows: Vec<mysql_async::Row> = scan
+            .conn
+            .query(&sql)
+            .await
+            .map_err(|e| my_error(&e, &what))?;
+        let position = scan.position.clone();
+        let complete = rows.len() <= req.limits.rows;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.into_iter().take(req.limits.rows).enumerate() {
+            let row = Self::row_from(&t, &names, &r.unwrap())?;
+            out.push((Key(vec![Value::from(offset + i as u64 + 1)]), row));
+        }
+        if complete {
+            self.keyless = None;
+        }
+        Ok(Chunk {
+            rows: out,
+            complete,
+            fence: position.clone(),
+            witness: if fresh {
+                SnapshotWitness::SeesThrough(position)
+            } else {
+                SnapshotWitness::Proven
+            },
+        })
+    }
+}
+
+async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
+    let tables: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES
+              WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')
+              ORDER BY 1, 2",
+        )
+        .await
+        .map_err(|e| my_error(&e, "reading information_schema.TABLES"))?;
+    type ColRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let cols: Vec<ColRow> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME
+               FROM information_schema.COLUMNS
+              WHERE TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')
+              ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
+        )
+        .await
+        .map_err(|e| my_error(&e, "reading information_schema.COLUMNS"))?;
+    let checks: Vec<(String, String, String)> = conn
+        .query("SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS")
+        .await
+        .unwrap_or_default();
+    let keys: Vec<(String, String, String, String, u32)> = conn
+        .query(
+            "SELECT s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME, s.COLUMN_NAME, s.SEQ_IN_INDEX
+               FROM information_schema.STATISTICS s
+               JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME AND c.COLUMN_NAME = s.COLUMN_NAME
+              WHERE s.NON_UNIQUE = 0 AND s.SUB_PART IS NULL AND c.IS_NULLABLE = 'NO'
+              ORDER BY s.TABLE_SCHEMA, s.TABLE_NAME, s.INDEX_NAME <> 'PRIMARY', s.INDEX_NAME, s.SEQ_IN_INDEX",
+        )
+        .await
+        .map_err(|e| my_error(&e, "reading information_schema.STATISTICS"))?;
+    let mut out = Vec::new();
+    for (schema, name) in tables {
+        let columns: Vec<Column> = cols
+            .iter()
+            .filter(|c| c.0 == schema && c.1 == name)
+            .map(|c| {
+                let json_checked = checks.iter().any(|(s, t, clause)| {
+                    s == &schema
+                        && t == &name
+                        && clause.to_ascii_lowercase().replace('`', "")
+                            == format!("json_valid({})", c.2.to_ascii_lowercase())
+                });
+                Column {
+                    name: c.2.clone(),
+                    data_type: c.3.clone(),
+                    column_type: c.4.clone(),
+                    nullable: c.5 == "YES",
+                    charset: c.6.clone(),
+                    collation: c.7.clone(),
+                    ty: ColType::from_catalog(&c.3, &c.4, c.6.as_deref(), json_checked),
+                }
+            })
+            .collect();
+        // The first unique index whose columns are all NOT NULL (PRIMARY first). An index
+        // with a nullable column has no rows here at all (joined on IS_NULLABLE = 'NO'),
+        // so compare counts with the index's full width.
+        let mut key = Vec::new();
+        let mut current: Option<&str> = None;
+        for k in keys.iter().filter(|k| k.0 == schema && k.1 == name) {
+            match current {
+                Some(idx) if idx != k.2 => break,
+                _ => {
+                    current = Some(&k.2);
+                    key.push(k.3.clone());
+                }
+            }
+        }
+        out.push(Table {
+            table: TableRef {
+                namespace: schema,
+                stream: name,
+            },
+            columns,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+impl Discovery for MySource {
+    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
+        Ok(self.tables.iter().map(Table::info).collect())
+    }
+}
+
+impl ChunkScanner for MySource {
+    type Position = BinlogPosition;
+
+    async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
+        if req.binding.mode == ResolvedMode::WithoutPrimaryKey || req.binding.key.is_empty() {
+            self.scan_keyless(req).await
+        } else {
+            self.scan_keyed(req).await
+        }
+    }
+
+    async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
+        self.conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (binding.table.namespace.clone(), binding.table.stream.clone()),
+            )
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl KeyClassifier for MySource {
+    fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering> {
+        if binding.mode == ResolvedMode::WithoutPrimaryKey || binding.key.is_empty() {
+            return Some(a.0.first()?.as_u64()?.cmp(&b.0.first()?.as_u64()?));
+        }
+        let t = self.tables.iter().find(|t| t.table == binding.table)?;
+        for (i, k) in binding.key.iter().enumerate() {
+            if t.column(k)?.ty != ColType::Int {
+                return None;
+            }
+            let n = |v: &Value| {
+                v.as_i64()
+                    .map(i128::from)
+                    .or_else(|| v.as_u64().map(i128::from))
+            };
+            match n(a.0.get(i)?)?.cmp(&n(b.0.get(i)?)?) {
+                Ordering::Equal => continue,
+                other => return Some(other),
+            }
+        }
+        Some(Ordering::Equal)
+    }
+
+    async fn classify(
+        &mut self,
+        binding: &BindingSpec,
+        window: Window<'_>,
+        keys: &[&Key],
+    ) -> Result<Vec<Region>, SourceError> {
+        if keys
+            .first()
+            .is_none_or(|k| self.compare_native(binding, k, k).is_some())
+        {
+            return classify_natively(self, binding, window, keys);
+        }
+        // One query per batch: each key against the bounds, in the columns' collations.
+        let t = self.table(binding)?.clone();
+        let cols = binding
+            .key
+            .iter()
+            .map(|k| t.column(k).cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| SourceError::definite("key column missing"))?;
+        let tuple = || cols.iter().map(key_expr).collect::<Vec<_>>().join(", ");
+        let mut params: Vec<MyValue> = Vec::new();
+        let mut selects = Vec::with_capacity(keys.len());
+        for k in keys {
+            let mut parts = Vec::new();
+            if let Some(lo) = window.lo {
+                parts.push(format!("(({}) > ({}))", tuple(), tuple()));
+                params.extend(k.0.iter().map(key_param));
+                params.extend(lo.0.iter().map(key_param));
+            } else {
+                parts.push("1".into());
+            }
+            if let Hi::Key(hi) = window.hi {
+                parts.push(format!("(({}) > ({}))", tuple(), tuple()));
+                params.extend(k.0.iter().map(key_param));
+                params.extend(hi.0.iter().map(key_param));
+            } else {
+                parts.push("0".into());
+            }
+            selects.push(format!("SELECT {}", parts.join(", ")));
+        }
+        let sql = selects.join(" UNION ALL ");
+        let rows: Vec<(i64, i64)> = self
+            .conn
+            .exec(&sql, params)
+            .await
+            .map_err(|e| my_error(&e, "classifying keys"))?;
+        if rows.len() != keys.len() {
+            return Err(SourceError::definite(
+                "classification returned the wrong number of rows",
+            ));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(above_lo, above_hi)| {
+                if above_lo == 0 {
+                    Region::Done
+                } else {
+                    match window.hi {
+                        Hi::Empty => Region::Ahead,
+                        Hi::Unbounded => Region::Window,
+                        Hi::Key(_) if above_hi == 1 => Region::Ahead,
+                        Hi::Key(_) => Region::Window,
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+impl Source for MySource {
+    type Stream = MyStream;
+
+    async fn open_stream(
+        &mut self,
+        start: StreamStart<BinlogPosition>,
+        bindings: &[BindingSpec],
+    ) -> Result<(MyStream, BinlogPosition), SourceError> {
+        let at = match start {
+            StreamStart::Resume(p) => {
+                let logs: Vec<(String, u64)> = self
+                    .conn
+                    .query("SHOW BINARY LOGS")
+                    .await
+                    .map_err(|e| my_error(&e, "listing binary logs"))?;
+                if !logs.iter().any(|(f, _)| f == &p.file) {
+                    return Err(SourceError::definite(format!(
+                        "binlog file {} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)",
+                        p.file
+                    )));
+                }
+                p
+            }
+            StreamStart::Fresh | StreamStart::Reset => self.end_position().await?,
+        };
+        let stream = MyStream::open(&self.endpoint, &self.tables, bindings, at.clone()).await?;
+        Ok((stream, at))
+    }
+
+    async fn end_position(&mut self) -> Result<BinlogPosition, SourceError> {
+        let row: Option<mysql_async::Row> = self
+            .conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| my_error(&e, "SHOW MASTER STATUS"))?;
+        let row = row.ok_or_else(|| {
+            SourceError::definite(
+                "the binlog is off: set log_bin and binlog_format=ROW, then restart the server",
+            )
+        })?;
+        let file: String = row.get(0).unwrap_or_default();
+        let pos: u64 = row.get(1).unwrap_or(0);
+        Ok(BinlogPosition::new(file, pos))
+    }
+}
+
+impl MySource {
+    /// The tables read at connect.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+}

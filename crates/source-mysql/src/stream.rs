@@ -1,0 +1,361 @@
+//! The binlog stream (MariaDB): row events turned into the core's [`StreamEvent`]s.
+//!
+//! * A MariaDB GTID event opens a transaction; `XID` (or a `COMMIT` query) commits it at
+//!   the event's end position; a standalone GTID with a query is a DDL: the catalog of the
+//!   captured tables is read again, and the transaction commits.
+//! * Heartbeats (`@master_heartbeat_period`, half a second) carry the server's position
+//!   on an idle server: they become `Progress` between transactions.
+//! * Column names come with every table map (`binlog_row_metadata=FULL`), so a row is
+//!   always decoded with its own columns; a column the catalog does not know yet makes the
+//!   stream read the catalog again before rendering, never misaligning a document.
+//! * `pos` is `[binlog file number, event end offset, row index]`; `_meta.source.cursor` is
+//!   `file:offset`, `txid` the GTID.
+
+use std::collections::{HashMap, VecDeque};
+
+use backfill_core::SourceError;
+use backfill_core::key::Key;
+use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use futures_util::StreamExt;
+use mysql_async::binlog::events::EventData;
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest};
+use serde_json::{Map, Value};
+
+use crate::endpoint::Endpoint;
+use crate::position::BinlogPosition;
+use crate::source::{Table, connect, my_error};
+use crate::value::{ColType, Origin, to_json};
+
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// The binlog change stream.
+pub struct MyStream {
+    stream: BinlogStream,
+    endpoint: Endpoint,
+    tables: Vec<Table>,
+    bindings: HashMap<(String, String), (usize, Vec<String>)>,
+    file: String,
+    in_txn: bool,
+    gtid: Option<String>,
+    pending: VecDeque<StreamEvent<BinlogPosition>>,
+}
+
+impl std::fmt::Debug for MyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MyStream")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_number(file: &str) -> u64 {
+    file.rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+impl MyStream {
+    pub(crate) async fn open(
+        endpoint: &Endpoint,
+        tables: &[Table],
+        bindings: &[BindingSpec],
+        at: BinlogPosition,
+    ) -> Result<Self, SourceError> {
+        let mut conn = connect(endpoint).await?;
+        for setting in [
+            "SET @mariadb_slave_capability = 4",
+            "SET @master_heartbeat_period = 500000000",
+        ] {
+            conn.query_drop(setting)
+                .await
+                .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
+        }
+        let request = BinlogStreamRequest::new(endpoint.server_id)
+            .with_filename(at.file.as_bytes())
+            .with_pos(at.pos);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| my_error(&e, "starting the binlog stream"))?;
+        Ok(Self {
+            stream,
+            endpoint: endpoint.clone(),
+            tables: tables.to_vec(),
+            bindings: bindings
+                .iter()
+                .map(|b| {
+                    (
+                        (b.table.namespace.clone(), b.table.stream.clone()),
+                        (b.index, b.key.clone()),
+                    )
+                })
+                .collect(),
+            file: at.file,
+            in_txn: false,
+            gtid: None,
+            pending: VecDeque::new(),
+        })
+    }
+
+    fn position(&self, pos: u64) -> BinlogPosition {
+        let mut p = BinlogPosition::new(self.file.clone(), pos);
+        p.gtid = self.gtid.clone();
+        p
+    }
+
+    async fn reload_catalog(&mut self) -> Result<(), SourceError> {
+        self.tables = crate::source::MySource::connect(&self.endpoint)
+            .await?
+            .tables()
+            .to_vec();
+        Ok(())
+    }
+
+    fn render(&self, db: &str, table: &str, row: BinlogRow) -> Result<Option<Row>, SourceError> {
+        let Some(t) = self
+            .tables
+            .iter()
+            .find(|t| t.table.namespace == db && t.table.stream == table)
+        else {
+            return Ok(None);
+        };
+        let names: Vec<String> = row
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let mut out = Map::with_capacity(names.len());
+        for (i, v) in row.unwrap().into_iter().enumerate() {
+            let name = names.get(i).cloned().unwrap_or_default();
+            let Some(c) = t.column(&name) else {
+                return Ok(None);
+            };
+            let value = match v {
+                BinlogValue::Value(v) => to_json(&c.ty, &v, Origin::Binlog),
+                BinlogValue::Jsonb(j) => match serde_json::Value::try_from(j) {
+                    Ok(v) if c.ty == ColType::Json => Ok(v),
+                    Ok(v) => Ok(Value::String(v.to_string())),
+                    Err(e) => Err(format!("bad JSON value: {e}")),
+                },
+                BinlogValue::JsonDiff(_) => Err(
+                    "partial JSON updates are not supported: set binlog_row_value_options=''"
+                        .into(),
+                ),
+            }
+            .map_err(|e| SourceError::definite(format!("{db}.{table} column {name}: {e}")))?;
+            out.insert(name, value);
+        }
+        Ok(Some(out))
+    }
+
+    async fn handle(
+        &mut self,
+        event: mysql_async::binlog::events::Event,
+    ) -> Result<(), SourceError> {
+        let header = event.header();
+        let end = u64::from(header.log_pos());
+        let ts_ms = i64::from(header.timestamp()) * 1000;
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            let d = event.data();
+            if d.len() >= 13 {
+                let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                self.gtid = Some(format!("{domain}-{}-{seq}", header.server_id()));
+            }
+            self.in_txn = true;
+            self.pending.push_back(StreamEvent::Begin);
+            return Ok(());
+        }
+        let Some(data) = event
+            .read_data()
+            .map_err(|e| SourceError::definite(format!("malformed binlog event: {e}")))?
+        else {
+            return Ok(());
+        };
+        match data {
+            EventData::RotateEvent(r) => {
+                // The first (fake) rotate arrives before the format description tells the
+                // reader about checksums, so its name may carry the 4 checksum bytes.
+                let name = r.name();
+                let clean: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                    .collect();
+                self.file = clean;
+            }
+            EventData::HeartbeatEvent if !self.in_txn && end > 0 => {
+                self.pending.push_back(StreamEvent::Progress {
+                    position: self.position(end),
+                });
+            }
+            EventData::XidEvent(_) => {
+                self.in_txn = false;
+                self.pending.push_back(StreamEvent::Commit {
+                    position: self.position(end),
+                    txid: None,
+                    ts_ms: Some(ts_ms),
+                });
+            }
+            EventData::QueryEvent(q) => {
+                let text = q.query().trim().to_ascii_uppercase();
+                if text == "BEGIN" {
+                    return Ok(());
+                }
+                if !text.starts_with("COMMIT") {
+                    // A DDL (or a non-transactional statement): follow the schema.
+                    self.reload_catalog().await?;
+                    if !self.in_txn {
+                        self.pending.push_back(StreamEvent::Begin);
+                    }
+                }
+                self.in_txn = false;
+                self.pending.push_back(StreamEvent::Commit {
+                    position: self.position(end),
+                    txid: None,
+                    ts_ms: Some(ts_ms),
+                });
+            }
+            EventData::RowsEvent(rows) => {
+                let Some(tme) = self.stream.get_tme(rows.table_id()) else {
+                    return Err(SourceError::definite(
+                        "a rows event arrived before its table map",
+                    ));
+                };
+                let db = tme.database_name().into_owned();
+                let table = tme.table_name().into_owned();
+                let Some((binding, key_cols)) =
+                    self.bindings.get(&(db.clone(), table.clone())).cloned()
+                else {
+                    return Ok(());
+                };
+                let mut decoded = Vec::new();
+                for r in rows.rows(tme) {
+                    decoded.push(r.map_err(|e| {
+                        SourceError::definite(format!("{db}.{table}: undecodable row: {e}"))
+                    })?);
+                }
+                // A column the catalog does not know yet: read the catalog again first.
+                let known = |s: &Self, r: &BinlogRow| {
+                    s.tables
+                        .iter()
+                        .find(|t| t.table.namespace == db && t.table.stream == table)
+                        .is_some_and(|t| {
+                            r.columns_ref()
+                                .iter()
+                                .all(|c| t.column(&c.name_str()).is_some())
+                        })
+                };
+                if decoded
+                    .iter()
+                    .flat_map(|(b, a)| b.iter().chain(a.iter()))
+                    .any(|r| !known(self, r))
+                {
+                    self.reload_catalog().await?;
+                }
+                let file_no = file_number(&self.file);
+                for (i, (before, after)) in decoded.into_iter().enumerate() {
+                    let before = match before {
+                        Some(r) => Some(
+                            self.render(&db, &table, r)?
+                                .ok_or_else(|| unknown(&db, &table))?,
+                        ),
+                        None => None,
+                    };
+                    let after = match after {
+                        Some(r) => Some(
+                            self.render(&db, &table, r)?
+                                .ok_or_else(|| unknown(&db, &table))?,
+                        ),
+                        None => None,
+                    };
+                    let key_of = |row: &Row| {
+                        Key(key_cols
+                            .iter()
+                            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                            .collect())
+                    };
+                    let mut fields = Map::new();
+                    fields.insert("ts_ms".into(), Value::from(ts_ms));
+                    if let Some(g) = &self.gtid {
+                        fields.insert("txid".into(), Value::String(g.clone()));
+                    }
+                    fields.insert(
+                        "cursor".into(),
+                        Value::String(format!("{}:{end}", self.file)),
+                    );
+                    let meta = ChangeMeta {
+                        pos: vec![file_no, end, i as u64],
+                        fields,
+                    };
+                    let change = match (before, after) {
+                        (None, Some(row)) => Change {
+                            binding,
+                            op: Op::Insert,
+                            key: key_of(&row),
+                            before_key: None,
+                            row,
+                            before: None,
+                            meta,
+                        },
+                        (Some(b), Some(row)) => Change {
+                            binding,
+                            op: Op::Update,
+                            key: key_of(&row),
+                            before_key: Some(key_of(&b)),
+                            row,
+                            before: Some(b),
+                            meta,
+                        },
+                        (Some(b), None) => Change {
+                            binding,
+                            op: Op::Delete,
+                            key: key_of(&b),
+                            before_key: None,
+                            row: b.clone(),
+                            before: Some(b),
+                            meta,
+                        },
+                        (None, None) => continue,
+                    };
+                    self.pending.push_back(StreamEvent::Change(change));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn unknown(db: &str, table: &str) -> SourceError {
+    SourceError::definite(format!(
+        "{db}.{table}: a row names a column the catalog does not have; refusing to emit misaligned columns"
+    ))
+}
+
+impl ChangeStream for MyStream {
+    type Position = BinlogPosition;
+
+    async fn next_event(&mut self) -> Result<StreamEvent<BinlogPosition>, SourceError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            let event = self
+                .stream
+                .next()
+                .await
+                .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
+                .map_err(|e| my_error(&e, "reading the binlog"))?;
+            self.handle(event).await?;
+        }
+    }
+
+    async fn acknowledge(&mut self, _durable: &BinlogPosition) -> Result<(), SourceError> {
+        // The binlog keeps no consumer position; retention is the server's setting.
+        Ok(())
+    }
+}

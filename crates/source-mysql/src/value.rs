@@ -1,0 +1,460 @@
+//! Values: MySQL/MariaDB values as DESIGN.md §5 renders them, from either path.
+//!
+//! The binary protocol (backfill, prepared statements) and the binlog (stream) hand back
+//! the same column in different shapes: a TIMESTAMP is a date-time in the session's zone
+//! in one and epoch seconds in the other, an ENUM is its label in one and its index in
+//! the other, a SET its labels or a bitmask. Conversion is therefore driven by the
+//! *declared* column type from the catalog ([`ColType`]), so both paths produce the same
+//! JSON for the same stored value:
+//!
+//! | type | JSON |
+//! |---|---|
+//! | integers (unsigned BIGINT too), BIT, YEAR | number |
+//! | DECIMAL(p,s) | number with exactly s fraction digits |
+//! | FLOAT, DOUBLE | shortest round-trip number |
+//! | DATE | `"YYYY-MM-DD"`; zero date `null` |
+//! | DATETIME(n) | `"YYYY-MM-DDTHH:MM:SS[.f]"`, n fraction digits; zero `null` |
+//! | TIMESTAMP(n) | the same in UTC with `Z`; zero `null` |
+//! | TIME(n) | `"[-]HH:MM:SS[.f]"` (hours may exceed 24) |
+//! | CHAR, VARCHAR, TEXT | string, decoded from the column's charset |
+//! | BINARY, VARBINARY, BLOB, GEOMETRY | base64 |
+//! | ENUM, SET | label(s), SET as `"a,b"` |
+//! | JSON (MariaDB: LONGTEXT with `json_valid`) | the parsed document |
+
+use mysql_async::Value as MyValue;
+use serde_json::{Number, Value};
+
+/// A column's declared type, as far as rendering is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColType {
+    /// TINYINT … BIGINT.
+    Int,
+    /// DECIMAL(p, s).
+    Decimal {
+        /// s.
+        scale: usize,
+    },
+    /// FLOAT.
+    Float,
+    /// DOUBLE.
+    Double,
+    /// BIT(n).
+    Bit,
+    /// YEAR.
+    Year,
+    /// DATE.
+    Date,
+    /// DATETIME(fsp).
+    DateTime {
+        /// Fraction digits.
+        fsp: usize,
+    },
+    /// TIMESTAMP(fsp).
+    Timestamp {
+        /// Fraction digits.
+        fsp: usize,
+    },
+    /// TIME(fsp).
+    Time {
+        /// Fraction digits.
+        fsp: usize,
+    },
+    /// Character data.
+    Text {
+        /// Whether the charset is latin1 (binlog values arrive in the column's charset).
+        latin1: bool,
+    },
+    /// Byte strings.
+    Binary,
+    /// ENUM('a', …).
+    Enum(Vec<String>),
+    /// SET('a', …).
+    Set(Vec<String>),
+    /// JSON, or MariaDB's LONGTEXT with a `json_valid` check.
+    Json,
+}
+
+impl ColType {
+    /// From information_schema's `DATA_TYPE` and `COLUMN_TYPE`.
+    pub fn from_catalog(
+        data_type: &str,
+        column_type: &str,
+        charset: Option<&str>,
+        json_checked: bool,
+    ) -> Self {
+        let fsp = || {
+            column_type
+                .split_once('(')
+                .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+                .unwrap_or(0)
+        };
+        match data_type {
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" => ColType::Int,
+            "decimal" | "numeric" => ColType::Decimal {
+                scale: column_type
+                    .split_once(',')
+                    .and_then(|(_, r)| {
+                        r.trim_end_matches([')', ' '])
+                            .trim_end_matches(" unsigned")
+                            .trim_end_matches(')')
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0),
+            },
+            "float" => ColType::Float,
+            "double" | "real" => ColType::Double,
+            "bit" => ColType::Bit,
+            "year" => ColType::Year,
+            "date" => ColType::Date,
+            "datetime" => ColType::DateTime { fsp: fsp() },
+            "timestamp" => ColType::Timestamp { fsp: fsp() },
+            "time" => ColType::Time { fsp: fsp() },
+            "json" => ColType::Json,
+            "longtext" if json_checked => ColType::Json,
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => ColType::Text {
+                latin1: charset == Some("latin1"),
+            },
+            "enum" => ColType::Enum(labels(column_type)),
+            "set" => ColType::Set(labels(column_type)),
+            "uuid" | "inet4" | "inet6" => ColType::Text { latin1: false },
+            _ => ColType::Binary,
+        }
+    }
+}
+
+/// `enum('a','b''c')` → ["a", "b'c"].
+fn labels(column_type: &str) -> Vec<String> {
+    let inner = column_type
+        .split_once('(')
+        .map_or("", |(_, r)| r.strip_suffix(')').unwrap_or(r));
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = inner.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('\'', false) => quoted = true,
+            ('\'', true) if chars.peek() == Some(&'\'') => {
+                chars.next();
+                cur.push('\'');
+            }
+            ('\'', true) => {
+                quoted = false;
+                out.push(std::mem::take(&mut cur));
+            }
+            (c, true) => cur.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn number(text: &str) -> Result<Value, String> {
+    serde_json::from_str::<Number>(text)
+        .map(Value::Number)
+        .map_err(|_| format!("bad number {text:?}"))
+}
+
+fn text_of(v: &MyValue) -> Option<String> {
+    match v {
+        MyValue::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        MyValue::Int(i) => Some(i.to_string()),
+        MyValue::UInt(u) => Some(u.to_string()),
+        _ => None,
+    }
+}
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        let idx = |shift: u32| T[usize::try_from((n >> shift) & 63).unwrap_or(0)] as char;
+        s.push(idx(18));
+        s.push(idx(12));
+        s.push(if chunk.len() > 1 { idx(6) } else { '=' });
+        s.push(if chunk.len() > 2 { idx(0) } else { '=' });
+    }
+    s
+}
+
+fn fraction(us: u32, fsp: usize) -> String {
+    if fsp == 0 {
+        return String::new();
+    }
+    let digits = format!("{us:06}");
+    format!(".{}", &digits[..fsp.min(6)])
+}
+
+/// (year, month, day, hour, minute, second, microsecond) as `YYYY-MM-DDTHH:MM:SS[.f]`.
+fn datetime((y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32), fsp: usize) -> String {
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}",
+        fraction(us, fsp)
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Where a value comes from: the two paths encode some types differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A prepared statement's result (binary protocol), session time zone UTC.
+    Query,
+    /// A binlog rows event.
+    Binlog,
+}
+
+/// Renders one value of a column of type `ty`.
+pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, String> {
+    if matches!(v, MyValue::NULL) {
+        return Ok(Value::Null);
+    }
+    let bad = || format!("unexpected {v:?} for a {ty:?} column");
+    Ok(match ty {
+        ColType::Int | ColType::Year => match v {
+            MyValue::Int(i) => Value::from(*i),
+            MyValue::UInt(u) => Value::from(*u),
+            _ => number(&text_of(v).ok_or_else(bad)?)?,
+        },
+        ColType::Decimal { scale } => {
+            let t = text_of(v).ok_or_else(bad)?;
+            let (int, frac) = t.split_once('.').unwrap_or((&t, ""));
+            let frac = format!("{frac:0<scale$}");
+            number(&if *scale == 0 {
+                int.to_string()
+            } else {
+                format!("{int}.{}", &frac[..*scale])
+            })?
+        }
+        ColType::Float => match v {
+            MyValue::Float(f) => number(&format!("{f}"))?,
+            // A FLOAT column read as DOUBLE: back to the stored single precision.
+            #[allow(clippy::cast_possible_truncation)]
+            MyValue::Double(d) => number(&format!("{}", *d as f32))?,
+            _ => number(
+                &text_of(v)
+                    .ok_or_else(bad)?
+                    .parse::<f32>()
+                    .map(|f| f.to_string())
+                    .map_err(|_| bad())?,
+            )?,
+        },
+        ColType::Double => match v {
+            MyValue::Double(d) => number(&format!("{d}"))?,
+            MyValue::Float(f) => number(&format!("{}", f64::from(*f)))?,
+            _ => number(
+                &text_of(v)
+                    .ok_or_else(bad)?
+                    .parse::<f64>()
+                    .map(|f| f.to_string())
+                    .map_err(|_| bad())?,
+            )?,
+        },
+        ColType::Bit => match v {
+            MyValue::Bytes(b) => {
+                Value::from(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+            }
+            MyValue::Int(i) => Value::from(*i),
+            MyValue::UInt(u) => Value::from(*u),
+            _ => return Err(bad()),
+        },
+        ColType::Date => match v {
+            MyValue::Date(0, 0, 0, ..) => Value::Null,
+            MyValue::Date(y, m, d, ..) => Value::String(format!("{y:04}-{m:02}-{d:02}")),
+            _ => return Err(bad()),
+        },
+        ColType::DateTime { fsp } => match v {
+            MyValue::Date(0, 0, 0, ..) => Value::Null,
+            MyValue::Date(y, mo, d, h, mi, s, us) => {
+                Value::String(datetime((*y, *mo, *d, *h, *mi, *s, *us), *fsp))
+            }
+            _ => return Err(bad()),
+        },
+        ColType::Timestamp { fsp } => match v {
+            MyValue::Date(0, 0, 0, ..) => Value::Null,
+            MyValue::Date(y, mo, d, h, mi, s, us) => Value::String(format!(
+                "{}Z",
+                datetime((*y, *mo, *d, *h, *mi, *s, *us), *fsp)
+            )),
+            // The binlog's form: seconds since the epoch, with microseconds.
+            MyValue::Bytes(_) | MyValue::Int(_) | MyValue::UInt(_) => {
+                let t = text_of(v).ok_or_else(bad)?;
+                let (secs, us) = t.split_once('.').unwrap_or((&t, "0"));
+                let secs: i64 = secs.parse().map_err(|_| bad())?;
+                if secs == 0 {
+                    return Ok(Value::Null);
+                }
+                let us: u32 = format!("{us:0<6}")[..6].parse().map_err(|_| bad())?;
+                let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+                let rem = secs.rem_euclid(86_400);
+                let part = |x: i64| u8::try_from(x).unwrap_or(0);
+                Value::String(format!(
+                    "{}Z",
+                    datetime(
+                        (
+                            u16::try_from(y).unwrap_or(0),
+                            part(i64::from(m)),
+                            part(i64::from(d)),
+                            part(rem / 3600),
+                            part(rem % 3600 / 60),
+                            part(rem % 60),
+                            us
+                        ),
+                        *fsp
+                    )
+                ))
+            }
+            _ => return Err(bad()),
+        },
+        ColType::Time { fsp } => match v {
+            MyValue::Time(neg, days, h, m, s, us) => {
+                let hours = u64::from(*days) * 24 + u64::from(*h);
+                Value::String(format!(
+                    "{}{hours:02}:{m:02}:{s:02}{}",
+                    if *neg { "-" } else { "" },
+                    fraction(*us, *fsp)
+                ))
+            }
+            _ => return Err(bad()),
+        },
+        ColType::Text { latin1 } => match v {
+            MyValue::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) if !latin1 => Value::String(s.to_string()),
+                _ if *latin1 => Value::String(b.iter().map(|&c| char::from(c)).collect()),
+                _ => return Err(format!("text that is not UTF-8: {}", base64(b))),
+            },
+            _ => Value::String(text_of(v).ok_or_else(bad)?),
+        },
+        ColType::Binary => match v {
+            MyValue::Bytes(b) => Value::String(base64(b)),
+            _ => return Err(bad()),
+        },
+        ColType::Enum(labels) => match v {
+            MyValue::Int(i) => Value::String(
+                usize::try_from(*i)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| labels.get(i))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            MyValue::UInt(u) => Value::String(
+                usize::try_from(*u)
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|i| labels.get(i))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            _ => Value::String(text_of(v).ok_or_else(bad)?),
+        },
+        ColType::Set(labels) => match (v, origin) {
+            // The binlog sends a little-endian bitmask; queries send the labels.
+            (MyValue::Bytes(b), Origin::Binlog) => {
+                let mask = b
+                    .iter()
+                    .rev()
+                    .fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+                let chosen: Vec<&str> = labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask >> i & 1 == 1)
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                Value::String(chosen.join(","))
+            }
+            _ => Value::String(text_of(v).ok_or_else(bad)?),
+        },
+        ColType::Json => match v {
+            MyValue::Bytes(b) => {
+                serde_json::from_slice(b).map_err(|e| format!("bad JSON value: {e}"))?
+            }
+            _ => return Err(bad()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_paths_render_the_same() {
+        let ts = ColType::Timestamp { fsp: 3 };
+        let a = to_json(
+            &ts,
+            &MyValue::Date(2020, 1, 2, 3, 4, 5, 678_000),
+            Origin::Query,
+        )
+        .unwrap();
+        let b = to_json(
+            &ts,
+            &MyValue::Bytes(b"1577934245.678000".to_vec()),
+            Origin::Binlog,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, Value::String("2020-01-02T03:04:05.678Z".into()));
+        let e = ColType::Enum(vec!["a".into(), "b'c".into()]);
+        assert_eq!(
+            to_json(&e, &MyValue::Int(2), Origin::Binlog).unwrap(),
+            to_json(&e, &MyValue::Bytes(b"b'c".to_vec()), Origin::Query).unwrap()
+        );
+        let s = ColType::Set(vec!["x".into(), "y".into(), "z".into()]);
+        assert_eq!(
+            to_json(&s, &MyValue::Bytes(vec![0b101]), Origin::Binlog).unwrap(),
+            Value::String("x,z".into())
+        );
+        assert_eq!(
+            to_json(&s, &MyValue::Bytes(b"x,z".to_vec()), Origin::Query).unwrap(),
+            Value::String("x,z".into())
+        );
+        let d = ColType::Decimal { scale: 2 };
+        assert_eq!(
+            to_json(&d, &MyValue::Bytes(b"1.5".to_vec()), Origin::Binlog)
+                .unwrap()
+                .to_string(),
+            "1.50"
+        );
+        assert_eq!(
+            to_json(
+                &ColType::Date,
+                &MyValue::Date(0, 0, 0, 0, 0, 0, 0),
+                Origin::Query
+            )
+            .unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            to_json(
+                &ColType::Time { fsp: 1 },
+                &MyValue::Time(true, 1, 2, 3, 4, 500_000),
+                Origin::Binlog
+            )
+            .unwrap(),
+            Value::String("-26:03:04.5".into())
+        );
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(labels("enum('a','b''c')"), ["a", "b'c"]);
+        assert_eq!(
+            ColType::from_catalog("decimal", "decimal(10,2) unsigned", None, false),
+            ColType::Decimal { scale: 2 }
+        );
+    }
+}
