@@ -179,12 +179,13 @@ impl MyStream {
         match data {
             EventData::RotateEvent(r) => {
                 // The first (fake) rotate arrives before the format description tells the
-                // reader about checksums, so its name may carry the 4 checksum bytes.
+                // reader about checksums, so its name may carry the 4 checksum bytes: a
+                // binlog name is `<base>.<6 digits>`, so keep exactly that.
                 let name = r.name();
-                let clean: String = name
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-                    .collect();
+                let clean = match name.rfind('.') {
+                    Some(dot) => format!("{}{}", &name[..=dot], name[dot + 1..].chars().take_while(char::is_ascii_digit).take(6).collect::<String>()),
+                    None => name.into_owned(),
+                };
                 self.file = clean;
             }
             EventData::HeartbeatEvent if !self.in_txn && end > 0 => {
