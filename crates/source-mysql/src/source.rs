@@ -115,7 +115,7 @@ fn key_ordering(c: &Column) -> KeyOrdering {
         | ColType::Timestamp { .. }
         | ColType::Time { .. }
         | ColType::Text { .. }
-        | ColType::Binary
+        | ColType::Binary { .. }
         | ColType::Year
         | ColType::Enum(_) => KeyOrdering::Database,
         _ => KeyOrdering::Unorderable,
@@ -138,7 +138,7 @@ fn key_expr(c: &Column) -> String {
             "CAST(REPLACE(REPLACE(?, 'T', ' '), 'Z', '') AS DATETIME(6))".into()
         }
         ColType::Time { .. } => "CAST(? AS TIME(6))".into(),
-        ColType::Binary => "FROM_BASE64(?)".into(),
+        ColType::Binary { .. } => "FROM_BASE64(?)".into(),
         _ => match (&c.charset, &c.collation) {
             (Some(cs), Some(coll)) => format!("CONVERT(? USING {cs}) COLLATE {coll}"),
             _ => "?".into(),

@@ -183,7 +183,15 @@ impl MyStream {
                 // binlog name is `<base>.<6 digits>`, so keep exactly that.
                 let name = r.name();
                 let clean = match name.rfind('.') {
-                    Some(dot) => format!("{}{}", &name[..=dot], name[dot + 1..].chars().take_while(char::is_ascii_digit).take(6).collect::<String>()),
+                    Some(dot) => format!(
+                        "{}{}",
+                        &name[..=dot],
+                        name[dot + 1..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .take(6)
+                            .collect::<String>()
+                    ),
                     None => name.into_owned(),
                 };
                 self.file = clean;

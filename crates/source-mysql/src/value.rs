@@ -64,8 +64,12 @@ pub enum ColType {
         /// Whether the charset is latin1 (binlog values arrive in the column's charset).
         latin1: bool,
     },
-    /// Byte strings.
-    Binary,
+    /// Byte strings; `BINARY(n)` values are padded with zero bytes to `n`, which the
+    /// binlog strips.
+    Binary {
+        /// n of BINARY(n).
+        pad_to: Option<usize>,
+    },
     /// ENUM('a', …).
     Enum(Vec<String>),
     /// SET('a', …).
@@ -118,7 +122,10 @@ impl ColType {
             "enum" => ColType::Enum(labels(column_type)),
             "set" => ColType::Set(labels(column_type)),
             "uuid" | "inet4" | "inet6" => ColType::Text { latin1: false },
-            _ => ColType::Binary,
+            "binary" => ColType::Binary {
+                pad_to: Some(fsp()),
+            },
+            _ => ColType::Binary { pad_to: None },
         }
     }
 }
@@ -334,15 +341,26 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
             _ => return Err(bad()),
         },
         ColType::Text { latin1 } => match v {
+            // Binlog values are in the column's charset; query results in the connection's
+            // (utf8mb4).
+            MyValue::Bytes(b) if *latin1 && origin == Origin::Binlog => {
+                Value::String(b.iter().map(|&c| char::from(c)).collect())
+            }
             MyValue::Bytes(b) => match std::str::from_utf8(b) {
-                Ok(s) if !latin1 => Value::String(s.to_string()),
-                _ if *latin1 => Value::String(b.iter().map(|&c| char::from(c)).collect()),
-                _ => return Err(format!("text that is not UTF-8: {}", base64(b))),
+                Ok(s) => Value::String(s.to_string()),
+                Err(_) => return Err(format!("text that is not UTF-8: {}", base64(b))),
             },
             _ => Value::String(text_of(v).ok_or_else(bad)?),
         },
-        ColType::Binary => match v {
-            MyValue::Bytes(b) => Value::String(base64(b)),
+        ColType::Binary { pad_to } => match v {
+            MyValue::Bytes(b) => match pad_to {
+                Some(n) if b.len() < *n => {
+                    let mut padded = b.clone();
+                    padded.resize(*n, 0);
+                    Value::String(base64(&padded))
+                }
+                _ => Value::String(base64(b)),
+            },
             _ => return Err(bad()),
         },
         ColType::Enum(labels) => match v {

@@ -1,0 +1,178 @@
+//! The MariaDB suite: `source-mysql` driven as a user would, against throwaway servers.
+
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+use testkit::servers::{MariaDbServer, skip};
+
+fn setup() -> Option<(PathBuf, MariaDbServer)> {
+    let binary = match testkit::live::workspace_binary("source-mysql") {
+        Ok(b) => b,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    Some((binary, MariaDbServer::start_or_skip()?))
+}
+
+struct Run {
+    lines: Vec<String>,
+    stderr: String,
+    ok: bool,
+}
+
+fn capture(binary: &PathBuf, dir: &std::path::Path) -> Run {
+    let out = Command::new(binary)
+        .args([
+            "capture",
+            "--until-caught-up",
+            "--log-level",
+            "warn",
+            "--config",
+        ])
+        .arg(dir.join("config.json"))
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Run {
+        lines: String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        ok: out.status.success(),
+    }
+}
+
+fn docs(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v.get("doc").cloned())
+        .collect()
+}
+
+fn without(doc: &Value, fields: &[&str]) -> Value {
+    let mut d = doc.clone();
+    for f in fields {
+        d.as_object_mut().unwrap().remove(*f);
+    }
+    d
+}
+
+/// Every type renders the same backfilled (binary protocol) and streamed (binlog), and as
+/// DESIGN.md §5 spells it.
+#[test]
+fn values_render_the_same_backfilled_and_streamed() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql(
+        "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, bu BIGINT UNSIGNED, d DECIMAL(10,2),
+           f FLOAT, db DOUBLE, b1 TINYINT(1), bt BIT(5), y YEAR, dt DATE, dtm DATETIME(3), ts TIMESTAMP(6) NULL,
+           tm TIME(3), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1, bn BINARY(3),
+           vb VARBINARY(5), bl BLOB, e ENUM('a','b c'), st SET('x','y','z'), j JSON);
+         SET NAMES utf8mb4; SET SESSION sql_mode = '';
+         INSERT INTO test.v VALUES
+          (1, -128, 255, 18446744073709551615, 1.5, 0.1, 2.5e-300, 1, b'10101', 2024, '2020-02-29', '2020-01-02 03:04:05.678',
+           '2020-01-02 03:04:05.123456', '-26:03:04.5', 'ab', 'héllo', 'long text', 'café', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
+           '{\"a\": [1, 2.5, null], \"b\": \"s\"}'),
+          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL)",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("maria-values-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 1}},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "v"}, "target": "v"}]});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let first = capture(&binary, &dir);
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines);
+    assert_eq!(backfilled.len(), 2);
+    let row1 = &backfilled[0];
+    assert_eq!(row1["d"].to_string(), "1.50");
+    assert_eq!(row1["bu"].to_string(), "18446744073709551615");
+    assert_eq!(row1["f"].to_string(), "0.1");
+    assert_eq!(row1["bt"], json!(21));
+    assert_eq!(row1["y"], json!(2024));
+    assert_eq!(row1["dtm"], json!("2020-01-02T03:04:05.678"));
+    assert_eq!(row1["ts"], json!("2020-01-02T03:04:05.123456Z"));
+    assert_eq!(row1["tm"], json!("-26:03:04.500"));
+    assert_eq!(row1["l1"], json!("café"));
+    assert_eq!(row1["bl"], json!("YmxvYg=="));
+    assert_eq!(row1["e"], json!("b c"));
+    assert_eq!(row1["st"], json!("x,z"));
+    assert_eq!(row1["j"], json!({"a": [1, 2.5, null], "b": "s"}));
+    assert_eq!(backfilled[1]["dt"], Value::Null, "zero dates are null");
+    // The same rows again, streamed.
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
+    let second = capture(&binary, &dir);
+    assert!(second.ok, "{}", second.stderr);
+    let streamed = docs(&second.lines);
+    assert_eq!(streamed.len(), 2, "{:?}", second.lines);
+    for (b, s) in backfilled.iter().zip(&streamed) {
+        assert!(s["_meta"]["source"]["pos"].is_array());
+        assert_eq!(
+            without(s, &["id", "_meta"]),
+            without(b, &["id", "_meta"]),
+            "streamed and backfilled differ"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A purged binlog stops the capture with the remedy named.
+#[test]
+fn purged_binlog_stops_with_the_remedy() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql("CREATE TABLE test.p (id INT PRIMARY KEY); INSERT INTO test.p VALUES (1)")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("maria-purge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "p"}, "target": "p"}]});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    assert!(capture(&binary, &dir).ok);
+    db.sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS; INSERT INTO test.p VALUES (2)")
+        .unwrap();
+    // MariaDB purges a file only once InnoDB's binlog checkpoint has passed it.
+    for _ in 0..100 {
+        db.sql("FLUSH ENGINE LOGS; PURGE BINARY LOGS TO 'binlog.000003'")
+            .unwrap();
+        if !db
+            .sql("SHOW BINARY LOGS")
+            .unwrap()
+            .contains("binlog.000001")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let logs = db.sql("SHOW BINARY LOGS").unwrap();
+    let out = capture(&binary, &dir);
+    assert!(
+        !out.ok,
+        "logs: {logs}\nstate: {}\n{:?}",
+        std::fs::read_to_string(dir.join("state.json")).unwrap_or_default(),
+        out.lines
+    );
+    let line = out
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("purged") && line.contains("Raise `backfill` for every binding"),
+        "{}",
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
