@@ -176,3 +176,81 @@ fn purged_binlog_stops_with_the_remedy() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
+/// column's collation) and keeps its guarantees under writes and SIGKILLs.
+#[test]
+fn collated_text_key_is_precise_under_writes_and_kills() {
+    use backfill_core::mode::ResolvedMode;
+    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+    struct Table<'a>(&'a MariaDbServer);
+    impl Oracle for Table<'_> {
+        fn final_rows(&self, _: usize) -> Vec<Row> {
+            self.0
+                .sql("SELECT JSON_OBJECT('name', name, 'v', v) FROM test.names")
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+    let Some((binary, db)) = setup() else { return };
+    db.sql("CREATE TABLE test.names (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)").unwrap();
+    let words = [
+        "apple", "Banana", "cherry", "Éclair", "eclairs", "zebra", "Zulu", "ab", "a b", "a-b", "ß",
+        "st",
+    ];
+    for (i, w) in words.iter().enumerate() {
+        db.sql(&format!(
+            "SET NAMES utf8mb4; INSERT INTO test.names VALUES ('{w}', {i})"
+        ))
+        .unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("maria-collated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 2}},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "names"}, "target": "n"}]});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut runs = Vec::new();
+    let mut v = 100;
+    for round in 0..6u64 {
+        for (i, w) in words.iter().enumerate() {
+            v += 1;
+            let sql = match (usize::try_from(round).unwrap() + i) % 3 {
+                0 => format!("UPDATE test.names SET v = {v} WHERE name = '{w}'"),
+                1 => format!("DELETE FROM test.names WHERE name = '{w}'"),
+                _ => format!(
+                    "INSERT INTO test.names VALUES ('{w}', {v}) ON DUPLICATE KEY UPDATE v = {v}"
+                ),
+            };
+            db.sql(&format!("SET NAMES utf8mb4; {sql}")).unwrap();
+        }
+        let lines = testkit::live::capture(
+            &binary,
+            &dir.join("config.json"),
+            &dir.join("state.json"),
+            false,
+            Some(std::time::Duration::from_millis(200 + 100 * round)),
+        );
+        runs.push(RunOutput {
+            lines,
+            counters: vec![0],
+        });
+    }
+    let last = capture(&binary, &dir);
+    assert!(last.ok, "{}", last.stderr);
+    runs.push(RunOutput {
+        lines: last.lines,
+        counters: vec![0],
+    });
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["name".into()],
+        table: "test.names".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(&expect, &runs, &Table(&db));
+    assert!(violations.is_empty(), "{violations:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
