@@ -39,6 +39,8 @@ pub struct MyStream {
     bindings: HashMap<(String, String), (usize, Vec<String>)>,
     file: String,
     in_txn: bool,
+    /// Whether a format description event has been read (see the rotate handling).
+    seen_format: bool,
     gtid: Option<String>,
     pending: VecDeque<StreamEvent<BinlogPosition>>,
 }
@@ -96,6 +98,7 @@ impl MyStream {
                 .collect(),
             file: at.file,
             in_txn: false,
+            seen_format: false,
             gtid: None,
             pending: VecDeque::new(),
         })
@@ -179,23 +182,14 @@ impl MyStream {
         match data {
             EventData::RotateEvent(r) => {
                 // The first (fake) rotate arrives before the format description tells the
-                // reader about checksums, so its name may carry the 4 checksum bytes: a
-                // binlog name is `<base>.<6 digits>`, so keep exactly that.
-                let name = r.name();
-                let clean = match name.rfind('.') {
-                    Some(dot) => format!(
-                        "{}{}",
-                        &name[..=dot],
-                        name[dot + 1..]
-                            .chars()
-                            .take_while(char::is_ascii_digit)
-                            .take(6)
-                            .collect::<String>()
-                    ),
-                    None => name.into_owned(),
-                };
-                self.file = clean;
+                // reader that events carry a checksum, so its name (the file we asked for)
+                // may still end with the 4 checksum bytes.
+                let raw = r.name_raw();
+                let with_checksum = !self.seen_format && raw.len() == self.file.len() + 4 && raw.starts_with(self.file.as_bytes());
+                let raw = if with_checksum { &raw[..self.file.len()] } else { raw };
+                self.file = String::from_utf8_lossy(raw).into_owned();
             }
+            EventData::FormatDescriptionEvent(_) => self.seen_format = true,
             EventData::HeartbeatEvent if !self.in_txn && end > 0 => {
                 self.pending.push_back(StreamEvent::Progress {
                     position: self.position(end),
