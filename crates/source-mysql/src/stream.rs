@@ -185,8 +185,14 @@ impl MyStream {
                 // reader that events carry a checksum, so its name (the file we asked for)
                 // may still end with the 4 checksum bytes.
                 let raw = r.name_raw();
-                let with_checksum = !self.seen_format && raw.len() == self.file.len() + 4 && raw.starts_with(self.file.as_bytes());
-                let raw = if with_checksum { &raw[..self.file.len()] } else { raw };
+                let with_checksum = !self.seen_format
+                    && raw.len() == self.file.len() + 4
+                    && raw.starts_with(self.file.as_bytes());
+                let raw = if with_checksum {
+                    &raw[..self.file.len()]
+                } else {
+                    raw
+                };
                 self.file = String::from_utf8_lossy(raw).into_owned();
             }
             EventData::FormatDescriptionEvent(_) => self.seen_format = true,
