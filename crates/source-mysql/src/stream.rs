@@ -341,7 +341,7 @@ impl MyStream {
 
 fn unknown(db: &str, table: &str) -> SourceError {
     SourceError::definite(format!(
-        "{db}.{table}: a row names a column the catalog does not have; refusing to emit misaligned columns"
+        "{db}.{table}: a row names a column the table no longer has (added and dropped again before the stream read it); refusing to emit misaligned columns. Raise `backfill` for every binding to re-read the tables from the log's end"
     ))
 }
 
