@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
+use testkit::live::{Capture, Outcome};
 use testkit::servers::{MariaDbServer, skip};
 
 fn setup() -> Option<(PathBuf, MariaDbServer)> {
@@ -20,43 +20,12 @@ fn setup() -> Option<(PathBuf, MariaDbServer)> {
     Some((binary, MariaDbServer::start_or_skip()?))
 }
 
-struct Run {
-    lines: Vec<String>,
-    stderr: String,
-    ok: bool,
-}
-
-fn capture(binary: &PathBuf, dir: &std::path::Path) -> Run {
-    let out = Command::new(binary)
-        .args([
-            "capture",
-            "--until-caught-up",
-            "--log-level",
-            "warn",
-            "--config",
-        ])
-        .arg(dir.join("config.json"))
-        .arg("--state")
-        .arg(dir.join("state.json"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        lines: String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        ok: out.status.success(),
-    }
+fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
+    Capture::at(binary, dir).capture()
 }
 
 fn docs(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v.get("doc").cloned())
-        .collect()
+    testkit::live::docs(lines, 0)
 }
 
 fn without(doc: &Value, fields: &[&str]) -> Value {

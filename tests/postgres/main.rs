@@ -5,12 +5,13 @@
 // Helpers outside #[test] functions unwrap too: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
 use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+use testkit::live::{Capture, docs, strip_meta};
 use testkit::servers::{PgServer, skip};
 
 /// A connector binary and a server, or why not.
@@ -25,87 +26,6 @@ fn setup() -> Option<(PathBuf, PgServer)> {
     Some((binary, PgServer::start_or_skip()?))
 }
 
-/// A capture's files in a temp dir.
-struct Capture {
-    binary: PathBuf,
-    dir: PathBuf,
-}
-
-struct Outcome {
-    lines: Vec<String>,
-    stderr: String,
-    ok: bool,
-}
-
-impl Capture {
-    fn new(binary: &Path, name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("pg-suite-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            binary: binary.to_path_buf(),
-            dir,
-        }
-    }
-
-    fn config(&self, config: &Value) {
-        std::fs::write(self.dir.join("config.json"), config.to_string()).unwrap();
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-
-    fn run(&self, args: &[&str]) -> Outcome {
-        let out = Command::new(&self.binary)
-            .args(args)
-            .arg("--config")
-            .arg(self.dir.join("config.json"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        Outcome {
-            lines: String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            ok: out.status.success(),
-        }
-    }
-
-    /// A capture running in the background, stdout and stderr piped.
-    fn spawn(&self) -> std::process::Child {
-        Command::new(&self.binary)
-            .args(["capture", "--log-level", "warn", "--config"])
-            .arg(self.dir.join("config.json"))
-            .arg("--state")
-            .arg(self.state())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn capture(&self) -> Outcome {
-        let state = self.state();
-        self.run(&[
-            "capture",
-            "--until-caught-up",
-            "--log-level",
-            "warn",
-            "--state",
-            state.to_str().unwrap(),
-        ])
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn endpoint(pg: &PgServer, extra: Value) -> Value {
     let mut e = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "database": "postgres", "tls": {"mode": "disable"}});
     if let (Some(e), Value::Object(x)) = (e.as_object_mut(), extra) {
@@ -116,23 +36,6 @@ fn endpoint(pg: &PgServer, extra: Value) -> Value {
 
 fn binding(stream: &str, mode: &str, backfill: u32) -> Value {
     json!({"resource": {"namespace": "public", "stream": stream, "mode": mode}, "target": stream, "backfill": backfill})
-}
-
-fn docs(lines: &[String], binding: usize) -> Vec<Value> {
-    lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["binding"] == binding && v.get("doc").is_some())
-        .map(|v| v["doc"].clone())
-        .collect()
-}
-
-fn strip_meta(doc: &Value) -> Value {
-    let mut d = doc.clone();
-    if let Some(o) = d.as_object_mut() {
-        o.remove("_meta");
-    }
-    d
 }
 
 fn to_jsonb(pg: &PgServer, table: &str, id: i64) -> Value {

@@ -43,6 +43,17 @@ pub struct CheckItem {
     pub detail: String,
 }
 
+impl CheckItem {
+    /// A check's result.
+    pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// What a connector binary provides.
 pub trait Connector {
     /// The `endpoint` section of the config.

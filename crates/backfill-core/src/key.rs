@@ -69,6 +69,21 @@ pub enum Region {
 }
 
 impl Window<'_> {
+    /// The region of a key from the database's answers to `key > lo` (true when there is
+    /// no `lo`) and `key > hi` (ignored unless `hi` is a key): how a source that asks the
+    /// server turns its answers into regions.
+    pub fn region_from(&self, above_lo: bool, above_hi: bool) -> Region {
+        if self.lo.is_some() && !above_lo {
+            return Region::Done;
+        }
+        match self.hi {
+            Hi::Empty => Region::Ahead,
+            Hi::Unbounded => Region::Window,
+            Hi::Key(_) if above_hi => Region::Ahead,
+            Hi::Key(_) => Region::Window,
+        }
+    }
+
     /// Classifies `key` with a comparator that agrees with the database's order.
     pub fn classify_with(&self, key: &Key, cmp: impl Fn(&Key, &Key) -> Ordering) -> Region {
         if let Some(lo) = self.lo
@@ -129,6 +144,40 @@ mod tests {
         };
         assert_eq!(last.classify_with(&k(i64::MAX), cmp), Region::Window);
         assert_eq!(last.classify_with(&k(1), cmp), Region::Done);
+    }
+
+    #[test]
+    fn regions_from_server_answers_agree_with_native_classification() {
+        let (lo, hi) = (k(10), k(20));
+        for w in [
+            Window {
+                lo: Some(&lo),
+                hi: Hi::Key(&hi),
+            },
+            Window {
+                lo: None,
+                hi: Hi::Empty,
+            },
+            Window {
+                lo: Some(&lo),
+                hi: Hi::Unbounded,
+            },
+            Window {
+                lo: None,
+                hi: Hi::Key(&hi),
+            },
+        ] {
+            for i in [5, 10, 11, 20, 21] {
+                let key = k(i);
+                let above_lo = w.lo.is_none_or(|l| cmp(&key, l) == Ordering::Greater);
+                let above_hi = matches!(w.hi, Hi::Key(h) if cmp(&key, h) == Ordering::Greater);
+                assert_eq!(
+                    w.region_from(above_lo, above_hi),
+                    w.classify_with(&key, cmp),
+                    "{w:?} {i}"
+                );
+            }
+        }
     }
 
     #[test]

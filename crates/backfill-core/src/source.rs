@@ -64,6 +64,14 @@ pub struct BindingSpec {
     pub key: Vec<String>,
 }
 
+impl BindingSpec {
+    /// Whether the table is read in physical order (Without Primary Key, or no key at all):
+    /// its `Key` is then a physical locator, not key columns.
+    pub fn scans_physically(&self) -> bool {
+        self.mode == ResolvedMode::WithoutPrimaryKey || self.key.is_empty()
+    }
+}
+
 /// One column of a discovered table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ColumnInfo {

@@ -14,14 +14,6 @@ use crate::source::MySource;
 #[derive(Debug)]
 pub struct MysqlConnector;
 
-fn item(name: &str, ok: bool, detail: impl Into<String>) -> CheckItem {
-    CheckItem {
-        name: name.into(),
-        ok,
-        detail: detail.into(),
-    }
-}
-
 impl Connector for MysqlConnector {
     type Endpoint = Endpoint;
     type Source = MySource;
@@ -40,11 +32,11 @@ impl Connector for MysqlConnector {
         let mut source = match MySource::connect(endpoint).await {
             Ok(s) => s,
             Err(e) => {
-                items.push(item("connect", false, e.message()));
+                items.push(CheckItem::new("connect", false, e.message()));
                 return Ok(items);
             }
         };
-        items.push(item("connect", true, "connected"));
+        items.push(CheckItem::new("connect", true, "connected"));
         let tables: Vec<(String, String)> = source
             .tables()
             .iter()
@@ -81,7 +73,7 @@ impl Connector for MysqlConnector {
                 .unwrap_or(None);
             let got = var(got);
             let ok = got.eq_ignore_ascii_case(&want) || (want == "1" && got == "ON");
-            items.push(item(
+            items.push(CheckItem::new(
                 &name,
                 ok,
                 if ok {
@@ -95,7 +87,7 @@ impl Connector for MysqlConnector {
         let all = grants.join(" ").to_ascii_uppercase();
         let repl = all.contains("ALL PRIVILEGES")
             || (all.contains("REPLICATION SLAVE") || all.contains("REPLICATION REPLICA"));
-        items.push(item(
+        items.push(CheckItem::new(
             "replication grants",
             repl,
             if repl {
@@ -111,12 +103,12 @@ impl Connector for MysqlConnector {
             .query_first("SELECT @@binlog_expire_logs_seconds")
             .await
             .unwrap_or(None);
-        items.push(item("binlog retention", true, format!("binlog_expire_logs_seconds = {} (keep it longer than the longest pause of the capture)", var(retention))));
+        items.push(CheckItem::new("binlog retention", true, format!("binlog_expire_logs_seconds = {} (keep it longer than the longest pause of the capture)", var(retention))));
         for b in bindings {
             let found = tables
                 .iter()
                 .any(|(d, t)| d == &b.resource.namespace && t == &b.resource.stream);
-            items.push(item(
+            items.push(CheckItem::new(
                 &format!("table {}.{}", b.resource.namespace, b.resource.stream),
                 found,
                 if found {

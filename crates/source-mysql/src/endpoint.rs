@@ -98,20 +98,12 @@ fn default_concurrency() -> usize {
 impl Endpoint {
     /// The password from wherever the config says.
     pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| format!("endpoint.password_env names {var:?}, which is not set"));
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("endpoint.password_file {path:?} cannot be read: {e}"))?;
-            return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
-        }
-        Ok(None)
+        backfill_core::config::resolve_secret(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+            "password",
+        )
     }
 }
 

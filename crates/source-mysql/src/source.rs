@@ -23,7 +23,7 @@ use std::cmp::Ordering;
 
 use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region, Window};
-use backfill_core::mode::{KeyColumnFacts, KeyOrdering, ResolvedMode, TableFacts};
+use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ColumnInfo, Discovery, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, TableInfo, TableRef, classify_natively,
@@ -565,7 +565,7 @@ impl ChunkScanner for MySource {
     type Position = BinlogPosition;
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
-        if req.binding.mode == ResolvedMode::WithoutPrimaryKey || req.binding.key.is_empty() {
+        if req.binding.scans_physically() {
             self.scan_keyless(req).await
         } else {
             self.scan_keyed(req).await
@@ -586,7 +586,7 @@ impl ChunkScanner for MySource {
 
 impl KeyClassifier for MySource {
     fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering> {
-        if binding.mode == ResolvedMode::WithoutPrimaryKey || binding.key.is_empty() {
+        if binding.scans_physically() {
             return Some(a.0.first()?.as_u64()?.cmp(&b.0.first()?.as_u64()?));
         }
         let t = self.tables.iter().find(|t| t.table == binding.table)?;
@@ -661,18 +661,7 @@ impl KeyClassifier for MySource {
         }
         Ok(rows
             .into_iter()
-            .map(|(above_lo, above_hi)| {
-                if above_lo == 0 {
-                    Region::Done
-                } else {
-                    match window.hi {
-                        Hi::Empty => Region::Ahead,
-                        Hi::Unbounded => Region::Window,
-                        Hi::Key(_) if above_hi == 1 => Region::Ahead,
-                        Hi::Key(_) => Region::Window,
-                    }
-                }
-            })
+            .map(|(above_lo, above_hi)| window.region_from(above_lo == 1, above_hi == 1))
             .collect())
     }
 }

@@ -14,14 +14,6 @@ use crate::source::PgSource;
 #[derive(Debug)]
 pub struct PostgresConnector;
 
-fn item(name: &str, ok: bool, detail: impl Into<String>) -> CheckItem {
-    CheckItem {
-        name: name.into(),
-        ok,
-        detail: detail.into(),
-    }
-}
-
 impl Connector for PostgresConnector {
     type Endpoint = Endpoint;
     type Source = PgSource;
@@ -40,12 +32,12 @@ impl Connector for PostgresConnector {
         let source = match PgSource::connect(endpoint).await {
             Ok(s) => s,
             Err(e) => {
-                items.push(item("connect", false, e.message()));
+                items.push(CheckItem::new("connect", false, e.message()));
                 return Ok(items);
             }
         };
         let client = source.client();
-        items.push(item(
+        items.push(CheckItem::new(
             "connect",
             true,
             format!("server version {}", source.server_version()),
@@ -58,7 +50,7 @@ impl Connector for PostgresConnector {
                 .unwrap_or_default()
         };
         let wal_level = setting("wal_level").await;
-        items.push(item(
+        items.push(CheckItem::new(
             "wal_level",
             wal_level == "logical",
             if wal_level == "logical" {
@@ -69,7 +61,7 @@ impl Connector for PostgresConnector {
         ));
         let slots: i32 = setting("max_replication_slots").await.parse().unwrap_or(0);
         let senders: i32 = setting("max_wal_senders").await.parse().unwrap_or(0);
-        items.push(item(
+        items.push(CheckItem::new(
             "replication capacity",
             slots > 0 && senders > 0,
             format!(
@@ -89,7 +81,7 @@ impl Connector for PostgresConnector {
             .await
             .map(|r| r.get(0))
             .unwrap_or(false);
-        items.push(item(
+        items.push(CheckItem::new(
             "replication role",
             can_replicate,
             if can_replicate {
@@ -104,7 +96,7 @@ impl Connector for PostgresConnector {
         match ReplicationConn::connect(endpoint).await {
             Ok(mut conn) => {
                 let ok = conn.simple_query("IDENTIFY_SYSTEM").await;
-                items.push(item(
+                items.push(CheckItem::new(
                     "replication connection",
                     ok.is_ok(),
                     match ok {
@@ -113,7 +105,7 @@ impl Connector for PostgresConnector {
                     },
                 ));
             }
-            Err(e) => items.push(item(
+            Err(e) => items.push(CheckItem::new(
                 "replication connection",
                 false,
                 format!(
@@ -126,7 +118,7 @@ impl Connector for PostgresConnector {
         for b in bindings {
             let name = format!("{}.{}", b.resource.namespace, b.resource.stream);
             match tables.iter().find(|t| t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream) {
-                None => items.push(item(&format!("table {name}"), false, "not found, or the user lacks SELECT on it: GRANT SELECT ON it TO the connector's role")),
+                None => items.push(CheckItem::new(&format!("table {name}"), false, "not found, or the user lacks SELECT on it: GRANT SELECT ON it TO the connector's role")),
                 Some(t) => {
                     let info = t.info();
                     let keyless = t.key.is_empty();
@@ -136,7 +128,7 @@ impl Connector for PostgresConnector {
                         detail.push_str("; warning: ");
                         detail.push_str(w);
                     }
-                    items.push(item(&format!("table {name}"), identity_ok, detail));
+                    items.push(CheckItem::new(&format!("table {name}"), identity_ok, detail));
                 }
             }
         }
@@ -156,9 +148,9 @@ impl Connector for PostgresConnector {
             .map(|r| r.get(0))
             .unwrap_or(false);
         items.push(match (publication.is_some(), endpoint.advanced.read_only, can_create) {
-            (true, _, _) => item("publication", true, format!("{:?} exists", endpoint.publication)),
-            (false, false, true) => item("publication", true, format!("{:?} will be created", endpoint.publication)),
-            (false, _, _) => item(
+            (true, _, _) => CheckItem::new("publication", true, format!("{:?} exists", endpoint.publication)),
+            (false, false, true) => CheckItem::new("publication", true, format!("{:?} will be created", endpoint.publication)),
+            (false, _, _) => CheckItem::new(
                 "publication",
                 false,
                 format!("{:?} does not exist and cannot be created by this user: CREATE PUBLICATION \"{}\" FOR TABLE ...", endpoint.publication, endpoint.publication),
@@ -172,9 +164,9 @@ impl Connector for PostgresConnector {
             .await
             .map_err(|e| crate::source::db_error(&e, "reading pg_replication_slots"))?;
         items.push(match slot {
-            Some(row) => item("slot", true, format!("{:?} exists{}", endpoint.slot, if row.get::<_, bool>(0) { " (in use)" } else { "" })),
-            None if endpoint.advanced.read_only => item("slot", false, format!("{:?} does not exist: SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", endpoint.slot, endpoint.slot)),
-            None => item("slot", true, format!("{:?} will be created", endpoint.slot)),
+            Some(row) => CheckItem::new("slot", true, format!("{:?} exists{}", endpoint.slot, if row.get::<_, bool>(0) { " (in use)" } else { "" })),
+            None if endpoint.advanced.read_only => CheckItem::new("slot", false, format!("{:?} does not exist: SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", endpoint.slot, endpoint.slot)),
+            None => CheckItem::new("slot", true, format!("{:?} will be created", endpoint.slot)),
         });
         Ok(items)
     }

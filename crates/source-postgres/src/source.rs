@@ -383,7 +383,7 @@ impl ChunkScanner for PgSource {
     type Position = PgPosition;
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
-        if req.binding.mode == ResolvedMode::WithoutPrimaryKey || req.binding.key.is_empty() {
+        if req.binding.scans_physically() {
             self.scan_physical(req).await
         } else {
             self.scan_keyed(req).await
@@ -406,7 +406,7 @@ impl ChunkScanner for PgSource {
 
 impl KeyClassifier for PgSource {
     fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering> {
-        if binding.mode == ResolvedMode::WithoutPrimaryKey || binding.key.is_empty() {
+        if binding.scans_physically() {
             let p = |k: &Key| k.0.first().and_then(Value::as_str).and_then(parse_ctid);
             return Some(p(a)?.cmp(&p(b)?));
         }
@@ -504,21 +504,10 @@ impl KeyClassifier for PgSource {
         Ok(rows
             .iter()
             .map(|r| {
-                let above_lo = window.lo.is_none() || r.get::<_, Option<bool>>(0).unwrap_or(false);
-                if !above_lo {
-                    return Region::Done;
-                }
-                match window.hi {
-                    Hi::Empty => Region::Ahead,
-                    Hi::Unbounded => Region::Window,
-                    Hi::Key(_) => {
-                        if r.get::<_, Option<bool>>(1).unwrap_or(false) {
-                            Region::Ahead
-                        } else {
-                            Region::Window
-                        }
-                    }
-                }
+                window.region_from(
+                    r.get::<_, Option<bool>>(0).unwrap_or(false),
+                    r.get::<_, Option<bool>>(1).unwrap_or(false),
+                )
             })
             .collect())
     }
@@ -732,7 +721,7 @@ impl PgSource {
         let publication = &self.endpoint.publication;
         let read_only = self.endpoint.advanced.read_only;
         for b in bindings {
-            if b.mode == ResolvedMode::WithoutPrimaryKey || b.key.is_empty() {
+            if b.scans_physically() {
                 let t = self.table(b)?;
                 if t.replica_identity != 'f' {
                     return Err(SourceError::definite(format!(

@@ -130,7 +130,8 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
             ))?;
         }
     }
-    let dir = std::env::temp_dir().join(format!("live-{name}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("live-{}-{name}-{}", db.name(), std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut endpoint = db.endpoint();
     if let (Some(e), Some(extra)) = (
@@ -387,4 +388,130 @@ fn parse_json_rows(text: &str) -> Result<Vec<Row>, String> {
             other => Err(format!("not a JSON row: {l} ({other:?})")),
         })
         .collect()
+}
+
+#[derive(Debug)]
+/// A connector's config and state files in a temp dir, and ways to run it.
+pub struct Capture {
+    binary: PathBuf,
+    /// The directory holding config.json and state.json.
+    pub dir: PathBuf,
+    /// Whether dropping the capture removes the directory.
+    owned: bool,
+}
+
+#[derive(Debug)]
+/// What one run printed and how it ended.
+pub struct Outcome {
+    /// stdout, line by line.
+    pub lines: Vec<String>,
+    /// stderr.
+    pub stderr: String,
+    /// Whether it exited 0.
+    pub ok: bool,
+}
+
+impl Capture {
+    /// A fresh directory for a capture named `name`.
+    pub fn new(binary: &Path, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("capture-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test capture");
+        Self {
+            binary: binary.to_path_buf(),
+            dir,
+            owned: true,
+        }
+    }
+
+    /// A capture whose files live in a directory the caller owns (kept on drop).
+    pub fn at(binary: &Path, dir: &Path) -> Self {
+        Self {
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+            owned: false,
+        }
+    }
+
+    /// Writes the config file.
+    pub fn config(&self, config: &Value) {
+        std::fs::write(self.dir.join("config.json"), config.to_string()).expect("test capture");
+    }
+
+    /// The state file.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Runs the binary with `args` and `--config`.
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("config.json"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("test capture");
+        Outcome {
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.status.success(),
+        }
+    }
+
+    /// A capture running in the background, stdout and stderr piped.
+    pub fn spawn(&self) -> std::process::Child {
+        Command::new(&self.binary)
+            .args(["capture", "--log-level", "warn", "--config"])
+            .arg(self.dir.join("config.json"))
+            .arg("--state")
+            .arg(self.state())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("test capture")
+    }
+
+    /// `capture --until-caught-up` against the state file.
+    pub fn capture(&self) -> Outcome {
+        let state = self.state();
+        self.run(&[
+            "capture",
+            "--until-caught-up",
+            "--log-level",
+            "warn",
+            "--state",
+            state.to_str().expect("test capture"),
+        ])
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The documents of `binding` in a run's lines.
+pub fn docs(lines: &[String], binding: usize) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["binding"] == binding && v.get("doc").is_some())
+        .map(|v| v["doc"].clone())
+        .collect()
+}
+
+/// A document without `_meta`.
+pub fn strip_meta(doc: &Value) -> Value {
+    let mut d = doc.clone();
+    if let Some(o) = d.as_object_mut() {
+        o.remove("_meta");
+    }
+    d
 }

@@ -602,6 +602,8 @@ impl MariaDbServer {
                 "--log-bin={}",
                 d.join("data").join("binlog").display()
             ))
+            // Its own temp dir: internal temp tables never meet another server's cleanup.
+            .arg(format!("--tmpdir={}", d.display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
