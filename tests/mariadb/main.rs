@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use std::process::Command;
+
 use testkit::live::{Capture, Outcome};
 use testkit::servers::{MariaDbServer, skip};
 
@@ -278,4 +280,102 @@ fn alter_table_mid_stream_is_followed() {
         before
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Faults a running capture survives: its binlog dump thread is killed, then the server
+/// restarts; the capture retries inside the process and the output keeps every guarantee.
+#[test]
+fn survives_a_killed_dump_thread_and_a_server_restart() {
+    use backfill_core::mode::ResolvedMode;
+    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+    struct Table<'a>(&'a MariaDbServer);
+    impl Oracle for Table<'_> {
+        fn final_rows(&self, _: usize) -> Vec<Row> {
+            self.0
+                .sql("SELECT JSON_OBJECT('id', id, 'v', v) FROM test.f")
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+    let Some((binary, mut db)) = setup() else {
+        return;
+    };
+    db.sql("CREATE TABLE test.f (id INT PRIMARY KEY, v BIGINT)")
+        .unwrap();
+    for i in 1..=200 {
+        db.sql(&format!("INSERT INTO test.f VALUES ({i}, 0)"))
+            .unwrap();
+    }
+    let cap = Capture::new(&binary, "maria-faults");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10}},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "f"}, "target": "f"}]}));
+    let mut child = cap.spawn();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut v = 0;
+    let mut write = |db: &MariaDbServer, n: i32| {
+        for _ in 0..n {
+            v += 1;
+            let id = 1 + (v * 7) % 300;
+            let _ = db.sql(&format!(
+                "INSERT INTO test.f VALUES ({id}, {v}) ON DUPLICATE KEY UPDATE v = {v}"
+            ));
+            if v % 5 == 0 {
+                let _ = db.sql(&format!(
+                    "DELETE FROM test.f WHERE id = {}",
+                    1 + (v * 13) % 300
+                ));
+            }
+        }
+    };
+    write(&db, 40);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    db.sql("SET @t = (SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%' LIMIT 1); KILL @t").ok();
+    write(&db, 40);
+    db.restart_with(&[]).unwrap();
+    write(&db, 40);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(
+        child.wait().unwrap().success(),
+        "the capture survived both faults and stopped cleanly"
+    );
+    let lines = reader.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.matches("transient failure").count() >= 1,
+        "the restart was felt and retried: {stderr}"
+    );
+    let last = cap.capture();
+    assert!(last.ok, "{}", last.stderr);
+    let runs = [
+        RunOutput {
+            lines,
+            counters: vec![0],
+        },
+        RunOutput {
+            lines: last.lines,
+            counters: vec![0],
+        },
+    ];
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["id".into()],
+        table: "test.f".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(&expect, &runs, &Table(&db));
+    assert!(violations.is_empty(), "{violations:#?}");
 }

@@ -726,3 +726,94 @@ fn a_huge_transaction_streams_with_bounded_memory() {
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     eprintln!("huge transaction: peak RSS {} MiB", peak_kib / 1024);
 }
+
+/// Faults a running capture survives: its walsender is terminated, then the server
+/// restarts. The capture retries with backoff inside the same process (its output
+/// continues on the same stdout, each retry starting with its resume checkpoint), and the
+/// combined output still keeps every guarantee.
+#[test]
+fn survives_a_killed_walsender_and_a_server_restart() {
+    let Some((binary, mut pg)) = setup() else {
+        return;
+    };
+    pg.sql("CREATE TABLE f (id int PRIMARY KEY, v bigint); INSERT INTO f SELECT g, 0 FROM generate_series(1, 300) g").unwrap();
+    let cap = Capture::new(&binary, "faults");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 10}})), "bindings": [binding("f", "", 0)]}));
+    let mut child = cap.spawn();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut v = 0;
+    let mut write = |pg: &PgServer, n: i32| {
+        for i in 0..n {
+            v += 1;
+            let id = 1 + (v * 7 + i) % 400;
+            let _ = pg.sql(&format!(
+                "INSERT INTO f VALUES ({id}, {v}) ON CONFLICT (id) DO UPDATE SET v = {v}"
+            ));
+            if v % 5 == 0 {
+                let _ = pg.sql(&format!("DELETE FROM f WHERE id = {}", 1 + (v * 13) % 400));
+            }
+        }
+    };
+    write(&pg, 40);
+    let killed = pg
+        .sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication")
+        .unwrap();
+    assert_eq!(killed, "1", "one walsender to terminate");
+    write(&pg, 40);
+    pg.restart_with(&[]).unwrap();
+    write(&pg, 40);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(
+        child.wait().unwrap().success(),
+        "the capture survived both faults and stopped cleanly"
+    );
+    let lines = reader.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let retries = stderr.matches("transient failure").count();
+    assert!(retries >= 2, "both faults were felt and retried: {stderr}");
+    let resumes = lines
+        .iter()
+        .filter(|l| l.starts_with("{\"checkpoint\""))
+        .count();
+    let last = cap.capture();
+    assert!(last.ok, "{}", last.stderr);
+    let runs = [
+        RunOutput {
+            lines,
+            counters: vec![0],
+        },
+        RunOutput {
+            lines: last.lines,
+            counters: vec![0],
+        },
+    ];
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["id".into()],
+        table: "public.f".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(
+        &expect,
+        &runs,
+        &PgOracle {
+            pg: &pg,
+            tables: vec!["f"],
+            key: "id",
+        },
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+    assert!(resumes > 2);
+}

@@ -9,8 +9,9 @@
 //! * **protocol**: each line is one of the three shapes and nothing else; each run starts
 //!   with a checkpoint; snapshot documents are `c` with `snapshot: true` and no `pos`;
 //!   streamed documents have a `pos` that strictly increases over the committed output;
-//! * **consumer protocol**: a run's trailing documents count only if the next run's first
-//!   line is a checkpoint the consumer has not seen;
+//! * **consumer protocol**: documents count once a checkpoint the consumer has not seen
+//!   follows them; a checkpoint equal to the last one seen (the resume checkpoint of a new
+//!   process, or of a retry inside one) discards them;
 //! * **convergence** (every mode): merge-applying the committed output gives the table;
 //! * **Precise histories** (with an oracle): per key, the first document is `c` (or `d` in
 //!   an incremental backfill), `c` follows only nothing or `d`, and every image is a state
@@ -131,14 +132,12 @@ pub fn committed(runs: &[RunOutput], violations: &mut Vec<String>) -> Vec<Commit
             };
             match entry {
                 Committed::Checkpoint { ref state, .. } => {
-                    if i == 0 {
-                        if last_seen.as_ref() != Some(state) {
-                            out.append(&mut trailing);
-                        }
-                        trailing.clear();
-                    } else {
+                    // A checkpoint equal to the last one seen is a resume (a new process,
+                    // or a retry inside one): the documents since were not committed.
+                    if last_seen.as_ref() != Some(state) {
                         out.append(&mut trailing);
                     }
+                    trailing.clear();
                     last_seen = Some(state.clone());
                     out.push(entry);
                 }
@@ -428,19 +427,15 @@ fn check_pos_order(runs: &[RunOutput], violations: &mut Vec<String>) {
     let mut trailing: Vec<Vec<u64>> = Vec::new();
     let mut positions: Vec<Vec<u64>> = Vec::new();
     for run in runs {
-        for (i, line) in run.lines.iter().enumerate() {
+        for line in &run.lines {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
             if let Some(state) = v.get("checkpoint") {
-                if i == 0 {
-                    if last_seen.as_ref() != Some(state) {
-                        positions.append(&mut trailing);
-                    }
-                    trailing.clear();
-                } else {
+                if last_seen.as_ref() != Some(state) {
                     positions.append(&mut trailing);
                 }
+                trailing.clear();
                 last_seen = Some(state.clone());
             } else {
                 let source = v
