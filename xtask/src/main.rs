@@ -4,8 +4,10 @@
 //!   (cargo-nextest when installed, `cargo test` otherwise);
 //! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
 //!   and stop them when Enter is pressed;
-//! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`.
+//! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`;
+//! * `bench`: throughput against the physical limits, as ratios in one run.
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -18,9 +20,10 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("dbs") => dbs(),
         Some("demo") => demo::run(),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | dbs | demo>\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+                "usage: cargo xtask <ci | dbs | demo | bench [--rows N] [--smoke]>\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
             );
             return ExitCode::from(2);
         }
