@@ -71,6 +71,8 @@ fn ci() -> Result<(), String> {
         // nextest does not run doctests; run them first so that the summary of every other
         // test is the last thing printed.
         cargo(&["test", "--workspace", "--doc", "--quiet"])?;
+        // The bench command must keep working; a tiny run proves it (not a measurement).
+        bench::run(&["--smoke".to_string()])?;
         cargo(&[
             "nextest",
             "run",
