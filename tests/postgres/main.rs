@@ -127,6 +127,33 @@ impl Oracle for PgOracle<'_> {
     }
 }
 
+/// Checks a Precise binding's combined output against the table: merge-apply and per-key
+/// histories (with `version` as the column every write raises).
+fn assert_precise(
+    pg: &PgServer,
+    table: &str,
+    key: &[&str],
+    version: Option<&str>,
+    runs: &[RunOutput],
+) {
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: key.iter().map(|k| (*k).to_string()).collect(),
+        table: format!("public.{table}"),
+        version_column: version.map(str::to_string),
+    }];
+    let violations = checker::check(
+        &expect,
+        runs,
+        &PgOracle {
+            pg,
+            tables: vec![table],
+            key: &key.join(", "),
+        },
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
 /// A text key under an ICU collation (whose order is not byte order) gets Precise, and
 /// keeps its guarantees under concurrent writes and SIGKILLs with tiny chunks.
 #[test]
@@ -191,22 +218,7 @@ fn collated_text_key_is_precise_under_writes_and_kills() {
         lines: last.lines,
         counters: vec![0],
     });
-    let expect = [BindingExpect {
-        mode: ResolvedMode::Precise,
-        key: vec!["name".into()],
-        table: "public.names".into(),
-        version_column: Some("v".into()),
-    }];
-    let violations = checker::check(
-        &expect,
-        &runs,
-        &PgOracle {
-            pg: &pg,
-            tables: vec!["names"],
-            key: "name",
-        },
-    );
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert_precise(&pg, "names", &["name"], Some("v"), &runs);
 }
 
 /// An update that leaves a TOASTed value unchanged omits it; merge-apply keeps it.
@@ -445,22 +457,7 @@ fn composite_key_with_key_changes_and_truncate() {
         lines: last.lines,
         counters: vec![0],
     });
-    let expect = [BindingExpect {
-        mode: ResolvedMode::Precise,
-        key: vec!["a".into(), "b".into()],
-        table: "public.c".into(),
-        version_column: Some("v".into()),
-    }];
-    let violations = checker::check(
-        &expect,
-        &runs,
-        &PgOracle {
-            pg: &pg,
-            tables: vec!["c"],
-            key: "a, b",
-        },
-    );
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert_precise(&pg, "c", &["a", "b"], Some("v"), &runs);
 }
 
 /// Renamed while streaming, dropped while backfilling, unreadable: each stops with a line
@@ -799,21 +796,6 @@ fn survives_a_killed_walsender_and_a_server_restart() {
             counters: vec![0],
         },
     ];
-    let expect = [BindingExpect {
-        mode: ResolvedMode::Precise,
-        key: vec!["id".into()],
-        table: "public.f".into(),
-        version_column: Some("v".into()),
-    }];
-    let violations = checker::check(
-        &expect,
-        &runs,
-        &PgOracle {
-            pg: &pg,
-            tables: vec!["f"],
-            key: "id",
-        },
-    );
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert_precise(&pg, "f", &["id"], Some("v"), &runs);
     assert!(resumes > 2);
 }

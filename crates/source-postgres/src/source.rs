@@ -201,14 +201,7 @@ impl PgSource {
         sql.push_str(&self.xmin_filter());
         sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", req.limits.rows + 1));
         let what = format!("scanning {}", Self::qualified(&t));
-        let tx = self
-            .client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| db_error(&e, &what))?;
+        let tx = snapshot_transaction(&mut self.client, &what).await?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as _).collect();
         let rows = tx
@@ -258,14 +251,7 @@ impl PgSource {
         };
         let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
         let xmin_filter = self.xmin_filter();
-        let tx = self
-            .client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| db_error(&e, &what))?;
+        let tx = snapshot_transaction(&mut self.client, &what).await?;
         let relpages: i64 = tx
             .query_one(
                 &format!("SELECT (pg_relation_size('{}'::regclass) / current_setting('block_size')::int)::bigint", Self::qualified(&t).replace('\'', "''")),
@@ -332,6 +318,20 @@ impl PgSource {
             .map(|k| t.column(k).and_then(catalog::native_order))
             .collect()
     }
+}
+
+/// A chunk's transaction: one snapshot for the rows, the fence and the witness.
+async fn snapshot_transaction<'c>(
+    client: &'c mut Client,
+    what: &str,
+) -> Result<tokio_postgres::Transaction<'c>, SourceError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| db_error(&e, what))
 }
 
 /// Inside a scan's repeatable-read transaction, after its rows: the fence (the WAL insert
