@@ -126,7 +126,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let dir = work.join("pg-backfill");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": 50000}});
+    let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": 10000}});
     std::fs::write(dir.join("config.json"), json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "public", "stream": "bench", "mode": "Precise"}, "target": "b"}]}).to_string()).map_err(|e| e.to_string())?;
     let ours = run_timed(&mut capture_cmd(&pg_bin, &dir))?;
     results.push(json!({"what": "PostgreSQL backfill", "rows": rows, "seconds": ours.seconds, "reference": "COPY binary via psql",
@@ -202,7 +202,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mdir = work.join("maria-backfill");
     let _ = std::fs::remove_dir_all(&mdir);
     std::fs::create_dir_all(&mdir).map_err(|e| e.to_string())?;
-    std::fs::write(mdir.join("config.json"), json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 50000}},
+    std::fs::write(mdir.join("config.json"), json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10000}},
         "bindings": [{"resource": {"namespace": "test", "stream": "bench", "mode": "Precise"}, "target": "b"}]}).to_string()).map_err(|e| e.to_string())?;
     let ours = run_timed(&mut capture_cmd(&my_bin, &mdir))?;
     results.push(json!({"what": "MariaDB backfill", "rows": rows, "seconds": ours.seconds, "reference": "mariadb-dump --quick --single-transaction",

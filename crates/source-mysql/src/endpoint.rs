@@ -89,7 +89,7 @@ fn default_server_id() -> u32 {
     9_418_001
 }
 fn default_chunk_size() -> usize {
-    50_000
+    10_000
 }
 fn default_concurrency() -> usize {
     1

@@ -125,7 +125,7 @@ fn default_publication() -> String {
     "cdc_publication".into()
 }
 fn default_chunk_size() -> usize {
-    50_000
+    10_000
 }
 fn default_heartbeat() -> u64 {
     10
@@ -182,7 +182,7 @@ mod tests {
             (5432, "postgres", "cdc_slot")
         );
         assert_eq!(e.tls.mode, TlsMode::Prefer);
-        assert_eq!(e.advanced.chunk_size, 50_000);
+        assert_eq!(e.advanced.chunk_size, 10_000);
         let debug = format!("{e:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("<redacted>"),
