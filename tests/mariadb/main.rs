@@ -379,3 +379,58 @@ fn survives_a_killed_dump_thread_and_a_server_restart() {
     let violations = checker::check(&expect, &runs, &Table(&db));
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// Bad input: each is one line that says what to do, a non-zero exit, no state file.
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let Some((binary, mut db)) = setup() else {
+        return;
+    };
+    db.sql("CREATE TABLE test.t (id INT PRIMARY KEY); CREATE USER 'cdc'@'127.0.0.1' IDENTIFIED BY 'right'").unwrap();
+    let dir = std::env::temp_dir().join(format!("maria-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |endpoint: Value, stream: &str, needle: &str| {
+        let config = json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "test", "stream": stream}, "target": "t"}]});
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let out = capture(&binary, &dir);
+        assert!(!out.ok, "expected a failure containing {needle:?}");
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", out.stderr);
+        assert!(
+            errors[0].contains(needle),
+            "{:?} lacks {needle:?}",
+            errors[0]
+        );
+        assert!(!dir.join("state.json").exists(), "no state file is written");
+    };
+    let root = json!({"host": "127.0.0.1", "port": db.port, "user": "root"});
+    check(
+        json!({"host": "127.0.0.1", "port": db.port, "user": "cdc", "password": "wrong"}),
+        "t",
+        "check the user and password",
+    );
+    check(
+        json!({"host": "127.0.0.1", "port": db.port, "user": "cdc", "password": "right"}),
+        "t",
+        "binding 0 (test.t): no such table",
+    );
+    db.sql("GRANT SELECT ON test.* TO 'cdc'@'127.0.0.1'")
+        .unwrap();
+    check(
+        json!({"host": "127.0.0.1", "port": db.port, "user": "cdc", "password": "right"}),
+        "t",
+        "grant",
+    );
+    check(root.clone(), "nope", "no such table");
+    db.restart_with(&["--binlog-format=STATEMENT"]).unwrap();
+    check(root.clone(), "t", "binlog_format is STATEMENT");
+    db.restart_with(&["--binlog-format=ROW", "--binlog-row-metadata=MINIMAL"])
+        .unwrap();
+    check(root, "t", "binlog_row_metadata");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -262,6 +262,46 @@ impl MySource {
         })
     }
 
+    /// The binlog settings capture depends on; each failure names the setting to change.
+    /// Statement-based or partial row images would lose or misrender changes silently, so
+    /// they stop the capture before anything is read.
+    pub async fn ensure_binlog_settings(&mut self) -> Result<(), SourceError> {
+        let row: Option<(String, String, String, String)> = self
+            .conn
+            .query_first(
+                "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata",
+            )
+            .await
+            .map_err(|e| my_error(&e, "reading the binlog settings"))?;
+        let (log_bin, format, image, metadata) = row.unwrap_or_default();
+        let fail = |what: String, fix: &str| Err(SourceError::definite(format!("{what}; {fix}")));
+        if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
+            return fail(
+                "the binlog is off".into(),
+                "start the server with log_bin (and binlog_format=ROW)",
+            );
+        }
+        if !format.eq_ignore_ascii_case("ROW") {
+            return fail(
+                format!("binlog_format is {format}"),
+                "SET GLOBAL binlog_format = 'ROW' and set it in the server options",
+            );
+        }
+        if !image.eq_ignore_ascii_case("FULL") {
+            return fail(
+                format!("binlog_row_image is {image}"),
+                "SET GLOBAL binlog_row_image = 'FULL'",
+            );
+        }
+        if !metadata.eq_ignore_ascii_case("FULL") {
+            return fail(
+                format!("binlog_row_metadata is {metadata}"),
+                "SET GLOBAL binlog_row_metadata = 'FULL' (the binlog then carries column names)",
+            );
+        }
+        Ok(())
+    }
+
     /// The query connection, for `check`.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
@@ -674,6 +714,7 @@ impl Source for MySource {
         start: StreamStart<BinlogPosition>,
         bindings: &[BindingSpec],
     ) -> Result<(MyStream, BinlogPosition), SourceError> {
+        self.ensure_binlog_settings().await?;
         let at = match start {
             StreamStart::Resume(p) => {
                 let logs: Vec<(String, u64)> = self
