@@ -131,8 +131,8 @@ fn every_mode_under_writes_and_kills(db: &dyn testkit::live::LiveDb) {
 
 #[test]
 fn live_scenario_postgres() {
-    if let Err(why) = testkit::live::workspace_binary("source-postgres") {
-        return testkit::servers::skip(&why);
+    if testkit::live::binary_or_skip("source-postgres").is_none() {
+        return;
     }
     let Some(pg) = PgServer::start_or_skip() else {
         return;
@@ -142,8 +142,8 @@ fn live_scenario_postgres() {
 
 #[test]
 fn live_scenario_mariadb() {
-    if let Err(why) = testkit::live::workspace_binary("source-mysql") {
-        return testkit::servers::skip(&why);
+    if testkit::live::binary_or_skip("source-mysql").is_none() {
+        return;
     }
     let Some(db) = MariaDbServer::start_or_skip() else {
         return;

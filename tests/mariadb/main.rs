@@ -9,17 +9,13 @@ use serde_json::{Value, json};
 use std::process::Command;
 
 use testkit::live::{Capture, Outcome};
-use testkit::servers::{MariaDbServer, skip};
+use testkit::servers::MariaDbServer;
 
 fn setup() -> Option<(PathBuf, MariaDbServer)> {
-    let binary = match testkit::live::workspace_binary("source-mysql") {
-        Ok(b) => b,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
-    Some((binary, MariaDbServer::start_or_skip()?))
+    Some((
+        testkit::live::binary_or_skip("source-mysql")?,
+        MariaDbServer::start_or_skip()?,
+    ))
 }
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {

@@ -16,14 +16,10 @@ use testkit::servers::{PgServer, skip};
 
 /// A connector binary and a server, or why not.
 fn setup() -> Option<(PathBuf, PgServer)> {
-    let binary = match testkit::live::workspace_binary("source-postgres") {
-        Ok(b) => b,
-        Err(why) => {
-            skip(&why);
-            return None;
-        }
-    };
-    Some((binary, PgServer::start_or_skip()?))
+    Some((
+        testkit::live::binary_or_skip("source-postgres")?,
+        PgServer::start_or_skip()?,
+    ))
 }
 
 fn endpoint(pg: &PgServer, extra: Value) -> Value {

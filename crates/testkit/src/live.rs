@@ -56,6 +56,13 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
     Err(format!("{name} is not built (cargo build -p {name})"))
 }
 
+/// The connector binary, or `None` after printing why the test is skipped.
+pub fn binary_or_skip(name: &str) -> Option<PathBuf> {
+    workspace_binary(name)
+        .map_err(|why| crate::servers::skip(&why))
+        .ok()
+}
+
 /// How a scenario runs.
 #[derive(Clone, Debug)]
 pub struct Scenario {

@@ -44,6 +44,13 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// The value, or `None` after printing why the test is skipped.
+fn or_skip<T>(result: Result<T>, what: &str) -> Option<T> {
+    result
+        .map_err(|e| skip(&format!("no {what} for this test: {e}")))
+        .ok()
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("no free port: {e}")))?;
@@ -279,13 +286,7 @@ impl PgServer {
     /// Starts a throwaway server (or uses `TEST_POSTGRES_URL`); prints `SKIPPED:` and
     /// returns `None` when neither is possible.
     pub fn start_or_skip() -> Option<Self> {
-        match Self::start() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                skip(&format!("no PostgreSQL for this test: {e}"));
-                None
-            }
-        }
+        or_skip(Self::start(), "PostgreSQL")
     }
 
     /// Starts a throwaway server with `wal_level=logical`, or uses `TEST_POSTGRES_URL`.
@@ -501,13 +502,7 @@ impl MariaDbServer {
     /// Starts a throwaway server (or uses `TEST_MYSQL_URL`); prints `SKIPPED:` and returns
     /// `None` when neither is possible.
     pub fn start_or_skip() -> Option<Self> {
-        match Self::start() {
-            Ok(s) => Some(s),
-            Err(e) => {
-                skip(&format!("no MariaDB for this test: {e}"));
-                None
-            }
-        }
+        or_skip(Self::start(), "MariaDB")
     }
 
     /// Starts a throwaway server with the row binlog on, or uses `TEST_MYSQL_URL`.
