@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod key;
 pub mod merger;

@@ -21,8 +21,10 @@
 //! | ENUM, SET | label(s), SET as `"a,b"` |
 //! | JSON (MariaDB: LONGTEXT with `json_valid`) | the parsed document |
 
+pub use backfill_core::encode::base64;
+use backfill_core::encode::{civil_from_days, number};
 use mysql_async::Value as MyValue;
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 /// A column's declared type, as far as rendering is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,12 +159,6 @@ fn labels(column_type: &str) -> Vec<String> {
     out
 }
 
-fn number(text: &str) -> Result<Value, String> {
-    serde_json::from_str::<Number>(text)
-        .map(Value::Number)
-        .map_err(|_| format!("bad number {text:?}"))
-}
-
 fn text_of(v: &MyValue) -> Option<String> {
     match v {
         MyValue::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -170,23 +166,6 @@ fn text_of(v: &MyValue) -> Option<String> {
         MyValue::UInt(u) => Some(u.to_string()),
         _ => None,
     }
-}
-
-/// Standard base64 with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        let idx = |shift: u32| T[usize::try_from((n >> shift) & 63).unwrap_or(0)] as char;
-        s.push(idx(18));
-        s.push(idx(12));
-        s.push(if chunk.len() > 1 { idx(6) } else { '=' });
-        s.push(if chunk.len() > 2 { idx(0) } else { '=' });
-    }
-    s
 }
 
 fn fraction(us: u32, fsp: usize) -> String {
@@ -203,19 +182,6 @@ fn datetime((y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32), fsp: usize
         "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}",
         fraction(us, fsp)
     )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Where a value comes from: the two paths encode some types differently.

@@ -1,0 +1,176 @@
+//! Connections: tiberius over tokio with rustls, session settings, and the split of server
+//! errors into transient (retry) and definite (stop and say what to do).
+
+use std::time::Duration;
+
+use backfill_core::SourceError;
+use tiberius::{AuthMethod, ColumnData, Config, EncryptionLevel, Row, ToSql};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use crate::endpoint::{Endpoint, TlsMode};
+
+/// A query connection.
+pub type Client = tiberius::Client<Compat<TcpStream>>;
+
+/// The tiberius config for `endpoint`.
+pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
+    let mut config = Config::new();
+    config.host(&endpoint.host);
+    config.port(endpoint.port);
+    config.database(&endpoint.database);
+    config.application_name("source-sqlserver");
+    let password = endpoint
+        .resolve_password()
+        .map_err(SourceError::definite)?
+        .unwrap_or_default();
+    config.authentication(AuthMethod::sql_server(&endpoint.user, password));
+    match endpoint.tls.mode {
+        TlsMode::Disable => config.encryption(EncryptionLevel::Off),
+        TlsMode::Require => {
+            config.encryption(EncryptionLevel::Required);
+            config.trust_cert();
+        }
+        TlsMode::VerifyFull => {
+            config.encryption(EncryptionLevel::Required);
+            if let Some(path) = &endpoint.tls.trust_cert {
+                config.trust_cert_ca(path);
+            }
+        }
+    }
+    // Backfill chunks and change reads can legitimately take longer than the driver's
+    // 30-second default between responses; connection loss is still noticed by TCP.
+    config.command_timeout(None);
+    config.handshake_timeout(Some(Duration::from_secs(30)));
+    Ok(config)
+}
+
+/// Connects and prepares the session (READ COMMITTED, UTC-independent settings).
+pub async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> {
+    Box::pin(connect_inner(endpoint)).await
+}
+
+async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
+    // tiberius builds its TLS config from the process-wide rustls provider when one is
+    // installed; the workspace uses ring everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = config(endpoint)?;
+    let where_ = format!("connecting to {}:{}", endpoint.host, endpoint.port);
+    let tcp = TcpStream::connect(config.get_addr())
+        .await
+        .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
+    let mut client = Box::pin(tiberius::Client::connect(config, tcp.compat_write()))
+        .await
+        .map_err(|e| classify(&e, &where_))?;
+    client
+        .simple_query(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET XACT_ABORT ON; SET LOCK_TIMEOUT -1; SET DATEFORMAT ymd",
+        )
+        .await
+        .map_err(|e| classify(&e, "preparing the session"))?
+        .into_results()
+        .await
+        .map_err(|e| classify(&e, "preparing the session"))?;
+    Ok(client)
+}
+
+/// Transient (retry) or definite (stop, with the fix), by SQL Server error number.
+pub fn classify(e: &tiberius::error::Error, what: &str) -> SourceError {
+    match e {
+        tiberius::error::Error::Server(t) => {
+            let text = format!("{what}: {} (error {})", t.message(), t.code());
+            match t.code() {
+                18456 => SourceError::definite(format!("{text}; check the user and password")),
+                4060 => SourceError::definite(format!(
+                    "{text}; check the database name and that the login has a user in it"
+                )),
+                229 | 230 | 262 | 297 | 300 | 916 | 15247 => {
+                    SourceError::definite(format!("{text}; grant the login what `check` lists"))
+                }
+                208 => SourceError::definite(format!(
+                    "{text}; the table or its change table is gone: was it dropped, renamed, or CDC disabled on it?"
+                )),
+                313 => SourceError::definite(format!(
+                    "{text}: the change tables no longer hold the stream position (CDC cleanup ran past it). Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention"
+                )),
+                // Deadlock victim, lock or resource waits, database failing over or in
+                // recovery, connection-level errors: retry.
+                1205 | 1222 | 701 | 8645 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 | 4221
+                | 976 | 983 | 922 | 926 | 942 | 6005 | 233 | 10053 | 10054 | 10060 => {
+                    SourceError::transient(text)
+                }
+                _ => SourceError::definite(text),
+            }
+        }
+        tiberius::error::Error::Tls(m) => SourceError::definite(format!(
+            "{what}: TLS: {m}; for a self-signed server certificate set tls.trust_cert to it, or tls.mode = \"require\""
+        )),
+        tiberius::error::Error::Routing { host, port } => SourceError::definite(format!(
+            "{what}: the server redirects to {host}:{port}; connect there"
+        )),
+        other => SourceError::transient(format!("{what}: {other}")),
+    }
+}
+
+/// Runs `sql` with `params` and returns the first result set.
+pub async fn query_rows(
+    client: &mut Client,
+    sql: &str,
+    params: Vec<ColumnData<'static>>,
+    what: &str,
+) -> Result<Vec<Row>, SourceError> {
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p as &dyn ToSql).collect();
+    let stream = client
+        .query(sql, &refs)
+        .await
+        .map_err(|e| classify(&e, what))?;
+    stream
+        .into_first_result()
+        .await
+        .map_err(|e| classify(&e, what))
+}
+
+/// Runs a statement (or batch) with `params`, discarding results.
+pub async fn execute(
+    client: &mut Client,
+    sql: &str,
+    params: Vec<ColumnData<'static>>,
+    what: &str,
+) -> Result<(), SourceError> {
+    let refs: Vec<&dyn ToSql> = params.iter().map(|p| p as &dyn ToSql).collect();
+    client
+        .execute(sql, &refs)
+        .await
+        .map(|_| ())
+        .map_err(|e| classify(&e, what))
+}
+
+/// Column `i` as an integer (any integer width, or bit).
+pub fn column_i64(row: &Row, i: usize) -> Option<i64> {
+    match row.get_column_data(i).ok()? {
+        ColumnData::U8(v) => v.map(i64::from),
+        ColumnData::I16(v) => v.map(i64::from),
+        ColumnData::I32(v) => v.map(i64::from),
+        ColumnData::I64(v) => *v,
+        ColumnData::Bit(v) => v.map(i64::from),
+        _ => None,
+    }
+}
+
+/// Column `i` as text.
+pub fn column_string(row: &Row, i: usize) -> Option<String> {
+    match row.get_column_data(i).ok()? {
+        ColumnData::String(v) => v.as_ref().map(|s| s.to_string()),
+        _ => None,
+    }
+}
+
+/// Column `i` as bytes.
+pub fn column_bytes(row: &Row, i: usize) -> Option<Vec<u8>> {
+    match row.get_column_data(i).ok()? {
+        ColumnData::Binary(v) => v.as_ref().map(|b| b.to_vec()),
+        _ => None,
+    }
+}

@@ -1,0 +1,214 @@
+//! The `source-sqlserver` binary's glue: the core's [`Connector`] and `check`.
+
+use backfill_core::SourceError;
+use backfill_core::cli::{CheckItem, Connector};
+use backfill_core::config::Binding;
+use backfill_core::merger::EngineOptions;
+use backfill_core::source::ChunkLimits;
+use tiberius::ColumnData;
+
+use crate::conn::{column_i64, query_rows};
+use crate::endpoint::Endpoint;
+use crate::source::{SqlSource, max_lsn};
+use crate::sql;
+
+/// SQL Server, as the shared command line drives it.
+#[derive(Debug)]
+pub struct SqlServerConnector;
+
+async fn yes(source: &mut SqlSource, query: &str, params: Vec<ColumnData<'static>>) -> bool {
+    query_rows(source.client(), query, params, "checking")
+        .await
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| column_i64(r, 0)))
+        == Some(1)
+}
+
+impl Connector for SqlServerConnector {
+    type Endpoint = Endpoint;
+    type Source = SqlSource;
+
+    const NAME: &'static str = "source-sqlserver";
+
+    async fn connect(endpoint: &Endpoint) -> Result<SqlSource, SourceError> {
+        SqlSource::connect(endpoint).await
+    }
+
+    async fn check(
+        endpoint: &Endpoint,
+        bindings: &[Binding],
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        let mut items = Vec::new();
+        let mut source = match SqlSource::connect(endpoint).await {
+            Ok(s) => s,
+            Err(e) => {
+                items.push(CheckItem::new("connect", false, e.message()));
+                return Ok(items);
+            }
+        };
+        items.push(CheckItem::new("connect", true, "connected"));
+        let db_cdc = yes(
+            &mut source,
+            "SELECT CAST(is_cdc_enabled AS int) FROM sys.databases WHERE database_id = DB_ID()",
+            Vec::new(),
+        )
+        .await;
+        items.push(CheckItem::new(
+            "database CDC",
+            db_cdc,
+            if db_cdc {
+                "enabled".to_string()
+            } else {
+                format!(
+                    "not enabled: in database {}, as sysadmin, EXEC sys.sp_cdc_enable_db",
+                    endpoint.database
+                )
+            },
+        ));
+        if db_cdc {
+            let agent = max_lsn(source.client()).await.ok().flatten().is_some();
+            items.push(CheckItem::new(
+                "capture job",
+                agent,
+                if agent {
+                    "has recorded changes (sys.fn_cdc_get_max_lsn() is set)"
+                } else {
+                    "sys.fn_cdc_get_max_lsn() is NULL: start SQL Server Agent (Linux: MSSQL_AGENT_ENABLED=true) and check EXEC sys.sp_cdc_help_jobs"
+                },
+            ));
+        }
+        let (ws, wt) = endpoint.watermarks();
+        let wm_exists = yes(
+            &mut source,
+            "SELECT CASE WHEN OBJECT_ID(@P1) IS NULL THEN 0 ELSE 1 END",
+            vec![ColumnData::String(Some(sql::qualified(&ws, &wt).into()))],
+        )
+        .await;
+        let owner = yes(
+            &mut source,
+            "SELECT CAST(IS_ROLEMEMBER('db_owner') AS int)",
+            Vec::new(),
+        )
+        .await;
+        items.push(CheckItem::new(
+            "watermark table",
+            wm_exists || owner,
+            if wm_exists {
+                format!("{ws}.{wt} exists")
+            } else if owner {
+                format!("{ws}.{wt} will be created at the first capture")
+            } else {
+                format!(
+                    "{ws}.{wt} is missing and the user is not db_owner; as db_owner run: {}",
+                    sql::create_watermarks(&ws, &wt)
+                )
+            },
+        ));
+        for b in bindings {
+            let name = format!("{}.{}", b.resource.namespace, b.resource.stream);
+            let Some(t) = source
+                .tables()
+                .iter()
+                .find(|t| {
+                    t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream
+                })
+                .cloned()
+            else {
+                items.push(CheckItem::new(
+                    &format!("table {name}"),
+                    false,
+                    "not found, or the user cannot see it (GRANT SELECT)",
+                ));
+                continue;
+            };
+            let select = yes(
+                &mut source,
+                "SELECT CAST(HAS_PERMS_BY_NAME(@P1, 'OBJECT', 'SELECT') AS int)",
+                vec![ColumnData::String(Some(
+                    sql::qualified(&t.table.namespace, &t.table.stream).into(),
+                ))],
+            )
+            .await;
+            items.push(CheckItem::new(
+                &format!("table {name}"),
+                select,
+                if select {
+                    "SELECT granted".to_string()
+                } else {
+                    format!(
+                        "GRANT SELECT ON {} TO [{}]",
+                        sql::qualified(&t.table.namespace, &t.table.stream),
+                        endpoint.user
+                    )
+                },
+            ));
+            match t.newest_instance() {
+                None => items.push(CheckItem::new(
+                    &format!("CDC on {name}"),
+                    false,
+                    format!(
+                        "not enabled: EXEC sys.sp_cdc_enable_table @source_schema = N'{}', @source_name = N'{}', @role_name = NULL",
+                        t.table.namespace, t.table.stream
+                    ),
+                )),
+                Some(ci) => {
+                    let ct = format!("cdc.{}", sql::quote(&format!("{}_CT", ci.name)));
+                    let readable = yes(
+                        &mut source,
+                        "SELECT CAST(HAS_PERMS_BY_NAME(@P1, 'OBJECT', 'SELECT') AS int)",
+                        vec![ColumnData::String(Some(ct.clone().into()))],
+                    )
+                    .await;
+                    let role_ok = match &ci.role {
+                        None => true,
+                        Some(role) => {
+                            yes(
+                                &mut source,
+                                "SELECT CAST(IS_ROLEMEMBER(@P1) AS int)",
+                                vec![ColumnData::String(Some(role.clone().into()))],
+                            )
+                            .await
+                        }
+                    };
+                    items.push(CheckItem::new(
+                        &format!("CDC on {name}"),
+                        readable && role_ok,
+                        if !role_ok {
+                            format!(
+                                "capture instance {} is gated by role {}: ALTER ROLE [{}] ADD MEMBER [{}]",
+                                ci.name,
+                                ci.role.clone().unwrap_or_default(),
+                                ci.role.clone().unwrap_or_default(),
+                                endpoint.user
+                            )
+                        } else if !readable {
+                            format!("GRANT SELECT ON SCHEMA::cdc TO [{}]", endpoint.user)
+                        } else {
+                            format!(
+                                "capture instance {}{}",
+                                ci.name,
+                                if ci.has_command_id {
+                                    ""
+                                } else {
+                                    " (no __$command_id: read through fn_cdc_get_all_changes)"
+                                }
+                            )
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    fn engine_options(endpoint: &Endpoint) -> EngineOptions {
+        EngineOptions {
+            limits: ChunkLimits {
+                rows: endpoint.advanced.chunk_size.max(1),
+                bytes: 64 << 20,
+            },
+            concurrency: endpoint.advanced.backfill_concurrency.max(1),
+            ..EngineOptions::default()
+        }
+    }
+}

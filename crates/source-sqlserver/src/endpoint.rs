@@ -1,0 +1,187 @@
+//! The `endpoint` section of the SQL Server config. The password never appears in logs.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How to reach the server.
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database whose tables are captured (CDC enabled with `sys.sp_cdc_enable_db`).
+    pub database: String,
+    /// SQL login; needs SELECT on the captured tables and their change tables (see `check`).
+    pub user: String,
+    /// Password, inline. Prefer `password_env` or `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File whose first line is the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// TLS.
+    #[serde(default)]
+    pub tls: Tls,
+    /// Milliseconds between polls of the change tables when there is nothing new.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Advanced options.
+    #[serde(default)]
+    pub advanced: Advanced,
+}
+
+/// TLS settings. SQL Server always encrypts the login; these decide the rest.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// `verify-full` (default: encrypt, verify the certificate and host name), `require`
+    /// (encrypt, trust any certificate) or `disable` (encrypt the login only).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM or DER certificate (CA or the server's own) to trust for `verify-full`, for
+    /// servers with a self-signed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_cert: Option<String>,
+}
+
+/// TLS mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Only the login is encrypted (the server's minimum).
+    Disable,
+    /// Encrypted; the certificate is not verified.
+    Require,
+    /// Encrypted; certificate and host name verified.
+    #[default]
+    VerifyFull,
+}
+
+/// Advanced options.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Advanced {
+    /// Rows per backfill chunk.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// Bindings backfilled at once.
+    #[serde(default = "default_concurrency")]
+    pub backfill_concurrency: usize,
+    /// The watermark table (`schema.table`) the connector writes after each chunk to
+    /// learn the chunk's fence from the change stream; created, with CDC enabled on it,
+    /// when missing and the user may (db_owner).
+    #[serde(default = "default_watermarks")]
+    pub watermarks_table: String,
+    /// Delete change-table rows up to each durable position (`sys.sp_cdc_cleanup_change_table`,
+    /// needs db_owner). Off by default: the CDC cleanup job keeps its own retention.
+    #[serde(default)]
+    pub cleanup_acknowledged: bool,
+    /// Change rows read per poll before the stream emits what it has (bounds memory; a
+    /// single transaction is always read whole).
+    #[serde(default = "default_poll_rows")]
+    pub poll_rows: usize,
+}
+
+impl Default for Advanced {
+    fn default() -> Self {
+        Self {
+            chunk_size: default_chunk_size(),
+            backfill_concurrency: default_concurrency(),
+            watermarks_table: default_watermarks(),
+            cleanup_acknowledged: false,
+            poll_rows: default_poll_rows(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    1433
+}
+fn default_poll_interval_ms() -> u64 {
+    500
+}
+fn default_chunk_size() -> usize {
+    10_000
+}
+fn default_concurrency() -> usize {
+    1
+}
+fn default_watermarks() -> String {
+    "dbo.cdc_backfill_watermarks".into()
+}
+fn default_poll_rows() -> usize {
+    50_000
+}
+
+impl Endpoint {
+    /// The password from wherever the config says.
+    pub fn resolve_password(&self) -> Result<Option<String>, String> {
+        backfill_core::config::resolve_secret(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+            "password",
+        )
+    }
+
+    /// The watermark table as (schema, table).
+    pub fn watermarks(&self) -> (String, String) {
+        match self.advanced.watermarks_table.split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => ("dbo".to_string(), self.advanced.watermarks_table.clone()),
+        }
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("advanced", &self.advanced)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_redaction() {
+        let e: Endpoint = serde_json::from_value(serde_json::json!({
+            "host": "db", "database": "shop", "user": "cdc", "password": "hunter2"
+        }))
+        .expect("parses");
+        assert_eq!(e.port, 1433);
+        assert_eq!(e.tls.mode, TlsMode::VerifyFull);
+        assert_eq!(e.advanced.chunk_size, 10_000);
+        assert!(!e.advanced.cleanup_acknowledged);
+        assert_eq!(
+            e.watermarks(),
+            ("dbo".to_string(), "cdc_backfill_watermarks".to_string())
+        );
+        let shown = format!("{e:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            serde_json::from_value::<Endpoint>(serde_json::json!({
+                "host": "db", "database": "shop", "user": "cdc", "pasword": "x"
+            }))
+            .is_err(),
+            "a misspelt field is refused"
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! The SQL Server source: discovery, key-ordered chunks, the fence, key classification by
+//! the server, and opening the change stream.
+//!
+//! ## Chunks, fences and the witness (SQL Server)
+//!
+//! ```text
+//!  scan:    SELECT TOP (n+1) … WITH (READCOMMITTEDLOCK) WHERE key > cursor ORDER BY key
+//!  fence:   UPDATE watermarks SET watermark = 'w-…'        (own transaction, commits at W)
+//!           wait until cdc.<watermarks>_CT holds 'w-…'  →  F = its __$start_lsn = W
+//!
+//!  log:  … T1 commit … [scan reads] … W commit … T2 commit …
+//!                  visible ↑            ↑ F         ↑ after F: streamed after the chunk
+//! ```
+//!
+//! SQL Server's CDC has no snapshot whose log position is known, so the chunk is read with
+//! **locking reads** (`READCOMMITTEDLOCK`, which holds even where READ_COMMITTED_SNAPSHOT is
+//! on) and the fence comes from a **watermark** written after the scan:
+//!
+//! 1. *Fence.* A row the scan read was last changed by a transaction that had committed
+//!    when it was read, so its commit record precedes the watermark's, which is written
+//!    after the scan in a transaction of its own: `F = W` is at or after the commit of
+//!    everything the chunk saw. Waiting for the watermark to appear in its change table
+//!    is waiting for "the CDC capture job has passed the scan" (DESIGN.md §7), and the
+//!    watermark's change is also the stream event at `F` that an idle database would
+//!    otherwise never produce.
+//! 2. *Fence ordering.* A transaction the stream delivered has its commit record in the
+//!    log (the capture job reads only committed log). A locking read of a row it changed
+//!    either finds it finished, or waits on its exclusive lock until it is: so every
+//!    delivered transaction is visible to the next chunk's reads of the rows it touched.
+//!    This is [`SnapshotWitness::Proven`]; there is no commit-before-visible gap to check.
+//! 3. *Not one snapshot.* Locking reads see each row as of its own read, not one instant.
+//!    Every transaction that commits during the scan has its commit after the previous
+//!    fence (the stream had delivered everything up to it, and those are visible), and
+//!    before `F`; so it is streamed between the fences and patched into the chunk in
+//!    Precise mode, which replaces a row's image with the newer one and removes deleted
+//!    keys. A row read before such a transaction and one read after it therefore both end
+//!    as the transaction left them; a key moved from ahead of the scan to behind it, or
+//!    back, is fixed by the `d` and `c` of its change. The model suite runs the merger
+//!    against exactly this scanner (rows read one at a time while writes commit between
+//!    reads, locking reads waiting for committed transactions) and checks DESIGN.md §6.
+//!
+//! Keyless tables (Without Primary Key) are read in `%%physloc%%` order the same way.
+//!
+//! The start of a run needs no waiting either (`Source::open_stream`'s promise): a locking
+//! read sees every transaction whose commit is in the log.
+
+use std::cmp::Ordering;
+use std::time::{Duration, Instant};
+
+use backfill_core::SourceError;
+use backfill_core::encode::base64_decode;
+use backfill_core::key::{Hi, Key, Region, Window};
+use backfill_core::source::{
+    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
+    Source, StreamStart, TableInfo, classify_natively,
+};
+use serde_json::Value;
+use tiberius::ColumnData;
+
+use crate::catalog::{self, Column, Table};
+use crate::conn::{Client, column_bytes, connect, execute, query_rows};
+use crate::endpoint::Endpoint;
+use crate::lsn::{Lsn, SsPosition};
+use crate::sql;
+use crate::stream::SsStream;
+use crate::value::{SqlType, to_json};
+
+/// How long a fence waits for the capture job to record its watermark before the attempt
+/// fails (transiently: the job may be restarting).
+const WATERMARK_WAIT: Duration = Duration::from_secs(300);
+
+/// Rows of a result set rendered by `columns`, which start at result column `offset`.
+pub(crate) fn render(
+    columns: &[Column],
+    row: &tiberius::Row,
+    offset: usize,
+    table: &str,
+) -> Result<Row, SourceError> {
+    let mut out = Row::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let data = row.get_column_data(offset + i).map_err(|e| {
+            SourceError::definite(format!("{table}: reading column {}: {e}", c.name))
+        })?;
+        let v = to_json(&c.ty, data)
+            .map_err(|e| SourceError::definite(format!("{table} column {}: {e}", c.name)))?;
+        out.insert(c.name.clone(), v);
+    }
+    Ok(out)
+}
+
+/// The columns of `columns` the connector can render (unsupported types are left out).
+pub(crate) fn readable(columns: &[Column]) -> Vec<Column> {
+    columns
+        .iter()
+        .filter(|c| !matches!(c.ty, SqlType::Unsupported(_)))
+        .cloned()
+        .collect()
+}
+
+/// A key value as the parameter [`sql::key_expr`] expects for its column.
+pub(crate) fn key_param(c: &Column, v: &Value) -> Result<ColumnData<'static>, SourceError> {
+    let bad = || SourceError::definite(format!("key column {}: cannot use {v} as a key", c.name));
+    Ok(match (&c.ty, v) {
+        (SqlType::Int, Value::Number(n)) => ColumnData::I64(Some(n.as_i64().ok_or_else(bad)?)),
+        (SqlType::Float | SqlType::Real, Value::Number(n)) => {
+            ColumnData::F64(Some(n.as_f64().ok_or_else(bad)?))
+        }
+        (SqlType::Bit, Value::Bool(b)) => ColumnData::Bit(Some(*b)),
+        (SqlType::Binary, Value::String(s)) => {
+            ColumnData::Binary(Some(base64_decode(s).ok_or_else(bad)?.into()))
+        }
+        (_, Value::String(s)) => ColumnData::String(Some(s.clone().into())),
+        (_, Value::Number(n)) => ColumnData::String(Some(n.to_string().into())),
+        _ => return Err(bad()),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The maximum LSN the capture job has recorded, `None` before it ever ran.
+pub(crate) async fn max_lsn(client: &mut Client) -> Result<Option<Lsn>, SourceError> {
+    let rows = query_rows(
+        client,
+        "SELECT sys.fn_cdc_get_max_lsn()",
+        Vec::new(),
+        "reading sys.fn_cdc_get_max_lsn()",
+    )
+    .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| column_bytes(r, 0))
+        .and_then(|b| Lsn::from_bytes(&b)))
+}
+
+/// The SQL Server source.
+#[derive(Debug)]
+pub struct SqlSource {
+    endpoint: Endpoint,
+    client: ClientBox,
+    tables: Vec<Table>,
+    watermarks: (String, String),
+    watermarks_ready: bool,
+    last_fence: Lsn,
+    marks: u64,
+}
+
+/// `tiberius::Client` has no `Debug`.
+pub(crate) struct ClientBox(pub(crate) Client);
+
+impl std::fmt::Debug for ClientBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+impl SqlSource {
+    /// Connects and reads the catalog.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
+        let mut client = connect(endpoint).await?;
+        let watermarks = endpoint.watermarks();
+        let tables = catalog::load(&mut client, &watermarks).await?;
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            client: ClientBox(client),
+            tables,
+            watermarks,
+            watermarks_ready: false,
+            last_fence: Lsn::ZERO,
+            marks: 0,
+        })
+    }
+
+    /// The tables read at connect.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    /// The query connection, for `check`.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client.0
+    }
+
+    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
+        self.tables
+            .iter()
+            .find(|t| t.table == spec.table)
+            .ok_or_else(|| {
+                SourceError::definite(format!(
+                    "{}.{}: table not found; was it dropped or renamed, or does the user lack SELECT on it?",
+                    spec.table.namespace, spec.table.stream
+                ))
+            })
+    }
+
+    /// CDC on the database and on every bound table; each failure names the statement to run.
+    pub async fn ensure_cdc(&mut self, bindings: &[BindingSpec]) -> Result<(), SourceError> {
+        if !catalog::cdc_enabled(&mut self.client.0).await? {
+            return Err(SourceError::definite(format!(
+                "CDC is not enabled on database {db}: run EXEC sys.sp_cdc_enable_db in it (as sysadmin)",
+                db = self.endpoint.database
+            )));
+        }
+        for b in bindings {
+            let t = self.table(b)?;
+            if t.instances.is_empty() {
+                return Err(SourceError::definite(format!(
+                    "CDC is not enabled on {s}.{n}: EXEC sys.sp_cdc_enable_table @source_schema = N'{s}', @source_name = N'{n}', @role_name = NULL",
+                    s = t.table.namespace,
+                    n = t.table.stream
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark table exists with CDC on it; created when missing.
+    async fn ensure_watermarks(&mut self) -> Result<(), SourceError> {
+        if self.watermarks_ready {
+            return Ok(());
+        }
+        let (s, t) = self.watermarks.clone();
+        let create = sql::create_watermarks(&s, &t);
+        execute(&mut self.client.0, &create, Vec::new(), "creating the watermark table")
+            .await
+            .map_err(|e| {
+                SourceError::definite(format!(
+                    "{}; the connector needs a watermark table with CDC enabled. As db_owner, run: {create}",
+                    e.message()
+                ))
+            })?;
+        self.watermarks_ready = true;
+        Ok(())
+    }
+
+    /// Writes a watermark and waits until the capture job has recorded it: its commit LSN is
+    /// after every commit that preceded the call.
+    pub async fn fence(&mut self) -> Result<SsPosition, SourceError> {
+        self.ensure_watermarks().await?;
+        let (s, t) = self.watermarks.clone();
+        self.marks += 1;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mark = format!("w-{}-{nanos}-{}", std::process::id(), self.marks);
+        execute(
+            &mut self.client.0,
+            &sql::write_watermark(&s, &t),
+            vec![ColumnData::String(Some(mark.clone().into()))],
+            "writing a watermark",
+        )
+        .await?;
+        let find = sql::find_watermark(&s, &t);
+        let started = Instant::now();
+        let mut sleep = Duration::from_millis(20);
+        loop {
+            let rows = query_rows(
+                &mut self.client.0,
+                &find,
+                vec![ColumnData::String(Some(mark.clone().into()))],
+                "waiting for the watermark",
+            )
+            .await?;
+            if let Some(lsn) = rows
+                .first()
+                .and_then(|r| column_bytes(r, 0))
+                .and_then(|b| Lsn::from_bytes(&b))
+            {
+                self.last_fence = lsn;
+                return Ok(SsPosition(lsn));
+            }
+            if started.elapsed() > WATERMARK_WAIT {
+                return Err(SourceError::transient(format!(
+                    "the CDC capture job has not recorded a watermark in {} s: is SQL Server Agent running and the capture job started (EXEC sys.sp_cdc_help_jobs; EXEC sys.sp_cdc_start_job)?",
+                    WATERMARK_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(sleep).await;
+            sleep = (sleep * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn scan_rows(
+        &mut self,
+        req: ScanRequest<'_>,
+    ) -> Result<(Vec<(Key, Row)>, bool), SourceError> {
+        let t = self.table(req.binding)?.clone();
+        let columns = readable(&t.captured_columns());
+        let limit = req.limits.rows + 1;
+        let name = format!("{}.{}", t.table.namespace, t.table.stream);
+        let physical = req.binding.scans_physically();
+        let (query, params) = if physical {
+            let after = req
+                .after
+                .and_then(|k| k.0.first())
+                .and_then(Value::as_str)
+                .and_then(unhex);
+            (
+                sql::scan_physical(
+                    &t.table.namespace,
+                    &t.table.stream,
+                    &columns,
+                    after.is_some(),
+                    limit,
+                ),
+                after
+                    .map(|b| vec![ColumnData::Binary(Some(b.into()))])
+                    .unwrap_or_default(),
+            )
+        } else {
+            let key: Vec<Column> = req
+                .binding
+                .key
+                .iter()
+                .map(|k| {
+                    t.column(k).cloned().ok_or_else(|| {
+                        SourceError::definite(format!("{name}: key column {k} not found"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let mut params = Vec::new();
+            if let Some(after) = req.after {
+                for (c, v) in key.iter().zip(&after.0) {
+                    params.push(key_param(c, v)?);
+                }
+            }
+            (
+                sql::scan_keyed(
+                    &t.table.namespace,
+                    &t.table.stream,
+                    &columns,
+                    &key,
+                    req.after.is_some(),
+                    limit,
+                ),
+                params,
+            )
+        };
+        let rows = query_rows(
+            &mut self.client.0,
+            &query,
+            params,
+            &format!("scanning {name}"),
+        )
+        .await?;
+        let complete = rows.len() <= req.limits.rows;
+        let mut out = Vec::with_capacity(rows.len().min(req.limits.rows));
+        for r in rows.iter().take(req.limits.rows) {
+            if physical {
+                let loc = column_bytes(r, 0).unwrap_or_default();
+                let row = render(&columns, r, 1, &name)?;
+                out.push((Key(vec![Value::String(hex(&loc))]), row));
+            } else {
+                let row = render(&columns, r, 0, &name)?;
+                let key = Key(req
+                    .binding
+                    .key
+                    .iter()
+                    .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                    .collect());
+                out.push((key, row));
+            }
+        }
+        Ok((out, complete))
+    }
+}
+
+impl Discovery for SqlSource {
+    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
+        Ok(self.tables.iter().map(Table::info).collect())
+    }
+}
+
+impl ChunkScanner for SqlSource {
+    type Position = SsPosition;
+
+    async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<SsPosition>, SourceError> {
+        let (rows, complete) = self.scan_rows(req).await?;
+        let fence = self.fence().await?;
+        Ok(Chunk {
+            rows,
+            complete,
+            fence,
+            witness: SnapshotWitness::Proven,
+        })
+    }
+
+    async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
+        let name = sql::qualified(&binding.table.namespace, &binding.table.stream);
+        let rows = query_rows(
+            &mut self.client.0,
+            "SELECT CAST(SUM(p.rows) AS bigint) FROM sys.partitions p WHERE p.object_id = OBJECT_ID(@P1) AND p.index_id IN (0, 1)",
+            vec![ColumnData::String(Some(name.into()))],
+            "estimating rows",
+        )
+        .await
+        .ok()?;
+        rows.first()
+            .and_then(|r| crate::conn::column_i64(r, 0))
+            .and_then(|n| u64::try_from(n).ok())
+    }
+}
+
+impl KeyClassifier for SqlSource {
+    fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering> {
+        if binding.scans_physically() {
+            // Physical locators, as upper-case hex of equal length: bytewise order.
+            return Some(a.0.first()?.as_str()?.cmp(b.0.first()?.as_str()?));
+        }
+        let t = self.tables.iter().find(|t| t.table == binding.table)?;
+        for (i, k) in binding.key.iter().enumerate() {
+            if !t.column(k)?.ty.compares_natively() {
+                return None;
+            }
+            match a.0.get(i)?.as_i64()?.cmp(&b.0.get(i)?.as_i64()?) {
+                Ordering::Equal => continue,
+                other => return Some(other),
+            }
+        }
+        Some(Ordering::Equal)
+    }
+
+    async fn classify(
+        &mut self,
+        binding: &BindingSpec,
+        window: Window<'_>,
+        keys: &[&Key],
+    ) -> Result<Vec<Region>, SourceError> {
+        if keys
+            .first()
+            .is_none_or(|k| self.compare_native(binding, k, k).is_some())
+        {
+            return classify_natively(self, binding, window, keys);
+        }
+        // One query per batch (split to stay under the 2,100-parameter limit): each key
+        // against the bounds, in the key columns' own types and collations.
+        let t = self.table(binding)?.clone();
+        let cols: Vec<Column> = binding
+            .key
+            .iter()
+            .map(|k| t.column(k).cloned())
+            .collect::<Option<_>>()
+            .ok_or_else(|| SourceError::definite("key column missing"))?;
+        let n = cols.len().max(1);
+        let per_query = (2000 / n).saturating_sub(2).max(1);
+        let hi = match window.hi {
+            Hi::Key(k) => Some(k),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(per_query) {
+            let mut params = Vec::new();
+            for bound in window.lo.iter().chain(hi.iter()) {
+                for (c, v) in cols.iter().zip(&bound.0) {
+                    params.push(key_param(c, v)?);
+                }
+            }
+            for k in batch {
+                for (c, v) in cols.iter().zip(&k.0) {
+                    params.push(key_param(c, v)?);
+                }
+            }
+            let query = sql::classify(&cols, batch.len(), window.lo.is_some(), hi.is_some());
+            let rows = query_rows(&mut self.client.0, &query, params, "classifying keys").await?;
+            if rows.len() != batch.len() {
+                return Err(SourceError::definite(
+                    "classification returned the wrong number of rows",
+                ));
+            }
+            for r in &rows {
+                let above_lo = crate::conn::column_i64(r, 1) == Some(1);
+                let above_hi = crate::conn::column_i64(r, 2) == Some(1);
+                out.push(window.region_from(above_lo, above_hi));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Source for SqlSource {
+    type Stream = SsStream;
+
+    async fn open_stream(
+        &mut self,
+        start: StreamStart<SsPosition>,
+        bindings: &[BindingSpec],
+    ) -> Result<(SsStream, SsPosition), SourceError> {
+        self.ensure_cdc(bindings).await?;
+        self.ensure_watermarks().await?;
+        let at = match start {
+            StreamStart::Resume(p) => {
+                for b in bindings {
+                    let t = self.table(b)?;
+                    if t.instance_for(p.0).is_none() {
+                        return Err(SourceError::definite(format!(
+                            "{}.{}: no capture instance still holds changes after LSN {} (CDC cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention (sys.sp_cdc_change_job @job_type = 'cleanup', @retention = …)",
+                            t.table.namespace, t.table.stream, p.0
+                        )));
+                    }
+                }
+                p
+            }
+            StreamStart::Fresh | StreamStart::Reset => {
+                // Before the capture job ever ran the maximum LSN is NULL: a watermark makes it
+                // record something (or fails, naming SQL Server Agent).
+                match max_lsn(&mut self.client.0).await? {
+                    Some(l) => SsPosition(l),
+                    None => {
+                        self.fence().await?;
+                        SsPosition(max_lsn(&mut self.client.0).await?.ok_or_else(|| {
+                            SourceError::transient(
+                                "sys.fn_cdc_get_max_lsn() is NULL: the CDC capture job has not run; start SQL Server Agent",
+                            )
+                        })?)
+                    }
+                }
+            }
+        };
+        let stream = SsStream::open(&self.endpoint, self.tables.clone(), bindings, at.0).await?;
+        Ok((stream, at))
+    }
+
+    /// A watermark's LSN: every transaction committed before the call commits below it, and
+    /// the stream reaches it even on an idle database.
+    async fn end_position(&mut self) -> Result<SsPosition, SourceError> {
+        self.fence().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(ty: SqlType) -> Column {
+        Column {
+            name: "k".into(),
+            type_name: "x".into(),
+            nullable: false,
+            ty,
+            max_length: 8,
+            ordinal: 1,
+        }
+    }
+
+    #[test]
+    fn key_values_go_back_as_the_parameters_their_expressions_expect() {
+        assert!(matches!(
+            key_param(&col(SqlType::Int), &serde_json::json!(-7)),
+            Ok(ColumnData::I64(Some(-7)))
+        ));
+        assert!(matches!(
+            key_param(&col(SqlType::Binary), &serde_json::json!("AAH+/w==")),
+            Ok(ColumnData::Binary(Some(b))) if b.as_ref() == [0, 1, 254, 255]
+        ));
+        assert!(matches!(
+            key_param(
+                &col(SqlType::Decimal { scale: 2 }),
+                &serde_json::from_str("1.50").expect("number")
+            ),
+            Ok(ColumnData::String(Some(s))) if s == "1.50"
+        ));
+        assert!(matches!(
+            key_param(
+                &col(SqlType::Guid),
+                &serde_json::json!("6F9619FF-8B86-D011-B42D-00C04FC964FF")
+            ),
+            Ok(ColumnData::String(Some(_)))
+        ));
+        assert!(key_param(&col(SqlType::Int), &serde_json::json!(null)).is_err());
+        assert!(key_param(&col(SqlType::Binary), &serde_json::json!("not base64!")).is_err());
+    }
+
+    #[test]
+    fn physical_locators_round_trip_as_hex() {
+        let loc = [0x10, 0, 0, 0, 1, 0, 3, 0];
+        assert_eq!(hex(&loc), "1000000001000300");
+        assert_eq!(unhex(&hex(&loc)).as_deref(), Some(&loc[..]));
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,555 @@
+//! The change stream: CDC change tables polled between LSNs, turned into the core's
+//! [`StreamEvent`]s.
+//!
+//! One poll, from the position `p` (the commit LSN of the last transaction delivered whole):
+//!
+//! ```text
+//!  to = sys.fn_cdc_get_max_lsn()                 everything ≤ to is in the change tables
+//!  to = min(to, the LSN before a newer capture instance starts,
+//!           the LSN where `poll_rows` change rows end)
+//!  per bound table: its instance covering p → change rows in (p, to]
+//!  + the watermark table's rows → Progress at their commit LSN
+//!  merge by (__$start_lsn, __$command_id, __$seqval, __$operation)
+//!  group by __$start_lsn → Begin, changes, Commit(start_lsn);  then Progress(to)
+//! ```
+//!
+//! * `__$start_lsn` is the transaction's commit LSN, shared by all its rows, so grouping
+//!   by it yields whole transactions in commit order; the capture job writes a
+//!   transaction's rows and its `cdc.lsn_time_mapping` entry together, so reading up to
+//!   the maximum LSN read first never sees half a transaction.
+//! * An update is a pair of rows, operation 3 (before) then 4 (after), one `u` document
+//!   with `before`; a changed key becomes `d` + `c` in the core. Large-value columns
+//!   (`varchar(max)`, `nvarchar(max)`, `varbinary(max)`, `xml`, `text`, `ntext`, `image`)
+//!   that an update did not change are NULL in CDC's images, so they are left out of the
+//!   document (a merging consumer keeps the stored value) unless their bit in
+//!   `__$update_mask` is set.
+//! * `pos` is `[commit LSN (first 8 bytes), commit LSN (last 2), index in the transaction]`;
+//!   `_meta.source` carries `lsn`, `seqval`, `txid` (`cdc.lsn_time_mapping.tran_id`, hex)
+//!   and `ts_ms`.
+//! * DDL recorded in `cdc.ddl_history` for a bound table is logged with what to do (a new
+//!   capture instance); the catalog is read again then and every minute, so a new instance
+//!   is followed from its start LSN.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use backfill_core::SourceError;
+use backfill_core::key::Key;
+use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use serde_json::{Map, Value};
+use tiberius::ColumnData;
+
+use crate::catalog::{self, CaptureInstance, Table};
+use crate::conn::{column_bytes, column_i64, connect, execute, query_rows};
+use crate::endpoint::Endpoint;
+use crate::lsn::{Lsn, SsPosition};
+use crate::source::{ClientBox, max_lsn, readable, render};
+use crate::sql;
+
+/// How often the catalog is read again to notice new capture instances.
+const CATALOG_REFRESH: Duration = Duration::from_secs(60);
+/// How often acknowledged change rows may be cleaned up.
+const CLEANUP_EVERY: Duration = Duration::from_secs(300);
+
+/// One change-table row, before it becomes an event.
+#[derive(Debug)]
+struct ChangeRow {
+    lsn: Lsn,
+    command: i64,
+    seqval: Lsn,
+    op: i64,
+    mask: Vec<u8>,
+    /// Binding index; `None` for the watermark table.
+    binding: Option<usize>,
+    row: Row,
+}
+
+/// Whether bit `ordinal` (1-based capture ordinal) is set in an `__$update_mask`, as
+/// `sys.fn_cdc_is_bit_set` reads it: the last byte holds ordinals 1 to 8.
+pub fn mask_has(mask: &[u8], ordinal: i32) -> bool {
+    let Ok(bit) = usize::try_from(ordinal - 1) else {
+        return false;
+    };
+    let Some(index) = mask.len().checked_sub(1 + bit / 8) else {
+        return false;
+    };
+    mask[index] >> (bit % 8) & 1 == 1
+}
+
+/// The binding a stream serves.
+#[derive(Clone, Debug)]
+struct Bound {
+    index: usize,
+    table: usize,
+    key: Vec<String>,
+}
+
+/// The CDC change stream.
+#[derive(Debug)]
+pub struct SsStream {
+    client: ClientBox,
+    endpoint: Endpoint,
+    tables: Vec<Table>,
+    bound: Vec<Bound>,
+    watermark_instance: String,
+    position: Lsn,
+    pending: VecDeque<StreamEvent<SsPosition>>,
+    poll_interval: Duration,
+    catalog_read: Instant,
+    cleaned: Option<Instant>,
+}
+
+impl SsStream {
+    pub(crate) async fn open(
+        endpoint: &Endpoint,
+        tables: Vec<Table>,
+        bindings: &[BindingSpec],
+        at: Lsn,
+    ) -> Result<Self, SourceError> {
+        let client = connect(endpoint).await?;
+        let bound = bindings
+            .iter()
+            .map(|b| {
+                tables
+                    .iter()
+                    .position(|t| t.table == b.table)
+                    .map(|table| Bound {
+                        index: b.index,
+                        table,
+                        key: b.key.clone(),
+                    })
+                    .ok_or_else(|| {
+                        SourceError::definite(format!(
+                            "{}.{}: table not found",
+                            b.table.namespace, b.table.stream
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let (ws, wt) = endpoint.watermarks();
+        Ok(Self {
+            client: ClientBox(client),
+            endpoint: endpoint.clone(),
+            tables,
+            bound,
+            watermark_instance: sql::watermark_instance(&ws, &wt),
+            position: at,
+            pending: VecDeque::new(),
+            poll_interval: Duration::from_millis(endpoint.poll_interval_ms.max(10)),
+            catalog_read: Instant::now(),
+            cleaned: None,
+        })
+    }
+
+    async fn refresh_catalog(&mut self) -> Result<(), SourceError> {
+        let fresh = catalog::load(&mut self.client.0, &self.endpoint.watermarks()).await?;
+        for b in &self.bound {
+            let old = &self.tables[b.table];
+            let Some(new) = fresh.iter().find(|t| t.table == old.table) else {
+                return Err(SourceError::definite(format!(
+                    "{}.{} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if it was recreated)",
+                    old.table.namespace, old.table.stream
+                )));
+            };
+            if new.instances.is_empty() {
+                return Err(SourceError::definite(format!(
+                    "CDC was disabled on {}.{} while being captured: enable it again and raise its `backfill`",
+                    old.table.namespace, old.table.stream
+                )));
+            }
+        }
+        // Bound tables keep their positions in `tables`.
+        let mut tables = self.tables.clone();
+        for t in &mut tables {
+            if let Some(new) = fresh.iter().find(|n| n.table == t.table) {
+                *t = new.clone();
+            }
+        }
+        self.tables = tables;
+        self.catalog_read = Instant::now();
+        Ok(())
+    }
+
+    /// The instance each bound table is read from after `self.position`, and the last LSN
+    /// this poll may read so that no transaction straddles an instance switch.
+    fn plan(&self, mut to: Lsn) -> Result<(Vec<(usize, CaptureInstance)>, Lsn), SourceError> {
+        let mut plan = Vec::with_capacity(self.bound.len());
+        for (i, b) in self.bound.iter().enumerate() {
+            let t = &self.tables[b.table];
+            let ci = t.instance_for(self.position).ok_or_else(|| {
+                SourceError::definite(format!(
+                    "{}.{}: no capture instance holds changes after LSN {} any more (cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding",
+                    t.table.namespace, t.table.stream, self.position
+                ))
+            })?;
+            if let Some(next) = t.next_instance(ci)
+                && next.start_lsn <= to
+            {
+                to = to.min(next.start_lsn.decrement());
+            }
+            plan.push((i, ci.clone()));
+        }
+        Ok((plan, to))
+    }
+
+    async fn ddl_notices(&mut self, to: Lsn) -> Result<bool, SourceError> {
+        let rows = query_rows(
+            &mut self.client.0,
+            "SELECT OBJECT_SCHEMA_NAME(source_object_id), OBJECT_NAME(source_object_id), ddl_command \
+               FROM cdc.ddl_history WHERE ddl_lsn > @P1 AND ddl_lsn <= @P2",
+            vec![lsn_param(self.position), lsn_param(to)],
+            "reading cdc.ddl_history",
+        )
+        .await?;
+        let mut any = false;
+        for r in &rows {
+            let schema = crate::conn::column_string(r, 0).unwrap_or_default();
+            let table = crate::conn::column_string(r, 1).unwrap_or_default();
+            if self.bound.iter().any(|b| {
+                self.tables[b.table].table.namespace == schema
+                    && self.tables[b.table].table.stream == table
+            }) {
+                any = true;
+                tracing::warn!(
+                    "DDL on {schema}.{table} ({}): the current capture instance keeps its columns; to capture the new shape create a second capture instance (sys.sp_cdc_enable_table with a new @capture_instance) and the connector follows it from its start LSN",
+                    crate::conn::column_string(r, 2).unwrap_or_default().trim()
+                );
+            }
+        }
+        Ok(any)
+    }
+
+    async fn read_instance(
+        &mut self,
+        ci: &CaptureInstance,
+        binding: Option<usize>,
+        to: Lsn,
+        out: &mut Vec<ChangeRow>,
+    ) -> Result<(), SourceError> {
+        let columns = readable(&ci.columns);
+        let query = sql::changes(&ci.name, &columns, ci.has_command_id);
+        let mut params = vec![lsn_param(self.position), lsn_param(to)];
+        if !ci.has_command_id {
+            params.push(lsn_param(ci.min_lsn.max(self.position.increment())));
+        }
+        let what = format!("reading changes of {}", ci.name);
+        let rows = query_rows(&mut self.client.0, &query, params, &what).await?;
+        for r in &rows {
+            let lsn = column_bytes(r, 0).and_then(|b| Lsn::from_bytes(&b));
+            let seqval = column_bytes(r, 1).and_then(|b| Lsn::from_bytes(&b));
+            let (Some(lsn), Some(seqval)) = (lsn, seqval) else {
+                return Err(SourceError::definite(format!(
+                    "{what}: a row without an LSN"
+                )));
+            };
+            out.push(ChangeRow {
+                lsn,
+                seqval,
+                op: column_i64(r, 2).unwrap_or(0),
+                mask: column_bytes(r, 3).unwrap_or_default(),
+                command: column_i64(r, 4).unwrap_or(0),
+                binding,
+                row: render(&columns, r, sql::CHANGE_HEAD, &ci.name)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads what the capture job recorded after the position and queues its events.
+    async fn poll(&mut self) -> Result<(), SourceError> {
+        let Some(max) = max_lsn(&mut self.client.0).await? else {
+            self.pending.push_back(StreamEvent::Progress {
+                position: SsPosition(self.position),
+            });
+            tokio::time::sleep(self.poll_interval).await;
+            return Ok(());
+        };
+        if max <= self.position {
+            if self.catalog_read.elapsed() > CATALOG_REFRESH {
+                self.refresh_catalog().await?;
+            }
+            self.pending.push_back(StreamEvent::Progress {
+                position: SsPosition(self.position),
+            });
+            tokio::time::sleep(self.poll_interval).await;
+            return Ok(());
+        }
+        if self.ddl_notices(max).await? || self.catalog_read.elapsed() > CATALOG_REFRESH {
+            self.refresh_catalog().await?;
+        }
+        let (plan, mut to) = self.plan(max)?;
+        let wm = CaptureInstance {
+            name: self.watermark_instance.clone(),
+            min_lsn: Lsn::ZERO,
+            start_lsn: Lsn::ZERO,
+            columns: Vec::new(),
+            has_command_id: true,
+            role: None,
+        };
+        // Bound the poll by rows (a transaction is never split: the cap is on commit LSNs).
+        let cap = self.endpoint.advanced.poll_rows.max(1);
+        for ci in plan.iter().map(|(_, ci)| ci).chain(std::iter::once(&wm)) {
+            let rows = query_rows(
+                &mut self.client.0,
+                &sql::changes_cap(&ci.name, cap),
+                vec![lsn_param(self.position), lsn_param(to)],
+                "sizing the poll",
+            )
+            .await?;
+            if let Some(r) = rows.first()
+                && column_i64(r, 0).and_then(|n| usize::try_from(n).ok()) == Some(cap)
+                && let Some(last) = column_bytes(r, 1).and_then(|b| Lsn::from_bytes(&b))
+            {
+                to = to.min(last);
+            }
+        }
+        let mut rows = Vec::new();
+        for (i, ci) in &plan {
+            let binding = self.bound[*i].index;
+            self.read_instance(ci, Some(binding), to, &mut rows).await?;
+        }
+        self.read_instance(&wm, None, to, &mut rows).await?;
+        rows.sort_by(|a, b| {
+            (a.lsn, a.command, a.seqval, a.op).cmp(&(b.lsn, b.command, b.seqval, b.op))
+        });
+        let times = self.times(to).await?;
+        self.queue(&rows, &times)?;
+        self.pending.push_back(StreamEvent::Progress {
+            position: SsPosition(to),
+        });
+        self.position = to;
+        Ok(())
+    }
+
+    async fn times(&mut self, to: Lsn) -> Result<Vec<(Lsn, Option<i64>, String)>, SourceError> {
+        let rows = query_rows(
+            &mut self.client.0,
+            sql::LSN_TIMES,
+            vec![lsn_param(self.position), lsn_param(to)],
+            "reading cdc.lsn_time_mapping",
+        )
+        .await?;
+        let mut out: Vec<(Lsn, Option<i64>, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let lsn = column_bytes(r, 0).and_then(|b| Lsn::from_bytes(&b))?;
+                let tran = column_bytes(r, 2)
+                    .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+                    .unwrap_or_default();
+                Some((lsn, column_i64(r, 1), tran))
+            })
+            .collect();
+        out.sort_by_key(|t| t.0);
+        Ok(out)
+    }
+
+    fn key_of(&self, binding: usize, row: &Row) -> Key {
+        let key = self
+            .bound
+            .iter()
+            .find(|b| b.index == binding)
+            .map(|b| b.key.as_slice())
+            .unwrap_or_default();
+        Key(key
+            .iter()
+            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+            .collect())
+    }
+
+    fn instance_columns(&self, binding: usize) -> Vec<crate::catalog::Column> {
+        self.bound
+            .iter()
+            .find(|b| b.index == binding)
+            .and_then(|b| self.tables[b.table].instance_for(self.position))
+            .map(|ci| ci.columns.clone())
+            .unwrap_or_default()
+    }
+
+    /// Turns merged rows into transactions.
+    fn queue(
+        &mut self,
+        rows: &[ChangeRow],
+        times: &[(Lsn, Option<i64>, String)],
+    ) -> Result<(), SourceError> {
+        let mut i = 0;
+        while i < rows.len() {
+            let lsn = rows[i].lsn;
+            let end = rows[i..]
+                .iter()
+                .position(|r| r.lsn != lsn)
+                .map_or(rows.len(), |n| i + n);
+            let txn = &rows[i..end];
+            i = end;
+            if txn.iter().all(|r| r.binding.is_none()) {
+                // The connector's own watermark: a position every earlier commit is below.
+                self.pending.push_back(StreamEvent::Progress {
+                    position: SsPosition(lsn),
+                });
+                continue;
+            }
+            let (ts_ms, txid) = times
+                .binary_search_by_key(&lsn, |t| t.0)
+                .ok()
+                .map_or((None, String::new()), |j| (times[j].1, times[j].2.clone()));
+            self.pending.push_back(StreamEvent::Begin);
+            let mut index = 0u64;
+            let mut before: Option<&ChangeRow> = None;
+            for r in txn {
+                let Some(binding) = r.binding else { continue };
+                let columns = self.instance_columns(binding);
+                // Large-value columns an update did not change are NULL in its images.
+                let unchanged_large = |row: &Row, mask: &[u8]| -> Row {
+                    row.iter()
+                        .filter(|(name, v)| {
+                            columns.iter().find(|c| &c.name == *name).is_none_or(|c| {
+                                !c.ty.is_large_value(c.max_length)
+                                    || mask_has(mask, c.ordinal)
+                                    || (r.op == 1 && !v.is_null())
+                            })
+                        })
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                };
+                let op = match r.op {
+                    1 => Op::Delete,
+                    2 => Op::Insert,
+                    3 => {
+                        before = Some(r);
+                        continue;
+                    }
+                    4 => Op::Update,
+                    other => {
+                        return Err(SourceError::definite(format!(
+                            "unknown CDC operation {other} at LSN {lsn}"
+                        )));
+                    }
+                };
+                let mut fields = Map::new();
+                fields.insert("lsn".into(), Value::String(lsn.to_string()));
+                fields.insert("seqval".into(), Value::String(r.seqval.to_string()));
+                if !txid.is_empty() {
+                    fields.insert("txid".into(), Value::String(txid.clone()));
+                }
+                if let Some(ts) = ts_ms {
+                    fields.insert("ts_ms".into(), Value::from(ts));
+                }
+                let [hi, lo] = lsn.pos_parts();
+                let (row, prior) = match op {
+                    Op::Update => {
+                        let prior = before
+                            .take()
+                            .filter(|b| b.seqval == r.seqval && b.binding == r.binding);
+                        (
+                            unchanged_large(&r.row, &r.mask),
+                            prior.map(|b| unchanged_large(&b.row, &r.mask)),
+                        )
+                    }
+                    Op::Delete => (unchanged_large(&r.row, &r.mask), None),
+                    Op::Insert => (r.row.clone(), None),
+                };
+                let key = self.key_of(binding, &row);
+                let before_key = prior.as_ref().map(|p| self.key_of(binding, p));
+                self.pending.push_back(StreamEvent::Change(Change {
+                    binding,
+                    op,
+                    key,
+                    before_key,
+                    row,
+                    before: prior,
+                    meta: ChangeMeta {
+                        pos: vec![hi, lo, index],
+                        fields,
+                    },
+                }));
+                index += 1;
+            }
+            self.pending.push_back(StreamEvent::Commit {
+                position: SsPosition(lsn),
+                txid: None,
+                ts_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn lsn_param(l: Lsn) -> ColumnData<'static> {
+    ColumnData::Binary(Some(l.0.to_vec().into()))
+}
+
+impl ChangeStream for SsStream {
+    type Position = SsPosition;
+
+    async fn next_event(&mut self) -> Result<StreamEvent<SsPosition>, SourceError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            self.poll().await?;
+        }
+    }
+
+    /// With `cleanup_acknowledged`, deletes change rows below the durable position (at most
+    /// every five minutes); failures are logged, never fatal: CDC's own cleanup job still
+    /// bounds the tables.
+    async fn acknowledge(&mut self, durable: &SsPosition) -> Result<(), SourceError> {
+        if !self.endpoint.advanced.cleanup_acknowledged
+            || self.cleaned.is_some_and(|t| t.elapsed() < CLEANUP_EVERY)
+        {
+            return Ok(());
+        }
+        self.cleaned = Some(Instant::now());
+        let Ok((plan, _)) = self.plan(durable.0) else {
+            return Ok(());
+        };
+        let low = query_rows(
+            &mut self.client.0,
+            "SELECT MAX(start_lsn) FROM cdc.lsn_time_mapping WHERE start_lsn <= @P1",
+            vec![lsn_param(durable.0)],
+            "finding the cleanup low-water mark",
+        )
+        .await?;
+        let Some(low) = low
+            .first()
+            .and_then(|r| column_bytes(r, 0))
+            .and_then(|b| Lsn::from_bytes(&b))
+        else {
+            return Ok(());
+        };
+        for (_, ci) in plan {
+            if let Err(e) = execute(
+                &mut self.client.0,
+                "EXEC sys.sp_cdc_cleanup_change_table @capture_instance = @P1, @low_water_mark = @P2, @threshold = 5000",
+                vec![
+                    ColumnData::String(Some(ci.name.clone().into())),
+                    lsn_param(low),
+                ],
+                "cleaning up acknowledged changes",
+            )
+            .await
+            {
+                tracing::warn!("{} (cleanup needs db_owner)", e.message());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_mask_bits_are_read_from_the_last_byte() {
+        // Columns 1 and 3 changed: last byte 0b101.
+        let mask = [0x00, 0x05];
+        assert!(mask_has(&mask, 1));
+        assert!(!mask_has(&mask, 2));
+        assert!(mask_has(&mask, 3));
+        assert!(!mask_has(&mask, 9));
+        // Column 9 is bit 0 of the byte before the last.
+        assert!(mask_has(&[0x01, 0x00], 9));
+        assert!(!mask_has(&[0x01], 9), "beyond the mask");
+        assert!(!mask_has(&mask, 0));
+    }
+}
