@@ -105,10 +105,27 @@ pub(crate) struct Layout {
     pub(crate) initial_rows: usize,
     /// Witness the scanner returns: MVCC ids or a log position.
     pub(crate) mvcc_witness: bool,
+    /// How keyed chunks are read.
+    pub(crate) reads: Reads,
     /// Precise keys are classified by "asking the database" instead of natively.
     pub(crate) database_classification: bool,
     /// Probability that a source call fails transiently.
     pub(crate) fail: f64,
+}
+
+/// How the scanner reads a keyed chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reads {
+    /// One snapshot for the whole chunk, with the witness of `mvcc_witness`.
+    Snapshot,
+    /// SQL Server's method: rows read one at a time while transactions commit between the
+    /// reads; each read is a locking read, so it waits for (and so sees) every transaction
+    /// whose commit is in the log; the fence is a position after the scan and the witness
+    /// `Proven`.
+    Locking,
+    /// A defect, for the sensitivity test: the same, but the reads do not wait, so a
+    /// transaction in the commit-before-visible gap is not seen.
+    LockingWithoutWaiting,
 }
 
 /// The database: tables as the log defines them, which commits are visible, and the
@@ -465,6 +482,49 @@ impl SimDb {
         tables
     }
 
+    /// A chunk read one row at a time, writes committing between the reads ([`Reads`]).
+    fn scan_row_by_row(&mut self, req: ScanRequest<'_>) -> Result<Chunk<Seq>, SourceError> {
+        let t = req.binding.index;
+        let mut last = req
+            .after
+            .and_then(|k| k.0.first())
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MIN);
+        let mut rows: Vec<(Key, Row)> = Vec::new();
+        while rows.len() <= req.limits.rows {
+            if self.rng.chance(0.4) {
+                self.step()?;
+            }
+            let next = if self.layout.reads == Reads::Locking {
+                // Waiting on the row locks of committed transactions = reading the log's state.
+                self.truth[t]
+                    .range(last.saturating_add(1)..)
+                    .next()
+                    .map(|(id, row)| (*id, row.clone()))
+            } else {
+                self.snapshot()
+                    .swap_remove(t)
+                    .range(last.saturating_add(1)..)
+                    .next()
+                    .map(|(id, row)| (*id, row.clone()))
+            };
+            let Some((id, row)) = next else { break };
+            last = id;
+            rows.push((Key(vec![json!(id)]), row));
+        }
+        let complete = rows.len() <= req.limits.rows;
+        rows.truncate(req.limits.rows);
+        Ok(Chunk {
+            rows,
+            complete,
+            // The watermark commits after the scan: after every commit the reads saw.
+            fence: Seq {
+                seq: self.log_end(),
+            },
+            witness: SnapshotWitness::Proven,
+        })
+    }
+
     fn witness(&self) -> SnapshotWitness<Seq> {
         if self.layout.mvcc_witness {
             let xmax = self
@@ -653,6 +713,9 @@ impl ChunkScanner for SimSource {
         let mut db = self.db.borrow_mut();
         db.step()?;
         let t = req.binding.index;
+        if db.layout.reads != Reads::Snapshot && !db.keyless(t) {
+            return db.scan_row_by_row(req);
+        }
         let snapshot = db.snapshot().swap_remove(t);
         let after = req
             .after

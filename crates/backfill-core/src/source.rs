@@ -163,7 +163,11 @@ pub struct ScanRequest<'a> {
 /// Reads key-ordered chunks.
 ///
 /// Guarantees the core relies on:
-/// * the rows of one chunk come from one consistent snapshot;
+/// * the rows of one chunk come from one consistent snapshot, or (with the witness
+///   [`SnapshotWitness::Proven`]) each row from a read that sees every transaction committed
+///   in the log before it, such as a locking read: a transaction committing during the scan
+///   then falls between the previous fence and this one and is patched in like any other
+///   (the model suite runs the merger against both kinds of scanner);
 /// * they are strictly after `after` and strictly increasing in the database's key order;
 /// * `fence` is at or after the commit position of every transaction visible in that
 ///   snapshot (read *after* the scan, inside the snapshot's transaction where the
