@@ -73,12 +73,23 @@ impl Table {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// The instance to read changes after `position` from: the newest that covers it.
+    /// The instance to read changes after `position` from: the newest that covers it; or,
+    /// when the table was not tracked at `position` at all (every instance started later and
+    /// none was cleaned up), the oldest: the change tables never held the changes before its
+    /// start, so none can have been cleaned away (a binding added since is backfilled).
+    /// `None` means cleanup ran past the position: it is lost.
     pub fn instance_for(&self, position: Lsn) -> Option<&CaptureInstance> {
+        let next = position.increment();
         self.instances
             .iter()
-            .filter(|ci| ci.min_lsn <= position.increment())
+            .filter(|ci| ci.min_lsn <= next)
             .max_by_key(|ci| ci.start_lsn)
+            .or_else(|| {
+                self.instances
+                    .iter()
+                    .min_by_key(|ci| ci.start_lsn)
+                    .filter(|ci| ci.min_lsn == ci.start_lsn && ci.start_lsn > next)
+            })
     }
 
     /// The first instance newer than `current` that starts after `position`: the stream
@@ -503,6 +514,12 @@ mod tests {
         );
         let t2 = table(vec![cleaned]);
         assert!(t2.instance_for(p).is_none());
+        // A table first tracked after the position: its (uncleaned) instance is read.
+        let later = table(vec![new]);
+        assert_eq!(
+            later.instance_for(p).map(|c| c.name.as_str()),
+            Some("dbo_t_v2")
+        );
     }
 
     #[test]

@@ -508,21 +508,11 @@ impl Source for SqlSource {
                 }
                 p
             }
-            StreamStart::Fresh | StreamStart::Reset => {
-                // Before the capture job ever ran the maximum LSN is NULL: a watermark makes it
-                // record something (or fails, naming SQL Server Agent).
-                match max_lsn(&mut self.client.0).await? {
-                    Some(l) => SsPosition(l),
-                    None => {
-                        self.fence().await?;
-                        SsPosition(max_lsn(&mut self.client.0).await?.ok_or_else(|| {
-                            SourceError::transient(
-                                "sys.fn_cdc_get_max_lsn() is NULL: the CDC capture job has not run; start SQL Server Agent",
-                            )
-                        })?)
-                    }
-                }
-            }
+            // A watermark's LSN: every transaction committed before it is visible to the
+            // (locking) scans that follow, every one after it is streamed, and every capture
+            // instance that exists now started below it. It also fails clearly when the
+            // capture job is not running (SQL Server Agent stopped).
+            StreamStart::Fresh | StreamStart::Reset => self.fence().await?,
         };
         let stream = SsStream::open(&self.endpoint, self.tables.clone(), bindings, at.0).await?;
         Ok((stream, at))

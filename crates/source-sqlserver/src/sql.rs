@@ -166,18 +166,29 @@ pub fn classify(key: &[Column], keys: usize, has_lo: bool, has_hi: bool) -> Stri
 /// Columns before the captured ones in a [`changes`] row.
 pub const CHANGE_HEAD: usize = 5;
 
+/// How change rows of one capture instance are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeRead {
+    /// From the change table, ordered by `__$command_id` (SQL Server 2016 SP2 and later).
+    Direct,
+    /// From the change table, ordered by `__$seqval` (the connector's own watermark table,
+    /// one row per transaction, on any server).
+    DirectBySeqval,
+    /// Through `cdc.fn_cdc_get_all_changes_<instance>` (servers without `__$command_id`).
+    Function,
+}
+
 /// Change rows of one capture instance in `(@P1, @P2]` (exclusive, inclusive LSNs), in the
 /// order the transactions applied them.
 ///
-/// Where the change table has `__$command_id` (SQL Server 2016 SP2 and later) the rows are
-/// read from it directly and ordered by `(__$start_lsn, __$command_id, __$seqval,
-/// __$operation)`: the documentation warns that `__$seqval` alone does not order the
-/// operations of one transaction, and two changes of one row in one transaction applied
-/// out of order would leave a stale row. Older servers use
-/// `cdc.fn_cdc_get_all_changes_<instance>` (from `@P3`, the first LSN it accepts, to `@P2`)
-/// ordered by `(__$start_lsn, __$seqval, __$operation)`.
-pub fn changes(instance: &str, columns: &[Column], has_command_id: bool) -> String {
-    let head = if has_command_id {
+/// Where the change table has `__$command_id` the rows are read from it directly and
+/// ordered by `(__$start_lsn, __$command_id, __$seqval, __$operation)`: the documentation
+/// warns that `__$seqval` alone does not order the operations of one transaction, and two
+/// changes of one row in one transaction applied out of order would leave a stale row.
+/// Older servers use `cdc.fn_cdc_get_all_changes_<instance>` (from `@P3`, the first LSN it
+/// accepts, to `@P2`) ordered by `(__$start_lsn, __$seqval, __$operation)`.
+pub fn changes(instance: &str, columns: &[Column], read: ChangeRead) -> String {
+    let head = if read == ChangeRead::Direct {
         "[__$start_lsn], [__$seqval], [__$operation], [__$update_mask], CAST([__$command_id] AS int) AS [__$command_id]"
     } else {
         "[__$start_lsn], [__$seqval], [__$operation], [__$update_mask], 0 AS [__$command_id]"
@@ -188,18 +199,21 @@ pub fn changes(instance: &str, columns: &[Column], has_command_id: bool) -> Stri
     } else {
         format!("{head}, {cols}")
     };
-    if has_command_id {
-        format!(
-            "SELECT {list} FROM [cdc].{} WHERE [__$start_lsn] > @P1 AND [__$start_lsn] <= @P2 \
-             ORDER BY [__$start_lsn], [__$command_id], [__$seqval], [__$operation]",
-            quote(&format!("{instance}_CT"))
-        )
-    } else {
-        format!(
+    let table = quote(&format!("{instance}_CT"));
+    match read {
+        ChangeRead::Direct => format!(
+            "SELECT {list} FROM [cdc].{table} WHERE [__$start_lsn] > @P1 AND [__$start_lsn] <= @P2 \
+             ORDER BY [__$start_lsn], [__$command_id], [__$seqval], [__$operation]"
+        ),
+        ChangeRead::DirectBySeqval => format!(
+            "SELECT {list} FROM [cdc].{table} WHERE [__$start_lsn] > @P1 AND [__$start_lsn] <= @P2 \
+             ORDER BY [__$start_lsn], [__$seqval], [__$operation]"
+        ),
+        ChangeRead::Function => format!(
             "SELECT {list} FROM [cdc].{}(@P3, @P2, N'all update old') WHERE [__$start_lsn] > @P1 \
              ORDER BY [__$start_lsn], [__$seqval], [__$operation]",
             quote(&format!("fn_cdc_get_all_changes_{instance}"))
-        )
+        ),
     }
 }
 
@@ -375,7 +389,7 @@ mod tests {
 
     #[test]
     fn change_reads_prefer_command_id_order() {
-        let direct = changes("dbo_t", &[id()], true);
+        let direct = changes("dbo_t", &[id()], ChangeRead::Direct);
         assert_eq!(
             direct,
             "SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], \
@@ -383,7 +397,7 @@ mod tests {
              FROM [cdc].[dbo_t_CT] WHERE [__$start_lsn] > @P1 AND [__$start_lsn] <= @P2 \
              ORDER BY [__$start_lsn], [__$command_id], [__$seqval], [__$operation]"
         );
-        let function = changes("dbo_t", &[id()], false);
+        let function = changes("dbo_t", &[id()], ChangeRead::Function);
         assert!(
             function
                 .contains("FROM [cdc].[fn_cdc_get_all_changes_dbo_t](@P3, @P2, N'all update old')"),
@@ -391,6 +405,8 @@ mod tests {
         );
         assert!(function.ends_with("ORDER BY [__$start_lsn], [__$seqval], [__$operation]"));
         assert!(changes_cap("dbo_t", 500).contains("TOP (500)"));
+        let by_seqval = changes("dbo_wm", &[], ChangeRead::DirectBySeqval);
+        assert!(by_seqval.starts_with("SELECT [__$start_lsn], [__$seqval], [__$operation], [__$update_mask], 0 AS [__$command_id] FROM [cdc].[dbo_wm_CT]"), "{by_seqval}");
     }
 
     #[test]

@@ -227,9 +227,16 @@ impl SsStream {
         out: &mut Vec<ChangeRow>,
     ) -> Result<(), SourceError> {
         let columns = readable(&ci.columns);
-        let query = sql::changes(&ci.name, &columns, ci.has_command_id);
+        let read = if binding.is_none() {
+            sql::ChangeRead::DirectBySeqval
+        } else if ci.has_command_id {
+            sql::ChangeRead::Direct
+        } else {
+            sql::ChangeRead::Function
+        };
+        let query = sql::changes(&ci.name, &columns, read);
         let mut params = vec![lsn_param(self.position), lsn_param(to)];
-        if !ci.has_command_id {
+        if read == sql::ChangeRead::Function {
             params.push(lsn_param(ci.min_lsn.max(self.position.increment())));
         }
         let what = format!("reading changes of {}", ci.name);

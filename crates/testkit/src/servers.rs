@@ -692,6 +692,69 @@ impl MariaDbServer {
     }
 }
 
+/// A SQL Server to test against: `TEST_SQLSERVER_URL`
+/// (`sqlserver://user:password@host:port`, a login that may create databases and enable
+/// CDC, with SQL Server Agent running), or with the `docker-tests` feature a
+/// `mcr.microsoft.com/mssql/server` container with the Agent enabled. No SQL Server can run
+/// on machines without either, so there the suite is skipped.
+#[derive(Debug)]
+pub struct SqlServerTarget {
+    /// `sqlserver://user:password@host:port`.
+    pub url: String,
+    #[cfg(feature = "docker-tests")]
+    _container: Option<docker::Running>,
+}
+
+impl SqlServerTarget {
+    /// The target, or `None` after printing `SKIPPED:` and why.
+    pub fn find_or_skip() -> Option<Self> {
+        or_skip(Self::find(), "SQL Server")
+    }
+
+    /// The target from the environment or a container.
+    pub fn find() -> Result<Self> {
+        if let Ok(url) = std::env::var("TEST_SQLSERVER_URL") {
+            return Ok(Self {
+                url,
+                #[cfg(feature = "docker-tests")]
+                _container: None,
+            });
+        }
+        #[cfg(feature = "docker-tests")]
+        if let Some(running) = docker::mssql() {
+            return Ok(Self {
+                url: format!(
+                    "sqlserver://sa:{}@127.0.0.1:{}",
+                    docker::MSSQL_PASSWORD,
+                    running.port
+                ),
+                _container: Some(running),
+            });
+        }
+        Err(err(
+            "no SQL Server: set TEST_SQLSERVER_URL=sqlserver://sa:<password>@<host>:1433 (Agent running), or enable the docker-tests feature where Docker runs",
+        ))
+    }
+
+    /// (user, password, host, port) from the URL.
+    pub fn parts(&self) -> Option<(String, String, String, u16)> {
+        let rest = self.url.strip_prefix("sqlserver://")?;
+        let (auth, addr) = rest.rsplit_once('@')?;
+        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let addr = addr.trim_end_matches('/');
+        let (host, port) = match addr.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (addr, 1433),
+        };
+        Some((
+            user.to_string(),
+            password.to_string(),
+            host.to_string(),
+            port,
+        ))
+    }
+}
+
 /// Servers in containers, for machines with a Docker engine and without the server
 /// binaries (`--features docker-tests`).
 #[cfg(feature = "docker-tests")]
@@ -718,7 +781,12 @@ mod docker {
         cmd: Vec<String>,
         env: &[(&str, &str)],
     ) -> Option<Running> {
-        let mut req = image.with_cmd(cmd);
+        // An empty command would replace the image's own (SQL Server's has no arguments).
+        let mut req = if cmd.is_empty() {
+            testcontainers::ContainerRequest::from(image)
+        } else {
+            image.with_cmd(cmd)
+        };
         for (k, v) in env {
             req = req.with_env_var(*k, *v);
         }
@@ -756,6 +824,27 @@ mod docker {
             5432,
             cmd.iter().map(|s| (*s).to_string()).collect(),
             &[("POSTGRES_HOST_AUTH_METHOD", "trust")],
+        )
+    }
+
+    /// The `sa` password of the SQL Server container.
+    pub(super) const MSSQL_PASSWORD: &str = "Test-Passw0rd!";
+
+    pub(super) fn mssql() -> Option<Running> {
+        let image = GenericImage::new("mcr.microsoft.com/mssql/server", "2022-latest")
+            .with_exposed_port(1433.tcp())
+            .with_wait_for(WaitFor::message_on_stdout(
+                "SQL Server is now ready for client connections",
+            ));
+        start(
+            image,
+            1433,
+            Vec::new(),
+            &[
+                ("ACCEPT_EULA", "Y"),
+                ("MSSQL_AGENT_ENABLED", "true"),
+                ("MSSQL_SA_PASSWORD", MSSQL_PASSWORD),
+            ],
         )
     }
 
