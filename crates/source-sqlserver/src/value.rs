@@ -566,7 +566,7 @@ mod tests {
             ),
             "\"AAH+/w==\""
         );
-        let g = uuid::Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").expect("uuid");
+        let g = tiberius::Uuid::parse_str("6f9619ff-8b86-d011-b42d-00c04fc964ff").expect("uuid");
         assert_eq!(
             render(&SqlType::Guid, ColumnData::Guid(Some(g))),
             "\"6F9619FF-8B86-D011-B42D-00C04FC964FF\""
