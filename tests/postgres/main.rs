@@ -760,6 +760,14 @@ fn survives_a_killed_walsender_and_a_server_restart() {
         .unwrap();
     assert_eq!(killed, "1", "one walsender to terminate");
     write(&pg, 40);
+    // The restart must hit a running stream, not the retry's backoff: wait until the
+    // connector has reconnected its walsender.
+    for _ in 0..100 {
+        if pg.sql("SELECT count(*) FROM pg_stat_replication").unwrap() == "1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     pg.restart_with(&[]).unwrap();
     write(&pg, 40);
     std::thread::sleep(std::time::Duration::from_secs(3));
