@@ -222,6 +222,30 @@ impl SqlSource {
         Ok(())
     }
 
+    /// SQL Server Agent runs the capture job; a stopped Agent would make every fence wait
+    /// in vain. Where the login cannot see `sys.dm_server_services` (VIEW SERVER STATE),
+    /// the fence's own timeout names the Agent instead.
+    pub async fn ensure_agent(&mut self) -> Result<(), SourceError> {
+        let Ok(rows) = query_rows(
+            &mut self.client.0,
+            "SELECT status_desc FROM sys.dm_server_services WHERE servicename LIKE N'SQL Server Agent%'",
+            Vec::new(),
+            "reading sys.dm_server_services",
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        match rows.first().and_then(|r| crate::conn::column_string(r, 0)) {
+            Some(status) if !status.eq_ignore_ascii_case("Running") => {
+                Err(SourceError::definite(format!(
+                    "SQL Server Agent is {status}: CDC's capture job runs in it. Start it (Linux: MSSQL_AGENT_ENABLED=true, or mssql-conf set sqlagent.enabled true)"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The watermark table exists with CDC on it; created when missing.
     async fn ensure_watermarks(&mut self) -> Result<(), SourceError> {
         if self.watermarks_ready {
@@ -494,6 +518,7 @@ impl Source for SqlSource {
         bindings: &[BindingSpec],
     ) -> Result<(SsStream, SsPosition), SourceError> {
         self.ensure_cdc(bindings).await?;
+        self.ensure_agent().await?;
         self.ensure_watermarks().await?;
         let at = match start {
             StreamStart::Resume(p) => {

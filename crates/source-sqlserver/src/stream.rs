@@ -350,134 +350,164 @@ impl SsStream {
         Ok(out)
     }
 
-    fn key_of(&self, binding: usize, row: &Row) -> Key {
-        let key = self
-            .bound
-            .iter()
-            .find(|b| b.index == binding)
-            .map(|b| b.key.as_slice())
-            .unwrap_or_default();
-        Key(key
-            .iter()
-            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
-            .collect())
-    }
-
-    fn instance_columns(&self, binding: usize) -> Vec<crate::catalog::Column> {
+    /// What `events` needs to know of each bound table at the current position.
+    fn shapes(&self) -> Vec<Shape> {
         self.bound
             .iter()
-            .find(|b| b.index == binding)
-            .and_then(|b| self.tables[b.table].instance_for(self.position))
-            .map(|ci| ci.columns.clone())
-            .unwrap_or_default()
+            .map(|b| Shape {
+                index: b.index,
+                key: b.key.clone(),
+                columns: self.tables[b.table]
+                    .instance_for(self.position)
+                    .map(|ci| ci.columns.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
     }
 
-    /// Turns merged rows into transactions.
     fn queue(
         &mut self,
         rows: &[ChangeRow],
         times: &[(Lsn, Option<i64>, String)],
     ) -> Result<(), SourceError> {
-        let mut i = 0;
-        while i < rows.len() {
-            let lsn = rows[i].lsn;
-            let end = rows[i..]
-                .iter()
-                .position(|r| r.lsn != lsn)
-                .map_or(rows.len(), |n| i + n);
-            let txn = &rows[i..end];
-            i = end;
-            if txn.iter().all(|r| r.binding.is_none()) {
-                // The connector's own watermark: a position every earlier commit is below.
-                self.pending.push_back(StreamEvent::Progress {
-                    position: SsPosition(lsn),
-                });
-                continue;
-            }
-            let (ts_ms, txid) = times
-                .binary_search_by_key(&lsn, |t| t.0)
-                .ok()
-                .map_or((None, String::new()), |j| (times[j].1, times[j].2.clone()));
-            self.pending.push_back(StreamEvent::Begin);
-            let mut index = 0u64;
-            let mut before: Option<&ChangeRow> = None;
-            for r in txn {
-                let Some(binding) = r.binding else { continue };
-                let columns = self.instance_columns(binding);
-                // Large-value columns an update did not change are NULL in its images.
-                let unchanged_large = |row: &Row, mask: &[u8]| -> Row {
-                    row.iter()
-                        .filter(|(name, v)| {
-                            columns.iter().find(|c| &c.name == *name).is_none_or(|c| {
-                                !c.ty.is_large_value(c.max_length)
-                                    || mask_has(mask, c.ordinal)
-                                    || (r.op == 1 && !v.is_null())
-                            })
-                        })
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                };
-                let op = match r.op {
-                    1 => Op::Delete,
-                    2 => Op::Insert,
-                    3 => {
-                        before = Some(r);
-                        continue;
-                    }
-                    4 => Op::Update,
-                    other => {
-                        return Err(SourceError::definite(format!(
-                            "unknown CDC operation {other} at LSN {lsn}"
-                        )));
-                    }
-                };
-                let mut fields = Map::new();
-                fields.insert("lsn".into(), Value::String(lsn.to_string()));
-                fields.insert("seqval".into(), Value::String(r.seqval.to_string()));
-                if !txid.is_empty() {
-                    fields.insert("txid".into(), Value::String(txid.clone()));
-                }
-                if let Some(ts) = ts_ms {
-                    fields.insert("ts_ms".into(), Value::from(ts));
-                }
-                let [hi, lo] = lsn.pos_parts();
-                let (row, prior) = match op {
-                    Op::Update => {
-                        let prior = before
-                            .take()
-                            .filter(|b| b.seqval == r.seqval && b.binding == r.binding);
-                        (
-                            unchanged_large(&r.row, &r.mask),
-                            prior.map(|b| unchanged_large(&b.row, &r.mask)),
-                        )
-                    }
-                    Op::Delete => (unchanged_large(&r.row, &r.mask), None),
-                    Op::Insert => (r.row.clone(), None),
-                };
-                let key = self.key_of(binding, &row);
-                let before_key = prior.as_ref().map(|p| self.key_of(binding, p));
-                self.pending.push_back(StreamEvent::Change(Change {
-                    binding,
-                    op,
-                    key,
-                    before_key,
-                    row,
-                    before: prior,
-                    meta: ChangeMeta {
-                        pos: vec![hi, lo, index],
-                        fields,
-                    },
-                }));
-                index += 1;
-            }
-            self.pending.push_back(StreamEvent::Commit {
-                position: SsPosition(lsn),
-                txid: None,
-                ts_ms,
-            });
-        }
+        let shapes = self.shapes();
+        self.pending.extend(events(rows, times, &shapes)?);
         Ok(())
     }
+}
+
+/// One bound table as the row-to-event mapping sees it.
+#[derive(Clone, Debug)]
+struct Shape {
+    index: usize,
+    key: Vec<String>,
+    /// The capture instance's columns (ordinals are `__$update_mask` bits).
+    columns: Vec<crate::catalog::Column>,
+}
+
+fn key_of(shape: &Shape, row: &Row) -> Key {
+    Key(shape
+        .key
+        .iter()
+        .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+        .collect())
+}
+
+/// An image without the large-value columns CDC leaves NULL when an update did not change
+/// them (their bit in `mask` unset); a delete keeps whatever values it has.
+fn without_unchanged_large(shape: &Shape, row: &Row, mask: &[u8], delete: bool) -> Row {
+    row.iter()
+        .filter(|(name, v)| {
+            shape
+                .columns
+                .iter()
+                .find(|c| &c.name == *name)
+                .is_none_or(|c| {
+                    !c.ty.is_large_value(c.max_length)
+                        || mask_has(mask, c.ordinal)
+                        || (delete && !v.is_null())
+                })
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Merged change rows (sorted by commit LSN, then command order) as whole transactions:
+/// `Begin`, changes, `Commit` per commit LSN; a transaction holding only the connector's
+/// watermark becomes a `Progress` at its LSN.
+fn events(
+    rows: &[ChangeRow],
+    times: &[(Lsn, Option<i64>, String)],
+    shapes: &[Shape],
+) -> Result<Vec<StreamEvent<SsPosition>>, SourceError> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let lsn = rows[i].lsn;
+        let end = rows[i..]
+            .iter()
+            .position(|r| r.lsn != lsn)
+            .map_or(rows.len(), |n| i + n);
+        let txn = &rows[i..end];
+        i = end;
+        if txn.iter().all(|r| r.binding.is_none()) {
+            out.push(StreamEvent::Progress {
+                position: SsPosition(lsn),
+            });
+            continue;
+        }
+        let (ts_ms, txid) = times
+            .binary_search_by_key(&lsn, |t| t.0)
+            .ok()
+            .map_or((None, String::new()), |j| (times[j].1, times[j].2.clone()));
+        out.push(StreamEvent::Begin);
+        let mut index = 0u64;
+        let mut before: Option<&ChangeRow> = None;
+        for r in txn {
+            let Some(binding) = r.binding else { continue };
+            let shape = shapes.iter().find(|s| s.index == binding).ok_or_else(|| {
+                SourceError::definite(format!("a change for unknown binding {binding}"))
+            })?;
+            let op = match r.op {
+                1 => Op::Delete,
+                2 => Op::Insert,
+                3 => {
+                    before = Some(r);
+                    continue;
+                }
+                4 => Op::Update,
+                other => {
+                    return Err(SourceError::definite(format!(
+                        "unknown CDC operation {other} at LSN {lsn}"
+                    )));
+                }
+            };
+            let mut fields = Map::new();
+            fields.insert("lsn".into(), Value::String(lsn.to_string()));
+            fields.insert("seqval".into(), Value::String(r.seqval.to_string()));
+            if !txid.is_empty() {
+                fields.insert("txid".into(), Value::String(txid.clone()));
+            }
+            if let Some(ts) = ts_ms {
+                fields.insert("ts_ms".into(), Value::from(ts));
+            }
+            let [hi, lo] = lsn.pos_parts();
+            let (row, prior) = match op {
+                Op::Update => {
+                    let prior = before
+                        .take()
+                        .filter(|b| b.seqval == r.seqval && b.binding == r.binding);
+                    (
+                        without_unchanged_large(shape, &r.row, &r.mask, false),
+                        prior.map(|b| without_unchanged_large(shape, &b.row, &r.mask, false)),
+                    )
+                }
+                Op::Delete => (without_unchanged_large(shape, &r.row, &r.mask, true), None),
+                Op::Insert => (r.row.clone(), None),
+            };
+            let key = key_of(shape, &row);
+            let before_key = prior.as_ref().map(|p| key_of(shape, p));
+            out.push(StreamEvent::Change(Change {
+                binding,
+                op,
+                key,
+                before_key,
+                row,
+                before: prior,
+                meta: ChangeMeta {
+                    pos: vec![hi, lo, index],
+                    fields,
+                },
+            }));
+            index += 1;
+        }
+        out.push(StreamEvent::Commit {
+            position: SsPosition(lsn),
+            txid: None,
+            ts_ms,
+        });
+    }
+    Ok(out)
 }
 
 fn lsn_param(l: Lsn) -> ColumnData<'static> {
@@ -544,7 +574,221 @@ impl ChangeStream for SsStream {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::catalog::Column;
+    use crate::value::SqlType;
+
+    fn lsn(n: u8) -> Lsn {
+        Lsn([0, 0, 0, 1, 0, 0, 0, 2, 0, n])
+    }
+
+    fn column(name: &str, ty: SqlType, max_length: i16, ordinal: i32) -> Column {
+        Column {
+            name: name.into(),
+            type_name: String::new(),
+            nullable: true,
+            ty,
+            max_length,
+            ordinal,
+        }
+    }
+
+    fn shape() -> Shape {
+        Shape {
+            index: 0,
+            key: vec!["id".into()],
+            columns: vec![
+                column("id", SqlType::Int, 4, 1),
+                column("a", SqlType::Int, 4, 2),
+                column(
+                    "doc",
+                    SqlType::Text {
+                        collation: None,
+                        national: true,
+                    },
+                    -1,
+                    3,
+                ),
+            ],
+        }
+    }
+
+    fn row(v: serde_json::Value) -> Row {
+        match v {
+            Value::Object(m) => m,
+            _ => Row::new(),
+        }
+    }
+
+    fn change(
+        at: u8,
+        seq: u8,
+        op: i64,
+        mask: u8,
+        binding: Option<usize>,
+        r: serde_json::Value,
+    ) -> ChangeRow {
+        ChangeRow {
+            lsn: lsn(at),
+            command: i64::from(seq),
+            seqval: lsn(seq),
+            op,
+            mask: vec![mask],
+            binding,
+            row: row(r),
+        }
+    }
+
+    fn changes(events: &[StreamEvent<SsPosition>]) -> Vec<&Change> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Change(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn change_rows_become_whole_transactions_in_order() {
+        let rows = vec![
+            // Transaction at LSN 5: insert 1, update 1 (a), key change 2 -> 3 as a 3/4 pair.
+            change(
+                5,
+                1,
+                2,
+                0b111,
+                Some(0),
+                json!({"id": 1, "a": 10, "doc": "x"}),
+            ),
+            change(
+                5,
+                2,
+                3,
+                0b010,
+                Some(0),
+                json!({"id": 1, "a": 10, "doc": null}),
+            ),
+            change(
+                5,
+                2,
+                4,
+                0b010,
+                Some(0),
+                json!({"id": 1, "a": 11, "doc": null}),
+            ),
+            change(
+                5,
+                3,
+                3,
+                0b001,
+                Some(0),
+                json!({"id": 2, "a": 20, "doc": null}),
+            ),
+            change(
+                5,
+                3,
+                4,
+                0b001,
+                Some(0),
+                json!({"id": 3, "a": 20, "doc": null}),
+            ),
+            // The connector's watermark alone at LSN 6.
+            change(6, 1, 4, 0b11, None, json!({})),
+            // A delete at LSN 7 keeps the large value it has.
+            change(
+                7,
+                1,
+                1,
+                0b111,
+                Some(0),
+                json!({"id": 3, "a": 20, "doc": "kept"}),
+            ),
+        ];
+        let times = vec![(lsn(5), Some(1_700_000_000_000), "00000000abcd".to_string())];
+        let events = events(&rows, &times, &[shape()]).expect("maps");
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                StreamEvent::Begin => "begin",
+                StreamEvent::Change(_) => "change",
+                StreamEvent::Commit { .. } => "commit",
+                StreamEvent::Progress { .. } => "progress",
+                StreamEvent::Truncate { .. } => "truncate",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "begin", "change", "change", "change", "commit", "progress", "begin", "change",
+                "commit"
+            ]
+        );
+        assert!(
+            matches!(&events[4], StreamEvent::Commit { position, ts_ms: Some(1_700_000_000_000), .. } if position.0 == lsn(5))
+        );
+        assert!(matches!(&events[5], StreamEvent::Progress { position } if position.0 == lsn(6)));
+        let c = changes(&events);
+        // insert
+        assert_eq!((c[0].op, &c[0].key), (Op::Insert, &Key(vec![json!(1)])));
+        assert_eq!(c[0].row["doc"], json!("x"));
+        // update: unchanged nvarchar(max) left out of the image and of `before`
+        assert_eq!(c[1].op, Op::Update);
+        assert_eq!(c[1].row, row(json!({"id": 1, "a": 11})));
+        assert_eq!(c[1].before, Some(row(json!({"id": 1, "a": 10}))));
+        assert_eq!(c[1].before_key, Some(Key(vec![json!(1)])));
+        // key change: before key 2, key 3 (the core emits d + c)
+        assert_eq!(c[2].before_key, Some(Key(vec![json!(2)])));
+        assert_eq!(c[2].key, Key(vec![json!(3)]));
+        // delete
+        assert_eq!(c[3].op, Op::Delete);
+        assert_eq!(c[3].row["doc"], json!("kept"));
+        // positions strictly increase; source fields are there
+        let pos: Vec<&Vec<u64>> = c.iter().map(|c| &c.meta.pos).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+        assert_eq!(c[0].meta.fields["lsn"], json!("00000001:00000002:0005"));
+        assert_eq!(c[0].meta.fields["txid"], json!("00000000abcd"));
+        assert_eq!(c[0].meta.fields["seqval"], json!("00000001:00000002:0001"));
+        assert!(
+            c[3].meta.fields.get("ts_ms").is_none(),
+            "no time mapping for LSN 7"
+        );
+    }
+
+    #[test]
+    fn a_changed_large_value_is_carried_and_unknown_operations_refused() {
+        let rows = vec![
+            change(
+                5,
+                1,
+                3,
+                0b100,
+                Some(0),
+                json!({"id": 1, "a": 1, "doc": "old"}),
+            ),
+            change(
+                5,
+                1,
+                4,
+                0b100,
+                Some(0),
+                json!({"id": 1, "a": 1, "doc": "new"}),
+            ),
+        ];
+        let mapped = events(&rows, &[], &[shape()]).expect("maps");
+        let c = changes(&mapped);
+        assert_eq!(c[0].row["doc"], json!("new"));
+        assert_eq!(
+            c[0].before.as_ref().map(|b| b["doc"].clone()),
+            Some(json!("old"))
+        );
+        let bad = vec![change(5, 1, 9, 0, Some(0), json!({"id": 1}))];
+        assert!(events(&bad, &[], &[shape()]).is_err());
+        let unknown = vec![change(5, 1, 2, 0, Some(7), json!({"id": 1}))];
+        assert!(events(&unknown, &[], &[shape()]).is_err());
+    }
 
     #[test]
     fn update_mask_bits_are_read_from_the_last_byte() {
