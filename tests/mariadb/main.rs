@@ -95,6 +95,104 @@ fn values_render_the_same_backfilled_and_streamed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// MariaDB's UUID, INET4 and INET6 types, GEOMETRY (base64) and 4-byte UTF-8 render as
+/// DESIGN.md §5 says, and the same backfilled and streamed (the binlog carries the UUID and
+/// INET types in binary form).
+#[test]
+fn uuid_geometry_and_emoji_render_the_same_on_both_paths() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql(
+        "CREATE TABLE test.g (id INT PRIMARY KEY, u UUID, g GEOMETRY, e VARCHAR(20) CHARACTER SET utf8mb4, t TEXT CHARACTER SET utf8mb4,
+                              i4 INET4, i6 INET6, i6m INET6);
+         SET NAMES utf8mb4;
+         INSERT INTO test.g VALUES (1, '123e4567-e89b-12d3-a456-426614174000', ST_GeomFromText('POINT(1 2)'), 'héllo 🙂', '𝄞 clef',
+                                    '192.168.0.1', '2001:db8::ff00:42:8329', '::ffff:10.0.0.1'),
+                                   (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+                                   (3, '6ccd780c-baba-1026-9564-5b8c656024db', NULL, '', '', '0.0.0.0', '::', '::1')",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "maria-uuid");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "g"}, "target": "g"}]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines);
+    assert_eq!(backfilled.len(), 3);
+    assert_eq!(
+        backfilled[0]["u"],
+        json!("123e4567-e89b-12d3-a456-426614174000")
+    );
+    assert_eq!(backfilled[0]["i4"], json!("192.168.0.1"));
+    assert_eq!(backfilled[0]["i6"], json!("2001:db8::ff00:42:8329"));
+    assert_eq!(backfilled[0]["e"], json!("héllo 🙂"));
+    assert_eq!(backfilled[0]["t"], json!("𝄞 clef"));
+    // GEOMETRY: the stored value (4-byte SRID, then the WKB), base64.
+    let stored: String = db
+        .sql("SELECT TO_BASE64(g) FROM test.g WHERE id = 1")
+        .unwrap();
+    assert_eq!(backfilled[0]["g"], json!(stored));
+    db.sql("SET NAMES utf8mb4; INSERT INTO test.g SELECT id + 100, u, g, e, t, i4, i6, i6m FROM test.g").unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let streamed = docs(&second.lines);
+    assert_eq!(streamed.len(), 3, "{:?}", second.lines);
+    for (b, s) in backfilled.iter().zip(&streamed) {
+        assert_eq!(
+            without(s, &["id", "_meta"]),
+            without(b, &["id", "_meta"]),
+            "streamed and backfilled differ"
+        );
+    }
+}
+
+/// A bound table dropped under a running capture stops it with one clear line and a
+/// non-zero exit; the state file still holds the last good checkpoint.
+#[test]
+fn a_table_dropped_mid_capture_stops_clearly() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql(
+        "CREATE TABLE test.d (id INT PRIMARY KEY, v INT); INSERT INTO test.d VALUES (1, 1), (2, 2)",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "maria-drop");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "d"}, "target": "d"}]}));
+    assert!(cap.capture().ok);
+    let before = std::fs::read_to_string(cap.state()).unwrap();
+    let mut child = cap.spawn();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    db.sql("INSERT INTO test.d VALUES (3, 3); DROP TABLE test.d")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture kept running after its table was dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("test.d") && errors[0].contains("dropped"),
+        "{}",
+        errors[0]
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(
+        after["bindings"], before["bindings"],
+        "the state file is intact"
+    );
+}
+
 /// A purged binlog stops the capture with the remedy named.
 #[test]
 fn purged_binlog_stops_with_the_remedy() {

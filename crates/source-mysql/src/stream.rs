@@ -110,11 +110,26 @@ impl MyStream {
         p
     }
 
+    /// Reads the catalog again (after a DDL); a bound table that is gone stops the capture:
+    /// its later changes could not be rendered, and a recreated table needs a backfill.
     async fn reload_catalog(&mut self) -> Result<(), SourceError> {
         self.tables = crate::source::MySource::connect(&self.endpoint)
             .await?
             .tables()
             .to_vec();
+        let mut bound: Vec<&(String, String)> = self.bindings.keys().collect();
+        bound.sort();
+        for (db, table) in bound {
+            if !self
+                .tables
+                .iter()
+                .any(|t| &t.table.namespace == db && &t.table.stream == table)
+            {
+                return Err(SourceError::definite(format!(
+                    "{db}.{table} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
+                )));
+            }
+        }
         Ok(())
     }
 

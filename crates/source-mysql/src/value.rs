@@ -17,7 +17,9 @@
 //! | TIMESTAMP(n) | the same in UTC with `Z`; zero `null` |
 //! | TIME(n) | `"[-]HH:MM:SS[.f]"` (hours may exceed 24) |
 //! | CHAR, VARCHAR, TEXT | string, decoded from the column's charset |
-//! | BINARY, VARBINARY, BLOB, GEOMETRY | base64 |
+//! | BINARY, VARBINARY, BLOB | base64 |
+//! | GEOMETRY | base64 of the stored value (4-byte SRID, then the WKB) |
+//! | UUID, INET4, INET6 (MariaDB) | string as the server prints it (binary in the binlog) |
 //! | ENUM, SET | label(s), SET as `"a,b"` |
 //! | JSON (MariaDB: LONGTEXT with `json_valid`) | the parsed document |
 
@@ -72,12 +74,59 @@ pub enum ColType {
         /// n of BINARY(n).
         pad_to: Option<usize>,
     },
+    /// MariaDB's UUID, INET4 and INET6: text in query results, their binary form (16, 4
+    /// or 16 bytes) in the binlog, rendered as the server prints them.
+    Address(AddressKind),
     /// ENUM('a', …).
     Enum(Vec<String>),
     /// SET('a', …).
     Set(Vec<String>),
     /// JSON, or MariaDB's LONGTEXT with a `json_valid` check.
     Json,
+}
+
+/// Which of MariaDB's fixed-size textual types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressKind {
+    /// UUID: `123e4567-e89b-12d3-a456-426614174000`.
+    Uuid,
+    /// INET4: dotted quad.
+    Inet4,
+    /// INET6: RFC 5952 text (as the server prints it).
+    Inet6,
+}
+
+impl AddressKind {
+    /// The server's text for the binary form, or `None` when the bytes do not fit. The
+    /// binlog drops trailing zero bytes of fixed-size binary values, as for BINARY(n).
+    pub fn render(self, b: &[u8]) -> Option<String> {
+        let size = if self == Self::Inet4 { 4 } else { 16 };
+        if b.len() > size {
+            return None;
+        }
+        let mut padded = b.to_vec();
+        padded.resize(size, 0);
+        let b = padded.as_slice();
+        match (self, b.len()) {
+            (Self::Uuid, 16) => {
+                let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+                Some(format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                ))
+            }
+            (Self::Inet4, 4) => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+            (Self::Inet6, 16) => {
+                let octets: [u8; 16] = b.try_into().ok()?;
+                Some(std::net::Ipv6Addr::from(octets).to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ColType {
@@ -123,7 +172,9 @@ impl ColType {
             },
             "enum" => ColType::Enum(labels(column_type)),
             "set" => ColType::Set(labels(column_type)),
-            "uuid" | "inet4" | "inet6" => ColType::Text { latin1: false },
+            "uuid" => ColType::Address(AddressKind::Uuid),
+            "inet4" => ColType::Address(AddressKind::Inet4),
+            "inet6" => ColType::Address(AddressKind::Inet6),
             "binary" => ColType::Binary {
                 pad_to: Some(fsp()),
             },
@@ -304,6 +355,16 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
                     fraction(*us, *fsp)
                 ))
             }
+            _ => return Err(bad()),
+        },
+        ColType::Address(kind) => match v {
+            MyValue::Bytes(b) => match kind.render(b) {
+                Some(text) if origin == Origin::Binlog => Value::String(text),
+                _ => match std::str::from_utf8(b) {
+                    Ok(s) => Value::String(s.to_string()),
+                    Err(_) => return Err(bad()),
+                },
+            },
             _ => return Err(bad()),
         },
         ColType::Text { latin1 } => match v {
