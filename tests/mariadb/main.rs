@@ -193,6 +193,57 @@ fn a_table_dropped_mid_capture_stops_clearly() {
     );
 }
 
+/// TLS: `require` encrypts without verifying; `verify-full` checks the certificate against
+/// the given root and the host name, and refuses a certificate it cannot verify.
+#[test]
+fn tls_require_and_verify_full() {
+    let Some((binary, mut db)) = setup() else {
+        return;
+    };
+    let Some(dir) = db.dir().map(std::path::Path::to_path_buf) else {
+        return testkit::servers::skip("TLS needs a throwaway server to restart with certificates");
+    };
+    let certs = match testkit::tls::make(&dir, Some("mysql")) {
+        Ok(c) => c,
+        Err(why) => return testkit::servers::skip(&why),
+    };
+    let arg = |k: &str, p: &std::path::Path| format!("--{k}={}", p.display());
+    db.restart_with(&[
+        &arg("ssl-cert", &certs.cert),
+        &arg("ssl-key", &certs.key),
+        &arg("ssl-ca", &certs.root),
+    ])
+    .unwrap();
+    assert_eq!(
+        db.sql("SELECT @@have_ssl").unwrap(),
+        "YES",
+        "the server has TLS on"
+    );
+    db.sql("CREATE TABLE test.s (id INT PRIMARY KEY); INSERT INTO test.s VALUES (1)")
+        .unwrap();
+    for (i, tls) in [
+        json!({"mode": "require"}),
+        json!({"mode": "verify-full", "root_cert": certs.root}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cap = Capture::new(&binary, &format!("maria-tls{i}"));
+        cap.config(&json!({"endpoint": {"host": "localhost", "port": db.port, "user": "root", "tls": tls},
+                            "bindings": [{"resource": {"namespace": "test", "stream": "s"}, "target": "s"}]}));
+        let out = cap.capture();
+        assert!(out.ok, "{}", out.stderr);
+        assert_eq!(docs(&out.lines).len(), 1);
+    }
+    let cap = Capture::new(&binary, "maria-tls-bad");
+    cap.config(&json!({"endpoint": {"host": "localhost", "port": db.port, "user": "root", "tls": {"mode": "verify-full"}},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "s"}, "target": "s"}]}));
+    let out = cap.run(&["check"]);
+    assert!(!out.ok, "an unknown certificate is refused");
+    let said = format!("{}{}", out.lines.join("\n"), out.stderr).to_lowercase();
+    assert!(said.contains("certificate"), "{said}");
+}
+
 /// A purged binlog stops the capture with the remedy named.
 #[test]
 fn purged_binlog_stops_with_the_remedy() {

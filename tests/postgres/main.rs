@@ -564,79 +564,11 @@ fn tls_require_and_verify_full() {
         return;
     };
     let dir = pg.dir().unwrap().to_path_buf();
-    let (key, cert, root) = (
-        dir.join("server.key"),
-        dir.join("server.crt"),
-        dir.join("root.crt"),
-    );
-    // A test CA and a server certificate it signs (webpki refuses a CA as the end entity).
-    let ext = dir.join("ext.cnf");
-    std::fs::write(
-        &ext,
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let p = |s: &std::path::Path| s.to_str().unwrap().to_string();
-    let steps: [Vec<String>; 3] = [
-        [
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-        ]
-        .iter()
-        .map(|s| (*s).to_string())
-        .chain([p(&dir.join("ca.key")), "-out".into(), p(&root)])
-        .collect(),
-        [
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ]
-        .iter()
-        .map(|s| (*s).to_string())
-        .chain([p(&key), "-out".into(), p(&dir.join("server.csr"))])
-        .collect(),
-        ["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]
-            .iter()
-            .map(|s| (*s).to_string())
-            .chain([
-                p(&dir.join("server.csr")),
-                "-CA".into(),
-                p(&root),
-                "-CAkey".into(),
-                p(&dir.join("ca.key")),
-                "-extfile".into(),
-                p(&ext),
-                "-out".into(),
-                p(&cert),
-            ])
-            .collect(),
-    ];
-    for step in &steps {
-        let made = Command::new("openssl")
-            .args(step)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !made.is_ok_and(|s| s.success()) {
-            return skip("openssl cannot make test certificates");
-        }
-    }
-    for f in [&key, &cert] {
-        let _ = Command::new("chown").arg("postgres").arg(f).status();
-        let _ = Command::new("chmod").arg("600").arg(f).status();
-    }
+    let certs = match testkit::tls::make(&dir, Some("postgres")) {
+        Ok(c) => c,
+        Err(why) => return skip(&why),
+    };
+    let (key, cert, root) = (certs.key, certs.cert, certs.root);
     pg.restart_with(&[
         ("ssl", "on"),
         ("ssl_cert_file", cert.to_str().unwrap()),
