@@ -123,6 +123,21 @@ impl Default for EngineOptions {
     }
 }
 
+impl EngineOptions {
+    /// The defaults with a connector's `advanced.chunk_size` and
+    /// `advanced.backfill_concurrency` (each at least 1), and 64 MiB per chunk.
+    pub fn for_backfill(chunk_rows: usize, concurrency: usize) -> Self {
+        Self {
+            limits: ChunkLimits {
+                rows: chunk_rows.max(1),
+                bytes: 64 << 20,
+            },
+            concurrency: concurrency.max(1),
+            ..Self::default()
+        }
+    }
+}
+
 /// A request to stop at the next unit boundary (SIGTERM, SIGINT).
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown(Arc<AtomicBool>);

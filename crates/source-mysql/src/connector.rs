@@ -4,7 +4,6 @@ use backfill_core::SourceError;
 use backfill_core::cli::{CheckItem, Connector};
 use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
-use backfill_core::source::ChunkLimits;
 use mysql_async::prelude::Queryable;
 
 use crate::endpoint::Endpoint;
@@ -122,13 +121,9 @@ impl Connector for MysqlConnector {
     }
 
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
-        EngineOptions {
-            limits: ChunkLimits {
-                rows: endpoint.advanced.chunk_size.max(1),
-                bytes: 64 << 20,
-            },
-            concurrency: endpoint.advanced.backfill_concurrency.max(1),
-            ..EngineOptions::default()
-        }
+        EngineOptions::for_backfill(
+            endpoint.advanced.chunk_size,
+            endpoint.advanced.backfill_concurrency,
+        )
     }
 }

@@ -4,7 +4,6 @@ use backfill_core::SourceError;
 use backfill_core::cli::{CheckItem, Connector};
 use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
-use backfill_core::source::ChunkLimits;
 use tiberius::ColumnData;
 
 use crate::conn::{column_i64, query_rows};
@@ -202,13 +201,9 @@ impl Connector for SqlServerConnector {
     }
 
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
-        EngineOptions {
-            limits: ChunkLimits {
-                rows: endpoint.advanced.chunk_size.max(1),
-                bytes: 64 << 20,
-            },
-            concurrency: endpoint.advanced.backfill_concurrency.max(1),
-            ..EngineOptions::default()
-        }
+        EngineOptions::for_backfill(
+            endpoint.advanced.chunk_size,
+            endpoint.advanced.backfill_concurrency,
+        )
     }
 }
