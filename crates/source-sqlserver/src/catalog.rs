@@ -14,7 +14,7 @@ use backfill_core::SourceError;
 use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
 use backfill_core::source::{ColumnInfo, TableInfo, TableRef};
 
-use crate::conn::{Client, column_bytes, column_i64, column_string, query_rows};
+use crate::conn::{Client, column_i64, column_lsn, column_string, query_rows};
 use crate::lsn::Lsn;
 use crate::value::SqlType;
 
@@ -400,15 +400,11 @@ async fn load_instances(client: &mut Client, tables: &mut [Table]) -> Result<(),
                 )
             })
             .collect();
-        let start_lsn = column_bytes(r, 3)
-            .and_then(|b| Lsn::from_bytes(&b))
-            .unwrap_or_default();
+        let start_lsn = column_lsn(r, 3).unwrap_or_default();
         let ci = CaptureInstance {
             name: column_string(r, 2).unwrap_or_default(),
             start_lsn,
-            min_lsn: column_bytes(r, 4)
-                .and_then(|b| Lsn::from_bytes(&b))
-                .unwrap_or(start_lsn),
+            min_lsn: column_lsn(r, 4).unwrap_or(start_lsn),
             columns,
             has_command_id: column_i64(r, 6) == Some(1),
             role: column_string(r, 5),

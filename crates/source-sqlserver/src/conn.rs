@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::endpoint::{Endpoint, TlsMode};
+use crate::lsn::Lsn;
 
 /// A query connection.
 pub type Client = tiberius::Client<Compat<TcpStream>>;
@@ -163,6 +164,14 @@ pub fn column_i64(row: &Row, i: usize) -> Option<i64> {
 pub fn column_string(row: &Row, i: usize) -> Option<String> {
     match row.get_column_data(i).ok()? {
         ColumnData::String(v) => v.as_ref().map(|s| s.to_string()),
+        _ => None,
+    }
+}
+
+/// Column `i` as an LSN (`binary(10)`), read in place.
+pub fn column_lsn(row: &Row, i: usize) -> Option<Lsn> {
+    match row.get_column_data(i).ok()? {
+        ColumnData::Binary(Some(b)) => Lsn::from_bytes(b),
         _ => None,
     }
 }

@@ -71,16 +71,6 @@ impl Lsn {
             u64::from(u16::from_be_bytes([self.0[8], self.0[9]])),
         ]
     }
-
-    /// `0x…` hex, as a T-SQL `binary(10)` literal.
-    pub fn to_sql_literal(self) -> String {
-        let mut s = String::with_capacity(22);
-        s.push_str("0x");
-        for b in self.0 {
-            s.push_str(&format!("{b:02X}"));
-        }
-        s
-    }
 }
 
 impl fmt::Display for Lsn {
@@ -189,7 +179,6 @@ mod tests {
         let a = lsn("0000002A:00000B28:0003");
         assert_eq!(a, lsn("0x0000002A00000B280003"));
         assert_eq!(a.to_string(), "0000002A:00000B28:0003");
-        assert_eq!(a.to_sql_literal(), "0x0000002A00000B280003");
         assert_eq!(lsn("0000002a:00000b28:0003"), a);
         for bad in [
             "",

@@ -58,7 +58,7 @@ use serde_json::Value;
 use tiberius::ColumnData;
 
 use crate::catalog::{self, Column, Table};
-use crate::conn::{Client, column_bytes, connect, execute, query_rows};
+use crate::conn::{Client, column_bytes, column_lsn, connect, execute, query_rows};
 use crate::endpoint::Endpoint;
 use crate::lsn::{Lsn, SsPosition};
 use crate::sql;
@@ -135,10 +135,7 @@ pub(crate) async fn max_lsn(client: &mut Client) -> Result<Option<Lsn>, SourceEr
         "reading sys.fn_cdc_get_max_lsn()",
     )
     .await?;
-    Ok(rows
-        .first()
-        .and_then(|r| column_bytes(r, 0))
-        .and_then(|b| Lsn::from_bytes(&b)))
+    Ok(rows.first().and_then(|r| column_lsn(r, 0)))
 }
 
 /// The SQL Server source.
@@ -293,11 +290,7 @@ impl SqlSource {
                 "waiting for the watermark",
             )
             .await?;
-            if let Some(lsn) = rows
-                .first()
-                .and_then(|r| column_bytes(r, 0))
-                .and_then(|b| Lsn::from_bytes(&b))
-            {
+            if let Some(lsn) = rows.first().and_then(|r| column_lsn(r, 0)) {
                 self.last_fence = lsn;
                 return Ok(SsPosition(lsn));
             }

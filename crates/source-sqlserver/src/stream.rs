@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use tiberius::ColumnData;
 
 use crate::catalog::{self, CaptureInstance, Table};
-use crate::conn::{column_bytes, column_i64, connect, execute, query_rows};
+use crate::conn::{column_bytes, column_i64, column_lsn, connect, execute, query_rows};
 use crate::endpoint::Endpoint;
 use crate::lsn::{Lsn, SsPosition};
 use crate::source::{ClientBox, max_lsn, readable, render};
@@ -242,8 +242,8 @@ impl SsStream {
         let what = format!("reading changes of {}", ci.name);
         let rows = query_rows(&mut self.client.0, &query, params, &what).await?;
         for r in &rows {
-            let lsn = column_bytes(r, 0).and_then(|b| Lsn::from_bytes(&b));
-            let seqval = column_bytes(r, 1).and_then(|b| Lsn::from_bytes(&b));
+            let lsn = column_lsn(r, 0);
+            let seqval = column_lsn(r, 1);
             let (Some(lsn), Some(seqval)) = (lsn, seqval) else {
                 return Err(SourceError::definite(format!(
                     "{what}: a row without an LSN"
@@ -305,7 +305,7 @@ impl SsStream {
             .await?;
             if let Some(r) = rows.first()
                 && column_i64(r, 0).and_then(|n| usize::try_from(n).ok()) == Some(cap)
-                && let Some(last) = column_bytes(r, 1).and_then(|b| Lsn::from_bytes(&b))
+                && let Some(last) = column_lsn(r, 1)
             {
                 to = to.min(last);
             }
@@ -320,7 +320,7 @@ impl SsStream {
             (a.lsn, a.command, a.seqval, a.op).cmp(&(b.lsn, b.command, b.seqval, b.op))
         });
         let times = self.times(to).await?;
-        self.queue(&rows, &times)?;
+        self.queue(rows, &times)?;
         self.pending.push_back(StreamEvent::Progress {
             position: SsPosition(to),
         });
@@ -339,7 +339,7 @@ impl SsStream {
         let mut out: Vec<(Lsn, Option<i64>, String)> = rows
             .iter()
             .filter_map(|r| {
-                let lsn = column_bytes(r, 0).and_then(|b| Lsn::from_bytes(&b))?;
+                let lsn = column_lsn(r, 0)?;
                 let tran = column_bytes(r, 2)
                     .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
                     .unwrap_or_default();
@@ -367,7 +367,7 @@ impl SsStream {
 
     fn queue(
         &mut self,
-        rows: &[ChangeRow],
+        rows: Vec<ChangeRow>,
         times: &[(Lsn, Option<i64>, String)],
     ) -> Result<(), SourceError> {
         let shapes = self.shapes();
@@ -395,41 +395,37 @@ fn key_of(shape: &Shape, row: &Row) -> Key {
 
 /// An image without the large-value columns CDC leaves NULL when an update did not change
 /// them (their bit in `mask` unset); a delete keeps whatever values it has.
-fn without_unchanged_large(shape: &Shape, row: &Row, mask: &[u8], delete: bool) -> Row {
-    row.iter()
-        .filter(|(name, v)| {
-            shape
-                .columns
-                .iter()
-                .find(|c| &c.name == *name)
-                .is_none_or(|c| {
-                    !c.ty.is_large_value(c.max_length)
-                        || mask_has(mask, c.ordinal)
-                        || (delete && !v.is_null())
-                })
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+fn without_unchanged_large(shape: &Shape, mut row: Row, mask: &[u8], delete: bool) -> Row {
+    row.retain(|name, v| {
+        shape
+            .columns
+            .iter()
+            .find(|c| &c.name == name)
+            .is_none_or(|c| {
+                !c.ty.is_large_value(c.max_length)
+                    || mask_has(mask, c.ordinal)
+                    || (delete && !v.is_null())
+            })
+    });
+    row
 }
 
 /// Merged change rows (sorted by commit LSN, then command order) as whole transactions:
 /// `Begin`, changes, `Commit` per commit LSN; a transaction holding only the connector's
 /// watermark becomes a `Progress` at its LSN.
 fn events(
-    rows: &[ChangeRow],
+    rows: Vec<ChangeRow>,
     times: &[(Lsn, Option<i64>, String)],
     shapes: &[Shape],
 ) -> Result<Vec<StreamEvent<SsPosition>>, SourceError> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while i < rows.len() {
-        let lsn = rows[i].lsn;
-        let end = rows[i..]
-            .iter()
-            .position(|r| r.lsn != lsn)
-            .map_or(rows.len(), |n| i + n);
-        let txn = &rows[i..end];
-        i = end;
+    let mut rows = rows.into_iter().peekable();
+    while let Some(first) = rows.next() {
+        let lsn = first.lsn;
+        let mut txn = vec![first];
+        while let Some(r) = rows.next_if(|r| r.lsn == lsn) {
+            txn.push(r);
+        }
         if txn.iter().all(|r| r.binding.is_none()) {
             out.push(StreamEvent::Progress {
                 position: SsPosition(lsn),
@@ -442,7 +438,7 @@ fn events(
             .map_or((None, String::new()), |j| (times[j].1, times[j].2.clone()));
         out.push(StreamEvent::Begin);
         let mut index = 0u64;
-        let mut before: Option<&ChangeRow> = None;
+        let mut before: Option<ChangeRow> = None;
         for r in txn {
             let Some(binding) = r.binding else { continue };
             let shape = shapes.iter().find(|s| s.index == binding).ok_or_else(|| {
@@ -478,12 +474,12 @@ fn events(
                         .take()
                         .filter(|b| b.seqval == r.seqval && b.binding == r.binding);
                     (
-                        without_unchanged_large(shape, &r.row, &r.mask, false),
-                        prior.map(|b| without_unchanged_large(shape, &b.row, &r.mask, false)),
+                        without_unchanged_large(shape, r.row, &r.mask, false),
+                        prior.map(|b| without_unchanged_large(shape, b.row, &r.mask, false)),
                     )
                 }
-                Op::Delete => (without_unchanged_large(shape, &r.row, &r.mask, true), None),
-                Op::Insert => (r.row.clone(), None),
+                Op::Delete => (without_unchanged_large(shape, r.row, &r.mask, true), None),
+                Op::Insert => (r.row, None),
             };
             let key = key_of(shape, &row);
             let before_key = prior.as_ref().map(|p| key_of(shape, p));
@@ -546,11 +542,7 @@ impl ChangeStream for SsStream {
             "finding the cleanup low-water mark",
         )
         .await?;
-        let Some(low) = low
-            .first()
-            .and_then(|r| column_bytes(r, 0))
-            .and_then(|b| Lsn::from_bytes(&b))
-        else {
+        let Some(low) = low.first().and_then(|r| column_lsn(r, 0)) else {
             return Ok(());
         };
         for (_, ci) in plan {
@@ -708,7 +700,7 @@ mod tests {
             ),
         ];
         let times = vec![(lsn(5), Some(1_700_000_000_000), "00000000abcd".to_string())];
-        let events = events(&rows, &times, &[shape()]).expect("maps");
+        let events = events(rows, &times, &[shape()]).expect("maps");
         let kinds: Vec<&str> = events
             .iter()
             .map(|e| match e {
@@ -777,7 +769,7 @@ mod tests {
                 json!({"id": 1, "a": 1, "doc": "new"}),
             ),
         ];
-        let mapped = events(&rows, &[], &[shape()]).expect("maps");
+        let mapped = events(rows, &[], &[shape()]).expect("maps");
         let c = changes(&mapped);
         assert_eq!(c[0].row["doc"], json!("new"));
         assert_eq!(
@@ -785,9 +777,9 @@ mod tests {
             Some(json!("old"))
         );
         let bad = vec![change(5, 1, 9, 0, Some(0), json!({"id": 1}))];
-        assert!(events(&bad, &[], &[shape()]).is_err());
+        assert!(events(bad, &[], &[shape()]).is_err());
         let unknown = vec![change(5, 1, 2, 0, Some(7), json!({"id": 1}))];
-        assert!(events(&unknown, &[], &[shape()]).is_err());
+        assert!(events(unknown, &[], &[shape()]).is_err());
     }
 
     #[test]
