@@ -177,12 +177,11 @@ fn a_table_dropped_mid_capture_stops_clearly() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
+    let error = testkit::live::the_error_line(&stderr);
     assert!(
-        errors[0].contains("test.d") && errors[0].contains("dropped"),
+        error.contains("test.d") && error.contains("dropped"),
         "{}",
-        errors[0]
+        error
     );
     let after: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
@@ -540,17 +539,8 @@ fn bad_input_fails_with_one_clear_line() {
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let out = capture(&binary, &dir);
         assert!(!out.ok, "expected a failure containing {needle:?}");
-        let errors: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{}", out.stderr);
-        assert!(
-            errors[0].contains(needle),
-            "{:?} lacks {needle:?}",
-            errors[0]
-        );
+        let error = testkit::live::the_error_line(&out.stderr);
+        assert!(error.contains(needle), "{:?} lacks {needle:?}", error);
         assert!(!dir.join("state.json").exists(), "no state file is written");
     };
     let root = json!({"host": "127.0.0.1", "port": db.port, "user": "root"});

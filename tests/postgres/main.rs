@@ -366,13 +366,8 @@ fn bad_input_fails_with_one_clear_line() {
     let check = |cap: &Capture, needle: &str| {
         let out = cap.capture();
         assert!(!out.ok, "expected a failure containing {needle:?}");
-        let line = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect::<Vec<_>>();
-        assert_eq!(line.len(), 1, "{}", out.stderr);
-        assert!(line[0].contains(needle), "{:?} lacks {needle:?}", line[0]);
+        let line = testkit::live::the_error_line(&out.stderr);
+        assert!(line.contains(needle), "{line:?} lacks {needle:?}");
         assert!(!cap.state().exists(), "no state file is written");
     };
     std::fs::write(cap.dir.join("config.json"), "{\"endpoint\": ").unwrap();

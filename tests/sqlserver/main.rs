@@ -90,17 +90,8 @@ fn configs_it_cannot_use_fail_with_one_clear_line() {
         cap.config(&json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "dbo", "stream": "t"}, "target": "t"}]}));
         let out = cap.capture();
         assert!(!out.ok);
-        let errors: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{}", out.stderr);
-        assert!(
-            errors[0].contains(needle),
-            "{:?} lacks {needle:?}",
-            errors[0]
-        );
+        let error = testkit::live::the_error_line(&out.stderr);
+        assert!(error.contains(needle), "{:?} lacks {needle:?}", error);
         assert!(!cap.state().exists());
     }
 }
@@ -448,17 +439,8 @@ fn lost_positions_and_bad_input_stop_with_the_remedy() {
         let _ = std::fs::remove_file(cap.state());
         let out = cap.capture();
         assert!(!out.ok, "expected a failure containing {needle:?}");
-        let errors: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{}", out.stderr);
-        assert!(
-            errors[0].contains(needle),
-            "{:?} lacks {needle:?}",
-            errors[0]
-        );
+        let error = testkit::live::the_error_line(&out.stderr);
+        assert!(error.contains(needle), "{:?} lacks {needle:?}", error);
         assert!(!cap.state().exists(), "no state file is written");
     };
     let mut wrong = serde_json::to_value(db.endpoint()).unwrap();

@@ -514,6 +514,14 @@ pub fn docs(lines: &[String], binding: usize) -> Vec<Value> {
         .collect()
 }
 
+/// The one `error:` line a failed run printed on stderr; panics (failing the test) unless
+/// there is exactly one: DESIGN.md §3 asks for one line that says what is wrong.
+pub fn the_error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
+    errors[0]
+}
+
 /// A document without `_meta`.
 pub fn strip_meta(doc: &Value) -> Value {
     let mut d = doc.clone();
