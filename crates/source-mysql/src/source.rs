@@ -35,7 +35,7 @@ use serde_json::Value;
 use crate::endpoint::{Endpoint, TlsMode};
 use crate::position::BinlogPosition;
 use crate::stream::MyStream;
-use crate::value::{ColType, Origin, to_json};
+use crate::value::{AddressKind, ColType, Origin, to_json};
 
 /// A column as the connector uses it.
 #[derive(Clone, Debug)]
@@ -117,7 +117,8 @@ fn key_ordering(c: &Column) -> KeyOrdering {
         | ColType::Text { .. }
         | ColType::Binary { .. }
         | ColType::Year
-        | ColType::Enum(_) => KeyOrdering::Database,
+        | ColType::Enum(_)
+        | ColType::Address(_) => KeyOrdering::Database,
         _ => KeyOrdering::Unorderable,
     }
 }
@@ -139,6 +140,11 @@ fn key_expr(c: &Column) -> String {
         }
         ColType::Time { .. } => "CAST(? AS TIME(6))".into(),
         ColType::Binary { .. } => "FROM_BASE64(?)".into(),
+        // MariaDB orders UUIDs by their groups in reverse (time-ordered UUIDs sort by
+        // time): only the server's own comparison agrees with the index.
+        ColType::Address(AddressKind::Uuid) => "CAST(? AS UUID)".into(),
+        ColType::Address(AddressKind::Inet4) => "CAST(? AS INET4)".into(),
+        ColType::Address(AddressKind::Inet6) => "CAST(? AS INET6)".into(),
         _ => match (&c.charset, &c.collation) {
             (Some(cs), Some(coll)) => format!("CONVERT(? USING {cs}) COLLATE {coll}"),
             _ => "?".into(),
