@@ -1,7 +1,12 @@
-//! Test support shared by every suite: throwaway database servers ([`servers`]) and the
-//! checker of the capture guarantees ([`checker`]), test certificates ([`tls`]).
+//! Test support shared by every suite: throwaway database servers ([`servers`]), the
+//! checker of the capture guarantees ([`checker`]), the live scenarios ([`live`]), the
+//! torture and fault run ([`torture`]) with its network-cut [`proxy`], test certificates
+//! ([`tls`]) and seeded random numbers ([`rng`]).
 
 pub mod checker;
 pub mod live;
+pub mod proxy;
+pub mod rng;
 pub mod servers;
 pub mod tls;
+pub mod torture;

@@ -266,8 +266,8 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     Ok(Some(report))
 }
 
-/// Whether the state file records `table`'s backfill as done.
-fn backfill_done(state: &Path, table: &str) -> bool {
+/// Whether the state file records `table`'s backfill as done (its binding active).
+pub(crate) fn backfill_done(state: &Path, table: &str) -> bool {
     std::fs::read_to_string(state)
         .ok()
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
@@ -387,7 +387,7 @@ impl LiveDb for crate::servers::MariaDbServer {
     }
 }
 
-fn parse_json_rows(text: &str) -> Result<Vec<Row>, String> {
+pub(crate) fn parse_json_rows(text: &str) -> Result<Vec<Row>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| match serde_json::from_str::<Value>(l) {

@@ -33,7 +33,8 @@ impl std::fmt::Display for HarnessError {
 
 impl std::error::Error for HarnessError {}
 
-type Result<T> = std::result::Result<T, HarnessError>;
+/// The harness's results.
+pub type Result<T> = std::result::Result<T, HarnessError>;
 
 fn err(what: impl Into<String>) -> HarnessError {
     HarnessError(what.into())
@@ -282,6 +283,18 @@ fn psql(bindir: Option<&Path>, url: &str, sql: &str) -> Result<String> {
     )
 }
 
+/// A `psql` session on `url` that reads SQL from stdin and stops at the first error (a
+/// writer's connection in the torture run).
+pub fn psql_session(url: &str) -> Command {
+    let psql = postgres_bindir().map_or_else(|| PathBuf::from("psql"), |d| d.join("psql"));
+    let mut cmd = Command::new(psql);
+    cmd.arg(url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null"])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .env("PGCLIENTENCODING", "UTF8");
+    cmd
+}
+
 impl PgServer {
     /// Starts a throwaway server (or uses `TEST_POSTGRES_URL`); prints `SKIPPED:` and
     /// returns `None` when neither is possible.
@@ -496,6 +509,24 @@ fn mariadb_socket(socket: &Path, sql: &str) -> Result<String> {
             .args(["-uroot", "-N", "-B", "--connect-timeout=5", "-e", sql]),
         "mariadb",
     )
+}
+
+/// A `mariadb` client session as root on the loopback `port` that reads SQL from stdin
+/// and stops at the first error (a writer's connection in the torture run).
+pub fn mariadb_session(port: u16) -> Command {
+    let mut cmd = Command::new(mariadb_client());
+    cmd.arg("--no-defaults")
+        .arg(format!("--port={port}"))
+        .args([
+            "--host=127.0.0.1",
+            "--user=root",
+            "--protocol=TCP",
+            "--default-character-set=utf8mb4",
+            "--connect-timeout=5",
+            "-N",
+            "-B",
+        ]);
+    cmd
 }
 
 impl MariaDbServer {

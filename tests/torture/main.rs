@@ -1,0 +1,95 @@
+//! The torture and fault suite (small configuration; `cargo xtask torture --minutes N`
+//! runs long ones): each connector binary under concurrent writers, pgbench or sysbench,
+//! SIGKILLs and injected faults, checked against DESIGN.md §6 (see `testkit::torture`).
+
+// Helpers outside #[test] functions unwrap too: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
+use testkit::servers::{MariaDbServer, PgServer};
+use testkit::torture::{self, Fault, Figures, Settings};
+
+/// The seed: `TORTURE_SEED` replays one; otherwise it changes with every run.
+fn seed() -> u64 {
+    std::env::var("TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        })
+}
+
+/// Every fault of `kinds` happened, the connector was killed, the lost log was refused,
+/// and nothing was lost or stale.
+fn assert_clean(figures: &Figures, kinds: &[Fault]) {
+    eprintln!("{figures}");
+    assert!(figures.violations.is_empty(), "{figures}");
+    assert!(figures.kills >= 3, "the connector was killed: {figures}");
+    for k in kinds {
+        assert!(
+            figures.faults.contains_key(k.name()),
+            "a {} happened: {figures}",
+            k.name()
+        );
+    }
+    assert!(
+        figures.retries > 0,
+        "faults were felt and retried: {figures}"
+    );
+    assert_eq!(figures.refused.len(), 1, "{figures}");
+    assert!(
+        figures.changes > 0 && figures.rows_compared > 0,
+        "{figures}"
+    );
+}
+
+#[test]
+fn postgres_random_workload_under_kills_and_faults() {
+    let Some(mut pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    if let Some(f) = torture::random_workload(&mut pg, &Settings::small(seed())).unwrap() {
+        assert_clean(&f, &Fault::ALL);
+    }
+}
+
+#[test]
+fn mariadb_random_workload_under_kills_and_faults() {
+    let Some(mut maria) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    if let Some(f) = torture::random_workload(&mut maria, &Settings::small(seed())).unwrap() {
+        assert_clean(&f, &Fault::ALL);
+    }
+}
+
+#[test]
+fn postgres_under_pgbench() {
+    let Some(mut pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    let settings = Settings {
+        duration: std::time::Duration::from_secs(25),
+        chunk_size: 2_000,
+        ..Settings::small(seed())
+    };
+    if let Some(f) = torture::pgbench(&mut pg, &settings).unwrap() {
+        assert_clean(&f, &Fault::CONNECTOR_ONLY);
+    }
+}
+
+#[test]
+fn mariadb_under_sysbench() {
+    let Some(mut maria) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let settings = Settings {
+        duration: std::time::Duration::from_secs(25),
+        chunk_size: 100,
+        ..Settings::small(seed())
+    };
+    if let Some(f) = torture::sysbench(&mut maria, &settings).unwrap() {
+        assert_clean(&f, &Fault::CONNECTOR_ONLY);
+    }
+}
