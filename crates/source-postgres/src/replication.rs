@@ -271,31 +271,9 @@ impl ReplicationConn {
         Ok(())
     }
 
-    /// A complete message from the buffer, if one is there.
-    fn parse_message(&mut self) -> Option<(u8, BytesMut)> {
-        if self.buf.len() < 5 {
-            return None;
-        }
-        let len = usize::try_from(u32::from_be_bytes([
-            self.buf[1],
-            self.buf[2],
-            self.buf[3],
-            self.buf[4],
-        ]))
-        .ok()?;
-        if self.buf.len() < 1 + len {
-            self.buf.reserve(1 + len - self.buf.len());
-            return None;
-        }
-        let tag = self.buf[0];
-        let mut msg = self.buf.split_to(1 + len);
-        msg.advance(5);
-        Some((tag, msg))
-    }
-
     async fn read_message(&mut self) -> Result<(u8, BytesMut), SourceError> {
         loop {
-            if let Some(m) = self.parse_message() {
+            if let Some(m) = split_message(&mut self.buf)? {
                 return Ok(m);
             }
             self.fill().await?;
@@ -378,53 +356,12 @@ impl ReplicationConn {
 
     /// The next replication message, if a complete one is buffered.
     pub fn try_next(&mut self) -> Result<Option<ReplMessage>, SourceError> {
-        loop {
-            let Some((tag, mut body)) = self.parse_message() else {
-                return Ok(None);
-            };
-            match tag {
-                b'd' => {
-                    if body.is_empty() {
-                        continue;
-                    }
-                    match body[0] {
-                        b'w' if body.len() >= 25 => {
-                            body.advance(1);
-                            let start = Lsn(body.get_u64());
-                            let _end = body.get_u64();
-                            let _ts = body.get_i64();
-                            return Ok(Some(ReplMessage::XLogData {
-                                start,
-                                data: body.freeze(),
-                            }));
-                        }
-                        b'k' if body.len() >= 18 => {
-                            body.advance(1);
-                            let wal_end = Lsn(body.get_u64());
-                            let _ts = body.get_i64();
-                            let reply_requested = body.get_u8() == 1;
-                            return Ok(Some(ReplMessage::Keepalive {
-                                wal_end,
-                                reply_requested,
-                            }));
-                        }
-                        other => {
-                            return Err(SourceError::definite(format!(
-                                "unexpected replication message {:?}",
-                                other as char
-                            )));
-                        }
-                    }
-                }
-                b'E' => return Err(server_error(&body)),
-                b'c' => {
-                    return Err(SourceError::transient(
-                        "the server ended the replication stream",
-                    ));
-                }
-                _ => {} // notices, parameter status
+        while let Some((tag, body)) = split_message(&mut self.buf)? {
+            if let Some(m) = replication_message(tag, body)? {
+                return Ok(Some(m));
             }
         }
+        Ok(None)
     }
 
     /// Sends a standby status update: everything up to `flushed` is durable downstream.
@@ -447,6 +384,71 @@ impl ReplicationConn {
             .put_u32(u32::try_from(payload.len() + 4).unwrap_or(u32::MAX));
         self.out.extend_from_slice(&payload);
         self.flush_out().await
+    }
+}
+
+/// Splits one complete backend message (tag, then a length that counts itself) off the
+/// front of `buf`: `Ok(None)` until all of it has arrived. Takes arbitrary bytes without
+/// panicking; a length below 4 is malformed.
+pub fn split_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, SourceError> {
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l >= 4)
+        .ok_or_else(|| SourceError::definite(format!("malformed message length {len}")))?;
+    if buf.len() < 1 + len {
+        buf.reserve(1 + len - buf.len());
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let mut msg = buf.split_to(1 + len);
+    msg.advance(5);
+    Ok(Some((tag, msg)))
+}
+
+/// A backend message during streaming: XLogData or a keepalive (`None` for messages
+/// that carry nothing for the stream: notices, parameter status, empty CopyData). Takes
+/// arbitrary bytes without panicking.
+pub fn replication_message(
+    tag: u8,
+    mut body: BytesMut,
+) -> Result<Option<ReplMessage>, SourceError> {
+    match tag {
+        b'd' => match body.first() {
+            None => Ok(None),
+            Some(b'w') if body.len() >= 25 => {
+                body.advance(1);
+                let start = Lsn(body.get_u64());
+                let _end = body.get_u64();
+                let _ts = body.get_i64();
+                Ok(Some(ReplMessage::XLogData {
+                    start,
+                    data: body.freeze(),
+                }))
+            }
+            Some(b'k') if body.len() >= 18 => {
+                body.advance(1);
+                let wal_end = Lsn(body.get_u64());
+                let _ts = body.get_i64();
+                let reply_requested = body.get_u8() == 1;
+                Ok(Some(ReplMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                }))
+            }
+            Some(other) => Err(SourceError::definite(format!(
+                "unexpected replication message {:?}",
+                *other as char
+            ))),
+        },
+        b'E' => Err(server_error(&body)),
+        b'c' => Err(SourceError::transient(
+            "the server ended the replication stream",
+        )),
+        _ => Ok(None),
     }
 }
 
