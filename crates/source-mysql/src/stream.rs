@@ -16,10 +16,11 @@ use std::collections::{HashMap, VecDeque};
 use backfill_core::SourceError;
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
-use futures_util::StreamExt;
-use mysql_async::binlog::events::EventData;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
+use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
-use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::{Map, Value};
@@ -27,7 +28,7 @@ use serde_json::{Map, Value};
 use crate::endpoint::Endpoint;
 use crate::position::BinlogPosition;
 use crate::source::{Table, connect, my_error};
-use crate::value::{ColType, Origin, to_json};
+use crate::value::from_binlog;
 
 const MARIADB_GTID_EVENT: u8 = 162;
 
@@ -42,6 +43,8 @@ pub struct MyStream {
     /// Whether a format description event has been read (see the rotate handling).
     seen_format: bool,
     gtid: Option<String>,
+    /// End offset of the last event read (for messages).
+    last_end: u64,
     pending: VecDeque<StreamEvent<BinlogPosition>>,
 }
 
@@ -100,6 +103,7 @@ impl MyStream {
             in_txn: false,
             seen_format: false,
             gtid: None,
+            last_end: at.pos,
             pending: VecDeque::new(),
         })
     }
@@ -152,19 +156,8 @@ impl MyStream {
             let Some(c) = t.column(&name) else {
                 return Ok(None);
             };
-            let value = match v {
-                BinlogValue::Value(v) => to_json(&c.ty, &v, Origin::Binlog),
-                BinlogValue::Jsonb(j) => match serde_json::Value::try_from(j) {
-                    Ok(v) if c.ty == ColType::Json => Ok(v),
-                    Ok(v) => Ok(Value::String(v.to_string())),
-                    Err(e) => Err(format!("bad JSON value: {e}")),
-                },
-                BinlogValue::JsonDiff(_) => Err(
-                    "partial JSON updates are not supported: set binlog_row_value_options=''"
-                        .into(),
-                ),
-            }
-            .map_err(|e| SourceError::definite(format!("{db}.{table} column {name}: {e}")))?;
+            let value = from_binlog(&c.ty, v)
+                .map_err(|e| SourceError::definite(format!("{db}.{table} column {name}: {e}")))?;
             out.insert(name, value);
         }
         Ok(Some(out))
@@ -176,18 +169,20 @@ impl MyStream {
     ) -> Result<(), SourceError> {
         let header = event.header();
         let end = u64::from(header.log_pos());
+        self.last_end = end;
         let ts_ms = i64::from(header.timestamp()) * 1000;
         if header.event_type_raw() == MARIADB_GTID_EVENT {
-            let d = event.data();
-            if d.len() >= 13 {
-                let seq = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-                let domain = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-                self.gtid = Some(format!("{domain}-{}-{seq}", header.server_id()));
+            if let Some(gtid) = mariadb_gtid(event.data(), header.server_id()) {
+                self.gtid = Some(gtid);
             }
             self.in_txn = true;
             self.pending.push_back(StreamEvent::Begin);
             return Ok(());
         }
+        if !parsed_by_the_stream(header.event_type_raw()) {
+            return Ok(());
+        }
+        let event_len = event.data().len();
         let Some(data) = event
             .read_data()
             .map_err(|e| SourceError::definite(format!("malformed binlog event: {e}")))?
@@ -256,12 +251,9 @@ impl MyStream {
                 else {
                     return Ok(());
                 };
-                let mut decoded = Vec::new();
-                for r in rows.rows(tme) {
-                    decoded.push(r.map_err(|e| {
-                        SourceError::definite(format!("{db}.{table}: undecodable row: {e}"))
-                    })?);
-                }
+                let decoded = decode_rows(&rows, tme, event_len).map_err(|e| {
+                    SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"))
+                })?;
                 // A column the catalog does not know yet: read the catalog again first.
                 let known = |s: &Self, r: &BinlogRow| {
                     s.tables
@@ -354,6 +346,49 @@ impl MyStream {
     }
 }
 
+/// Whether the stream parses events of this type: the ones it acts on. Every other event
+/// is skipped unparsed: mysql_common sizes allocations from some event bodies (previous
+/// GTIDs, for one), and a malformed length there aborts the process.
+pub fn parsed_by_the_stream(event_type: u8) -> bool {
+    // QUERY, ROTATE, FORMAT_DESCRIPTION, XID, TABLE_MAP, rows v1, HEARTBEAT, rows v2.
+    matches!(event_type, 2 | 4 | 15 | 16 | 19 | 23..=25 | 27 | 30..=32)
+}
+
+/// A row's before and after images (an insert has no before, a delete no after).
+pub type RowImages = (Option<BinlogRow>, Option<BinlogRow>);
+
+/// The rows of a rows event, before and after images. mysql_common's row iterator never
+/// ends on some malformed events (no image, or rows that take no bytes), so the rows are
+/// bounded by the event's size: every row takes at least one byte (its null bitmap), and
+/// every row has an image.
+pub fn decode_rows(
+    rows: &RowsEventData<'_>,
+    tme: &TableMapEvent<'_>,
+    event_len: usize,
+) -> Result<Vec<RowImages>, String> {
+    let mut decoded = Vec::new();
+    for r in rows.rows(tme) {
+        let pair = r.map_err(|e| e.to_string())?;
+        if pair.0.is_none() && pair.1.is_none() {
+            return Err("a row with neither a before nor an after image".into());
+        }
+        if decoded.len() >= event_len {
+            return Err("more rows than the event has bytes".into());
+        }
+        decoded.push(pair);
+    }
+    Ok(decoded)
+}
+
+/// The GTID (`domain-server-sequence`) of a MariaDB GTID event's body: sequence number
+/// (8 bytes, little-endian) then domain id (4 bytes) and flags; `None` when too short.
+pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Option<String> {
+    let seq = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(body.get(8..12)?.try_into().ok()?);
+    body.get(12)?;
+    Some(format!("{domain}-{server_id}-{seq}"))
+}
+
 fn unknown(db: &str, table: &str) -> SourceError {
     SourceError::definite(format!(
         "{db}.{table}: a row names a column the table no longer has (added and dropped again before the stream read it); refusing to emit misaligned columns. Raise `backfill` for every binding to re-read the tables from the log's end"
@@ -363,7 +398,38 @@ fn unknown(db: &str, table: &str) -> SourceError {
 impl ChangeStream for MyStream {
     type Position = BinlogPosition;
 
+    /// mysql_common panics on some malformed events (one shorter than its header says,
+    /// for one) instead of returning an error. A panic while reading or decoding is a
+    /// malformed event: it stops the capture with one clear line instead of a crash, and
+    /// nothing after the last checkpoint counts as committed.
     async fn next_event(&mut self) -> Result<StreamEvent<BinlogPosition>, SourceError> {
+        match AssertUnwindSafe(self.next_event_unguarded())
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(SourceError::definite(format!(
+                    "the binlog stream could not decode an event after {}:{} ({why}); check the binlog on the server (mariadb-binlog), then run again",
+                    self.file, self.last_end
+                )))
+            }
+        }
+    }
+
+    async fn acknowledge(&mut self, _durable: &BinlogPosition) -> Result<(), SourceError> {
+        // The binlog keeps no consumer position; retention is the server's setting.
+        Ok(())
+    }
+}
+
+impl MyStream {
+    async fn next_event_unguarded(&mut self) -> Result<StreamEvent<BinlogPosition>, SourceError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
@@ -376,10 +442,5 @@ impl ChangeStream for MyStream {
                 .map_err(|e| my_error(&e, "reading the binlog"))?;
             self.handle(event).await?;
         }
-    }
-
-    async fn acknowledge(&mut self, _durable: &BinlogPosition) -> Result<(), SourceError> {
-        // The binlog keeps no consumer position; retention is the server's setting.
-        Ok(())
     }
 }

@@ -26,6 +26,7 @@
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, number};
 use mysql_async::Value as MyValue;
+use mysql_async::binlog::value::BinlogValue;
 use serde_json::Value;
 
 /// A column's declared type, as far as rendering is concerned.
@@ -244,6 +245,22 @@ pub enum Origin {
     Binlog,
 }
 
+/// Renders one value of a binlog rows event (`Err` describes what was malformed; the
+/// stream turns it into a definite error, never a misrendered document).
+pub fn from_binlog(ty: &ColType, v: BinlogValue<'_>) -> Result<Value, String> {
+    match v {
+        BinlogValue::Value(v) => to_json(ty, &v, Origin::Binlog),
+        BinlogValue::Jsonb(j) => match Value::try_from(j) {
+            Ok(v) if *ty == ColType::Json => Ok(v),
+            Ok(v) => Ok(Value::String(v.to_string())),
+            Err(e) => Err(format!("bad JSON value: {e}")),
+        },
+        BinlogValue::JsonDiff(_) => {
+            Err("partial JSON updates are not supported: set binlog_row_value_options=''".into())
+        }
+    }
+}
+
 /// Renders one value of a column of type `ty`.
 pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, String> {
     if matches!(v, MyValue::NULL) {
@@ -263,7 +280,7 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
             number(&if *scale == 0 {
                 int.to_string()
             } else {
-                format!("{int}.{}", &frac[..*scale])
+                format!("{int}.{}", frac.get(..*scale).ok_or_else(bad)?)
             })?
         }
         ColType::Float => match v {
@@ -324,7 +341,11 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
                 if secs == 0 {
                     return Ok(Value::Null);
                 }
-                let us: u32 = format!("{us:0<6}")[..6].parse().map_err(|_| bad())?;
+                let us: u32 = format!("{us:0<6}")
+                    .get(..6)
+                    .ok_or_else(bad)?
+                    .parse()
+                    .map_err(|_| bad())?;
                 let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
                 let rem = secs.rem_euclid(86_400);
                 let part = |x: i64| u8::try_from(x).unwrap_or(0);
