@@ -5,6 +5,8 @@
 // Helpers outside #[test] functions unwrap too: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod fuzz;
+
 use testkit::servers::{MariaDbServer, PgServer};
 use testkit::torture::{self, Fault, Figures, Settings};
 

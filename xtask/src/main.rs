@@ -5,10 +5,12 @@
 //! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
 //!   and stop them when Enter is pressed;
 //! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`;
-//! * `bench`: throughput against the physical limits, as ratios in one run.
+//! * `bench`: throughput against the physical limits, as ratios in one run;
+//! * `torture`: long runs of the torture and fault suite (`--minutes N`, `--seed S`).
 
 mod bench;
 mod demo;
+mod torture;
 
 use std::process::{Command, ExitCode};
 
@@ -21,9 +23,10 @@ fn main() -> ExitCode {
         Some("dbs") => dbs(),
         Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("torture") => torture::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | dbs | demo | bench [--rows N] [--smoke]>\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+                "usage: cargo xtask <ci | dbs | demo | bench [--rows N] [--smoke] | torture [--minutes N] [--seed S] [--only postgres|mariadb]>\n  torture  connectors under load, SIGKILLs and faults, checked; then the decoder fuzz\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
             );
             return ExitCode::from(2);
         }
