@@ -165,10 +165,13 @@ impl PgSource {
         if self.endpoint.advanced.read_only {
             return Ok(());
         }
+        // Transactional, and committed with a flush: the walsender sends (and reports in
+        // keepalives) only flushed WAL, so an unflushed watermark left every chunk waiting
+        // for the WAL writer (`wal_writer_delay`, 200 ms by default) before the stream
+        // could reach its fence.
         self.client
-            .execute(
-                "SELECT pg_logical_emit_message(false, 'source-postgres', '')",
-                &[],
+            .batch_execute(
+                "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT",
             )
             .await
             .map_err(|e| db_error(&e, "emitting a watermark"))?;
