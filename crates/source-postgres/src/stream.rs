@@ -289,11 +289,23 @@ impl PgStream {
                 let Some(binding) = info.binding else {
                     return Ok(());
                 };
-                let row = self.row(info, &new).await?;
+                let mut row = self.row(info, &new).await?;
                 let (before_key, before) = match &old {
                     Some((image, cells)) => {
                         let old_row = self.row(info, cells).await?;
                         let k = Self::key_of(info, &old_row);
+                        if *image == OldImage::Full {
+                            // REPLICA IDENTITY FULL logs the old row with its TOASTed values
+                            // inline: an unchanged value is the old one, so the new row is
+                            // whole (a key change's `c` must be).
+                            for ((name, ..), cell) in info.columns.iter().zip(&new) {
+                                if *cell == Cell::Unchanged
+                                    && let Some(v) = old_row.get(name)
+                                {
+                                    row.insert(name.clone(), v.clone());
+                                }
+                            }
+                        }
                         (Some(k), (*image == OldImage::Full).then_some(old_row))
                     }
                     None => (None, None),
