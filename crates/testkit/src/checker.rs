@@ -314,7 +314,10 @@ pub fn compare_tables(
         let mut m = BTreeMap::new();
         for r in rows {
             let id = if expect.key.is_empty() {
-                serde_json::to_string(r).unwrap_or_default()
+                // Column order differs between sources of rows (`to_jsonb` sorts keys, the
+                // stream keeps table order): a keyless row is named by its sorted columns.
+                let sorted: BTreeMap<&String, &Value> = r.iter().collect();
+                serde_json::to_string(&sorted).unwrap_or_default()
             } else {
                 key_identity(&expect.key, r)
             };

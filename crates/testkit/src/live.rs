@@ -8,11 +8,12 @@
 //! `--until-caught-up` once the writers are quiet, and hands every run's output to
 //! [`crate::checker`], which merge-applies it and compares with the table.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use backfill_core::mode::ResolvedMode;
@@ -275,7 +276,7 @@ pub(crate) fn backfill_done(state: &Path, table: &str) -> bool {
 }
 
 /// Runs `capture` once and returns its stdout lines: to the end with `until_caught_up`,
-/// otherwise SIGKILLed after `kill_after`.
+/// otherwise SIGKILLed after `kill_after`. Its stderr is passed on.
 pub fn capture(
     binary: &Path,
     config: &Path,
@@ -283,39 +284,96 @@ pub fn capture(
     until_caught_up: bool,
     kill_after: Option<Duration>,
 ) -> Vec<String> {
-    let mut cmd = Command::new(binary);
-    cmd.arg("capture")
-        .arg("--config")
-        .arg(config)
-        .arg("--state")
-        .arg(state);
-    if until_caught_up {
-        cmd.arg("--until-caught-up");
+    let mut run = Running::start(binary, config, state, until_caught_up);
+    let _ = run.watch(kill_after.unwrap_or(Duration::from_secs(3_600)));
+    let (lines, stderr) = run.collect();
+    eprint!("{stderr}");
+    lines
+}
+
+/// A connector process with its output read in the background.
+pub(crate) struct Running {
+    child: Option<Child>,
+    out: Option<JoinHandle<Vec<String>>>,
+    err: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    pub(crate) fn start(binary: &Path, config: &Path, state: &Path, until_caught_up: bool) -> Self {
+        let mut cmd = Command::new(binary);
+        cmd.args(["capture", "--log-level", "warn", "--config"])
+            .arg(config)
+            .arg("--state")
+            .arg(state);
+        if until_caught_up {
+            cmd.arg("--until-caught-up");
+        }
+        let Ok(mut child) = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        else {
+            return Self {
+                child: None,
+                out: None,
+                err: None,
+            };
+        };
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        Self {
+            child: Some(child),
+            out: stdout.map(|s| {
+                std::thread::spawn(move || {
+                    BufReader::new(s).lines().map_while(Result::ok).collect()
+                })
+            }),
+            err: stderr.map(|mut s| {
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = s.read_to_string(&mut text);
+                    text
+                })
+            }),
+        }
     }
-    let Ok(mut child) = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-    else {
-        return Vec::new();
-    };
-    let stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    if let Some(after) = kill_after {
-        let deadline = Instant::now() + after;
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+
+    /// Waits up to `d`; the exit status if the process ended.
+    pub(crate) fn watch(&mut self, d: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + d;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = child.kill();
     }
-    let _ = child.wait();
-    reader.join().unwrap_or_default()
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub(crate) fn collect(mut self) -> (Vec<String>, String) {
+        self.kill();
+        (
+            self.out
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default(),
+            self.err
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default(),
+        )
+    }
 }
 
 impl LiveDb for crate::servers::PgServer {

@@ -35,9 +35,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -47,7 +47,7 @@ use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
 
 use crate::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-use crate::live::{backfill_done, parse_json_rows};
+use crate::live::{Running, backfill_done, parse_json_rows};
 use crate::proxy::Proxy;
 use crate::rng::{Rng, mix};
 use crate::servers::{MariaDbServer, PgServer};
@@ -247,7 +247,10 @@ impl TableSpec {
                 // A valid version-4 UUID (MariaDB refuses others), scattered everywhere else.
                 let mut h = format!("{:016x}{:016x}", mix(n), mix(n ^ 0x5bd1_e995));
                 h.replace_range(12..13, "4");
-                h.replace_range(16..17, ["8", "9", "a", "b"][usize::try_from(mix(n) >> 62).unwrap_or(0)]);
+                h.replace_range(
+                    16..17,
+                    ["8", "9", "a", "b"][usize::try_from(mix(n) >> 62).unwrap_or(0)],
+                );
                 vec![format!(
                     "'{}-{}-{}-{}-{}'",
                     &h[..8],
@@ -336,6 +339,8 @@ pub struct Figures {
     pub lost_txns: u64,
     /// Lines the connector printed.
     pub lines: usize,
+    /// How long the final `--until-caught-up` run took (the backlog left by the faults).
+    pub catch_up: Duration,
     /// Tables compared.
     pub tables: usize,
     /// Rows compared.
@@ -368,8 +373,12 @@ impl std::fmt::Display for Figures {
         )?;
         writeln!(
             f,
-            "  {} transactions / {} changes written ({} lost with their session), {} lines read",
-            self.txns, self.changes, self.lost_txns, self.lines
+            "  {} transactions / {} changes written ({} lost with their session), {} lines read; final catch-up {:.1} s",
+            self.txns,
+            self.changes,
+            self.lost_txns,
+            self.lines,
+            self.catch_up.as_secs_f64()
         )?;
         writeln!(
             f,
@@ -384,7 +393,8 @@ impl std::fmt::Display for Figures {
         )?;
         write!(f, "  {} violations", self.violations.len())?;
         for v in self.violations.iter().take(10) {
-            write!(f, "\n    {v}")?;
+            let short: String = v.chars().take(600).collect();
+            write!(f, "\n    {short}")?;
         }
         if !self.violations.is_empty() {
             write!(f, "\n  replay the workload with seed {}", self.seed)?;
@@ -724,6 +734,8 @@ struct Torture {
     rng: Rng,
     settings: Settings,
     runs: Vec<Vec<String>>,
+    /// The runs' outputs once checked (kept for the files when something was found).
+    outputs: Vec<Vec<String>>,
     figures: Figures,
 }
 
@@ -766,6 +778,7 @@ impl Torture {
             rng: Rng::new(settings.seed ^ 0x5eed),
             settings: settings.clone(),
             runs: Vec::new(),
+            outputs: Vec::new(),
             figures: Figures {
                 name: format!("{} {name}", victim.name()),
                 seed: settings.seed,
@@ -843,8 +856,11 @@ impl Torture {
 
     /// The final `--until-caught-up` run, the check, and the lost log that must be refused.
     fn finish(mut self, victim: &mut dyn Victim) -> Figures {
+        let started = Instant::now();
         let mut last = Running::start(&self.binary, &self.config, &self.state, true);
-        match last.watch(Duration::from_secs(600)) {
+        let finished = last.watch(Duration::from_secs(600));
+        self.figures.catch_up = started.elapsed();
+        match finished {
             Some(status) if status.success() => {}
             Some(status) => {
                 let (_, stderr) = last.collect();
@@ -852,6 +868,7 @@ impl Torture {
                     "the final --until-caught-up run failed ({status}): {}",
                     error_line(&stderr)
                 ));
+                self.outputs = std::mem::take(&mut self.runs);
                 return self.done();
             }
             None => {
@@ -874,10 +891,12 @@ impl Torture {
                 version_column: b.version.map(str::to_string),
             })
             .collect();
-        let outputs: Vec<RunOutput> = std::mem::take(&mut self.runs)
-            .into_iter()
+        self.outputs = std::mem::take(&mut self.runs);
+        let outputs: Vec<RunOutput> = self
+            .outputs
+            .iter()
             .map(|lines| RunOutput {
-                lines,
+                lines: lines.clone(),
                 counters: vec![0; expects.len()],
             })
             .collect();
@@ -906,11 +925,16 @@ impl Torture {
         self.done()
     }
 
-    /// The figures; the run's files are kept when something was found.
+    /// The figures; the run's files, with every run's output, are kept when something
+    /// was found.
     fn done(self) -> Figures {
         if self.figures.violations.is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
+            for (i, lines) in self.outputs.iter().enumerate() {
+                let _ =
+                    std::fs::write(self.dir.join(format!("run-{i:03}.jsonl")), lines.join("\n"));
+            }
             eprintln!("torture: files kept in {}", self.dir.display());
         }
         self.figures
@@ -951,14 +975,16 @@ impl Torture {
     }
 }
 
+/// The `error:` line of a failed run, or where it panicked, or its last line.
 fn error_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .rfind(|l| l.starts_with("error:"))
-        .map_or_else(
-            || stderr.lines().last().unwrap_or("").to_string(),
-            str::to_string,
-        )
+    let lines: Vec<&str> = stderr.lines().collect();
+    if let Some(l) = lines.iter().rfind(|l| l.starts_with("error:")) {
+        return (*l).to_string();
+    }
+    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        return lines[i..lines.len().min(i + 2)].join(" ");
+    }
+    lines.last().copied().unwrap_or("").to_string()
 }
 
 struct TableOracle<'a> {
@@ -975,91 +1001,6 @@ impl Oracle for TableOracle<'_> {
     /// Only Changes tables are empty until their binding is active (the writers wait).
     fn rows_at(&self, _binding: usize, _position: &Value) -> Option<Vec<Row>> {
         Some(Vec::new())
-    }
-}
-
-/// A connector process with its output read in the background.
-struct Running {
-    child: Option<Child>,
-    out: Option<JoinHandle<Vec<String>>>,
-    err: Option<JoinHandle<String>>,
-}
-
-impl Running {
-    fn start(binary: &Path, config: &Path, state: &Path, until_caught_up: bool) -> Self {
-        let mut cmd = Command::new(binary);
-        cmd.args(["capture", "--log-level", "warn", "--config"])
-            .arg(config)
-            .arg("--state")
-            .arg(state);
-        if until_caught_up {
-            cmd.arg("--until-caught-up");
-        }
-        let Ok(mut child) = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        else {
-            return Self {
-                child: None,
-                out: None,
-                err: None,
-            };
-        };
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        Self {
-            child: Some(child),
-            out: stdout.map(|s| {
-                std::thread::spawn(move || {
-                    BufReader::new(s).lines().map_while(Result::ok).collect()
-                })
-            }),
-            err: stderr.map(|mut s| {
-                std::thread::spawn(move || {
-                    let mut text = String::new();
-                    let _ = s.read_to_string(&mut text);
-                    text
-                })
-            }),
-        }
-    }
-
-    /// Waits up to `d`; the exit status if the process ended.
-    fn watch(&mut self, d: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + d;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn collect(mut self) -> (Vec<String>, String) {
-        self.kill();
-        (
-            self.out
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default(),
-            self.err
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default(),
-        )
     }
 }
 
@@ -1364,9 +1305,12 @@ impl Victim for PgServer {
             let _ = write!(ddl, "; ALTER TABLE public.{} REPLICA IDENTITY FULL", t.name);
         }
         if t.wide {
+            // Out of line, and REPLICA IDENTITY FULL as `check` recommends: with the default
+            // identity a key change cannot carry an unchanged TOASTed value to the new key
+            // (DESIGN.md §5), which the torture's key changes would find.
             let _ = write!(
                 ddl,
-                "; ALTER TABLE public.{} ALTER pad SET STORAGE EXTERNAL",
+                "; ALTER TABLE public.{0} ALTER pad SET STORAGE EXTERNAL; ALTER TABLE public.{0} REPLICA IDENTITY FULL",
                 t.name
             );
         }
