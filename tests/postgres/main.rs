@@ -265,6 +265,38 @@ fn unchanged_toast_values_are_omitted_and_kept_by_merging() {
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
+/// With REPLICA IDENTITY FULL the old row carries TOASTed values inline, so an update that
+/// leaves one unchanged, and a key change of such a row, emit whole rows (DESIGN.md §5).
+#[test]
+fn replica_identity_full_carries_unchanged_toast_values_through_key_changes() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE docs_full (id int PRIMARY KEY, v int, body text); ALTER TABLE docs_full ALTER body SET STORAGE EXTERNAL; ALTER TABLE docs_full REPLICA IDENTITY FULL").unwrap();
+    let cap = Capture::new(&binary, "toast-full");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("docs_full", "Precise", 0)]}));
+    assert!(cap.capture().ok);
+    pg.sql("INSERT INTO docs_full SELECT 1, 1, string_agg(md5(g::text), '') FROM generate_series(1, 400) g")
+        .unwrap();
+    pg.sql("UPDATE docs_full SET v = 2 WHERE id = 1").unwrap();
+    pg.sql("UPDATE docs_full SET id = 7, v = 3 WHERE id = 1")
+        .unwrap();
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let d = docs(&out.lines, 0);
+    let ops: Vec<&str> = d
+        .iter()
+        .map(|x| x["_meta"]["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["c", "u", "d", "c"], "{d:?}");
+    for doc in [&d[1], &d[3]] {
+        assert_eq!(
+            doc["body"].as_str().map(str::len),
+            Some(12_800),
+            "the unchanged value is carried: {doc}"
+        );
+    }
+    assert_eq!(d[3]["id"], 7);
+}
+
 /// Backfill counters: one raised re-reads that table only; all raised re-create the slot at
 /// the end of the WAL (the upgrade path); a dropped slot stops with the remedy named.
 #[test]
