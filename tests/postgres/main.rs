@@ -762,3 +762,56 @@ fn survives_a_killed_walsender_and_a_server_restart() {
     assert_precise(&pg, "f", &["id"], Some("v"), &runs);
     assert!(resumes > 2);
 }
+
+/// Keys the server classifies (a linguistic collation) against windows open at either end:
+/// the query's answer for a missing bound must read as "no bound", not fail to decode
+/// (the torture run found every restart panicking on one).
+#[test]
+fn server_classification_of_open_windows() {
+    use backfill_core::key::{Hi, Key, Region, Window};
+    use backfill_core::source::{BindingSpec, Discovery, KeyClassifier, TableRef};
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    pg.sql("CREATE TABLE cls (name text COLLATE \"en-x-icu\" PRIMARY KEY)")
+        .unwrap();
+    let endpoint: source_postgres::endpoint::Endpoint =
+        serde_json::from_value(endpoint(&pg, json!({}))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut source = source_postgres::source::PgSource::connect(&endpoint)
+            .await
+            .unwrap();
+        source.discover().await.unwrap();
+        let binding = BindingSpec {
+            index: 0,
+            table: TableRef {
+                namespace: "public".into(),
+                stream: "cls".into(),
+            },
+            mode: ResolvedMode::Precise,
+            key: vec!["name".into()],
+        };
+        let k = |s: &str| Key(vec![json!(s)]);
+        // In English order apple < Banana < zebra (in bytes, Banana sorts first).
+        let (apple, banana, zebra) = (k("apple"), k("Banana"), k("zebra"));
+        let keys = [&apple, &banana, &zebra];
+        let mut classify = async |lo, hi| {
+            source
+                .classify(&binding, Window { lo, hi }, &keys)
+                .await
+                .unwrap()
+        };
+        use Region::{Ahead, Done, Window as In};
+        assert_eq!(classify(None, Hi::Unbounded).await, [In, In, In]);
+        assert_eq!(classify(None, Hi::Key(&banana)).await, [In, In, Ahead]);
+        assert_eq!(classify(Some(&apple), Hi::Unbounded).await, [Done, In, In]);
+        assert_eq!(
+            classify(Some(&apple), Hi::Key(&banana)).await,
+            [Done, In, Ahead]
+        );
+    });
+}

@@ -467,7 +467,8 @@ impl KeyClassifier for PgSource {
                          params: &mut Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>|
          -> String {
             match key {
-                None => "NULL".into(),
+                // Typed: a bare NULL column is `text`, which does not read as a bool.
+                None => "NULL::boolean".into(),
                 Some(k) => {
                     let typed = binding
                         .key
@@ -488,7 +489,7 @@ impl KeyClassifier for PgSource {
         let above_lo = bound(window.lo, &mut params);
         let above_hi = match window.hi {
             Hi::Key(h) => bound(Some(h), &mut params),
-            Hi::Empty | Hi::Unbounded => "NULL".into(),
+            Hi::Empty | Hi::Unbounded => "NULL::boolean".into(),
         };
         let unnest = (0..n)
             .map(|i| format!("${}::text[]", i + 1))
@@ -504,15 +505,16 @@ impl KeyClassifier for PgSource {
             .query(&sql, &refs)
             .await
             .map_err(|e| db_error(&e, "classifying keys"))?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                window.region_from(
-                    r.get::<_, Option<bool>>(0).unwrap_or(false),
-                    r.get::<_, Option<bool>>(1).unwrap_or(false),
-                )
+                let above = |i: usize| {
+                    r.try_get::<_, Option<bool>>(i)
+                        .map(|b| b.unwrap_or(false))
+                        .map_err(|e| db_error(&e, "classifying keys"))
+                };
+                Ok(window.region_from(above(0)?, above(1)?))
             })
-            .collect())
+            .collect()
     }
 }
 
