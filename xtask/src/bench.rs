@@ -20,6 +20,18 @@ use testkit::servers::{MariaDbServer, PgServer};
 struct Timed {
     seconds: f64,
     peak_rss_mib: f64,
+    /// User + system CPU seconds (sampled from /proc every 10 ms; the last sample before
+    /// exit).
+    cpu_seconds: f64,
+}
+
+/// utime + stime of a running process, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn run_timed(cmd: &mut Command) -> Result<Timed, String> {
@@ -31,6 +43,7 @@ fn run_timed(cmd: &mut Command) -> Result<Timed, String> {
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let pid = child.id();
     let mut peak = 0u64;
+    let mut ticks = 0u64;
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             if !status.success() {
@@ -50,11 +63,15 @@ fn run_timed(cmd: &mut Command) -> Result<Timed, String> {
                 .unwrap_or(0);
             peak = peak.max(rss);
         }
+        if let Some(t) = cpu_ticks(pid) {
+            ticks = t;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(Timed {
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: peak as f64 / 1024.0,
+        cpu_seconds: ticks as f64 / 100.0,
     })
 }
 
@@ -71,6 +88,34 @@ fn capture_cmd(binary: &std::path::Path, dir: &std::path::Path) -> Command {
     .arg("--state")
     .arg(dir.join("state.json"));
     c
+}
+
+/// One figure: ours against the reference in the same run, with CPU per million.
+fn figure(what: &str, n: u64, ours: &Timed, reference: &str, r: &Timed, target: f64) -> Value {
+    json!({"what": what, "n": n, "seconds": ours.seconds, "reference": reference,
+        "reference_seconds": r.seconds, "ratio": r.seconds / ours.seconds, "target": target,
+        "peak_rss_mib": ours.peak_rss_mib, "cpu_seconds": ours.cpu_seconds,
+        "cpu_seconds_per_million": ours.cpu_seconds * 1e6 / n.max(1) as f64})
+}
+
+/// A fresh directory with a config capturing `stream` in `mode`.
+fn capture_dir(
+    work: &std::path::Path,
+    name: &str,
+    endpoint: &Value,
+    namespace: &str,
+    stream: &str,
+    mode: &str,
+) -> Result<std::path::PathBuf, String> {
+    let dir = work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": namespace, "stream": stream, "mode": mode}, "target": stream}]}).to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(dir)
 }
 
 #[allow(clippy::print_stdout, clippy::too_many_lines)] // the bench's output
@@ -123,14 +168,44 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "-c",
         "COPY bench TO STDOUT (FORMAT binary)",
     ]))?;
-    let dir = work.join("pg-backfill");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": 10000}});
-    std::fs::write(dir.join("config.json"), json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "public", "stream": "bench", "mode": "Precise"}, "target": "b"}]}).to_string()).map_err(|e| e.to_string())?;
+    let pg_endpoint = |chunk: u64| json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk}});
+    let dir = capture_dir(
+        &work,
+        "pg-backfill",
+        &pg_endpoint(10_000),
+        "public",
+        "bench",
+        "Precise",
+    )?;
     let ours = run_timed(&mut capture_cmd(&pg_bin, &dir))?;
-    results.push(json!({"what": "PostgreSQL backfill", "rows": rows, "seconds": ours.seconds, "reference": "COPY binary via psql",
-        "reference_seconds": copy.seconds, "ratio": copy.seconds / ours.seconds, "target": 0.8, "peak_rss_mib": ours.peak_rss_mib}));
+    results.push(figure(
+        "PostgreSQL backfill",
+        rows,
+        &ours,
+        "COPY binary via psql",
+        &copy,
+        0.8,
+    ));
+    // What Precise costs over Normal, and the chunk size: the same table, the same reference.
+    for (mode, chunk) in [("Normal", 10_000), ("Precise", 1_000), ("Precise", 50_000)] {
+        let dir = capture_dir(
+            &work,
+            &format!("pg-{mode}-{chunk}"),
+            &pg_endpoint(chunk),
+            "public",
+            "bench",
+            mode,
+        )?;
+        let t = run_timed(&mut capture_cmd(&pg_bin, &dir))?;
+        results.push(figure(
+            &format!("  {mode}, chunks of {chunk}"),
+            rows,
+            &t,
+            "COPY binary via psql",
+            &copy,
+            0.8,
+        ));
+    }
 
     // PostgreSQL streaming: the same changes read by the connector and by pg_recvlogical.
     let sdir = work.join("pg-stream");
@@ -173,8 +248,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "/dev/null",
     ]))?;
     let ours = run_timed(&mut capture_cmd(&pg_bin, &sdir))?;
-    results.push(json!({"what": "PostgreSQL streaming", "changes": changes, "seconds": ours.seconds, "reference": "pg_recvlogical (pgoutput)",
-        "reference_seconds": recv.seconds, "ratio": recv.seconds / ours.seconds, "target": 0.9, "peak_rss_mib": ours.peak_rss_mib}));
+    results.push(figure(
+        "PostgreSQL streaming",
+        changes,
+        &ours,
+        "pg_recvlogical (pgoutput)",
+        &recv,
+        0.9,
+    ));
     drop(pg);
 
     // MariaDB backfill.
@@ -199,35 +280,119 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "test",
         "bench",
     ]))?;
-    let mdir = work.join("maria-backfill");
-    let _ = std::fs::remove_dir_all(&mdir);
-    std::fs::create_dir_all(&mdir).map_err(|e| e.to_string())?;
-    std::fs::write(mdir.join("config.json"), json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10000}},
-        "bindings": [{"resource": {"namespace": "test", "stream": "bench", "mode": "Precise"}, "target": "b"}]}).to_string()).map_err(|e| e.to_string())?;
+    let my_endpoint = json!({"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10000}});
+    let mdir = capture_dir(
+        &work,
+        "maria-backfill",
+        &my_endpoint,
+        "test",
+        "bench",
+        "Precise",
+    )?;
     let ours = run_timed(&mut capture_cmd(&my_bin, &mdir))?;
-    results.push(json!({"what": "MariaDB backfill", "rows": rows, "seconds": ours.seconds, "reference": "mariadb-dump --quick --single-transaction",
-        "reference_seconds": dump.seconds, "ratio": dump.seconds / ours.seconds, "target": 0.9, "peak_rss_mib": ours.peak_rss_mib}));
+    results.push(figure(
+        "MariaDB backfill",
+        rows,
+        &ours,
+        "mariadb-dump --quick --single-transaction",
+        &dump,
+        0.9,
+    ));
+
+    // MariaDB streaming: the change workload read by the connector and by mariadb-binlog.
+    db.sql("CREATE TABLE test.changes (id BIGINT PRIMARY KEY, a INT, b TEXT, c TIMESTAMP(6), d DECIMAL(20,4), e JSON)")
+        .map_err(|e| e.to_string())?;
+    let sdir = capture_dir(
+        &work,
+        "maria-stream",
+        &my_endpoint,
+        "test",
+        "changes",
+        "Precise",
+    )?;
+    run_timed(&mut capture_cmd(&my_bin, &sdir))?;
+    let status = db.sql("SHOW MASTER STATUS").map_err(|e| e.to_string())?;
+    let mut parts = status.split_whitespace();
+    let (file, pos) = (
+        parts.next().ok_or("no binlog")?.to_string(),
+        parts.next().ok_or("no binlog position")?.to_string(),
+    );
+    let mut script = String::new();
+    for t in 0..txns {
+        let base = t * 1000;
+        script.push_str(&format!(
+            "START TRANSACTION;
+             INSERT INTO test.changes SELECT seq, seq % 1000, MD5(seq), NOW(6), seq * 1.5, JSON_OBJECT('k', seq) FROM test.seq_{}_to_{};
+             UPDATE test.changes SET a = a + 1 WHERE id > {base} AND id <= {};
+             DELETE FROM test.changes WHERE id > {} AND id <= {};
+             COMMIT;\n",
+            base + 1,
+            base + 500,
+            base + 250,
+            base + 250,
+            base + 500
+        ));
+    }
+    let mut load = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "--protocol=TCP",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.port.to_string(),
+            "-u",
+            "root",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = load.stdin.take() {
+        std::io::Write::write_all(&mut stdin, script.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    if !load.wait().map_err(|e| e.to_string())?.success() {
+        return Err("loading the MariaDB change workload failed".into());
+    }
+    let binlog = run_timed(Command::new("mariadb-binlog").args([
+        "--no-defaults",
+        "--read-from-remote-server",
+        "--to-last-log",
+        "-v",
+        "-h",
+        "127.0.0.1",
+        "-P",
+        &db.port.to_string(),
+        "-u",
+        "root",
+        &format!("--start-position={pos}"),
+        &file,
+    ]))?;
+    let ours = run_timed(&mut capture_cmd(&my_bin, &sdir))?;
+    results.push(figure(
+        "MariaDB streaming",
+        changes,
+        &ours,
+        "mariadb-binlog --read-from-remote-server -v",
+        &binlog,
+        1.0,
+    ));
     drop(db);
 
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}",
-        "what", "n", "ours s", "ref s", "ratio", "target", "RSS MiB"
+        "{:<30} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>12}",
+        "what", "n", "ours s", "ref s", "ratio", "target", "RSS MiB", "CPU s/1M"
     );
     for r in &results {
-        let n = r
-            .get("rows")
-            .or_else(|| r.get("changes"))
-            .cloned()
-            .unwrap_or(Value::Null);
         println!(
-            "{:<24} {:>10} {:>10.2} {:>10.2} {:>8.2} {:>8.2} {:>9.1}",
+            "{:<30} {:>9} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.1} {:>12.2}",
             r["what"].as_str().unwrap_or(""),
-            n,
+            r["n"],
             r["seconds"].as_f64().unwrap_or(0.0),
             r["reference_seconds"].as_f64().unwrap_or(0.0),
             r["ratio"].as_f64().unwrap_or(0.0),
             r["target"].as_f64().unwrap_or(0.0),
             r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            r["cpu_seconds_per_million"].as_f64().unwrap_or(0.0),
         );
     }
     let out = work.join("results.json");
