@@ -333,17 +333,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             base + 500
         ));
     }
-    let mut load = Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "--protocol=TCP",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &db.port.to_string(),
-            "-u",
-            "root",
-        ])
+    let mut load = testkit::servers::mariadb_session(db.port)
         .stdin(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;

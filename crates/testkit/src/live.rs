@@ -148,17 +148,15 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     ) {
         e.extend(extra.clone());
     }
-    let bindings: Vec<Value> = tables
-        .iter()
-        .zip(&scenario.modes)
-        .map(|(t, m)| json!({"resource": {"namespace": ns, "stream": t, "mode": m.as_str()}, "target": t, "backfill": 0}))
-        .collect();
-    let config = dir.join("config.json");
-    std::fs::write(
-        &config,
-        json!({"endpoint": endpoint, "bindings": bindings}).to_string(),
-    )
-    .map_err(|e| e.to_string())?;
+    let config = write_config(
+        &dir,
+        &endpoint,
+        &ns,
+        tables
+            .iter()
+            .map(String::as_str)
+            .zip(scenario.modes.iter().copied()),
+    )?;
     let state = dir.join("state.json");
 
     // Writers run while the connector is killed and restarted.
@@ -265,6 +263,26 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     report.violations = checker::check(&expects, &outputs, &oracle);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Some(report))
+}
+
+/// Writes `dir/config.json`: the endpoint and one binding per `(table, mode)` in
+/// `namespace`, counters at 0; returns its path.
+pub(crate) fn write_config<'a>(
+    dir: &Path,
+    endpoint: &Value,
+    namespace: &str,
+    bindings: impl Iterator<Item = (&'a str, ResolvedMode)>,
+) -> Result<PathBuf, String> {
+    let bindings: Vec<Value> = bindings
+        .map(|(t, m)| json!({"resource": {"namespace": namespace, "stream": t, "mode": m.as_str()}, "target": t, "backfill": 0}))
+        .collect();
+    let config = dir.join("config.json");
+    std::fs::write(
+        &config,
+        json!({"endpoint": endpoint, "bindings": bindings}).to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 /// Whether the state file records `table`'s backfill as done (its binding active).

@@ -47,7 +47,7 @@ use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
 
 use crate::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-use crate::live::{Running, backfill_done, parse_json_rows};
+use crate::live::{Running, backfill_done, parse_json_rows, write_config};
 use crate::proxy::Proxy;
 use crate::rng::{Rng, mix};
 use crate::servers::{MariaDbServer, PgServer};
@@ -757,17 +757,12 @@ impl Torture {
         let proxy = Proxy::start(victim.port()).map_err(|e| e.to_string())?;
         let mut endpoint = victim.endpoint(proxy.port);
         endpoint["advanced"] = json!({"chunk_size": settings.chunk_size});
-        let ns = victim.namespace();
-        let bindings: Vec<Value> = bound
-            .iter()
-            .map(|b| json!({"resource": {"namespace": ns, "stream": b.table, "mode": b.mode.as_str()}, "target": b.table, "backfill": 0}))
-            .collect();
-        let config = dir.join("config.json");
-        std::fs::write(
-            &config,
-            json!({"endpoint": endpoint, "bindings": bindings}).to_string(),
-        )
-        .map_err(|e| e.to_string())?;
+        let config = write_config(
+            &dir,
+            &endpoint,
+            victim.namespace(),
+            bound.iter().map(|b| (b.table.as_str(), b.mode)),
+        )?;
         Ok(Self {
             binary: binary.to_path_buf(),
             state: dir.join("state.json"),
