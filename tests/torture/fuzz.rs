@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use mysql_common::binlog::EventStreamReader;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::EventData;
-use source_mysql::stream::{decode_rows, parsed_by_the_stream};
+use source_mysql::stream::{MARIADB_GTID_EVENT, decode_rows, parsed_by_the_stream};
 use source_mysql::value::{AddressKind, ColType, from_binlog};
 use source_postgres::pgoutput::{self, Cell, Message};
 use source_postgres::replication::{ReplMessage, replication_message, split_message};
@@ -256,7 +256,7 @@ fn feed_binlog(events: &[Vec<u8>], types: &[ColType], fed: &mut Fed) {
         // The parser's own work, guarded as the stream guards it.
         let parsed = catch_unwind(AssertUnwindSafe(|| {
             let event = reader.read(raw.as_slice()).ok()??;
-            let gtid = (event.header().event_type_raw() == 162)
+            let gtid = (event.header().event_type_raw() == MARIADB_GTID_EVENT)
                 .then(|| (event.data().to_vec(), event.header().server_id()));
             let mut rows = Vec::new();
             if !parsed_by_the_stream(event.header().event_type_raw()) {
@@ -359,8 +359,8 @@ fn binlog_decoders_take_mutated_real_events() {
     let targets: Vec<usize> = (0..events.len())
         .filter(|&i| {
             matches!(
-                events[i].get(4),
-                Some(19 | 23 | 24 | 25 | 30 | 31 | 32 | 162)
+                events[i].get(4).copied(),
+                Some(19 | 23 | 24 | 25 | 30 | 31 | 32 | MARIADB_GTID_EVENT)
             )
         })
         .collect();

@@ -30,7 +30,8 @@ use crate::position::BinlogPosition;
 use crate::source::{Table, connect, my_error};
 use crate::value::from_binlog;
 
-const MARIADB_GTID_EVENT: u8 = 162;
+/// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
+pub const MARIADB_GTID_EVENT: u8 = 162;
 
 /// The binlog change stream.
 pub struct MyStream {

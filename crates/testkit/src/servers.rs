@@ -69,7 +69,8 @@ fn os_user(name: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn running_as_root() -> bool {
+/// Whether this process runs as root (servers then run as their own OS user).
+pub(crate) fn running_as_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
