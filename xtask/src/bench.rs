@@ -10,6 +10,11 @@
 //! Every connector run writes to /dev/null and is timed as a whole process; peak RSS is
 //! sampled from /proc. Results go to stdout as a table and to `target/bench/results.json`.
 //! `--smoke` uses the debug binaries and a tiny table: it checks that the command works.
+//! `--only postgres|mariadb` runs one database's figures. `--perf` runs every connector a
+//! second time from the same state under `perf record` (not timed) and writes the flat
+//! profile next to its config (`target/bench/<run>/perf.txt`): what bounds a figure.
+//! `--hold` keeps each server running after its figures until `target/bench/hold` is
+//! removed, for profiling by hand from `state.before.json`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,6 +95,52 @@ fn capture_cmd(binary: &std::path::Path, dir: &std::path::Path) -> Command {
     c
 }
 
+/// Runs a capture timed; with `--perf`, runs it again from the same state under
+/// `perf record` and writes the flat profile to `perf.txt` beside the config.
+fn run_capture(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    perf: bool,
+) -> Result<Timed, String> {
+    let state = dir.join("state.json");
+    let before = std::fs::read(&state).ok();
+    if let Some(b) = &before {
+        // Kept for reruns by hand (`--hold`): copy it back over state.json.
+        std::fs::write(dir.join("state.before.json"), b).map_err(|e| e.to_string())?;
+    }
+    let timed = run_timed(&mut capture_cmd(binary, dir))?;
+    if perf {
+        match &before {
+            Some(b) => std::fs::write(&state, b).map_err(|e| e.to_string())?,
+            None => {
+                let _ = std::fs::remove_file(&state);
+            }
+        }
+        let data = dir.join("perf.data");
+        let mut cmd = Command::new("perf");
+        cmd.args(["record", "-q", "-F", "1999", "-o"])
+            .arg(&data)
+            .arg("--");
+        let inner = capture_cmd(binary, dir);
+        cmd.arg(inner.get_program()).args(inner.get_args());
+        run_timed(&mut cmd)?;
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--percent-limit",
+                "0.5",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("perf report: {e}"))?;
+        std::fs::write(dir.join("perf.txt"), &report.stdout).map_err(|e| e.to_string())?;
+    }
+    Ok(timed)
+}
+
 /// One figure: ours against the reference in the same run, with CPU per million.
 fn figure(what: &str, n: u64, ours: &Timed, reference: &str, r: &Timed, target: f64) -> Value {
     json!({"what": what, "n": n, "seconds": ours.seconds, "reference": reference,
@@ -126,6 +177,18 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .find(|w| w[0] == "--rows")
         .and_then(|w| w[1].parse().ok())
         .unwrap_or(if smoke { 2_000 } else { 1_000_000 });
+    let only = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].as_str());
+    let (with_pg, with_maria) = match only {
+        None => (true, true),
+        Some("postgres") => (true, false),
+        Some("mariadb") => (false, true),
+        Some(other) => return Err(format!("--only postgres|mariadb, not {other}")),
+    };
+    let perf = args.iter().any(|a| a == "--perf");
+    let hold = args.iter().any(|a| a == "--hold");
     let profile = if smoke { "debug" } else { "release" };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
@@ -150,6 +213,51 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
 
+    if with_pg {
+        postgres(&pg_bin, &work, rows, perf, &mut results, hold)?;
+    }
+    if with_maria {
+        mariadb(&my_bin, &work, rows, perf, &mut results, hold)?;
+    }
+
+    println!(
+        "{:<30} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>12}",
+        "what", "n", "ours s", "ref s", "ratio", "target", "RSS MiB", "CPU s/1M"
+    );
+    for r in &results {
+        println!(
+            "{:<30} {:>9} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.1} {:>12.2}",
+            r["what"].as_str().unwrap_or(""),
+            r["n"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["reference_seconds"].as_f64().unwrap_or(0.0),
+            r["ratio"].as_f64().unwrap_or(0.0),
+            r["target"].as_f64().unwrap_or(0.0),
+            r["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            r["cpu_seconds_per_million"].as_f64().unwrap_or(0.0),
+        );
+    }
+    let out = work.join("results.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({"profile": profile, "results": results}))
+            .unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("figures with their references: {}", out.display());
+    Ok(())
+}
+
+/// The PostgreSQL figures: backfill (with Normal and the chunk sweep) and streaming.
+#[allow(clippy::too_many_lines)]
+fn postgres(
+    pg_bin: &std::path::Path,
+    work: &std::path::Path,
+    rows: u64,
+    perf: bool,
+    results: &mut Vec<Value>,
+    hold: bool,
+) -> Result<(), String> {
     // PostgreSQL backfill.
     let pg = PgServer::start().map_err(|e| e.to_string())?;
     pg.sql(&format!(
@@ -170,14 +278,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     ]))?;
     let pg_endpoint = |chunk: u64| json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk}});
     let dir = capture_dir(
-        &work,
+        work,
         "pg-backfill",
         &pg_endpoint(10_000),
         "public",
         "bench",
         "Precise",
     )?;
-    let ours = run_timed(&mut capture_cmd(&pg_bin, &dir))?;
+    let ours = run_capture(pg_bin, &dir, perf)?;
     results.push(figure(
         "PostgreSQL backfill",
         rows,
@@ -189,14 +297,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // What Precise costs over Normal, and the chunk size: the same table, the same reference.
     for (mode, chunk) in [("Normal", 10_000), ("Precise", 1_000), ("Precise", 50_000)] {
         let dir = capture_dir(
-            &work,
+            work,
             &format!("pg-{mode}-{chunk}"),
             &pg_endpoint(chunk),
             "public",
             "bench",
             mode,
         )?;
-        let t = run_timed(&mut capture_cmd(&pg_bin, &dir))?;
+        let t = run_capture(pg_bin, &dir, perf)?;
         results.push(figure(
             &format!("  {mode}, chunks of {chunk}"),
             rows,
@@ -213,7 +321,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
     let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "slot": "bench_slot", "publication": "bench_pub"});
     std::fs::write(sdir.join("config.json"), json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "public", "stream": "changes", "mode": "Precise"}, "target": "c"}]}).to_string()).map_err(|e| e.to_string())?;
-    run_timed(&mut capture_cmd(&pg_bin, &sdir))?;
+    run_timed(&mut capture_cmd(pg_bin, &sdir))?;
     pg.sql("SELECT pg_create_logical_replication_slot('ref_slot', 'pgoutput')")
         .map_err(|e| e.to_string())?;
     let txns = (rows / 1000).max(1);
@@ -247,7 +355,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "-f",
         "/dev/null",
     ]))?;
-    let ours = run_timed(&mut capture_cmd(&pg_bin, &sdir))?;
+    let ours = run_capture(pg_bin, &sdir, perf)?;
     results.push(figure(
         "PostgreSQL streaming",
         changes,
@@ -256,8 +364,23 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         &recv,
         0.9,
     ));
+    hold_server(work, hold, &pg.url);
     drop(pg);
+    Ok(())
+}
 
+/// The MariaDB figures: backfill and streaming.
+#[allow(clippy::too_many_lines)]
+fn mariadb(
+    my_bin: &std::path::Path,
+    work: &std::path::Path,
+    rows: u64,
+    perf: bool,
+    results: &mut Vec<Value>,
+    hold: bool,
+) -> Result<(), String> {
+    let txns = (rows / 1000).max(1);
+    let changes = txns * 1000;
     // MariaDB backfill.
     let db = MariaDbServer::start().map_err(|e| e.to_string())?;
     db.sql(&format!(
@@ -282,14 +405,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     ]))?;
     let my_endpoint = json!({"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10000}});
     let mdir = capture_dir(
-        &work,
+        work,
         "maria-backfill",
         &my_endpoint,
         "test",
         "bench",
         "Precise",
     )?;
-    let ours = run_timed(&mut capture_cmd(&my_bin, &mdir))?;
+    let ours = run_capture(my_bin, &mdir, perf)?;
     results.push(figure(
         "MariaDB backfill",
         rows,
@@ -303,14 +426,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     db.sql("CREATE TABLE test.changes (id BIGINT PRIMARY KEY, a INT, b TEXT, c TIMESTAMP(6), d DECIMAL(20,4), e JSON)")
         .map_err(|e| e.to_string())?;
     let sdir = capture_dir(
-        &work,
+        work,
         "maria-stream",
         &my_endpoint,
         "test",
         "changes",
         "Precise",
     )?;
-    run_timed(&mut capture_cmd(&my_bin, &sdir))?;
+    run_timed(&mut capture_cmd(my_bin, &sdir))?;
     let status = db.sql("SHOW MASTER STATUS").map_err(|e| e.to_string())?;
     let mut parts = status.split_whitespace();
     let (file, pos) = (
@@ -357,7 +480,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         &format!("--start-position={pos}"),
         &file,
     ]))?;
-    let ours = run_timed(&mut capture_cmd(&my_bin, &sdir))?;
+    let ours = run_capture(my_bin, &sdir, perf)?;
     results.push(figure(
         "MariaDB streaming",
         changes,
@@ -366,32 +489,23 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         &binlog,
         1.0,
     ));
+    hold_server(work, hold, &format!("mysql://root@127.0.0.1:{}", db.port));
     drop(db);
-
-    println!(
-        "{:<30} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>12}",
-        "what", "n", "ours s", "ref s", "ratio", "target", "RSS MiB", "CPU s/1M"
-    );
-    for r in &results {
-        println!(
-            "{:<30} {:>9} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.1} {:>12.2}",
-            r["what"].as_str().unwrap_or(""),
-            r["n"],
-            r["seconds"].as_f64().unwrap_or(0.0),
-            r["reference_seconds"].as_f64().unwrap_or(0.0),
-            r["ratio"].as_f64().unwrap_or(0.0),
-            r["target"].as_f64().unwrap_or(0.0),
-            r["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            r["cpu_seconds_per_million"].as_f64().unwrap_or(0.0),
-        );
-    }
-    let out = work.join("results.json");
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&json!({"profile": profile, "results": results}))
-            .unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
-    println!("figures with their references: {}", out.display());
     Ok(())
+}
+
+/// With `--hold`, waits until `target/bench/hold` is removed before the server stops.
+#[allow(clippy::print_stdout)] // tells the person at the terminal what to do
+fn hold_server(work: &std::path::Path, hold: bool, url: &str) {
+    if !hold {
+        return;
+    }
+    let flag = work.join("hold");
+    if std::fs::write(&flag, url).is_err() {
+        return;
+    }
+    println!("holding {url}; remove {} to go on", flag.display());
+    while flag.exists() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
