@@ -5,9 +5,11 @@
 //! * PostgreSQL: backend message framing (`split_message`), the replication message
 //!   (`replication_message`), `pgoutput::decode`, and every text cell converted as every
 //!   kind of value;
-//! * MariaDB: mysql_common's event reader, the stream's bounded `decode_rows` (the
-//!   parser's own row iterator never ends on some malformed events: this test found it),
-//!   the GTID event body, and every row value rendered as every column type.
+//! * MariaDB: mysql_common's event reader, the stream's own rows decoder (`rows::plan`,
+//!   `rows::decode`; mysql_common's row iterator never ends on some malformed events: this
+//!   test found it, and it is no longer used), the GTID event body, and every row value
+//!   rendered as every column type. The rows decoder runs inside the guard, because it
+//!   calls mysql_common's value parser.
 //!
 //! mysql_common panics on some malformed events; the stream turns such a panic into one
 //! clear error (`MyStream::next_event`), so here those are caught and counted, while a
@@ -21,7 +23,9 @@ use bytes::BytesMut;
 use mysql_common::binlog::EventStreamReader;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::EventData;
-use source_mysql::stream::{MARIADB_GTID_EVENT, decode_rows, parsed_by_the_stream};
+use mysql_common::binlog::value::BinlogValue;
+use source_mysql::rows::{decode, plan};
+use source_mysql::stream::{MARIADB_GTID_EVENT, parsed_by_the_stream};
 use source_mysql::value::{AddressKind, ColType, from_binlog};
 use source_postgres::pgoutput::{self, Cell, Message};
 use source_postgres::replication::{ReplMessage, replication_message, split_message};
@@ -264,10 +268,17 @@ fn feed_binlog(events: &[Vec<u8>], types: &[ColType], fed: &mut Fed) {
             }
             if let Ok(Some(EventData::RowsEvent(r))) = event.read_data()
                 && let Some(tme) = reader.get_tme(r.table_id())
-                && let Ok(pairs) = decode_rows(&r, tme, event.data().len())
+                && let Ok(columns) = plan(tme)
+                && let Ok(pairs) = decode(&r, &columns)
             {
                 for (before, after) in pairs {
-                    rows.extend(before.into_iter().chain(after).map(|r| r.unwrap()));
+                    rows.extend(before.into_iter().chain(after).map(|image| {
+                        image
+                            .into_iter()
+                            .flatten()
+                            .map(BinlogValue::into_owned)
+                            .collect::<Vec<_>>()
+                    }));
                 }
             }
             Some((gtid, rows))

@@ -3,6 +3,7 @@
 pub mod connector;
 pub mod endpoint;
 pub mod position;
+pub mod rows;
 pub mod source;
 pub mod stream;
 pub mod value;

@@ -19,15 +19,15 @@ use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, R
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{EventData, RowsEventData, TableMapEvent};
-use mysql_async::binlog::row::BinlogRow;
+use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::{Map, Value};
 
 use crate::endpoint::Endpoint;
 use crate::position::BinlogPosition;
-use crate::source::{Table, connect, my_error};
+use crate::rows::{Image, decode, plan};
+use crate::source::{Column, Table, connect, my_error};
 use crate::value::from_binlog;
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
@@ -138,32 +138,6 @@ impl MyStream {
         Ok(())
     }
 
-    fn render(&self, db: &str, table: &str, row: BinlogRow) -> Result<Option<Row>, SourceError> {
-        let Some(t) = self
-            .tables
-            .iter()
-            .find(|t| t.table.namespace == db && t.table.stream == table)
-        else {
-            return Ok(None);
-        };
-        let names: Vec<String> = row
-            .columns_ref()
-            .iter()
-            .map(|c| c.name_str().into_owned())
-            .collect();
-        let mut out = Map::with_capacity(names.len());
-        for (i, v) in row.unwrap().into_iter().enumerate() {
-            let name = names.get(i).cloned().unwrap_or_default();
-            let Some(c) = t.column(&name) else {
-                return Ok(None);
-            };
-            let value = from_binlog(&c.ty, v)
-                .map_err(|e| SourceError::definite(format!("{db}.{table} column {name}: {e}")))?;
-            out.insert(name, value);
-        }
-        Ok(Some(out))
-    }
-
     async fn handle(
         &mut self,
         event: mysql_async::binlog::events::Event,
@@ -183,7 +157,6 @@ impl MyStream {
         if !parsed_by_the_stream(header.event_type_raw()) {
             return Ok(());
         }
-        let event_len = event.data().len();
         let Some(data) = event
             .read_data()
             .map_err(|e| SourceError::definite(format!("malformed binlog event: {e}")))?
@@ -239,146 +212,148 @@ impl MyStream {
                     ts_ms: Some(ts_ms),
                 });
             }
-            EventData::RowsEvent(rows) => {
-                let Some(tme) = self.stream.get_tme(rows.table_id()) else {
-                    return Err(SourceError::definite(
-                        "a rows event arrived before its table map",
-                    ));
-                };
-                let db = tme.database_name().into_owned();
-                let table = tme.table_name().into_owned();
-                let Some((binding, key_cols)) =
-                    self.bindings.get(&(db.clone(), table.clone())).cloned()
-                else {
-                    return Ok(());
-                };
-                let decoded = decode_rows(&rows, tme, event_len).map_err(|e| {
-                    SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"))
-                })?;
-                // A column the catalog does not know yet: read the catalog again first.
-                let known = |s: &Self, r: &BinlogRow| {
-                    s.tables
-                        .iter()
-                        .find(|t| t.table.namespace == db && t.table.stream == table)
-                        .is_some_and(|t| {
-                            r.columns_ref()
-                                .iter()
-                                .all(|c| t.column(&c.name_str()).is_some())
-                        })
-                };
-                if decoded
-                    .iter()
-                    .flat_map(|(b, a)| b.iter().chain(a.iter()))
-                    .any(|r| !known(self, r))
-                {
-                    self.reload_catalog().await?;
-                }
-                let file_no = file_number(&self.file);
-                for (i, (before, after)) in decoded.into_iter().enumerate() {
-                    let before = match before {
-                        Some(r) => Some(
-                            self.render(&db, &table, r)?
-                                .ok_or_else(|| unknown(&db, &table))?,
-                        ),
-                        None => None,
-                    };
-                    let after = match after {
-                        Some(r) => Some(
-                            self.render(&db, &table, r)?
-                                .ok_or_else(|| unknown(&db, &table))?,
-                        ),
-                        None => None,
-                    };
-                    let key_of = |row: &Row| {
-                        Key(key_cols
-                            .iter()
-                            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
-                            .collect())
-                    };
-                    let mut fields = Map::new();
-                    fields.insert("ts_ms".into(), Value::from(ts_ms));
-                    if let Some(g) = &self.gtid {
-                        fields.insert("txid".into(), Value::String(g.clone()));
-                    }
-                    fields.insert(
-                        "cursor".into(),
-                        Value::String(format!("{}:{end}", self.file)),
-                    );
-                    let meta = ChangeMeta {
-                        pos: vec![file_no, end, i as u64],
-                        fields,
-                    };
-                    let change = match (before, after) {
-                        (None, Some(row)) => Change {
-                            binding,
-                            op: Op::Insert,
-                            key: key_of(&row),
-                            before_key: None,
-                            row,
-                            before: None,
-                            meta,
-                        },
-                        (Some(b), Some(row)) => Change {
-                            binding,
-                            op: Op::Update,
-                            key: key_of(&row),
-                            before_key: Some(key_of(&b)),
-                            row,
-                            before: Some(b),
-                            meta,
-                        },
-                        (Some(b), None) => Change {
-                            binding,
-                            op: Op::Delete,
-                            key: key_of(&b),
-                            before_key: None,
-                            row: b.clone(),
-                            before: Some(b),
-                            meta,
-                        },
-                        (None, None) => continue,
-                    };
-                    self.pending.push_back(StreamEvent::Change(change));
-                }
-            }
+            EventData::RowsEvent(rows) => self.rows_event(&rows, end, ts_ms).await?,
             _ => {}
         }
         Ok(())
     }
 }
 
+impl MyStream {
+    /// A rows event of a bound table: its rows as changes. A column the catalog does not
+    /// know yet makes the stream read the catalog again first; one it still does not know
+    /// stops the capture rather than misalign a document.
+    async fn rows_event(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        end: u64,
+        ts_ms: i64,
+    ) -> Result<(), SourceError> {
+        let no_map = || SourceError::definite("a rows event arrived before its table map");
+        let tme = self.stream.get_tme(rows.table_id()).ok_or_else(no_map)?;
+        let (db, table) = (
+            tme.database_name().into_owned(),
+            tme.table_name().into_owned(),
+        );
+        let Some((binding, key_cols)) = self.bindings.get(&(db.clone(), table.clone())).cloned()
+        else {
+            return Ok(());
+        };
+        let undecodable =
+            |e: String| SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"));
+        let known = plan(tme).map_err(undecodable)?.iter().all(|c| {
+            c.name.as_deref().is_some_and(|name| {
+                find_table(&self.tables, &db, &table).is_some_and(|t| t.column(name).is_some())
+            })
+        });
+        if !known {
+            self.reload_catalog().await?;
+        }
+        let tme = self.stream.get_tme(rows.table_id()).ok_or_else(no_map)?;
+        let columns = plan(tme).map_err(undecodable)?;
+        let decoded = decode(rows, &columns).map_err(undecodable)?;
+        // Each table-map column's catalog column (`None`: unknown, see above).
+        let catalog: Vec<Option<&Column>> = match find_table(&self.tables, &db, &table) {
+            Some(t) => columns
+                .iter()
+                .map(|c| c.name.as_deref().and_then(|n| t.column(n)))
+                .collect(),
+            None => vec![None; columns.len()],
+        };
+        let render = |image: Option<Image<'_>>| -> Result<Option<Row>, SourceError> {
+            image
+                .map(|i| render(i, &catalog, &db, &table)?.ok_or_else(|| unknown(&db, &table)))
+                .transpose()
+        };
+        let file_no = file_number(&self.file);
+        let cursor = Value::String(format!("{}:{end}", self.file));
+        let key_of = |row: &Row| {
+            Key(key_cols
+                .iter()
+                .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                .collect())
+        };
+        for (i, (before, after)) in decoded.into_iter().enumerate() {
+            let (before, after) = (render(before)?, render(after)?);
+            let mut fields = Map::with_capacity(3);
+            fields.insert("ts_ms".into(), Value::from(ts_ms));
+            if let Some(g) = &self.gtid {
+                fields.insert("txid".into(), Value::String(g.clone()));
+            }
+            fields.insert("cursor".into(), cursor.clone());
+            let meta = ChangeMeta {
+                pos: vec![file_no, end, i as u64],
+                fields,
+            };
+            let change = match (before, after) {
+                (None, Some(row)) => Change {
+                    binding,
+                    op: Op::Insert,
+                    key: key_of(&row),
+                    before_key: None,
+                    row,
+                    before: None,
+                    meta,
+                },
+                (Some(b), Some(row)) => Change {
+                    binding,
+                    op: Op::Update,
+                    key: key_of(&row),
+                    before_key: Some(key_of(&b)),
+                    row,
+                    before: Some(b),
+                    meta,
+                },
+                (Some(b), None) => Change {
+                    binding,
+                    op: Op::Delete,
+                    key: key_of(&b),
+                    before_key: None,
+                    row: b.clone(),
+                    before: Some(b),
+                    meta,
+                },
+                (None, None) => continue,
+            };
+            self.pending.push_back(StreamEvent::Change(change));
+        }
+        Ok(())
+    }
+}
+
+fn find_table<'t>(tables: &'t [Table], db: &str, table: &str) -> Option<&'t Table> {
+    tables
+        .iter()
+        .find(|t| t.table.namespace == db && t.table.stream == table)
+}
+
+/// One row image as a document (`None`: a column the catalog does not know).
+fn render(
+    image: Image<'_>,
+    catalog: &[Option<&Column>],
+    db: &str,
+    table: &str,
+) -> Result<Option<Row>, SourceError> {
+    let mut out = Map::with_capacity(image.len());
+    for (value, column) in image.into_iter().zip(catalog) {
+        let Some(value) = value else { continue };
+        let Some(c) = column else {
+            return Ok(None);
+        };
+        let value = from_binlog(&c.ty, value)
+            .map_err(|e| SourceError::definite(format!("{db}.{table} column {}: {e}", c.name)))?;
+        out.insert(c.name.clone(), value);
+    }
+    Ok(Some(out))
+}
+
 /// Whether the stream parses events of this type: the ones it acts on. Every other event
 /// is skipped unparsed: mysql_common sizes allocations from some event bodies (previous
 /// GTIDs, for one), and a malformed length there aborts the process.
 pub fn parsed_by_the_stream(event_type: u8) -> bool {
-    // QUERY, ROTATE, FORMAT_DESCRIPTION, XID, TABLE_MAP, rows v1, HEARTBEAT, rows v2.
-    matches!(event_type, 2 | 4 | 15 | 16 | 19 | 23..=25 | 27 | 30..=32)
-}
-
-/// A row's before and after images (an insert has no before, a delete no after).
-pub type RowImages = (Option<BinlogRow>, Option<BinlogRow>);
-
-/// The rows of a rows event, before and after images. mysql_common's row iterator never
-/// ends on some malformed events (no image, or rows that take no bytes), so the rows are
-/// bounded by the event's size: every row takes at least one byte (its null bitmap), and
-/// every row has an image.
-pub fn decode_rows(
-    rows: &RowsEventData<'_>,
-    tme: &TableMapEvent<'_>,
-    event_len: usize,
-) -> Result<Vec<RowImages>, String> {
-    let mut decoded = Vec::new();
-    for r in rows.rows(tme) {
-        let pair = r.map_err(|e| e.to_string())?;
-        if pair.0.is_none() && pair.1.is_none() {
-            return Err("a row with neither a before nor an after image".into());
-        }
-        if decoded.len() >= event_len {
-            return Err("more rows than the event has bytes".into());
-        }
-        decoded.push(pair);
-    }
-    Ok(decoded)
+    // QUERY, ROTATE, FORMAT_DESCRIPTION, XID, TABLE_MAP, rows v1, HEARTBEAT, rows v2, and
+    // MySQL's partial update rows (refused by the decoder with the setting to change).
+    matches!(event_type, 2 | 4 | 15 | 16 | 19 | 23..=25 | 27 | 30..=32 | 39)
 }
 
 /// The GTID (`domain-server-sequence`) of a MariaDB GTID event's body: sequence number
