@@ -61,7 +61,7 @@ use crate::error::{Error, Result, SourceError};
 use crate::key::{Hi, Key, Region, Window};
 use crate::metrics::Metrics;
 use crate::mode::ResolvedMode;
-use crate::output::{Output, Sink};
+use crate::output::{Doc, Output, Sink};
 use crate::source::{
     BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row, ScanRequest,
     SnapshotWitness, Source, StreamEvent, StreamStart, TableRef,
@@ -547,7 +547,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
             }
         } else {
             for (_, row) in chunk.rows {
-                self.emit_snapshot(b, row)?;
+                self.emit_snapshot(b, &row)?;
             }
         }
         Ok(hand)
@@ -556,7 +556,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
     fn finish_chunk(&mut self, hand: ChunkInHand) -> Result<()> {
         let b = hand.binding;
         for (_, row) in hand.rows.into_iter().flatten() {
-            self.emit_snapshot(b, row)?;
+            self.emit_snapshot(b, &row)?;
         }
         let entry = self.entry_mut(b);
         entry.rows_done += hand.scanned;
@@ -704,17 +704,17 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     let entry = &self.state.bindings[&self.state_keys[b]];
                     let (active, incremental) = (entry.phase == Phase::Active, entry.incremental());
                     if active || self.specs[b].mode != ResolvedMode::Precise {
-                        self.emit_change(change)?;
+                        self.emit_change(&change)?;
                         continue;
                     }
                     let incremental_delete = change.op == Op::Delete && incremental;
                     match regions[i].unwrap_or(Region::Ahead) {
-                        Region::Done => self.emit_change(change)?,
+                        Region::Done => self.emit_change(&change)?,
                         Region::Window => {
                             let hand = chunks.iter_mut().find(|c| c.binding == b);
                             if incremental_delete {
                                 let key = change.key.clone();
-                                self.emit_change(change)?;
+                                self.emit_change(&change)?;
                                 if let Some(hand) = hand {
                                     patch_delete(hand, &key, self.options.sabotage.skip_patching);
                                 }
@@ -724,7 +724,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                         }
                         Region::Ahead => {
                             if incremental_delete {
-                                self.emit_change(change)?;
+                                self.emit_change(&change)?;
                             }
                         }
                     }
@@ -861,36 +861,40 @@ impl<S: Source, K: Sink> Engine<S, K> {
         Ok(())
     }
 
-    fn emit_change(&mut self, change: RowChange) -> Result<()> {
+    fn emit_change(&mut self, change: &RowChange) -> Result<()> {
         self.check_pos(&change.pos)?;
         let op = match change.op {
             Op::Insert => "c",
             Op::Update => "u",
             Op::Delete => "d",
         };
-        let mut source = self.source_fields(change.binding);
-        source.extend(change.fields);
-        source.insert("pos".into(), pos_value(&change.pos));
-        let mut meta = Map::new();
-        meta.insert("op".into(), Value::from(op));
-        meta.insert("source".into(), Value::Object(source));
-        if let Some(before) = change.before {
-            meta.insert("before".into(), Value::Object(before));
-        }
-        let mut doc = change.row;
-        doc.insert("_meta".into(), Value::Object(meta));
+        let table = &self.specs[change.binding].table;
+        let doc = Doc {
+            row: &change.row,
+            op,
+            schema: &table.namespace,
+            table: &table.stream,
+            snapshot: false,
+            fields: Some(&change.fields),
+            pos: Some(&change.pos),
+            before: change.before.as_ref(),
+        };
         self.out.doc(change.binding, &doc)?;
         Ok(())
     }
 
-    fn emit_snapshot(&mut self, b: usize, row: Row) -> Result<()> {
-        let mut source = self.source_fields(b);
-        source.insert("snapshot".into(), Value::Bool(true));
-        let mut meta = Map::new();
-        meta.insert("op".into(), Value::from("c"));
-        meta.insert("source".into(), Value::Object(source));
-        let mut doc = row;
-        doc.insert("_meta".into(), Value::Object(meta));
+    fn emit_snapshot(&mut self, b: usize, row: &Row) -> Result<()> {
+        let table = &self.specs[b].table;
+        let doc = Doc {
+            row,
+            op: "c",
+            schema: &table.namespace,
+            table: &table.stream,
+            snapshot: true,
+            fields: None,
+            pos: None,
+            before: None,
+        };
         self.out.doc(b, &doc)?;
         Ok(())
     }
