@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;
+pub mod rows;
 pub mod source;
 pub mod stream;
 pub mod value;

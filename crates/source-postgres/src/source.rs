@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
-//!   SELECT to_jsonb(t.*) ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
+//!   SELECT t.* ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
 //!   SELECT pg_current_wal_insert_lsn(), txid_snapshot_xmax/xip(txid_current_snapshot())
 //! COMMIT
 //! SELECT pg_logical_emit_message(false, 'source-postgres', '')                     -- unless read-only
@@ -21,9 +21,11 @@
 //! transaction ids the stream delivered. The logical message after the fence gives an idle
 //! database a WAL record past the fence, so the walsender's keepalive position reaches it.
 //!
-//! Rows come from `to_jsonb(t.*)` (the `.*` keeps a column named `t` from shadowing the row): backfilled values are what DESIGN.md §5 asks for by
-//! construction. Keys are compared against the cursor with a row comparison on the key
-//! columns in their own collations, so the primary-key index serves the scan.
+//! Rows come in the text protocol and are rendered by the stream's converter (`rows`), so
+//! backfilled and streamed values are one function's output; the cursor is inlined as an
+//! escaped literal, since the simple protocol takes no parameters. Keys are compared
+//! against the cursor with a row comparison on the key columns in their own collations,
+//! so the primary-key index serves the scan.
 
 use std::cmp::Ordering;
 
@@ -34,13 +36,15 @@ use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
     Source, StreamStart, TableInfo, classify_natively,
 };
+use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 
 use crate::catalog::{self, NativeOrder, Table, Types, quote};
 use crate::endpoint::Endpoint;
 use crate::lsn::{Lsn, PgPosition};
 use crate::replication::ReplicationConn;
+use crate::rows;
 use crate::stream::PgStream;
 
 /// The PostgreSQL source.
@@ -136,13 +140,14 @@ impl PgSource {
         format!("{}.{}", quote(&t.table.namespace), quote(&t.table.stream))
     }
 
-    /// `$n::text::type COLLATE "c"` for key column `name`.
-    fn typed_param(t: &Table, name: &str, n: usize) -> String {
+    /// `<text>::text::type COLLATE "c"` for key column `name`, where `text` is a
+    /// parameter (`$1`) or a literal.
+    fn typed(t: &Table, name: &str, text: &str) -> String {
         let c = t.column(name);
         let ty = c.map_or("text", |c| c.type_name.as_str());
         match c.and_then(|c| c.collation.as_ref()) {
-            Some(coll) => format!("${n}::text::{ty} COLLATE {}", quote(coll)),
-            None => format!("${n}::text::{ty}"),
+            Some(coll) => format!("{text}::text::{ty} COLLATE {}", quote(coll)),
+            None => format!("{text}::text::{ty}"),
         }
     }
 
@@ -178,7 +183,39 @@ impl PgSource {
         Ok(())
     }
 
-    async fn scan_keyed(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
+    /// Reads the catalog and the types again: a chunk found the table's columns changed.
+    async fn reload_catalog(&mut self) -> Result<(), SourceError> {
+        self.tables = catalog::tables(&self.client).await?;
+        self.types = Types::load(&self.client).await?;
+        Ok(())
+    }
+
+    /// A scan that finds the table's columns changed since the catalog was read reads the
+    /// catalog again and runs once more (see `rows`).
+    async fn scan_fresh(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
+        for attempt in 0..2 {
+            let scanned = if req.binding.scans_physically() {
+                self.scan_physical(req).await?
+            } else {
+                self.scan_keyed(req).await?
+            };
+            match scanned {
+                Some(chunk) => return Ok(chunk),
+                None if attempt == 0 => self.reload_catalog().await?,
+                None => {}
+            }
+        }
+        Err(SourceError::transient(format!(
+            "{}.{}: its columns changed twice during one chunk",
+            req.binding.table.namespace, req.binding.table.stream
+        )))
+    }
+
+    /// One key-ordered chunk; `None` when the table's columns are not the catalog's.
+    async fn scan_keyed(
+        &mut self,
+        req: ScanRequest<'_>,
+    ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
         let t = self.table(req.binding)?.clone();
         let key = &req.binding.key;
         let cols = key
@@ -186,65 +223,85 @@ impl PgSource {
             .map(|k| format!("t.{}", quote(k)))
             .collect::<Vec<_>>()
             .join(", ");
+        let (select, ask) = rows::select_list(&t, &self.types);
         let mut sql = format!(
-            "SELECT to_jsonb(t.*)::text FROM ONLY {} t WHERE true",
+            "SELECT {select} FROM ONLY {} t WHERE true",
             Self::qualified(&t)
         );
-        let mut params: Vec<String> = Vec::new();
         if let Some(after) = req.after {
             let typed = key
                 .iter()
-                .enumerate()
-                .map(|(i, k)| Self::typed_param(&t, k, i + 1))
+                .zip(&after.0)
+                .map(|(k, v)| Self::typed(&t, k, &rows::literal(&param_text(v))))
                 .collect::<Vec<_>>()
                 .join(", ");
             sql.push_str(&format!(" AND ({cols}) > ({typed})"));
-            params = after.0.iter().map(param_text).collect();
         }
         sql.push_str(&self.xmin_filter());
         sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", req.limits.rows + 1));
         let what = format!("scanning {}", Self::qualified(&t));
+        let types = &self.types;
         let tx = snapshot_transaction(&mut self.client, &what).await?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            params.iter().map(|p| p as _).collect();
-        let rows = tx
-            .query(&sql, &refs)
+        let stream = tx
+            .client()
+            .simple_query_raw(&sql)
             .await
             .map_err(|e| db_error(&e, &what))?;
+        let mut stream = std::pin::pin!(stream);
+        let mut plan = None;
+        let mut out = Vec::new();
+        let (mut bytes, mut read, mut full) = (0, 0, false);
+        while let Some(message) = stream.next().await {
+            match message.map_err(|e| db_error(&e, &what))? {
+                SimpleQueryMessage::RowDescription(d) => {
+                    match rows::Plan::new(&d, 0, &t, types, &ask) {
+                        Some(p) => plan = Some(p),
+                        None => return Ok(None),
+                    }
+                }
+                SimpleQueryMessage::Row(r) => {
+                    read += 1;
+                    // Past the limits: counted, not rendered (it only says "not complete").
+                    if full || read > req.limits.rows {
+                        full = true;
+                        continue;
+                    }
+                    let plan = plan.as_ref().ok_or_else(|| {
+                        SourceError::definite(format!("{what}: a row before its description"))
+                    })?;
+                    let (row, n) = plan
+                        .row(&r, 0)
+                        .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
+                    bytes += n;
+                    let k = Key(key
+                        .iter()
+                        .map(|c| row.get(c).cloned().unwrap_or(Value::Null))
+                        .collect());
+                    out.push((k, row));
+                    if bytes >= req.limits.bytes {
+                        full = true;
+                    }
+                }
+                _ => {}
+            }
+        }
         let (fence, witness) = fence_and_witness(&tx, &what).await?;
         tx.commit().await.map_err(|e| db_error(&e, &what))?;
         self.emit_watermark().await?;
-        let mut complete = rows.len() <= req.limits.rows;
-        let mut out = Vec::with_capacity(rows.len().min(req.limits.rows));
-        let mut bytes = 0;
-        for r in rows.iter().take(req.limits.rows) {
-            let text: &str = r.get(0);
-            bytes += text.len();
-            let row: Row = serde_json::from_str(text)
-                .map_err(|e| SourceError::definite(format!("{what}: bad row JSON: {e}")))?;
-            let k = Key(key
-                .iter()
-                .map(|c| row.get(c).cloned().unwrap_or(Value::Null))
-                .collect());
-            out.push((k, row));
-            if bytes >= req.limits.bytes && out.len() < rows.len() {
-                complete = false;
-                break;
-            }
-        }
-        Ok(Chunk {
+        Ok(Some(Chunk {
+            complete: read == out.len(),
             rows: out,
-            complete,
             fence,
             witness,
-        })
+        }))
     }
 
     /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`.
+    /// `None` when the table's columns are not the catalog's.
     async fn scan_physical(
         &mut self,
         req: ScanRequest<'_>,
-    ) -> Result<Chunk<PgPosition>, SourceError> {
+    ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
         let t = self.table(req.binding)?.clone();
         let what = format!("scanning {}", Self::qualified(&t));
         let after = match req.after.and_then(|k| k.0.first()).and_then(Value::as_str) {
@@ -254,6 +311,8 @@ impl PgSource {
         };
         let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
         let xmin_filter = self.xmin_filter();
+        let (select, ask) = rows::select_list(&t, &self.types);
+        let types = &self.types;
         let tx = snapshot_transaction(&mut self.client, &what).await?;
         let relpages: i64 = tx
             .query_one(
@@ -265,25 +324,44 @@ impl PgSource {
             .get(0);
         let relpages = u64::try_from(relpages).unwrap_or(0);
         let mut start = after;
-        let mut found: Vec<((u64, u64), String)> = Vec::new();
+        let mut found: Vec<((u64, u64), Row)> = Vec::new();
         let mut end_page = after.0;
         while found.is_empty() && end_page <= relpages {
             end_page = start.0 + pages_per_chunk;
             let sql = format!(
-                "SELECT ctid::text, to_jsonb(t.*)::text FROM ONLY {} t WHERE ctid > $1::text::tid AND ctid < $2::text::tid{xmin_filter}",
+                "SELECT ctid::text, {select} FROM ONLY {} t WHERE ctid > '({},{})'::tid AND ctid < '({end_page},0)'::tid{xmin_filter}",
                 Self::qualified(&t),
+                start.0,
+                start.1,
             );
-            let lo = format!("({},{})", start.0, start.1);
-            let hi = format!("({end_page},0)");
-            for r in tx
-                .query(&sql, &[&lo, &hi])
+            let mut plan = None;
+            for message in tx
+                .simple_query(&sql)
                 .await
                 .map_err(|e| db_error(&e, &what))?
             {
-                let ctid: &str = r.get(0);
-                let pos = parse_ctid(ctid)
-                    .ok_or_else(|| SourceError::definite(format!("{what}: bad ctid {ctid:?}")))?;
-                found.push((pos, r.get::<_, String>(1)));
+                match message {
+                    SimpleQueryMessage::RowDescription(d) => {
+                        match rows::Plan::new(&d, 1, &t, types, &ask) {
+                            Some(p) => plan = Some(p),
+                            None => return Ok(None),
+                        }
+                    }
+                    SimpleQueryMessage::Row(r) => {
+                        let plan = plan.as_ref().ok_or_else(|| {
+                            SourceError::definite(format!("{what}: a row before its description"))
+                        })?;
+                        let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
+                        let pos = parse_ctid(ctid).ok_or_else(|| {
+                            SourceError::definite(format!("{what}: bad ctid {ctid:?}"))
+                        })?;
+                        let (row, _) = plan
+                            .row(&r, 1)
+                            .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
+                        found.push((pos, row));
+                    }
+                    _ => {}
+                }
             }
             start = (end_page, 0);
         }
@@ -294,23 +372,23 @@ impl PgSource {
         let truncated = found.len() > req.limits.rows;
         found.truncate(req.limits.rows);
         let complete = !truncated && end_page >= relpages;
-        let mut rows = Vec::with_capacity(found.len());
-        for ((page, tuple), text) in found {
-            let row: Row = serde_json::from_str(&text)
-                .map_err(|e| SourceError::definite(format!("{what}: bad row JSON: {e}")))?;
-            rows.push((Key(vec![Value::String(format!("({page},{tuple})"))]), row));
-        }
+        let rows: Vec<(Key, Row)> = found
+            .into_iter()
+            .map(|((page, tuple), row)| {
+                (Key(vec![Value::String(format!("({page},{tuple})"))]), row)
+            })
+            .collect();
         if rows.is_empty() && !complete {
             return Err(SourceError::transient(format!(
                 "{what}: empty page range before the end of the table"
             )));
         }
-        Ok(Chunk {
+        Ok(Some(Chunk {
             rows,
             complete,
             fence,
             witness,
-        })
+        }))
     }
 
     fn native_orders(&self, binding: &BindingSpec) -> Option<Vec<NativeOrder>> {
@@ -386,11 +464,7 @@ impl ChunkScanner for PgSource {
     type Position = PgPosition;
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
-        if req.binding.scans_physically() {
-            self.scan_physical(req).await
-        } else {
-            self.scan_keyed(req).await
-        }
+        self.scan_fresh(req).await
     }
 
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
@@ -476,7 +550,7 @@ impl KeyClassifier for PgSource {
                         .enumerate()
                         .map(|(i, name)| {
                             params.push(Box::new(k.0.get(i).map(param_text).unwrap_or_default()));
-                            let s = Self::typed_param(&t, name, next);
+                            let s = Self::typed(&t, name, &format!("${next}"));
                             next += 1;
                             s
                         })

@@ -18,7 +18,9 @@
 //!
 //! Composite types and extension base types (which `to_jsonb` may render through a cast to
 //! json) are [`Kind::AskServer`]: the stream asks the server to render them. Backfill
-//! chunks are read with `to_jsonb` itself, so they are exact by construction.
+//! chunks are read in the text protocol and converted here too (`rows`), so a backfilled
+//! and a streamed row of the same data are the same document; the suite compares both
+//! with `to_jsonb` type by type.
 
 use serde_json::{Map, Number, Value};
 
@@ -96,7 +98,11 @@ pub fn convert(kind: &Kind, text: &str) -> Result<Value, String> {
             "f" | "false" => Value::Bool(false),
             _ => return Err(format!("bad boolean {text:?}")),
         },
-        Kind::Int => Value::Number(number(text)?),
+        // The common case without the JSON number parser (a tenth of a backfill's time).
+        Kind::Int => Value::Number(match text.parse::<i64>() {
+            Ok(i) => Number::from(i),
+            Err(_) => number(text)?,
+        }),
         Kind::Numeric => match text {
             "NaN" | "Infinity" | "-Infinity" => Value::String(text.into()),
             _ => Value::Number(number(text)?),
