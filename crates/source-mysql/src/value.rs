@@ -230,10 +230,16 @@ fn fraction(us: u32, fsp: usize) -> String {
 
 /// (year, month, day, hour, minute, second, microsecond) as `YYYY-MM-DDTHH:MM:SS[.f]`.
 fn datetime((y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32), fsp: usize) -> String {
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}",
-        fraction(us, fsp)
-    )
+    use std::fmt::Write as _;
+    // One allocation, room for the fraction and a zone suffix.
+    let mut out = String::with_capacity(28);
+    let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    if fsp > 0 {
+        let digits = format!("{us:06}");
+        out.push('.');
+        out.push_str(digits.get(..fsp.min(6)).unwrap_or(&digits));
+    }
+    out
 }
 
 /// Where a value comes from: the two paths encode some types differently.
@@ -275,6 +281,14 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
         },
         ColType::Decimal { scale } => {
             let t = text_of(v).ok_or_else(bad)?;
+            // The binlog's and the server's text already has the column's scale.
+            let exact = match t.split_once('.') {
+                Some((_, frac)) => frac.len() == *scale,
+                None => *scale == 0,
+            };
+            if exact {
+                return number(&t);
+            }
             let (int, frac) = t.split_once('.').unwrap_or((&t, ""));
             let frac = format!("{frac:0<scale$}");
             number(&if *scale == 0 {
@@ -329,10 +343,11 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
         },
         ColType::Timestamp { fsp } => match v {
             MyValue::Date(0, 0, 0, ..) => Value::Null,
-            MyValue::Date(y, mo, d, h, mi, s, us) => Value::String(format!(
-                "{}Z",
-                datetime((*y, *mo, *d, *h, *mi, *s, *us), *fsp)
-            )),
+            MyValue::Date(y, mo, d, h, mi, s, us) => {
+                let mut text = datetime((*y, *mo, *d, *h, *mi, *s, *us), *fsp);
+                text.push('Z');
+                Value::String(text)
+            }
             // The binlog's form: seconds since the epoch, with microseconds.
             MyValue::Bytes(_) | MyValue::Int(_) | MyValue::UInt(_) => {
                 let t = text_of(v).ok_or_else(bad)?;
@@ -341,29 +356,32 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
                 if secs == 0 {
                     return Ok(Value::Null);
                 }
-                let us: u32 = format!("{us:0<6}")
-                    .get(..6)
-                    .ok_or_else(bad)?
-                    .parse()
-                    .map_err(|_| bad())?;
+                // Microseconds: the fraction's digits, padded on the right to six.
+                if !us.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let us = us
+                    .bytes()
+                    .chain(std::iter::repeat(b'0'))
+                    .take(6)
+                    .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
                 let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
                 let rem = secs.rem_euclid(86_400);
                 let part = |x: i64| u8::try_from(x).unwrap_or(0);
-                Value::String(format!(
-                    "{}Z",
-                    datetime(
-                        (
-                            u16::try_from(y).unwrap_or(0),
-                            part(i64::from(m)),
-                            part(i64::from(d)),
-                            part(rem / 3600),
-                            part(rem % 3600 / 60),
-                            part(rem % 60),
-                            us
-                        ),
-                        *fsp
-                    )
-                ))
+                let mut text = datetime(
+                    (
+                        u16::try_from(y).unwrap_or(0),
+                        part(i64::from(m)),
+                        part(i64::from(d)),
+                        part(rem / 3600),
+                        part(rem % 3600 / 60),
+                        part(rem % 60),
+                        us,
+                    ),
+                    *fsp,
+                );
+                text.push('Z');
+                Value::String(text)
             }
             _ => return Err(bad()),
         },
