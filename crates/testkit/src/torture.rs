@@ -1422,8 +1422,24 @@ impl Victim for MariaDbServer {
             .next()
             .ok_or("SHOW MASTER STATUS printed nothing")?
             .to_string();
-        self.sql(&format!("PURGE BINARY LOGS TO '{file}'"))
-            .map_err(|e| e.to_string())?;
-        Ok("binlog purged")
+        // The server skips, with only a warning, a file a binlog dump thread still reads:
+        // the killed connector's thread may not have noticed yet. End such threads (the
+        // connector is stopped) and purge until only the current file is left.
+        for _ in 0..50 {
+            let dumps = self
+                .sql("SELECT GROUP_CONCAT(id) FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%'")
+                .map_err(|e| e.to_string())?;
+            for id in dumps.trim().split(',').filter(|s| s.parse::<u64>().is_ok()) {
+                let _ = self.sql(&format!("KILL {id}"));
+            }
+            self.sql(&format!("PURGE BINARY LOGS TO '{file}'"))
+                .map_err(|e| e.to_string())?;
+            let left = self.sql("SHOW BINARY LOGS").map_err(|e| e.to_string())?;
+            if left.lines().filter(|l| !l.trim().is_empty()).count() == 1 {
+                return Ok("binlog purged");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err("older binlog files stayed after PURGE BINARY LOGS".into())
     }
 }
