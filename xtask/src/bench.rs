@@ -141,6 +141,15 @@ fn run_capture(
     Ok(timed)
 }
 
+/// What every figure's run shares.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    work: &'a std::path::Path,
+    rows: u64,
+    perf: bool,
+    hold: bool,
+}
+
 /// One figure: ours against the reference in the same run, with CPU per million.
 fn figure(what: &str, n: u64, ours: &Timed, reference: &str, r: &Timed, target: f64) -> Value {
     json!({"what": what, "n": n, "seconds": ours.seconds, "reference": reference,
@@ -213,11 +222,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
 
+    let run = Run {
+        work: &work,
+        rows,
+        perf,
+        hold,
+    };
     if with_pg {
-        postgres(&pg_bin, &work, rows, perf, &mut results, hold)?;
+        postgres(&pg_bin, &run, &mut results)?;
     }
     if with_maria {
-        mariadb(&my_bin, &work, rows, perf, &mut results, hold)?;
+        mariadb(&my_bin, &run, &mut results)?;
     }
 
     println!(
@@ -252,12 +267,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 #[allow(clippy::too_many_lines)]
 fn postgres(
     pg_bin: &std::path::Path,
-    work: &std::path::Path,
-    rows: u64,
-    perf: bool,
+    run: &Run<'_>,
     results: &mut Vec<Value>,
-    hold: bool,
 ) -> Result<(), String> {
+    let Run {
+        work,
+        rows,
+        perf,
+        hold,
+    } = *run;
     // PostgreSQL backfill.
     let pg = PgServer::start().map_err(|e| e.to_string())?;
     pg.sql(&format!(
@@ -373,12 +391,15 @@ fn postgres(
 #[allow(clippy::too_many_lines)]
 fn mariadb(
     my_bin: &std::path::Path,
-    work: &std::path::Path,
-    rows: u64,
-    perf: bool,
+    run: &Run<'_>,
     results: &mut Vec<Value>,
-    hold: bool,
 ) -> Result<(), String> {
+    let Run {
+        work,
+        rows,
+        perf,
+        hold,
+    } = *run;
     let txns = (rows / 1000).max(1);
     let changes = txns * 1000;
     // MariaDB backfill.
