@@ -243,6 +243,46 @@ fn tls_require_and_verify_full() {
     assert!(said.contains("certificate"), "{said}");
 }
 
+/// A compressed binlog (`log_bin_compress=ON`) is refused with the setting named, by
+/// `check` and by the stream, never skipped: its rows events would be lost.
+#[test]
+fn compressed_binlog_is_refused_not_skipped() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql("CREATE TABLE test.z (id INT PRIMARY KEY, b TEXT)")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("maria-compress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "z"}, "target": "z"}]});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    assert!(capture(&binary, &dir).ok);
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    db.sql("SET GLOBAL log_bin_compress = ON; SET GLOBAL log_bin_compress_min_len = 10")
+        .unwrap();
+    // A new session sees the global setting.
+    db.sql(&format!(
+        "INSERT INTO test.z VALUES (1, '{}')",
+        "x".repeat(500)
+    ))
+    .unwrap();
+    let check = Capture::at(&binary, &dir).run(&["check"]);
+    let report = format!("{}{}", check.lines.join("\n"), check.stderr);
+    let out = capture(&binary, &dir);
+    db.sql("SET GLOBAL log_bin_compress = OFF").unwrap();
+    assert!(!check.ok, "{report}");
+    assert!(report.contains("log_bin_compress"), "{report}");
+    assert!(!out.ok, "{:?}", out.lines);
+    let line = out
+        .stderr
+        .lines()
+        .rfind(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("log_bin_compress = OFF"), "{}", out.stderr);
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A purged binlog stops the capture with the remedy named.
 #[test]
 fn purged_binlog_stops_with_the_remedy() {

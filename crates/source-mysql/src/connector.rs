@@ -82,6 +82,22 @@ impl Connector for MysqlConnector {
                 },
             ));
         }
+        // MariaDB's compressed events carry rows the stream cannot read (MySQL has no
+        // such setting: the query fails and the item passes).
+        let compress: Option<String> = conn
+            .query_first("SELECT @@log_bin_compress")
+            .await
+            .unwrap_or(None);
+        let compressed = matches!(compress.as_deref(), Some("1" | "ON"));
+        items.push(CheckItem::new(
+            "log_bin_compress",
+            !compressed,
+            if compressed {
+                "is ON; SET GLOBAL log_bin_compress = OFF (the connector cannot read compressed events)"
+            } else {
+                "off"
+            },
+        ));
         let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
         let all = grants.join(" ").to_ascii_uppercase();
         let repl = all.contains("ALL PRIVILEGES")

@@ -33,6 +33,10 @@ use crate::value::from_binlog;
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
 pub const MARIADB_GTID_EVENT: u8 = 162;
 
+/// MariaDB's compressed query and rows events (`log_bin_compress=ON`): skipping them
+/// would lose their rows, so they stop the capture with the setting to change.
+pub const COMPRESSED_EVENTS: std::ops::RangeInclusive<u8> = 165..=171;
+
 /// The binlog change stream.
 pub struct MyStream {
     stream: BinlogStream,
@@ -153,6 +157,12 @@ impl MyStream {
             self.in_txn = true;
             self.pending.push_back(StreamEvent::Begin);
             return Ok(());
+        }
+        if COMPRESSED_EVENTS.contains(&header.event_type_raw()) {
+            return Err(SourceError::definite(format!(
+                "compressed binlog event at {}:{end}: the server writes compressed events (log_bin_compress=ON), which the connector cannot read. SET GLOBAL log_bin_compress = OFF, then raise `backfill` for every binding whose table was written while it was on",
+                self.file
+            )));
         }
         if !parsed_by_the_stream(header.event_type_raw()) {
             return Ok(());

@@ -1432,7 +1432,8 @@ impl Victim for MariaDbServer {
             for id in dumps.trim().split(',').filter(|s| s.parse::<u64>().is_ok()) {
                 let _ = self.sql(&format!("KILL {id}"));
             }
-            self.sql(&format!("PURGE BINARY LOGS TO '{file}'"))
+            // A file is purged only once InnoDB's binlog checkpoint has passed it.
+            self.sql(&format!("FLUSH ENGINE LOGS; PURGE BINARY LOGS TO '{file}'"))
                 .map_err(|e| e.to_string())?;
             let left = self.sql("SHOW BINARY LOGS").map_err(|e| e.to_string())?;
             if left.lines().filter(|l| !l.trim().is_empty()).count() == 1 {
