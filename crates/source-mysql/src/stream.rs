@@ -119,26 +119,9 @@ impl MyStream {
         p
     }
 
-    /// Reads the catalog again (after a DDL); a bound table that is gone stops the capture:
-    /// its later changes could not be rendered, and a recreated table needs a backfill.
+    /// Reads the catalog again (after a DDL).
     async fn reload_catalog(&mut self) -> Result<(), SourceError> {
-        self.tables = crate::source::MySource::connect(&self.endpoint)
-            .await?
-            .tables()
-            .to_vec();
-        let mut bound: Vec<&(String, String)> = self.bindings.keys().collect();
-        bound.sort();
-        for (db, table) in bound {
-            if !self
-                .tables
-                .iter()
-                .any(|t| &t.table.namespace == db && &t.table.stream == table)
-            {
-                return Err(SourceError::definite(format!(
-                    "{db}.{table} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
-                )));
-            }
-        }
+        self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
         Ok(())
     }
 
@@ -251,16 +234,18 @@ impl MyStream {
         };
         let undecodable =
             |e: String| SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"));
-        let known = plan(tme).map_err(undecodable)?.iter().all(|c| {
-            c.name.as_deref().is_some_and(|name| {
-                find_table(&self.tables, &db, &table).is_some_and(|t| t.column(name).is_some())
-            })
-        });
-        if !known {
-            self.reload_catalog().await?;
-        }
-        let tme = self.stream.get_tme(rows.table_id()).ok_or_else(no_map)?;
         let columns = plan(tme).map_err(undecodable)?;
+        let known = |tables: &[Table]| {
+            find_table(tables, &db, &table).is_some_and(|t| {
+                columns
+                    .iter()
+                    .all(|c| c.name.as_deref().is_some_and(|n| t.column(n).is_some()))
+            })
+        };
+        if !known(&self.tables) {
+            // `columns` borrows the stream's table map, so only the tables are replaced.
+            self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
+        }
         let decoded = decode(rows, &columns).map_err(undecodable)?;
         // Each table-map column's catalog column (`None`: unknown, see above).
         let catalog: Vec<Option<&Column>> = match find_table(&self.tables, &db, &table) {
@@ -329,6 +314,28 @@ impl MyStream {
         }
         Ok(())
     }
+}
+
+/// The catalog, read again; a bound table that is gone stops the capture: its later
+/// changes could not be rendered, and a recreated table needs a backfill.
+async fn read_catalog(
+    endpoint: &Endpoint,
+    bindings: &HashMap<(String, String), (usize, Vec<String>)>,
+) -> Result<Vec<Table>, SourceError> {
+    let tables = crate::source::MySource::connect(endpoint)
+        .await?
+        .tables()
+        .to_vec();
+    let mut bound: Vec<&(String, String)> = bindings.keys().collect();
+    bound.sort();
+    for (db, table) in bound {
+        if find_table(&tables, db, table).is_none() {
+            return Err(SourceError::definite(format!(
+                "{db}.{table} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
+            )));
+        }
+    }
+    Ok(tables)
 }
 
 fn find_table<'t>(tables: &'t [Table], db: &str, table: &str) -> Option<&'t Table> {
