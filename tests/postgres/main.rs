@@ -815,3 +815,47 @@ fn server_classification_of_open_windows() {
         );
     });
 }
+
+/// A column added after the connector read the catalog reaches every backfilled row: the
+/// chunk sees a column the catalog does not have, the catalog is read again and the chunk
+/// runs again, in place (no transient failure), never emitting a row without the column.
+#[test]
+fn a_column_added_before_the_first_chunk_is_in_every_backfilled_row() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE grows (id int PRIMARY KEY, v text); INSERT INTO grows SELECT g, 'v' || g FROM generate_series(1, 50) g")
+        .unwrap();
+    // Hold the table while the connector starts and reads the catalog; add the column.
+    let mut session = testkit::servers::psql_session(&pg.url)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = session.stdin.take().unwrap();
+        stdin
+            .write_all(
+                b"BEGIN; LOCK TABLE grows IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2);
+                  ALTER TABLE grows ADD COLUMN extra int DEFAULT 7; COMMIT;\n",
+            )
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let cap = Capture::new(&binary, "pg-grows");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 10}})),
+                        "bindings": [binding("grows", "Precise", 0)]}),
+    );
+    let out = cap.capture();
+    assert!(session.wait().unwrap().success());
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("transient"),
+        "the chunk ran again in place: {}",
+        out.stderr
+    );
+    let rows = docs(&out.lines, 0);
+    assert_eq!(rows.len(), 50);
+    for d in &rows {
+        assert_eq!(d["extra"], json!(7), "{d}");
+    }
+}
