@@ -206,6 +206,7 @@ fn run_case(
         let lines = Rc::new(RefCell::new(Vec::new()));
         let sink = SimSink {
             lines: Rc::clone(&lines),
+            flushed: Rc::default(),
             durable: Rc::clone(&durable),
             ops_left: crash_at,
         };
@@ -415,5 +416,90 @@ fn checker_catches_row_by_row_reads_that_do_not_wait_for_committed_transactions(
     assert!(
         caught >= 15,
         "the checker caught only {caught} of 300 non-waiting-read cases"
+    );
+}
+
+/// A document must not wait in the output buffer for the next checkpoint: once the stream
+/// has nothing ready, everything written is flushed (commit-to-stdout latency is the
+/// stream's, not the checkpoint interval's). The checkpoint interval is an hour here, so
+/// the documents after the last checkpoint are visible only through that flush.
+#[test]
+fn documents_are_flushed_when_the_stream_waits_not_at_the_next_checkpoint() {
+    let layout = Layout {
+        modes: vec![ResolvedMode::Normal],
+        gap: 0.0,
+        reveal: 1.0,
+        txns: 40,
+        initial_rows: 3,
+        mvcc_witness: true,
+        reads: Reads::Snapshot,
+        database_classification: false,
+        fail: 0.0,
+    };
+    let db = Rc::new(RefCell::new(SimDb::new(7, layout)));
+    db.borrow_mut().idle_waits = true;
+    let lines = Rc::new(RefCell::new(Vec::new()));
+    let flushed = Rc::new(RefCell::new(0));
+    let sink = SimSink {
+        lines: Rc::clone(&lines),
+        flushed: Rc::clone(&flushed),
+        durable: Rc::default(),
+        ops_left: None,
+    };
+    let bindings = vec![ResolvedBinding {
+        binding: Binding {
+            resource: Resource {
+                namespace: "s".into(),
+                stream: "t0".into(),
+                mode: ResolvedMode::Normal.as_requested(),
+            },
+            target: String::new(),
+            backfill: 0,
+        },
+        mode: ResolvedMode::Normal,
+        key: vec!["id".into()],
+    }];
+    db.borrow_mut().state_keys = vec![state_key("s", "t0", 0)];
+    let options = EngineOptions {
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        until_caught_up: false,
+        ..EngineOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The stream waits forever once the workload is delivered, so the run never ends.
+    let run = merger::run(
+        SimSource { db: Rc::clone(&db) },
+        sink,
+        &bindings,
+        None,
+        options,
+        Shutdown::default(),
+        Metrics::new(["s.t0".to_string()]),
+    );
+    let waited = runtime
+        .block_on(async { tokio::time::timeout(std::time::Duration::from_millis(300), run).await });
+    assert!(
+        waited.is_err(),
+        "the run ended: {:?}",
+        waited.map(|r| r.map(|_| ()))
+    );
+    let lines = lines.borrow();
+    let last_checkpoint = lines
+        .iter()
+        .rposition(|l| l.starts_with("{\"checkpoint\""))
+        .expect("a checkpoint");
+    assert!(
+        lines[last_checkpoint..]
+            .iter()
+            .any(|l| l.contains("\"op\":\"c\"")),
+        "the workload's changes come after the last checkpoint: {lines:#?}"
+    );
+    assert_eq!(
+        *flushed.borrow(),
+        lines.len(),
+        "documents written before the stream waited were not flushed"
     );
 }

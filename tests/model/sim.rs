@@ -124,6 +124,9 @@ pub(crate) struct SimDb {
     pub(crate) paused: bool,
     pub(crate) shutdown: Option<Shutdown>,
     pub(crate) stop_after_calls: Option<u64>,
+    /// Once the workload is written and delivered, the stream waits (as a real one does on
+    /// an idle database) instead of reporting progress.
+    pub(crate) idle_waits: bool,
     calls: u64,
 }
 
@@ -145,6 +148,7 @@ impl SimDb {
             paused: false,
             shutdown: None,
             stop_after_calls: None,
+            idle_waits: false,
             calls: 0,
         };
         for t in 0..tables {
@@ -783,17 +787,23 @@ impl ChangeStream for SimStream {
         if let Some(e) = self.queue.pop_front() {
             return Ok(e);
         }
-        let mut db = self.db.borrow_mut();
-        db.step()?;
-        if self.next < db.log.len() {
-            self.queue.extend(db.events_of(self.next));
-            self.next += 1;
-            Ok(self.queue.pop_front().expect("a transaction has events"))
-        } else {
-            Ok(StreamEvent::Progress {
-                position: Seq { seq: db.log_end() },
-            })
+        {
+            let mut db = self.db.borrow_mut();
+            db.step()?;
+            if self.next < db.log.len() {
+                self.queue.extend(db.events_of(self.next));
+                self.next += 1;
+                return Ok(self.queue.pop_front().expect("a transaction has events"));
+            }
+            if !(db.idle_waits && db.writes_left == 0) {
+                return Ok(StreamEvent::Progress {
+                    position: Seq { seq: db.log_end() },
+                });
+            }
         }
+        // Everything delivered on an idle database: wait, as a real stream does, for a
+        // commit that never comes.
+        std::future::pending().await
     }
 
     async fn acknowledge(&mut self, _durable: &Seq) -> Result<(), SourceError> {
@@ -806,6 +816,8 @@ impl ChangeStream for SimStream {
 #[derive(Debug)]
 pub(crate) struct SimSink {
     pub(crate) lines: Rc<RefCell<Vec<String>>>,
+    /// How many of `lines` the last flush made visible.
+    pub(crate) flushed: Rc<RefCell<usize>>,
     pub(crate) durable: Rc<RefCell<Option<Vec<u8>>>>,
     pub(crate) ops_left: Option<u64>,
 }
@@ -833,7 +845,9 @@ impl Sink for SimSink {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.op()
+        self.op()?;
+        *self.flushed.borrow_mut() = self.lines.borrow().len();
+        Ok(())
     }
 
     fn persist_state(&mut self, state: &[u8]) -> io::Result<()> {

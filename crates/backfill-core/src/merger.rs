@@ -53,6 +53,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -67,6 +68,26 @@ use crate::source::{
     SnapshotWitness, Source, StreamEvent, StreamStart, TableRef,
 };
 use crate::state::{Phase, ResolvedBinding, State};
+
+/// The stream's next event. When none is ready (the connector would wait for the
+/// database), the documents written so far are flushed first: under load the output
+/// buffer fills and is written in large blocks, and when the stream catches up its last
+/// transaction reaches stdout at once instead of at the next checkpoint.
+async fn next_event_flushing<C: ChangeStream, K: Sink>(
+    stream: &mut C,
+    out: &mut Output<K>,
+) -> Result<StreamEvent<C::Position>> {
+    let mut next = std::pin::pin!(stream.next_event());
+    // One poll of the same future, which is then awaited: nothing is dropped half-read.
+    let ready = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
+    match ready {
+        Poll::Ready(event) => Ok(event?),
+        Poll::Pending => {
+            out.flush()?;
+            Ok(next.await?)
+        }
+    }
+}
 
 /// How the merger runs.
 #[derive(Clone, Debug)]
@@ -586,7 +607,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
             }
             let mut batch = Vec::new();
             loop {
-                let event = self.stream.next_event().await?;
+                let event = next_event_flushing(&mut self.stream, &mut self.out).await?;
                 let boundary = self.observe(&event)?;
                 batch.push(event);
                 if batch.len() >= self.options.batch_events {

@@ -80,6 +80,8 @@ pub struct Output<K> {
     sink: K,
     line: Vec<u8>,
     docs_in_unit: usize,
+    /// Lines written since the sink was last flushed.
+    unflushed: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -192,6 +194,7 @@ impl<K: Sink> Output<K> {
             sink,
             line: Vec::with_capacity(1024),
             docs_in_unit: 0,
+            unflushed: false,
         }
     }
 
@@ -222,7 +225,20 @@ impl<K: Sink> Output<K> {
         self.line.clear();
         serde_json::to_writer(&mut self.line, value)?;
         self.docs_in_unit += 1;
+        self.unflushed = true;
         self.sink.write_line(&self.line)
+    }
+
+    /// Makes the documents written so far visible to the reader, without committing them
+    /// (no checkpoint follows): the merger calls it whenever the stream has nothing ready,
+    /// so a document waits in the buffer only while more work is at hand. A crash after
+    /// it leaves trailing documents, which the consumer discards as after any crash.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.unflushed {
+            self.unflushed = false;
+            self.sink.flush()?;
+        }
+        Ok(())
     }
 
     /// Commits the unit: flush documents, persist `state`, print the checkpoint line.
@@ -241,6 +257,7 @@ impl<K: Sink> Output<K> {
         self.line.push(b'}');
         self.sink.write_line(&self.line)?;
         self.docs_in_unit = 0;
+        self.unflushed = false;
         self.sink.flush()
     }
 }
