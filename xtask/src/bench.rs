@@ -148,7 +148,12 @@ struct Run<'a> {
     rows: u64,
     perf: bool,
     hold: bool,
+    /// How long the latency figures write at [`LATENCY_RATE`].
+    latency_seconds: u64,
 }
+
+/// The rate at which commit-to-stdout latency is measured (changes per second).
+const LATENCY_RATE: u64 = 5_000;
 
 /// One figure: ours against the reference in the same run, with CPU per million.
 fn figure(what: &str, n: u64, ours: &Timed, reference: &str, r: &Timed, target: f64) -> Value {
@@ -227,6 +232,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         rows,
         perf,
         hold,
+        latency_seconds: if smoke { 1 } else { 10 },
     };
     if with_pg {
         postgres(&pg_bin, &run, &mut results)?;
@@ -239,7 +245,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "{:<30} {:>9} {:>8} {:>8} {:>7} {:>7} {:>8} {:>12}",
         "what", "n", "ours s", "ref s", "ratio", "target", "RSS MiB", "CPU s/1M"
     );
-    for r in &results {
+    for r in results.iter().filter(|r| r["kind"] != "latency") {
         println!(
             "{:<30} {:>9} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.1} {:>12.2}",
             r["what"].as_str().unwrap_or(""),
@@ -250,6 +256,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             r["target"].as_f64().unwrap_or(0.0),
             r["peak_rss_mib"].as_f64().unwrap_or(0.0),
             r["cpu_seconds_per_million"].as_f64().unwrap_or(0.0),
+        );
+    }
+    println!(
+        "\n{:<30} {:>9} {:>10} {:>8} {:>8} {:>8} {:>12}",
+        "latency at a steady rate", "n", "changes/s", "p50 ms", "p99 ms", "max ms", "target p99"
+    );
+    for r in results.iter().filter(|r| r["kind"] == "latency") {
+        println!(
+            "{:<30} {:>9} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>12.1}",
+            r["what"].as_str().unwrap_or(""),
+            r["n"],
+            r["changes_per_second"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["max_ms"].as_f64().unwrap_or(0.0),
+            r["target_p99_ms"].as_f64().unwrap_or(0.0),
         );
     }
     let out = work.join("results.json");
@@ -275,6 +297,7 @@ fn postgres(
         rows,
         perf,
         hold,
+        ..
     } = *run;
     // PostgreSQL backfill.
     let pg = PgServer::start().map_err(|e| e.to_string())?;
@@ -282,7 +305,8 @@ fn postgres(
         "CREATE TABLE bench (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(20,4), e jsonb);
          INSERT INTO bench SELECT g, g % 1000, repeat(md5(g::text), 3) || 'abcd', '2020-01-01'::timestamptz + g * interval '1 second',
                 g * 1.2345, jsonb_build_object('k', g, 's', 'x') FROM generate_series(1, {rows}) g;
-         CREATE TABLE changes (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(20,4), e jsonb)"
+         CREATE TABLE changes (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(20,4), e jsonb);
+         CREATE TABLE big (LIKE changes INCLUDING ALL)"
     ))
     .map_err(|e| e.to_string())?;
     pg.sql("VACUUM ANALYZE").map_err(|e| e.to_string())?;
@@ -333,17 +357,10 @@ fn postgres(
         ));
     }
 
-    // PostgreSQL streaming: the same changes read by the connector and by pg_recvlogical.
-    let sdir = work.join("pg-stream");
-    let _ = std::fs::remove_dir_all(&sdir);
-    std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
-    let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "slot": "bench_slot", "publication": "bench_pub"});
-    std::fs::write(sdir.join("config.json"), json!({"endpoint": endpoint, "bindings": [{"resource": {"namespace": "public", "stream": "changes", "mode": "Precise"}, "target": "c"}]}).to_string()).map_err(|e| e.to_string())?;
-    run_timed(&mut capture_cmd(pg_bin, &sdir))?;
-    pg.sql("SELECT pg_create_logical_replication_slot('ref_slot', 'pgoutput')")
-        .map_err(|e| e.to_string())?;
+    // PostgreSQL streaming: the same changes read by the connector and by pg_recvlogical,
+    // in transactions of 1,000 and in one transaction of every row.
     let txns = (rows / 1000).max(1);
-    pg.sql(&format!(
+    let workload = format!(
         "DO $$ BEGIN FOR t IN 0..{} LOOP
            INSERT INTO changes SELECT g, g % 1000, md5(g::text), now(), g * 1.5, jsonb_build_object('k', g) FROM generate_series(t * 1000 + 1, t * 1000 + 500) g;
            UPDATE changes SET a = a + 1 WHERE id > t * 1000 AND id <= t * 1000 + 250;
@@ -351,37 +368,62 @@ fn postgres(
            COMMIT;
          END LOOP; END $$",
         txns - 1
-    ))
-    .map_err(|e| e.to_string())?;
-    let end: String = pg
-        .sql("SELECT pg_current_wal_insert_lsn()")
-        .map_err(|e| e.to_string())?;
-    let changes = txns * 1000;
-    let recv = run_timed(Command::new(psql.with_file_name("pg_recvlogical")).args([
-        "-d",
-        &pg.url,
-        "--slot",
-        "ref_slot",
-        "--start",
-        "--no-loop",
-        "-o",
-        "proto_version=1",
-        "-o",
-        "publication_names=bench_pub",
-        "-E",
-        &end,
-        "-f",
-        "/dev/null",
-    ]))?;
-    let ours = run_capture(pg_bin, &sdir, perf)?;
-    results.push(figure(
-        "PostgreSQL streaming",
-        changes,
-        &ours,
-        "pg_recvlogical (pgoutput)",
-        &recv,
-        0.9,
-    ));
+    );
+    let one = format!(
+        "INSERT INTO big SELECT g, g % 1000, md5(g::text), now(), g * 1.5, jsonb_build_object('k', g) FROM generate_series(1, {rows}) g"
+    );
+    for (name, table, sql, n, what) in [
+        (
+            "pg-stream",
+            "changes",
+            workload.as_str(),
+            txns * 1000,
+            "PostgreSQL streaming",
+        ),
+        (
+            "pg-stream-one",
+            "big",
+            one.as_str(),
+            rows,
+            "  in one transaction",
+        ),
+    ] {
+        let ours_and_ref = pg_streaming(&pg, pg_bin, run, name, table, sql)?;
+        results.push(figure(
+            what,
+            n,
+            &ours_and_ref.0,
+            "pg_recvlogical (pgoutput)",
+            &ours_and_ref.1,
+            0.9,
+        ));
+    }
+    let lat = latency(
+        pg_bin,
+        run,
+        "pg-latency",
+        &json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "slot": "lat_slot", "publication": "lat_pub"}),
+        "public",
+        || {
+            // The throwaway server runs with synchronous_commit off, which leaves a commit
+            // for the WAL writer to flush (up to wal_writer_delay later) before a walsender
+            // may send it: production's default is on.
+            pg.sql(
+                "CREATE TABLE lat (id bigint PRIMARY KEY, t bigint);
+                    ALTER DATABASE postgres SET synchronous_commit = on",
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        },
+        || testkit::servers::psql_session(&pg.url),
+        |first, n| {
+            format!(
+                "INSERT INTO lat SELECT g, (extract(epoch from clock_timestamp()) * 1000000)::bigint FROM generate_series({first}, {}) g;\n",
+                first + n - 1
+            )
+        },
+    )?;
+    results.push(lat.figure("PostgreSQL latency"));
     hold_server(work, hold, &pg.url);
     drop(pg);
     Ok(())
@@ -399,6 +441,7 @@ fn mariadb(
         rows,
         perf,
         hold,
+        ..
     } = *run;
     let txns = (rows / 1000).max(1);
     let changes = txns * 1000;
@@ -443,24 +486,11 @@ fn mariadb(
         0.9,
     ));
 
-    // MariaDB streaming: the change workload read by the connector and by mariadb-binlog.
-    db.sql("CREATE TABLE test.changes (id BIGINT PRIMARY KEY, a INT, b TEXT, c TIMESTAMP(6), d DECIMAL(20,4), e JSON)")
+    // MariaDB streaming: the change workload read by the connector and by mariadb-binlog,
+    // in transactions of 1,000 and in one transaction of every row.
+    db.sql("CREATE TABLE test.changes (id BIGINT PRIMARY KEY, a INT, b TEXT, c TIMESTAMP(6), d DECIMAL(20,4), e JSON);
+            CREATE TABLE test.big LIKE test.changes")
         .map_err(|e| e.to_string())?;
-    let sdir = capture_dir(
-        work,
-        "maria-stream",
-        &my_endpoint,
-        "test",
-        "changes",
-        "Precise",
-    )?;
-    run_timed(&mut capture_cmd(my_bin, &sdir))?;
-    let status = db.sql("SHOW MASTER STATUS").map_err(|e| e.to_string())?;
-    let mut parts = status.split_whitespace();
-    let (file, pos) = (
-        parts.next().ok_or("no binlog")?.to_string(),
-        parts.next().ok_or("no binlog position")?.to_string(),
-    );
     let mut script = String::new();
     for t in 0..txns {
         let base = t * 1000;
@@ -477,6 +507,133 @@ fn mariadb(
             base + 500
         ));
     }
+    let one = format!(
+        "INSERT INTO test.big SELECT seq, seq % 1000, MD5(seq), NOW(6), seq * 1.5, JSON_OBJECT('k', seq) FROM test.seq_1_to_{rows};\n"
+    );
+    for (name, table, sql, n, what) in [
+        (
+            "maria-stream",
+            "changes",
+            script.as_str(),
+            changes,
+            "MariaDB streaming",
+        ),
+        (
+            "maria-stream-one",
+            "big",
+            one.as_str(),
+            rows,
+            "  in one transaction",
+        ),
+    ] {
+        let (ours, reference) = maria_streaming(&db, my_bin, run, &my_endpoint, name, table, sql)?;
+        results.push(figure(
+            what,
+            n,
+            &ours,
+            "mariadb-binlog --read-from-remote-server -v",
+            &reference,
+            1.0,
+        ));
+    }
+    let lat = latency(
+        my_bin,
+        run,
+        "maria-latency",
+        &my_endpoint,
+        "test",
+        || {
+            db.sql("CREATE TABLE test.lat (id BIGINT PRIMARY KEY, t BIGINT)")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+        || testkit::servers::mariadb_session(db.port),
+        |first, n| {
+            format!(
+                "INSERT INTO test.lat SELECT seq, CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED) FROM test.seq_{first}_to_{};\n",
+                first + n - 1
+            )
+        },
+    )?;
+    results.push(lat.figure("MariaDB latency"));
+    hold_server(work, hold, &format!("mysql://root@127.0.0.1:{}", db.port));
+    drop(db);
+    Ok(())
+}
+
+/// One PostgreSQL streaming figure: the connector starts on the empty `table`, a reference
+/// slot is created, `workload` runs, then pg_recvlogical and the connector each read all
+/// of it. Returns (ours, reference).
+fn pg_streaming(
+    pg: &PgServer,
+    pg_bin: &std::path::Path,
+    run: &Run<'_>,
+    name: &str,
+    table: &str,
+    workload: &str,
+) -> Result<(Timed, Timed), String> {
+    let slot = name.replace('-', "_");
+    let publication = format!("{slot}_pub");
+    let endpoint = json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "slot": slot, "publication": publication});
+    let dir = capture_dir(run.work, name, &endpoint, "public", table, "Precise")?;
+    run_timed(&mut capture_cmd(pg_bin, &dir))?;
+    let reference = format!("{slot}_ref");
+    pg.sql(&format!(
+        "SELECT pg_create_logical_replication_slot('{reference}', 'pgoutput')"
+    ))
+    .map_err(|e| e.to_string())?;
+    pg.sql(workload).map_err(|e| e.to_string())?;
+    let end: String = pg
+        .sql("SELECT pg_current_wal_insert_lsn()")
+        .map_err(|e| e.to_string())?;
+    let recvlogical = testkit::servers::postgres_bindir()
+        .map(|d| d.join("pg_recvlogical"))
+        .ok_or("no pg_recvlogical")?;
+    let recv = run_timed(Command::new(recvlogical).args([
+        "-d",
+        &pg.url,
+        "--slot",
+        &reference,
+        "--start",
+        "--no-loop",
+        "-o",
+        "proto_version=1",
+        "-o",
+        &format!("publication_names={publication}"),
+        "-E",
+        &end,
+        "-f",
+        "/dev/null",
+    ]))?;
+    let ours = run_capture(pg_bin, &dir, run.perf)?;
+    // Neither slot holds WAL for the figures after this one.
+    pg.sql(&format!(
+        "SELECT pg_drop_replication_slot(s) FROM unnest(ARRAY['{reference}', '{slot}']) s"
+    ))
+    .map_err(|e| e.to_string())?;
+    Ok((ours, recv))
+}
+
+/// One MariaDB streaming figure: the connector starts on the empty `table`, `script` runs
+/// in one session, then mariadb-binlog and the connector each read all of it. Returns
+/// (ours, reference).
+fn maria_streaming(
+    db: &MariaDbServer,
+    my_bin: &std::path::Path,
+    run: &Run<'_>,
+    endpoint: &Value,
+    name: &str,
+    table: &str,
+    script: &str,
+) -> Result<(Timed, Timed), String> {
+    let dir = capture_dir(run.work, name, endpoint, "test", table, "Precise")?;
+    run_timed(&mut capture_cmd(my_bin, &dir))?;
+    let status = db.sql("SHOW MASTER STATUS").map_err(|e| e.to_string())?;
+    let mut parts = status.split_whitespace();
+    let (file, pos) = (
+        parts.next().ok_or("no binlog")?.to_string(),
+        parts.next().ok_or("no binlog position")?.to_string(),
+    );
     let mut load = testkit::servers::mariadb_session(db.port)
         .stdin(Stdio::piped())
         .spawn()
@@ -485,9 +642,9 @@ fn mariadb(
         std::io::Write::write_all(&mut stdin, script.as_bytes()).map_err(|e| e.to_string())?;
     }
     if !load.wait().map_err(|e| e.to_string())?.success() {
-        return Err("loading the MariaDB change workload failed".into());
+        return Err(format!("loading the MariaDB workload of {name} failed"));
     }
-    let binlog = run_timed(Command::new("mariadb-binlog").args([
+    let reference = run_timed(Command::new("mariadb-binlog").args([
         "--no-defaults",
         "--read-from-remote-server",
         "--to-last-log",
@@ -501,18 +658,140 @@ fn mariadb(
         &format!("--start-position={pos}"),
         &file,
     ]))?;
-    let ours = run_capture(my_bin, &sdir, perf)?;
-    results.push(figure(
-        "MariaDB streaming",
-        changes,
-        &ours,
-        "mariadb-binlog --read-from-remote-server -v",
-        &binlog,
-        1.0,
-    ));
-    hold_server(work, hold, &format!("mysql://root@127.0.0.1:{}", db.port));
-    drop(db);
-    Ok(())
+    let ours = run_capture(my_bin, &dir, run.perf)?;
+    Ok((ours, reference))
+}
+
+/// Commit-to-stdout latency of one steady-rate run.
+struct Latency {
+    n: usize,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn figure(&self, what: &str) -> Value {
+        json!({"what": what, "kind": "latency", "n": self.n, "changes_per_second": self.rate,
+            "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms,
+            "target_p99_ms": 50.0})
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Commit-to-stdout latency at [`LATENCY_RATE`] changes/s: a running connector captures
+/// `lat(id, t)`, one session inserts rows stamped with the server's clock as each is
+/// written (so before its commit: the figure is an upper bound), a transaction of
+/// `LATENCY_RATE / 100` rows every 10 ms, and each document's age is the time it is read
+/// from the connector's stdout minus its stamp (one machine, one clock).
+#[allow(clippy::too_many_arguments)]
+fn latency(
+    binary: &std::path::Path,
+    run: &Run<'_>,
+    name: &str,
+    endpoint: &Value,
+    namespace: &str,
+    create: impl Fn() -> Result<(), String>,
+    session: impl Fn() -> Command,
+    insert: impl Fn(u64, u64) -> String,
+) -> Result<Latency, String> {
+    use std::io::{BufRead, Write};
+    create()?;
+    let dir = capture_dir(run.work, name, endpoint, namespace, "lat", "Precise")?;
+    let mut connector = Command::new(binary)
+        .args(["capture", "--log-level", "error", "--config"])
+        .arg(dir.join("config.json"))
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    let stdout = connector.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, i64)>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let read_at = now_micros();
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let (Some(id), Some(t)) = (v["doc"]["id"].as_u64(), v["doc"]["t"].as_i64())
+                && tx.send((id, read_at - t)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let stop = |mut c: std::process::Child| {
+        let _ = c.kill();
+        let _ = c.wait();
+    };
+    // Row 0 says the connector is streaming.
+    let mut first = session()
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = first.stdin.take() {
+        stdin
+            .write_all(insert(0, 1).as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    first.wait().map_err(|e| e.to_string())?;
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        stop(connector);
+        return Err(format!("{name}: the connector did not start streaming"));
+    }
+    let per_tick = LATENCY_RATE / 100;
+    let ticks = run.latency_seconds * 100;
+    let mut load = session()
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdin = load.stdin.take().ok_or("no stdin")?;
+    let started = Instant::now();
+    for k in 0..ticks {
+        let due = started + Duration::from_millis(10 * k);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        stdin
+            .write_all(insert(1 + k * per_tick, per_tick).as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| e.to_string())?;
+    }
+    drop(stdin);
+    load.wait().map_err(|e| e.to_string())?;
+    let written = started.elapsed().as_secs_f64();
+    let expected = usize::try_from(ticks * per_tick).unwrap_or(usize::MAX);
+    let mut ages = Vec::with_capacity(expected);
+    while ages.len() < expected {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((_, age)) => ages.push(age),
+            Err(_) => break,
+        }
+    }
+    stop(connector);
+    let _ = reader.join();
+    if ages.len() < expected {
+        return Err(format!(
+            "{name}: {} of {expected} changes arrived",
+            ages.len()
+        ));
+    }
+    ages.sort_unstable();
+    let at = |percent: usize| ages[(ages.len() - 1) * percent / 100] as f64 / 1000.0;
+    Ok(Latency {
+        n: ages.len(),
+        rate: expected as f64 / written,
+        p50_ms: at(50),
+        p99_ms: at(99),
+        max_ms: at(100),
+    })
 }
 
 /// With `--hold`, waits until `target/bench/hold` is removed before the server stops.
