@@ -1,17 +1,40 @@
-//! Binlog positions.
+//! Binlog positions and GTID states.
 //!
-//! A [`BinlogPosition`] is a binlog file and a byte offset in it. Ordering is the log's
-//! order: files by their numeric suffix (`binlog.000012` after `binlog.000009`), then the
-//! offset. The GTID of the last transaction (`domain-server-sequence` on MariaDB) is kept
-//! beside it for people and for failover; it does not take part in the ordering, and the
-//! stream resumes by file and offset (`"resume_by": "file"` in the state says so).
+//! A [`BinlogPosition`] is a binlog file and a byte offset in it, with the server's GTID
+//! state at that point ([`GtidState`], MariaDB's `domain-server-sequence` per replication
+//! domain) where the server has GTIDs.
+//!
+//! **Order.** Positions order as the log does: files by their numeric suffix
+//! (`binlog.000012` after `binlog.000009`), then the offset. A file number means something
+//! only within one binlog history, and a failover moves the capture to a server whose
+//! files have other numbers (a replica whose binlog began later has lower ones). So the
+//! order uses the *logical* file number, the file's own number plus `file_base`: within
+//! one history the base is constant, and when a stream resumes by GTID on a history that
+//! does not hold the stored file and offset, the base becomes the stored logical number,
+//! so that every position of the new history orders after every position of the old one.
+//! `pos` in documents carries the logical number, which therefore keeps increasing across
+//! a failover; `cursor` names the real file.
+//!
+//! ```text
+//!   primary   binlog.000007:1200  (base 0)  ->  pos [7, 1200, i]
+//!   ---- failover: resume by GTID 0-1-130 on the replica ----
+//!   replica   binlog.000002:880   (base 7)  ->  pos [9, 880, i]
+//! ```
+//!
+//! **Resume.** Where the position carries a GTID state (`"resume_by": "gtid"`), the stream
+//! resumes by file and offset only if the server's own GTID state at that file and offset
+//! (`BINLOG_GTID_POS`) is the stored one, that is on the same history; otherwise it resumes
+//! by GTID (`@slave_connect_state`), which finds the same transaction boundary in any
+//! server's binlog that holds it. Without a GTID state it resumes by file and offset.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
 
 use backfill_core::source::Position;
 use serde::{Deserialize, Serialize};
 
-/// A binlog file and offset.
+/// A binlog file and offset, with the GTID state there.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinlogPosition {
@@ -19,37 +42,62 @@ pub struct BinlogPosition {
     pub file: String,
     /// Offset in the file: the end of the last event delivered.
     pub pos: u64,
-    /// GTID of the last transaction delivered, where the server has GTIDs.
+    /// The server's GTID state after the last event delivered (`@@gtid_binlog_pos` form),
+    /// where the server has GTIDs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gtid: Option<String>,
-    /// How the stream resumes: always `"file"` for now.
+    pub gtids: Option<String>,
+    /// How the stream resumes from this position: `"gtid"` or `"file"`.
     #[serde(default = "resume_by_file")]
     pub resume_by: String,
+    /// Added to the file's number for the order (see the module docs); 0 until a failover.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file_base: u64,
+    /// The last transaction's GTID, written by earlier versions; read and ignored.
+    #[serde(default, rename = "gtid", skip_serializing)]
+    _gtid: Option<serde::de::IgnoredAny>,
 }
 
 fn resume_by_file() -> String {
     "file".into()
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl BinlogPosition {
-    /// A position without a GTID.
+    /// A position without a GTID state, in the first history.
     pub fn new(file: impl Into<String>, pos: u64) -> Self {
         Self {
             file: file.into(),
             pos,
-            gtid: None,
+            gtids: None,
             resume_by: resume_by_file(),
+            file_base: 0,
+            _gtid: None,
         }
     }
 
-    fn sequence(&self) -> (u64, &str) {
-        let n = self
-            .file
+    /// The same point with the GTID state there: it resumes by GTID.
+    #[must_use]
+    pub fn with_gtids(mut self, gtids: String) -> Self {
+        self.gtids = Some(gtids);
+        self.resume_by = "gtid".into();
+        self
+    }
+
+    /// The file's number within its history (its numeric suffix).
+    pub fn file_number(&self) -> u64 {
+        self.file
             .rsplit('.')
             .next()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (n, self.file.as_str())
+            .unwrap_or(0)
+    }
+
+    /// The file's number in the order (and in documents' `pos`): see the module docs.
+    pub fn logical_file(&self) -> u64 {
+        self.file_number() + self.file_base
     }
 }
 
@@ -69,15 +117,81 @@ impl PartialOrd for BinlogPosition {
 
 impl Ord for BinlogPosition {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.sequence()
-            .cmp(&other.sequence())
-            .then(self.pos.cmp(&other.pos))
+        (self.logical_file(), self.file.as_str(), self.pos).cmp(&(
+            other.logical_file(),
+            other.file.as_str(),
+            other.pos,
+        ))
     }
 }
 
 impl Position for BinlogPosition {
     fn bytes_until(&self, later: &Self) -> Option<u64> {
-        (self.file == later.file).then(|| later.pos.saturating_sub(self.pos))
+        (self.file == later.file && self.file_base == later.file_base)
+            .then(|| later.pos.saturating_sub(self.pos))
+    }
+}
+
+/// One MariaDB GTID: replication domain, originating server, sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gtid {
+    /// Replication domain.
+    pub domain: u32,
+    /// Server that originated the transaction.
+    pub server: u32,
+    /// Sequence number within the domain.
+    pub seq: u64,
+}
+
+impl fmt::Display for Gtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server, self.seq)
+    }
+}
+
+impl Gtid {
+    fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().splitn(3, '-');
+        Some(Self {
+            domain: parts.next()?.parse().ok()?,
+            server: parts.next()?.parse().ok()?,
+            seq: parts.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// A MariaDB GTID state: the last GTID of each replication domain (`0-1-100,1-2-7`), the
+/// form `@@gtid_binlog_pos`, `BINLOG_GTID_POS()` and `@slave_connect_state` use. Sequence
+/// numbers order only within a domain, so states have no order of their own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GtidState(BTreeMap<u32, (u32, u64)>);
+
+impl GtidState {
+    /// Parses the comma-separated form; `None` if any part is not a GTID. The empty string
+    /// is the empty state (no transaction yet).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut state = Self::default();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            state.record(Gtid::parse(part)?);
+        }
+        Some(state)
+    }
+
+    /// A transaction of `gtid` was delivered: it is now its domain's last.
+    pub fn record(&mut self, gtid: Gtid) {
+        self.0.insert(gtid.domain, (gtid.server, gtid.seq));
+    }
+}
+
+impl fmt::Display for GtidState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (domain, (server, seq))) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{domain}-{server}-{seq}")?;
+        }
+        Ok(())
     }
 }
 
@@ -91,12 +205,62 @@ mod tests {
         let b = BinlogPosition::new("binlog.000010", 4);
         assert!(a < b);
         assert!(BinlogPosition::new("binlog.000010", 4) < BinlogPosition::new("binlog.000010", 5));
-        let mut g = BinlogPosition::new("binlog.000010", 4);
-        g.gtid = Some("0-1-7".into());
-        assert_eq!(g, b, "the GTID does not take part in the order");
+        let g = BinlogPosition::new("binlog.000010", 4).with_gtids("0-1-7".into());
+        assert_eq!(g, b, "the GTID state does not take part in the order");
         assert_eq!(
             serde_json::to_string(&g).unwrap(),
-            r#"{"file":"binlog.000010","pos":4,"gtid":"0-1-7","resume_by":"file"}"#
+            r#"{"file":"binlog.000010","pos":4,"gtids":"0-1-7","resume_by":"gtid"}"#
+        );
+    }
+
+    #[test]
+    fn a_new_history_orders_after_the_old_one_through_its_base() {
+        let old = BinlogPosition::new("binlog.000007", 1200);
+        let mut new = BinlogPosition::new("binlog.000002", 880);
+        assert!(new < old, "raw numbers say nothing across histories");
+        new.file_base = old.logical_file();
+        assert!(new > old);
+        assert_eq!(new.logical_file(), 9);
+        let later = BinlogPosition {
+            pos: 881,
+            ..new.clone()
+        };
+        assert!(later > new);
+        assert_eq!(new.bytes_until(&later), Some(1));
+        assert_eq!(old.bytes_until(&new), None);
+    }
+
+    #[test]
+    fn earlier_states_with_a_last_gtid_still_load() {
+        let p: BinlogPosition = serde_json::from_str(
+            r#"{"file":"binlog.000010","pos":4,"gtid":"0-1-7","resume_by":"file"}"#,
+        )
+        .unwrap();
+        assert_eq!((p.gtids.as_deref(), p.resume_by.as_str()), (None, "file"));
+        assert!(p._gtid.is_some());
+        assert!(!serde_json::to_string(&p).unwrap().contains("gtid\""));
+    }
+
+    #[test]
+    fn gtid_states_keep_each_domains_last() {
+        let mut s = GtidState::parse("1-2-7,0-1-100").unwrap();
+        assert_eq!(s.to_string(), "0-1-100,1-2-7");
+        s.record(Gtid {
+            domain: 0,
+            server: 3,
+            seq: 101,
+        });
+        s.record(Gtid {
+            domain: 5,
+            server: 1,
+            seq: 1,
+        });
+        assert_eq!(s.to_string(), "0-3-101,1-2-7,5-1-1");
+        assert_eq!(GtidState::parse(""), Some(GtidState::default()));
+        assert_eq!(GtidState::parse("0-1"), None);
+        assert_eq!(
+            GtidState::parse(" 0-1-5 , 1-1-2 ").unwrap().to_string(),
+            "0-1-5,1-1-2"
         );
     }
 }

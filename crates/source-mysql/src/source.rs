@@ -33,7 +33,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Value as MyValue};
 use serde_json::Value;
 
 use crate::endpoint::{Endpoint, TlsMode};
-use crate::position::BinlogPosition;
+use crate::position::{BinlogPosition, GtidState};
 use crate::stream::MyStream;
 use crate::value::{AddressKind, ColType, Origin, to_json};
 
@@ -243,6 +243,8 @@ pub struct MySource {
     conn: Conn,
     tables: Vec<Table>,
     keyless: Option<KeylessScan>,
+    /// The binlog history's `file_base` (see [`crate::position`]), set when the stream opens.
+    file_base: u64,
 }
 
 impl MySource {
@@ -265,6 +267,7 @@ impl MySource {
             conn,
             tables,
             keyless: None,
+            file_base: 0,
         })
     }
 
@@ -342,7 +345,10 @@ impl MySource {
         Ok(row)
     }
 
-    async fn snapshot_position(conn: &mut Conn) -> Result<BinlogPosition, SourceError> {
+    async fn snapshot_position(
+        conn: &mut Conn,
+        file_base: u64,
+    ) -> Result<BinlogPosition, SourceError> {
         let rows: Vec<(String, String)> = conn
             .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
             .await
@@ -362,7 +368,9 @@ impl MySource {
         let pos = get("binlog_snapshot_position")
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        Ok(BinlogPosition::new(file, pos))
+        let mut at = BinlogPosition::new(file, pos);
+        at.file_base = file_base;
+        Ok(at)
     }
 
     async fn scan_keyed(
@@ -406,7 +414,7 @@ impl MySource {
             .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(|e| my_error(&e, &what))?;
-        let position = Self::snapshot_position(&mut self.conn).await?;
+        let position = Self::snapshot_position(&mut self.conn, self.file_base).await?;
         let rows: Vec<mysql_async::Row> = self
             .conn
             .exec(&sql, params)
@@ -459,7 +467,7 @@ impl MySource {
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 .await
                 .map_err(|e| my_error(&e, &what))?;
-            let position = Self::snapshot_position(&mut conn).await?;
+            let position = Self::snapshot_position(&mut conn, self.file_base).await?;
             self.keyless = Some(KeylessScan {
                 binding: req.binding.index,
                 conn,
@@ -721,24 +729,20 @@ impl Source for MySource {
         bindings: &[BindingSpec],
     ) -> Result<(MyStream, BinlogPosition), SourceError> {
         self.ensure_binlog_settings().await?;
-        let at = match start {
-            StreamStart::Resume(p) => {
-                let logs: Vec<(String, u64)> = self
-                    .conn
-                    .query("SHOW BINARY LOGS")
-                    .await
-                    .map_err(|e| my_error(&e, "listing binary logs"))?;
-                if !logs.iter().any(|(f, _)| f == &p.file) {
-                    return Err(SourceError::definite(format!(
-                        "binlog file {} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)",
-                        p.file
-                    )));
+        let (at, by_gtid) = match start {
+            StreamStart::Resume(p) => self.resume_point(p).await?,
+            StreamStart::Fresh | StreamStart::Reset => {
+                self.file_base = 0;
+                let end = self.end_position().await?;
+                match self.gtid_state_at(&end).await? {
+                    Some(gtids) => (end.with_gtids(gtids), false),
+                    None => (end, false),
                 }
-                p
             }
-            StreamStart::Fresh | StreamStart::Reset => self.end_position().await?,
         };
-        let stream = MyStream::open(&self.endpoint, &self.tables, bindings, at.clone()).await?;
+        let mut from = at.clone();
+        from.file_base = self.file_base;
+        let stream = MyStream::open(&self.endpoint, &self.tables, bindings, from, by_gtid).await?;
         Ok((stream, at))
     }
 
@@ -755,7 +759,59 @@ impl Source for MySource {
         })?;
         let file: String = row.get(0).unwrap_or_default();
         let pos: u64 = row.get(1).unwrap_or(0);
-        Ok(BinlogPosition::new(file, pos))
+        let mut end = BinlogPosition::new(file, pos);
+        end.file_base = self.file_base;
+        Ok(end)
+    }
+}
+
+impl MySource {
+    /// The server's GTID state at a file and offset of its binlog; `None` where the file
+    /// is not in this server's binlog (or the server has no GTIDs).
+    async fn gtid_state_at(&mut self, at: &BinlogPosition) -> Result<Option<String>, SourceError> {
+        let state: Option<Option<String>> = self
+            .conn
+            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (at.file.as_str(), at.pos))
+            .await
+            .map_err(|e| my_error(&e, "reading the GTID state of a binlog position"))?;
+        Ok(state.flatten())
+    }
+
+    /// Where a stored position resumes, and whether by GTID (see [`crate::position`]): by
+    /// file and offset when this server's binlog holds them with the same GTID state (the
+    /// same history), else by GTID, in a new history ordered after the stored one. Without
+    /// a GTID state, only the file and offset can say where to resume.
+    async fn resume_point(
+        &mut self,
+        p: BinlogPosition,
+    ) -> Result<(BinlogPosition, bool), SourceError> {
+        self.file_base = p.file_base;
+        let Some(stored) = p.gtids.as_deref().and_then(GtidState::parse) else {
+            let logs: Vec<(String, u64)> = self
+                .conn
+                .query("SHOW BINARY LOGS")
+                .await
+                .map_err(|e| my_error(&e, "listing binary logs"))?;
+            if !logs.iter().any(|(f, _)| f == &p.file) {
+                return Err(SourceError::definite(format!(
+                    "binlog file {} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)",
+                    p.file
+                )));
+            }
+            return Ok((p, false));
+        };
+        let here = self.gtid_state_at(&p).await?;
+        if here.as_deref().and_then(GtidState::parse) == Some(stored) {
+            return Ok((p, false));
+        }
+        tracing::info!(
+            file = %p.file,
+            pos = p.pos,
+            gtids = p.gtids.as_deref().unwrap_or(""),
+            "this server's binlog does not hold the stored file and offset as the same history (failover, or purged files): resuming by GTID"
+        );
+        self.file_base = p.logical_file();
+        Ok((p, true))
     }
 }
 

@@ -8,8 +8,11 @@
 //! * Column names come with every table map (`binlog_row_metadata=FULL`), so a row is
 //!   always decoded with its own columns; a column the catalog does not know yet makes the
 //!   stream read the catalog again before rendering, never misaligning a document.
-//! * `pos` is `[binlog file number, event end offset, row index]`; `_meta.source.cursor` is
+//! * `pos` is `[logical binlog file number, event end offset, row index]` (the file's
+//!   number plus the history's base, see [`crate::position`]); `_meta.source.cursor` is
 //!   `file:offset`, `txid` the GTID.
+//! * Each GTID event updates the stream's GTID state, which every position it reports
+//!   carries, so a checkpoint can resume by GTID on another server.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -25,7 +28,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::{Map, Value};
 
 use crate::endpoint::Endpoint;
-use crate::position::BinlogPosition;
+use crate::position::{BinlogPosition, Gtid, GtidState};
 use crate::rows::{Image, decode, plan};
 use crate::source::{Column, Table, connect, my_error};
 use crate::value::from_binlog;
@@ -47,7 +50,12 @@ pub struct MyStream {
     in_txn: bool,
     /// Whether a format description event has been read (see the rotate handling).
     seen_format: bool,
+    /// The current transaction's GTID (`txid`).
     gtid: Option<String>,
+    /// The GTID state after the last transaction read, where the server has GTIDs.
+    gtids: Option<GtidState>,
+    /// The position's `file_base` (see [`crate::position`]).
+    file_base: u64,
     /// End offset of the last event read (for messages).
     last_end: u64,
     pending: VecDeque<StreamEvent<BinlogPosition>>,
@@ -69,11 +77,15 @@ fn file_number(file: &str) -> u64 {
 }
 
 impl MyStream {
+    /// Opens the stream after `at`: at its file and offset, or, with `by_gtid`, after its
+    /// GTID state wherever this server's binlog holds it (then `at.file_base` must already
+    /// order the server's files after `at`'s).
     pub(crate) async fn open(
         endpoint: &Endpoint,
         tables: &[Table],
         bindings: &[BindingSpec],
         at: BinlogPosition,
+        by_gtid: bool,
     ) -> Result<Self, SourceError> {
         let mut conn = connect(endpoint).await?;
         for setting in [
@@ -84,9 +96,24 @@ impl MyStream {
                 .await
                 .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
         }
-        let request = BinlogStreamRequest::new(endpoint.server_id)
-            .with_filename(at.file.as_bytes())
-            .with_pos(at.pos);
+        let gtids = at.gtids.as_deref().and_then(GtidState::parse);
+        let request = BinlogStreamRequest::new(endpoint.server_id);
+        let (request, file) = match (&gtids, by_gtid) {
+            (Some(state), true) => {
+                conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
+                    .await
+                    .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
+                // The server finds the file; its first (fake) rotate names it.
+                (
+                    request.with_filename(&b""[..]).with_pos(4u64),
+                    String::new(),
+                )
+            }
+            _ => (
+                request.with_filename(at.file.as_bytes()).with_pos(at.pos),
+                at.file.clone(),
+            ),
+        };
         let stream = conn
             .get_binlog_stream(request)
             .await
@@ -104,10 +131,12 @@ impl MyStream {
                     )
                 })
                 .collect(),
-            file: at.file,
+            file,
             in_txn: false,
             seen_format: false,
             gtid: None,
+            gtids,
+            file_base: at.file_base,
             last_end: at.pos,
             pending: VecDeque::new(),
         })
@@ -115,8 +144,11 @@ impl MyStream {
 
     fn position(&self, pos: u64) -> BinlogPosition {
         let mut p = BinlogPosition::new(self.file.clone(), pos);
-        p.gtid = self.gtid.clone();
-        p
+        p.file_base = self.file_base;
+        match &self.gtids {
+            Some(state) => p.with_gtids(state.to_string()),
+            None => p,
+        }
     }
 
     /// Reads the catalog again (after a DDL).
@@ -135,7 +167,10 @@ impl MyStream {
         let ts_ms = i64::from(header.timestamp()) * 1000;
         if header.event_type_raw() == MARIADB_GTID_EVENT {
             if let Some(gtid) = mariadb_gtid(event.data(), header.server_id()) {
-                self.gtid = Some(gtid);
+                self.gtid = Some(gtid.to_string());
+                if let Some(state) = &mut self.gtids {
+                    state.record(gtid);
+                }
             }
             self.in_txn = true;
             self.pending.push_back(StreamEvent::Begin);
@@ -158,22 +193,15 @@ impl MyStream {
         };
         match data {
             EventData::RotateEvent(r) => {
-                // The first (fake) rotate arrives before the format description tells the
-                // reader that events carry a checksum, so its name (the file we asked for)
-                // may still end with the 4 checksum bytes.
-                let raw = r.name_raw();
-                let with_checksum = !self.seen_format
-                    && raw.len() == self.file.len() + 4
-                    && raw.starts_with(self.file.as_bytes());
-                let raw = if with_checksum {
-                    &raw[..self.file.len()]
+                let raw = if self.seen_format {
+                    r.name_raw()
                 } else {
-                    raw
+                    without_checksum(&header, event.data(), r.name_raw())
                 };
                 self.file = String::from_utf8_lossy(raw).into_owned();
             }
             EventData::FormatDescriptionEvent(_) => self.seen_format = true,
-            EventData::HeartbeatEvent if !self.in_txn && end > 0 => {
+            EventData::HeartbeatEvent if !self.in_txn && end > 0 && !self.file.is_empty() => {
                 self.pending.push_back(StreamEvent::Progress {
                     position: self.position(end),
                 });
@@ -260,7 +288,7 @@ impl MyStream {
                 .map(|i| render(i, &catalog, &db, &table)?.ok_or_else(|| unknown(&db, &table)))
                 .transpose()
         };
-        let file_no = file_number(&self.file);
+        let file_no = file_number(&self.file) + self.file_base;
         let cursor = Value::String(format!("{}:{end}", self.file));
         let key_of = |row: &Row| {
             Key(key_cols
@@ -373,13 +401,46 @@ pub fn parsed_by_the_stream(event_type: u8) -> bool {
     matches!(event_type, 2 | 4 | 15 | 16 | 19 | 23..=25 | 27 | 30..=32 | 39)
 }
 
-/// The GTID (`domain-server-sequence`) of a MariaDB GTID event's body: sequence number
-/// (8 bytes, little-endian) then domain id (4 bytes) and flags; `None` when too short.
-pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Option<String> {
+/// The GTID of a MariaDB GTID event's body: sequence number (8 bytes, little-endian)
+/// then domain id (4 bytes) and flags; `None` when too short.
+pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Option<Gtid> {
     let seq = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
     let domain = u32::from_le_bytes(body.get(8..12)?.try_into().ok()?);
     body.get(12)?;
-    Some(format!("{domain}-{server_id}-{seq}"))
+    Some(Gtid {
+        domain,
+        server: server_id,
+        seq,
+    })
+}
+
+/// A rotate event's file name, without the 4 checksum bytes the first (fake) rotate may
+/// still carry: it arrives before the format description tells the reader that events
+/// have checksums. The bytes are dropped only when they are the CRC32 of the event before
+/// them (header and body), so a name is never cut by guesswork, even when the file asked
+/// for is not known (a resume by GTID).
+fn without_checksum<'n>(
+    header: &mysql_async::binlog::events::BinlogEventHeader,
+    body: &[u8],
+    name: &'n [u8],
+) -> &'n [u8] {
+    let (Some(split), Some(body_len)) = (name.len().checked_sub(4), body.len().checked_sub(4))
+    else {
+        return name;
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header.timestamp().to_le_bytes());
+    crc.update(&[header.event_type_raw()]);
+    crc.update(&header.server_id().to_le_bytes());
+    crc.update(&header.event_size().to_le_bytes());
+    crc.update(&header.log_pos().to_le_bytes());
+    crc.update(&header.flags_raw().to_le_bytes());
+    crc.update(&body[..body_len]);
+    if crc.finalize().to_le_bytes() == name[split..] {
+        &name[..split]
+    } else {
+        name
+    }
 }
 
 fn unknown(db: &str, table: &str) -> SourceError {
