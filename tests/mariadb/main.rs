@@ -296,21 +296,37 @@ fn purged_binlog_stops_with_the_remedy() {
                         "bindings": [{"resource": {"namespace": "test", "stream": "p"}, "target": "p"}]});
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     assert!(capture(&binary, &dir).ok);
+    // MariaDB purges a file only once InnoDB's binlog checkpoint has passed it.
+    let purge_to = |file: &str, gone: &str| {
+        for _ in 0..100 {
+            db.sql(&format!("FLUSH ENGINE LOGS; PURGE BINARY LOGS TO '{file}'"))
+                .unwrap();
+            if !db.sql("SHOW BINARY LOGS").unwrap().contains(gone) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Files that hold nothing undelivered: the state's file is gone, but its GTID state
+    // still names a point the server has, so the capture resumes (by GTID) and goes on.
     db.sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS; INSERT INTO test.p VALUES (2)")
         .unwrap();
-    // MariaDB purges a file only once InnoDB's binlog checkpoint has passed it.
-    for _ in 0..100 {
-        db.sql("FLUSH ENGINE LOGS; PURGE BINARY LOGS TO 'binlog.000003'")
-            .unwrap();
-        if !db
-            .sql("SHOW BINARY LOGS")
-            .unwrap()
-            .contains("binlog.000001")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    purge_to("binlog.000003", "binlog.000001");
+    let out = capture(&binary, &dir);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        docs(&out.lines)
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect::<Vec<_>>(),
+        [json!(2)],
+        "{:?}",
+        out.lines
+    );
+    // A file that holds an undelivered transaction: lost, and said so.
+    db.sql("INSERT INTO test.p VALUES (3); FLUSH BINARY LOGS; FLUSH BINARY LOGS; INSERT INTO test.p VALUES (4)")
+        .unwrap();
+    purge_to("binlog.000005", "binlog.000003");
     let logs = db.sql("SHOW BINARY LOGS").unwrap();
     let out = capture(&binary, &dir);
     assert!(
@@ -330,6 +346,134 @@ fn purged_binlog_stops_with_the_remedy() {
         out.stderr
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Failover: the capture moves to a promoted replica, whose binlog began later (other file
+/// names, other offsets), and resumes there by GTID. Nothing is lost or repeated across
+/// the move, and `pos` keeps increasing although the replica's file numbers are lower.
+#[test]
+fn resumes_by_gtid_on_a_promoted_replica() {
+    use backfill_core::mode::ResolvedMode;
+    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
+    struct Table<'a>(&'a MariaDbServer);
+    impl Oracle for Table<'_> {
+        fn final_rows(&self, _: usize) -> Vec<Row> {
+            self.0
+                .sql("SELECT JSON_OBJECT('id', id, 'v', v) FROM test.g")
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+    let Some((binary, primary)) = setup() else {
+        return;
+    };
+    let Some(mut replica) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    replica.restart_with(&["--server-id=2"]).unwrap();
+    replica
+        .sql(&format!(
+            "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
+             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', MASTER_USE_GTID = slave_pos;
+             START SLAVE",
+            primary.port
+        ))
+        .unwrap();
+    let mut v = 0;
+    let mut write = |db: &MariaDbServer, n: i32| {
+        for _ in 0..n {
+            v += 1;
+            let id = 1 + (v * 7) % 120;
+            db.sql(&format!(
+                "INSERT INTO test.g VALUES ({id}, {v}) ON DUPLICATE KEY UPDATE v = {v}"
+            ))
+            .unwrap();
+            if v % 4 == 0 {
+                db.sql(&format!(
+                    "DELETE FROM test.g WHERE id = {}",
+                    1 + (v * 13) % 120
+                ))
+                .unwrap();
+            }
+        }
+    };
+    primary
+        .sql("CREATE TABLE test.g (id INT PRIMARY KEY, v BIGINT)")
+        .unwrap();
+    write(&primary, 60);
+    // The primary's file numbers run ahead of the replica's.
+    primary
+        .sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS; FLUSH BINARY LOGS")
+        .unwrap();
+    let cap = Capture::new(&binary, "maria-failover");
+    let config = |port: u16| {
+        json!({"endpoint": {"host": "127.0.0.1", "port": port, "user": "root", "advanced": {"chunk_size": 10}},
+               "bindings": [{"resource": {"namespace": "test", "stream": "g", "mode": "Precise"}, "target": "g"}]})
+    };
+    cap.config(&config(primary.port));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    write(&primary, 40);
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let on_primary: Value =
+        serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
+    // Written on the primary, delivered only through the replica.
+    write(&primary, 40);
+    let pos = primary.sql("SELECT @@gtid_binlog_pos").unwrap();
+    assert_eq!(
+        replica
+            .sql(&format!("SELECT MASTER_GTID_WAIT('{}', 60)", pos.trim()))
+            .unwrap()
+            .trim(),
+        "0",
+        "the replica caught up"
+    );
+    drop(primary);
+    replica.sql("STOP SLAVE; RESET SLAVE ALL").unwrap();
+    write(&replica, 40);
+    cap.config(&config(replica.port));
+    let third = cap.capture();
+    assert!(third.ok, "{}", third.stderr);
+    let on_replica: Value =
+        serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
+    assert_ne!(
+        on_primary["position"]["file"], on_replica["position"]["file"],
+        "the replica's binlog is another file: {on_primary} / {on_replica}"
+    );
+    assert_eq!(on_replica["position"]["resume_by"], "gtid", "{on_replica}");
+    let file = on_replica["position"]["file"].as_str().unwrap();
+    assert!(
+        file.strip_prefix("binlog.")
+            .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit())),
+        "the file the server chose is named exactly (its rotate's checksum is not in it): {file:?}"
+    );
+    assert!(
+        on_replica["position"]["file_base"].as_u64() > Some(0),
+        "the replica's files are numbered after the primary's: {on_replica}"
+    );
+    assert!(
+        docs(&third.lines).len() >= 80,
+        "the replica delivered what the primary wrote after the last checkpoint, then its own: {:?}",
+        third.lines
+    );
+    let runs: Vec<RunOutput> = [first, second, third]
+        .into_iter()
+        .map(|o| RunOutput {
+            lines: o.lines,
+            counters: vec![0],
+        })
+        .collect();
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["id".into()],
+        table: "test.g".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(&expect, &runs, &Table(&replica));
+    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 /// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
