@@ -146,12 +146,14 @@ impl Default for EngineOptions {
 
 impl EngineOptions {
     /// The defaults with a connector's `advanced.chunk_size` and
-    /// `advanced.backfill_concurrency` (each at least 1), and 64 MiB per chunk.
+    /// `advanced.backfill_concurrency` (each at least 1), and 24 MiB per chunk (see
+    /// [`crate::source::buffered_bytes`]): the connector stays near 64 MiB whatever the
+    /// chunk size.
     pub fn for_backfill(chunk_rows: usize, concurrency: usize) -> Self {
         Self {
             limits: ChunkLimits {
                 rows: chunk_rows.max(1),
-                bytes: 64 << 20,
+                bytes: 24 << 20,
             },
             concurrency: concurrency.max(1),
             ..Self::default()

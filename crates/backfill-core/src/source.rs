@@ -110,8 +110,17 @@ pub trait Discovery {
 pub struct ChunkLimits {
     /// Rows per chunk.
     pub rows: usize,
-    /// Approximate bytes per chunk.
+    /// Approximate memory per chunk: each row's [`buffered_bytes`].
     pub bytes: usize,
+}
+
+/// What a row of `values` values with `text` bytes of content costs while a chunk holds
+/// it: each value is a map entry with its own name and value allocations, about 160 bytes
+/// beyond its content (the bench's six-column rows measure about 2 KiB each in a chunk,
+/// for under 200 bytes of text), so counting text alone let a 50,000-row chunk take
+/// 113 MiB.
+pub fn buffered_bytes(text: usize, values: usize) -> usize {
+    text + 160 * values + 64
 }
 
 /// What a chunk's snapshot is known to see, so the core can check the fence-ordering

@@ -26,7 +26,7 @@ use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ColumnInfo, Discovery, KeyClassifier, Row, ScanRequest,
-    SnapshotWitness, Source, StreamStart, TableInfo, TableRef, classify_natively,
+    SnapshotWitness, Source, StreamStart, TableInfo, TableRef, buffered_bytes, classify_natively,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Value as MyValue};
@@ -415,19 +415,29 @@ impl MySource {
             .await
             .map_err(|e| my_error(&e, &what))?;
         let position = Self::snapshot_position(&mut self.conn, self.file_base).await?;
-        let rows: Vec<mysql_async::Row> = self
+        // Rows are rendered as they arrive, up to the limits; any after them are read and
+        // dropped (they only say the chunk is not complete).
+        let mut out = Vec::new();
+        let (mut read, mut bytes) = (0, 0);
+        let mut result = self
             .conn
-            .exec(&sql, params)
+            .exec_iter(&sql, params)
             .await
             .map_err(|e| my_error(&e, &what))?;
-        self.conn
-            .query_drop("COMMIT")
-            .await
-            .map_err(|e| my_error(&e, &what))?;
-        let complete = rows.len() <= req.limits.rows;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows.into_iter().take(req.limits.rows) {
+        while let Some(r) = result.next().await.map_err(|e| my_error(&e, &what))? {
+            read += 1;
+            if read > req.limits.rows || bytes >= req.limits.bytes {
+                continue;
+            }
             let values = r.unwrap();
+            let text: usize = values
+                .iter()
+                .map(|v| match v {
+                    MyValue::Bytes(b) => b.len(),
+                    _ => 8,
+                })
+                .sum();
+            bytes += buffered_bytes(text, values.len());
             let row = Self::row_from(&t, &names, &values)?;
             let key = Key(req
                 .binding
@@ -437,6 +447,12 @@ impl MySource {
                 .collect());
             out.push((key, row));
         }
+        drop(result);
+        self.conn
+            .query_drop("COMMIT")
+            .await
+            .map_err(|e| my_error(&e, &what))?;
+        let complete = read == out.len();
         Ok(Chunk {
             rows: out,
             complete,

@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use backfill_core::source::Row;
+use backfill_core::source::{Row, buffered_bytes};
 use serde_json::{Map, Value};
 use tokio_postgres::SimpleColumn;
 
@@ -83,7 +83,8 @@ impl Plan {
     }
 
     /// One result row as a document (`lead` columns skipped); `Err` describes a value
-    /// that is not what its type's output function prints. Also returns the bytes read.
+    /// that is not what its type's output function prints. Also returns what the row
+    /// costs in a chunk ([`buffered_bytes`]).
     pub fn row(
         &self,
         r: &tokio_postgres::SimpleQueryRow,
@@ -111,7 +112,7 @@ impl Plan {
             };
             out.insert(name.clone(), value);
         }
-        Ok((out, bytes))
+        Ok((out, buffered_bytes(bytes, self.columns.len())))
     }
 }
 
