@@ -26,6 +26,22 @@ fn docs(lines: &[String]) -> Vec<Value> {
     testkit::live::docs(lines, 0)
 }
 
+/// The checker's oracle: a table's key and `v` columns as the server has them now.
+struct Table<'a>(&'a MariaDbServer, &'static str, &'static str);
+
+impl testkit::checker::Oracle for Table<'_> {
+    fn final_rows(&self, _: usize) -> Vec<testkit::checker::Row> {
+        let Self(db, table, key) = self;
+        db.sql(&format!(
+            "SELECT JSON_OBJECT('{key}', {key}, 'v', v) FROM {table}"
+        ))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+    }
+}
+
 fn without(doc: &Value, fields: &[&str]) -> Value {
     let mut d = doc.clone();
     for f in fields {
@@ -354,18 +370,7 @@ fn purged_binlog_stops_with_the_remedy() {
 #[test]
 fn resumes_by_gtid_on_a_promoted_replica() {
     use backfill_core::mode::ResolvedMode;
-    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-    struct Table<'a>(&'a MariaDbServer);
-    impl Oracle for Table<'_> {
-        fn final_rows(&self, _: usize) -> Vec<Row> {
-            self.0
-                .sql("SELECT JSON_OBJECT('id', id, 'v', v) FROM test.g")
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
+    use testkit::checker::{self, BindingExpect, RunOutput};
     let Some((binary, primary)) = setup() else {
         return;
     };
@@ -472,7 +477,7 @@ fn resumes_by_gtid_on_a_promoted_replica() {
         table: "test.g".into(),
         version_column: Some("v".into()),
     }];
-    let violations = checker::check(&expect, &runs, &Table(&replica));
+    let violations = checker::check(&expect, &runs, &Table(&replica, "test.g", "id"));
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
@@ -481,18 +486,7 @@ fn resumes_by_gtid_on_a_promoted_replica() {
 #[test]
 fn collated_text_key_is_precise_under_writes_and_kills() {
     use backfill_core::mode::ResolvedMode;
-    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-    struct Table<'a>(&'a MariaDbServer);
-    impl Oracle for Table<'_> {
-        fn final_rows(&self, _: usize) -> Vec<Row> {
-            self.0
-                .sql("SELECT JSON_OBJECT('name', name, 'v', v) FROM test.names")
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
+    use testkit::checker::{self, BindingExpect, RunOutput};
     let Some((binary, db)) = setup() else { return };
     db.sql("CREATE TABLE test.names (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)").unwrap();
     let words = [
@@ -549,7 +543,7 @@ fn collated_text_key_is_precise_under_writes_and_kills() {
         table: "test.names".into(),
         version_column: Some("v".into()),
     }];
-    let violations = checker::check(&expect, &runs, &Table(&db));
+    let violations = checker::check(&expect, &runs, &Table(&db, "test.names", "name"));
     assert!(violations.is_empty(), "{violations:#?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -615,18 +609,7 @@ fn alter_table_mid_stream_is_followed() {
 #[test]
 fn survives_a_killed_dump_thread_and_a_server_restart() {
     use backfill_core::mode::ResolvedMode;
-    use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-    struct Table<'a>(&'a MariaDbServer);
-    impl Oracle for Table<'_> {
-        fn final_rows(&self, _: usize) -> Vec<Row> {
-            self.0
-                .sql("SELECT JSON_OBJECT('id', id, 'v', v) FROM test.f")
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
+    use testkit::checker::{self, BindingExpect, RunOutput};
     let Some((binary, mut db)) = setup() else {
         return;
     };
@@ -704,7 +687,7 @@ fn survives_a_killed_dump_thread_and_a_server_restart() {
         table: "test.f".into(),
         version_column: Some("v".into()),
     }];
-    let violations = checker::check(&expect, &runs, &Table(&db));
+    let violations = checker::check(&expect, &runs, &Table(&db, "test.f", "id"));
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
