@@ -86,19 +86,18 @@ impl BinlogPosition {
         self
     }
 
-    /// The file's number within its history (its numeric suffix).
-    pub fn file_number(&self) -> u64 {
-        self.file
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// The file's number in the order (and in documents' `pos`): see the module docs.
     pub fn logical_file(&self) -> u64 {
-        self.file_number() + self.file_base
+        file_number(&self.file) + self.file_base
     }
+}
+
+/// A binlog file's number within its history: its numeric suffix (`binlog.000012` is 12).
+pub fn file_number(file: &str) -> u64 {
+    file.rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl PartialEq for BinlogPosition {

@@ -28,7 +28,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::{Map, Value};
 
 use crate::endpoint::Endpoint;
-use crate::position::{BinlogPosition, Gtid, GtidState};
+use crate::position::{BinlogPosition, Gtid, GtidState, file_number};
 use crate::rows::{Image, decode, plan};
 use crate::source::{Column, Table, connect, my_error};
 use crate::value::from_binlog;
@@ -67,13 +67,6 @@ impl std::fmt::Debug for MyStream {
             .field("file", &self.file)
             .finish_non_exhaustive()
     }
-}
-
-fn file_number(file: &str) -> u64 {
-    file.rsplit('.')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 impl MyStream {
