@@ -481,6 +481,44 @@ fn resumes_by_gtid_on_a_promoted_replica() {
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
+/// Chunks stop at their memory bound (24 MiB estimated) before their row count: 40 rows
+/// of 1 MiB take two chunks although 10,000 rows are allowed, and every row arrives
+/// exactly once.
+#[test]
+fn chunks_stop_at_their_memory_bound_and_lose_nothing() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql(
+        "CREATE TABLE test.wide (id INT PRIMARY KEY, body LONGTEXT);
+         INSERT INTO test.wide SELECT seq, REPEAT(CHAR(65 + seq % 26), 1048576) FROM test.seq_1_to_40",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "maria-wide");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "wide", "mode": "Precise"}, "target": "wide"}]}));
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let ids: Vec<i64> = docs(&out.lines)
+        .iter()
+        .map(|d| {
+            assert_eq!(d["body"].as_str().map(str::len), Some(1_048_576));
+            d["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (1..=40).collect::<Vec<_>>());
+    let mid_backfill = out.lines.iter().any(|l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["checkpoint"]["bindings"]["test.wide"]["phase"] == "backfilling")
+    });
+    assert!(
+        mid_backfill,
+        "the first chunk stopped short of the table: {:?}",
+        out.lines
+            .iter()
+            .filter(|l| l.starts_with("{\"checkpoint\""))
+            .collect::<Vec<_>>()
+    );
+}
+
 /// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
 /// column's collation) and keeps its guarantees under writes and SIGKILLs.
 #[test]
