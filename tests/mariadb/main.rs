@@ -1,4 +1,6 @@
-//! The MariaDB suite: `source-mysql` driven as a user would, against throwaway servers.
+//! The MySQL family suite: `source-mysql` driven as a user would, against throwaway
+//! MariaDB and MySQL servers. Most scenarios run against both (`mariadb::` and
+//! `mysql::`); the rest use what only MariaDB has.
 
 // Helpers outside #[test] functions unwrap too: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -17,6 +19,47 @@ fn setup() -> Option<(PathBuf, MariaDbServer)> {
         MariaDbServer::start_or_skip()?,
     ))
 }
+
+fn setup_mysql() -> Option<(PathBuf, MariaDbServer)> {
+    Some((
+        testkit::live::binary_or_skip("source-mysql")?,
+        MariaDbServer::start_mysql_or_skip()?,
+    ))
+}
+
+/// The scenarios that hold for both servers, run against each: `mariadb::<name>` and
+/// `mysql::<name>`.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod mariadb {
+            $(#[test]
+            fn $name() {
+                if let Some(s) = super::setup() {
+                    super::$name(s);
+                }
+            })*
+        }
+        mod mysql {
+            $(#[test]
+            fn $name() {
+                if let Some(s) = super::setup_mysql() {
+                    super::$name(s);
+                }
+            })*
+        }
+    };
+}
+
+on_both_servers!(
+    values_render_the_same_backfilled_and_streamed,
+    a_table_dropped_mid_capture_stops_clearly,
+    purged_binlog_stops_with_the_remedy,
+    chunks_stop_at_their_memory_bound_and_lose_nothing,
+    collated_text_key_is_precise_under_writes_and_kills,
+    alter_table_mid_stream_is_followed,
+    survives_a_killed_dump_thread_and_a_server_restart,
+    bad_input_fails_with_one_clear_line,
+);
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
     Capture::at(binary, dir).capture()
@@ -52,9 +95,7 @@ fn without(doc: &Value, fields: &[&str]) -> Value {
 
 /// Every type renders the same backfilled (binary protocol) and streamed (binlog), and as
 /// DESIGN.md §5 spells it.
-#[test]
-fn values_render_the_same_backfilled_and_streamed() {
-    let Some((binary, db)) = setup() else { return };
+fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaDbServer)) {
     db.sql(
         "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, bu BIGINT UNSIGNED, d DECIMAL(10,2),
            f FLOAT, db DOUBLE, b1 TINYINT(1), bt BIT(5), y YEAR, dt DATE, dtm DATETIME(3), ts TIMESTAMP(6) NULL,
@@ -163,9 +204,7 @@ fn uuid_geometry_and_emoji_render_the_same_on_both_paths() {
 
 /// A bound table dropped under a running capture stops it with one clear line and a
 /// non-zero exit; the state file still holds the last good checkpoint.
-#[test]
-fn a_table_dropped_mid_capture_stops_clearly() {
-    let Some((binary, db)) = setup() else { return };
+fn a_table_dropped_mid_capture_stops_clearly((binary, db): (PathBuf, MariaDbServer)) {
     db.sql(
         "CREATE TABLE test.d (id INT PRIMARY KEY, v INT); INSERT INTO test.d VALUES (1, 1), (2, 2)",
     )
@@ -300,9 +339,7 @@ fn compressed_binlog_is_refused_not_skipped() {
 }
 
 /// A purged binlog stops the capture with the remedy named.
-#[test]
-fn purged_binlog_stops_with_the_remedy() {
-    let Some((binary, db)) = setup() else { return };
+fn purged_binlog_stops_with_the_remedy((binary, db): (PathBuf, MariaDbServer)) {
     db.sql("CREATE TABLE test.p (id INT PRIMARY KEY); INSERT INTO test.p VALUES (1)")
         .unwrap();
     let dir = std::env::temp_dir().join(format!("maria-purge-{}", std::process::id()));
@@ -484,12 +521,10 @@ fn resumes_by_gtid_on_a_promoted_replica() {
 /// Chunks stop at their memory bound (24 MiB estimated) before their row count: 40 rows
 /// of 1 MiB take two chunks although 10,000 rows are allowed, and every row arrives
 /// exactly once.
-#[test]
-fn chunks_stop_at_their_memory_bound_and_lose_nothing() {
-    let Some((binary, db)) = setup() else { return };
+fn chunks_stop_at_their_memory_bound_and_lose_nothing((binary, db): (PathBuf, MariaDbServer)) {
     db.sql(
         "CREATE TABLE test.wide (id INT PRIMARY KEY, body LONGTEXT);
-         INSERT INTO test.wide SELECT seq, REPEAT(CHAR(65 + seq % 26), 1048576) FROM test.seq_1_to_40",
+         INSERT INTO test.wide SELECT seq, REPEAT(CHAR(65 + seq % 26), 1048576) FROM (WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 40) SELECT seq FROM s) s",
     )
     .unwrap();
     let cap = Capture::new(&binary, "maria-wide");
@@ -521,11 +556,9 @@ fn chunks_stop_at_their_memory_bound_and_lose_nothing() {
 
 /// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
 /// column's collation) and keeps its guarantees under writes and SIGKILLs.
-#[test]
-fn collated_text_key_is_precise_under_writes_and_kills() {
+fn collated_text_key_is_precise_under_writes_and_kills((binary, db): (PathBuf, MariaDbServer)) {
     use backfill_core::mode::ResolvedMode;
     use testkit::checker::{self, BindingExpect, RunOutput};
-    let Some((binary, db)) = setup() else { return };
     db.sql("CREATE TABLE test.names (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)").unwrap();
     let words = [
         "apple", "Banana", "cherry", "Éclair", "eclairs", "zebra", "Zulu", "ab", "a b", "a-b", "ß",
@@ -588,9 +621,7 @@ fn collated_text_key_is_precise_under_writes_and_kills() {
 
 /// ALTER TABLE while streaming: rows after it are decoded with the new columns, never
 /// misaligned.
-#[test]
-fn alter_table_mid_stream_is_followed() {
-    let Some((binary, db)) = setup() else { return };
+fn alter_table_mid_stream_is_followed((binary, db): (PathBuf, MariaDbServer)) {
     db.sql("CREATE TABLE test.a (id INT PRIMARY KEY, x INT); INSERT INTO test.a VALUES (1, 10)")
         .unwrap();
     let dir = std::env::temp_dir().join(format!("maria-alter-{}", std::process::id()));
@@ -644,13 +675,9 @@ fn alter_table_mid_stream_is_followed() {
 
 /// Faults a running capture survives: its binlog dump thread is killed, then the server
 /// restarts; the capture retries inside the process and the output keeps every guarantee.
-#[test]
-fn survives_a_killed_dump_thread_and_a_server_restart() {
+fn survives_a_killed_dump_thread_and_a_server_restart((binary, mut db): (PathBuf, MariaDbServer)) {
     use backfill_core::mode::ResolvedMode;
     use testkit::checker::{self, BindingExpect, RunOutput};
-    let Some((binary, mut db)) = setup() else {
-        return;
-    };
     db.sql("CREATE TABLE test.f (id INT PRIMARY KEY, v BIGINT)")
         .unwrap();
     for i in 1..=200 {
@@ -730,11 +757,7 @@ fn survives_a_killed_dump_thread_and_a_server_restart() {
 }
 
 /// Bad input: each is one line that says what to do, a non-zero exit, no state file.
-#[test]
-fn bad_input_fails_with_one_clear_line() {
-    let Some((binary, mut db)) = setup() else {
-        return;
-    };
+fn bad_input_fails_with_one_clear_line((binary, mut db): (PathBuf, MariaDbServer)) {
     db.sql("CREATE TABLE test.t (id INT PRIMARY KEY); CREATE USER 'cdc'@'127.0.0.1' IDENTIFIED BY 'right'").unwrap();
     let dir = std::env::temp_dir().join(format!("maria-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

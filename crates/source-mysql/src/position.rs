@@ -194,6 +194,151 @@ impl fmt::Display for GtidState {
     }
 }
 
+/// A MySQL GTID set: for each source server's UUID, the transaction numbers it names, as
+/// inclusive intervals (`3e11fa47-...:1-5:7,8a94f357-...:1-3`), the form of
+/// `@@gtid_executed`. Unlike a MariaDB state it names every transaction, so a set alone
+/// says where a stream resumes (the server sends every transaction it does not hold) and
+/// what a server must have committed (`WAIT_FOR_EXECUTED_GTID_SET`). Tagged GTIDs (MySQL
+/// 8.4+) are not read: a set holding one does not parse.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GtidSet(BTreeMap<String, Vec<(u64, u64)>>);
+
+impl GtidSet {
+    /// Parses the server's form (members separated by commas and perhaps newlines); the
+    /// empty string is the empty set.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut set = Self::default();
+        for member in s.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let mut parts = member.split(':');
+            let uuid = parts.next()?.to_ascii_lowercase();
+            uuid_bytes(&uuid)?;
+            for interval in parts {
+                let (a, b) = interval.split_once('-').unwrap_or((interval, interval));
+                let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+                if a == 0 || b < a {
+                    return None;
+                }
+                set.add(&uuid, a, b);
+            }
+        }
+        Some(set)
+    }
+
+    /// The transaction `uuid:gno` is in the set from now on.
+    pub fn record(&mut self, uuid: &str, gno: u64) {
+        self.add(uuid, gno, gno);
+    }
+
+    /// Whether the set holds `uuid:gno`.
+    pub fn contains(&self, uuid: &str, gno: u64) -> bool {
+        self.0
+            .get(uuid)
+            .is_some_and(|v| v.iter().any(|&(a, b)| a <= gno && gno <= b))
+    }
+
+    fn add(&mut self, uuid: &str, first: u64, last: u64) {
+        let intervals = self.0.entry(uuid.to_string()).or_default();
+        // The common case: the next number of the last interval.
+        if let Some(end) = intervals.last_mut()
+            && end.0 <= first
+            && first <= end.1.saturating_add(1)
+        {
+            end.1 = end.1.max(last);
+            return;
+        }
+        intervals.push((first, last));
+        intervals.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
+        for &(a, b) in intervals.iter() {
+            match merged.last_mut() {
+                Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *intervals = merged;
+    }
+
+    /// The set as the `COM_BINLOG_DUMP_GTID` request carries it.
+    pub fn sids(&self) -> Vec<mysql_async::Sid<'static>> {
+        self.0
+            .iter()
+            .filter_map(|(uuid, intervals)| {
+                let sid = mysql_async::Sid::new(uuid_bytes(uuid)?);
+                Some(
+                    sid.with_intervals(
+                        intervals
+                            .iter()
+                            .map(|&(a, b)| mysql_async::GnoInterval::new(a, b + 1))
+                            .collect(),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (uuid, intervals)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(uuid)?;
+            for (a, b) in intervals {
+                if a == b {
+                    write!(f, ":{a}")?;
+                } else {
+                    write!(f, ":{a}-{b}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A UUID's 16 bytes from its hyphenated form.
+fn uuid_bytes(uuid: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = uuid.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 || uuid.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A UUID's hyphenated lowercase form, as GTID sets spell it.
+pub fn uuid_string(bytes: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The GTIDs a stream has read through, in its server's own form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gtids {
+    /// MariaDB: each domain's last GTID.
+    MariaDb(GtidState),
+    /// MySQL: every transaction's GTID.
+    MySql(GtidSet),
+}
+
+impl fmt::Display for Gtids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MariaDb(s) => s.fmt(f),
+            Self::MySql(s) => s.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +406,39 @@ mod tests {
             GtidState::parse(" 0-1-5 , 1-1-2 ").unwrap().to_string(),
             "0-1-5,1-1-2"
         );
+    }
+
+    #[test]
+    fn mysql_gtid_sets_merge_intervals_and_round_trip() {
+        let a =
+            "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:7,\n8a94f357-aab4-11df-86ab-c80aa9429562:1-3";
+        let mut s = GtidSet::parse(a).unwrap();
+        assert_eq!(
+            s.to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7,8a94f357-aab4-11df-86ab-c80aa9429562:1-3"
+        );
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        s.record(u, 6);
+        assert!(s.contains(u, 6) && s.contains(u, 1) && !s.contains(u, 8));
+        assert!(s.to_string().starts_with(&format!("{u}:1-7,")));
+        s.record(u, 8);
+        s.record(u, 10);
+        s.record("8a94f357-aab4-11df-86ab-c80aa9429562", 4);
+        assert_eq!(
+            s.to_string(),
+            format!("{u}:1-8:10,8a94f357-aab4-11df-86ab-c80aa9429562:1-4")
+        );
+        assert_eq!(GtidSet::parse(""), Some(GtidSet::default()));
+        assert_eq!(GtidSet::parse("not-a-uuid:1-2"), None);
+        assert_eq!(GtidSet::parse(&format!("{u}:5-2")), None);
+        assert_eq!(
+            GtidSet::parse(&format!("{u}:tag:1-2")),
+            None,
+            "tagged GTIDs are refused"
+        );
+        let sids = s.sids();
+        assert_eq!(sids.len(), 2);
+        assert_eq!(sids[0].to_string(), format!("{u}:1-8:10"));
+        assert_eq!(uuid_string(&sids[0].uuid()), u);
     }
 }

@@ -1,4 +1,4 @@
-//! The MariaDB source: discovery, key-ordered chunks in consistent snapshots, key
+//! The MariaDB and MySQL source: discovery, key-ordered chunks in consistent snapshots, key
 //! classification by the server, and opening the binlog stream.
 //!
 //! ## Chunks, fences and the witness (MariaDB)
@@ -16,10 +16,33 @@
 //! ([`SnapshotWitness::SeesThrough`]): the core rescans until P is at or past what the
 //! stream delivered, which is how InnoDB's write-binlog-then-commit gap is closed.
 //!
-//! MySQL 8 has no `binlog_snapshot_*`; it is refused at connect with a clear message until
-//! its method (documented in ARCHITECTURE.md as open) is built.
+//! ## Chunks, fences and the wait (MySQL 8.0+)
+//!
+//! MySQL has no `binlog_snapshot_*`, and it too writes a transaction to the binlog (and
+//! the stream may deliver it) before the engine commits it, so a snapshot taken just then
+//! would miss a delivered change. What MySQL does expose is the order of the other end:
+//! a GTID enters `@@gtid_executed` only after its transaction's engine commit. So:
+//!
+//! ```text
+//!   stream reads GTID g  ──►  read_through ∪= {g}          (shared with the source)
+//!   SELECT WAIT_FOR_EXECUTED_GTID_SET(read_through, 30)   -- every g committed: visible
+//!   START TRANSACTION WITH CONSISTENT SNAPSHOT
+//!   SELECT ... WHERE (k) > (cursor) ORDER BY k LIMIT n+1
+//!   SHOW BINARY LOG STATUS                                 -- the fence F
+//!   COMMIT
+//! ```
+//!
+//! Every transaction the stream has read (a superset of what it delivered) is committed
+//! before the snapshot is taken, so the snapshot sees it: the fence-ordering invariant,
+//! established here ([`SnapshotWitness::Proven`]). A transaction visible in the snapshot
+//! committed before the binlog position read after the scan, so that position is a fence.
+//! Without `gtid_mode=ON` there is no such witness: MySQL backfills then stop with the
+//! setting to change, and Only Changes bindings run as they do anywhere. The stream's
+//! side of this (the start, and transactions logged but not yet committed when it was
+//! read) is in [`crate::stream`].
 
 use std::cmp::Ordering;
+use std::sync::{Arc, Mutex};
 
 use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region, Window};
@@ -33,7 +56,7 @@ use mysql_async::{Conn, Opts, OptsBuilder, Value as MyValue};
 use serde_json::Value;
 
 use crate::endpoint::{Endpoint, TlsMode};
-use crate::position::{BinlogPosition, GtidState};
+use crate::position::{BinlogPosition, GtidSet, GtidState};
 use crate::stream::MyStream;
 use crate::value::{AddressKind, ColType, Origin, to_json};
 
@@ -228,6 +251,12 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
     })
 }
 
+fn purged(file: &str) -> SourceError {
+    SourceError::definite(format!(
+        "binlog file {file} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)"
+    ))
+}
+
 /// A keyless table read in one consistent snapshot, chunk by chunk.
 #[derive(Debug)]
 struct KeylessScan {
@@ -236,10 +265,32 @@ struct KeylessScan {
     position: BinlogPosition,
 }
 
-/// The MariaDB source.
+/// Which server the connector talks to: the two differ in how a snapshot meets the
+/// binlog, in GTIDs, and in some statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// MariaDB 10.6+.
+    MariaDb,
+    /// MySQL 8.0+.
+    MySql,
+}
+
+/// What the source and its stream know of the server they share.
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// MariaDB or MySQL.
+    pub flavor: Flavor,
+    /// MySQL: `gtid_mode=ON` (MariaDB always has GTIDs).
+    pub gtid_mode: bool,
+    /// MySQL: every GTID the stream has read (see the module docs).
+    pub read_through: Arc<Mutex<GtidSet>>,
+}
+
+/// The MariaDB and MySQL source.
 #[derive(Debug)]
 pub struct MySource {
     endpoint: Endpoint,
+    server: Server,
     conn: Conn,
     tables: Vec<Table>,
     keyless: Option<KeylessScan>,
@@ -256,14 +307,39 @@ impl MySource {
             .await
             .map_err(|e| my_error(&e, "reading the version"))?
             .unwrap_or_default();
-        if !version.contains("MariaDB") {
-            return Err(SourceError::definite(format!(
-                "server {version} is MySQL; this connector captures MariaDB 10.6+ today (MySQL 8's snapshot-to-binlog method is not built yet)"
-            )));
-        }
+        let flavor = if version.contains("MariaDB") {
+            Flavor::MariaDb
+        } else {
+            let major: u32 = version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            if major < 8 {
+                return Err(SourceError::definite(format!(
+                    "server {version} is MySQL {major}; the connector captures MySQL 8.0+ and MariaDB 10.6+"
+                )));
+            }
+            Flavor::MySql
+        };
+        let gtid_mode = match flavor {
+            Flavor::MariaDb => true,
+            Flavor::MySql => {
+                let mode: Option<String> = conn
+                    .query_first("SELECT @@gtid_mode")
+                    .await
+                    .map_err(|e| my_error(&e, "reading gtid_mode"))?;
+                mode.is_some_and(|m| m.eq_ignore_ascii_case("ON"))
+            }
+        };
         let tables = load_tables(&mut conn).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
+            server: Server {
+                flavor,
+                gtid_mode,
+                read_through: Arc::default(),
+            },
             conn,
             tables,
             keyless: None,
@@ -314,6 +390,41 @@ impl MySource {
     /// The query connection, for `check`.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
+    }
+
+    /// The server's flavor and GTID mode.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// MySQL: makes every transaction the stream has read visible to a snapshot taken
+    /// next (see the module docs); a backfill without GTIDs stops with the setting.
+    async fn before_snapshot(&mut self, what: &str) -> Result<(), SourceError> {
+        if self.server.flavor == Flavor::MariaDb {
+            return Ok(());
+        }
+        if !self.server.gtid_mode {
+            return Err(SourceError::definite(format!(
+                "{what}: a MySQL backfill needs gtid_mode=ON, the only way the connector can prove a chunk's snapshot sees every change already streamed. Set enforce_gtid_consistency=ON and gtid_mode=ON (online: OFF_PERMISSIVE, ON_PERMISSIVE, then ON), or give the binding `\"mode\": \"Only Changes\"`"
+            )));
+        }
+        let set = self
+            .server
+            .read_through
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_string();
+        let timed_out: Option<i64> = self
+            .conn
+            .exec_first("SELECT WAIT_FOR_EXECUTED_GTID_SET(?, 30)", (set,))
+            .await
+            .map_err(|e| my_error(&e, what))?;
+        if timed_out != Some(0) {
+            return Err(SourceError::transient(format!(
+                "{what}: the server did not commit, within 30 s, transactions its binlog already holds"
+            )));
+        }
+        Ok(())
     }
 
     fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
@@ -410,11 +521,15 @@ impl MySource {
         }
         sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", req.limits.rows + 1));
         let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
+        self.before_snapshot(&what).await?;
         self.conn
             .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .await
             .map_err(|e| my_error(&e, &what))?;
-        let position = Self::snapshot_position(&mut self.conn, self.file_base).await?;
+        let seen_through = match self.server.flavor {
+            Flavor::MariaDb => Some(Self::snapshot_position(&mut self.conn, self.file_base).await?),
+            Flavor::MySql => None,
+        };
         // Rows are rendered as they arrive, up to the limits; any after them are read and
         // dropped (they only say the chunk is not complete).
         let mut out = Vec::new();
@@ -448,6 +563,10 @@ impl MySource {
             out.push((key, row));
         }
         drop(result);
+        let (fence, witness) = match seen_through {
+            Some(p) => (p.clone(), SnapshotWitness::SeesThrough(p)),
+            None => (self.end_position().await?, SnapshotWitness::Proven),
+        };
         self.conn
             .query_drop("COMMIT")
             .await
@@ -456,8 +575,8 @@ impl MySource {
         Ok(Chunk {
             rows: out,
             complete,
-            fence: position.clone(),
-            witness: SnapshotWitness::SeesThrough(position),
+            fence,
+            witness,
         })
     }
 
@@ -479,11 +598,21 @@ impl MySource {
         let fresh =
             !matches!(&self.keyless, Some(k) if k.binding == req.binding.index) || offset == 0;
         if fresh {
+            self.before_snapshot(&what).await?;
             let mut conn = connect(&self.endpoint).await?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
                 .await
                 .map_err(|e| my_error(&e, &what))?;
-            let position = Self::snapshot_position(&mut conn, self.file_base).await?;
+            // MySQL: the binlog's end, read after the snapshot, is its fence (the wait
+            // above proved the ordering).
+            let position = match self.server.flavor {
+                Flavor::MariaDb => Self::snapshot_position(&mut conn, self.file_base).await?,
+                Flavor::MySql => {
+                    binlog_status(&mut conn, Flavor::MySql, self.file_base)
+                        .await?
+                        .0
+                }
+            };
             self.keyless = Some(KeylessScan {
                 binding: req.binding.index,
                 conn,
@@ -525,7 +654,7 @@ impl MySource {
             rows: out,
             complete,
             fence: position.clone(),
-            witness: if fresh {
+            witness: if fresh && self.server.flavor == Flavor::MariaDb {
                 SnapshotWitness::SeesThrough(position)
             } else {
                 SnapshotWitness::Proven
@@ -749,36 +878,92 @@ impl Source for MySource {
             StreamStart::Resume(p) => self.resume_point(p).await?,
             StreamStart::Fresh | StreamStart::Reset => {
                 self.file_base = 0;
-                let end = self.end_position().await?;
-                match self.gtid_state_at(&end).await? {
-                    Some(gtids) => (end.with_gtids(gtids), false),
-                    None => (end, false),
+                let (end, executed) =
+                    binlog_status(&mut self.conn, self.server.flavor, self.file_base).await?;
+                match self.server.flavor {
+                    Flavor::MariaDb => match self.gtid_state_at(&end).await? {
+                        Some(gtids) => (end.with_gtids(gtids), false),
+                        None => (end, false),
+                    },
+                    // By GTID set from the start: see the stream's module docs.
+                    Flavor::MySql => match executed.filter(|_| self.server.gtid_mode) {
+                        Some(set) => (end.with_gtids(set), true),
+                        None => (end, false),
+                    },
                 }
             }
         };
+        if self.server.flavor == Flavor::MySql {
+            let set = at
+                .gtids
+                .as_deref()
+                .and_then(GtidSet::parse)
+                .unwrap_or_default();
+            *self
+                .server
+                .read_through
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
+        }
         let mut from = at.clone();
         from.file_base = self.file_base;
-        let stream = MyStream::open(&self.endpoint, &self.tables, bindings, from, by_gtid).await?;
+        let stream = MyStream::open(
+            &self.endpoint,
+            &self.tables,
+            bindings,
+            from,
+            by_gtid,
+            &self.server,
+            &at,
+        )
+        .await?;
         Ok((stream, at))
     }
 
     async fn end_position(&mut self) -> Result<BinlogPosition, SourceError> {
-        let row: Option<mysql_async::Row> = self
-            .conn
+        Ok(
+            binlog_status(&mut self.conn, self.server.flavor, self.file_base)
+                .await?
+                .0,
+        )
+    }
+}
+
+/// The binlog's end (with the history's `file_base`) and, on MySQL, `@@gtid_executed` as
+/// read with it. MySQL 8.2 renamed `SHOW MASTER STATUS` (and 8.4 removed it).
+async fn binlog_status(
+    conn: &mut Conn,
+    flavor: Flavor,
+    file_base: u64,
+) -> Result<(BinlogPosition, Option<String>), SourceError> {
+    let statement = match flavor {
+        Flavor::MariaDb => "SHOW MASTER STATUS",
+        Flavor::MySql => "SHOW BINARY LOG STATUS",
+    };
+    let row: Option<mysql_async::Row> = match conn.query_first(statement).await {
+        Err(mysql_async::Error::Server(e)) if e.code == 1064 && flavor == Flavor::MySql => conn
             .query_first("SHOW MASTER STATUS")
             .await
-            .map_err(|e| my_error(&e, "SHOW MASTER STATUS"))?;
-        let row = row.ok_or_else(|| {
-            SourceError::definite(
-                "the binlog is off: set log_bin and binlog_format=ROW, then restart the server",
-            )
-        })?;
-        let file: String = row.get(0).unwrap_or_default();
-        let pos: u64 = row.get(1).unwrap_or(0);
-        let mut end = BinlogPosition::new(file, pos);
-        end.file_base = self.file_base;
-        Ok(end)
-    }
+            .map_err(|e| my_error(&e, "SHOW MASTER STATUS"))?,
+        other => other.map_err(|e| my_error(&e, statement))?,
+    };
+    let row = row.ok_or_else(|| {
+        SourceError::definite(
+            "the binlog is off: set log_bin and binlog_format=ROW, then restart the server",
+        )
+    })?;
+    let file: String = row.get(0).unwrap_or_default();
+    let pos: u64 = row.get(1).unwrap_or(0);
+    let executed: Option<String> = match flavor {
+        Flavor::MariaDb => None,
+        Flavor::MySql => row
+            .get::<Option<String>, _>(4)
+            .flatten()
+            .map(|s| s.replace(['\n', ' '], "")),
+    };
+    let mut end = BinlogPosition::new(file, pos);
+    end.file_base = file_base;
+    Ok((end, executed))
 }
 
 impl MySource {
@@ -802,17 +987,12 @@ impl MySource {
         p: BinlogPosition,
     ) -> Result<(BinlogPosition, bool), SourceError> {
         self.file_base = p.file_base;
+        if self.server.flavor == Flavor::MySql {
+            return self.mysql_resume_point(p).await;
+        }
         let Some(stored) = p.gtids.as_deref().and_then(GtidState::parse) else {
-            let logs: Vec<(String, u64)> = self
-                .conn
-                .query("SHOW BINARY LOGS")
-                .await
-                .map_err(|e| my_error(&e, "listing binary logs"))?;
-            if !logs.iter().any(|(f, _)| f == &p.file) {
-                return Err(SourceError::definite(format!(
-                    "binlog file {} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)",
-                    p.file
-                )));
+            if !self.holds_file(&p.file).await? {
+                return Err(purged(&p.file));
             }
             return Ok((p, false));
         };
@@ -832,6 +1012,43 @@ impl MySource {
 }
 
 impl MySource {
+    /// Whether this server's binlog still holds `file`.
+    async fn holds_file(&mut self, file: &str) -> Result<bool, SourceError> {
+        let logs: Vec<mysql_async::Row> = self
+            .conn
+            .query("SHOW BINARY LOGS")
+            .await
+            .map_err(|e| my_error(&e, "listing binary logs"))?;
+        Ok(logs
+            .iter()
+            .any(|r| r.get::<String, _>(0).as_deref() == Some(file)))
+    }
+
+    /// MySQL resumes by its GTID set wherever it has one: the set names every delivered
+    /// transaction, so any server holding the rest sends exactly the rest (and one that
+    /// lost some stops with error 1236). A server that does not hold the stored file is
+    /// another history (a failover, or the file was purged): its files order after the
+    /// stored one through `file_base`.
+    async fn mysql_resume_point(
+        &mut self,
+        p: BinlogPosition,
+    ) -> Result<(BinlogPosition, bool), SourceError> {
+        let holds = self.holds_file(&p.file).await?;
+        let by_gtid =
+            self.server.gtid_mode && p.gtids.as_deref().and_then(GtidSet::parse).is_some();
+        if !by_gtid {
+            if !holds {
+                return Err(purged(&p.file));
+            }
+            return Ok((p, false));
+        }
+        if !holds {
+            tracing::info!(file = %p.file, pos = p.pos, "this server's binlog does not hold the stored file: resuming by GTID set in a new history");
+            self.file_base = p.logical_file();
+        }
+        Ok((p, true))
+    }
+
     /// The tables read at connect.
     pub fn tables(&self) -> &[Table] {
         &self.tables

@@ -1,8 +1,9 @@
 //! The binlog stream (MariaDB): row events turned into the core's [`StreamEvent`]s.
 //!
-//! * A MariaDB GTID event opens a transaction; `XID` (or a `COMMIT` query) commits it at
-//!   the event's end position; a standalone GTID with a query is a DDL: the catalog of the
-//!   captured tables is read again, and the transaction commits.
+//! * A GTID event (MariaDB's, or MySQL's GTID or anonymous GTID) opens a transaction;
+//!   `XID` (or a `COMMIT` query) commits it at the event's end position; a standalone GTID
+//!   with a query is a DDL: the catalog of the captured tables is read again, and the
+//!   transaction commits.
 //! * Heartbeats (`@master_heartbeat_period`, half a second) carry the server's position
 //!   on an idle server: they become `Progress` between transactions.
 //! * Column names come with every table map (`binlog_row_metadata=FULL`), so a row is
@@ -13,8 +14,17 @@
 //!   `file:offset`, `txid` the GTID.
 //! * Each GTID event updates the stream's GTID state, which every position it reports
 //!   carries, so a checkpoint can resume by GTID on another server.
+//! * MySQL opens by GTID set, after a *floor*: the position the capture starts from. The
+//!   server sends every transaction the set lacks, which may include some written to the
+//!   binlog at or before the floor but not yet committed when the set was read (InnoDB
+//!   writes the binlog before it commits). Those are not delivered (the floor says the
+//!   capture starts after them) but their GTIDs are recorded in the set the source waits
+//!   for before each chunk's snapshot (see [`crate::source`]), so every one of them is
+//!   visible to the backfill. Opening returns once the stream has passed the floor.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use backfill_core::SourceError;
 use backfill_core::key::Key;
@@ -28,9 +38,9 @@ use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::{Map, Value};
 
 use crate::endpoint::Endpoint;
-use crate::position::{BinlogPosition, Gtid, GtidState, file_number};
+use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Image, decode, plan};
-use crate::source::{Column, Table, connect, my_error};
+use crate::source::{Column, Flavor, Server, Table, connect, my_error};
 use crate::value::from_binlog;
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
@@ -39,6 +49,17 @@ pub const MARIADB_GTID_EVENT: u8 = 162;
 /// MariaDB's compressed query and rows events (`log_bin_compress=ON`): skipping them
 /// would lose their rows, so they stop the capture with the setting to change.
 pub const COMPRESSED_EVENTS: std::ops::RangeInclusive<u8> = 165..=171;
+
+/// MySQL's GTID and anonymous GTID events (each opens a transaction).
+pub const MYSQL_GTID_EVENT: u8 = 33;
+/// See [`MYSQL_GTID_EVENT`].
+pub const MYSQL_ANONYMOUS_GTID_EVENT: u8 = 34;
+/// MySQL's compressed transaction (`binlog_transaction_compression=ON`).
+pub const MYSQL_TRANSACTION_PAYLOAD_EVENT: u8 = 40;
+/// MySQL's heartbeat for positions past 4 GiB (`HEARTBEAT_LOG_EVENT_V2`).
+pub const MYSQL_HEARTBEAT_V2_EVENT: u8 = 41;
+/// MySQL 8.4's tagged GTID event.
+pub const MYSQL_TAGGED_GTID_EVENT: u8 = 42;
 
 /// The binlog change stream.
 pub struct MyStream {
@@ -53,7 +74,11 @@ pub struct MyStream {
     /// The current transaction's GTID (`txid`).
     gtid: Option<String>,
     /// The GTID state after the last transaction read, where the server has GTIDs.
-    gtids: Option<GtidState>,
+    gtids: Option<Gtids>,
+    /// MySQL: the set the source waits for before a chunk's snapshot (shared with it).
+    read_through: Option<Arc<Mutex<GtidSet>>>,
+    /// Until the stream passes it: the start, at or before which nothing is delivered.
+    floor: Option<BinlogPosition>,
     /// The position's `file_base` (see [`crate::position`]).
     file_base: u64,
     /// End offset of the last event read (for messages).
@@ -72,27 +97,45 @@ impl std::fmt::Debug for MyStream {
 impl MyStream {
     /// Opens the stream after `at`: at its file and offset, or, with `by_gtid`, after its
     /// GTID state wherever this server's binlog holds it (then `at.file_base` must already
-    /// order the server's files after `at`'s).
+    /// order the server's files after `floor`'s, the position the core resumes from).
     pub(crate) async fn open(
         endpoint: &Endpoint,
         tables: &[Table],
         bindings: &[BindingSpec],
         at: BinlogPosition,
         by_gtid: bool,
+        server: &Server,
+        floor: &BinlogPosition,
     ) -> Result<Self, SourceError> {
         let mut conn = connect(endpoint).await?;
+        // Both spellings: MySQL 8.0.26+ reads the `source_` names, older servers the others.
         for setting in [
             "SET @mariadb_slave_capability = 4",
             "SET @master_heartbeat_period = 500000000",
+            "SET @source_heartbeat_period = 500000000",
+            "SET @source_binlog_checksum = 'ALL'",
         ] {
             conn.query_drop(setting)
                 .await
                 .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
         }
-        let gtids = at.gtids.as_deref().and_then(GtidState::parse);
+        let gtids = at.gtids.as_deref().and_then(|g| match server.flavor {
+            Flavor::MariaDb => GtidState::parse(g).map(Gtids::MariaDb),
+            Flavor::MySql => GtidSet::parse(g).map(Gtids::MySql),
+        });
         let request = BinlogStreamRequest::new(endpoint.server_id);
         let (request, file) = match (&gtids, by_gtid) {
-            (Some(state), true) => {
+            (Some(Gtids::MySql(set)), true) => (
+                // The server finds the first transaction the set lacks; its first (fake)
+                // rotate names the file.
+                request
+                    .with_gtid()
+                    .with_gtid_set(set.sids())
+                    .with_filename(&b""[..])
+                    .with_pos(4u64),
+                String::new(),
+            ),
+            (Some(Gtids::MariaDb(state)), true) => {
                 conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
                     .await
                     .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
@@ -111,7 +154,8 @@ impl MyStream {
             .get_binlog_stream(request)
             .await
             .map_err(|e| my_error(&e, "starting the binlog stream"))?;
-        Ok(Self {
+        let mysql_by_gtid = matches!(gtids, Some(Gtids::MySql(_))) && by_gtid;
+        let mut this = Self {
             stream,
             endpoint: endpoint.clone(),
             tables: tables.to_vec(),
@@ -129,17 +173,54 @@ impl MyStream {
             seen_format: false,
             gtid: None,
             gtids,
+            read_through: (server.flavor == Flavor::MySql).then(|| server.read_through.clone()),
+            floor: mysql_by_gtid.then(|| floor.clone()),
             file_base: at.file_base,
             last_end: at.pos,
             pending: VecDeque::new(),
-        })
+        };
+        this.pass_the_floor().await?;
+        Ok(this)
+    }
+
+    /// Reads until the stream is past its floor (see the module docs): the events at or
+    /// before it only record their GTIDs. An idle server's heartbeat (half a second) says
+    /// when the end is reached.
+    async fn pass_the_floor(&mut self) -> Result<(), SourceError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.floor.is_some() {
+            let event = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| {
+                    SourceError::transient(
+                        "the binlog stream did not reach the start position within 60 s",
+                    )
+                })?
+                .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
+                .map_err(|e| my_error(&e, "reading the binlog"))?;
+            self.handle(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a MySQL transaction's GTID in the stream's set and the shared one.
+    fn record_mysql(&mut self, uuid: &str, gno: u64) {
+        if let Some(Gtids::MySql(set)) = &mut self.gtids {
+            set.record(uuid, gno);
+        }
+        if let Some(shared) = &self.read_through {
+            shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(uuid, gno);
+        }
     }
 
     fn position(&self, pos: u64) -> BinlogPosition {
         let mut p = BinlogPosition::new(self.file.clone(), pos);
         p.file_base = self.file_base;
         match &self.gtids {
-            Some(state) => p.with_gtids(state.to_string()),
+            Some(gtids) => p.with_gtids(gtids.to_string()),
             None => p,
         }
     }
@@ -158,15 +239,70 @@ impl MyStream {
         let end = u64::from(header.log_pos());
         self.last_end = end;
         let ts_ms = i64::from(header.timestamp()) * 1000;
-        if header.event_type_raw() == MARIADB_GTID_EVENT {
-            if let Some(gtid) = mariadb_gtid(event.data(), header.server_id()) {
-                self.gtid = Some(gtid.to_string());
-                if let Some(state) = &mut self.gtids {
-                    state.record(gtid);
+        let kind = header.event_type_raw();
+        if let Some(floor) = &self.floor
+            && end > 0
+            && !self.file.is_empty()
+        {
+            let mut here = BinlogPosition::new(self.file.clone(), end);
+            here.file_base = self.file_base;
+            // An event ending at the floor may close the last transaction before it; a
+            // heartbeat there says the server has nothing more before it.
+            let heartbeat = matches!(kind, 27 | MYSQL_HEARTBEAT_V2_EVENT);
+            if here > *floor || (heartbeat && here == *floor) {
+                self.floor = None;
+            }
+        }
+        // At or before the floor only GTIDs are recorded, and the file name followed.
+        let behind = self.floor.is_some();
+        match kind {
+            MARIADB_GTID_EVENT => {
+                if let Some(gtid) = mariadb_gtid(event.data(), header.server_id()) {
+                    self.gtid = Some(gtid.to_string());
+                    if let Some(Gtids::MariaDb(state)) = &mut self.gtids {
+                        state.record(gtid);
+                    }
                 }
             }
-            self.in_txn = true;
-            self.pending.push_back(StreamEvent::Begin);
+            MYSQL_GTID_EVENT => {
+                let (uuid, gno) = mysql_gtid(event.data()).ok_or_else(|| {
+                    SourceError::definite(format!("malformed GTID event at {}:{end}", self.file))
+                })?;
+                self.record_mysql(&uuid, gno);
+                self.gtid = Some(format!("{uuid}:{gno}"));
+            }
+            MYSQL_ANONYMOUS_GTID_EVENT => self.gtid = None,
+            MYSQL_TAGGED_GTID_EVENT => {
+                return Err(SourceError::definite(format!(
+                    "a tagged GTID at {}:{end}: the connector does not read tagged GTIDs yet; stop writing them (gtid_next with a tag)",
+                    self.file
+                )));
+            }
+            MYSQL_TRANSACTION_PAYLOAD_EVENT => {
+                return Err(SourceError::definite(format!(
+                    "compressed transaction at {}:{end}: the server compresses binlog transactions (binlog_transaction_compression=ON), which the connector cannot read. SET GLOBAL binlog_transaction_compression = OFF, then raise `backfill` for every binding whose table was written while it was on",
+                    self.file
+                )));
+            }
+            MYSQL_HEARTBEAT_V2_EVENT if !behind && !self.in_txn && end > 0 => {
+                self.pending.push_back(StreamEvent::Progress {
+                    position: self.position(end),
+                });
+                return Ok(());
+            }
+            _ => {}
+        }
+        if matches!(
+            kind,
+            MARIADB_GTID_EVENT | MYSQL_GTID_EVENT | MYSQL_ANONYMOUS_GTID_EVENT
+        ) {
+            if !behind {
+                self.in_txn = true;
+                self.pending.push_back(StreamEvent::Begin);
+            }
+            return Ok(());
+        }
+        if behind && !matches!(kind, 4 | 15) {
             return Ok(());
         }
         if COMPRESSED_EVENTS.contains(&header.event_type_raw()) {
@@ -405,6 +541,14 @@ pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Option<Gtid> {
         server: server_id,
         seq,
     })
+}
+
+/// The GTID of a MySQL GTID event's body: flags (1 byte), the source's UUID (16 bytes),
+/// the transaction number (8 bytes, little-endian); `None` when too short.
+pub fn mysql_gtid(body: &[u8]) -> Option<(String, u64)> {
+    let uuid: [u8; 16] = body.get(1..17)?.try_into().ok()?;
+    let gno = u64::from_le_bytes(body.get(17..25)?.try_into().ok()?);
+    Some((uuid_string(&uuid), gno))
 }
 
 /// A rotate event's file name, without the 4 checksum bytes the first (fake) rotate may

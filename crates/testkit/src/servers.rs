@@ -8,7 +8,11 @@
 //! the handle is dropped, also when a test panics. Tests can restart, kill and reconfigure
 //! them.
 //!
-//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` point the suites at an existing server instead
+//! MySQL runs from a Debian sid root file system (`MYSQL_ROOTFS`, by default
+//! `/opt/mysql-root`, made by `.ci/install-mysql`): its `mysqld` is started with that
+//! tree's own dynamic loader and libraries, so it needs no container and no chroot.
+//!
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` / `TEST_MYSQL8_URL` point the suites at an existing server instead
 //! (the SQL commands then run through `psql` / `mariadb` against that URL). When neither a
 //! URL nor the binaries are there, [`PgServer::start_or_skip`] and friends print
 //! `SKIPPED: <why>` and return `None`: a test that cannot get its server never passes
@@ -484,6 +488,25 @@ pub struct MariaDbServer {
 struct MariaLocal {
     settings: Vec<String>,
     process: Process,
+    /// MySQL: the root file system its binaries and libraries come from.
+    mysql_root: Option<PathBuf>,
+}
+
+/// The root file system MySQL runs from (see the module docs).
+pub fn mysql_rootfs() -> PathBuf {
+    std::env::var_os("MYSQL_ROOTFS").map_or_else(|| PathBuf::from("/opt/mysql-root"), PathBuf::from)
+}
+
+/// A command running `program` of the MySQL root file system with its own loader.
+fn mysql_command(root: &Path, program: &str) -> Command {
+    let mut cmd = Command::new(root.join("lib64/ld-linux-x86-64.so.2"));
+    cmd.arg("--library-path")
+        .arg(format!(
+            "{0}/usr/lib/x86_64-linux-gnu:{0}/lib/x86_64-linux-gnu",
+            root.display()
+        ))
+        .arg(root.join(program));
+    cmd
 }
 
 fn find_binary(candidates: &[&str]) -> Option<PathBuf> {
@@ -586,6 +609,7 @@ impl MariaDbServer {
             local: Some(MariaLocal {
                 settings: Vec::new(),
                 process,
+                mysql_root: None,
             }),
             #[cfg(feature = "docker-tests")]
             _container: None,
@@ -596,6 +620,86 @@ impl MariaDbServer {
             "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
         )?;
         Ok(server)
+    }
+
+    /// Starts a throwaway MySQL (or uses `TEST_MYSQL8_URL`); prints `SKIPPED:` and returns
+    /// `None` when neither is possible.
+    pub fn start_mysql_or_skip() -> Option<Self> {
+        or_skip(Self::start_mysql(), "MySQL")
+    }
+
+    /// Starts a throwaway MySQL with the row binlog, full metadata and `gtid_mode=ON`, or
+    /// uses `TEST_MYSQL8_URL`.
+    pub fn start_mysql() -> Result<Self> {
+        if let Ok(url) = std::env::var("TEST_MYSQL8_URL") {
+            let port = port_of(&url, 3306);
+            return Ok(Self::external(url, port));
+        }
+        let root = mysql_rootfs();
+        if !root.join("usr/sbin/mysqld").exists() {
+            return Err(err(format!(
+                "{} has no usr/sbin/mysqld (run .ci/install-mysql, set MYSQL_ROOTFS or TEST_MYSQL8_URL)",
+                root.display()
+            )));
+        }
+        let user = if running_as_root() {
+            Some(os_user("mysql").ok_or_else(|| {
+                err("running as root and there is no `mysql` OS user to run the server as")
+            })?)
+        } else {
+            None
+        };
+        let process = Process::new(
+            "mysqld",
+            temp_dir("testkit-mysql", user)?,
+            user,
+            "TERM",
+            "error.log",
+        );
+        let mut cmd = mysql_command(&root, "usr/sbin/mysqld");
+        cmd.arg("--no-defaults")
+            .arg("--initialize-insecure")
+            .arg(format!("--datadir={}", process.dir.join("data").display()))
+            .arg(format!("--basedir={}", root.join("usr").display()))
+            .arg(format!(
+                "--lc-messages-dir={}",
+                root.join("usr/share/mysql").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                process.dir.join("init.log").display()
+            ));
+        if user.is_some() {
+            cmd.arg("--user=mysql");
+        }
+        run(&mut cmd, "mysqld --initialize-insecure")?;
+        let port = free_port()?;
+        let mut server = Self {
+            url: format!("mysql://root@127.0.0.1:{port}/"),
+            port,
+            local: Some(MariaLocal {
+                settings: Vec::new(),
+                process,
+                mysql_root: Some(root),
+            }),
+            #[cfg(feature = "docker-tests")]
+            _container: None,
+        };
+        server.launch()?;
+        server.sql_socket(
+            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
+        )?;
+        Ok(server)
+    }
+
+    /// Whether this is MySQL (not MariaDB).
+    pub fn is_mysql(&self) -> bool {
+        match &self.local {
+            Some(l) => l.mysql_root.is_some(),
+            None => self
+                .sql("SELECT VERSION()")
+                .is_ok_and(|v| !v.contains("MariaDB")),
+        }
     }
 
     fn external(url: String, port: u16) -> Self {
@@ -612,11 +716,14 @@ impl MariaDbServer {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
         };
-        let mariadbd =
-            find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| err("mariadbd not found"))?;
         let d = local.process.dir.clone();
         let socket = d.join("mysqld.sock");
-        let mut cmd = Command::new(mariadbd);
+        let mut cmd = match &local.mysql_root {
+            Some(root) => mysql_command(root, "usr/sbin/mysqld"),
+            None => Command::new(
+                find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| err("mariadbd not found"))?,
+            ),
+        };
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", socket.display()))
@@ -636,19 +743,35 @@ impl MariaDbServer {
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
                 "--server-id=1",
-                "--binlog-format=ROW",
                 "--binlog-row-image=FULL",
                 "--binlog-row-metadata=FULL",
-                "--gtid-strict-mode=ON",
-                "--log-slave-updates=ON",
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-flush-log-at-trx-commit=2",
                 "--sync-binlog=0",
                 "--character-set-server=utf8mb4",
-                "--collation-server=utf8mb4_general_ci",
                 "--default-time-zone=+00:00",
-            ])
-            .args(&local.settings);
+            ]);
+        match &local.mysql_root {
+            Some(root) => cmd
+                .arg(format!("--basedir={}", root.join("usr").display()))
+                .arg(format!(
+                    "--lc-messages-dir={}",
+                    root.join("usr/share/mysql").display()
+                ))
+                .arg(format!("--secure-file-priv={}", d.display()))
+                .args([
+                    "--mysqlx=OFF",
+                    "--gtid-mode=ON",
+                    "--enforce-gtid-consistency=ON",
+                ]),
+            None => cmd.args([
+                "--binlog-format=ROW",
+                "--gtid-strict-mode=ON",
+                "--log-slave-updates=ON",
+                "--collation-server=utf8mb4_general_ci",
+            ]),
+        };
+        cmd.args(&local.settings);
         if local.process.user.is_some() {
             cmd.arg("--user=mysql");
         }
@@ -657,7 +780,7 @@ impl MariaDbServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| err(format!("cannot start mariadbd: {e}")))?;
+            .map_err(|e| err(format!("cannot start {}: {e}", local.process.name)))?;
         local
             .process
             .wait_ready(child, || mariadb_socket(&socket, "SELECT 1").is_ok())
