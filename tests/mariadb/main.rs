@@ -59,6 +59,7 @@ on_both_servers!(
     alter_table_mid_stream_is_followed,
     survives_a_killed_dump_thread_and_a_server_restart,
     bad_input_fails_with_one_clear_line,
+    resumes_by_gtid_on_a_promoted_replica,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -404,24 +405,41 @@ fn purged_binlog_stops_with_the_remedy((binary, db): (PathBuf, MariaDbServer)) {
 /// Failover: the capture moves to a promoted replica, whose binlog began later (other file
 /// names, other offsets), and resumes there by GTID. Nothing is lost or repeated across
 /// the move, and `pos` keeps increasing although the replica's file numbers are lower.
-#[test]
-fn resumes_by_gtid_on_a_promoted_replica() {
+fn resumes_by_gtid_on_a_promoted_replica((binary, primary): (PathBuf, MariaDbServer)) {
     use backfill_core::mode::ResolvedMode;
     use testkit::checker::{self, BindingExpect, RunOutput};
-    let Some((binary, primary)) = setup() else {
-        return;
+    let mysql = primary.is_mysql();
+    let replica = if mysql {
+        MariaDbServer::start_mysql_or_skip()
+    } else {
+        MariaDbServer::start_or_skip()
     };
-    let Some(mut replica) = MariaDbServer::start_or_skip() else {
+    let Some(mut replica) = replica else {
         return;
     };
     replica.restart_with(&["--server-id=2"]).unwrap();
-    replica
-        .sql(&format!(
+    // Each flavor's spelling of: replicate by GTID, wait for a GTID state, promote.
+    let (follow, executed, wait, promote) = if mysql {
+        (
+            "RESET BINARY LOGS AND GTIDS;
+             CHANGE REPLICATION SOURCE TO SOURCE_HOST = '127.0.0.1', SOURCE_PORT = {port}, SOURCE_USER = 'root', SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1;
+             START REPLICA",
+            "SELECT REPLACE(@@gtid_executed, '\\n', '')",
+            "SELECT WAIT_FOR_EXECUTED_GTID_SET('{pos}', 60)",
+            "STOP REPLICA; RESET REPLICA ALL",
+        )
+    } else {
+        (
             "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
-             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', MASTER_USE_GTID = slave_pos;
+             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {port}, MASTER_USER = 'root', MASTER_USE_GTID = slave_pos;
              START SLAVE",
-            primary.port
-        ))
+            "SELECT @@gtid_binlog_pos",
+            "SELECT MASTER_GTID_WAIT('{pos}', 60)",
+            "STOP SLAVE; RESET SLAVE ALL",
+        )
+    };
+    replica
+        .sql(&follow.replace("{port}", &primary.port.to_string()))
         .unwrap();
     let mut v = 0;
     let mut write = |db: &MariaDbServer, n: i32| {
@@ -464,17 +482,17 @@ fn resumes_by_gtid_on_a_promoted_replica() {
         serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
     // Written on the primary, delivered only through the replica.
     write(&primary, 40);
-    let pos = primary.sql("SELECT @@gtid_binlog_pos").unwrap();
+    let pos = primary.sql(executed).unwrap();
     assert_eq!(
         replica
-            .sql(&format!("SELECT MASTER_GTID_WAIT('{}', 60)", pos.trim()))
+            .sql(&wait.replace("{pos}", pos.trim()))
             .unwrap()
             .trim(),
         "0",
         "the replica caught up"
     );
     drop(primary);
-    replica.sql("STOP SLAVE; RESET SLAVE ALL").unwrap();
+    replica.sql(promote).unwrap();
     write(&replica, 40);
     cap.config(&config(replica.port));
     let third = cap.capture();
@@ -796,4 +814,92 @@ fn bad_input_fails_with_one_clear_line((binary, mut db): (PathBuf, MariaDbServer
         .unwrap();
     check(root, "t", "binlog_row_metadata");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// MySQL without `gtid_mode=ON`: `check` names the setting, a backfill stops with it
+/// before emitting anything, and an Only Changes binding captures by file and offset.
+#[test]
+fn mysql_without_gtids_refuses_backfills_and_runs_only_changes() {
+    let Some((binary, mut db)) = setup_mysql() else {
+        return;
+    };
+    if db.pid().is_none() {
+        return testkit::servers::skip("needs a throwaway MySQL to restart without GTIDs");
+    }
+    db.restart_with(&["--gtid-mode=OFF"]).unwrap();
+    assert_eq!(db.sql("SELECT @@gtid_mode").unwrap(), "OFF");
+    db.sql("CREATE TABLE test.g (id INT PRIMARY KEY, v INT); INSERT INTO test.g VALUES (1, 1)")
+        .unwrap();
+    let binding = |mode: &str| {
+        json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+               "bindings": [{"resource": {"namespace": "test", "stream": "g", "mode": mode}, "target": "g"}]})
+    };
+    let cap = Capture::new(&binary, "mysql-nogtid");
+    cap.config(&binding("Precise"));
+    let check = cap.run(&["check"]);
+    let report = format!("{}{}", check.lines.join("\n"), check.stderr);
+    assert!(!check.ok && report.contains("gtid_mode"), "{report}");
+    let out = cap.capture();
+    assert!(!out.ok, "{:?}", out.lines);
+    let error = testkit::live::the_error_line(&out.stderr);
+    assert!(error.contains("gtid_mode=ON"), "{error}");
+    assert!(docs(&out.lines).is_empty(), "{:?}", out.lines);
+
+    let cap = Capture::new(&binary, "mysql-nogtid-changes");
+    cap.config(&binding("Only Changes"));
+    assert!(cap.run(&["check"]).ok, "Only Changes needs no GTIDs");
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    db.sql("INSERT INTO test.g VALUES (2, 2); UPDATE test.g SET v = 5 WHERE id = 1")
+        .unwrap();
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let got: Vec<(Value, Value)> = docs(&out.lines)
+        .iter()
+        .map(|d| (d["id"].clone(), d["_meta"]["op"].clone()))
+        .collect();
+    assert_eq!(got, [(json!(2), json!("c")), (json!(1), json!("u"))]);
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
+    assert_eq!(state["position"]["resume_by"], "file", "{state}");
+}
+
+/// MySQL's compressed transactions (`binlog_transaction_compression=ON`) are refused with
+/// the setting named, by `check` and by the stream, never skipped.
+#[test]
+fn mysql_compressed_transactions_are_refused_not_skipped() {
+    let Some((binary, db)) = setup_mysql() else {
+        return;
+    };
+    db.sql("CREATE TABLE test.z (id INT PRIMARY KEY, b TEXT)")
+        .unwrap();
+    let cap = Capture::new(&binary, "mysql-compress");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "z"}, "target": "z"}]}));
+    assert!(cap.capture().ok);
+    let state = std::fs::read(cap.state()).unwrap();
+    db.sql("SET GLOBAL binlog_transaction_compression = ON")
+        .unwrap();
+    db.sql(&format!(
+        "INSERT INTO test.z VALUES (1, '{}')",
+        "x".repeat(500)
+    ))
+    .unwrap();
+    let check = cap.run(&["check"]);
+    let report = format!("{}{}", check.lines.join("\n"), check.stderr);
+    let out = cap.capture();
+    db.sql("SET GLOBAL binlog_transaction_compression = OFF")
+        .unwrap();
+    assert!(
+        !check.ok && report.contains("binlog_transaction_compression"),
+        "{report}"
+    );
+    assert!(!out.ok, "{:?}", out.lines);
+    let error = testkit::live::the_error_line(&out.stderr);
+    assert!(
+        error.contains("binlog_transaction_compression = OFF"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(cap.state()).unwrap(), state);
 }

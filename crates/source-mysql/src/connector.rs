@@ -7,7 +7,7 @@ use backfill_core::merger::EngineOptions;
 use mysql_async::prelude::Queryable;
 
 use crate::endpoint::Endpoint;
-use crate::source::MySource;
+use crate::source::{Flavor, MySource};
 
 /// MySQL/MariaDB, as the shared command line drives it.
 #[derive(Debug)]
@@ -98,6 +98,10 @@ impl Connector for MysqlConnector {
                 "off"
             },
         ));
+        if source.server().flavor == Flavor::MySql {
+            mysql_items(&mut source, bindings, &mut items).await;
+        }
+        let conn = source.conn();
         let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
         let all = grants.join(" ").to_ascii_uppercase();
         let repl = all.contains("ALL PRIVILEGES")
@@ -142,4 +146,37 @@ impl Connector for MysqlConnector {
             endpoint.advanced.backfill_concurrency,
         )
     }
+}
+
+/// MySQL's own items: GTIDs (what a backfill's snapshot ordering rests on) and compressed
+/// transactions (which the stream cannot read).
+async fn mysql_items(source: &mut MySource, bindings: &[Binding], items: &mut Vec<CheckItem>) {
+    let backfills = bindings
+        .iter()
+        .any(|b| b.resource.mode != backfill_core::mode::BackfillMode::OnlyChanges);
+    let gtid_mode = source.server().gtid_mode;
+    items.push(CheckItem::new(
+        "gtid_mode",
+        gtid_mode || !backfills,
+        if gtid_mode {
+            "ON".to_string()
+        } else {
+            "is not ON; MySQL backfills need it: SET GLOBAL enforce_gtid_consistency = ON, then gtid_mode = OFF_PERMISSIVE, ON_PERMISSIVE, ON (and in the server options); Only Changes bindings work without".to_string()
+        },
+    ));
+    let compression: Option<String> = source
+        .conn()
+        .query_first("SELECT @@binlog_transaction_compression")
+        .await
+        .unwrap_or(None);
+    let compressed = matches!(compression.as_deref(), Some("1" | "ON"));
+    items.push(CheckItem::new(
+        "binlog_transaction_compression",
+        !compressed,
+        if compressed {
+            "is ON; SET GLOBAL binlog_transaction_compression = OFF (the connector cannot read compressed transactions)"
+        } else {
+            "off"
+        },
+    ));
 }
