@@ -87,16 +87,7 @@ fn mariadb_starts_with_the_row_binlog() {
         db.sql("SELECT @@binlog_expire_logs_seconds").unwrap(),
         "3600"
     );
-    db.crash_and_restart().unwrap();
-    assert_eq!(db.sql("SELECT count(*) FROM test.t").unwrap(), "1");
-    let dir = db.dir().unwrap().to_path_buf();
-    let pid = db.pid().unwrap();
-    drop(db);
-    assert!(!dir.exists(), "the temp dir is removed");
-    assert!(
-        !PathBuf::from(format!("/proc/{pid}")).exists(),
-        "the server is stopped"
-    );
+    crash_restart_and_clean_up(db);
 }
 
 /// The shared live scenario against each database whose connector binary is built: every
@@ -153,7 +144,7 @@ fn live_scenario_mariadb() {
 
 #[test]
 fn mysql_starts_with_the_row_binlog_and_gtids() {
-    let Some(mut db) = MariaDbServer::start_mysql_or_skip() else {
+    let Some(db) = MariaDbServer::start_mysql_or_skip() else {
         return;
     };
     let vars = db
@@ -170,10 +161,20 @@ fn mysql_starts_with_the_row_binlog_and_gtids() {
     if db.pid().is_none() {
         return; // an external server (TEST_MYSQL8_URL): the rest needs our own
     }
-    db.crash_and_restart().unwrap();
-    assert_eq!(db.sql("SELECT count(*) FROM test.t").unwrap(), "1");
-    let dir: PathBuf = db.dir().unwrap().to_path_buf();
-    let pid = db.pid().unwrap();
+    crash_restart_and_clean_up(db);
+}
+
+/// A crash keeps `test.t`'s one row; dropping the handle stops the server and removes its
+/// directory.
+fn crash_restart_and_clean_up(mut db: MariaDbServer) {
+    db.crash_and_restart().expect("restart after a crash");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM test.t")
+            .expect("count after the crash"),
+        "1"
+    );
+    let dir: PathBuf = db.dir().expect("a throwaway server").to_path_buf();
+    let pid = db.pid().expect("a throwaway server");
     drop(db);
     assert!(!dir.exists(), "the temp dir is removed");
     assert!(

@@ -56,6 +56,19 @@ fn or_skip<T>(result: Result<T>, what: &str) -> Option<T> {
         .ok()
 }
 
+/// The OS user a server started by root runs as (the servers refuse root); `None` when
+/// not root.
+fn server_user(name: &str) -> Result<Option<(u32, u32)>> {
+    if !running_as_root() {
+        return Ok(None);
+    }
+    os_user(name).map(Some).ok_or_else(|| {
+        err(format!(
+            "running as root and there is no `{name}` OS user to run the server as"
+        ))
+    })
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("no free port: {e}")))?;
@@ -328,13 +341,7 @@ impl PgServer {
                 "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (install postgresql, set TEST_POSTGRES_URL, or enable the docker-tests feature where Docker runs)",
             ));
         };
-        let user = if running_as_root() {
-            Some(os_user("postgres").ok_or_else(|| {
-                err("running as root and there is no `postgres` OS user to run the server as")
-            })?)
-        } else {
-            None
-        };
+        let user = server_user("postgres")?;
         let process = Process::new(
             "postgres",
             temp_dir("testkit-pg", user)?,
@@ -580,13 +587,7 @@ impl MariaDbServer {
         };
         find_binary(&["mariadbd", "mysqld"])
             .ok_or_else(|| err("mariadbd not found (install mariadb-server)"))?;
-        let user = if running_as_root() {
-            Some(os_user("mysql").ok_or_else(|| {
-                err("running as root and there is no `mysql` OS user to run the server as")
-            })?)
-        } else {
-            None
-        };
+        let user = server_user("mysql")?;
         let process = Process::new(
             "mariadbd",
             temp_dir("testkit-maria", user)?,
@@ -602,6 +603,12 @@ impl MariaDbServer {
             cmd.arg("--user=mysql");
         }
         run(&mut cmd, "mariadb-install-db")?;
+        Self::launch_new(process, None)
+    }
+
+    /// Starts the server initialized in `process`'s directory on a free port, with root
+    /// reachable over TCP from 127.0.0.1 as the connectors connect, and a `test` database.
+    fn launch_new(process: Process, mysql_root: Option<PathBuf>) -> Result<Self> {
         let port = free_port()?;
         let mut server = Self {
             url: format!("mysql://root@127.0.0.1:{port}/"),
@@ -609,13 +616,12 @@ impl MariaDbServer {
             local: Some(MariaLocal {
                 settings: Vec::new(),
                 process,
-                mysql_root: None,
+                mysql_root,
             }),
             #[cfg(feature = "docker-tests")]
             _container: None,
         };
         server.launch()?;
-        // root over TCP from 127.0.0.1, as the connectors connect.
         server.sql_socket(
             "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
         )?;
@@ -642,13 +648,7 @@ impl MariaDbServer {
                 root.display()
             )));
         }
-        let user = if running_as_root() {
-            Some(os_user("mysql").ok_or_else(|| {
-                err("running as root and there is no `mysql` OS user to run the server as")
-            })?)
-        } else {
-            None
-        };
+        let user = server_user("mysql")?;
         let process = Process::new(
             "mysqld",
             temp_dir("testkit-mysql", user)?,
@@ -673,23 +673,7 @@ impl MariaDbServer {
             cmd.arg("--user=mysql");
         }
         run(&mut cmd, "mysqld --initialize-insecure")?;
-        let port = free_port()?;
-        let mut server = Self {
-            url: format!("mysql://root@127.0.0.1:{port}/"),
-            port,
-            local: Some(MariaLocal {
-                settings: Vec::new(),
-                process,
-                mysql_root: Some(root),
-            }),
-            #[cfg(feature = "docker-tests")]
-            _container: None,
-        };
-        server.launch()?;
-        server.sql_socket(
-            "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'; GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION; CREATE DATABASE IF NOT EXISTS test;",
-        )?;
-        Ok(server)
+        Self::launch_new(process, Some(root))
     }
 
     /// Whether this is MySQL (not MariaDB).
