@@ -949,3 +949,52 @@ fn mysql_json_geometry_and_emoji_render_the_same_on_both_paths() {
     assert_eq!(streamed.len(), 3, "{:?}", second.lines);
     same_but_id(&backfilled, &streamed);
 }
+
+/// MySQL: a capture that starts while a transaction is in the binlog but not yet committed
+/// (stretched to a second by `binlog_group_commit_sync_delay`) starts after it, so the
+/// stream does not deliver it; the first chunk's snapshot must then see it. The stream
+/// records the GTIDs it reads before its start for the chunk's wait; without that, the
+/// snapshot misses the update and the row stays stale.
+#[test]
+fn mysql_a_start_amid_a_logged_uncommitted_transaction_loses_nothing() {
+    use backfill_core::mode::ResolvedMode;
+    use testkit::checker::{self, BindingExpect, RunOutput};
+    let Some((binary, db)) = setup_mysql() else {
+        return;
+    };
+    db.sql("CREATE TABLE test.s (id INT PRIMARY KEY, v INT); INSERT INTO test.s VALUES (1, 0), (2, 0), (3, 0)")
+        .unwrap();
+    db.sql("SET GLOBAL sync_binlog = 0; SET GLOBAL binlog_group_commit_sync_delay = 1000000")
+        .unwrap();
+    let cap = Capture::new(&binary, "mysql-floor");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "s", "mode": "Precise"}, "target": "s"}]}));
+    let first = std::thread::scope(|s| {
+        let writer = s.spawn(|| db.sql("UPDATE test.s SET v = 1 WHERE id = 2").unwrap());
+        // The update is in the binlog now, and commits about a second later.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let first = cap.capture();
+        writer.join().unwrap();
+        first
+    });
+    db.sql("SET GLOBAL binlog_group_commit_sync_delay = 0")
+        .unwrap();
+    assert!(first.ok, "{}", first.stderr);
+    let last = cap.capture();
+    assert!(last.ok, "{}", last.stderr);
+    let runs: Vec<RunOutput> = [first, last]
+        .into_iter()
+        .map(|o| RunOutput {
+            lines: o.lines,
+            counters: vec![0],
+        })
+        .collect();
+    let expect = [BindingExpect {
+        mode: ResolvedMode::Precise,
+        key: vec!["id".into()],
+        table: "test.s".into(),
+        version_column: Some("v".into()),
+    }];
+    let violations = checker::check(&expect, &runs, &Table(&db, "test.s", "id"));
+    assert!(violations.is_empty(), "{violations:#?}");
+}
