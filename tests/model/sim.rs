@@ -183,7 +183,7 @@ impl SimDb {
         } else {
             row.insert("pad".into(), Value::Null);
         }
-        row
+        Row::from(row)
     }
 
     fn apply(tables: &mut [BTreeMap<i64, Row>], change: &SimChange) {
@@ -616,8 +616,8 @@ impl SimDb {
 }
 
 impl Oracle for SimDb {
-    fn final_rows(&self, binding: usize) -> Vec<Row> {
-        self.truth[binding].values().cloned().collect()
+    fn final_rows(&self, binding: usize) -> Vec<Map<String, Value>> {
+        self.truth[binding].values().map(Row::to_map).collect()
     }
 
     fn history(&self, binding: usize, key_identity: &str) -> Option<Vec<KeyEvent>> {
@@ -631,7 +631,7 @@ impl Oracle for SimDb {
             for c in &txn.changes {
                 match c {
                     SimChange::Insert { table, id: i, row } if *table == binding && *i == id => {
-                        events.push(KeyEvent::Write(row.clone()));
+                        events.push(KeyEvent::Write(row.to_map()));
                         present = true;
                     }
                     SimChange::Update {
@@ -645,7 +645,7 @@ impl Oracle for SimDb {
                             events.push(KeyEvent::Delete);
                             present = false;
                         } else if *i == id {
-                            events.push(KeyEvent::Write(row.clone()));
+                            events.push(KeyEvent::Write(row.to_map()));
                             present = true;
                         }
                     }
@@ -664,9 +664,14 @@ impl Oracle for SimDb {
         Some(events)
     }
 
-    fn rows_at(&self, binding: usize, position: &Value) -> Option<Vec<Row>> {
+    fn rows_at(&self, binding: usize, position: &Value) -> Option<Vec<Map<String, Value>>> {
         let seq = position["seq"].as_u64()?;
-        Some(self.rows_through(binding, seq).into_values().collect())
+        Some(
+            self.rows_through(binding, seq)
+                .values()
+                .map(Row::to_map)
+                .collect(),
+        )
     }
 }
 

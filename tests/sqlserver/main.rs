@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backfill_core::mode::ResolvedMode;
-use backfill_core::source::Row;
 use serde_json::{Value, json};
 use source_sqlserver::conn::{Client, connect};
 use source_sqlserver::endpoint::Endpoint;
+use testkit::checker::Row;
 use testkit::live::{Capture, LiveDb, Scenario};
 use testkit::servers::SqlServerTarget;
 use tiberius::ColumnData;

@@ -5,6 +5,7 @@
 //! | [`config`] | the config file: endpoint + bindings (DESIGN.md §2) |
 //! | [`mode`] | backfill modes and Automatic selection (§6) |
 //! | [`key`] | keys, the backfill window, regions (§7 "Key order") |
+//! | [`row`] | a row image as the JSON text it is written as |
 //! | [`source`] | the traits a database crate implements |
 //! | [`state`] | the state file, reconciliation with the config, atomic replace (§4) |
 //! | [`output`] | the JSONL protocol and its commit protocol (§4) |
@@ -27,6 +28,7 @@ pub mod merger;
 pub mod metrics;
 pub mod mode;
 pub mod output;
+pub mod row;
 pub mod source;
 pub mod state;
 

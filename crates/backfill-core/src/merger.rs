@@ -943,7 +943,7 @@ fn pos_value(pos: &[u64]) -> Value {
 /// A row holding just the key columns, for the `d` of a key change without a before image.
 fn key_row(names: &[String], key: &Key, fallback: &Row) -> Row {
     if names.len() == key.0.len() && !names.is_empty() {
-        names.iter().cloned().zip(key.0.iter().cloned()).collect()
+        names.iter().zip(key.0.iter().cloned()).collect()
     } else {
         fallback.clone()
     }
@@ -964,11 +964,7 @@ fn patch(hand: &mut ChunkInHand, change: RowChange, skip: bool) {
         Some(&i) => {
             if let Some((_, old)) = &hand.rows[i] {
                 // Columns the database omitted (unchanged TOAST) keep their buffered value.
-                for (name, value) in old {
-                    if !row.contains_key(name) {
-                        row.insert(name.clone(), value.clone());
-                    }
-                }
+                row.fill_from(old);
             }
             hand.rows[i] = Some((change.key, row));
         }

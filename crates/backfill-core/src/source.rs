@@ -26,8 +26,7 @@ use crate::error::SourceError;
 use crate::key::{Key, Region, Window};
 use crate::mode::{ResolvedMode, TableFacts};
 
-/// A row image: column name to value, in table column order.
-pub type Row = Map<String, Value>;
+pub use crate::row::Row;
 
 /// A position in the source's change log.
 ///
@@ -114,13 +113,12 @@ pub struct ChunkLimits {
     pub bytes: usize,
 }
 
-/// What a row of `values` values with `text` bytes of content costs while a chunk holds
-/// it: each value is a map entry with its own name and value allocations, about 160 bytes
-/// beyond its content (the bench's six-column rows measure about 2 KiB each in a chunk,
-/// for under 200 bytes of text), so counting text alone let a 50,000-row chunk take
-/// 113 MiB.
-pub fn buffered_bytes(text: usize, values: usize) -> usize {
-    text + 160 * values + 64
+/// What a row and its key cost while a chunk holds them: the row's text and spans
+/// ([`Row::heap_bytes`]) and each key value (a `serde_json::Value` with its own
+/// allocation). Rows used to be maps costing about ten times their text, which is why a
+/// chunk is bounded by this and not by rows alone.
+pub fn buffered_bytes(row: &Row, key: &Key) -> usize {
+    row.heap_bytes() + 48 * key.0.len() + 64
 }
 
 /// What a chunk's snapshot is known to see, so the core can check the fence-ordering

@@ -58,7 +58,7 @@ use serde_json::Value;
 use crate::endpoint::{Endpoint, TlsMode};
 use crate::position::{BinlogPosition, GtidSet, GtidState};
 use crate::stream::MyStream;
-use crate::value::{AddressKind, ColType, Origin, to_json};
+use crate::value::{AddressKind, ColType, Origin, render};
 
 /// A column as the connector uses it.
 #[derive(Clone, Debug)]
@@ -440,18 +440,17 @@ impl MySource {
     }
 
     fn row_from(t: &Table, cols: &[String], values: &[MyValue]) -> Result<Row, SourceError> {
-        let mut row = Row::with_capacity(values.len());
+        let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
         for (name, v) in cols.iter().zip(values) {
             let c = t
                 .column(name)
                 .ok_or_else(|| SourceError::definite(format!("unknown column {name}")))?;
-            let json = to_json(&c.ty, v, Origin::Query).map_err(|e| {
+            render(&c.ty, v, Origin::Query, &mut row, name).map_err(|e| {
                 SourceError::definite(format!(
                     "{}.{} column {name}: {e}",
                     t.table.namespace, t.table.stream
                 ))
             })?;
-            row.insert(name.clone(), json);
         }
         Ok(row)
     }
@@ -545,21 +544,14 @@ impl MySource {
                 continue;
             }
             let values = r.unwrap();
-            let text: usize = values
-                .iter()
-                .map(|v| match v {
-                    MyValue::Bytes(b) => b.len(),
-                    _ => 8,
-                })
-                .sum();
-            bytes += buffered_bytes(text, values.len());
             let row = Self::row_from(&t, &names, &values)?;
             let key = Key(req
                 .binding
                 .key
                 .iter()
-                .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                .map(|k| row.get(k).unwrap_or(Value::Null))
                 .collect());
+            bytes += buffered_bytes(&row, &key);
             out.push((key, row));
         }
         drop(result);

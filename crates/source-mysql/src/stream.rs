@@ -41,7 +41,7 @@ use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Image, decode, plan};
 use crate::source::{Column, Flavor, Server, Table, connect, my_error};
-use crate::value::from_binlog;
+use crate::value::render_binlog;
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
 pub const MARIADB_GTID_EVENT: u8 = 162;
@@ -422,7 +422,7 @@ impl MyStream {
         let key_of = |row: &Row| {
             Key(key_cols
                 .iter()
-                .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                .map(|k| row.get(k).unwrap_or(Value::Null))
                 .collect())
         };
         for (i, (before, after)) in decoded.into_iter().enumerate() {
@@ -508,15 +508,14 @@ fn render(
     db: &str,
     table: &str,
 ) -> Result<Option<Row>, SourceError> {
-    let mut out = Map::with_capacity(image.len());
+    let mut out = Row::with_capacity(image.len(), 256 + 16 * image.len());
     for (value, column) in image.into_iter().zip(catalog) {
         let Some(value) = value else { continue };
         let Some(c) = column else {
             return Ok(None);
         };
-        let value = from_binlog(&c.ty, value)
+        render_binlog(&c.ty, value, &mut out, &c.name)
             .map_err(|e| SourceError::definite(format!("{db}.{table} column {}: {e}", c.name)))?;
-        out.insert(c.name.clone(), value);
     }
     Ok(Some(out))
 }

@@ -25,6 +25,7 @@
 
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, number};
+use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 use mysql_async::binlog::value::BinlogValue;
 use serde_json::Value;
@@ -251,6 +252,61 @@ pub enum Origin {
     Binlog,
 }
 
+/// Renders one value of a column of type `ty` into `row` as column `name`: what
+/// [`to_json`] returns, written straight into the row's text for the common types,
+/// without a `Value`.
+pub fn render(
+    ty: &ColType,
+    v: &MyValue,
+    origin: Origin,
+    row: &mut Row,
+    name: &str,
+) -> Result<(), String> {
+    match (ty, v) {
+        (_, MyValue::NULL) => row.push_null(name),
+        (ColType::Int | ColType::Year, MyValue::Int(i)) => row.push_i64(name, *i),
+        (ColType::Int | ColType::Year, MyValue::UInt(u)) => row.push_u64(name, *u),
+        (ColType::Text { latin1 }, MyValue::Bytes(b)) if !(*latin1 && origin == Origin::Binlog) => {
+            match std::str::from_utf8(b) {
+                Ok(s) => row.push_str(name, s),
+                Err(_) => return Err(format!("text that is not UTF-8: {}", base64(b))),
+            }
+        }
+        // The common decimal: its text already has the column's scale.
+        (ColType::Decimal { scale }, MyValue::Bytes(b))
+            if std::str::from_utf8(b).is_ok_and(|t| has_scale(t, *scale)) =>
+        {
+            row.push_number(name, std::str::from_utf8(b).unwrap_or_default())?;
+        }
+        _ => row.push(name, &to_json(ty, v, origin)?),
+    }
+    Ok(())
+}
+
+/// Whether a decimal's text has exactly `scale` digits after its point.
+fn has_scale(text: &str, scale: usize) -> bool {
+    match text.split_once('.') {
+        Some((_, frac)) => frac.len() == scale,
+        None => scale == 0,
+    }
+}
+
+/// [`render`] for a value of a binlog rows event.
+pub fn render_binlog(
+    ty: &ColType,
+    v: BinlogValue<'_>,
+    row: &mut Row,
+    name: &str,
+) -> Result<(), String> {
+    match v {
+        BinlogValue::Value(v) => render(ty, &v, Origin::Binlog, row, name),
+        other => {
+            row.push(name, &from_binlog(ty, other)?);
+            Ok(())
+        }
+    }
+}
+
 /// Renders one value of a binlog rows event (`Err` describes what was malformed; the
 /// stream turns it into a definite error, never a misrendered document).
 pub fn from_binlog(ty: &ColType, v: BinlogValue<'_>) -> Result<Value, String> {
@@ -282,11 +338,7 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
         ColType::Decimal { scale } => {
             let t = text_of(v).ok_or_else(bad)?;
             // The binlog's and the server's text already has the column's scale.
-            let exact = match t.split_once('.') {
-                Some((_, frac)) => frac.len() == *scale,
-                None => *scale == 0,
-            };
-            if exact {
+            if has_scale(&t, *scale) {
                 return number(&t);
             }
             let (int, frac) = t.split_once('.').unwrap_or((&t, ""));
@@ -477,6 +529,71 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendering_into_a_row_writes_what_to_json_returns() {
+        let cases = [
+            (ColType::Int, MyValue::Int(i64::MIN)),
+            (ColType::Int, MyValue::UInt(u64::MAX)),
+            (ColType::Int, MyValue::Bytes(b"-12".to_vec())),
+            (
+                ColType::Text { latin1: false },
+                MyValue::Bytes("q\"é\n".as_bytes().to_vec()),
+            ),
+            (ColType::Text { latin1: true }, MyValue::Bytes(vec![0xe9])),
+            (
+                ColType::Decimal { scale: 4 },
+                MyValue::Bytes(b"-12.3400".to_vec()),
+            ),
+            (
+                ColType::Decimal { scale: 4 },
+                MyValue::Bytes(b"12.34".to_vec()),
+            ),
+            (ColType::Decimal { scale: 0 }, MyValue::Bytes(b"7".to_vec())),
+            (
+                ColType::Json,
+                MyValue::Bytes(br#"{"a": [1, 2.50]}"#.to_vec()),
+            ),
+            (ColType::Int, MyValue::NULL),
+        ];
+        for origin in [Origin::Query, Origin::Binlog] {
+            for (ty, v) in &cases {
+                let mut row = Row::new();
+                let rendered = render(ty, v, origin, &mut row, "v");
+                match to_json(ty, v, origin) {
+                    Ok(expected) => {
+                        assert!(rendered.is_ok(), "{ty:?} {v:?}");
+                        assert_eq!(row.get_raw("v"), Some(expected.to_string().as_str()));
+                    }
+                    // Latin-1 bytes in a query result (which is always utf8mb4).
+                    Err(_) => assert!(rendered.is_err() && row.is_empty(), "{ty:?} {v:?}"),
+                }
+            }
+        }
+        let mut row = Row::new();
+        let bad = MyValue::Bytes(vec![0xff]);
+        assert!(
+            render(
+                &ColType::Text { latin1: false },
+                &bad,
+                Origin::Query,
+                &mut row,
+                "v"
+            )
+            .is_err()
+        );
+        assert!(
+            render(
+                &ColType::Decimal { scale: 0 },
+                &MyValue::Bytes(b"1x".to_vec()),
+                Origin::Query,
+                &mut row,
+                "v"
+            )
+            .is_err()
+        );
+        assert!(row.is_empty());
+    }
 
     #[test]
     fn both_paths_render_the_same() {

@@ -21,8 +21,7 @@
 
 use std::sync::Arc;
 
-use backfill_core::source::{Row, buffered_bytes};
-use serde_json::{Map, Value};
+use backfill_core::source::Row;
 use tokio_postgres::SimpleColumn;
 
 use crate::catalog::{Table, Types, quote};
@@ -47,6 +46,8 @@ pub struct Plan {
     /// For each of the table's columns in the result: its name, and its kind, or the
     /// result column holding the server's rendering.
     columns: Vec<(String, Source)>,
+    /// Bytes a row's text is expected to take, so its buffer is allocated once.
+    text_hint: usize,
 }
 
 #[derive(Debug)]
@@ -79,40 +80,30 @@ impl Plan {
             };
             columns.push((c.name.clone(), source));
         }
-        Some(Self { columns })
+        let text_hint = 256 + 16 * columns.len();
+        Some(Self { columns, text_hint })
     }
 
     /// One result row as a document (`lead` columns skipped); `Err` describes a value
-    /// that is not what its type's output function prints. Also returns what the row
-    /// costs in a chunk ([`buffered_bytes`]).
-    pub fn row(
-        &self,
-        r: &tokio_postgres::SimpleQueryRow,
-        lead: usize,
-    ) -> Result<(Row, usize), String> {
-        let mut out = Map::with_capacity(self.columns.len());
-        let mut bytes = 0;
+    /// that is not what its type's output function prints.
+    pub fn row(&self, r: &tokio_postgres::SimpleQueryRow, lead: usize) -> Result<Row, String> {
+        let mut out = Row::with_capacity(self.columns.len(), self.text_hint);
         for (i, (name, source)) in self.columns.iter().enumerate() {
             let at = match source {
                 Source::Text(_) => lead + i,
                 Source::Server(j) => *j,
             };
             let text = r.try_get(at).map_err(|e| format!("column {name}: {e}"))?;
-            let value = match (text, source) {
-                (None, _) => Value::Null,
-                (Some(text), Source::Text(kind)) => {
-                    bytes += text.len();
-                    value::convert(kind, text).map_err(|e| format!("column {name}: {e}"))?
-                }
-                (Some(text), Source::Server(_)) => {
-                    bytes += text.len();
-                    serde_json::from_str(text)
-                        .map_err(|e| format!("column {name}: bad JSON from to_jsonb: {e}"))?
-                }
-            };
-            out.insert(name.clone(), value);
+            match (text, source) {
+                (None, _) => out.push_null(name),
+                (Some(text), Source::Text(kind)) => value::render(kind, text, &mut out, name)
+                    .map_err(|e| format!("column {name}: {e}"))?,
+                (Some(text), Source::Server(_)) => out
+                    .push_raw(name, text)
+                    .map_err(|e| format!("column {name}: bad JSON from to_jsonb: {e}"))?,
+            }
         }
-        Ok((out, buffered_bytes(bytes, self.columns.len())))
+        Ok(out)
     }
 }
 

@@ -34,7 +34,7 @@ use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::mode::{KeyOrdering, ResolvedMode};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
-    Source, StreamStart, TableInfo, classify_natively,
+    Source, StreamStart, TableInfo, buffered_bytes, classify_natively,
 };
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -269,14 +269,14 @@ impl PgSource {
                     let plan = plan.as_ref().ok_or_else(|| {
                         SourceError::definite(format!("{what}: a row before its description"))
                     })?;
-                    let (row, n) = plan
+                    let row = plan
                         .row(&r, 0)
                         .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
-                    bytes += n;
                     let k = Key(key
                         .iter()
-                        .map(|c| row.get(c).cloned().unwrap_or(Value::Null))
+                        .map(|c| row.get(c).unwrap_or(Value::Null))
                         .collect());
+                    bytes += buffered_bytes(&row, &k);
                     out.push((k, row));
                     if bytes >= req.limits.bytes {
                         full = true;
@@ -355,7 +355,7 @@ impl PgSource {
                         let pos = parse_ctid(ctid).ok_or_else(|| {
                             SourceError::definite(format!("{what}: bad ctid {ctid:?}"))
                         })?;
-                        let (row, _) = plan
+                        let row = plan
                             .row(&r, 1)
                             .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
                         found.push((pos, row));

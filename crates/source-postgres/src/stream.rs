@@ -147,22 +147,23 @@ impl PgStream {
                 rel.columns.len()
             )));
         }
-        let mut row = Map::with_capacity(cells.len());
+        let mut row = Row::with_capacity(cells.len(), 256 + 16 * cells.len());
         for ((name, kind, oid), cell) in rel.columns.iter().zip(cells) {
-            let v = match cell {
-                Cell::Null => Value::Null,
-                Cell::Unchanged => continue,
-                Cell::Text(t) => self.render(kind, *oid, t).await.map_err(|e| {
-                    SourceError::definite(format!(
-                        "{}.{} column {name}: {e}",
-                        rel.namespace, rel.name
-                    ))
-                })?,
+            match cell {
+                Cell::Null => row.push_null(name),
+                Cell::Unchanged => {}
+                Cell::Text(t) if !kind.needs_server() => value::render(kind, t, &mut row, name)
+                    .map_err(|e| {
+                        SourceError::definite(format!(
+                            "{}.{} column {name}: {e}",
+                            rel.namespace, rel.name
+                        ))
+                    })?,
+                Cell::Text(t) => row.push(name, &self.render(kind, *oid, t).await?),
                 Cell::Binary(_) => {
                     return Err(SourceError::definite("binary tuple data was not requested"));
                 }
-            };
-            row.insert(name.clone(), v);
+            }
         }
         Ok(row)
     }
@@ -171,7 +172,7 @@ impl PgStream {
         Key(rel
             .key
             .iter()
-            .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+            .map(|k| row.get(k).unwrap_or(Value::Null))
             .collect())
     }
 
@@ -302,7 +303,7 @@ impl PgStream {
                                 if *cell == Cell::Unchanged
                                     && let Some(v) = old_row.get(name)
                                 {
-                                    row.insert(name.clone(), v.clone());
+                                    row.insert(name, &v);
                                 }
                             }
                         }
@@ -343,7 +344,7 @@ impl PgStream {
                     OldImage::Key => (
                         info.key
                             .iter()
-                            .filter_map(|k| Some((k.clone(), old_row.get(k)?.clone())))
+                            .filter_map(|k| Some((k, old_row.get(k)?)))
                             .collect(),
                         None,
                     ),

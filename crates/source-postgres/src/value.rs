@@ -22,6 +22,7 @@
 //! and a streamed row of the same data are the same document; the suite compares both
 //! with `to_jsonb` type by type.
 
+use backfill_core::source::Row;
 use serde_json::{Map, Number, Value};
 
 /// How a type's text form becomes JSON.
@@ -35,8 +36,11 @@ pub enum Kind {
     Float,
     /// `numeric`.
     Numeric,
-    /// `json`, `jsonb`.
+    /// `json`.
     Json,
+    /// `jsonb`: its text output is canonical (no duplicate keys), so it is rendered by
+    /// dropping whitespace, not by parsing.
+    Jsonb,
     /// `date`.
     Date,
     /// `timestamp without time zone`.
@@ -59,7 +63,8 @@ impl Kind {
             20 | 21 | 23 => Kind::Int,
             700 | 701 => Kind::Float,
             1700 => Kind::Numeric,
-            114 | 3802 => Kind::Json,
+            114 => Kind::Json,
+            3802 => Kind::Jsonb,
             1082 => Kind::Date,
             1114 => Kind::Timestamp,
             1184 => Kind::Timestamptz,
@@ -111,7 +116,7 @@ pub fn convert(kind: &Kind, text: &str) -> Result<Value, String> {
             "NaN" | "Infinity" | "-Infinity" => Value::String(text.into()),
             _ => Value::Number(number(&plain_decimal(text)?)?),
         },
-        Kind::Json => {
+        Kind::Json | Kind::Jsonb => {
             let v: Value = serde_json::from_str(text).map_err(|e| format!("bad json: {e}"))?;
             normalize_json_numbers(v)?
         }
@@ -121,6 +126,85 @@ pub fn convert(kind: &Kind, text: &str) -> Result<Value, String> {
         Kind::Array(element) => array(element, text)?,
         Kind::AskServer => return Err("this type is rendered by the server".into()),
     })
+}
+
+/// Renders one value's text form into `row` as column `name`: what [`convert`] returns,
+/// written straight into the row's text for the common kinds, without a `Value`.
+pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), String> {
+    match kind {
+        Kind::Int => row.push_number(name, text),
+        Kind::Numeric | Kind::Float if matches!(text, "NaN" | "Infinity" | "-Infinity") => {
+            row.push_str(name, text);
+            Ok(())
+        }
+        Kind::Numeric => row.push_number(name, text),
+        Kind::Float => row.push_number(name, &plain_decimal(text)?),
+        Kind::Date | Kind::Text => {
+            row.push_str(name, text);
+            Ok(())
+        }
+        Kind::Timestamp => {
+            row.push_str(name, &timestamp(text));
+            Ok(())
+        }
+        Kind::Timestamptz => {
+            row.push_str(name, &timestamptz(text));
+            Ok(())
+        }
+        Kind::Jsonb => row
+            .push_with(name, |out| compact_json(text, out))
+            .map_err(|e| format!("bad jsonb: {e}")),
+        Kind::Bool | Kind::Json | Kind::Array(_) | Kind::AskServer => {
+            row.push(name, &convert(kind, text)?);
+            Ok(())
+        }
+    }
+}
+
+/// Copies JSON text without the whitespace between tokens, numbers with an exponent
+/// spelled as jsonb stores them ([`plain_decimal`]). The caller checks the result is JSON.
+fn compact_json(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                let start = i;
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                        None => return Err("unterminated string".into()),
+                    }
+                }
+                i += 1;
+                out.extend_from_slice(&b[start..i]);
+            }
+            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                if number.contains(['e', 'E']) {
+                    out.extend_from_slice(plain_decimal(number)?.as_bytes());
+                } else {
+                    out.extend_from_slice(number.as_bytes());
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn number(text: &str) -> Result<Number, String> {
@@ -327,6 +411,55 @@ mod tests {
 
     fn j(kind: Kind, text: &str) -> String {
         convert(&{ kind }, text).unwrap().to_string()
+    }
+
+    #[test]
+    fn rendering_into_a_row_writes_what_convert_returns() {
+        let cases: &[(Kind, &str)] = &[
+            (Kind::Int, "-9223372036854775808"),
+            (Kind::Int, "42"),
+            (Kind::Numeric, "12345678901234567890.000100"),
+            (Kind::Numeric, "NaN"),
+            (Kind::Float, "1.5e-7"),
+            (Kind::Float, "-Infinity"),
+            (Kind::Bool, "t"),
+            (Kind::Text, "tab\there \"quoted\" \\ é"),
+            (Kind::Date, "2020-01-01"),
+            (Kind::Timestamp, "2020-01-01 12:00:00.5"),
+            (Kind::Timestamptz, "2020-01-01 10:00:00.123456+00"),
+            (Kind::Timestamptz, "infinity"),
+            (
+                Kind::Jsonb,
+                r#"{"a": 1, "b": [1, 2.50, "x  y", "q\"  ,"], "c": {"d": null, "e": 1e2}, "": true}"#,
+            ),
+            (Kind::Jsonb, r#""just a string""#),
+            (Kind::Jsonb, "-0.5"),
+            (Kind::Json, r#"{"b":1,"a":1e2,"a":3.0E-2}"#),
+            (Kind::Array(Box::new(Kind::Int)), "{{1,2},{3,NULL}}"),
+        ];
+        for (kind, text) in cases {
+            let mut row = Row::new();
+            render(kind, text, &mut row, "v").unwrap();
+            let expected = convert(kind, text).unwrap();
+            assert_eq!(
+                row.get_raw("v").unwrap(),
+                expected.to_string(),
+                "{kind:?} {text}"
+            );
+        }
+        for (kind, text) in [
+            (Kind::Int, "12a"),
+            (Kind::Numeric, "1.2.3"),
+            (Kind::Jsonb, r#"{"a": 1"#),
+            (Kind::Jsonb, r#"{"a": tru}"#),
+        ] {
+            let mut row = Row::new();
+            assert!(
+                render(&kind, text, &mut row, "v").is_err(),
+                "{kind:?} {text}"
+            );
+            assert!(row.is_empty());
+        }
     }
 
     #[test]

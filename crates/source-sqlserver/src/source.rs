@@ -76,14 +76,14 @@ pub(crate) fn render(
     offset: usize,
     table: &str,
 ) -> Result<Row, SourceError> {
-    let mut out = Row::with_capacity(columns.len());
+    let mut out = Row::with_capacity(columns.len(), 256 + 16 * columns.len());
     for (i, c) in columns.iter().enumerate() {
         let data = row.get_column_data(offset + i).map_err(|e| {
             SourceError::definite(format!("{table}: reading column {}: {e}", c.name))
         })?;
         let v = to_json(&c.ty, data)
             .map_err(|e| SourceError::definite(format!("{table} column {}: {e}", c.name)))?;
-        out.insert(c.name.clone(), v);
+        out.push(&c.name, &v);
     }
     Ok(out)
 }
@@ -381,7 +381,7 @@ impl SqlSource {
                     .binding
                     .key
                     .iter()
-                    .map(|k| row.get(k).cloned().unwrap_or(Value::Null))
+                    .map(|k| row.get(k).unwrap_or(Value::Null))
                     .collect());
                 out.push((key, row));
             }
