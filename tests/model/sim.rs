@@ -534,9 +534,9 @@ impl SimDb {
             let meta = ChangeMeta {
                 pos: vec![txn.seq, i as u64],
                 fields: {
-                    let mut m = Map::new();
-                    m.insert("txid".into(), json!(txn.seq));
-                    m
+                    let mut m = Row::new();
+                    m.push_u64("txid", txn.seq);
+                    std::sync::Arc::new(m)
                 },
             };
             let keyed = |table: usize, id: i64| -> Key {

@@ -95,9 +95,197 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A JSON document's text as the source prints it: [`compact_json`] where that gives
+/// the bytes, else parsed and written back (a repeated key keeps its last value, in its
+/// first place), numbers through `number` either way.
+pub fn write_json_document(
+    text: &str,
+    out: &mut Vec<u8>,
+    mut number: impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mark = out.len();
+    if compact_json(text, out, &mut number)? {
+        return Ok(());
+    }
+    out.truncate(mark);
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+    write_value(&v, out, &mut number)
+}
+
+fn write_value(
+    v: &Value,
+    out: &mut Vec<u8>,
+    number: &mut impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), String> {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => number(&n.to_string(), out)?,
+        Value::String(s) => crate::row::write_json_str(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out, number)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                crate::row::write_json_str(out, k);
+                out.push(b':');
+                write_value(item, out, number)?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// A JSON number's text as `serde_json` prints it after a parse: every digit kept, an
+/// exponent spelled `e+N` / `e-N`. The `number` of [`compact_json`] for sources that
+/// print JSON documents as parsed.
+pub fn json_number_as_parsed(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    if text.contains(['e', 'E']) {
+        let n: Number = serde_json::from_str(text).map_err(|_| format!("bad number {text:?}"))?;
+        out.extend_from_slice(n.to_string().as_bytes());
+    } else {
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(())
+}
+
+/// Copies JSON text without the whitespace between tokens, each number through
+/// `number` (which writes it as the source's type spells it), each string escaped as
+/// `serde_json` escapes it: the bytes `serde_json` would print after parsing the text,
+/// without building the value. `Ok(false)`, with `out` to be discarded, when only a parse
+/// gives those bytes: an object repeats a key (a parse keeps the last value) or a key is
+/// escaped (so repeats cannot be compared as bytes). The text is not validated: the
+/// caller checks what was written ([`crate::row::Row::push_with`] does).
+pub fn compact_json(
+    text: &str,
+    out: &mut Vec<u8>,
+    mut number: impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+) -> Result<bool, String> {
+    let b = text.as_bytes();
+    // Open containers (true for an object, with where its keys start in `keys`).
+    let mut open: Vec<(bool, usize)> = Vec::new();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                let start = i;
+                let mut escaped = false;
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        Some(b'\\') => {
+                            escaped = true;
+                            i += 2;
+                        }
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                        None => return Err("unterminated string".into()),
+                    }
+                }
+                i += 1;
+                let quoted = &b[start..i];
+                if expect_key {
+                    let from = open.last().map_or(0, |o| o.1);
+                    if escaped || keys[from..].contains(&quoted) {
+                        return Ok(false);
+                    }
+                    keys.push(quoted);
+                    expect_key = false;
+                }
+                if escaped {
+                    let s: String =
+                        serde_json::from_slice(quoted).map_err(|e| format!("bad string: {e}"))?;
+                    crate::row::write_json_str(out, &s);
+                } else {
+                    out.extend_from_slice(quoted);
+                }
+            }
+            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                {
+                    i += 1;
+                }
+                number(&text[start..i], out)?;
+            }
+            _ => {
+                match c {
+                    b'{' => {
+                        open.push((true, keys.len()));
+                        expect_key = true;
+                    }
+                    b'[' => open.push((false, keys.len())),
+                    b'}' | b']' => {
+                        if let Some((_, from)) = open.pop() {
+                            keys.truncate(from);
+                        }
+                        expect_key = false;
+                    }
+                    b',' => expect_key = open.last().is_some_and(|o| o.0),
+                    _ => {}
+                }
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn compacted(text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        let whole = compact_json(text, &mut out, json_number_as_parsed).ok()?;
+        whole.then(|| String::from_utf8(out).unwrap_or_default())
+    }
+
+    #[test]
+    fn compacting_json_prints_what_a_parse_would() {
+        for text in [
+            r#"{"a": 1, "b": [1, 2.50, -0, 1E2, "x  y"], "c": {"a": null, "d": {}}, "": true}"#,
+            r#" [ "tab\there", "\u00e9\/", {"k": "\"q\""}, [], false ] "#,
+            r#""just a string""#,
+            "-12.5e-3",
+            r#"[{"a": 1}, {"a": 2}]"#,
+        ] {
+            let parsed: Value = serde_json::from_str(text).unwrap_or_default();
+            assert_eq!(compacted(text), Some(parsed.to_string()), "{text}");
+        }
+        // Only a parse says which of a repeated key's values stays.
+        for text in [
+            r#"{"a": 1, "b": {"a": 2, "x": 1E2, "a": 3}}"#,
+            r#"{"\u0061": 1, "a": 2}"#,
+        ] {
+            assert_eq!(compacted(text), None);
+            let mut out = Vec::new();
+            assert!(write_json_document(text, &mut out, json_number_as_parsed).is_ok());
+            let parsed: Value = serde_json::from_str(text).unwrap_or_default();
+            assert_eq!(
+                String::from_utf8(out).unwrap_or_default(),
+                parsed.to_string()
+            );
+        }
+    }
 
     #[test]
     fn base64_pads() {

@@ -301,7 +301,7 @@ struct RowChange {
     row: Row,
     before: Option<Row>,
     pos: Vec<u64>,
-    fields: Map<String, Value>,
+    fields: Arc<Row>,
 }
 
 #[derive(Debug)]
@@ -713,7 +713,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 Item::Truncate(bindings, meta) => {
                     for b in bindings {
                         let mut source = self.source_fields(b);
-                        source.extend(meta.fields.clone());
+                        source.extend(meta.fields.to_map());
                         self.check_pos(&meta.pos)?;
                         source.insert("pos".into(), pos_value(&meta.pos));
                         self.out.truncate(b, &source)?;
@@ -880,7 +880,14 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 self.last_pos
             )));
         }
-        self.last_pos = Some(pos.to_vec());
+        match &mut self.last_pos {
+            // Reused: this runs once per change.
+            Some(last) => {
+                last.clear();
+                last.extend_from_slice(pos);
+            }
+            None => self.last_pos = Some(pos.to_vec()),
+        }
         Ok(())
     }
 

@@ -26,7 +26,7 @@
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::Serialize;
 use serde_json::{Map, Value};
 
 use crate::row::{Row, write_json_str};
@@ -116,7 +116,7 @@ pub struct Doc<'a> {
     pub snapshot: bool,
     /// The source's own fields (`lsn`, `txid`, ...): never `schema`, `table`, `snapshot`
     /// or `pos`.
-    pub fields: Option<&'a Map<String, Value>>,
+    pub fields: Option<&'a Row>,
     /// `_meta.source.pos` of a change.
     pub pos: Option<&'a [u64]>,
     /// `_meta.before`.
@@ -157,39 +157,39 @@ impl Doc<'_> {
     fn write_meta(&self, out: &mut Vec<u8>) -> io::Result<()> {
         out.extend_from_slice(b"{\"op\":");
         write_json_str(out, self.op);
-        out.extend_from_slice(b",\"source\":");
-        serde_json::to_writer(&mut *out, &SourceFields(self))?;
+        out.extend_from_slice(b",\"source\":{\"schema\":");
+        write_json_str(out, self.schema);
+        out.extend_from_slice(b",\"table\":");
+        write_json_str(out, self.table);
+        if self.snapshot {
+            out.extend_from_slice(b",\"snapshot\":true");
+        }
+        if let Some(fields) = self.fields.filter(|f| !f.is_empty()) {
+            debug_assert!(
+                ["schema", "table", "snapshot", "pos"]
+                    .iter()
+                    .all(|n| !fields.contains_key(n))
+            );
+            out.push(b',');
+            out.extend_from_slice(fields.body());
+        }
+        if let Some(pos) = self.pos {
+            out.extend_from_slice(b",\"pos\":[");
+            for (i, p) in pos.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write!(out, "{p}")?;
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
         if let Some(before) = self.before {
             out.extend_from_slice(b",\"before\":");
             before.write_json(out);
         }
         out.push(b'}');
         Ok(())
-    }
-}
-
-struct SourceFields<'d, 'a>(&'d Doc<'a>);
-
-impl Serialize for SourceFields<'_, '_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let doc = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("schema", doc.schema)?;
-        map.serialize_entry("table", doc.table)?;
-        if doc.snapshot {
-            map.serialize_entry("snapshot", &true)?;
-        }
-        for (name, value) in doc.fields.into_iter().flatten() {
-            debug_assert!(!matches!(
-                name.as_str(),
-                "schema" | "table" | "snapshot" | "pos"
-            ));
-            map.serialize_entry(name, value)?;
-        }
-        if let Some(pos) = doc.pos {
-            map.serialize_entry("pos", pos)?;
-        }
-        map.end()
     }
 }
 
@@ -294,7 +294,7 @@ mod tests {
         if d.snapshot {
             source.insert("snapshot".into(), Value::Bool(true));
         }
-        source.extend(d.fields.cloned().unwrap_or_default());
+        source.extend(d.fields.map(Row::to_map).unwrap_or_default());
         if let Some(pos) = d.pos {
             source.insert("pos".into(), json!(pos));
         }
@@ -316,7 +316,7 @@ mod tests {
         ));
         let empty = Row::new();
         let before = Row::from(obj(json!({"id": 1, "b": "old"})));
-        let fields = obj(json!({"lsn": "0/16B3748", "txid": 7, "ts_ms": 1}));
+        let fields = Row::from(obj(json!({"lsn": "0/16B3748", "txid": 7, "ts_ms": 1})));
         let pos = [1u64, 2, 3];
         for row in [&row, &odd, &empty] {
             for (snapshot, fields, pos, before, op) in [

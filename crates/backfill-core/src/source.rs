@@ -17,10 +17,10 @@
 
 use std::cmp::Ordering;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 use crate::error::SourceError;
 use crate::key::{Key, Region, Window};
@@ -259,8 +259,10 @@ pub struct ChangeMeta {
     /// increasing over the stream (for example `[commit_lsn, index in transaction]`).
     pub pos: Vec<u64>,
     /// Extra `_meta.source` fields: `ts_ms`, `txid`, and the readable position (`lsn`,
-    /// `cursor`, `seqval`). `schema`, `table` and `pos` are added by the core.
-    pub fields: Map<String, Value>,
+    /// `cursor`, `seqval`). `schema`, `table` and `pos` are added by the core. Shared:
+    /// the changes of one transaction (or one log event) usually carry the same fields,
+    /// rendered once.
+    pub fields: Arc<Row>,
 }
 
 /// One row change.

@@ -35,7 +35,7 @@ use futures_util::{FutureExt, StreamExt};
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
@@ -418,24 +418,28 @@ impl MyStream {
                 .transpose()
         };
         let file_no = file_number(&self.file) + self.file_base;
-        let cursor = Value::String(format!("{}:{end}", self.file));
+        let cursor = format!("{}:{end}", self.file);
         let key_of = |row: &Row| {
             Key(key_cols
                 .iter()
                 .map(|k| row.get(k).unwrap_or(Value::Null))
                 .collect())
         };
+        // The same for every row of the event.
+        let fields = {
+            let mut f = Row::with_capacity(3, 96);
+            f.push_i64("ts_ms", ts_ms);
+            if let Some(g) = &self.gtid {
+                f.push_str("txid", g);
+            }
+            f.push_str("cursor", &cursor);
+            Arc::new(f)
+        };
         for (i, (before, after)) in decoded.into_iter().enumerate() {
             let (before, after) = (render(before)?, render(after)?);
-            let mut fields = Map::with_capacity(3);
-            fields.insert("ts_ms".into(), Value::from(ts_ms));
-            if let Some(g) = &self.gtid {
-                fields.insert("txid".into(), Value::String(g.clone()));
-            }
-            fields.insert("cursor".into(), cursor.clone());
             let meta = ChangeMeta {
                 pos: vec![file_no, end, i as u64],
-                fields,
+                fields: fields.clone(),
             };
             let change = match (before, after) {
                 (None, Some(row)) => Change {

@@ -17,12 +17,13 @@
 //! arrives, and the core writes them out before asking for more.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backfill_core::SourceError;
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::catalog::Types;
@@ -44,8 +45,9 @@ struct RelInfo {
 struct Txn {
     final_lsn: Lsn,
     xid: u64,
-    ts_ms: i64,
     index: u64,
+    /// `_meta.source`'s fields, the same for every change of the transaction.
+    fields: Arc<Row>,
 }
 
 /// The PostgreSQL change stream.
@@ -183,11 +185,10 @@ impl PgStream {
             .ok_or_else(|| SourceError::definite("a change arrived outside a transaction"))?;
         let pos = vec![txn.final_lsn.0, txn.index];
         txn.index += 1;
-        let mut fields = Map::new();
-        fields.insert("ts_ms".into(), Value::from(txn.ts_ms));
-        fields.insert("txid".into(), Value::from(txn.xid));
-        fields.insert("lsn".into(), Value::String(txn.final_lsn.to_string()));
-        Ok(ChangeMeta { pos, fields })
+        Ok(ChangeMeta {
+            pos,
+            fields: txn.fields.clone(),
+        })
     }
 
     async fn handle(&mut self, data: &[u8]) -> Result<(), SourceError> {
@@ -200,11 +201,16 @@ impl PgStream {
                 xid,
             } => {
                 let xid = self.full_xid(xid);
+                let ts_ms = (commit_ts + PG_EPOCH_OFFSET_US) / 1000;
+                let mut fields = Row::with_capacity(3, 64);
+                fields.push_i64("ts_ms", ts_ms);
+                fields.push_u64("txid", xid);
+                fields.push_str("lsn", &final_lsn.to_string());
                 self.txn = Some(Txn {
                     final_lsn,
                     xid,
-                    ts_ms: (commit_ts + PG_EPOCH_OFFSET_US) / 1000,
                     index: 0,
+                    fields: Arc::new(fields),
                 });
                 self.pending.push_back(StreamEvent::Begin);
             }

@@ -22,6 +22,7 @@
 //! and a streamed row of the same data are the same document; the suite compares both
 //! with `to_jsonb` type by type.
 
+use backfill_core::encode::write_json_document;
 use backfill_core::source::Row;
 use serde_json::{Map, Number, Value};
 
@@ -36,11 +37,8 @@ pub enum Kind {
     Float,
     /// `numeric`.
     Numeric,
-    /// `json`.
+    /// `json`, `jsonb`.
     Json,
-    /// `jsonb`: its text output is canonical (no duplicate keys), so it is rendered by
-    /// dropping whitespace, not by parsing.
-    Jsonb,
     /// `date`.
     Date,
     /// `timestamp without time zone`.
@@ -63,8 +61,7 @@ impl Kind {
             20 | 21 | 23 => Kind::Int,
             700 | 701 => Kind::Float,
             1700 => Kind::Numeric,
-            114 => Kind::Json,
-            3802 => Kind::Jsonb,
+            114 | 3802 => Kind::Json,
             1082 => Kind::Date,
             1114 => Kind::Timestamp,
             1184 => Kind::Timestamptz,
@@ -116,7 +113,7 @@ pub fn convert(kind: &Kind, text: &str) -> Result<Value, String> {
             "NaN" | "Infinity" | "-Infinity" => Value::String(text.into()),
             _ => Value::Number(number(&plain_decimal(text)?)?),
         },
-        Kind::Json | Kind::Jsonb => {
+        Kind::Json => {
             let v: Value = serde_json::from_str(text).map_err(|e| format!("bad json: {e}"))?;
             normalize_json_numbers(v)?
         }
@@ -151,58 +148,22 @@ pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), 
             row.push_str(name, &timestamptz(text));
             Ok(())
         }
-        Kind::Jsonb => row
-            .push_with(name, |out| compact_json(text, out))
-            .map_err(|e| format!("bad jsonb: {e}")),
-        Kind::Bool | Kind::Json | Kind::Array(_) | Kind::AskServer => {
+        Kind::Json => row
+            .push_with(name, |out| write_json_document(text, out, jsonb_number))
+            .map_err(|e| format!("bad json: {e}")),
+        Kind::Bool | Kind::Array(_) | Kind::AskServer => {
             row.push(name, &convert(kind, text)?);
             Ok(())
         }
     }
 }
 
-/// Copies JSON text without the whitespace between tokens, numbers with an exponent
-/// spelled as jsonb stores them ([`plain_decimal`]). The caller checks the result is JSON.
-fn compact_json(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'"' => {
-                let start = i;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        Some(b'\\') => i += 2,
-                        Some(b'"') => break,
-                        Some(_) => i += 1,
-                        None => return Err("unterminated string".into()),
-                    }
-                }
-                i += 1;
-                out.extend_from_slice(&b[start..i]);
-            }
-            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while b
-                    .get(i)
-                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-                {
-                    i += 1;
-                }
-                let number = &text[start..i];
-                if number.contains(['e', 'E']) {
-                    out.extend_from_slice(plain_decimal(number)?.as_bytes());
-                } else {
-                    out.extend_from_slice(number.as_bytes());
-                }
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
+/// A number in a JSON document as jsonb stores it: as numeric, so `1e2` is `100`.
+fn jsonb_number(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    if text.contains(['e', 'E']) {
+        out.extend_from_slice(plain_decimal(text)?.as_bytes());
+    } else {
+        out.extend_from_slice(text.as_bytes());
     }
     Ok(())
 }
@@ -429,11 +390,11 @@ mod tests {
             (Kind::Timestamptz, "2020-01-01 10:00:00.123456+00"),
             (Kind::Timestamptz, "infinity"),
             (
-                Kind::Jsonb,
+                Kind::Json,
                 r#"{"a": 1, "b": [1, 2.50, "x  y", "q\"  ,"], "c": {"d": null, "e": 1e2}, "": true}"#,
             ),
-            (Kind::Jsonb, r#""just a string""#),
-            (Kind::Jsonb, "-0.5"),
+            (Kind::Json, r#""just a string""#),
+            (Kind::Json, "-0.5"),
             (Kind::Json, r#"{"b":1,"a":1e2,"a":3.0E-2}"#),
             (Kind::Array(Box::new(Kind::Int)), "{{1,2},{3,NULL}}"),
         ];
@@ -450,8 +411,8 @@ mod tests {
         for (kind, text) in [
             (Kind::Int, "12a"),
             (Kind::Numeric, "1.2.3"),
-            (Kind::Jsonb, r#"{"a": 1"#),
-            (Kind::Jsonb, r#"{"a": tru}"#),
+            (Kind::Json, r#"{"a": 1"#),
+            (Kind::Json, r#"{"a": tru}"#),
         ] {
             let mut row = Row::new();
             assert!(

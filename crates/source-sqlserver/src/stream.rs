@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use backfill_core::SourceError;
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tiberius::ColumnData;
 
 use crate::catalog::{self, CaptureInstance, Table};
@@ -458,14 +458,14 @@ fn events(
                     )));
                 }
             };
-            let mut fields = Map::new();
-            fields.insert("lsn".into(), Value::String(lsn.to_string()));
-            fields.insert("seqval".into(), Value::String(r.seqval.to_string()));
+            let mut fields = Row::new();
+            fields.push_str("lsn", &lsn.to_string());
+            fields.push_str("seqval", &r.seqval.to_string());
             if !txid.is_empty() {
-                fields.insert("txid".into(), Value::String(txid.clone()));
+                fields.push_str("txid", &txid);
             }
             if let Some(ts) = ts_ms {
-                fields.insert("ts_ms".into(), Value::from(ts));
+                fields.push("ts_ms", &Value::from(ts));
             }
             let [hi, lo] = lsn.pos_parts();
             let (row, prior) = match op {
@@ -492,7 +492,7 @@ fn events(
                 before: prior,
                 meta: ChangeMeta {
                     pos: vec![hi, lo, index],
-                    fields,
+                    fields: std::sync::Arc::new(fields),
                 },
             }));
             index += 1;
@@ -740,9 +740,15 @@ mod tests {
         // positions strictly increase; source fields are there
         let pos: Vec<&Vec<u64>> = c.iter().map(|c| &c.meta.pos).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
-        assert_eq!(c[0].meta.fields["lsn"], json!("00000001:00000002:0005"));
-        assert_eq!(c[0].meta.fields["txid"], json!("00000000abcd"));
-        assert_eq!(c[0].meta.fields["seqval"], json!("00000001:00000002:0001"));
+        assert_eq!(
+            c[0].meta.fields.get("lsn"),
+            Some(json!("00000001:00000002:0005"))
+        );
+        assert_eq!(c[0].meta.fields.get("txid"), Some(json!("00000000abcd")));
+        assert_eq!(
+            c[0].meta.fields.get("seqval"),
+            Some(json!("00000001:00000002:0001"))
+        );
         assert!(
             c[3].meta.fields.get("ts_ms").is_none(),
             "no time mapping for LSN 7"
