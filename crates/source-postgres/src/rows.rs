@@ -98,9 +98,8 @@ impl Plan {
                 (None, _) => out.push_null(name),
                 (Some(text), Source::Text(kind)) => value::render(kind, text, &mut out, name)
                     .map_err(|e| format!("column {name}: {e}"))?,
-                (Some(text), Source::Server(_)) => out
-                    .push_raw(name, text)
-                    .map_err(|e| format!("column {name}: bad JSON from to_jsonb: {e}"))?,
+                (Some(text), Source::Server(_)) => value::push_server_json(&mut out, name, text)
+                    .map_err(|e| format!("column {name}: {e}"))?,
             }
         }
         Ok(out)

@@ -122,12 +122,18 @@ impl PgStream {
         full
     }
 
-    async fn render(&self, kind: &Kind, type_oid: u32, text: &str) -> Result<Value, SourceError> {
-        if !kind.needs_server() {
-            return value::convert(kind, text).map_err(SourceError::definite);
-        }
+    /// Renders a value of a type the server renders ([`Kind::needs_server`]) into `row`.
+    async fn render_by_server(
+        &self,
+        row: &mut Row,
+        column: &str,
+        kind: &Kind,
+        type_oid: u32,
+        text: &str,
+    ) -> Result<(), SourceError> {
+        debug_assert!(kind.needs_server());
         let name = self.types.name(type_oid).unwrap_or("text").to_string();
-        let row = self
+        let server = self
             .client
             .query_one(
                 &format!("SELECT to_jsonb($1::text::{name})::text"),
@@ -135,8 +141,8 @@ impl PgStream {
             )
             .await
             .map_err(|e| crate::source::db_error(&e, &format!("rendering a {name} value")))?;
-        serde_json::from_str(row.get::<_, &str>(0))
-            .map_err(|e| SourceError::definite(format!("bad JSON for {name}: {e}")))
+        value::push_server_json(row, column, server.get::<_, &str>(0))
+            .map_err(|e| SourceError::definite(format!("{column} ({name}): {e}")))
     }
 
     async fn row(&self, rel: &RelInfo, cells: &[Cell<'_>]) -> Result<Row, SourceError> {
@@ -161,7 +167,7 @@ impl PgStream {
                             rel.namespace, rel.name
                         ))
                     })?,
-                Cell::Text(t) => row.push(name, &self.render(kind, *oid, t).await?),
+                Cell::Text(t) => self.render_by_server(&mut row, name, kind, *oid, t).await?,
                 Cell::Binary(_) => {
                     return Err(SourceError::definite("binary tuple data was not requested"));
                 }

@@ -158,6 +158,14 @@ pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), 
     }
 }
 
+/// Pushes a value the server rendered with `to_jsonb(...)::text` (a [`Kind::AskServer`]
+/// type), compacted as the other JSON values are: the stream and the backfill both
+/// write it here, so the two print the same bytes.
+pub fn push_server_json(row: &mut Row, name: &str, text: &str) -> Result<(), String> {
+    row.push_with(name, |out| write_json_document(text, out, jsonb_number))
+        .map_err(|e| format!("bad JSON from to_jsonb: {e}"))
+}
+
 /// A number in a JSON document as jsonb stores it: as numeric, so `1e2` is `100`.
 fn jsonb_number(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     if text.contains(['e', 'E']) {
