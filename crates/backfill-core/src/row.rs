@@ -316,10 +316,7 @@ impl Row {
     /// Keeps only the columns for which `keep(name, value as JSON text)` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         let mut kept = Row::with_capacity(self.len(), self.body.len());
-        for s in &self.spans {
-            let name = serde_json::from_slice::<Cow<'_, str>>(self.name_of(s)).unwrap_or_default();
-            let value =
-                std::str::from_utf8(&self.body[s.value as usize..s.end as usize]).unwrap_or("null");
+        for (name, value) in self.iter() {
             if keep(&name, value) {
                 kept.push_raw_unchecked(&name, value);
             }

@@ -240,10 +240,10 @@ fn datetime((y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32), fsp: usize
         push_padded(&mut out, u32::from(v), 2);
     }
     if fsp > 0 {
-        let mut digits = String::with_capacity(6);
-        push_padded(&mut digits, us, 6);
         out.push('.');
-        out.push_str(digits.get(..fsp.min(6)).unwrap_or(&digits));
+        push_padded(&mut out, us % 1_000_000, 6);
+        // Six digits written, the first `fsp` kept.
+        out.truncate(out.len() - (6 - fsp.min(6)));
     }
     out
 }
