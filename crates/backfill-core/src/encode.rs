@@ -3,6 +3,8 @@
 //! bytes as standard base64, numbers with exactly their stored digits, dates in the
 //! proleptic Gregorian calendar.
 
+use std::cell::RefCell;
+
 use serde_json::{Number, Value};
 
 /// Standard base64 with padding.
@@ -171,12 +173,37 @@ pub fn json_number_as_parsed(text: &str, out: &mut Vec<u8>) -> Result<(), String
 pub fn compact_json(
     text: &str,
     out: &mut Vec<u8>,
+    number: impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+) -> Result<bool, String> {
+    // The stacks are kept per thread: allocating two per value was a tenth of this
+    // function's cost. A nested call (a `number` that compacts) takes fresh ones.
+    thread_local! {
+        static STACKS: RefCell<Stacks> = const { RefCell::new((Vec::new(), Vec::new())) };
+    }
+    STACKS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut stacks) => {
+            let (open, keys) = &mut *stacks;
+            open.clear();
+            keys.clear();
+            compact_with(text, out, number, open, keys)
+        }
+        Err(_) => compact_with(text, out, number, &mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+/// The stacks of [`compact_with`].
+type Stacks = (Vec<(bool, usize)>, Vec<(usize, usize)>);
+
+/// [`compact_json`] with its stacks: the open containers (true for an object, with
+/// where its keys start in `keys`) and the keys of the open objects, as ranges of `text`.
+fn compact_with(
+    text: &str,
+    out: &mut Vec<u8>,
     mut number: impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+    open: &mut Vec<(bool, usize)>,
+    keys: &mut Vec<(usize, usize)>,
 ) -> Result<bool, String> {
     let b = text.as_bytes();
-    // Open containers (true for an object, with where its keys start in `keys`).
-    let mut open: Vec<(bool, usize)> = Vec::new();
-    let mut keys: Vec<&[u8]> = Vec::new();
     let mut expect_key = false;
     let mut i = 0;
     while let Some(&c) = b.get(i) {
@@ -200,10 +227,10 @@ pub fn compact_json(
                 let quoted = &b[start..i];
                 if expect_key {
                     let from = open.last().map_or(0, |o| o.1);
-                    if escaped || keys[from..].contains(&quoted) {
+                    if escaped || keys[from..].iter().any(|&(s, e)| &b[s..e] == quoted) {
                         return Ok(false);
                     }
-                    keys.push(quoted);
+                    keys.push((start, i));
                     expect_key = false;
                 }
                 if escaped {

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use serde::ser::Serialize;
 use serde_json::{Map, Value};
 
-use crate::row::{Row, write_json_str};
+use crate::row::{Row, write_json_str, write_u64};
 use crate::state::write_atomically;
 
 /// Where committed output goes. The production sink is stdout plus a state file; tests
@@ -179,7 +179,7 @@ impl Doc<'_> {
                 if i > 0 {
                     out.push(b',');
                 }
-                write!(out, "{p}")?;
+                write_u64(out, *p);
             }
             out.push(b']');
         }
@@ -217,7 +217,9 @@ impl<K: Sink> Output<K> {
     /// Writes a document line.
     pub fn doc(&mut self, binding: usize, doc: &Doc<'_>) -> io::Result<()> {
         self.line.clear();
-        write!(self.line, "{{\"binding\":{binding},\"doc\":")?;
+        self.line.extend_from_slice(b"{\"binding\":");
+        write_u64(&mut self.line, binding as u64);
+        self.line.extend_from_slice(b",\"doc\":");
         doc.write_json(&mut self.line)?;
         self.line.push(b'}');
         self.emit()
