@@ -279,16 +279,18 @@ pub fn native_order(c: &Column) -> Option<NativeOrder> {
 /// Compares two values of a natively ordered type.
 pub fn compare_native(order: NativeOrder, a: &Value, b: &Value) -> Option<Ordering> {
     match order {
-        NativeOrder::Integer => {
-            let (a, b) = (a.as_number()?.to_string(), b.as_number()?.to_string());
-            Some(compare_decimal(&a, &b))
-        }
+        NativeOrder::Integer => Some(compare_decimal(
+            a.as_number()?.as_str(),
+            b.as_number()?.as_str(),
+        )),
         NativeOrder::Decimal => {
-            let text = |v: &Value| match v {
-                Value::Number(n) => Some(n.to_string()),
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            };
+            fn text(v: &Value) -> Option<&str> {
+                match v {
+                    Value::Number(n) => Some(n.as_str()),
+                    Value::String(s) => Some(s.as_str()),
+                    _ => None,
+                }
+            }
             let (a, b) = (text(a)?, text(b)?);
             let rank = |s: &str| match s {
                 "-Infinity" => 0,
@@ -296,9 +298,9 @@ pub fn compare_native(order: NativeOrder, a: &Value, b: &Value) -> Option<Orderi
                 "NaN" => 3,
                 _ => 1,
             };
-            Some(rank(&a).cmp(&rank(&b)).then_with(|| {
-                if rank(&a) == 1 {
-                    compare_decimal(&a, &b)
+            Some(rank(a).cmp(&rank(b)).then_with(|| {
+                if rank(a) == 1 {
+                    compare_decimal(a, b)
                 } else {
                     Ordering::Equal
                 }
@@ -312,21 +314,21 @@ pub fn compare_native(order: NativeOrder, a: &Value, b: &Value) -> Option<Orderi
 
 /// Compares decimal strings by value.
 pub fn compare_decimal(a: &str, b: &str) -> Ordering {
-    let parse = |s: &str| {
+    fn parse(s: &str) -> (bool, &str, &str) {
         let (neg, s) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
         let (i, f) = s.split_once('.').unwrap_or((s, ""));
         let i = i.trim_start_matches('0');
         let f = f.trim_end_matches('0');
         let zero = i.is_empty() && f.is_empty();
-        (neg && !zero, i.to_string(), f.to_string())
-    };
+        (neg && !zero, i, f)
+    }
     let (an, ai, af) = parse(a);
     let (bn, bi, bf) = parse(b);
     let magnitude = ai
         .len()
         .cmp(&bi.len())
-        .then_with(|| ai.cmp(&bi))
-        .then_with(|| af.cmp(&bf));
+        .then_with(|| ai.cmp(bi))
+        .then_with(|| af.cmp(bf));
     match (an, bn) {
         (false, true) => Ordering::Greater,
         (true, false) => Ordering::Less,
@@ -336,10 +338,10 @@ pub fn compare_decimal(a: &str, b: &str) -> Ordering {
 }
 
 /// A sortable form of a to_jsonb date/timestamp: (era, year, rest) with ±infinity at the ends.
-fn temporal_key(s: &str) -> (i8, i64, String) {
+fn temporal_key(s: &str) -> (i8, i64, &str) {
     match s {
-        "-infinity" => return (-2, 0, String::new()),
-        "infinity" => return (2, 0, String::new()),
+        "-infinity" => return (-2, 0, ""),
+        "infinity" => return (2, 0, ""),
         _ => {}
     }
     let (body, bc) = s.strip_suffix(" BC").map_or((s, false), |b| (b, true));
@@ -347,9 +349,9 @@ fn temporal_key(s: &str) -> (i8, i64, String) {
     let year: i64 = year.parse().unwrap_or(0);
     if bc {
         // 0044 BC is before 0043 BC; within a BC year the rest still orders forward.
-        (-1, -year, rest.to_string())
+        (-1, -year, rest)
     } else {
-        (0, year, rest.to_string())
+        (0, year, rest)
     }
 }
 

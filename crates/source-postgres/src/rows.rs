@@ -19,6 +19,7 @@
 //! chunk that sees it: [`Plan::new`] reports the change, and the source reads the catalog
 //! again and runs the chunk once more, instead of emitting a row without the new column.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use backfill_core::source::Row;
@@ -46,8 +47,9 @@ pub struct Plan {
     /// For each of the table's columns in the result: its name, and its kind, or the
     /// result column holding the server's rendering.
     columns: Vec<(String, Source)>,
-    /// Bytes a row's text is expected to take, so its buffer is allocated once.
-    text_hint: usize,
+    /// Bytes a row's text is expected to take, so its buffer is allocated once: the
+    /// longest row so far.
+    text_hint: Cell<usize>,
 }
 
 #[derive(Debug)]
@@ -80,14 +82,14 @@ impl Plan {
             };
             columns.push((c.name.clone(), source));
         }
-        let text_hint = 256 + 16 * columns.len();
+        let text_hint = Cell::new(256 + 16 * columns.len());
         Some(Self { columns, text_hint })
     }
 
     /// One result row as a document (`lead` columns skipped); `Err` describes a value
     /// that is not what its type's output function prints.
     pub fn row(&self, r: &tokio_postgres::SimpleQueryRow, lead: usize) -> Result<Row, String> {
-        let mut out = Row::with_capacity(self.columns.len(), self.text_hint);
+        let mut out = Row::with_capacity(self.columns.len(), self.text_hint.get());
         for (i, (name, source)) in self.columns.iter().enumerate() {
             let at = match source {
                 Source::Text(_) => lead + i,
@@ -102,6 +104,7 @@ impl Plan {
                     .map_err(|e| format!("column {name}: {e}"))?,
             }
         }
+        self.text_hint.set(self.text_hint.get().max(out.text_len()));
         Ok(out)
     }
 }

@@ -249,7 +249,7 @@ impl PgSource {
             .map_err(|e| db_error(&e, &what))?;
         let mut stream = std::pin::pin!(stream);
         let mut plan = None;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
         let (mut bytes, mut read, mut full) = (0, 0, false);
         while let Some(message) = stream.next().await {
             match message.map_err(|e| db_error(&e, &what))? {
@@ -487,14 +487,17 @@ impl KeyClassifier for PgSource {
             let p = |k: &Key| k.0.first().and_then(Value::as_str).and_then(parse_ctid);
             return Some(p(a)?.cmp(&p(b)?));
         }
-        let orders = self.native_orders(binding)?;
-        for (i, order) in orders.iter().enumerate() {
-            match catalog::compare_native(*order, a.0.get(i)?, b.0.get(i)?)? {
-                Ordering::Equal => continue,
-                other => return Some(other),
+        // Once per key pair of every chunk (the merger checks the scan's order): no
+        // allocation here, every key column checked even after one differs.
+        let t = self.tables.iter().find(|t| t.table == binding.table)?;
+        let mut result = Ordering::Equal;
+        for (i, k) in binding.key.iter().enumerate() {
+            let order = t.column(k).and_then(catalog::native_order)?;
+            if result == Ordering::Equal {
+                result = catalog::compare_native(order, a.0.get(i)?, b.0.get(i)?)?;
             }
         }
-        Some(Ordering::Equal)
+        Some(result)
     }
 
     async fn classify(

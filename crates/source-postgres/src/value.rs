@@ -141,11 +141,11 @@ pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), 
             Ok(())
         }
         Kind::Timestamp => {
-            row.push_str(name, &timestamp(text));
+            row.push_str_parts(name, &timestamp_parts(text, false));
             Ok(())
         }
         Kind::Timestamptz => {
-            row.push_str(name, &timestamptz(text));
+            row.push_str_parts(name, &timestamp_parts(text, true));
             Ok(())
         }
         Kind::Json => row
@@ -262,36 +262,37 @@ fn normalize_json_numbers(v: Value) -> Result<Value, String> {
 
 /// `2020-01-01 12:00:00.5` → `2020-01-01T12:00:00.5` (`infinity` and BC suffixes kept).
 fn timestamp(text: &str) -> String {
-    match text.find(' ') {
-        Some(i) if text.as_bytes().get(i + 1).is_some_and(u8::is_ascii_digit) => {
-            let mut s = String::with_capacity(text.len());
-            s.push_str(&text[..i]);
-            s.push('T');
-            s.push_str(&text[i + 1..]);
-            s
-        }
-        _ => text.to_string(),
-    }
+    timestamp_parts(text, false).concat()
 }
 
 /// `2020-01-01 10:00:00.5+00` → `2020-01-01T10:00:00.5+00:00`; `… BC` kept at the end.
 fn timestamptz(text: &str) -> String {
+    timestamp_parts(text, true).concat()
+}
+
+/// A timestamp's text as documents spell it, in parts (so the row can take it without a
+/// string of its own): the date, `T` for the space before the time, the time, `:00`
+/// where a zone offset has hours only (`tz`), and ` BC`.
+fn timestamp_parts(text: &str, tz: bool) -> [&str; 5] {
     let (body, bc) = match text.strip_suffix(" BC") {
-        Some(b) => (b, " BC"),
-        None => (text, ""),
+        Some(b) if tz => (b, " BC"),
+        _ => (text, ""),
     };
-    let mut s = timestamp(body);
-    // The zone offset follows the time: find its sign after the 'T'.
-    if let Some(t) = s.find('T')
-        && let Some(off) = s[t..].rfind(['+', '-']).map(|i| i + t)
-    {
-        let offset = &s[off + 1..];
-        if offset.len() == 2 {
-            s.push_str(":00");
-        }
-    }
-    s.push_str(bc);
-    s
+    let Some(space) = body
+        .bytes()
+        .position(|b| b == b' ')
+        .filter(|&i| body.as_bytes().get(i + 1).is_some_and(u8::is_ascii_digit))
+    else {
+        return [body, "", "", "", bc];
+    };
+    let (date, time) = (&body[..space], &body[space + 1..]);
+    // The zone offset follows the time: its sign is the last '+' or '-' in it.
+    let hours_only = tz
+        && time
+            .bytes()
+            .rposition(|b| b == b'+' || b == b'-')
+            .is_some_and(|sign| time.len() - sign - 1 == 2);
+    [date, "T", time, if hours_only { ":00" } else { "" }, bc]
 }
 
 /// Parses an array's text form (`{1,2,NULL}`, `{{"a b",c}}`, `[2:3]={1,2}`).
@@ -469,6 +470,14 @@ mod tests {
             "\"0044-03-15T12:00:00+00:00 BC\""
         );
         assert_eq!(j(Kind::Timestamptz, "infinity"), "\"infinity\"");
+        assert_eq!(
+            j(Kind::Timestamptz, "2020-01-01 10:00:00-08"),
+            "\"2020-01-01T10:00:00-08:00\""
+        );
+        assert_eq!(
+            j(Kind::Timestamptz, "2020-01-01 10:00:00+05:30"),
+            "\"2020-01-01T10:00:00+05:30\""
+        );
         assert_eq!(
             j(Kind::Timestamp, "0044-03-15 12:00:00 BC"),
             "\"0044-03-15T12:00:00 BC\""
