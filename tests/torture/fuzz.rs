@@ -19,14 +19,14 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use backfill_core::source::Row;
 use bytes::BytesMut;
 use mysql_common::binlog::EventStreamReader;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::EventData;
-use mysql_common::binlog::value::BinlogValue;
-use source_mysql::rows::{decode, plan};
+use source_mysql::rows::{Cell as BinlogCell, decode, plan};
 use source_mysql::stream::{MARIADB_GTID_EVENT, parsed_by_the_stream};
-use source_mysql::value::{AddressKind, ColType, from_binlog};
+use source_mysql::value::{AddressKind, ColType, render_cell};
 use source_postgres::pgoutput::{self, Cell, Message};
 use source_postgres::replication::{ReplMessage, replication_message, split_message};
 use source_postgres::value::{Kind, convert};
@@ -276,7 +276,7 @@ fn feed_binlog(events: &[Vec<u8>], types: &[ColType], fed: &mut Fed) {
                         image
                             .into_iter()
                             .flatten()
-                            .map(BinlogValue::into_owned)
+                            .map(BinlogCell::into_owned)
                             .collect::<Vec<_>>()
                     }));
                 }
@@ -297,7 +297,7 @@ fn feed_binlog(events: &[Vec<u8>], types: &[ColType], fed: &mut Fed) {
             fed.rows += 1;
             for v in row {
                 for ty in types {
-                    let _ = from_binlog(ty, v.clone());
+                    let _ = render_cell(ty, v.clone(), &mut Row::new(), "c");
                 }
             }
         }

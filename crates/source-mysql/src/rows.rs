@@ -72,9 +72,36 @@ pub fn plan<'a>(tme: &'a TableMapEvent<'a>) -> Result<Vec<ColumnPlan<'a>>, Strin
     Ok(columns)
 }
 
+/// One value of a row image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    /// As mysql_common's value parser reads it.
+    Binlog(BinlogValue<'a>),
+    /// A TIMESTAMP(n) (`MYSQL_TYPE_TIMESTAMP2`), read here: mysql_common prints it as
+    /// text (`secs.micros`, through `format!`) that the renderer then parsed back, a
+    /// tenth of the streaming profile. Seconds are unsigned, as stored (MariaDB 11.5
+    /// stores timestamps past 2038); mysql_common reads them as `i32`.
+    Timestamp {
+        /// Seconds since the epoch; 0 is the zero timestamp.
+        secs: u32,
+        /// Microseconds.
+        micros: u32,
+    },
+}
+
+impl Cell<'_> {
+    /// The value, owning its bytes.
+    pub fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Binlog(v) => Cell::Binlog(v.into_owned()),
+            Cell::Timestamp { secs, micros } => Cell::Timestamp { secs, micros },
+        }
+    }
+}
+
 /// One row image: the values of the table's columns by position (`None`: not in the
 /// image's column bitmap).
-pub type Image<'a> = Vec<Option<BinlogValue<'a>>>;
+pub type Image<'a> = Vec<Option<Cell<'a>>>;
 
 /// A row's before and after images (an insert has no before, a delete no after).
 pub type RowImages<'a> = (Option<Image<'a>>, Option<Image<'a>>);
@@ -145,13 +172,101 @@ fn image<'a>(
             .get(n / 8)
             .is_none_or(|byte| byte & (1 << (n % 8)) != 0);
         let value = if null {
-            BinlogValue::Value(mysql_async::Value::NULL)
+            Cell::Binlog(BinlogValue::Value(mysql_async::Value::NULL))
         } else {
             let c = &plan[i];
-            buf.parse::<BinlogValue<'a>>((c.ty, c.meta, c.unsigned, false))
-                .map_err(|e| format!("column {}: {e}", i + 1))?
+            if c.ty == ColumnType::MYSQL_TYPE_TIMESTAMP2 {
+                timestamp2(buf, c.meta).map_err(|e| format!("column {}: {e}", i + 1))?
+            } else {
+                Cell::Binlog(
+                    buf.parse::<BinlogValue<'a>>((c.ty, c.meta, c.unsigned, false))
+                        .map_err(|e| format!("column {}: {e}", i + 1))?,
+                )
+            }
         };
         values[i] = Some(value);
     }
     Ok(values)
+}
+
+/// A `MYSQL_TYPE_TIMESTAMP2` value: four bytes of big-endian epoch seconds, then the
+/// fraction in `(n + 1) / 2` big-endian bytes for TIMESTAMP(n), in units of 10^-2,
+/// 10^-4 or 10^-6 seconds (MySQL's `my_timestamp_from_binary`; `meta` is `[n]`).
+fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, String> {
+    let (frac_bytes, unit) = match meta.first().copied().unwrap_or(0) {
+        0 => (0, 0),
+        1 | 2 => (1, 10_000),
+        3 | 4 => (2, 100),
+        5 | 6 => (3, 1),
+        n => return Err(format!("a TIMESTAMP with {n} fraction digits")),
+    };
+    let bytes = buf
+        .checked_eat(4 + frac_bytes)
+        .ok_or("a TIMESTAMP shorter than its precision")?;
+    let be = |b: &[u8]| b.iter().fold(0u32, |acc, &x| (acc << 8) | u32::from(x));
+    let micros = be(&bytes[4..]) * unit;
+    if micros > 999_999 {
+        return Err(format!("a TIMESTAMP fraction of {micros} microseconds"));
+    }
+    Ok(Cell::Timestamp {
+        secs: be(&bytes[..4]),
+        micros,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use backfill_core::source::Row;
+
+    use super::*;
+    use crate::value::{ColType, render_cell};
+
+    /// The JSON a TIMESTAMP(fsp) column gets from `cell`.
+    fn rendered(cell: Cell<'_>, fsp: usize) -> Option<serde_json::Value> {
+        let mut row = Row::new();
+        render_cell(&ColType::Timestamp { fsp }, cell, &mut row, "t").ok()?;
+        row.get("t")
+    }
+
+    #[test]
+    fn timestamps_read_here_render_as_mysql_commons_reading_of_them() {
+        // (fraction digits, seconds, fraction in the column's units)
+        for (dec, secs, frac) in [
+            (0u8, 1_577_836_801u32, 0u32),
+            (0, 0, 0),
+            (2, 1_577_836_801, 99),
+            (2, 1_577_836_801, 5),
+            (4, 86_399, 1234),
+            (6, 1_700_000_000, 123_456),
+            (6, 1, 0),
+            (6, 0, 0),
+        ] {
+            let frac_bytes = usize::from(dec).div_ceil(2);
+            let mut bytes = secs.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&frac.to_be_bytes()[4 - frac_bytes..]);
+            let meta = [dec];
+            let ours = timestamp2(&mut ParseBuf(&bytes), &meta).expect("decodes");
+            let theirs = ParseBuf(&bytes)
+                .parse::<BinlogValue<'_>>((
+                    ColumnType::MYSQL_TYPE_TIMESTAMP2,
+                    &meta[..],
+                    false,
+                    false,
+                ))
+                .expect("mysql_common decodes");
+            let fsp = usize::from(dec);
+            assert_eq!(
+                rendered(ours, fsp),
+                rendered(Cell::Binlog(theirs), fsp),
+                "{dec} {secs} {frac}"
+            );
+        }
+        // Past 2038 the seconds stay unsigned (mysql_common would read a negative i32).
+        let bytes = 3_000_000_000u32.to_be_bytes();
+        let cell = timestamp2(&mut ParseBuf(&bytes), &[0]).expect("decodes");
+        assert_eq!(rendered(cell, 0), Some("2065-01-24T05:20:00Z".into()));
+        // Too short, or an impossible fraction: refused, not misread.
+        assert!(timestamp2(&mut ParseBuf(&[0, 0, 1]), &[0]).is_err());
+        assert!(timestamp2(&mut ParseBuf(&[0, 0, 0, 1, 0x0F, 0x42, 0x40]), &[6]).is_err());
+    }
 }

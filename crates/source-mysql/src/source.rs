@@ -215,6 +215,11 @@ pub(crate) fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
 
 /// Connection options for the endpoint.
 pub(crate) fn opts(endpoint: &Endpoint) -> Result<Opts, SourceError> {
+    // mysql_async builds its TLS config from the process-wide rustls provider, which
+    // rustls picks by itself only when one provider is compiled in: a build that also
+    // compiles the SQL Server connector (tiberius) links a second, and TLS connections
+    // then panicked. The workspace uses ring everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = OptsBuilder::default()
         .ip_or_hostname(endpoint.host.clone())
         .tcp_port(endpoint.port)

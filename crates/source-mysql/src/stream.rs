@@ -41,7 +41,7 @@ use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Image, decode, plan};
 use crate::source::{Column, Flavor, Server, Table, connect, my_error};
-use crate::value::render_binlog;
+use crate::value::render_cell;
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
 pub const MARIADB_GTID_EVENT: u8 = 162;
@@ -518,7 +518,7 @@ fn render(
         let Some(c) = column else {
             return Ok(None);
         };
-        render_binlog(&c.ty, value, &mut out, &c.name)
+        render_cell(&c.ty, value, &mut out, &c.name)
             .map_err(|e| SourceError::definite(format!("{db}.{table} column {}: {e}", c.name)))?;
     }
     Ok(Some(out))

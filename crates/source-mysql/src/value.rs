@@ -27,6 +27,8 @@ pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, write_json_document};
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
+
+use crate::rows::Cell;
 use mysql_async::binlog::value::BinlogValue;
 use serde_json::Value;
 
@@ -231,39 +233,91 @@ fn fraction(us: u32, fsp: usize) -> String {
 
 /// (year, month, day, hour, minute, second, microsecond) as `YYYY-MM-DDTHH:MM:SS[.f]`.
 /// Written digit by digit: `format!` was a tenth of the MariaDB streaming profile.
-fn datetime((y, mo, d, h, mi, s, us): (u16, u8, u8, u8, u8, u8, u32), fsp: usize) -> String {
-    // One allocation, room for the fraction and a zone suffix.
-    let mut out = String::with_capacity(28);
-    push_padded(&mut out, u32::from(y), 4);
-    for (sep, v) in [('-', mo), ('-', d), ('T', h), (':', mi), (':', s)] {
-        out.push(sep);
-        push_padded(&mut out, u32::from(v), 2);
-    }
-    if fsp > 0 {
-        out.push('.');
-        push_padded(&mut out, us % 1_000_000, 6);
-        // Six digits written, the first `fsp` kept.
-        out.truncate(out.len() - (6 - fsp.min(6)));
-    }
-    out
+fn datetime(parts: DateParts, fsp: usize) -> String {
+    DateText::new(parts, fsp, "").as_str().to_owned()
 }
 
-/// `v` in decimal, zero-padded on the left to `width` digits.
-fn push_padded(out: &mut String, v: u32, width: usize) {
-    let mut buf = [b'0'; 10];
+/// A date-time's fields: year, month, day, hour, minute, second, microseconds.
+type DateParts = (u16, u8, u8, u8, u8, u8, u32);
+
+/// A date-time's text in a buffer of its own (the longest, a five-digit year with a
+/// fraction and a zone, is 34 bytes): rendered into a row without a `String` per value.
+struct DateText {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl DateText {
+    /// `YYYY-MM-DDTHH:MM:SS[.f]` with `fsp` fraction digits, then `suffix`.
+    fn new((y, mo, d, h, mi, s, us): DateParts, fsp: usize, suffix: &str) -> Self {
+        let mut t = Self {
+            buf: [0; 40],
+            len: 0,
+        };
+        t.padded(u32::from(y), 4);
+        for (sep, v) in [(b'-', mo), (b'-', d), (b'T', h), (b':', mi), (b':', s)] {
+            t.push(&[sep]);
+            t.padded(u32::from(v), 2);
+        }
+        if fsp > 0 {
+            t.push(b".");
+            t.padded(us % 1_000_000, 6);
+            // Six digits written, the first `fsp` kept.
+            t.len -= 6 - fsp.min(6);
+        }
+        t.push(suffix.as_bytes());
+        t
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        // Fields are bounded (u16 year, u8 parts), so this never truncates.
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn padded(&mut self, v: u32, width: usize) {
+        let mut digits = [b'0'; 10];
+        let at = write_padded(&mut digits, v, width);
+        self.push(&digits[at..]);
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// Writes `v` right-aligned in `digits` (which holds zeros), returns where its text,
+/// zero-padded to `width`, starts.
+fn write_padded(digits: &mut [u8; 10], v: u32, width: usize) -> usize {
     let mut n = v;
-    let mut i = buf.len();
+    let mut i = digits.len();
     loop {
         i -= 1;
         // A digit: `n % 10` is below 10.
-        buf[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    let start = i.min(buf.len().saturating_sub(width));
-    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or_default());
+    i.min(digits.len().saturating_sub(width))
+}
+
+/// A TIMESTAMP's epoch seconds as UTC date-time fields.
+fn epoch_parts(secs: i64, us: u32) -> DateParts {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let part = |x: i64| u8::try_from(x).unwrap_or(0);
+    (
+        u16::try_from(y).unwrap_or(0),
+        part(i64::from(m)),
+        part(i64::from(d)),
+        part(rem / 3600),
+        part(rem % 3600 / 60),
+        part(rem % 60),
+        us,
+    )
 }
 
 /// Where a value comes from: the two paths encode some types differently.
@@ -301,6 +355,22 @@ pub fn render(
         {
             row.push_number(name, std::str::from_utf8(b).unwrap_or_default())?;
         }
+        (ColType::DateTime { fsp }, MyValue::Date(y, mo, d, h, mi, s, us))
+            if (*y, *mo, *d) != (0, 0, 0) =>
+        {
+            row.push_str(
+                name,
+                DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "").as_str(),
+            );
+        }
+        (ColType::Timestamp { fsp }, MyValue::Date(y, mo, d, h, mi, s, us))
+            if (*y, *mo, *d) != (0, 0, 0) =>
+        {
+            row.push_str(
+                name,
+                DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "Z").as_str(),
+            );
+        }
         (ColType::Json, MyValue::Bytes(b)) => {
             let text = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
             row.push_with(name, |out| {
@@ -334,6 +404,40 @@ pub fn render_binlog(
             row.push(name, &from_binlog(ty, other)?);
             Ok(())
         }
+    }
+}
+
+/// [`render`] for a value of a row image as the stream decodes it.
+pub fn render_cell(ty: &ColType, cell: Cell<'_>, row: &mut Row, name: &str) -> Result<(), String> {
+    match cell {
+        Cell::Binlog(v) => render_binlog(ty, v, row, name),
+        Cell::Timestamp { secs, micros } => match ty {
+            ColType::Timestamp { fsp } => {
+                if secs == 0 {
+                    row.push_null(name);
+                } else {
+                    let parts = epoch_parts(i64::from(secs), micros);
+                    row.push_str(name, DateText::new(parts, *fsp, "Z").as_str());
+                }
+                Ok(())
+            }
+            // Another declared type (the table changed under the event): the text
+            // mysql_common would have given, through the general path.
+            _ => {
+                let text = if micros == 0 {
+                    secs.to_string()
+                } else {
+                    format!("{secs}.{micros:06}")
+                };
+                render(
+                    ty,
+                    &MyValue::Bytes(text.into_bytes()),
+                    Origin::Binlog,
+                    row,
+                    name,
+                )
+            }
+        },
     }
 }
 
@@ -447,23 +551,11 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
                     .chain(std::iter::repeat(b'0'))
                     .take(6)
                     .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
-                let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-                let rem = secs.rem_euclid(86_400);
-                let part = |x: i64| u8::try_from(x).unwrap_or(0);
-                let mut text = datetime(
-                    (
-                        u16::try_from(y).unwrap_or(0),
-                        part(i64::from(m)),
-                        part(i64::from(d)),
-                        part(rem / 3600),
-                        part(rem % 3600 / 60),
-                        part(rem % 60),
-                        us,
-                    ),
-                    *fsp,
-                );
-                text.push('Z');
-                Value::String(text)
+                Value::String(
+                    DateText::new(epoch_parts(secs, us), *fsp, "Z")
+                        .as_str()
+                        .to_owned(),
+                )
             }
             _ => return Err(bad()),
         },
@@ -574,9 +666,12 @@ mod tests {
             datetime((12345, 1, 1, 0, 0, 0, 0), 0),
             "12345-01-01T00:00:00"
         );
-        let mut s = String::new();
-        push_padded(&mut s, u32::MAX, 2);
-        assert_eq!(s, u32::MAX.to_string());
+        let mut digits = [b'0'; 10];
+        let at = write_padded(&mut digits, u32::MAX, 2);
+        assert_eq!(&digits[at..], u32::MAX.to_string().as_bytes());
+        let mut digits = [b'0'; 10];
+        let at = write_padded(&mut digits, 7, 4);
+        assert_eq!(&digits[at..], b"0007");
     }
 
     #[test]
