@@ -28,7 +28,7 @@ use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, writ
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 
-use crate::rows::Cell;
+use crate::rows::{Cell, write_decimal};
 use mysql_async::binlog::value::BinlogValue;
 use serde_json::Value;
 
@@ -289,7 +289,7 @@ impl DateText {
 
 /// Writes `v` right-aligned in `digits` (which holds zeros), returns where its text,
 /// zero-padded to `width`, starts.
-fn write_padded(digits: &mut [u8; 10], v: u32, width: usize) -> usize {
+pub(crate) fn write_padded(digits: &mut [u8; 10], v: u32, width: usize) -> usize {
     let mut n = v;
     let mut i = digits.len();
     loop {
@@ -438,6 +438,22 @@ pub fn render_cell(ty: &ColType, cell: Cell<'_>, row: &mut Row, name: &str) -> R
                 )
             }
         },
+        Cell::Decimal {
+            bin,
+            precision,
+            scale,
+        } => {
+            let (precision, scale) = (usize::from(precision), usize::from(scale));
+            if *ty == (ColType::Decimal { scale }) {
+                row.push_with(name, |out| write_decimal(&bin, precision, scale, out))
+                    .map_err(|e| e.to_string())
+            } else {
+                // Another declared scale or type: the text, through the general path.
+                let mut text = Vec::new();
+                write_decimal(&bin, precision, scale, &mut text)?;
+                render(ty, &MyValue::Bytes(text), Origin::Binlog, row, name)
+            }
+        }
     }
 }
 
