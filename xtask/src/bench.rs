@@ -616,11 +616,30 @@ fn pg_streaming(
         "/dev/null",
     ]))?;
     let ours = run_capture(pg_bin, &dir, run.perf)?;
-    // Neither slot holds WAL for the figures after this one.
-    pg.sql(&format!(
-        "SELECT pg_drop_replication_slot(s) FROM unnest(ARRAY['{reference}', '{slot}']) s"
-    ))
-    .map_err(|e| e.to_string())?;
+    // Neither slot holds WAL for the figures after this one. The connector's walsender
+    // can still be exiting (its slot "active") for a moment after the process ends, and
+    // slot drops are not transactional: drop the inactive ones until none is left.
+    let slots = format!("slot_name IN ('{reference}', '{slot}')");
+    let mut attempts = 0;
+    loop {
+        pg.sql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE {slots} AND NOT active"
+        ))
+        .map_err(|e| e.to_string())?;
+        let left = pg
+            .sql(&format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE {slots}"
+            ))
+            .map_err(|e| e.to_string())?;
+        if left.trim() == "0" {
+            break;
+        }
+        attempts += 1;
+        if attempts >= 100 {
+            return Err(format!("the slots of {name} stayed active"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok((ours, recv))
 }
 
