@@ -487,8 +487,16 @@ fn parse_value(raw: &str) -> Option<Value> {
 
 /// `v` in decimal, as `Display` writes it, without the formatting machinery (once or
 /// twice per document).
-pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    let (digits, at) = decimal_digits(v, 1);
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `v` in decimal, zero-padded on the left to at least `width` digits (up to 20): the
+/// digits and where they start. For sources that print dates and decimals by digit
+/// groups.
+pub fn decimal_digits(mut v: u64, width: usize) -> ([u8; 20], usize) {
+    let mut digits = [b'0'; 20];
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -498,7 +506,7 @@ pub fn write_u64(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    (digits, i.min(digits.len().saturating_sub(width)))
 }
 
 /// `v` in decimal, as `Display` writes it.

@@ -25,6 +25,8 @@
 
 use std::borrow::Cow;
 
+use backfill_core::row::decimal_digits;
+
 use mysql_async::binlog::events::{OptionalMetaExtractor, RowsEventData, TableMapEvent};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
@@ -310,7 +312,6 @@ pub fn write_decimal(
         out.push(b'-');
     }
     let mut started = false;
-    let mut digits = [b'0'; 10];
     for width in std::iter::once(int % 9)
         .filter(|&w| w > 0)
         .chain(std::iter::repeat_n(9, int / 9))
@@ -319,9 +320,8 @@ pub fn write_decimal(
         if !started && v == 0 {
             continue;
         }
-        let from = crate::value::write_padded(&mut digits, v, if started { width } else { 1 });
+        let (digits, from) = decimal_digits(u64::from(v), if started { width } else { 1 });
         out.extend_from_slice(&digits[from..]);
-        digits = [b'0'; 10];
         started = true;
     }
     if !started {
@@ -336,9 +336,8 @@ pub fn write_decimal(
             std::iter::repeat_n(9, scale / 9).chain(std::iter::once(scale % 9).filter(|&w| w > 0))
         {
             let v = group(width)?;
-            let from = crate::value::write_padded(&mut digits, v, width);
+            let (digits, from) = decimal_digits(u64::from(v), width);
             out.extend_from_slice(&digits[from..]);
-            digits = [b'0'; 10];
         }
     }
     Ok(())
@@ -356,6 +355,15 @@ mod tests {
         let mut row = Row::new();
         render_cell(&ColType::Timestamp { fsp }, cell, &mut row, "t").ok()?;
         row.get("t")
+    }
+
+    /// mysql_common's reading of one value's bytes, the oracle for the readers here.
+    fn mysql_commons<'a>(bytes: &'a [u8], ty: ColumnType, meta: &'a [u8]) -> Cell<'a> {
+        Cell::Binlog(
+            ParseBuf(bytes)
+                .parse::<BinlogValue<'a>>((ty, meta, false, false))
+                .expect("mysql_common decodes"),
+        )
     }
 
     /// A DECIMAL(precision, scale) in the binary form, from its digit groups in order.
@@ -425,14 +433,7 @@ mod tests {
                     u8::try_from(scale).unwrap_or(0),
                 ];
                 let ours = decimal(&mut ParseBuf(&bin), &meta).expect("decodes");
-                let theirs = ParseBuf(&bin)
-                    .parse::<BinlogValue<'_>>((
-                        ColumnType::MYSQL_TYPE_NEWDECIMAL,
-                        &meta[..],
-                        false,
-                        false,
-                    ))
-                    .expect("mysql_common decodes");
+                let theirs = mysql_commons(&bin, ColumnType::MYSQL_TYPE_NEWDECIMAL, &meta);
                 let render = |cell: Cell<'_>| {
                     let mut row = Row::new();
                     render_cell(&ColType::Decimal { scale }, cell, &mut row, "d").map(|()| row)
@@ -440,7 +441,7 @@ mod tests {
                 let ours = render(ours).expect("a valid DECIMAL renders");
                 assert_eq!(
                     Ok(ours),
-                    render(Cell::Binlog(theirs)),
+                    render(theirs),
                     "DECIMAL({precision},{scale}) {groups:?}"
                 );
             }
@@ -472,18 +473,11 @@ mod tests {
             bytes.extend_from_slice(&frac.to_be_bytes()[4 - frac_bytes..]);
             let meta = [dec];
             let ours = timestamp2(&mut ParseBuf(&bytes), &meta).expect("decodes");
-            let theirs = ParseBuf(&bytes)
-                .parse::<BinlogValue<'_>>((
-                    ColumnType::MYSQL_TYPE_TIMESTAMP2,
-                    &meta[..],
-                    false,
-                    false,
-                ))
-                .expect("mysql_common decodes");
+            let theirs = mysql_commons(&bytes, ColumnType::MYSQL_TYPE_TIMESTAMP2, &meta);
             let fsp = usize::from(dec);
             assert_eq!(
                 rendered(ours, fsp),
-                rendered(Cell::Binlog(theirs), fsp),
+                rendered(theirs, fsp),
                 "{dec} {secs} {frac}"
             );
         }

@@ -25,6 +25,7 @@
 
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, write_json_document};
+use backfill_core::row::decimal_digits;
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 
@@ -277,31 +278,13 @@ impl DateText {
     }
 
     fn padded(&mut self, v: u32, width: usize) {
-        let mut digits = [b'0'; 10];
-        let at = write_padded(&mut digits, v, width);
+        let (digits, at) = decimal_digits(u64::from(v), width);
         self.push(&digits[at..]);
     }
 
     fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
-}
-
-/// Writes `v` right-aligned in `digits` (which holds zeros), returns where its text,
-/// zero-padded to `width`, starts.
-pub(crate) fn write_padded(digits: &mut [u8; 10], v: u32, width: usize) -> usize {
-    let mut n = v;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        // A digit: `n % 10` is below 10.
-        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    i.min(digits.len().saturating_sub(width))
 }
 
 /// A TIMESTAMP's epoch seconds as UTC date-time fields.
@@ -682,12 +665,7 @@ mod tests {
             datetime((12345, 1, 1, 0, 0, 0, 0), 0),
             "12345-01-01T00:00:00"
         );
-        let mut digits = [b'0'; 10];
-        let at = write_padded(&mut digits, u32::MAX, 2);
-        assert_eq!(&digits[at..], u32::MAX.to_string().as_bytes());
-        let mut digits = [b'0'; 10];
-        let at = write_padded(&mut digits, 7, 4);
-        assert_eq!(&digits[at..], b"0007");
+        assert_eq!(datetime((2024, 2, 9, 3, 4, 5, 0), 0), "2024-02-09T03:04:05");
     }
 
     #[test]

@@ -461,29 +461,38 @@ mod tests {
 
     #[test]
     fn temporal_values_render_as_to_jsonb() {
-        assert_eq!(
-            j(Kind::Timestamptz, "2020-01-01 10:00:00.5+00"),
-            "\"2020-01-01T10:00:00.5+00:00\""
-        );
-        assert_eq!(
-            j(Kind::Timestamptz, "0044-03-15 12:00:00+00 BC"),
-            "\"0044-03-15T12:00:00+00:00 BC\""
-        );
-        assert_eq!(j(Kind::Timestamptz, "infinity"), "\"infinity\"");
-        assert_eq!(
-            j(Kind::Timestamptz, "2020-01-01 10:00:00-08"),
-            "\"2020-01-01T10:00:00-08:00\""
-        );
-        assert_eq!(
-            j(Kind::Timestamptz, "2020-01-01 10:00:00+05:30"),
-            "\"2020-01-01T10:00:00+05:30\""
-        );
-        assert_eq!(
-            j(Kind::Timestamp, "0044-03-15 12:00:00 BC"),
-            "\"0044-03-15T12:00:00 BC\""
-        );
-        assert_eq!(j(Kind::Timestamp, "-infinity"), "\"-infinity\"");
-        assert_eq!(j(Kind::Date, "0044-03-15 BC"), "\"0044-03-15 BC\"");
+        for (kind, text, json) in [
+            (
+                Kind::Timestamptz,
+                "2020-01-01 10:00:00.5+00",
+                "2020-01-01T10:00:00.5+00:00",
+            ),
+            (
+                Kind::Timestamptz,
+                "0044-03-15 12:00:00+00 BC",
+                "0044-03-15T12:00:00+00:00 BC",
+            ),
+            (Kind::Timestamptz, "infinity", "infinity"),
+            (
+                Kind::Timestamptz,
+                "2020-01-01 10:00:00-08",
+                "2020-01-01T10:00:00-08:00",
+            ),
+            (
+                Kind::Timestamptz,
+                "2020-01-01 10:00:00+05:30",
+                "2020-01-01T10:00:00+05:30",
+            ),
+            (
+                Kind::Timestamp,
+                "0044-03-15 12:00:00 BC",
+                "0044-03-15T12:00:00 BC",
+            ),
+            (Kind::Timestamp, "-infinity", "-infinity"),
+            (Kind::Date, "0044-03-15 BC", "0044-03-15 BC"),
+        ] {
+            assert_eq!(j(kind, text), format!("\"{json}\""), "{text}");
+        }
     }
 
     #[test]
