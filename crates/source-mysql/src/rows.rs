@@ -30,6 +30,7 @@ use backfill_core::row::decimal_digits;
 use mysql_async::binlog::events::{OptionalMetaExtractor, RowsEventData, TableMapEvent};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
+use mysql_common::binlog::decimal::{DIG_TO_BYTES, decimal_bin_size};
 use mysql_common::io::ParseBuf;
 
 /// One column of a table map, looked up once per event.
@@ -240,9 +241,6 @@ fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, Strin
     })
 }
 
-/// Bytes of each partial group of 1 to 9 digits (MySQL's `dig2bytes`).
-const DIGIT_BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
-
 /// A `MYSQL_TYPE_NEWDECIMAL` value (`meta` is `[precision, scale]`), its bytes taken.
 fn decimal<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, String> {
     let (&[precision, scale], _) = meta
@@ -265,10 +263,11 @@ fn decimal<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, String> 
 /// Bytes of a DECIMAL(precision, scale): nine digits per four bytes, the integer part's
 /// leading and the fraction's trailing partial groups in fewer.
 fn decimal_size(precision: usize, scale: usize) -> Result<usize, String> {
-    let int = precision
-        .checked_sub(scale)
-        .ok_or_else(|| format!("a DECIMAL({precision},{scale})"))?;
-    Ok(int / 9 * 4 + DIGIT_BYTES[int % 9] + scale / 9 * 4 + DIGIT_BYTES[scale % 9])
+    // mysql_common's size, which underflows when the scale exceeds the precision.
+    if scale > precision {
+        return Err(format!("a DECIMAL({precision},{scale})"));
+    }
+    Ok(decimal_bin_size(precision, scale))
 }
 
 /// Writes a binary DECIMAL as text, as mysql_common prints it: the integer part
@@ -294,7 +293,7 @@ pub fn write_decimal(
     let mut at = 0;
     // The next group of `digits` digits, checked to hold no more than that many.
     let mut group = |digits: usize| -> Result<u32, String> {
-        let n = if digits == 9 { 4 } else { DIGIT_BYTES[digits] };
+        let n = usize::from(DIG_TO_BYTES[digits]);
         let mut v = 0u32;
         for (k, &b) in bin.get(at..at + n).ok_or_else(bad)?.iter().enumerate() {
             let b = if at + k == 0 { b ^ 0x80 } else { b };
@@ -370,7 +369,7 @@ mod tests {
     fn encode(precision: usize, scale: usize, groups: &[(usize, u32)], negative: bool) -> Vec<u8> {
         let mut bin = Vec::new();
         for &(digits, v) in groups {
-            let n = if digits == 9 { 4 } else { DIGIT_BYTES[digits] };
+            let n = usize::from(DIG_TO_BYTES[digits]);
             bin.extend_from_slice(&v.to_be_bytes()[4 - n..]);
         }
         assert_eq!(bin.len(), decimal_size(precision, scale).unwrap_or(0));
