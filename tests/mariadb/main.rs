@@ -539,8 +539,8 @@ fn resumes_by_gtid_on_a_promoted_replica((binary, primary): (PathBuf, MariaDbSer
     assert!(violations.is_empty(), "{violations:#?}");
 }
 
-/// Chunks stop at their memory bound (24 MiB estimated) before their row count: 40 rows
-/// of 1 MiB take two chunks although 10,000 rows are allowed, and every row arrives
+/// Chunks stop at their memory bound (12 MiB estimated) before their row count: 40 rows
+/// of 1 MiB take several chunks although 10,000 rows are allowed, and every row arrives
 /// exactly once.
 fn chunks_stop_at_their_memory_bound_and_lose_nothing((binary, db): (PathBuf, MariaDbServer)) {
     db.sql(

@@ -31,6 +31,28 @@
 //! and every change: any change newer than the snapshot follows the chunk row, so the last
 //! document of each key is its current state (convergence), at the cost of duplicates.
 //!
+//! ## Scanning ahead
+//!
+//! The end of a cycle (emitting its chunks, writing the checkpoint) needs only the
+//! connector, and the next scan needs mostly the database, so they run together: once the
+//! stream has reached the fence, the merger starts the next scan of the cycle's first
+//! binding (after that chunk's `hi`, the cursor it is about to commit), then emits and
+//! commits, yielding now and then so the scan reads the rows that arrive meanwhile.
+//!
+//! ```text
+//!   scan N ─▶ stream to F_N ─▶ emit N, checkpoint ───┐
+//!                              scan N+1 ──────────────┴─▶ verify N+1 ─▶ stream to F_N+1 ─▶ …
+//! ```
+//!
+//! The argument above is about what the stream has delivered when a chunk is scanned, not
+//! about when the scan runs. Between the start of a scan ahead and the next cycle's check
+//! of its witness the merger reads nothing from the stream (emitting and committing only
+//! write, and acknowledge a position), so `P`, the witness check and the start of patching
+//! are exactly those of a scan started after the checkpoint. A chunk scanned ahead is used
+//! only if it starts at the binding's cursor; a stop or a crash before the next cycle drops
+//! it unread. Two chunks may be held at once, which is why a chunk's memory bound is half
+//! the connector's budget ([`EngineOptions::for_backfill`]).
+//!
 //! ## Incremental backfills
 //!
 //! When a binding's counter is above 0 the destination may hold rows the scanner has not
@@ -146,14 +168,15 @@ impl Default for EngineOptions {
 
 impl EngineOptions {
     /// The defaults with a connector's `advanced.chunk_size` and
-    /// `advanced.backfill_concurrency` (each at least 1), and 24 MiB per chunk (see
-    /// [`crate::source::buffered_bytes`]): the connector stays near 64 MiB whatever the
+    /// `advanced.backfill_concurrency` (each at least 1), and 12 MiB per chunk (see
+    /// [`crate::source::buffered_bytes`]; a chunk is scanned while the last one is
+    /// emitted, so two may be held): the connector stays near 64 MiB whatever the
     /// chunk size.
     pub fn for_backfill(chunk_rows: usize, concurrency: usize) -> Self {
         Self {
             limits: ChunkLimits {
                 rows: chunk_rows.max(1),
-                bytes: 24 << 20,
+                bytes: 12 << 20,
             },
             concurrency: concurrency.max(1),
             ..Self::default()
@@ -255,7 +278,6 @@ pub async fn run<S: Source, K: Sink>(
     let dirty = state.position.as_ref() != Some(&start_at);
     state.position = Some(start_at.clone());
     let mut engine = Engine {
-        source,
         stream,
         out,
         options,
@@ -272,11 +294,25 @@ pub async fn run<S: Source, K: Sink>(
         dirty,
         last_checkpoint: Instant::now(),
         last_progress_log: Instant::now(),
+        lag_due: false,
     };
     engine.start(&reconciled.truncate).await?;
-    let outcome = engine.main_loop().await?;
+    let outcome = engine.main_loop(&mut source).await?;
     Ok((outcome, engine.out))
 }
+
+/// A chunk scanned while the previous cycle committed, for the next cycle to verify.
+#[derive(Debug)]
+struct Ahead<P> {
+    binding: usize,
+    /// The cursor it was scanned after.
+    after: Key,
+    chunk: Chunk<P>,
+}
+
+/// Documents emitted between yields while a chunk is emitted: about a tenth of a
+/// millisecond of work, so a scan running beside it reads rows as they arrive.
+const YIELD_EVERY: usize = 256;
 
 /// One binding's chunk in hand during a cycle.
 #[derive(Debug)]
@@ -326,8 +362,10 @@ enum Item {
     Truncate(Vec<usize>, ChangeMeta),
 }
 
+/// Everything the merger keeps but the source, which the methods that talk to the
+/// database take as a parameter: the next chunk's scan borrows the source while the
+/// engine emits and commits the last one ([`Engine::commit_cycle`]).
 struct Engine<S: Source, K> {
-    source: S,
     stream: S::Stream,
     out: Output<K>,
     options: EngineOptions,
@@ -347,6 +385,9 @@ struct Engine<S: Source, K> {
     dirty: bool,
     last_checkpoint: Instant,
     last_progress_log: Instant,
+    /// A progress interval passed at the last checkpoint: measure the stream's lag in
+    /// bytes, which needs the source ([`Engine::measure_lag`]).
+    lag_due: bool,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -385,9 +426,11 @@ impl<S: Source, K: Sink> Engine<S, K> {
         Ok(())
     }
 
-    async fn main_loop(&mut self) -> Result<Outcome> {
+    async fn main_loop(&mut self, source: &mut S) -> Result<Outcome> {
         let mut end: Option<S::Position> = None;
+        let mut ahead = None;
         loop {
+            self.measure_lag(source).await;
             if self.shutdown.requested() {
                 self.checkpoint_if_needed().await?;
                 return Ok(Outcome::Stopped);
@@ -397,19 +440,19 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 .take(self.options.concurrency.max(1))
                 .collect();
             if !cycle.is_empty() {
-                self.cycle(&cycle).await?;
+                ahead = self.cycle(source, &cycle, ahead.take()).await?;
                 continue;
             }
             if self.options.until_caught_up {
                 if end.is_none() {
-                    end = Some(self.source.end_position().await?);
+                    end = Some(source.end_position().await?);
                 }
                 if end.as_ref().is_some_and(|e| self.delivered >= *e) {
                     self.checkpoint_if_needed().await?;
                     return Ok(Outcome::CaughtUp);
                 }
             }
-            self.stream_until(None, &mut []).await?;
+            self.stream_until(source, None, &mut []).await?;
             if self.dirty && self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
                 self.checkpoint().await?;
             }
@@ -437,29 +480,44 @@ impl<S: Source, K: Sink> Engine<S, K> {
         if self.last_progress_log.elapsed() >= self.options.progress_interval {
             self.last_progress_log = Instant::now();
             self.metrics.log_progress();
-            // Lag in bytes needs the log's end: one cheap query per progress interval.
-            if let Ok(end) = self.source.end_position().await
-                && let Some(bytes) = self.delivered.bytes_until(&end)
-            {
-                self.metrics.stream_lag_bytes(bytes);
-            }
+            self.lag_due = true;
         }
         Ok(())
     }
 
+    /// Lag in bytes needs the log's end: one cheap query per progress interval, asked
+    /// after the checkpoint that found the interval passed.
+    async fn measure_lag(&mut self, source: &mut S) {
+        if std::mem::take(&mut self.lag_due)
+            && let Ok(end) = source.end_position().await
+            && let Some(bytes) = self.delivered.bytes_until(&end)
+        {
+            self.metrics.stream_lag_bytes(bytes);
+        }
+    }
+
     /// One chunk cycle over `bindings`: scan, fence, stream to the fence, emit, checkpoint.
-    async fn cycle(&mut self, bindings: &[usize]) -> Result<()> {
+    /// `ahead` is the first binding's chunk when the last cycle scanned it while it
+    /// committed; this cycle returns the next cycle's the same way (see the module doc,
+    /// "Scanning ahead").
+    async fn cycle(
+        &mut self,
+        source: &mut S,
+        bindings: &[usize],
+        mut ahead: Option<Ahead<S::Position>>,
+    ) -> Result<Option<Ahead<S::Position>>> {
         let mut chunks = Vec::with_capacity(bindings.len());
         let mut fence: Option<S::Position> = None;
         for &b in bindings {
             if self.phase(b) == Phase::Pending {
-                let estimate = self.source.estimate_rows(&self.specs[b]).await;
+                let estimate = source.estimate_rows(&self.specs[b]).await;
                 let entry = self.entry_mut(b);
                 entry.phase = Phase::Backfilling;
                 let done = entry.rows_done;
                 self.metrics.backfill_started(b, done, estimate);
             }
-            let chunk = self.scan_verified(b).await?;
+            let scanned = ahead.take().filter(|a| a.binding == b);
+            let chunk = self.scan_verified(source, b, scanned).await?;
             if fence.as_ref().is_none_or(|f| chunk.fence > *f) {
                 fence = Some(chunk.fence.clone());
             }
@@ -468,29 +526,70 @@ impl<S: Source, K: Sink> Engine<S, K> {
         // Every delivered transaction is now known to be visible.
         self.unproven_txids.clear();
         let fence = fence.expect("a cycle has at least one binding");
-        self.stream_until(Some(&fence), &mut chunks).await?;
+        self.stream_until(source, Some(&fence), &mut chunks).await?;
+        // The next cycle starts with the first binding again unless its chunk was the
+        // last: scan that while this cycle's chunks are emitted and committed. Nothing is
+        // read from the stream until the next cycle verifies it, so it is checked against
+        // exactly what a scan after the checkpoint would be.
+        let next = chunks
+            .first()
+            .filter(|c| !c.complete)
+            .and_then(|c| Some((c.binding, c.hi.clone()?)));
+        let Some((b, after)) = next else {
+            self.commit_cycle(chunks).await?;
+            return Ok(None);
+        };
+        let spec = self.specs[b].clone();
+        let scan = source.scan(ScanRequest {
+            binding: &spec,
+            after: Some(&after),
+            limits: self.options.limits,
+        });
+        let (scanned, committed) = tokio::join!(scan, self.commit_cycle(chunks));
+        committed?;
+        Ok(Some(Ahead {
+            binding: b,
+            after,
+            chunk: scanned?,
+        }))
+    }
+
+    /// Emits the chunks in hand and commits the cycle. Yields now and then, so that a scan
+    /// running beside it ([`Engine::cycle`]) reads the rows the database sends meanwhile.
+    async fn commit_cycle(&mut self, chunks: Vec<ChunkInHand>) -> Result<()> {
         for chunk in chunks {
-            self.finish_chunk(chunk)?;
+            self.finish_chunk(chunk).await?;
         }
         self.dirty = true;
         self.checkpoint().await
     }
 
     /// Scans the next chunk of `b`, rescanning until its snapshot sees every delivered
-    /// transaction (the fence-ordering invariant).
-    async fn scan_verified(&mut self, b: usize) -> Result<Chunk<S::Position>> {
+    /// transaction (the fence-ordering invariant). `scanned` is a chunk the last cycle
+    /// scanned ahead; it is checked like any scan, and used only if it starts at the
+    /// cursor.
+    async fn scan_verified(
+        &mut self,
+        source: &mut S,
+        b: usize,
+        mut scanned: Option<Ahead<S::Position>>,
+    ) -> Result<Chunk<S::Position>> {
         let mut attempts = 0;
         loop {
             let cursor = self.state.bindings[&self.state_keys[b]].cursor.clone();
-            let chunk = self
-                .source
-                .scan(ScanRequest {
-                    binding: &self.specs[b],
-                    after: cursor.as_ref(),
-                    limits: self.options.limits,
-                })
-                .await?;
-            self.check_chunk_order(b, cursor.as_ref(), &chunk)?;
+            let chunk = match scanned.take() {
+                Some(a) if cursor.as_ref() == Some(&a.after) => a.chunk,
+                _ => {
+                    source
+                        .scan(ScanRequest {
+                            binding: &self.specs[b],
+                            after: cursor.as_ref(),
+                            limits: self.options.limits,
+                        })
+                        .await?
+                }
+            };
+            self.check_chunk_order(source, b, cursor.as_ref(), &chunk)?;
             if self.options.sabotage.skip_snapshot_check
                 || self.snapshot_sees_delivered(&chunk.witness)
             {
@@ -524,6 +623,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
 
     fn check_chunk_order(
         &self,
+        source: &S,
         b: usize,
         cursor: Option<&Key>,
         chunk: &Chunk<S::Position>,
@@ -546,7 +646,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let mut prev = cursor;
         for (key, _) in &chunk.rows {
             if let Some(p) = prev
-                && let Some(ord) = self.source.compare_native(spec, p, key)
+                && let Some(ord) = source.compare_native(spec, p, key)
                 && ord != Ordering::Less
             {
                 return Err(Error::Invariant(format!(
@@ -588,10 +688,13 @@ impl<S: Source, K: Sink> Engine<S, K> {
         Ok(hand)
     }
 
-    fn finish_chunk(&mut self, hand: ChunkInHand) -> Result<()> {
+    async fn finish_chunk(&mut self, hand: ChunkInHand) -> Result<()> {
         let b = hand.binding;
-        for (_, row) in hand.rows.into_iter().flatten() {
+        for (i, (_, row)) in hand.rows.into_iter().flatten().enumerate() {
             self.emit_snapshot(b, &row)?;
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
         }
         let entry = self.entry_mut(b);
         entry.rows_done += hand.scanned;
@@ -612,6 +715,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
     /// is delivered; without one, until the next transaction boundary.
     async fn stream_until(
         &mut self,
+        source: &mut S,
         target: Option<&S::Position>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
@@ -634,7 +738,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     break;
                 }
             }
-            self.route(batch, chunks).await?;
+            self.route(source, batch, chunks).await?;
             if target.is_none() && !self.in_txn {
                 return Ok(());
             }
@@ -715,11 +819,12 @@ impl<S: Source, K: Sink> Engine<S, K> {
     /// Classifies and routes one batch of events: emit, patch or drop each change.
     async fn route(
         &mut self,
+        source: &mut S,
         batch: Vec<StreamEvent<S::Position>>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
         let items = self.expand(batch);
-        let regions = self.classify(&items, chunks).await?;
+        let regions = self.classify(source, &items, chunks).await?;
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Item::Truncate(bindings, meta) => {
@@ -828,6 +933,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
     /// classification call per binding.
     async fn classify(
         &mut self,
+        source: &mut S,
         items: &[Item],
         chunks: &[ChunkInHand],
     ) -> Result<Vec<Option<Region>>> {
@@ -869,7 +975,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     Item::Truncate(..) => unreachable!("only row changes are classified"),
                 })
                 .collect();
-            let answer = self.source.classify(&self.specs[b], window, &keys).await?;
+            let answer = source.classify(&self.specs[b], window, &keys).await?;
             if answer.len() != keys.len() {
                 return Err(Error::Invariant(format!(
                     "{}: classification answered {} keys of {}",
