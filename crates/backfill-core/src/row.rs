@@ -498,16 +498,34 @@ pub fn write_u64(out: &mut Vec<u8>, v: u64) {
 pub fn decimal_digits(mut v: u64, width: usize) -> ([u8; 20], usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    loop {
+    // Two digits per division, as `itoa` does: a tenth of a MariaDB row's work was this
+    // loop taking one digit at a time.
+    while v >= 100 {
+        let pair = usize::try_from(v % 100).unwrap_or(0) * 2;
+        v /= 100;
+        i -= 2;
+        digits[i] = DIGIT_PAIRS[pair];
+        digits[i + 1] = DIGIT_PAIRS[pair + 1];
+    }
+    if v >= 10 {
+        let pair = usize::try_from(v).unwrap_or(0) * 2;
+        i -= 2;
+        digits[i] = DIGIT_PAIRS[pair];
+        digits[i + 1] = DIGIT_PAIRS[pair + 1];
+    } else {
         i -= 1;
-        digits[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        digits[i] = b'0' + u8::try_from(v).unwrap_or(0);
     }
     (digits, i.min(digits.len().saturating_sub(width)))
 }
+
+/// `00` to `99`, two bytes each.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 /// `v` in decimal, as `Display` writes it.
 pub fn write_i64(out: &mut Vec<u8>, v: i64) {

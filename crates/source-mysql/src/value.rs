@@ -257,11 +257,11 @@ impl DateText {
         };
         t.padded(u32::from(y), 4);
         for (sep, v) in [(b'-', mo), (b'-', d), (b'T', h), (b':', mi), (b':', s)] {
-            t.push(&[sep]);
+            t.push_byte(sep);
             t.padded(u32::from(v), 2);
         }
         if fsp > 0 {
-            t.push(b".");
+            t.push_byte(b'.');
             t.padded(us % 1_000_000, 6);
             // Six digits written, the first `fsp` kept.
             t.len -= 6 - fsp.min(6);
@@ -277,9 +277,20 @@ impl DateText {
         self.len += n;
     }
 
+    /// Byte by byte: these are a few bytes each, and `push`'s `memcpy` call cost more
+    /// than the copy.
+    fn push_byte(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
     fn padded(&mut self, v: u32, width: usize) {
         let (digits, at) = decimal_digits(u64::from(v), width);
-        self.push(&digits[at..]);
+        for &digit in &digits[at..] {
+            self.push_byte(digit);
+        }
     }
 
     fn as_str(&self) -> &str {
