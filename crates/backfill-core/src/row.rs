@@ -488,8 +488,7 @@ fn parse_value(raw: &str) -> Option<Value> {
 /// `v` in decimal, as `Display` writes it, without the formatting machinery (once or
 /// twice per document).
 pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    let (digits, at) = decimal_digits(v, 1);
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// `v` in decimal, zero-padded on the left to at least `width` digits (up to 20): the
@@ -517,6 +516,12 @@ pub fn decimal_digits(mut v: u64, width: usize) -> ([u8; 20], usize) {
         digits[i] = b'0' + u8::try_from(v).unwrap_or(0);
     }
     (digits, i.min(digits.len().saturating_sub(width)))
+}
+
+/// The two decimal digits of `v % 100`, for sources that write fixed-width fields.
+pub fn two_digits(v: u32) -> [u8; 2] {
+    let pair = usize::try_from(v % 100).unwrap_or(0) * 2;
+    [DIGIT_PAIRS[pair], DIGIT_PAIRS[pair + 1]]
 }
 
 /// `00` to `99`, two bytes each.
@@ -659,6 +664,28 @@ mod tests {
             String::from_utf8(out).unwrap_or_default(),
             u64::MAX.to_string()
         );
+    }
+
+    #[test]
+    fn digits_are_zero_padded_as_format_pads_them() {
+        let mut values = vec![0, u64::MAX];
+        let mut p = 1u64;
+        while let Some(next) = p.checked_mul(10) {
+            values.extend([p - 1, p, p + 1, p * 7 + 3]);
+            p = next;
+        }
+        for v in values {
+            for width in 0..=20 {
+                let (digits, at) = decimal_digits(v, width);
+                assert_eq!(
+                    std::str::from_utf8(&digits[at..]).unwrap_or_default(),
+                    format!("{v:0width$}")
+                );
+            }
+        }
+        for v in 0..300 {
+            assert_eq!(two_digits(v), *format!("{:02}", v % 100).as_bytes());
+        }
     }
 
     #[test]

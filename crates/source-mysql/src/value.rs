@@ -25,7 +25,7 @@
 
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, write_json_document};
-use backfill_core::row::decimal_digits;
+use backfill_core::row::{decimal_digits, two_digits};
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 
@@ -255,6 +255,33 @@ impl DateText {
             buf: [0; 40],
             len: 0,
         };
+        if y <= 9999 && [mo, d, h, mi, s].iter().all(|&v| v < 100) {
+            // Every date the server stores: a fixed layout, two digits at a time.
+            let [y0, y1] = two_digits(u32::from(y) / 100);
+            let [y2, y3] = two_digits(u32::from(y));
+            let [mo0, mo1] = two_digits(u32::from(mo));
+            let [d0, d1] = two_digits(u32::from(d));
+            let [h0, h1] = two_digits(u32::from(h));
+            let [mi0, mi1] = two_digits(u32::from(mi));
+            let [s0, s1] = two_digits(u32::from(s));
+            t.buf[..19].copy_from_slice(&[
+                y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T', h0, h1, b':', mi0, mi1, b':',
+                s0, s1,
+            ]);
+            t.len = 19;
+            if fsp > 0 {
+                let us = us % 1_000_000;
+                let [f0, f1] = two_digits(us / 10_000);
+                let [f2, f3] = two_digits(us / 100);
+                let [f4, f5] = two_digits(us);
+                t.buf[19..26].copy_from_slice(&[b'.', f0, f1, f2, f3, f4, f5]);
+                t.len = 20 + fsp.min(6);
+            }
+            for &b in suffix.as_bytes() {
+                t.push_byte(b);
+            }
+            return t;
+        }
         t.padded(u32::from(y), 4);
         for (sep, v) in [(b'-', mo), (b'-', d), (b'T', h), (b':', mi), (b':', s)] {
             t.push_byte(sep);
@@ -677,6 +704,32 @@ mod tests {
             "12345-01-01T00:00:00"
         );
         assert_eq!(datetime((2024, 2, 9, 3, 4, 5, 0), 0), "2024-02-09T03:04:05");
+    }
+
+    /// The fixed-layout path writes what `format!` writes, for every precision, across
+    /// the digits of every field (and a 1,000,000 fraction, cut as the server sends it).
+    #[test]
+    fn date_text_matches_format_for_every_field_and_precision() {
+        let years = [0u16, 1, 9, 10, 99, 100, 999, 1000, 1970, 2038, 9999];
+        let micros = [
+            0u32, 1, 9, 10, 99, 100, 12_345, 99_999, 100_000, 999_999, 1_000_000,
+        ];
+        for (i, &y) in years.iter().enumerate() {
+            for (j, &us) in micros.iter().enumerate() {
+                let v = u8::try_from((i * 7 + j * 13) % 60).unwrap();
+                let (mo, d, h) = (v % 12 + 1, v % 31 + 1, v % 24);
+                for fsp in 0..=6 {
+                    for suffix in ["", "Z"] {
+                        let want = format!(
+                            "{y:04}-{mo:02}-{d:02}T{h:02}:{v:02}:{v:02}{}{suffix}",
+                            fraction(us % 1_000_000, fsp)
+                        );
+                        let got = DateText::new((y, mo, d, h, v, v, us), fsp, suffix);
+                        assert_eq!(got.as_str(), want);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
