@@ -87,7 +87,7 @@ use crate::mode::ResolvedMode;
 use crate::output::{Doc, Output, Sink};
 use crate::source::{
     BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row, ScanRequest,
-    SnapshotWitness, Source, StreamEvent, StreamStart, TableRef,
+    SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
 };
 use crate::state::{Phase, ResolvedBinding, State};
 
@@ -295,6 +295,7 @@ pub async fn run<S: Source, K: Sink>(
         last_checkpoint: Instant::now(),
         last_progress_log: Instant::now(),
         lag_due: false,
+        row_bytes: vec![None; bindings.len()],
     };
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
@@ -388,6 +389,8 @@ struct Engine<S: Source, K> {
     /// A progress interval passed at the last checkpoint: measure the stream's lag in
     /// bytes, which needs the source ([`Engine::measure_lag`]).
     lag_due: bool,
+    /// Per binding, the average [`buffered_bytes`] of a row of its last chunk.
+    row_bytes: Vec<Option<usize>>,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -543,7 +546,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let scan = source.scan(ScanRequest {
             binding: &spec,
             after: Some(&after),
-            limits: self.options.limits,
+            limits: self.limits_for(b),
         });
         let (scanned, committed) = tokio::join!(scan, self.commit_cycle(chunks));
         committed?;
@@ -584,7 +587,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                         .scan(ScanRequest {
                             binding: &self.specs[b],
                             after: cursor.as_ref(),
-                            limits: self.options.limits,
+                            limits: self.limits_for(b),
                         })
                         .await?
                 }
@@ -619,6 +622,18 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 .all(|t| t < xmax && !in_progress.contains(t)),
             SnapshotWitness::Proven => true,
         }
+    }
+
+    /// The bounds of `b`'s next scan: at most as many rows as its last chunk's rows fit in
+    /// the byte bound. A scan stops keeping rows at that bound but still reads the rest of
+    /// its `LIMIT` from the database, so a row count the bytes would cut short is work the
+    /// server does for nothing.
+    fn limits_for(&self, b: usize) -> ChunkLimits {
+        let mut limits = self.options.limits;
+        if let Some(per_row) = self.row_bytes[b] {
+            limits.rows = limits.rows.min((limits.bytes / per_row.max(1)).max(1));
+        }
+        limits
     }
 
     fn check_chunk_order(
@@ -670,6 +685,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
             chunk.rows.last().map(|(k, _)| k.clone())
         };
         let scanned = chunk.rows.len() as u64;
+        if !chunk.rows.is_empty() {
+            let bytes: usize = chunk.rows.iter().map(|(k, r)| buffered_bytes(r, k)).sum();
+            self.row_bytes[b] = Some(bytes.div_ceil(chunk.rows.len()));
+        }
         let mut hand = ChunkInHand {
             binding: b,
             rows: Vec::new(),
