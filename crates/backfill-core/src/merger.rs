@@ -44,14 +44,19 @@
 //!                              scan N+1 ──────────────┴─▶ verify N+1 ─▶ stream to F_N+1 ─▶ …
 //! ```
 //!
-//! The argument above is about what the stream has delivered when a chunk is scanned, not
-//! about when the scan runs. Between the start of a scan ahead and the next cycle's check
-//! of its witness the merger reads nothing from the stream (emitting and committing only
-//! write, and acknowledge a position), so `P`, the witness check and the start of patching
-//! are exactly those of a scan started after the checkpoint. A chunk scanned ahead is used
-//! only if it starts at the binding's cursor; a stop or a crash before the next cycle drops
-//! it unread. Two chunks may be held at once, which is why a chunk's memory bound is half
-//! the connector's budget ([`EngineOptions::for_backfill`]).
+//! The argument above does not depend on when a scan runs: `P` is what the stream has
+//! delivered when the chunk is *taken*, and the witness is checked then, against every
+//! transaction delivered so far, so a chunk scanned ahead is held to exactly the
+//! condition of one scanned after the checkpoint (the model suite fails if a chunk scanned
+//! ahead skips that check). Starting the scan only once the stream has reached the fence
+//! is what keeps it useful: the merger reads nothing from the stream between its start
+//! and its check (emitting and committing only write, and acknowledge a position), so it
+//! is rejected no more often than a scan after the checkpoint would be. Started earlier,
+//! any transaction delivered meanwhile that the snapshot missed would force a rescan. A
+//! chunk scanned ahead is used only if it starts at the binding's cursor; a stop or a
+//! crash before the next cycle drops it unread. Two chunks may be held at once, which is
+//! why a chunk's memory bound is half the connector's budget
+//! ([`EngineOptions::for_backfill`]).
 //!
 //! ## Incremental backfills
 //!
@@ -531,9 +536,9 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let fence = fence.expect("a cycle has at least one binding");
         self.stream_until(source, Some(&fence), &mut chunks).await?;
         // The next cycle starts with the first binding again unless its chunk was the
-        // last: scan that while this cycle's chunks are emitted and committed. Nothing is
-        // read from the stream until the next cycle verifies it, so it is checked against
-        // exactly what a scan after the checkpoint would be.
+        // last: scan that while this cycle's chunks are emitted and committed. The next
+        // cycle checks its witness like any scan's; nothing is read from the stream until
+        // then, so it fails that check no more often than a scan after the checkpoint.
         let next = chunks
             .first()
             .filter(|c| !c.complete)
