@@ -825,6 +825,9 @@ pub(crate) struct SimSink {
     pub(crate) flushed: Rc<RefCell<usize>>,
     pub(crate) durable: Rc<RefCell<Option<Vec<u8>>>>,
     pub(crate) ops_left: Option<u64>,
+    /// How many times `persisted` says "not yet" before a replacement is durable.
+    pub(crate) persist_polls: u32,
+    pub(crate) in_flight: Option<(Vec<u8>, u32)>,
 }
 
 impl SimSink {
@@ -855,9 +858,24 @@ impl Sink for SimSink {
         Ok(())
     }
 
-    fn persist_state(&mut self, state: &[u8]) -> io::Result<()> {
+    fn persist_state(&mut self, state: Vec<u8>) -> io::Result<()> {
         self.op()?;
-        *self.durable.borrow_mut() = Some(state.to_vec());
+        self.in_flight = Some((state, self.persist_polls));
         Ok(())
+    }
+
+    /// A replacement becomes durable after `persist_polls` looks, or at once when waited
+    /// for; a crash before that leaves the old state.
+    fn persisted(&mut self, wait: bool) -> io::Result<bool> {
+        let Some((state, polls)) = self.in_flight.take() else {
+            return Ok(true);
+        };
+        if !wait && polls > 0 {
+            self.in_flight = Some((state, polls - 1));
+            return Ok(false);
+        }
+        self.op()?;
+        *self.durable.borrow_mut() = Some(state);
+        Ok(true)
     }
 }

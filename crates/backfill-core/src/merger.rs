@@ -99,7 +99,9 @@ use crate::state::{Phase, ResolvedBinding, State};
 /// The stream's next event. When none is ready (the connector would wait for the
 /// database), the documents written so far are flushed first: under load the output
 /// buffer fills and is written in large blocks, and when the stream catches up its last
-/// transaction reaches stdout at once instead of at the next checkpoint.
+/// transaction reaches stdout at once instead of at the next checkpoint. Lines held while
+/// a checkpoint's state is made durable ([`crate::output`]) are released within
+/// [`SETTLE_POLL`] of it being done, while the stream is still awaited.
 async fn next_event_flushing<C: ChangeStream, K: Sink>(
     stream: &mut C,
     out: &mut Output<K>,
@@ -111,10 +113,19 @@ async fn next_event_flushing<C: ChangeStream, K: Sink>(
         Poll::Ready(event) => Ok(event?),
         Poll::Pending => {
             out.flush()?;
+            while out.settling() {
+                tokio::select! {
+                    event = &mut next => return Ok(event?),
+                    () = tokio::time::sleep(SETTLE_POLL) => out.flush()?,
+                }
+            }
             Ok(next.await?)
         }
     }
 }
+
+/// How often an idle merger looks whether a checkpoint's state has become durable.
+const SETTLE_POLL: Duration = Duration::from_millis(1);
 
 /// How the merger runs.
 #[derive(Clone, Debug)]
@@ -301,6 +312,8 @@ pub async fn run<S: Source, K: Sink>(
         last_progress_log: Instant::now(),
         lag_due: false,
         row_bytes: vec![None; bindings.len()],
+        checkpoints: 0,
+        unacknowledged: None,
     };
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
@@ -396,6 +409,10 @@ struct Engine<S: Source, K> {
     lag_due: bool,
     /// Per binding, the average [`buffered_bytes`] of a row of its last chunk.
     row_bytes: Vec<Option<usize>>,
+    /// Checkpoints started, in all ([`Output::committed`] counts the same ones).
+    checkpoints: u64,
+    /// The last checkpoint started, until acknowledged: its number, position and documents.
+    unacknowledged: Option<(u64, S::Position, u64)>,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -439,6 +456,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let mut ahead = None;
         loop {
             self.measure_lag(source).await;
+            self.acknowledge_committed().await?;
             if self.shutdown.requested() {
                 self.checkpoint_if_needed().await?;
                 return Ok(Outcome::Stopped);
@@ -468,10 +486,23 @@ impl<S: Source, K: Sink> Engine<S, K> {
     }
 
     /// Commits the unit in hand unless the last line written is already a checkpoint of the
-    /// current state.
+    /// current state, and waits until it is durable and acknowledged: the run ends.
     async fn checkpoint_if_needed(&mut self) -> Result<()> {
         if self.dirty || self.out.docs_in_unit() > 0 {
             self.checkpoint().await?;
+        }
+        self.out.settle_all()?;
+        self.acknowledge_committed().await
+    }
+
+    /// Acknowledges the last checkpoint to the source once the output has committed it.
+    async fn acknowledge_committed(&mut self) -> Result<()> {
+        if let Some((n, _, _)) = &self.unacknowledged
+            && self.out.committed() >= *n
+            && let Some((_, position, docs)) = self.unacknowledged.take()
+        {
+            self.stream.acknowledge(&position).await?;
+            self.metrics.committed(docs);
         }
         Ok(())
     }
@@ -481,8 +512,11 @@ impl<S: Source, K: Sink> Engine<S, K> {
         self.state.position = Some(self.delivered.clone());
         let docs = self.out.docs_in_unit() as u64;
         self.out.checkpoint(&self.state.to_json())?;
-        self.stream.acknowledge(&self.delivered).await?;
-        self.metrics.committed(docs);
+        // The checkpoint before this one is committed now; this one is acknowledged once
+        // its state is durable too (`crate::output`, step 4 after step 2).
+        self.acknowledge_committed().await?;
+        self.checkpoints += 1;
+        self.unacknowledged = Some((self.checkpoints, self.delivered.clone(), docs));
         self.dirty = false;
         self.last_checkpoint = Instant::now();
         if self.last_progress_log.elapsed() >= self.options.progress_interval {
