@@ -17,7 +17,11 @@
 //! second time from the same state under `perf record` (not timed) and writes the flat
 //! profile next to its config (`target/bench/<run>/perf.txt`): what bounds a figure.
 //! `--hold` keeps each server running after its figures until `target/bench/hold` is
-//! removed, for profiling by hand from `state.before.json`.
+//! removed, for profiling by hand from `state.before.json`. `--repeat N` (3 by default, 1
+//! with `--smoke`) runs each backfill and MariaDB streaming figure as N pairs, reference
+//! then connector, and reports the median of the pairs' ratios: one pair on this machine
+//! can be off by a factor of two. PostgreSQL streaming runs one pair (its slots are
+//! consumed by reading them).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -160,17 +164,83 @@ struct Run<'a> {
     hold: bool,
     /// How long the latency figures write at [`LATENCY_RATE`].
     latency_seconds: u64,
+    /// Pairs per rerunnable figure (`--repeat`; see [`paired`]).
+    repeat: usize,
 }
 
 /// The rate at which commit-to-stdout latency is measured (changes per second).
 const LATENCY_RATE: u64 = 5_000;
 
-/// One figure: ours against the reference in the same run, with CPU per million.
-fn figure(what: &str, n: u64, ours: &Timed, reference: &str, r: &Timed, target: f64) -> Value {
-    json!({"what": what, "n": n, "seconds": ours.seconds, "reference": reference,
-        "reference_seconds": r.seconds, "ratio": r.seconds / ours.seconds, "target": target,
-        "peak_rss_mib": ours.peak_rss_mib, "cpu_seconds": ours.cpu_seconds,
-        "cpu_seconds_per_million": ours.cpu_seconds * 1e6 / n.max(1) as f64})
+/// The reference's runs and ours, alternating: `refs[i]` ran just before `ours[i]`.
+#[derive(Default)]
+struct Pairs {
+    refs: Vec<Timed>,
+    ours: Vec<Timed>,
+}
+
+impl Pairs {
+    fn one(ours: Timed, reference: Timed) -> Self {
+        Self {
+            refs: vec![reference],
+            ours: vec![ours],
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+/// One figure: ours against the reference in the same run, with CPU per million. With
+/// several pairs, the ratio is the median of each pair's ratio (a pair ran back to back,
+/// so it shares the machine's mood), times and CPU are medians, peak RSS the highest.
+fn figure(what: &str, n: u64, pairs: &Pairs, reference: &str, target: f64) -> Value {
+    let ratios: Vec<f64> = pairs
+        .refs
+        .iter()
+        .zip(&pairs.ours)
+        .map(|(r, o)| r.seconds / o.seconds)
+        .collect();
+    let ours = |f: fn(&Timed) -> f64| median(pairs.ours.iter().map(f).collect());
+    let cpu = ours(|t| t.cpu_seconds);
+    json!({"what": what, "n": n, "seconds": ours(|t| t.seconds), "reference": reference,
+        "reference_seconds": median(pairs.refs.iter().map(|t| t.seconds).collect()),
+        "ratio": median(ratios.clone()), "pair_ratios": ratios, "target": target,
+        "peak_rss_mib": pairs.ours.iter().map(|t| t.peak_rss_mib).fold(0.0, f64::max),
+        "cpu_seconds": cpu, "cpu_seconds_per_million": cpu * 1e6 / n.max(1) as f64})
+}
+
+/// Runs the reference and the connector alternately [`Run::repeat`] times, the connector
+/// from the same state each time (`dir`'s state file as it is now, or none).
+fn paired(
+    run: &Run<'_>,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    mut reference: impl FnMut() -> Result<Timed, String>,
+) -> Result<Pairs, String> {
+    let state = dir.join("state.json");
+    let before = std::fs::read(&state).ok();
+    let mut pairs = Pairs::default();
+    for i in 0..run.repeat.max(1) {
+        pairs.refs.push(reference()?);
+        if i > 0 {
+            match &before {
+                Some(b) => std::fs::write(&state, b).map_err(|e| e.to_string())?,
+                None => {
+                    let _ = std::fs::remove_file(&state);
+                }
+            }
+        }
+        pairs
+            .ours
+            .push(run_capture(binary, dir, run.perf && i == 0)?);
+    }
+    Ok(pairs)
 }
 
 /// A fresh directory with a config capturing `stream` in `mode`.
@@ -243,6 +313,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         perf,
         hold,
         latency_seconds: if smoke { 1 } else { 10 },
+        repeat: args
+            .windows(2)
+            .find(|w| w[0] == "--repeat")
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(if smoke { 1 } else { 3 }),
     };
     if with_pg {
         postgres(&pg_bin, &run, &mut results)?;
@@ -303,11 +378,7 @@ fn postgres(
     results: &mut Vec<Value>,
 ) -> Result<(), String> {
     let Run {
-        work,
-        rows,
-        perf,
-        hold,
-        ..
+        work, rows, hold, ..
     } = *run;
     // PostgreSQL backfill.
     let pg = PgServer::start().map_err(|e| e.to_string())?;
@@ -323,11 +394,13 @@ fn postgres(
     let psql = testkit::servers::postgres_bindir()
         .map(|d| d.join("psql"))
         .ok_or("no psql")?;
-    let copy = run_timed(Command::new(&psql).arg(&pg.url).args([
-        "-X",
-        "-c",
-        "COPY bench TO STDOUT (FORMAT binary)",
-    ]))?;
+    let copy = || {
+        run_timed(Command::new(&psql).arg(&pg.url).args([
+            "-X",
+            "-c",
+            "COPY bench TO STDOUT (FORMAT binary)",
+        ]))
+    };
     let pg_endpoint = |chunk: u64| json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk}});
     let dir = capture_dir(
         work,
@@ -337,13 +410,12 @@ fn postgres(
         "bench",
         "Precise",
     )?;
-    let ours = run_capture(pg_bin, &dir, perf)?;
+    let pairs = paired(run, pg_bin, &dir, copy)?;
     results.push(figure(
         "PostgreSQL backfill",
         rows,
-        &ours,
+        &pairs,
         "COPY binary via psql",
-        &copy,
         0.8,
     ));
     // What Precise costs over Normal, and the chunk size: the same table, the same reference.
@@ -356,13 +428,12 @@ fn postgres(
             "bench",
             mode,
         )?;
-        let t = run_capture(pg_bin, &dir, perf)?;
+        let pairs = paired(run, pg_bin, &dir, copy)?;
         results.push(figure(
             &format!("  {mode}, chunks of {chunk}"),
             rows,
-            &t,
+            &pairs,
             "COPY binary via psql",
-            &copy,
             0.8,
         ));
     }
@@ -398,13 +469,13 @@ fn postgres(
             "  in one transaction",
         ),
     ] {
-        let ours_and_ref = pg_streaming(&pg, pg_bin, run, name, table, sql)?;
+        // One pair: the slot is consumed by the run (see `pg_streaming`).
+        let (ours, reference) = pg_streaming(&pg, pg_bin, run, name, table, sql)?;
         results.push(figure(
             what,
             n,
-            &ours_and_ref.0,
+            &Pairs::one(ours, reference),
             "pg_recvlogical (pgoutput)",
-            &ours_and_ref.1,
             0.9,
         ));
     }
@@ -447,11 +518,7 @@ fn mariadb(
     results: &mut Vec<Value>,
 ) -> Result<(), String> {
     let Run {
-        work,
-        rows,
-        perf,
-        hold,
-        ..
+        work, rows, hold, ..
     } = *run;
     let txns = (rows / 1000).max(1);
     let changes = txns * 1000;
@@ -463,20 +530,23 @@ fn mariadb(
            SELECT seq, seq % 1000, REPEAT(MD5(seq), 3), '2020-01-01' + INTERVAL seq SECOND, seq * 1.2345, JSON_OBJECT('k', seq, 's', 'x') FROM test.seq_1_to_{rows}"
     ))
     .map_err(|e| e.to_string())?;
-    let dump = run_timed(Command::new("mariadb-dump").args([
-        "--no-defaults",
-        "--quick",
-        "--single-transaction",
-        "--protocol=TCP",
-        "-h",
-        "127.0.0.1",
-        "-P",
-        &db.port.to_string(),
-        "-u",
-        "root",
-        "test",
-        "bench",
-    ]))?;
+    let port = db.port.to_string();
+    let dump = || {
+        run_timed(Command::new("mariadb-dump").args([
+            "--no-defaults",
+            "--quick",
+            "--single-transaction",
+            "--protocol=TCP",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            "root",
+            "test",
+            "bench",
+        ]))
+    };
     let my_endpoint = json!({"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 10000}});
     let mdir = capture_dir(
         work,
@@ -486,13 +556,12 @@ fn mariadb(
         "bench",
         "Precise",
     )?;
-    let ours = run_capture(my_bin, &mdir, perf)?;
+    let pairs = paired(run, my_bin, &mdir, dump)?;
     results.push(figure(
         "MariaDB backfill",
         rows,
-        &ours,
+        &pairs,
         "mariadb-dump --quick --single-transaction",
-        &dump,
         0.9,
     ));
 
@@ -536,13 +605,12 @@ fn mariadb(
             "  in one transaction",
         ),
     ] {
-        let (ours, reference) = maria_streaming(&db, my_bin, run, &my_endpoint, name, table, sql)?;
+        let pairs = maria_streaming(&db, my_bin, run, &my_endpoint, name, table, sql)?;
         results.push(figure(
             what,
             n,
-            &ours,
+            &pairs,
             "mariadb-binlog --read-from-remote-server -v",
-            &reference,
             1.0,
         ));
     }
@@ -644,8 +712,8 @@ fn pg_streaming(
 }
 
 /// One MariaDB streaming figure: the connector starts on the empty `table`, `script` runs
-/// in one session, then mariadb-binlog and the connector each read all of it. Returns
-/// (ours, reference).
+/// in one session, then mariadb-binlog and the connector each read all of it, in
+/// [`paired`] runs (the binlog can be read again from the same position).
 fn maria_streaming(
     db: &MariaDbServer,
     my_bin: &std::path::Path,
@@ -654,7 +722,7 @@ fn maria_streaming(
     name: &str,
     table: &str,
     script: &str,
-) -> Result<(Timed, Timed), String> {
+) -> Result<Pairs, String> {
     let dir = capture_dir(run.work, name, endpoint, "test", table, "Precise")?;
     run_timed(&mut capture_cmd(my_bin, &dir))?;
     let status = db.sql("SHOW MASTER STATUS").map_err(|e| e.to_string())?;
@@ -673,22 +741,24 @@ fn maria_streaming(
     if !load.wait().map_err(|e| e.to_string())?.success() {
         return Err(format!("loading the MariaDB workload of {name} failed"));
     }
-    let reference = run_timed(Command::new("mariadb-binlog").args([
-        "--no-defaults",
-        "--read-from-remote-server",
-        "--to-last-log",
-        "-v",
-        "-h",
-        "127.0.0.1",
-        "-P",
-        &db.port.to_string(),
-        "-u",
-        "root",
-        &format!("--start-position={pos}"),
-        &file,
-    ]))?;
-    let ours = run_capture(my_bin, &dir, run.perf)?;
-    Ok((ours, reference))
+    let port = db.port.to_string();
+    let start = format!("--start-position={pos}");
+    paired(run, my_bin, &dir, || {
+        run_timed(Command::new("mariadb-binlog").args([
+            "--no-defaults",
+            "--read-from-remote-server",
+            "--to-last-log",
+            "-v",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            "root",
+            &start,
+            &file,
+        ]))
+    })
 }
 
 /// Commit-to-stdout latency of one steady-rate run.
