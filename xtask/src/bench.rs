@@ -530,19 +530,11 @@ fn mariadb(
            SELECT seq, seq % 1000, REPEAT(MD5(seq), 3), '2020-01-01' + INTERVAL seq SECOND, seq * 1.2345, JSON_OBJECT('k', seq, 's', 'x') FROM test.seq_1_to_{rows}"
     ))
     .map_err(|e| e.to_string())?;
-    let port = db.port.to_string();
     let dump = || {
-        run_timed(Command::new("mariadb-dump").args([
-            "--no-defaults",
+        run_timed(maria_client("mariadb-dump", db.port).args([
             "--quick",
             "--single-transaction",
             "--protocol=TCP",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "root",
             "test",
             "bench",
         ]))
@@ -741,24 +733,32 @@ fn maria_streaming(
     if !load.wait().map_err(|e| e.to_string())?.success() {
         return Err(format!("loading the MariaDB workload of {name} failed"));
     }
-    let port = db.port.to_string();
     let start = format!("--start-position={pos}");
     paired(run, my_bin, &dir, || {
-        run_timed(Command::new("mariadb-binlog").args([
-            "--no-defaults",
+        run_timed(maria_client("mariadb-binlog", db.port).args([
             "--read-from-remote-server",
             "--to-last-log",
             "-v",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "root",
             &start,
             &file,
         ]))
     })
+}
+
+/// A MariaDB client tool (`mariadb-dump`, `mariadb-binlog`) for the throwaway server.
+fn maria_client(tool: &str, port: u16) -> Command {
+    let mut c = Command::new(tool);
+    // `--no-defaults` must come first.
+    c.args([
+        "--no-defaults",
+        "-h",
+        "127.0.0.1",
+        "-P",
+        &port.to_string(),
+        "-u",
+        "root",
+    ]);
+    c
 }
 
 /// Commit-to-stdout latency of one steady-rate run.
