@@ -451,7 +451,7 @@ fn documents_are_flushed_when_the_stream_waits_not_at_the_next_checkpoint() {
     let sink = SimSink {
         lines: Rc::clone(&lines),
         flushed: Rc::clone(&flushed),
-        durable: Rc::default(),
+        durable: Rc::clone(&db.borrow().durable),
         ops_left: None,
         persist_polls: 3,
         in_flight: None,

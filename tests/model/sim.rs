@@ -811,7 +811,21 @@ impl ChangeStream for SimStream {
         std::future::pending().await
     }
 
-    async fn acknowledge(&mut self, _durable: &Seq) -> Result<(), SourceError> {
+    /// A source may discard its log up to an acknowledged position, so one acknowledged
+    /// before the state holding it is durable could lose changes after a crash: refused,
+    /// which fails the run with a message the suite reports as a violation.
+    async fn acknowledge(&mut self, acknowledged: &Seq) -> Result<(), SourceError> {
+        let db = self.db.borrow();
+        let durable = db.durable.borrow();
+        let at = durable
+            .as_ref()
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+            .and_then(|state| state["position"]["seq"].as_u64());
+        if at.is_none_or(|seq| seq < acknowledged.seq) {
+            return Err(SourceError::definite(format!(
+                "acknowledged {acknowledged:?} while the durable state holds {at:?}"
+            )));
+        }
         Ok(())
     }
 }

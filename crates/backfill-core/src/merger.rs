@@ -312,7 +312,6 @@ pub async fn run<S: Source, K: Sink>(
         last_progress_log: Instant::now(),
         lag_due: false,
         row_bytes: vec![None; bindings.len()],
-        checkpoints: 0,
         unacknowledged: None,
     };
     engine.start(&reconciled.truncate).await?;
@@ -409,10 +408,8 @@ struct Engine<S: Source, K> {
     lag_due: bool,
     /// Per binding, the average [`buffered_bytes`] of a row of its last chunk.
     row_bytes: Vec<Option<usize>>,
-    /// Checkpoints started, in all ([`Output::committed`] counts the same ones).
-    checkpoints: u64,
-    /// The last checkpoint started, until acknowledged: its number, position and documents.
-    unacknowledged: Option<(u64, S::Position, u64)>,
+    /// The last checkpoint started, until acknowledged: its position and documents.
+    unacknowledged: Option<(S::Position, u64)>,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -495,11 +492,11 @@ impl<S: Source, K: Sink> Engine<S, K> {
         self.acknowledge_committed().await
     }
 
-    /// Acknowledges the last checkpoint to the source once the output has committed it.
+    /// Acknowledges the last checkpoint to the source once the output has committed it
+    /// (at most one is in flight, so none settling means it is committed).
     async fn acknowledge_committed(&mut self) -> Result<()> {
-        if let Some((n, _, _)) = &self.unacknowledged
-            && self.out.committed() >= *n
-            && let Some((_, position, docs)) = self.unacknowledged.take()
+        if !self.out.settling()
+            && let Some((position, docs)) = self.unacknowledged.take()
         {
             self.stream.acknowledge(&position).await?;
             self.metrics.committed(docs);
@@ -512,11 +509,14 @@ impl<S: Source, K: Sink> Engine<S, K> {
         self.state.position = Some(self.delivered.clone());
         let docs = self.out.docs_in_unit() as u64;
         self.out.checkpoint(&self.state.to_json())?;
-        // The checkpoint before this one is committed now; this one is acknowledged once
-        // its state is durable too (`crate::output`, step 4 after step 2).
-        self.acknowledge_committed().await?;
-        self.checkpoints += 1;
-        self.unacknowledged = Some((self.checkpoints, self.delivered.clone(), docs));
+        // The checkpoint before this one is committed now (`Output::checkpoint` settles it
+        // first); this one is acknowledged once its state is durable too (`crate::output`,
+        // step 4 after step 2).
+        if let Some((position, docs)) = self.unacknowledged.replace((self.delivered.clone(), docs))
+        {
+            self.stream.acknowledge(&position).await?;
+            self.metrics.committed(docs);
+        }
         self.dirty = false;
         self.last_checkpoint = Instant::now();
         if self.last_progress_log.elapsed() >= self.options.progress_interval {

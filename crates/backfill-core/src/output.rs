@@ -199,8 +199,6 @@ pub struct Output<K> {
     /// Lines written while `pending`, one after another, and where each ends.
     held: Vec<u8>,
     held_ends: Vec<usize>,
-    /// Checkpoints whose state became durable and whose line was printed, in all.
-    committed: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -322,7 +320,6 @@ impl<K: Sink> Output<K> {
             pending: None,
             held: Vec::new(),
             held_ends: Vec::new(),
-            committed: 0,
         }
     }
 
@@ -389,7 +386,6 @@ impl<K: Sink> Output<K> {
             return Ok(false);
         }
         self.sink.write_line(&line)?;
-        self.committed += 1;
         let mut start = 0;
         for &end in &self.held_ends {
             self.sink.write_line(&self.held[start..end])?;
@@ -402,18 +398,14 @@ impl<K: Sink> Output<K> {
         Ok(true)
     }
 
-    /// Checkpoints committed so far: their state is durable and their line printed. The
-    /// merger acknowledges a position to the source only once its checkpoint counts here.
-    pub fn committed(&self) -> u64 {
-        self.committed
-    }
-
     /// Waits until the checkpoint in flight, if any, is committed.
     pub fn settle_all(&mut self) -> io::Result<()> {
         self.settle(true).map(|_| ())
     }
 
     /// Whether a checkpoint's state is being made durable (lines written now are held).
+    /// The merger acknowledges a position to the source only once its checkpoint is no
+    /// longer settling.
     pub fn settling(&self) -> bool {
         self.pending.is_some()
     }
