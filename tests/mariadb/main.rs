@@ -60,6 +60,7 @@ on_both_servers!(
     survives_a_killed_dump_thread_and_a_server_restart,
     bad_input_fails_with_one_clear_line,
     resumes_by_gtid_on_a_promoted_replica,
+    keys_are_unique_indexes_whose_columns_are_all_not_null,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -103,6 +104,34 @@ fn without(doc: &Value, fields: &[&str]) -> Value {
         d.as_object_mut().unwrap().remove(*f);
     }
     d
+}
+
+/// The key `discover` proposes is the first unique index (PRIMARY first) whose columns
+/// are all NOT NULL: an index with one nullable column is passed over whole, never read
+/// as the narrower index of its other columns (which need not be unique).
+fn keys_are_unique_indexes_whose_columns_are_all_not_null((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql(
+        "CREATE TABLE test.k_second (a INT NOT NULL, b INT NULL, c INT NOT NULL, UNIQUE KEY ab (a, b), UNIQUE KEY c (c));
+         CREATE TABLE test.k_none (a INT NOT NULL, b INT NULL, UNIQUE KEY ab (a, b));
+         CREATE TABLE test.k_primary (x INT NOT NULL, y INT NOT NULL, z INT NOT NULL, UNIQUE KEY a (z), PRIMARY KEY (y, x));",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "keys");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"}, "bindings": []}));
+    let out = cap.run(&["discover", "--json"]);
+    let d: Value = serde_json::from_str(&out.lines.join("\n")).unwrap();
+    let key = |table: &str| {
+        d["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["resource"]["stream"] == table)
+            .map(|b| b["key"].clone())
+            .unwrap_or_else(|| panic!("{table} not discovered: {d}"))
+    };
+    assert_eq!(key("k_second"), json!(["c"]), "{d}");
+    assert_eq!(key("k_none"), json!([]), "{d}");
+    assert_eq!(key("k_primary"), json!(["y", "x"]), "{d}");
 }
 
 /// Every type renders the same backfilled (binary protocol) and streamed (binlog), and as
