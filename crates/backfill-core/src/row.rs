@@ -32,6 +32,66 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+/// A column name as rows take it: a `str`, escaped for every value pushed, or a
+/// [`QuotedName`], escaped once.
+pub trait ColumnName {
+    /// The name.
+    fn as_str(&self) -> &str;
+    /// Appends the name as a JSON string.
+    fn write_quoted(&self, out: &mut Vec<u8>);
+}
+
+impl ColumnName for str {
+    fn as_str(&self) -> &str {
+        self
+    }
+
+    fn write_quoted(&self, out: &mut Vec<u8>) {
+        write_json_str(out, self);
+    }
+}
+
+impl ColumnName for String {
+    fn as_str(&self) -> &str {
+        self
+    }
+
+    fn write_quoted(&self, out: &mut Vec<u8>) {
+        write_json_str(out, self);
+    }
+}
+
+/// A column name with its JSON string made once: a source that renders many rows of a
+/// table keeps one per column, so that no row escapes the name again (escaping names was
+/// a tenth of the streaming profile's instructions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotedName {
+    name: Box<str>,
+    quoted: Box<[u8]>,
+}
+
+impl QuotedName {
+    /// The name, quoted once.
+    pub fn new(name: &str) -> Self {
+        let mut quoted = Vec::with_capacity(name.len() + 2);
+        write_json_str(&mut quoted, name);
+        Self {
+            name: name.into(),
+            quoted: quoted.into(),
+        }
+    }
+}
+
+impl ColumnName for QuotedName {
+    fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    fn write_quoted(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.quoted);
+    }
+}
+
 /// One entry's offsets in the body: the opening quote of its name, the first byte of its
 /// value, and one past its value's last byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,16 +150,17 @@ impl Row {
     }
 
     /// Writes the separator and `name:`; returns where the entry and its value start.
-    fn begin(&mut self, name: &str) -> (u32, u32) {
+    fn begin<N: ColumnName + ?Sized>(&mut self, name: &N) -> (u32, u32) {
         debug_assert!(
-            !self.contains_key(name),
-            "column {name} pushed twice into a row"
+            !self.contains_key(name.as_str()),
+            "column {} pushed twice into a row",
+            name.as_str()
         );
         if !self.body.is_empty() {
             self.body.push(b',');
         }
         let start = offset(self.body.len());
-        write_json_str(&mut self.body, name);
+        name.write_quoted(&mut self.body);
         self.body.push(b':');
         (start, offset(self.body.len()))
     }
@@ -110,7 +171,7 @@ impl Row {
     }
 
     /// Appends a column whose name is not in the row yet.
-    pub fn push(&mut self, name: &str, value: &Value) {
+    pub fn push<N: ColumnName + ?Sized>(&mut self, name: &N, value: &Value) {
         let start = self.begin(name);
         // Writing a `Value` to a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut self.body, value);
@@ -118,7 +179,7 @@ impl Row {
     }
 
     /// Appends a column with a string value, escaped as JSON.
-    pub fn push_str(&mut self, name: &str, value: &str) {
+    pub fn push_str<N: ColumnName + ?Sized>(&mut self, name: &N, value: &str) {
         let start = self.begin(name);
         write_json_str(&mut self.body, value);
         self.finish(start);
@@ -127,7 +188,7 @@ impl Row {
     /// Appends a column with a string value made of `parts` in order, escaped as JSON:
     /// for values a source rewrites a little (a separator replaced, a suffix added),
     /// without building the string first.
-    pub fn push_str_parts(&mut self, name: &str, parts: &[&str]) {
+    pub fn push_str_parts<N: ColumnName + ?Sized>(&mut self, name: &N, parts: &[&str]) {
         let start = self.begin(name);
         self.body.push(b'"');
         for part in parts.iter().filter(|p| !p.is_empty()) {
@@ -138,19 +199,19 @@ impl Row {
     }
 
     /// Appends a column with a null value.
-    pub fn push_null(&mut self, name: &str) {
+    pub fn push_null<N: ColumnName + ?Sized>(&mut self, name: &N) {
         self.push_raw_unchecked(name, "null");
     }
 
     /// Appends a column with a signed integer value.
-    pub fn push_i64(&mut self, name: &str, value: i64) {
+    pub fn push_i64<N: ColumnName + ?Sized>(&mut self, name: &N, value: i64) {
         let start = self.begin(name);
         write_i64(&mut self.body, value);
         self.finish(start);
     }
 
     /// Appends a column with an unsigned integer value.
-    pub fn push_u64(&mut self, name: &str, value: u64) {
+    pub fn push_u64<N: ColumnName + ?Sized>(&mut self, name: &N, value: u64) {
         let start = self.begin(name);
         write_u64(&mut self.body, value);
         self.finish(start);
@@ -160,7 +221,7 @@ impl Row {
     /// unchanged) when it is not exactly one JSON value. Use it for text that is already
     /// JSON, such as a number's digits: a number is checked in a scan, other text is
     /// parsed.
-    pub fn push_raw(&mut self, name: &str, json: &str) -> Result<(), String> {
+    pub fn push_raw<N: ColumnName + ?Sized>(&mut self, name: &N, json: &str) -> Result<(), String> {
         if !is_json_number(json) && serde_json::from_str::<&RawValue>(json).is_err() {
             return Err(format!("not a JSON value: {json:.64}"));
         }
@@ -170,7 +231,11 @@ impl Row {
 
     /// Appends a column whose value is a number's text, written as it stands (every
     /// digit kept); `Err` when it is not exactly a JSON number.
-    pub fn push_number(&mut self, name: &str, text: &str) -> Result<(), String> {
+    pub fn push_number<N: ColumnName + ?Sized>(
+        &mut self,
+        name: &N,
+        text: &str,
+    ) -> Result<(), String> {
         if !is_json_number(text) {
             return Err(format!("bad number {text:.64}"));
         }
@@ -179,7 +244,7 @@ impl Row {
     }
 
     /// Appends text the caller wrote as JSON: for the writers in this module only.
-    fn push_raw_unchecked(&mut self, name: &str, json: &str) {
+    fn push_raw_unchecked<N: ColumnName + ?Sized>(&mut self, name: &N, json: &str) {
         let start = self.begin(name);
         self.body.extend_from_slice(json.as_bytes());
         self.finish(start);
@@ -187,9 +252,9 @@ impl Row {
 
     /// Appends a column whose value the caller writes into `out` as one JSON value with
     /// `write`; `Err` (and the row unchanged) when what it wrote is not one.
-    pub fn push_with<E>(
+    pub fn push_with<N: ColumnName + ?Sized, E>(
         &mut self,
-        name: &str,
+        name: &N,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), PushError<E>> {
         let body_len = self.body.len();
@@ -313,7 +378,7 @@ impl Row {
         let mut kept = Row::with_capacity(self.len(), self.body.len());
         for (name, value) in self.iter() {
             if keep(&name, value) {
-                kept.push_raw_unchecked(&name, value);
+                kept.push_raw_unchecked(name.as_ref(), value);
             }
         }
         *self = kept;
@@ -377,8 +442,24 @@ impl<E: fmt::Display> fmt::Display for PushError<E> {
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
-    write_json_str_inner(out, s);
+    let b = s.as_bytes();
+    // Short strings (column names, most keys and metadata) are checked byte by byte:
+    // padding them into a word took a `memcpy` call of its own.
+    if b.len() <= SHORT && b.iter().all(|&c| !needs_escape(c)) {
+        out.extend_from_slice(b);
+    } else {
+        write_json_str_inner(out, s);
+    }
     out.push(b'"');
+}
+
+/// The longest string [`write_json_str`] checks byte by byte.
+const SHORT: usize = 16;
+
+/// Whether JSON must escape the byte: a control character, `"` or `\\`.
+#[inline]
+fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\'
 }
 
 /// `s` escaped as the inside of a JSON string, byte for byte as `serde_json` escapes it:

@@ -92,6 +92,9 @@ pub enum Cell<'a> {
         /// Microseconds.
         micros: u32,
     },
+    /// A string, BLOB or (MariaDB's) JSON value: its bytes, borrowed from the event where
+    /// mysql_common's parser copies them into a `Vec` of their own.
+    Bytes(Cow<'a, [u8]>),
     /// A DECIMAL (`MYSQL_TYPE_NEWDECIMAL`) in its binary form, printed by
     /// [`write_decimal`]: mysql_common prints it through `Display` per digit group,
     /// the next largest cost of the streaming profile after the TIMESTAMP.
@@ -111,6 +114,7 @@ impl Cell<'_> {
         match self {
             Cell::Binlog(v) => Cell::Binlog(v.into_owned()),
             Cell::Timestamp { secs, micros } => Cell::Timestamp { secs, micros },
+            Cell::Bytes(b) => Cell::Bytes(Cow::Owned(b.into_owned())),
             Cell::Decimal {
                 bin,
                 precision,
@@ -204,6 +208,10 @@ fn image<'a>(
                 timestamp2(buf, c.meta).map_err(|e| format!("column {}: {e}", i + 1))?
             } else if c.ty == ColumnType::MYSQL_TYPE_NEWDECIMAL {
                 decimal(buf, c.meta).map_err(|e| format!("column {}: {e}", i + 1))?
+            } else if let Some(bytes) =
+                string(buf, c).map_err(|e| format!("column {}: {e}", i + 1))?
+            {
+                Cell::Bytes(Cow::Borrowed(bytes))
             } else {
                 Cell::Binlog(
                     buf.parse::<BinlogValue<'a>>((c.ty, c.meta, c.unsigned, false))
@@ -214,6 +222,41 @@ fn image<'a>(
         values[i] = Some(value);
     }
     Ok(values)
+}
+
+/// A string-like value's bytes, for the types whose layout is a length then the bytes
+/// (as mysql_common reads them): BLOB and TEXT (and MariaDB's JSON), with a length of
+/// `meta[0]` bytes; VARCHAR, with one byte of length for a maximum under 256 bytes, else
+/// two. `None` for every other type.
+fn string<'a>(buf: &mut ParseBuf<'a>, c: &ColumnPlan<'a>) -> Result<Option<&'a [u8]>, String> {
+    use ColumnType::{
+        MYSQL_TYPE_BLOB, MYSQL_TYPE_LONG_BLOB, MYSQL_TYPE_MEDIUM_BLOB, MYSQL_TYPE_TINY_BLOB,
+        MYSQL_TYPE_VAR_STRING, MYSQL_TYPE_VARCHAR,
+    };
+    let width = match c.ty {
+        MYSQL_TYPE_TINY_BLOB | MYSQL_TYPE_MEDIUM_BLOB | MYSQL_TYPE_LONG_BLOB | MYSQL_TYPE_BLOB => {
+            match c.meta.first() {
+                Some(&w @ 1..=4) => usize::from(w),
+                _ => return Err("a BLOB with an unknown length size".into()),
+            }
+        }
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => match c.meta {
+            [lo, hi, ..] if u16::from_le_bytes([*lo, *hi]) < 256 => 1,
+            [_, _, ..] => 2,
+            _ => return Err("a VARCHAR without metadata".into()),
+        },
+        _ => return Ok(None),
+    };
+    let length = buf
+        .checked_eat(width)
+        .ok_or("a string shorter than its length")?;
+    let n = length
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+    buf.checked_eat(n)
+        .map(Some)
+        .ok_or_else(|| "a string shorter than its length".into())
 }
 
 /// A `MYSQL_TYPE_TIMESTAMP2` value: four bytes of big-endian epoch seconds, then the
@@ -378,6 +421,57 @@ mod tests {
             bin.iter_mut().for_each(|b| *b = !*b);
         }
         bin
+    }
+
+    #[test]
+    fn strings_read_here_are_mysql_commons_reading_of_them() {
+        use ColumnType::*;
+        let text = "héllo \"x\" ".repeat(30);
+        for value in [&b""[..], b"a", text.as_bytes()] {
+            for (ty, meta, width) in [
+                (MYSQL_TYPE_BLOB, vec![1u8], 1),
+                (MYSQL_TYPE_BLOB, vec![2], 2),
+                (MYSQL_TYPE_MEDIUM_BLOB, vec![3], 3),
+                (MYSQL_TYPE_LONG_BLOB, vec![4], 4),
+                (MYSQL_TYPE_VARCHAR, 255u16.to_le_bytes().to_vec(), 1),
+                (MYSQL_TYPE_VARCHAR, 256u16.to_le_bytes().to_vec(), 2),
+                (MYSQL_TYPE_VAR_STRING, 1020u16.to_le_bytes().to_vec(), 2),
+            ] {
+                if value.len() >= 1 << (8 * width).min(16) {
+                    continue;
+                }
+                let mut bytes = value.len().to_le_bytes()[..width].to_vec();
+                bytes.extend_from_slice(value);
+                bytes.push(7); // the next value's first byte stays unread
+                let plan = ColumnPlan {
+                    ty,
+                    meta: &meta,
+                    unsigned: false,
+                    name: None,
+                };
+                let mut buf = ParseBuf(&bytes);
+                let ours = string(&mut buf, &plan)
+                    .expect("reads")
+                    .expect("a string type");
+                assert_eq!(buf.0, &[7], "{ty:?} {meta:?}");
+                let Cell::Binlog(BinlogValue::Value(mysql_async::Value::Bytes(theirs))) =
+                    mysql_commons(&bytes, ty, &meta)
+                else {
+                    panic!("mysql_common reads {ty:?} as bytes");
+                };
+                assert_eq!(ours, &theirs[..], "{ty:?} {meta:?}");
+                // Cut short, it is refused, not read past.
+                let mut short = ParseBuf(&bytes[..bytes.len() - 2]);
+                assert!(value.is_empty() || string(&mut short, &plan).is_err());
+            }
+        }
+        let int = ColumnPlan {
+            ty: MYSQL_TYPE_LONG,
+            meta: &[],
+            unsigned: false,
+            name: None,
+        };
+        assert_eq!(string(&mut ParseBuf(&[1, 0, 0, 0]), &int), Ok(None));
     }
 
     #[test]

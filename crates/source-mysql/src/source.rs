@@ -47,6 +47,7 @@ use std::sync::{Arc, Mutex};
 use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
+use backfill_core::row::QuotedName;
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ColumnInfo, Discovery, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, TableInfo, TableRef, buffered_bytes, classify_natively,
@@ -77,6 +78,8 @@ pub struct Column {
     pub collation: Option<String>,
     /// How values render.
     pub ty: ColType,
+    /// The name as rows take it, quoted once.
+    pub quoted: QuotedName,
 }
 
 /// A capturable table.
@@ -450,7 +453,7 @@ impl MySource {
             let c = t
                 .column(name)
                 .ok_or_else(|| SourceError::definite(format!("unknown column {name}")))?;
-            render(&c.ty, v, Origin::Query, &mut row, name).map_err(|e| {
+            render(&c.ty, v, Origin::Query, &mut row, &c.quoted).map_err(|e| {
                 SourceError::definite(format!(
                     "{}.{} column {name}: {e}",
                     t.table.namespace, t.table.stream
@@ -747,6 +750,7 @@ async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
                             == format!("json_valid({})", c.2.to_ascii_lowercase())
                 });
                 Column {
+                    quoted: QuotedName::new(&c.2),
                     name: c.2.clone(),
                     data_type: c.3.clone(),
                     column_type: c.4.clone(),

@@ -518,7 +518,7 @@ fn render(
         let Some(c) = column else {
             return Ok(None);
         };
-        render_cell(&c.ty, value, &mut out, &c.name)
+        render_cell(&c.ty, value, &mut out, &c.quoted)
             .map_err(|e| SourceError::definite(format!("{db}.{table} column {}: {e}", c.name)))?;
     }
     Ok(Some(out))

@@ -25,7 +25,7 @@
 
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, write_json_document};
-use backfill_core::row::{decimal_digits, two_digits};
+use backfill_core::row::{ColumnName, decimal_digits, two_digits};
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 
@@ -353,29 +353,18 @@ pub enum Origin {
 /// Renders one value of a column of type `ty` into `row` as column `name`: what
 /// [`to_json`] returns, written straight into the row's text for the common types,
 /// without a `Value`.
-pub fn render(
+pub fn render<N: ColumnName + ?Sized>(
     ty: &ColType,
     v: &MyValue,
     origin: Origin,
     row: &mut Row,
-    name: &str,
+    name: &N,
 ) -> Result<(), String> {
     match (ty, v) {
         (_, MyValue::NULL) => row.push_null(name),
         (ColType::Int | ColType::Year, MyValue::Int(i)) => row.push_i64(name, *i),
         (ColType::Int | ColType::Year, MyValue::UInt(u)) => row.push_u64(name, *u),
-        (ColType::Text { latin1 }, MyValue::Bytes(b)) if !(*latin1 && origin == Origin::Binlog) => {
-            match std::str::from_utf8(b) {
-                Ok(s) => row.push_str(name, s),
-                Err(_) => return Err(format!("text that is not UTF-8: {}", base64(b))),
-            }
-        }
-        // The common decimal: its text already has the column's scale.
-        (ColType::Decimal { scale }, MyValue::Bytes(b))
-            if std::str::from_utf8(b).is_ok_and(|t| has_scale(t, *scale)) =>
-        {
-            row.push_number(name, std::str::from_utf8(b).unwrap_or_default())?;
-        }
+        (_, MyValue::Bytes(b)) => return render_bytes(ty, b, origin, row, name),
         (ColType::DateTime { fsp }, MyValue::Date(y, mo, d, h, mi, s, us))
             if (*y, *mo, *d) != (0, 0, 0) =>
         {
@@ -392,14 +381,42 @@ pub fn render(
                 DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "Z").as_str(),
             );
         }
-        (ColType::Json, MyValue::Bytes(b)) => {
+        _ => row.push(name, &to_json(ty, v, origin)?),
+    }
+    Ok(())
+}
+
+/// [`render`] for a value the protocol or the binlog carries as bytes (strings, JSON,
+/// decimals' text, ...), borrowed: the binlog's strings are rendered straight from the
+/// event (see [`Cell::Bytes`]).
+pub fn render_bytes<N: ColumnName + ?Sized>(
+    ty: &ColType,
+    b: &[u8],
+    origin: Origin,
+    row: &mut Row,
+    name: &N,
+) -> Result<(), String> {
+    match ty {
+        ColType::Text { latin1 } if !(*latin1 && origin == Origin::Binlog) => {
+            match std::str::from_utf8(b) {
+                Ok(s) => row.push_str(name, s),
+                Err(_) => return Err(format!("text that is not UTF-8: {}", base64(b))),
+            }
+        }
+        // The common decimal: its text already has the column's scale.
+        ColType::Decimal { scale }
+            if std::str::from_utf8(b).is_ok_and(|t| has_scale(t, *scale)) =>
+        {
+            row.push_number(name, std::str::from_utf8(b).unwrap_or_default())?;
+        }
+        ColType::Json => {
             let text = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
             row.push_with(name, |out| {
                 write_json_document(text, out, json_number_as_parsed)
             })
             .map_err(|e| format!("bad JSON value: {e}"))?;
         }
-        _ => row.push(name, &to_json(ty, v, origin)?),
+        _ => row.push(name, &to_json(ty, &MyValue::Bytes(b.to_vec()), origin)?),
     }
     Ok(())
 }
@@ -413,11 +430,11 @@ fn has_scale(text: &str, scale: usize) -> bool {
 }
 
 /// [`render`] for a value of a binlog rows event.
-pub fn render_binlog(
+pub fn render_binlog<N: ColumnName + ?Sized>(
     ty: &ColType,
     v: BinlogValue<'_>,
     row: &mut Row,
-    name: &str,
+    name: &N,
 ) -> Result<(), String> {
     match v {
         BinlogValue::Value(v) => render(ty, &v, Origin::Binlog, row, name),
@@ -429,9 +446,15 @@ pub fn render_binlog(
 }
 
 /// [`render`] for a value of a row image as the stream decodes it.
-pub fn render_cell(ty: &ColType, cell: Cell<'_>, row: &mut Row, name: &str) -> Result<(), String> {
+pub fn render_cell<N: ColumnName + ?Sized>(
+    ty: &ColType,
+    cell: Cell<'_>,
+    row: &mut Row,
+    name: &N,
+) -> Result<(), String> {
     match cell {
         Cell::Binlog(v) => render_binlog(ty, v, row, name),
+        Cell::Bytes(b) => render_bytes(ty, &b, Origin::Binlog, row, name),
         Cell::Timestamp { secs, micros } => match ty {
             ColType::Timestamp { fsp } => {
                 if secs == 0 {
