@@ -166,10 +166,11 @@ pub fn json_number_as_parsed(text: &str, out: &mut Vec<u8>) -> Result<(), String
 /// Copies JSON text without the whitespace between tokens, each number through
 /// `number` (which writes it as the source's type spells it), each string escaped as
 /// `serde_json` escapes it: the bytes `serde_json` would print after parsing the text,
-/// without building the value. `Ok(false)`, with `out` to be discarded, when only a parse
-/// gives those bytes: an object repeats a key (a parse keeps the last value) or a key is
-/// escaped (so repeats cannot be compared as bytes). The text is not validated: the
-/// caller checks what was written ([`crate::row::Row::push_with`] does).
+/// without building the value. `Err` when the text is not exactly one JSON value (the
+/// grammar is checked as the text is copied, so what is written needs no second parse).
+/// `Ok(false)`, with `out` to be discarded, when only a parse gives those bytes: an
+/// object repeats a key (a parse keeps the last value) or a key is escaped (so repeats
+/// cannot be compared as bytes).
 pub fn compact_json(
     text: &str,
     out: &mut Vec<u8>,
@@ -194,6 +195,25 @@ pub fn compact_json(
 /// The stacks of [`compact_with`].
 type Stacks = (Vec<(bool, usize)>, Vec<(usize, usize)>);
 
+/// What the grammar allows next in [`compact_with`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// A value (the start, or after `:` or an array's `,`).
+    Value,
+    /// A value or `]` (after `[`).
+    ValueOrEnd,
+    /// A key or `}` (after `{`).
+    KeyOrEnd,
+    /// A key (after an object's `,`).
+    Key,
+    /// `:` (after a key).
+    Colon,
+    /// `,` or the open container's end (after a value inside one).
+    CommaOrEnd,
+    /// Nothing but whitespace (after the top value).
+    Done,
+}
+
 /// [`compact_json`] with its stacks: the open containers (true for an object, with
 /// where its keys start in `keys`) and the keys of the open objects, as ranges of `text`.
 fn compact_with(
@@ -204,11 +224,26 @@ fn compact_with(
     keys: &mut Vec<(usize, usize)>,
 ) -> Result<bool, String> {
     let b = text.as_bytes();
-    let mut expect_key = false;
+    let mut next = Next::Value;
     let mut i = 0;
+    let bad = |what: &str, at: usize| Err(format!("bad JSON: {what} at byte {at}"));
     while let Some(&c) = b.get(i) {
+        let value_here = matches!(next, Next::Value | Next::ValueOrEnd);
+        // What follows a value: the end, or a comma or the close of its container.
+        let after_value = |open: &Vec<(bool, usize)>| {
+            if open.is_empty() {
+                Next::Done
+            } else {
+                Next::CommaOrEnd
+            }
+        };
         match c {
+            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
             b'"' => {
+                let is_key = matches!(next, Next::KeyOrEnd | Next::Key);
+                if !is_key && !value_here {
+                    return bad("unexpected string", i);
+                }
                 let start = i;
                 let mut escaped = false;
                 i += 1;
@@ -219,30 +254,36 @@ fn compact_with(
                             i += 2;
                         }
                         Some(b'"') => break,
+                        Some(&c) if c < 0x20 => return bad("a control character in a string", i),
                         Some(_) => i += 1,
-                        None => return Err("unterminated string".into()),
+                        None => return bad("an unterminated string", start),
                     }
                 }
                 i += 1;
                 let quoted = &b[start..i];
-                if expect_key {
+                if is_key {
                     let from = open.last().map_or(0, |o| o.1);
                     if escaped || keys[from..].iter().any(|&(s, e)| &b[s..e] == quoted) {
                         return Ok(false);
                     }
                     keys.push((start, i));
-                    expect_key = false;
+                    next = Next::Colon;
+                } else {
+                    next = after_value(open);
                 }
                 if escaped {
-                    let s: String =
-                        serde_json::from_slice(quoted).map_err(|e| format!("bad string: {e}"))?;
+                    // The parse checks the escapes (and refuses a lone surrogate).
+                    let s: String = serde_json::from_slice(quoted)
+                        .map_err(|e| format!("bad JSON string: {e}"))?;
                     crate::row::write_json_str(out, &s);
                 } else {
                     out.extend_from_slice(quoted);
                 }
             }
-            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
             b'-' | b'0'..=b'9' => {
+                if !value_here {
+                    return bad("unexpected number", i);
+                }
                 let start = i;
                 while b
                     .get(i)
@@ -250,28 +291,75 @@ fn compact_with(
                 {
                     i += 1;
                 }
-                number(&text[start..i], out)?;
-            }
-            _ => {
-                match c {
-                    b'{' => {
-                        open.push((true, keys.len()));
-                        expect_key = true;
-                    }
-                    b'[' => open.push((false, keys.len())),
-                    b'}' | b']' => {
-                        if let Some((_, from)) = open.pop() {
-                            keys.truncate(from);
-                        }
-                        expect_key = false;
-                    }
-                    b',' => expect_key = open.last().is_some_and(|o| o.0),
-                    _ => {}
+                let token = &text[start..i];
+                if !crate::row::is_json_number(token) {
+                    return bad("a malformed number", start);
                 }
+                number(token, out)?;
+                next = after_value(open);
+            }
+            b't' | b'f' | b'n' => {
+                let literal: &[u8] = match c {
+                    b't' => b"true",
+                    b'f' => b"false",
+                    _ => b"null",
+                };
+                if !value_here || !b[i..].starts_with(literal) {
+                    return bad("unexpected literal", i);
+                }
+                out.extend_from_slice(literal);
+                i += literal.len();
+                next = after_value(open);
+            }
+            b'{' | b'[' if value_here => {
+                let object = c == b'{';
+                open.push((object, keys.len()));
+                next = if object {
+                    Next::KeyOrEnd
+                } else {
+                    Next::ValueOrEnd
+                };
                 out.push(c);
                 i += 1;
             }
+            b'}' | b']' => {
+                let object = c == b'}';
+                let allowed = match next {
+                    Next::CommaOrEnd => true,
+                    Next::KeyOrEnd => object,
+                    Next::ValueOrEnd => !object,
+                    _ => false,
+                };
+                match open.last() {
+                    Some(&(o, from)) if allowed && o == object => {
+                        open.pop();
+                        keys.truncate(from);
+                    }
+                    _ => return bad("unexpected close", i),
+                }
+                next = after_value(open);
+                out.push(c);
+                i += 1;
+            }
+            b',' if next == Next::CommaOrEnd => {
+                next = if open.last().is_some_and(|o| o.0) {
+                    Next::Key
+                } else {
+                    Next::Value
+                };
+                out.push(c);
+                i += 1;
+            }
+            b':' if next == Next::Colon => {
+                next = Next::Value;
+                out.push(c);
+                i += 1;
+            }
+            _ => return bad("unexpected character", i),
         }
+    }
+    if next != Next::Done {
+        return bad("the text ends inside a value", b.len());
     }
     Ok(true)
 }
@@ -312,6 +400,69 @@ mod tests {
                 parsed.to_string()
             );
         }
+    }
+
+    /// The compactor accepts exactly the texts a parse accepts, and writes what the parse
+    /// prints: checked on valid documents and on every one-byte mutation of them.
+    #[test]
+    fn compacting_checks_the_grammar_as_a_parse_does() {
+        let docs = [
+            r#"{"a": 1, "b": [1, 2.50, -0, 1E2, "x  y", true, false, null], "c": {"d": {}}}"#,
+            r#"[[], {}, [{"k": "v\"w"}], "\u00e9", -12.5e-3, 0.5, 10]"#,
+            r#" "s" "#,
+            "true",
+            "-1",
+            r#"{"a":{"a":[null]}}"#,
+        ];
+        let alphabet = b" \t\n{}[],:\"\\-+.eE019tfnulrsa\x01";
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<String> = docs.iter().map(|d| (*d).to_string()).collect();
+        for doc in docs {
+            for _ in 0..400 {
+                let mut b = doc.as_bytes().to_vec();
+                let at = usize::try_from(next() % (b.len() as u64 + 1)).unwrap_or(0);
+                let c = alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap_or(0)];
+                match next() % 3 {
+                    0 if at < b.len() => {
+                        b.remove(at);
+                    }
+                    1 if at < b.len() => b[at] = c,
+                    _ => b.insert(at, c),
+                }
+                if let Ok(text) = String::from_utf8(b) {
+                    cases.push(text);
+                }
+            }
+        }
+        let mut valid = 0;
+        for text in &cases {
+            let parsed = serde_json::from_str::<Value>(text);
+            let mut out = Vec::new();
+            let ours = write_json_document(text, &mut out, json_number_as_parsed);
+            match parsed {
+                Ok(v) => {
+                    valid += 1;
+                    assert!(ours.is_ok(), "{text:?} refused: {ours:?}");
+                    assert_eq!(
+                        String::from_utf8(out).unwrap_or_default(),
+                        v.to_string(),
+                        "{text:?}"
+                    );
+                }
+                Err(_) => assert!(ours.is_err(), "{text:?} accepted"),
+            }
+        }
+        assert!(
+            valid > 100 && valid < cases.len() - 100,
+            "{valid} of {}",
+            cases.len()
+        );
     }
 
     #[test]

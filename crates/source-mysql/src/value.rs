@@ -24,7 +24,7 @@
 //! | JSON (MariaDB: LONGTEXT with `json_valid`) | the parsed document |
 
 pub use backfill_core::encode::base64;
-use backfill_core::encode::{civil_from_days, json_number_as_parsed, number, write_json_document};
+use backfill_core::encode::{civil_from_days, json_number_as_parsed, number};
 use backfill_core::row::{ColumnName, decimal_digits, two_digits};
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
@@ -411,10 +411,8 @@ pub fn render_bytes<N: ColumnName + ?Sized>(
         }
         ColType::Json => {
             let text = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
-            row.push_with(name, |out| {
-                write_json_document(text, out, json_number_as_parsed)
-            })
-            .map_err(|e| format!("bad JSON value: {e}"))?;
+            row.push_json(name, text, json_number_as_parsed)
+                .map_err(|e| format!("bad JSON value: {e}"))?;
         }
         _ => row.push(name, &to_json(ty, &MyValue::Bytes(b.to_vec()), origin)?),
     }

@@ -22,7 +22,6 @@
 //! and a streamed row of the same data are the same document; the suite compares both
 //! with `to_jsonb` type by type.
 
-use backfill_core::encode::write_json_document;
 use backfill_core::source::Row;
 use serde_json::{Map, Number, Value};
 
@@ -149,7 +148,7 @@ pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), 
             Ok(())
         }
         Kind::Json => row
-            .push_with(name, |out| write_json_document(text, out, jsonb_number))
+            .push_json(name, text, jsonb_number)
             .map_err(|e| format!("bad json: {e}")),
         Kind::Bool | Kind::Array(_) | Kind::AskServer => {
             row.push(name, &convert(kind, text)?);
@@ -162,7 +161,7 @@ pub fn render(kind: &Kind, text: &str, row: &mut Row, name: &str) -> Result<(), 
 /// type), compacted as the other JSON values are: the stream and the backfill both
 /// write it here, so the two print the same bytes.
 pub fn push_server_json(row: &mut Row, name: &str, text: &str) -> Result<(), String> {
-    row.push_with(name, |out| write_json_document(text, out, jsonb_number))
+    row.push_json(name, text, jsonb_number)
         .map_err(|e| format!("bad JSON from to_jsonb: {e}"))
 }
 
