@@ -89,7 +89,7 @@ use crate::error::{Error, Result, SourceError};
 use crate::key::{Hi, Key, Region, Window};
 use crate::metrics::Metrics;
 use crate::mode::ResolvedMode;
-use crate::output::{Doc, Output, Sink};
+use crate::output::{Doc, Output, Sink, SourceTable};
 use crate::source::{
     BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row, ScanRequest,
     SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
@@ -299,6 +299,10 @@ pub async fn run<S: Source, K: Sink>(
         options,
         metrics,
         shutdown,
+        sources: specs
+            .iter()
+            .map(|s| SourceTable::new(&s.table.namespace, &s.table.stream))
+            .collect(),
         specs,
         state_keys,
         state,
@@ -390,6 +394,8 @@ struct Engine<S: Source, K> {
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     specs: Vec<BindingSpec>,
+    /// Each binding's `_meta.source` table entries.
+    sources: Vec<SourceTable>,
     state_keys: Vec<String>,
     state: State<S::Position>,
     /// Every transaction committing at or before this has been read from the stream.
@@ -1074,12 +1080,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
             Op::Update => "u",
             Op::Delete => "d",
         };
-        let table = &self.specs[change.binding].table;
         let doc = Doc {
             row: &change.row,
             op,
-            schema: &table.namespace,
-            table: &table.stream,
+            source: &self.sources[change.binding],
             snapshot: false,
             fields: Some(&change.fields),
             pos: Some(&change.pos),
@@ -1090,12 +1094,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
     }
 
     fn emit_snapshot(&mut self, b: usize, row: &Row) -> Result<()> {
-        let table = &self.specs[b].table;
         let doc = Doc {
             row,
             op: "c",
-            schema: &table.namespace,
-            table: &table.stream,
+            source: &self.sources[b],
             snapshot: true,
             fields: None,
             pos: None,

@@ -212,6 +212,32 @@ struct TruncateBody<'a> {
     source: &'a Map<String, Value>,
 }
 
+/// A table's `"schema":...,"table":...` in `_meta.source`, written once per binding
+/// rather than escaped again for every document.
+#[derive(Clone, Debug)]
+pub struct SourceTable {
+    /// The schema (namespace).
+    pub schema: String,
+    /// The table (stream).
+    pub table: String,
+    json: Vec<u8>,
+}
+
+impl SourceTable {
+    /// The entries for `schema` and `table`.
+    pub fn new(schema: &str, table: &str) -> Self {
+        let mut json = b"\"schema\":".to_vec();
+        write_json_str(&mut json, schema);
+        json.extend_from_slice(b",\"table\":");
+        write_json_str(&mut json, table);
+        Self {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            json,
+        }
+    }
+}
+
 /// A document as DESIGN.md §4 shapes it, written straight from its parts: the row's
 /// columns as the text the source rendered ([`Row::body`]), then `_meta` with `op`,
 /// `source` (`schema`, `table`, `snapshot` or the source's own fields and `pos`) and
@@ -224,10 +250,8 @@ pub struct Doc<'a> {
     pub row: &'a Row,
     /// `c`, `u` or `d`.
     pub op: &'static str,
-    /// `_meta.source.schema`.
-    pub schema: &'a str,
-    /// `_meta.source.table`.
-    pub table: &'a str,
+    /// `_meta.source.schema` and `.table`.
+    pub source: &'a SourceTable,
     /// A backfilled row (`snapshot: true`, no fields, no `pos`).
     pub snapshot: bool,
     /// The source's own fields (`lsn`, `txid`, ...): never `schema`, `table`, `snapshot`
@@ -273,10 +297,8 @@ impl Doc<'_> {
     fn write_meta(&self, out: &mut Vec<u8>) -> io::Result<()> {
         out.extend_from_slice(b"{\"op\":");
         write_json_str(out, self.op);
-        out.extend_from_slice(b",\"source\":{\"schema\":");
-        write_json_str(out, self.schema);
-        out.extend_from_slice(b",\"table\":");
-        write_json_str(out, self.table);
+        out.extend_from_slice(b",\"source\":{");
+        out.extend_from_slice(&self.source.json);
         if self.snapshot {
             out.extend_from_slice(b",\"snapshot\":true");
         }
@@ -471,7 +493,7 @@ mod tests {
 
     /// The document as a map, the way it was built before [`Doc`]: the reference.
     fn as_map(d: &Doc<'_>) -> Map<String, Value> {
-        let mut source = obj(json!({"schema": d.schema, "table": d.table}));
+        let mut source = obj(json!({"schema": d.source.schema, "table": d.source.table}));
         if d.snapshot {
             source.insert("snapshot".into(), Value::Bool(true));
         }
@@ -529,8 +551,7 @@ mod tests {
                 let d = Doc {
                     row,
                     op,
-                    schema: "public",
-                    table: "t",
+                    source: &SourceTable::new("public", "t\"q"),
                     snapshot,
                     fields,
                     pos,
