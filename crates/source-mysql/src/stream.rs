@@ -32,7 +32,6 @@ use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, R
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::Value as MyValue;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
@@ -43,7 +42,7 @@ use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Cell, Image, decode, plan};
 use crate::source::{Column, Flavor, Server, Table, connect, my_error};
-use crate::value::{ColType, render_cell};
+use crate::value::{key_value, render_cell};
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
 pub const MARIADB_GTID_EVENT: u8 = 162;
@@ -414,24 +413,21 @@ impl MyStream {
                 .collect(),
             None => vec![None; columns.len()],
         };
-        // Where each key column is in the images, when it is an integer column: its key
-        // value is then the cell's integer, as parsing its rendered text would give, so
-        // the common key is not looked up and parsed back from the row.
-        let int_key_at: Option<Vec<usize>> = key_cols
+        // Where each key column is in the images: where [`key_value`] reads the key from
+        // the cells (an integer key), it is not looked up and parsed back from the row.
+        let key_at: Option<Vec<(usize, &Column)>> = key_cols
             .iter()
             .map(|k| {
                 let at = columns.iter().position(|c| c.name.as_deref() == Some(k))?;
-                let integer = catalog.get(at)?.is_some_and(|c| c.ty == ColType::Int);
-                integer.then_some(at)
+                Some((at, (*catalog.get(at)?)?))
             })
             .collect();
         let int_key = |image: &Image<'_>| -> Option<Key> {
-            let at = int_key_at.as_ref()?;
-            at.iter()
-                .map(|&i| match image.get(i)? {
-                    Some(Cell::Binlog(BinlogValue::Value(MyValue::Int(v)))) => {
-                        Some(Value::from(*v))
-                    }
+            key_at
+                .as_ref()?
+                .iter()
+                .map(|&(i, c)| match image.get(i)? {
+                    Some(Cell::Binlog(BinlogValue::Value(v))) => key_value(&c.ty, v),
                     _ => None,
                 })
                 .collect::<Option<Vec<_>>>()

@@ -419,6 +419,16 @@ pub fn render_bytes<N: ColumnName + ?Sized>(
     Ok(())
 }
 
+/// A key column's value straight from the database's value, where that is cheap and
+/// exactly what parsing its rendered text back gives (an integer column's integer);
+/// `None` for every other case, which takes the rendered text.
+pub fn key_value(ty: &ColType, v: &MyValue) -> Option<Value> {
+    match (ty, v) {
+        (ColType::Int, MyValue::Int(i)) => Some(Value::from(*i)),
+        _ => None,
+    }
+}
+
 /// Whether a decimal's text has exactly `scale` digits after its point.
 fn has_scale(text: &str, scale: usize) -> bool {
     match text.split_once('.') {
