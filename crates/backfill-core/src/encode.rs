@@ -415,29 +415,26 @@ mod tests {
             r#"{"a":{"a":[null]}}"#,
         ];
         let alphabet = b" \t\n{}[],:\"\\-+.eE019tfnulrsa\x01";
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        // Every one-byte deletion, replacement and insertion from the alphabet.
         let mut cases: Vec<String> = docs.iter().map(|d| (*d).to_string()).collect();
         for doc in docs {
-            for _ in 0..400 {
-                let mut b = doc.as_bytes().to_vec();
-                let at = usize::try_from(next() % (b.len() as u64 + 1)).unwrap_or(0);
-                let c = alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap_or(0)];
-                match next() % 3 {
-                    0 if at < b.len() => {
-                        b.remove(at);
+            let d = doc.as_bytes();
+            for at in 0..=d.len() {
+                let mut mutants = Vec::new();
+                if at < d.len() {
+                    mutants.push([&d[..at], &d[at + 1..]].concat());
+                }
+                for &c in alphabet {
+                    if at < d.len() {
+                        mutants.push([&d[..at], &[c], &d[at + 1..]].concat());
                     }
-                    1 if at < b.len() => b[at] = c,
-                    _ => b.insert(at, c),
+                    mutants.push([&d[..at], &[c], &d[at..]].concat());
                 }
-                if let Ok(text) = String::from_utf8(b) {
-                    cases.push(text);
-                }
+                cases.extend(
+                    mutants
+                        .into_iter()
+                        .filter_map(|m| String::from_utf8(m).ok()),
+                );
             }
         }
         let mut valid = 0;
