@@ -422,7 +422,7 @@ impl MyStream {
                 Some((at, (*catalog.get(at)?)?))
             })
             .collect();
-        let int_key = |image: &Image<'_>| -> Option<Key> {
+        let read_key = |image: &Image<'_>| -> Option<Key> {
             key_at
                 .as_ref()?
                 .iter()
@@ -442,7 +442,7 @@ impl MyStream {
         // An image as a row and its key.
         let render = |image: Option<Image<'_>>| -> Result<Option<(Row, Key)>, SourceError> {
             let Some(image) = image else { return Ok(None) };
-            let key = int_key(&image);
+            let key = read_key(&image);
             let row = render(image, &catalog, &db, &table)?.ok_or_else(|| unknown(&db, &table))?;
             // Debug builds (the suites') check the shortcut against the general path.
             debug_assert!(key.as_ref().is_none_or(|k| *k == key_of(&row)));
