@@ -447,16 +447,14 @@ impl MySource {
             })
     }
 
-    fn row_from(t: &Table, cols: &[String], values: &[MyValue]) -> Result<Row, SourceError> {
+    /// A row of `values` selected as `t.columns`, in order (both scans select them so).
+    fn row_from(t: &Table, values: &[MyValue]) -> Result<Row, SourceError> {
         let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
-        for (name, v) in cols.iter().zip(values) {
-            let c = t
-                .column(name)
-                .ok_or_else(|| SourceError::definite(format!("unknown column {name}")))?;
+        for (c, v) in t.columns.iter().zip(values) {
             render(&c.ty, v, Origin::Query, &mut row, &c.quoted).map_err(|e| {
                 SourceError::definite(format!(
-                    "{}.{} column {name}: {e}",
-                    t.table.namespace, t.table.stream
+                    "{}.{} column {}: {e}",
+                    t.table.namespace, t.table.stream, c.name
                 ))
             })?;
         }
@@ -559,7 +557,7 @@ impl MySource {
                 continue;
             }
             let values = r.unwrap();
-            let row = Self::row_from(&t, &names, &values)?;
+            let row = Self::row_from(&t, &values)?;
             let key = Key(req
                 .binding
                 .key
@@ -657,7 +655,7 @@ impl MySource {
         let complete = rows.len() <= req.limits.rows;
         let mut out = Vec::with_capacity(rows.len());
         for (i, r) in rows.into_iter().take(req.limits.rows).enumerate() {
-            let row = Self::row_from(&t, &names, &r.unwrap())?;
+            let row = Self::row_from(&t, &r.unwrap())?;
             out.push((Key(vec![Value::from(offset + i as u64 + 1)]), row));
         }
         if complete {
