@@ -309,6 +309,7 @@ pub async fn run<S: Source, K: Sink>(
         delivered: start_at,
         in_txn: false,
         unproven_txids: Vec::new(),
+        batch: Vec::new(),
         last_pos: None,
         last_commit_ts: None,
         dirty,
@@ -416,6 +417,10 @@ struct Engine<S: Source, K> {
     row_bytes: Vec<Option<usize>>,
     /// The last checkpoint started, until acknowledged: its position and documents.
     unacknowledged: Option<(S::Position, u64)>,
+    /// The stream's events being gathered for one [`Engine::route`], kept empty between
+    /// batches with its capacity: a batch is usually a whole transaction, and growing a
+    /// fresh vector to it again for every transaction copied each event about twice.
+    batch: Vec<StreamEvent<S::Position>>,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -787,7 +792,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
             if target.is_some_and(|t| !self.in_txn && self.delivered >= *t) {
                 return Ok(());
             }
-            let mut batch = Vec::new();
+            let mut batch = std::mem::take(&mut self.batch);
             loop {
                 let event = next_event_flushing(&mut self.stream, &mut self.out).await?;
                 let boundary = self.observe(&event)?;
@@ -802,7 +807,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     break;
                 }
             }
-            self.route(source, batch, chunks).await?;
+            let routed = self.route(source, &mut batch, chunks).await;
+            batch.clear();
+            self.batch = batch;
+            routed?;
             if target.is_none() && !self.in_txn {
                 return Ok(());
             }
@@ -884,7 +892,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
     async fn route(
         &mut self,
         source: &mut S,
-        batch: Vec<StreamEvent<S::Position>>,
+        batch: &mut Vec<StreamEvent<S::Position>>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
         let items = self.expand(batch);
@@ -939,9 +947,9 @@ impl<S: Source, K: Sink> Engine<S, K> {
     }
 
     /// Splits key changes into `d` + `c` and drops transaction markers.
-    fn expand(&self, batch: Vec<StreamEvent<S::Position>>) -> Vec<Item> {
+    fn expand(&self, batch: &mut Vec<StreamEvent<S::Position>>) -> Vec<Item> {
         let mut items = Vec::with_capacity(batch.len());
-        for event in batch {
+        for event in batch.drain(..) {
             match event {
                 StreamEvent::Change(c) => {
                     let key_changed =
