@@ -185,6 +185,23 @@ impl Row {
         self.finish(start);
     }
 
+    /// Appends a column with a string value given as bytes, escaped as JSON; `Err` (and
+    /// the row unchanged) when they are not UTF-8. Text a database sends is mostly ASCII,
+    /// which is checked a word at a time; only other text takes the full UTF-8 check.
+    pub fn push_utf8<N: ColumnName + ?Sized>(
+        &mut self,
+        name: &N,
+        value: &[u8],
+    ) -> Result<(), std::str::Utf8Error> {
+        if !value.is_ascii() {
+            std::str::from_utf8(value)?;
+        }
+        let start = self.begin(name);
+        write_json_utf8(&mut self.body, value);
+        self.finish(start);
+        Ok(())
+    }
+
     /// Appends a column with a string value made of `parts` in order, escaped as JSON:
     /// for values a source rewrites a little (a separator replaced, a suffix added),
     /// without building the string first.
@@ -234,19 +251,20 @@ impl Row {
     pub fn push_number<N: ColumnName + ?Sized>(
         &mut self,
         name: &N,
-        text: &str,
+        text: impl AsRef<[u8]>,
     ) -> Result<(), String> {
+        let text = text.as_ref();
         if !is_json_number(text) {
-            return Err(format!("bad number {text:.64}"));
+            return Err(format!("bad number {:.64}", String::from_utf8_lossy(text)));
         }
         self.push_raw_unchecked(name, text);
         Ok(())
     }
 
     /// Appends text the caller wrote as JSON: for the writers in this module only.
-    fn push_raw_unchecked<N: ColumnName + ?Sized>(&mut self, name: &N, json: &str) {
+    fn push_raw_unchecked<N: ColumnName + ?Sized>(&mut self, name: &N, json: impl AsRef<[u8]>) {
         let start = self.begin(name);
-        self.body.extend_from_slice(json.as_bytes());
+        self.body.extend_from_slice(json.as_ref());
         self.finish(start);
     }
 
@@ -264,9 +282,10 @@ impl Row {
         let ok = match &written {
             Ok(()) => {
                 let text = &self.body[value_at..];
-                std::str::from_utf8(text).is_ok_and(|t| {
-                    is_json_number(t) || serde_json::from_str::<&RawValue>(t).is_ok()
-                })
+                // A number (the common case) is ASCII: no UTF-8 check before the scan.
+                is_json_number(text)
+                    || std::str::from_utf8(text)
+                        .is_ok_and(|t| serde_json::from_str::<&RawValue>(t).is_ok())
             }
             Err(_) => false,
         };
@@ -297,9 +316,10 @@ impl Row {
         let checked = |token: &str, out: &mut Vec<u8>| {
             let at = out.len();
             number(token, out)?;
-            match std::str::from_utf8(&out[at..]) {
-                Ok(n) if is_json_number(n) => Ok(()),
-                _ => Err(format!("{token} was written as a number that is not JSON")),
+            if is_json_number(&out[at..]) {
+                Ok(())
+            } else {
+                Err(format!("{token} was written as a number that is not JSON"))
             }
         };
         if let Err(e) = crate::encode::write_json_document(text, &mut self.body, checked) {
@@ -473,15 +493,20 @@ impl<E: fmt::Display> fmt::Display for PushError<E> {
 
 /// Writes `s` as a JSON string.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    out.reserve(s.len() + 2);
+    write_json_utf8(out, s.as_bytes());
+}
+
+/// [`write_json_str`] for bytes the caller has found to be UTF-8 (escaping looks only at
+/// ASCII bytes, so it never needs the `str`).
+fn write_json_utf8(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len() + 2);
     out.push(b'"');
-    let b = s.as_bytes();
     // Short strings (column names, most keys and metadata) are checked byte by byte:
     // padding them into a word took a `memcpy` call of its own.
     if b.len() <= SHORT && b.iter().all(|&c| !needs_escape(c)) {
         out.extend_from_slice(b);
     } else {
-        write_json_str_inner(out, s);
+        write_json_utf8_inner(out, b);
     }
     out.push(b'"');
 }
@@ -500,9 +525,15 @@ fn needs_escape(c: u8) -> bool {
 /// characters, everything else (0x7F and non-ASCII included) as it stands.
 #[inline]
 pub fn write_json_str_inner(out: &mut Vec<u8>, s: &str) {
-    match next_escape(s.as_bytes(), 0) {
-        None => out.extend_from_slice(s.as_bytes()),
-        Some(at) => write_escaped_from(out, s.as_bytes(), at),
+    write_json_utf8_inner(out, s.as_bytes());
+}
+
+/// [`write_json_str_inner`] for bytes known to be UTF-8.
+#[inline]
+fn write_json_utf8_inner(out: &mut Vec<u8>, b: &[u8]) {
+    match next_escape(b, 0) {
+        None => out.extend_from_slice(b),
+        Some(at) => write_escaped_from(out, b, at),
     }
 }
 
@@ -668,8 +699,8 @@ fn json_str_eq(quoted: &[u8], name: &str) -> bool {
 }
 
 /// Whether `text` is exactly a JSON number (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`).
-pub fn is_json_number(text: &str) -> bool {
-    let b = text.as_bytes();
+pub fn is_json_number(text: impl AsRef<[u8]>) -> bool {
+    let b = text.as_ref();
     let mut i = 0;
     let digits = |i: &mut usize| {
         let start = *i;
@@ -762,6 +793,36 @@ mod tests {
         match v {
             Value::Object(m) => m,
             _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn utf8_bytes_are_pushed_as_the_str_is_and_other_bytes_refused() {
+        let texts = [
+            "",
+            "plain ascii",
+            "a \"quote\" and a \\ backslash",
+            "tab\tnew line\ncontrol \u{1}\u{1f}",
+            "longer than sixteen bytes, with \"escapes\" past the sixteenth",
+            "é, ü and 漢字",
+            "emoji 🦀 after ascii",
+            "\u{7f} and \u{80}",
+        ];
+        for text in texts {
+            let (mut by_str, mut by_bytes) = (Row::new(), Row::new());
+            by_str.push_str("v", text);
+            by_bytes
+                .push_utf8("v", text.as_bytes())
+                .expect("UTF-8 is accepted");
+            assert_eq!(by_bytes, by_str, "{text:?}");
+            assert_eq!(by_bytes.get("v"), Some(Value::from(text)));
+        }
+        for bad in [&b"\xff"[..], b"ascii then \xc3", b"\xed\xa0\x80 (a surrogate)"] {
+            let mut row = Row::new();
+            row.push_i64("before", 1);
+            let unchanged = row.clone();
+            assert!(row.push_utf8("v", bad).is_err(), "{bad:?}");
+            assert_eq!(row, unchanged);
         }
     }
 

@@ -323,6 +323,13 @@ impl DateText {
     fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
+
+    /// Appends the text to `row` as a string column, without making it a `str` first
+    /// (it is ASCII, which [`Row::push_utf8`] checks a word at a time).
+    fn push_to<N: ColumnName + ?Sized>(&self, row: &mut Row, name: &N) -> Result<(), String> {
+        row.push_utf8(name, &self.buf[..self.len])
+            .map_err(|e| format!("a date's text: {e}"))
+    }
 }
 
 /// A TIMESTAMP's epoch seconds as UTC date-time fields.
@@ -368,18 +375,12 @@ pub fn render<N: ColumnName + ?Sized>(
         (ColType::DateTime { fsp }, MyValue::Date(y, mo, d, h, mi, s, us))
             if (*y, *mo, *d) != (0, 0, 0) =>
         {
-            row.push_str(
-                name,
-                DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "").as_str(),
-            );
+            DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "").push_to(row, name)?;
         }
         (ColType::Timestamp { fsp }, MyValue::Date(y, mo, d, h, mi, s, us))
             if (*y, *mo, *d) != (0, 0, 0) =>
         {
-            row.push_str(
-                name,
-                DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "Z").as_str(),
-            );
+            DateText::new((*y, *mo, *d, *h, *mi, *s, *us), *fsp, "Z").push_to(row, name)?;
         }
         _ => row.push(name, &to_json(ty, v, origin)?),
     }
@@ -397,18 +398,11 @@ pub fn render_bytes<N: ColumnName + ?Sized>(
     name: &N,
 ) -> Result<(), String> {
     match ty {
-        ColType::Text { latin1 } if !(*latin1 && origin == Origin::Binlog) => {
-            match std::str::from_utf8(b) {
-                Ok(s) => row.push_str(name, s),
-                Err(_) => return Err(format!("text that is not UTF-8: {}", base64(b))),
-            }
-        }
+        ColType::Text { latin1 } if !(*latin1 && origin == Origin::Binlog) => row
+            .push_utf8(name, b)
+            .map_err(|_| format!("text that is not UTF-8: {}", base64(b)))?,
         // The common decimal: its text already has the column's scale.
-        ColType::Decimal { scale }
-            if std::str::from_utf8(b).is_ok_and(|t| has_scale(t, *scale)) =>
-        {
-            row.push_number(name, std::str::from_utf8(b).unwrap_or_default())?;
-        }
+        ColType::Decimal { scale } if has_scale(b, *scale) => row.push_number(name, b)?,
         ColType::Json => {
             let text = std::str::from_utf8(b).map_err(|e| format!("bad JSON value: {e}"))?;
             row.push_json(name, text, json_number_as_parsed)
@@ -430,9 +424,9 @@ pub fn key_value(ty: &ColType, v: &MyValue) -> Option<Value> {
 }
 
 /// Whether a decimal's text has exactly `scale` digits after its point.
-fn has_scale(text: &str, scale: usize) -> bool {
-    match text.split_once('.') {
-        Some((_, frac)) => frac.len() == scale,
+fn has_scale(text: &[u8], scale: usize) -> bool {
+    match text.iter().position(|&c| c == b'.') {
+        Some(point) => text.len() - point - 1 == scale,
         None => scale == 0,
     }
 }
@@ -469,7 +463,7 @@ pub fn render_cell<N: ColumnName + ?Sized>(
                     row.push_null(name);
                 } else {
                     let parts = epoch_parts(i64::from(secs), micros);
-                    row.push_str(name, DateText::new(parts, *fsp, "Z").as_str());
+                    DateText::new(parts, *fsp, "Z").push_to(row, name)?;
                 }
                 Ok(())
             }
@@ -540,7 +534,7 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
         ColType::Decimal { scale } => {
             let t = text_of(v).ok_or_else(bad)?;
             // The binlog's and the server's text already has the column's scale.
-            if has_scale(&t, *scale) {
+            if has_scale(t.as_bytes(), *scale) {
                 return number(&t);
             }
             let (int, frac) = t.split_once('.').unwrap_or((&t, ""));
