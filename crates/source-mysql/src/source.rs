@@ -461,14 +461,45 @@ impl MySource {
         Ok(row)
     }
 
-    async fn snapshot_position(
+    /// Starts a consistent snapshot on `conn`. On MariaDB, returns the binlog position it
+    /// sees exactly (`binlog_snapshot_file` and `_position`), read in the same round
+    /// trip: a chunk's snapshot starts while the last chunk is emitted, and every round
+    /// trip before its rows is time the server spends idle.
+    async fn start_snapshot(
         conn: &mut Conn,
+        flavor: Flavor,
+        file_base: u64,
+        what: &str,
+    ) -> Result<Option<BinlogPosition>, SourceError> {
+        const START: &str = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
+        if flavor == Flavor::MySql {
+            conn.query_drop(START)
+                .await
+                .map_err(|e| my_error(&e, what))?;
+            return Ok(None);
+        }
+        let mut result = conn
+            .query_iter(format!("{START}; SHOW STATUS LIKE 'binlog_snapshot_%'"))
+            .await
+            .map_err(|e| my_error(&e, what))?;
+        // Two result sets: the START's (no rows), then the status rows.
+        let mut rows: Vec<(String, String)> = Vec::new();
+        while !result.is_empty() {
+            let set: Vec<(String, String)> = result
+                .collect()
+                .await
+                .map_err(|e| my_error(&e, "reading the snapshot's binlog position"))?;
+            rows.extend(set);
+        }
+        drop(result);
+        Self::snapshot_position(&rows, file_base).map(Some)
+    }
+
+    /// The snapshot's position from `SHOW STATUS LIKE 'binlog_snapshot_%'`.
+    fn snapshot_position(
+        rows: &[(String, String)],
         file_base: u64,
     ) -> Result<BinlogPosition, SourceError> {
-        let rows: Vec<(String, String)> = conn
-            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            .await
-            .map_err(|e| my_error(&e, "reading the snapshot's binlog position"))?;
         let get = |n: &str| {
             rows.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
@@ -527,14 +558,8 @@ impl MySource {
         sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", req.limits.rows + 1));
         let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
         self.before_snapshot(&what).await?;
-        self.conn
-            .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            .await
-            .map_err(|e| my_error(&e, &what))?;
-        let seen_through = match self.server.flavor {
-            Flavor::MariaDb => Some(Self::snapshot_position(&mut self.conn, self.file_base).await?),
-            Flavor::MySql => None,
-        };
+        let seen_through =
+            Self::start_snapshot(&mut self.conn, self.server.flavor, self.file_base, &what).await?;
         // Each key column's place among the selected ones, for [`key_value`].
         let key_at: Vec<Option<(usize, &Column)>> = req
             .binding
@@ -611,19 +636,19 @@ impl MySource {
         if fresh {
             self.before_snapshot(&what).await?;
             let mut conn = connect(&self.endpoint).await?;
-            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                .await
-                .map_err(|e| my_error(&e, &what))?;
             // MySQL: the binlog's end, read after the snapshot, is its fence (the wait
             // above proved the ordering).
-            let position = match self.server.flavor {
-                Flavor::MariaDb => Self::snapshot_position(&mut conn, self.file_base).await?,
-                Flavor::MySql => {
-                    binlog_status(&mut conn, Flavor::MySql, self.file_base)
-                        .await?
-                        .0
-                }
-            };
+            let position =
+                match Self::start_snapshot(&mut conn, self.server.flavor, self.file_base, &what)
+                    .await?
+                {
+                    Some(seen_through) => seen_through,
+                    None => {
+                        binlog_status(&mut conn, Flavor::MySql, self.file_base)
+                            .await?
+                            .0
+                    }
+                };
             self.keyless = Some(KeylessScan {
                 binding: req.binding.index,
                 conn,
