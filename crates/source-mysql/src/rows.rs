@@ -135,23 +135,47 @@ pub type Image<'a> = Vec<Option<Cell<'a>>>;
 /// A row's before and after images (an insert has no before, a delete no after).
 pub type RowImages<'a> = (Option<Image<'a>>, Option<Image<'a>>);
 
-/// The rows of `rows`, decoded with the columns of its table map (`plan`).
+/// The rows of `rows`, decoded with the columns of its table map (`plan`), collected.
 pub fn decode<'a>(
     rows: &'a RowsEventData<'a>,
     plan: &[ColumnPlan<'a>],
 ) -> Result<Vec<RowImages<'a>>, String> {
+    let mut decoded = Vec::new();
+    decode_each(
+        rows,
+        plan,
+        |e| e,
+        |before, after| {
+            decoded.push((before.map(std::mem::take), after.map(std::mem::take)));
+            Ok(())
+        },
+    )?;
+    Ok(decoded)
+}
+
+/// Decodes the rows of `rows` one at a time and hands each row's before and after
+/// images to `row` (an insert has no before, a delete no after), with the columns of its
+/// table map (`plan`). The images are two buffers reused from row to row, so a row costs
+/// no allocation here: `row` may take cells out of them (leaving `None`), not keep them.
+/// A malformed event is reported through `malformed`, after the rows before it.
+pub fn decode_each<'a, E>(
+    rows: &'a RowsEventData<'a>,
+    plan: &[ColumnPlan<'a>],
+    malformed: impl Fn(String) -> E,
+    mut row: impl FnMut(Option<&mut Image<'a>>, Option<&mut Image<'a>>) -> Result<(), E>,
+) -> Result<(), E> {
     if matches!(rows, RowsEventData::PartialUpdateRowsEvent(_)) {
-        return Err(
+        return Err(malformed(
             "partial JSON updates are not supported: set binlog_row_value_options='' on the server"
                 .into(),
-        );
+        ));
     }
-    let count = usize::try_from(rows.num_columns()).map_err(|e| e.to_string())?;
+    let count = usize::try_from(rows.num_columns()).map_err(|e| malformed(e.to_string()))?;
     if count > plan.len() {
-        return Err(format!(
+        return Err(malformed(format!(
             "the rows event has {count} columns, its table map {}",
             plan.len()
-        ));
+        )));
     }
     // The positions of the columns set in each image's column bitmap.
     let before = rows.columns_before_image().map(|bits| {
@@ -165,37 +189,48 @@ pub fn decode<'a>(
             .collect::<Vec<_>>()
     });
     if before.is_none() && after.is_none() {
-        return Err("a rows event with neither a before nor an after image".into());
+        return Err(malformed(
+            "a rows event with neither a before nor an after image".into(),
+        ));
     }
     let mut buf = ParseBuf(rows.rows_data());
-    let mut decoded = Vec::new();
+    let (mut b_image, mut a_image) = (Image::new(), Image::new());
     while !buf.is_empty() {
         let b = match &before {
-            Some(cols) => Some(image(&mut buf, cols, plan)?),
+            Some(cols) => {
+                image(&mut buf, cols, plan, &mut b_image).map_err(&malformed)?;
+                Some(&mut b_image)
+            }
             None => None,
         };
         let a = match &after {
-            Some(cols) => Some(image(&mut buf, cols, plan)?),
+            Some(cols) => {
+                image(&mut buf, cols, plan, &mut a_image).map_err(&malformed)?;
+                Some(&mut a_image)
+            }
             None => None,
         };
-        decoded.push((b, a));
+        row(b, a)?;
     }
-    Ok(decoded)
+    Ok(())
 }
 
-/// One row image at the front of `buf`.
+/// One row image at the front of `buf`, decoded into `values` (its earlier content
+/// cleared).
 fn image<'a>(
     buf: &mut ParseBuf<'a>,
     columns: &[usize],
     plan: &[ColumnPlan<'a>],
-) -> Result<Image<'a>, String> {
+    values: &mut Image<'a>,
+) -> Result<(), String> {
     if columns.is_empty() {
         return Err("a row image with no columns".into());
     }
     let nulls = buf
         .checked_eat(columns.len().div_ceil(8))
         .ok_or("a row image shorter than its null bitmap")?;
-    let mut values: Image<'a> = vec![None; plan.len()];
+    values.clear();
+    values.resize(plan.len(), None);
     for (n, &i) in columns.iter().enumerate() {
         let null = nulls
             .get(n / 8)
@@ -221,7 +256,7 @@ fn image<'a>(
         };
         values[i] = Some(value);
     }
-    Ok(values)
+    Ok(())
 }
 
 /// A string-like value's bytes, for the types whose layout is a length then the bytes

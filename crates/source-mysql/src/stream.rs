@@ -40,7 +40,7 @@ use serde_json::Value;
 
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
-use crate::rows::{Cell, Image, decode, plan};
+use crate::rows::{Cell, Image, decode_each, plan};
 use crate::source::{Column, Flavor, Server, Table, connect, my_error};
 use crate::value::{key_value, render_cell};
 
@@ -404,7 +404,6 @@ impl MyStream {
             // `columns` borrows the stream's table map, so only the tables are replaced.
             self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
         }
-        let decoded = decode(rows, &columns).map_err(undecodable)?;
         // Each table-map column's catalog column (`None`: unknown, see above).
         let catalog: Vec<Option<&Column>> = match find_table(&self.tables, &db, &table) {
             Some(t) => columns
@@ -440,9 +439,9 @@ impl MyStream {
                 .collect())
         };
         // An image as a row and its key.
-        let render = |image: Option<Image<'_>>| -> Result<Option<(Row, Key)>, SourceError> {
+        let render = |image: Option<&mut Image<'_>>| -> Result<Option<(Row, Key)>, SourceError> {
             let Some(image) = image else { return Ok(None) };
-            let key = read_key(&image);
+            let key = read_key(image);
             let row = render(image, &catalog, &db, &table)?.ok_or_else(|| unknown(&db, &table))?;
             // Debug builds (the suites') check the shortcut against the general path.
             debug_assert!(key.as_ref().is_none_or(|k| *k == key_of(&row)));
@@ -461,12 +460,15 @@ impl MyStream {
             f.push_str("cursor", &cursor);
             Arc::new(f)
         };
-        for (i, (before, after)) in decoded.into_iter().enumerate() {
+        let pending = &mut self.pending;
+        let mut i = 0u64;
+        decode_each(rows, &columns, undecodable, |before, after| {
             let (before, after) = (render(before)?, render(after)?);
             let meta = ChangeMeta {
-                pos: vec![file_no, end, i as u64],
+                pos: vec![file_no, end, i],
                 fields: fields.clone(),
             };
+            i += 1;
             let change = match (before, after) {
                 (None, Some((row, key))) => Change {
                     binding,
@@ -495,11 +497,11 @@ impl MyStream {
                     before: Some(b),
                     meta,
                 },
-                (None, None) => continue,
+                (None, None) => return Ok(()),
             };
-            self.pending.push_back(StreamEvent::Change(change));
-        }
-        Ok(())
+            pending.push_back(StreamEvent::Change(change));
+            Ok(())
+        })
     }
 }
 
@@ -533,14 +535,14 @@ fn find_table<'t>(tables: &'t [Table], db: &str, table: &str) -> Option<&'t Tabl
 
 /// One row image as a document (`None`: a column the catalog does not know).
 fn render(
-    image: Image<'_>,
+    image: &mut Image<'_>,
     catalog: &[Option<&Column>],
     db: &str,
     table: &str,
 ) -> Result<Option<Row>, SourceError> {
     let mut out = Row::with_capacity(image.len(), 256 + 16 * image.len());
-    for (value, column) in image.into_iter().zip(catalog) {
-        let Some(value) = value else { continue };
+    for (value, column) in image.iter_mut().zip(catalog) {
+        let Some(value) = value.take() else { continue };
         let Some(c) = column else {
             return Ok(None);
         };
