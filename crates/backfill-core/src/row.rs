@@ -817,7 +817,11 @@ mod tests {
             assert_eq!(by_bytes, by_str, "{text:?}");
             assert_eq!(by_bytes.get("v"), Some(Value::from(text)));
         }
-        for bad in [&b"\xff"[..], b"ascii then \xc3", b"\xed\xa0\x80 (a surrogate)"] {
+        for bad in [
+            &b"\xff"[..],
+            b"ascii then \xc3",
+            b"\xed\xa0\x80 (a surrogate)",
+        ] {
             let mut row = Row::new();
             row.push_i64("before", 1);
             let unchanged = row.clone();
