@@ -297,7 +297,7 @@ fn feed_binlog(events: &[Vec<u8>], types: &[ColType], fed: &mut Fed) {
             fed.rows += 1;
             for v in row {
                 for ty in types {
-                    let _ = render_cell(ty, v.clone(), &mut Row::new(), "c");
+                    let _ = render_cell(ty, &v, &mut Row::new(), "c");
                 }
             }
         }

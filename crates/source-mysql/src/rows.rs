@@ -428,7 +428,7 @@ mod tests {
     use crate::value::{ColType, render_cell};
 
     /// The JSON a TIMESTAMP(fsp) column gets from `cell`.
-    fn rendered(cell: Cell<'_>, fsp: usize) -> Option<serde_json::Value> {
+    fn rendered(cell: &Cell<'_>, fsp: usize) -> Option<serde_json::Value> {
         let mut row = Row::new();
         render_cell(&ColType::Timestamp { fsp }, cell, &mut row, "t").ok()?;
         row.get("t")
@@ -564,7 +564,7 @@ mod tests {
                 let theirs = mysql_commons(&bin, ColumnType::MYSQL_TYPE_NEWDECIMAL, &meta);
                 let render = |cell: Cell<'_>| {
                     let mut row = Row::new();
-                    render_cell(&ColType::Decimal { scale }, cell, &mut row, "d").map(|()| row)
+                    render_cell(&ColType::Decimal { scale }, &cell, &mut row, "d").map(|()| row)
                 };
                 let ours = render(ours).expect("a valid DECIMAL renders");
                 assert_eq!(
@@ -604,15 +604,15 @@ mod tests {
             let theirs = mysql_commons(&bytes, ColumnType::MYSQL_TYPE_TIMESTAMP2, &meta);
             let fsp = usize::from(dec);
             assert_eq!(
-                rendered(ours, fsp),
-                rendered(theirs, fsp),
+                rendered(&ours, fsp),
+                rendered(&theirs, fsp),
                 "{dec} {secs} {frac}"
             );
         }
         // Past 2038 the seconds stay unsigned (mysql_common would read a negative i32).
         let bytes = 3_000_000_000u32.to_be_bytes();
         let cell = timestamp2(&mut ParseBuf(&bytes), &[0]).expect("decodes");
-        assert_eq!(rendered(cell, 0), Some("2065-01-24T05:20:00Z".into()));
+        assert_eq!(rendered(&cell, 0), Some("2065-01-24T05:20:00Z".into()));
         // Too short, or an impossible fraction: refused, not misread.
         assert!(timestamp2(&mut ParseBuf(&[0, 0, 1]), &[0]).is_err());
         assert!(timestamp2(&mut ParseBuf(&[0, 0, 0, 1, 0x0F, 0x42, 0x40]), &[6]).is_err());

@@ -434,14 +434,15 @@ fn has_scale(text: &[u8], scale: usize) -> bool {
 /// [`render`] for a value of a binlog rows event.
 pub fn render_binlog<N: ColumnName + ?Sized>(
     ty: &ColType,
-    v: BinlogValue<'_>,
+    v: &BinlogValue<'_>,
     row: &mut Row,
     name: &N,
 ) -> Result<(), String> {
     match v {
-        BinlogValue::Value(v) => render(ty, &v, Origin::Binlog, row, name),
+        BinlogValue::Value(v) => render(ty, v, Origin::Binlog, row, name),
+        // MySQL's binary JSON: its parts borrow the event, so the copy is shallow.
         other => {
-            row.push(name, &from_binlog(ty, other)?);
+            row.push(name, &from_binlog(ty, other.clone())?);
             Ok(())
         }
     }
@@ -450,13 +451,13 @@ pub fn render_binlog<N: ColumnName + ?Sized>(
 /// [`render`] for a value of a row image as the stream decodes it.
 pub fn render_cell<N: ColumnName + ?Sized>(
     ty: &ColType,
-    cell: Cell<'_>,
+    cell: &Cell<'_>,
     row: &mut Row,
     name: &N,
 ) -> Result<(), String> {
-    match cell {
-        Cell::Binlog(v) => render_binlog(ty, v, row, name),
-        Cell::Bytes(b) => render_bytes(ty, &b, Origin::Binlog, row, name),
+    match *cell {
+        Cell::Binlog(ref v) => render_binlog(ty, v, row, name),
+        Cell::Bytes(ref b) => render_bytes(ty, b, Origin::Binlog, row, name),
         Cell::Timestamp { secs, micros } => match ty {
             ColType::Timestamp { fsp } => {
                 if secs == 0 {
@@ -485,18 +486,18 @@ pub fn render_cell<N: ColumnName + ?Sized>(
             }
         },
         Cell::Decimal {
-            bin,
+            ref bin,
             precision,
             scale,
         } => {
             let (precision, scale) = (usize::from(precision), usize::from(scale));
             if *ty == (ColType::Decimal { scale }) {
-                row.push_with(name, |out| write_decimal(&bin, precision, scale, out))
+                row.push_with(name, |out| write_decimal(bin, precision, scale, out))
                     .map_err(|e| e.to_string())
             } else {
                 // Another declared scale or type: the text, through the general path.
                 let mut text = Vec::new();
-                write_decimal(&bin, precision, scale, &mut text)?;
+                write_decimal(bin, precision, scale, &mut text)?;
                 render(ty, &MyValue::Bytes(text), Origin::Binlog, row, name)
             }
         }
