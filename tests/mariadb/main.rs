@@ -138,16 +138,17 @@ fn keys_are_unique_indexes_whose_columns_are_all_not_null((binary, db): (PathBuf
 /// DESIGN.md §5 spells it.
 fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaDbServer)) {
     db.sql(
-        "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, bu BIGINT UNSIGNED, d DECIMAL(10,2),
+        "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
+           bi BIGINT, bu BIGINT UNSIGNED, d DECIMAL(10,2),
            f FLOAT, db DOUBLE, b1 TINYINT(1), bt BIT(5), y YEAR, dt DATE, dtm DATETIME(3), ts TIMESTAMP(6) NULL,
            tm TIME(3), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1, bn BINARY(3),
            vb VARBINARY(5), bl BLOB, e ENUM('a','b c'), st SET('x','y','z'), j JSON);
          SET NAMES utf8mb4; SET SESSION sql_mode = '';
          INSERT INTO test.v VALUES
-          (1, -128, 255, 18446744073709551615, 1.5, 0.1, 2.5e-300, 1, b'10101', 2024, '2020-02-29', '2020-01-02 03:04:05.678',
+          (1, -128, 255, -32768, -8388608, 16777215, -9223372036854775808, 18446744073709551615, 1.5, 0.1, 2.5e-300, 1, b'10101', 2024, '2020-02-29', '2020-01-02 03:04:05.678',
            '2020-01-02 03:04:05.123456', '-26:03:04.5', 'ab', 'héllo', 'long text', 'café', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
            '{\"a\": [1, 2.5, null], \"b\": \"s\"}'),
-          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL,
+          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL)",
     )
     .unwrap();
@@ -164,6 +165,14 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     let row1 = &backfilled[0];
     assert_eq!(row1["d"].to_string(), "1.50");
     assert_eq!(row1["bu"].to_string(), "18446744073709551615");
+    assert_eq!(row1["si"], json!(-32768));
+    assert_eq!(
+        row1["mi"],
+        json!(-8388608),
+        "a signed MEDIUMINT keeps its sign"
+    );
+    assert_eq!(row1["mu"], json!(16777215));
+    assert_eq!(row1["bi"], json!(i64::MIN));
     assert_eq!(row1["f"].to_string(), "0.1");
     assert_eq!(row1["bt"], json!(21));
     assert_eq!(row1["y"], json!(2024));
@@ -177,7 +186,7 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     assert_eq!(row1["j"], json!({"a": [1, 2.5, null], "b": "s"}));
     assert_eq!(backfilled[1]["dt"], Value::Null, "zero dates are null");
     // The same rows again, streamed.
-    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
     let second = capture(&binary, &dir);
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines);
