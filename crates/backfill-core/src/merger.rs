@@ -91,8 +91,8 @@ use crate::metrics::Metrics;
 use crate::mode::ResolvedMode;
 use crate::output::{Doc, Output, Sink, SourceTable};
 use crate::source::{
-    BindingSpec, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row, ScanRequest,
-    SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
+    BindingSpec, Change, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row,
+    ScanRequest, SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
 };
 use crate::state::{Phase, ResolvedBinding, State};
 
@@ -377,6 +377,36 @@ struct RowChange {
     before: Option<Row>,
     pos: Vec<u64>,
     fields: Arc<Row>,
+}
+
+impl RowChange {
+    fn view(&self) -> EmitView<'_> {
+        EmitView {
+            binding: self.binding,
+            op: self.op,
+            row: &self.row,
+            before: self.before.as_ref(),
+            pos: &self.pos,
+            fields: &self.fields,
+        }
+    }
+}
+
+/// What a change's document is written from, borrowed from a [`RowChange`] or, on the
+/// path that emits a batch in place, from the stream's [`Change`].
+#[derive(Debug, Clone, Copy)]
+struct EmitView<'a> {
+    binding: usize,
+    op: Op,
+    row: &'a Row,
+    before: Option<&'a Row>,
+    pos: &'a [u64],
+    fields: &'a Row,
+}
+
+/// Whether an update moved its row to another key (emitted as a `d` then a `c`).
+fn key_changed(c: &Change) -> bool {
+    c.op == Op::Update && c.before_key.as_ref().is_some_and(|bk| *bk != c.key)
 }
 
 #[derive(Debug)]
@@ -867,6 +897,15 @@ impl<S: Source, K: Sink> Engine<S, K> {
         }
     }
 
+    /// Whether a Precise binding is still backfilling: its changes are then routed by
+    /// region, not all emitted.
+    fn any_precise_backfilling(&self) -> bool {
+        self.specs.iter().enumerate().any(|(b, spec)| {
+            spec.mode == ResolvedMode::Precise
+                && self.state.bindings[&self.state_keys[b]].phase != Phase::Active
+        })
+    }
+
     fn phase_any_backfilling(&self) -> bool {
         self.state
             .bindings
@@ -889,44 +928,66 @@ impl<S: Source, K: Sink> Engine<S, K> {
     }
 
     /// Classifies and routes one batch of events: emit, patch or drop each change.
+    ///
+    /// When no binding is a Precise one still backfilling, every change is emitted as it
+    /// is: the batch is then read in place, nothing moved into items or classified (a
+    /// change is a few hundred bytes, and this is the steady state of every capture).
     async fn route(
         &mut self,
         source: &mut S,
         batch: &mut Vec<StreamEvent<S::Position>>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
+        if !self.any_precise_backfilling() {
+            for event in batch.iter() {
+                match event {
+                    StreamEvent::Change(c) if !key_changed(c) => self.emit_change(&EmitView {
+                        binding: c.binding,
+                        op: c.op,
+                        row: &c.row,
+                        before: c.before.as_ref(),
+                        pos: &c.meta.pos,
+                        fields: &c.meta.fields,
+                    })?,
+                    // Rare: split as the general path does.
+                    StreamEvent::Change(c) => {
+                        for item in self.expand(&mut vec![StreamEvent::Change(c.clone())]) {
+                            if let Item::Row(change) = item {
+                                self.emit_change(&change.view())?;
+                            }
+                        }
+                    }
+                    StreamEvent::Truncate { bindings, meta } => {
+                        self.emit_truncate(bindings, meta, chunks)?;
+                    }
+                    StreamEvent::Begin
+                    | StreamEvent::Commit { .. }
+                    | StreamEvent::Progress { .. } => {}
+                }
+            }
+            return Ok(());
+        }
         let items = self.expand(batch);
         let regions = self.classify(source, &items, chunks).await?;
         for (i, item) in items.into_iter().enumerate() {
             match item {
-                Item::Truncate(bindings, meta) => {
-                    for b in bindings {
-                        let mut source = self.source_fields(b);
-                        source.extend(meta.fields.to_map());
-                        self.check_pos(&meta.pos)?;
-                        source.insert("pos".into(), pos_value(&meta.pos));
-                        self.out.truncate(b, &source)?;
-                        if let Some(hand) = chunks.iter_mut().find(|c| c.binding == b) {
-                            hand.rows.iter_mut().for_each(|r| *r = None);
-                        }
-                    }
-                }
+                Item::Truncate(bindings, meta) => self.emit_truncate(&bindings, &meta, chunks)?,
                 Item::Row(change) => {
                     let b = change.binding;
                     let entry = &self.state.bindings[&self.state_keys[b]];
                     let (active, incremental) = (entry.phase == Phase::Active, entry.incremental());
                     if active || self.specs[b].mode != ResolvedMode::Precise {
-                        self.emit_change(&change)?;
+                        self.emit_change(&change.view())?;
                         continue;
                     }
                     let incremental_delete = change.op == Op::Delete && incremental;
                     match regions[i].unwrap_or(Region::Ahead) {
-                        Region::Done => self.emit_change(&change)?,
+                        Region::Done => self.emit_change(&change.view())?,
                         Region::Window => {
                             let hand = chunks.iter_mut().find(|c| c.binding == b);
                             if incremental_delete {
                                 let key = change.key.clone();
-                                self.emit_change(&change)?;
+                                self.emit_change(&change.view())?;
                                 if let Some(hand) = hand {
                                     patch_delete(hand, &key, self.options.sabotage.skip_patching);
                                 }
@@ -936,7 +997,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                         }
                         Region::Ahead => {
                             if incremental_delete {
-                                self.emit_change(&change)?;
+                                self.emit_change(&change.view())?;
                             }
                         }
                     }
@@ -952,9 +1013,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         for event in batch.drain(..) {
             match event {
                 StreamEvent::Change(c) => {
-                    let key_changed =
-                        c.op == Op::Update && c.before_key.as_ref().is_some_and(|bk| *bk != c.key);
-                    if key_changed {
+                    if key_changed(&c) {
                         let old_key = c.before_key.expect("checked above");
                         let old_row = match &c.before {
                             Some(before) => before.clone(),
@@ -1081,23 +1140,42 @@ impl<S: Source, K: Sink> Engine<S, K> {
         Ok(())
     }
 
-    fn emit_change(&mut self, change: &RowChange) -> Result<()> {
-        self.check_pos(&change.pos)?;
+    fn emit_change(&mut self, change: &EmitView<'_>) -> Result<()> {
+        self.check_pos(change.pos)?;
         let op = match change.op {
             Op::Insert => "c",
             Op::Update => "u",
             Op::Delete => "d",
         };
         let doc = Doc {
-            row: &change.row,
+            row: change.row,
             op,
             source: &self.sources[change.binding],
             snapshot: false,
-            fields: Some(&change.fields),
-            pos: Some(&change.pos),
-            before: change.before.as_ref(),
+            fields: Some(change.fields),
+            pos: Some(change.pos),
+            before: change.before,
         };
         self.out.doc(change.binding, &doc)?;
+        Ok(())
+    }
+
+    fn emit_truncate(
+        &mut self,
+        bindings: &[usize],
+        meta: &ChangeMeta,
+        chunks: &mut [ChunkInHand],
+    ) -> Result<()> {
+        for &b in bindings {
+            let mut source = self.source_fields(b);
+            source.extend(meta.fields.to_map());
+            self.check_pos(&meta.pos)?;
+            source.insert("pos".into(), pos_value(&meta.pos));
+            self.out.truncate(b, &source)?;
+            if let Some(hand) = chunks.iter_mut().find(|c| c.binding == b) {
+                hand.rows.iter_mut().for_each(|r| *r = None);
+            }
+        }
         Ok(())
     }
 
