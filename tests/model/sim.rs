@@ -811,6 +811,10 @@ impl ChangeStream for SimStream {
         std::future::pending().await
     }
 
+    fn next_buffered(&mut self) -> Option<StreamEvent<Seq>> {
+        self.queue.pop_front()
+    }
+
     /// A source may discard its log up to an acknowledged position, so one acknowledged
     /// before the state holding it is durable could lose changes after a crash: refused,
     /// which fails the run with a message the suite reports as a violation.

@@ -824,7 +824,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
             }
             let mut batch = std::mem::take(&mut self.batch);
             loop {
-                let event = next_event_flushing(&mut self.stream, &mut self.out).await?;
+                let event = match self.stream.next_buffered() {
+                    Some(event) => event,
+                    None => next_event_flushing(&mut self.stream, &mut self.out).await?,
+                };
                 let boundary = self.observe(&event)?;
                 batch.push(event);
                 if batch.len() >= self.options.batch_events {

@@ -339,6 +339,15 @@ pub trait ChangeStream {
     /// The next event.
     async fn next_event(&mut self) -> Result<StreamEvent<Self::Position>, SourceError>;
 
+    /// The next event if the stream already holds it (decoded, not yet delivered), without
+    /// waiting; `None` when it must be awaited from [`next_event`](Self::next_event). The
+    /// two deliver one sequence: an event taken here is not delivered again, and
+    /// `next_event` delivers held events first. The merger takes held events here, where
+    /// awaiting each one moved it through the future's state several times.
+    fn next_buffered(&mut self) -> Option<StreamEvent<Self::Position>> {
+        None
+    }
+
     /// Everything at or before `durable` is safely recorded downstream.
     async fn acknowledge(&mut self, durable: &Self::Position) -> Result<(), SourceError>;
 }

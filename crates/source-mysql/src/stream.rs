@@ -645,6 +645,10 @@ impl ChangeStream for MyStream {
         }
     }
 
+    fn next_buffered(&mut self) -> Option<StreamEvent<BinlogPosition>> {
+        self.pending.pop_front()
+    }
+
     async fn acknowledge(&mut self, _durable: &BinlogPosition) -> Result<(), SourceError> {
         // The binlog keeps no consumer position; retention is the server's setting.
         Ok(())

@@ -441,6 +441,10 @@ impl ChangeStream for PgStream {
         }
     }
 
+    fn next_buffered(&mut self) -> Option<StreamEvent<PgPosition>> {
+        self.pending.pop_front()
+    }
+
     async fn acknowledge(&mut self, durable: &PgPosition) -> Result<(), SourceError> {
         if durable.lsn > self.acked {
             self.acked = durable.lsn;

@@ -522,6 +522,10 @@ impl ChangeStream for SsStream {
         }
     }
 
+    fn next_buffered(&mut self) -> Option<StreamEvent<SsPosition>> {
+        self.pending.pop_front()
+    }
+
     /// With `cleanup_acknowledged`, deletes change rows below the durable position (at most
     /// every five minutes); failures are logged, never fatal: CDC's own cleanup job still
     /// bounds the tables.
