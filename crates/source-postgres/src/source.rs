@@ -3,15 +3,25 @@
 //!
 //! ## Chunks, fences and the witness
 //!
-//! A chunk is read in its own `REPEATABLE READ READ ONLY` transaction:
+//! A chunk is read in its own `REPEATABLE READ READ ONLY` transaction, the whole of it
+//! sent as one simple query (one round trip; the statements run in order, and the rows
+//! stream back while the server reads them):
 //!
 //! ```text
-//! BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY
+//! START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 //!   SELECT t.* ... WHERE (k1, k2) > (cursor) ORDER BY k1, k2 LIMIT n+1   -- snapshot S taken here
 //!   SELECT pg_current_wal_insert_lsn(), txid_snapshot_xmax/xip(txid_current_snapshot())
 //! COMMIT
-//! SELECT pg_logical_emit_message(false, 'source-postgres', '')                     -- unless read-only
+//! BEGIN; SET LOCAL synchronous_commit = on                                -- unless read-only
+//!   SELECT pg_logical_emit_message(true, 'source-postgres', '')
+//! COMMIT
 //! ```
+//!
+//! It took six round trips before (the transaction's start, the rows, the fence's prepare
+//! and execute, the commit, the watermark), about a millisecond a chunk on a loaded
+//! machine, in which the server sat idle. A statement that fails makes the server skip
+//! the rest, so the scan then rolls back before it returns the error. Keyless scans,
+//! which read page ranges until one has rows, keep a transaction of their own making.
 //!
 //! The insert LSN is read *after* the rows, inside the transaction: a transaction visible in
 //! S has inserted its commit record before S was taken (an asynchronous commit is visible
@@ -170,14 +180,8 @@ impl PgSource {
         if self.endpoint.advanced.read_only {
             return Ok(());
         }
-        // Transactional, and committed with a flush: the walsender sends (and reports in
-        // keepalives) only flushed WAL, so an unflushed watermark left every chunk waiting
-        // for the WAL writer (`wal_writer_delay`, 200 ms by default) before the stream
-        // could reach its fence.
         self.client
-            .batch_execute(
-                "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT",
-            )
+            .batch_execute(WATERMARK)
             .await
             .map_err(|e| db_error(&e, "emitting a watermark"))?;
         Ok(())
@@ -240,26 +244,63 @@ impl PgSource {
         sql.push_str(&self.xmin_filter());
         sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", req.limits.rows + 1));
         let what = format!("scanning {}", Self::qualified(&t));
-        let types = &self.types;
-        let tx = snapshot_transaction(&mut self.client, &what).await?;
-        let stream = tx
-            .client()
-            .simple_query_raw(&sql)
+        // One round trip (see the module docs): the transaction, the rows, the fence and
+        // witness read inside it after them, the commit, and the watermark.
+        let mut batch = format!("{START_SNAPSHOT}; {sql}; {FENCE}; COMMIT");
+        if !self.endpoint.advanced.read_only {
+            batch.push_str("; ");
+            batch.push_str(WATERMARK);
+        }
+        let scanned = self.read_chunk(&batch, &t, &ask, req, &what).await;
+        if scanned.is_err() {
+            // A statement failed: the server skipped the rest, leaving the transaction
+            // open and aborted. The run ends with the error; this leaves the session clean
+            // for anything that still uses it.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        let Some((out, read, fence, witness)) = scanned? else {
+            return Ok(None);
+        };
+        Ok(Some(Chunk {
+            complete: read == out.len(),
+            rows: out,
+            fence,
+            witness,
+        }))
+    }
+
+    /// Reads a keyed chunk's batch: its rows (statement 1, after the transaction's start)
+    /// and its fence and witness (statement 2). `None` when the table's columns are not
+    /// the catalog's; the rows read and the rows kept.
+    async fn read_chunk(
+        &self,
+        batch: &str,
+        t: &Table,
+        ask: &[String],
+        req: ScanRequest<'_>,
+        what: &str,
+    ) -> Result<Option<ScannedRows>, SourceError> {
+        let key = &req.binding.key;
+        let stream = self
+            .client
+            .simple_query_raw(batch)
             .await
-            .map_err(|e| db_error(&e, &what))?;
+            .map_err(|e| db_error(&e, what))?;
         let mut stream = std::pin::pin!(stream);
         let mut plan = None;
         let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
         let (mut bytes, mut read, mut full) = (0, 0, false);
+        let (mut statement, mut fenced) = (0, None);
         while let Some(message) = stream.next().await {
-            match message.map_err(|e| db_error(&e, &what))? {
-                SimpleQueryMessage::RowDescription(d) => {
-                    match rows::Plan::new(&d, 0, &t, types, &ask) {
+            match message.map_err(|e| db_error(&e, what))? {
+                SimpleQueryMessage::CommandComplete(_) => statement += 1,
+                SimpleQueryMessage::RowDescription(d) if statement == 1 => {
+                    match rows::Plan::new(&d, 0, t, &self.types, ask) {
                         Some(p) => plan = Some(p),
                         None => return Ok(None),
                     }
                 }
-                SimpleQueryMessage::Row(r) => {
+                SimpleQueryMessage::Row(r) if statement == 1 => {
                     read += 1;
                     // Past the limits: counted, not rendered (it only says "not complete").
                     if full || read > req.limits.rows {
@@ -282,18 +323,17 @@ impl PgSource {
                         full = true;
                     }
                 }
+                SimpleQueryMessage::Row(r) if statement == 2 => {
+                    fenced = Some(parse_fence(&r).map_err(|e| {
+                        SourceError::definite(format!("{what}: reading the fence: {e}"))
+                    })?);
+                }
                 _ => {}
             }
         }
-        let (fence, witness) = fence_and_witness(&tx, &what).await?;
-        tx.commit().await.map_err(|e| db_error(&e, &what))?;
-        self.emit_watermark().await?;
-        Ok(Some(Chunk {
-            complete: read == out.len(),
-            rows: out,
-            fence,
-            witness,
-        }))
+        let (fence, witness) =
+            fenced.ok_or_else(|| SourceError::definite(format!("{what}: no fence read")))?;
+        Ok(Some((out, read, fence, witness)))
     }
 
     /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`.
@@ -415,37 +455,70 @@ async fn snapshot_transaction<'c>(
         .map_err(|e| db_error(&e, what))
 }
 
+/// A keyed chunk's rows, how many were read, its fence and its witness.
+type ScannedRows = (
+    Vec<(Key, Row)>,
+    usize,
+    PgPosition,
+    SnapshotWitness<PgPosition>,
+);
+
+/// Starts a chunk's transaction: one snapshot for the rows, the fence and the witness.
+const START_SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
 /// Inside a scan's repeatable-read transaction, after its rows: the fence (the WAL insert
 /// position, at or after every commit visible in the snapshot) and the snapshot itself
-/// as the witness.
+/// as the witness, as text (the simple protocol's).
+const FENCE: &str = "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot())::text, \
+     array_to_string(ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot())), ',')";
+
+/// The watermark after a fence: a logical message, transactional and committed with a
+/// flush. The walsender sends (and reports in keepalives) only flushed WAL, so an
+/// unflushed watermark left every chunk waiting for the WAL writer (`wal_writer_delay`,
+/// 200 ms by default) before the stream could reach its fence.
+const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
+
+/// The fence and witness from the row of [`FENCE`].
+fn parse_fence(
+    row: &tokio_postgres::SimpleQueryRow,
+) -> Result<(PgPosition, SnapshotWitness<PgPosition>), String> {
+    let field = |i: usize| -> Result<&str, String> {
+        row.try_get(i)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("column {i} is null"))
+    };
+    let lsn: Lsn = field(0)?.parse()?;
+    let xmax: u64 = field(1)?
+        .parse()
+        .map_err(|e| format!("xmax {:?}: {e}", field(1)))?;
+    let in_progress = field(2)?
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<u64>().map_err(|e| format!("xip {x:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        PgPosition { lsn },
+        SnapshotWitness::Mvcc { xmax, in_progress },
+    ))
+}
+
+/// [`FENCE`] in a transaction of its own making (the keyless scan's).
 async fn fence_and_witness(
     tx: &tokio_postgres::Transaction<'_>,
     what: &str,
 ) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
-    let row = tx
-        .query_one(
-            "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot()),
-                    ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot()))",
-            &[],
-        )
+    let messages = tx
+        .simple_query(FENCE)
         .await
         .map_err(|e| db_error(&e, what))?;
-    let lsn: Lsn = row
-        .get::<_, String>(0)
-        .parse()
-        .map_err(SourceError::definite)?;
-    let xmax: i64 = row.get(1);
-    let xip: Vec<i64> = row.get(2);
-    Ok((
-        PgPosition { lsn },
-        SnapshotWitness::Mvcc {
-            xmax: u64::try_from(xmax).unwrap_or(0),
-            in_progress: xip
-                .into_iter()
-                .filter_map(|x| u64::try_from(x).ok())
-                .collect(),
-        },
-    ))
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .ok_or_else(|| SourceError::definite(format!("{what}: no fence read")))?;
+    parse_fence(row).map_err(|e| SourceError::definite(format!("{what}: reading the fence: {e}")))
 }
 
 /// `(12,3)` → (12, 3).
