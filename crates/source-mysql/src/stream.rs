@@ -438,16 +438,17 @@ impl MyStream {
                 .map(|k| row.get(k).unwrap_or(Value::Null))
                 .collect())
         };
-        // An image as a row and its key.
-        let render = |image: Option<&mut Image<'_>>| -> Result<Option<(Row, Key)>, SourceError> {
-            let Some(image) = image else { return Ok(None) };
+        // An image as a row, and its key.
+        let render = |image: &Image<'_>, row: &mut Row| -> Result<Key, SourceError> {
             let key = read_key(image);
-            let row = render(image, &catalog, &db, &table)?.ok_or_else(|| unknown(&db, &table))?;
+            if !render(image, &catalog, row).map_err(|e| e.context(&db, &table))? {
+                return Err(unknown(&db, &table));
+            }
             // Debug builds (the suites') check the shortcut against the general path.
-            debug_assert!(key.as_ref().is_none_or(|k| *k == key_of(&row)));
-            let key = key.unwrap_or_else(|| key_of(&row));
-            Ok(Some((row, key)))
+            debug_assert!(key.as_ref().is_none_or(|k| *k == key_of(row)));
+            Ok(key.unwrap_or_else(|| key_of(row)))
         };
+        let new_row = || Row::with_capacity(columns.len(), 256 + 16 * columns.len());
         let file_no = file_number(&self.file) + self.file_base;
         let cursor = format!("{}:{end}", self.file);
         // The same for every row of the event.
@@ -463,40 +464,49 @@ impl MyStream {
         let pending = &mut self.pending;
         let mut i = 0u64;
         decode_each(rows, &columns, undecodable, |before, after| {
-            let (before, after) = (render(before)?, render(after)?);
             let meta = ChangeMeta {
                 pos: vec![file_no, end, i],
                 fields: fields.clone(),
             };
+            // A row with no image still takes its place in `pos`.
             i += 1;
+            // Each image rendered into a row made here: returning rows through nested
+            // `Result`s and `Option`s moved them about in pieces, slower than rendering.
+            let (mut row, mut old) = (new_row(), None);
             let change = match (before, after) {
-                (None, Some((row, key))) => Change {
+                (None, Some(after)) => Change {
                     binding,
                     op: Op::Insert,
-                    key,
+                    key: render(after, &mut row)?,
                     before_key: None,
                     row,
                     before: None,
                     meta,
                 },
-                (Some((b, before_key)), Some((row, key))) => Change {
-                    binding,
-                    op: Op::Update,
-                    key,
-                    before_key: Some(before_key),
-                    row,
-                    before: Some(b),
-                    meta,
-                },
-                (Some((b, key)), None) => Change {
-                    binding,
-                    op: Op::Delete,
-                    key,
-                    before_key: None,
-                    row: b.clone(),
-                    before: Some(b),
-                    meta,
-                },
+                (Some(before), Some(after)) => {
+                    let before_key = render(before, old.insert(new_row()))?;
+                    Change {
+                        binding,
+                        op: Op::Update,
+                        key: render(after, &mut row)?,
+                        before_key: Some(before_key),
+                        row,
+                        before: old,
+                        meta,
+                    }
+                }
+                (Some(before), None) => {
+                    let key = render(before, &mut row)?;
+                    Change {
+                        binding,
+                        op: Op::Delete,
+                        key,
+                        before_key: None,
+                        before: Some(row.clone()),
+                        row,
+                        meta,
+                    }
+                }
                 (None, None) => return Ok(()),
             };
             pending.push_back(StreamEvent::Change(change));
@@ -533,24 +543,38 @@ fn find_table<'t>(tables: &'t [Table], db: &str, table: &str) -> Option<&'t Tabl
         .find(|t| t.table.namespace == db && t.table.stream == table)
 }
 
-/// One row image as a document (`None`: a column the catalog does not know).
+/// Renders one row image into `out`; `false` when a column is one the catalog does not
+/// know (then `out` is incomplete and must not be used). An `Err` names the column.
 fn render(
     image: &Image<'_>,
     catalog: &[Option<&Column>],
-    db: &str,
-    table: &str,
-) -> Result<Option<Row>, SourceError> {
-    let mut out = Row::with_capacity(image.len(), 256 + 16 * image.len());
+    out: &mut Row,
+) -> Result<bool, ColumnError> {
     // By reference: moving each cell out of the image cost more than rendering some.
     for (value, column) in image.iter().zip(catalog) {
         let Some(value) = value else { continue };
         let Some(c) = column else {
-            return Ok(None);
+            return Ok(false);
         };
-        render_cell(&c.ty, value, &mut out, &c.quoted)
-            .map_err(|e| SourceError::definite(format!("{db}.{table} column {}: {e}", c.name)))?;
+        render_cell(&c.ty, value, out, &c.quoted).map_err(|why| ColumnError {
+            column: c.name.clone(),
+            why,
+        })?;
     }
-    Ok(Some(out))
+    Ok(true)
+}
+
+/// A value [`render`] could not render, and why.
+#[derive(Debug)]
+struct ColumnError {
+    column: String,
+    why: String,
+}
+
+impl ColumnError {
+    fn context(self, db: &str, table: &str) -> SourceError {
+        SourceError::definite(format!("{db}.{table} column {}: {}", self.column, self.why))
+    }
 }
 
 /// Whether the stream parses events of this type: the ones it acts on. Every other event
