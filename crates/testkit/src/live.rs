@@ -8,7 +8,7 @@
 //! `--until-caught-up` once the writers are quiet, and hands every run's output to
 //! [`crate::checker`], which merge-applies it and compares with the table.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,8 +312,22 @@ pub fn capture(
 /// A connector process with its output read in the background.
 pub(crate) struct Running {
     child: Option<Child>,
-    out: Option<JoinHandle<Vec<String>>>,
+    out: Option<JoinHandle<(Vec<String>, Option<String>)>>,
     err: Option<JoinHandle<String>>,
+    /// Whether this harness killed the process while it ran.
+    killed: bool,
+}
+
+/// A stdout's lines, and what follows its last newline (`None` when it ends with one).
+fn read_lines(mut s: impl Read) -> (Vec<String>, Option<String>) {
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let mut lines: Vec<String> = bytes
+        .split(|&b| b == b'\n')
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let tail = lines.pop().filter(|t| !t.is_empty());
+    (lines, tail)
 }
 
 impl Running {
@@ -336,17 +350,14 @@ impl Running {
                 child: None,
                 out: None,
                 err: None,
+                killed: false,
             };
         };
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         Self {
             child: Some(child),
-            out: stdout.map(|s| {
-                std::thread::spawn(move || {
-                    BufReader::new(s).lines().map_while(Result::ok).collect()
-                })
-            }),
+            out: stdout.map(|s| std::thread::spawn(move || read_lines(s))),
             err: stderr.map(|mut s| {
                 std::thread::spawn(move || {
                     let mut text = String::new();
@@ -354,6 +365,7 @@ impl Running {
                     text
                 })
             }),
+            killed: false,
         }
     }
 
@@ -374,18 +386,31 @@ impl Running {
 
     pub(crate) fn kill(&mut self) {
         if let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(None)) {
+                self.killed = true;
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
+    /// Its stdout lines and stderr. A process this harness killed may have been cut in
+    /// the middle of a write (one larger than a pipe writes at once), leaving a last
+    /// line without its newline: that is the crash, not a line the connector wrote, and
+    /// it is dropped, as a consumer reading whole lines does. A process that ended by
+    /// itself wrote whole lines, so its cut line is kept, for the checker to refuse.
     pub(crate) fn collect(mut self) -> (Vec<String>, String) {
         self.kill();
+        let (mut lines, tail) = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Some(tail) = tail.filter(|_| !self.killed) {
+            lines.push(tail);
+        }
         (
-            self.out
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default(),
+            lines,
             self.err
                 .take()
                 .and_then(|h| h.join().ok())
@@ -605,4 +630,18 @@ pub fn strip_meta(doc: &Value) -> Value {
         o.remove("_meta");
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_lines;
+
+    #[test]
+    fn a_cut_last_line_is_told_apart_from_whole_lines() {
+        let whole = read_lines(&b"{\"a\":1}\n{\"b\":2}\n"[..]);
+        assert_eq!(whole, (vec!["{\"a\":1}".into(), "{\"b\":2}".into()], None));
+        let cut = read_lines(&b"{\"a\":1}\n{\"b\":"[..]);
+        assert_eq!(cut, (vec!["{\"a\":1}".into()], Some("{\"b\":".into())));
+        assert_eq!(read_lines(&b""[..]), (vec![], None));
+    }
 }
