@@ -470,6 +470,16 @@ mod tests {
         row.get("t")
     }
 
+    /// An unnamed column's plan.
+    fn column(ty: ColumnType, meta: &[u8], unsigned: bool) -> ColumnPlan<'_> {
+        ColumnPlan {
+            ty,
+            meta,
+            unsigned,
+            name: None,
+        }
+    }
+
     /// mysql_common's reading of one value's bytes, the oracle for the readers here.
     fn mysql_commons<'a>(bytes: &'a [u8], ty: ColumnType, meta: &'a [u8]) -> Cell<'a> {
         Cell::Binlog(
@@ -514,12 +524,7 @@ mod tests {
                 let mut bytes = value.len().to_le_bytes()[..width].to_vec();
                 bytes.extend_from_slice(value);
                 bytes.push(7); // the next value's first byte stays unread
-                let plan = ColumnPlan {
-                    ty,
-                    meta: &meta,
-                    unsigned: false,
-                    name: None,
-                };
+                let plan = column(ty, &meta, false);
                 let mut buf = ParseBuf(&bytes);
                 let ours = string(&mut buf, &plan)
                     .expect("reads")
@@ -536,12 +541,7 @@ mod tests {
                 assert!(value.is_empty() || string(&mut short, &plan).is_err());
             }
         }
-        let int = ColumnPlan {
-            ty: MYSQL_TYPE_LONG,
-            meta: &[],
-            unsigned: false,
-            name: None,
-        };
+        let int = column(MYSQL_TYPE_LONG, &[], false);
         assert_eq!(string(&mut ParseBuf(&[1, 0, 0, 0]), &int), Ok(None));
     }
 
@@ -571,12 +571,7 @@ mod tests {
                 for unsigned in [false, true] {
                     let mut bytes = raw.to_le_bytes()[..width].to_vec();
                     bytes.push(7); // the next value's first byte stays unread
-                    let plan = ColumnPlan {
-                        ty,
-                        meta: &[],
-                        unsigned,
-                        name: None,
-                    };
+                    let plan = column(ty, &[], unsigned);
                     let mut buf = ParseBuf(&bytes);
                     let ours = integer(&mut buf, &plan)
                         .expect("reads")
@@ -600,12 +595,7 @@ mod tests {
                 }
             }
         }
-        let text = ColumnPlan {
-            ty: MYSQL_TYPE_VARCHAR,
-            meta: &[10, 0],
-            unsigned: false,
-            name: None,
-        };
+        let text = column(MYSQL_TYPE_VARCHAR, &[10, 0], false);
         assert_eq!(integer(&mut ParseBuf(&[1, b'a']), &text), Ok(None));
     }
 
