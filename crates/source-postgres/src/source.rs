@@ -488,9 +488,8 @@ fn parse_fence(
             .ok_or_else(|| format!("column {i} is null"))
     };
     let lsn: Lsn = field(0)?.parse()?;
-    let xmax: u64 = field(1)?
-        .parse()
-        .map_err(|e| format!("xmax {:?}: {e}", field(1)))?;
+    let xmax = field(1)?;
+    let xmax: u64 = xmax.parse().map_err(|e| format!("xmax {xmax:?}: {e}"))?;
     let in_progress = field(2)?
         .split(',')
         .filter(|x| !x.is_empty())
