@@ -365,17 +365,30 @@ fn compressed_binlog_is_refused_not_skipped() {
     .unwrap();
     let check = Capture::at(&binary, &dir).run(&["check"]);
     let report = format!("{}{}", check.lines.join("\n"), check.stderr);
-    let out = capture(&binary, &dir);
+    // The capture's preflight refuses the setting too.
+    let preflight = capture(&binary, &dir);
+    // Turned off again, the preflight passes: the compressed event already written must
+    // still be refused by the stream.
     db.sql("SET GLOBAL log_bin_compress = OFF").unwrap();
+    let out = capture(&binary, &dir);
     assert!(!check.ok, "{report}");
-    assert!(report.contains("log_bin_compress"), "{report}");
+    assert!(report.contains("FAIL log_bin_compress: is ON"), "{report}");
+    assert!(
+        testkit::live::the_error_line(&preflight.stderr).contains("FAIL log_bin_compress: is ON"),
+        "{}",
+        preflight.stderr
+    );
     assert!(!out.ok, "{:?}", out.lines);
     let line = out
         .stderr
         .lines()
         .rfind(|l| l.starts_with("error:"))
         .unwrap_or_default();
-    assert!(line.contains("log_bin_compress = OFF"), "{}", out.stderr);
+    assert!(
+        line.contains("compressed binlog event") && line.contains("log_bin_compress = OFF"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -831,6 +844,24 @@ fn bad_input_fails_with_one_clear_line((binary, mut db): (PathBuf, MariaDbServer
         assert!(!dir.join("state.json").exists(), "no state file is written");
     };
     let root = json!({"host": "127.0.0.1", "port": db.port, "user": "root"});
+    // A server that cannot be reached is retried, and each retry said at once, with its
+    // cause said once, the attempt and the delay.
+    let closed = testkit::servers::free_port().unwrap();
+    let cap = Capture::at(&binary, &dir);
+    cap.config(
+        &json!({"endpoint": {"host": "127.0.0.1", "port": closed, "user": "root"},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "t"}}]}),
+    );
+    let out = cap.capture_for(std::time::Duration::from_millis(1500));
+    assert!(
+        out.stderr.contains("Connection refused")
+            && out.stderr.contains("retrying in 0.5 s (attempt 1 of 10)")
+            && !out
+                .stderr
+                .contains("Input/output error: Input/output error"),
+        "{}",
+        out.stderr
+    );
     check(
         json!({"host": "127.0.0.1", "port": db.port, "user": "cdc", "password": "wrong"}),
         "t",
@@ -850,10 +881,14 @@ fn bad_input_fails_with_one_clear_line((binary, mut db): (PathBuf, MariaDbServer
     );
     check(root.clone(), "nope", "no such table");
     db.restart_with(&["--binlog-format=STATEMENT"]).unwrap();
-    check(root.clone(), "t", "binlog_format is STATEMENT");
+    check(
+        root.clone(),
+        "t",
+        "FAIL binlog_format: is STATEMENT; SET GLOBAL binlog_format = 'ROW'",
+    );
     db.restart_with(&["--binlog-format=ROW", "--binlog-row-metadata=MINIMAL"])
         .unwrap();
-    check(root, "t", "binlog_row_metadata");
+    check(root, "t", "FAIL binlog_row_metadata: is MINIMAL");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -928,17 +963,27 @@ fn mysql_compressed_transactions_are_refused_not_skipped() {
     .unwrap();
     let check = cap.run(&["check"]);
     let report = format!("{}{}", check.lines.join("\n"), check.stderr);
-    let out = cap.capture();
+    let preflight = cap.capture();
+    // Turned off again, the preflight passes: the compressed transaction already written
+    // must still be refused by the stream.
     db.sql("SET GLOBAL binlog_transaction_compression = OFF")
         .unwrap();
+    let out = cap.capture();
     assert!(
-        !check.ok && report.contains("binlog_transaction_compression"),
+        !check.ok && report.contains("FAIL binlog_transaction_compression: is ON"),
         "{report}"
+    );
+    assert!(
+        testkit::live::the_error_line(&preflight.stderr)
+            .contains("FAIL binlog_transaction_compression: is ON"),
+        "{}",
+        preflight.stderr
     );
     assert!(!out.ok, "{:?}", out.lines);
     let error = testkit::live::the_error_line(&out.stderr);
     assert!(
-        error.contains("binlog_transaction_compression = OFF"),
+        error.contains("compressed transaction")
+            && error.contains("binlog_transaction_compression = OFF"),
         "{}",
         out.stderr
     );

@@ -173,15 +173,15 @@ fn run_case(
             .iter()
             .enumerate()
             .map(|(i, &mode)| ResolvedBinding {
-                binding: Binding {
-                    resource: Resource {
+                binding: Binding::new(
+                    Resource {
                         namespace: "s".into(),
                         stream: format!("t{i}"),
                         mode: mode.as_requested(),
                     },
-                    target: String::new(),
-                    backfill: counters[i],
-                },
+                    "",
+                    counters[i],
+                ),
                 mode,
                 key: if mode == ResolvedMode::WithoutPrimaryKey {
                     vec![]
@@ -457,15 +457,15 @@ fn documents_are_flushed_when_the_stream_waits_not_at_the_next_checkpoint() {
         in_flight: None,
     };
     let bindings = vec![ResolvedBinding {
-        binding: Binding {
-            resource: Resource {
+        binding: Binding::new(
+            Resource {
                 namespace: "s".into(),
                 stream: "t0".into(),
                 mode: ResolvedMode::Normal.as_requested(),
             },
-            target: String::new(),
-            backfill: 0,
-        },
+            "",
+            0,
+        ),
         mode: ResolvedMode::Normal,
         key: vec!["id".into()],
     }];

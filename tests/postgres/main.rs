@@ -177,6 +177,8 @@ fn collated_text_key_is_precise_under_writes_and_kills() {
             .contains("asking the database"),
         "{d}"
     );
+    // `discover --json`'s entries paste into the config as they are (DESIGN.md §3).
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 2}})), "bindings": d["bindings"]}));
     let mut runs = Vec::new();
     let state = cap.state();
     let mut v = 100;
@@ -416,6 +418,30 @@ fn bad_input_fails_with_one_clear_line() {
     check(&cap, "REPLICA IDENTITY FULL");
     cap.config(&json!({"endpoint": endpoint(&pg, json!({"database": "missing"})), "bindings": [binding("t", "", 0)]}));
     check(&cap, "endpoint.database");
+    // A state file that is empty is damage, not a fresh start; a state path in a missing
+    // directory is refused before any line is printed.
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("t", "", 0)]}));
+    std::fs::write(cap.state(), "").unwrap();
+    let out = cap.capture();
+    assert!(!out.ok && out.lines.is_empty(), "{:?}", out.lines);
+    let line = testkit::live::the_error_line(&out.stderr);
+    assert!(
+        line.contains("is empty") && line.contains("remove it to start over"),
+        "{line}"
+    );
+    std::fs::remove_file(cap.state()).unwrap();
+    let out = cap.run(&[
+        "capture",
+        "--until-caught-up",
+        "--state",
+        "/nonexistent-dir/state.json",
+    ]);
+    assert!(!out.ok && out.lines.is_empty(), "{:?}", out.lines);
+    let line = testkit::live::the_error_line(&out.stderr);
+    assert!(
+        line.contains("/nonexistent-dir") && line.contains("does not exist"),
+        "{line}"
+    );
     // Password authentication required, wrong password given.
     let hba = pg.dir().unwrap().join("hba.conf");
     std::fs::write(&hba, "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication postgres 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 scram-sha-256\n").unwrap();
@@ -427,9 +453,19 @@ fn bad_input_fails_with_one_clear_line() {
     cap.config(&json!({"endpoint": endpoint(&pg, json!({"user": "cdc", "password": "wrong"})), "bindings": [binding("t", "", 0)]}));
     check(&cap, "check the user and password");
     // wal_level below logical.
+    pg.sql("DROP PUBLICATION IF EXISTS cdc_publication")
+        .unwrap();
     pg.restart_with(&[("wal_level", "replica")]).unwrap();
     cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("t", "", 0)]}));
-    check(&cap, "wal_level");
+    // The capture's preflight stops with `check`'s line, before it creates anything.
+    check(&cap, "ALTER SYSTEM SET wal_level = logical");
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM pg_publication")
+            .unwrap()
+            .trim(),
+        "0",
+        "nothing is created on a server the capture cannot use"
+    );
     let check_cmd = cap.run(&["check"]);
     assert!(
         !check_cmd.ok
@@ -857,5 +893,94 @@ fn a_column_added_before_the_first_chunk_is_in_every_backfilled_row() {
     assert_eq!(rows.len(), 50);
     for d in &rows {
         assert_eq!(d["extra"], json!(7), "{d}");
+    }
+}
+
+/// Terminates the connector's backend once it waits on a lock that `lock` takes, from the
+/// session holding the lock (which nothing else can then block), and releases it. The
+/// waiting statement must mention `waiting_on`, so the test knows what it interrupted.
+fn terminate_the_waiting_backend(
+    pg: &PgServer,
+    lock: &str,
+    waiting_on: &str,
+) -> std::process::Child {
+    let mut session = testkit::servers::psql_session(&pg.url)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "BEGIN; {lock};
+         DO $$ DECLARE n int := 0; BEGIN
+           FOR i IN 1..600 LOOP
+             -- pg_stat_activity is read once per transaction unless cleared.
+             PERFORM pg_stat_clear_snapshot();
+             SELECT count(pg_terminate_backend(pid)) INTO n FROM pg_stat_activity
+              WHERE application_name = 'source-postgres' AND wait_event_type = 'Lock'
+                AND query LIKE '%{waiting_on}%';
+             EXIT WHEN n > 0;
+             PERFORM pg_sleep(0.05);
+           END LOOP;
+           IF n = 0 THEN RAISE EXCEPTION 'the connector never waited on the lock'; END IF;
+         END $$;
+         COMMIT;\n"
+    );
+    {
+        use std::io::Write;
+        session
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+    }
+    // The lock is taken before the connector starts.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    session
+}
+
+/// A backend terminated under the connector (SQLSTATE 57P01: a failover,
+/// `pg_terminate_backend`) while it reads the catalog or scans a chunk is transient: the
+/// capture says so, retries from its checkpoint and finishes with every row.
+#[test]
+fn a_backend_terminated_during_a_catalog_read_or_a_chunk_scan_is_ridden_out() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE held (id int PRIMARY KEY, v text); INSERT INTO held SELECT g, 'v' || g FROM generate_series(1, 40) g;
+            CREATE TABLE beside (id int PRIMARY KEY)")
+        .unwrap();
+    let cap = Capture::new(&binary, "pg-terminated");
+    for (counter, lock, waiting_on) in [
+        // The catalog read at start (the code that reads it again mid-stream), on a fresh
+        // state: `pg_collation` is read by the catalog's columns query alone.
+        (
+            0,
+            "LOCK TABLE pg_catalog.pg_collation IN ACCESS EXCLUSIVE MODE",
+            "pg_collation",
+        ),
+        // A chunk's scan, in a re-backfill of one binding of two (the publication and the
+        // slot are kept, so nothing else the connector does waits on the table).
+        (1, "LOCK TABLE held IN ACCESS EXCLUSIVE MODE", "held"),
+    ] {
+        cap.config(
+            &json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 10}})),
+                     "bindings": [binding("held", "Precise", counter), binding("beside", "", 0)]}),
+        );
+        let session = terminate_the_waiting_backend(&pg, lock, waiting_on);
+        let out = cap.capture();
+        let terminated = session.wait_with_output().unwrap();
+        assert!(
+            terminated.status.success(),
+            "{lock}: the backend was not terminated"
+        );
+        assert!(out.ok, "{lock}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("57P01") && out.stderr.contains("retrying in"),
+            "{lock}: the retry is said: {}",
+            out.stderr
+        );
+        let rows = docs(&out.lines, 0);
+        let mut ids: Vec<i64> = rows.iter().map(|d| d["id"].as_i64().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "{lock}");
     }
 }

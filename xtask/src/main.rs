@@ -3,7 +3,7 @@
 //! * `ci`: what CI runs: `cargo fmt --check`, clippy with warnings denied, every test
 //!   (cargo-nextest when installed, `cargo test` otherwise);
 //! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
-//!   and stop them when Enter is pressed;
+//!   and stop them on SIGINT or SIGTERM (stdin may be closed);
 //! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`;
 //! * `bench`: throughput against the physical limits, as ratios in one run;
 //! * `torture`: long runs of the torture and fault suite (`--minutes N`, `--seed S`).
@@ -97,9 +97,27 @@ fn dbs() -> Result<(), String> {
     let maria = MariaDbServer::start().map_err(|e| e.to_string())?;
     println!("TEST_POSTGRES_URL={}", pg.url);
     println!("TEST_MYSQL_URL={}", maria.url);
-    eprintln!("both servers run until you press Enter");
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
+    // Whether or not stdin is open: `cargo xtask dbs &` or `</dev/null` must keep them.
+    eprintln!("both servers run until Ctrl-C (SIGINT) or SIGTERM");
+    let stopped = wait_for_a_stop_signal();
     drop((pg, maria));
-    Ok(())
+    stopped
+}
+
+/// Blocks until SIGINT or SIGTERM arrives.
+fn wait_for_a_stop_signal() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        Ok(())
+    })
 }

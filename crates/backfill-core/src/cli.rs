@@ -39,6 +39,8 @@ pub struct CheckItem {
     pub name: String,
     /// Whether it passed.
     pub ok: bool,
+    /// Passed, with a caveat worth reading.
+    pub warning: bool,
     /// What was found, and on failure what to change.
     pub detail: String,
 }
@@ -49,8 +51,32 @@ impl CheckItem {
         Self {
             name: name.into(),
             ok,
+            warning: false,
             detail: detail.into(),
         }
+    }
+
+    /// A check that passed with a caveat.
+    pub fn warning(name: &str, detail: impl Into<String>) -> Self {
+        Self {
+            warning: true,
+            ..Self::new(name, true, detail)
+        }
+    }
+
+    /// The line `check` prints for it: `ok   name: detail`, `warn name: detail` or
+    /// `FAIL name: detail`.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {}: {}",
+            match (self.ok, self.warning) {
+                (false, _) => "FAIL",
+                (true, true) => "warn",
+                (true, false) => "ok  ",
+            },
+            self.name,
+            self.detail
+        )
     }
 }
 
@@ -73,6 +99,17 @@ pub trait Connector {
         endpoint: &Self::Endpoint,
         bindings: &[Binding],
     ) -> Result<Vec<CheckItem>, SourceError>;
+
+    /// The cheap checks of `check` that a capture cannot run without (server settings,
+    /// the replication privilege): run by `capture` on the connected source before anything
+    /// is read or created on the server, so a server that is not set up stops the capture
+    /// with `check`'s line and its remedy. `check` prints the same items.
+    async fn preflight(
+        _endpoint: &Self::Endpoint,
+        _source: &mut Self::Source,
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        Ok(Vec::new())
+    }
 
     /// Merger options from the endpoint's advanced settings.
     fn engine_options(_endpoint: &Self::Endpoint) -> EngineOptions {
@@ -172,16 +209,8 @@ async fn run_command<C: Connector>(command: Command) -> Result<ExitCode> {
         Command::Check { config } => {
             let config = Config::<C::Endpoint>::load(&config)?;
             let items = C::check(&config.endpoint, &config.bindings).await?;
-            let mut text = String::new();
-            for item in &items {
-                text.push_str(&format!(
-                    "{} {}: {}\n",
-                    if item.ok { "ok  " } else { "FAIL" },
-                    item.name,
-                    item.detail
-                ));
-            }
-            write_stdout(text.trim_end())?;
+            let text: Vec<String> = items.iter().map(CheckItem::line).collect();
+            write_stdout(&text.join("\n"))?;
             Ok(if items.iter().all(|i| i.ok) {
                 ExitCode::SUCCESS
             } else {
@@ -346,13 +375,37 @@ pub fn resolve_bindings(
             if b.resource.mode == BackfillMode::Automatic {
                 tracing::info!(table = %b.table_name(), mode = mode.as_str(), %reason, "automatic mode");
             }
+            let key: Vec<String> = table.facts.key.iter().map(|c| c.name.clone()).collect();
+            if let Some(pasted) = b.key.as_ref().filter(|k| **k != key) {
+                tracing::warn!(
+                    "binding {i} ({}): the config's \"key\" {pasted:?} is not the table's key {key:?} any more; the table's key is used (run `discover` again to refresh the config)",
+                    b.table_name()
+                );
+            }
             Ok(ResolvedBinding {
                 binding: b.clone(),
                 mode,
-                key: table.facts.key.iter().map(|c| c.name.clone()).collect(),
+                key,
             })
         })
         .collect()
+}
+
+/// Runs the connector's preflight; a failed item stops the capture with `check`'s line.
+async fn preflight<C: Connector>(endpoint: &C::Endpoint, source: &mut C::Source) -> Result<()> {
+    let failed: Vec<String> = C::preflight(endpoint, source)
+        .await?
+        .iter()
+        .filter(|item| !item.ok)
+        .map(CheckItem::line)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Source(SourceError::definite(format!(
+        "the server is not ready for capture: {}",
+        failed.join("; ")
+    ))))
 }
 
 /// Transient failures in a row (about three minutes of backoff) before the capture gives
@@ -366,6 +419,7 @@ async fn capture<C: Connector>(
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let config = Config::<C::Endpoint>::load(config_path)?;
+    crate::state::ensure_state_directory(state_path)?;
     let metrics = Metrics::new(config.bindings.iter().map(Binding::table_name));
     let _server = match metrics_addr {
         Some(addr) => Some(
@@ -387,6 +441,7 @@ async fn capture<C: Connector>(
         let started = std::time::Instant::now();
         let attempt = async {
             let mut source = C::connect(&config.endpoint).await?;
+            preflight::<C>(&config.endpoint, &mut source).await?;
             let tables = source.discover().await?;
             let bindings = resolve_bindings(&config.bindings, &tables)?;
             let loaded = State::load(state_path)?;
@@ -419,8 +474,15 @@ async fn capture<C: Connector>(
                 if failures > MAX_CONSECUTIVE_FAILURES {
                     return Err(e);
                 }
-                tracing::warn!(error = %e, attempt = failures, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX), "transient failure; resuming from the last checkpoint");
-                tokio::time::sleep(backoff).await;
+                // Said at once and every time, with the cause: a wrong host or port looks
+                // like a server that is down, and only the user can tell them apart.
+                tracing::warn!(
+                    "{e}; retrying in {:.1} s (attempt {failures} of {MAX_CONSECUTIVE_FAILURES}), from the last checkpoint",
+                    backoff.as_secs_f64()
+                );
+                if shutdown.sleep(backoff).await {
+                    return Err(e);
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
             Err(e) => return Err(e),
@@ -470,11 +532,12 @@ mod tests {
             json!({"name": "id", "type": "bigint", "nullable": false})
         );
         assert_eq!(b[1]["resource"]["mode"], "Without Primary Key");
-        let binding: Binding = serde_json::from_value(json!({
-            "resource": b[0]["resource"], "target": b[0]["target"], "backfill": b[0]["backfill"]
-        }))
-        .unwrap();
-        assert_eq!(binding.resource.mode, BackfillMode::Precise);
+        // The entries paste into a config whole, as DESIGN.md §3 promises.
+        let config =
+            Config::<Value>::parse(&json!({"endpoint": {}, "bindings": b}).to_string()).unwrap();
+        assert_eq!(config.bindings[0].resource.mode, BackfillMode::Precise);
+        assert_eq!(config.bindings[0].key, Some(vec!["id".to_string()]));
+        assert_eq!(config.bindings[1].key, Some(vec![]));
         let text = discover_table(&[table("orders", &["id"])]);
         assert!(
             text.contains("public.orders") && text.contains("warning: public.orders: a warning"),
@@ -485,14 +548,16 @@ mod tests {
     #[test]
     fn resolving_names_the_binding_and_the_fix() {
         let tables = [table("orders", &["id"]), table("log", &[])];
-        let b = |stream: &str, mode: BackfillMode| Binding {
-            resource: Resource {
-                namespace: "public".into(),
-                stream: stream.into(),
-                mode,
-            },
-            target: String::new(),
-            backfill: 0,
+        let b = |stream: &str, mode: BackfillMode| {
+            Binding::new(
+                Resource {
+                    namespace: "public".into(),
+                    stream: stream.into(),
+                    mode,
+                },
+                "",
+                0,
+            )
         };
         let ok = resolve_bindings(
             &[

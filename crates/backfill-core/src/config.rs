@@ -35,6 +35,22 @@ pub struct Binding {
     /// at once also re-establishes the stream position at the current end of the log.
     #[serde(default)]
     pub backfill: u32,
+    /// Key columns in key order as `discover --json` reported them (DESIGN.md §3: its
+    /// entries paste into a config as they are). Informational, like `columns`, `reason`
+    /// and `warnings`: the connector reads the table's key from the database at every
+    /// start, and warns when it differs from this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Vec<String>>,
+    /// Columns as `discover --json` reported them; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Vec<serde_json::Value>>")]
+    pub columns: Option<serde_json::Value>,
+    /// Why Automatic chose the mode, as `discover --json` reported it; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What `discover --json` warned about; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
 }
 
 /// The table a binding captures.
@@ -51,6 +67,19 @@ pub struct Resource {
 }
 
 impl Binding {
+    /// A binding of `resource` with none of the informational fields.
+    pub fn new(resource: Resource, target: impl Into<String>, backfill: u32) -> Self {
+        Self {
+            resource,
+            target: target.into(),
+            backfill,
+            key: None,
+            columns: None,
+            reason: None,
+            warnings: None,
+        }
+    }
+
     /// `<namespace>.<stream>`, with `.v<N>` appended when the counter N is above 0.
     pub fn state_key(&self) -> String {
         state_key(

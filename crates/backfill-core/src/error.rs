@@ -93,5 +93,74 @@ impl Error {
     }
 }
 
+/// An error and its causes as one line, each cause once: libraries often print their
+/// cause inside their own message *and* return it as `source()`, which a plain walk of the
+/// chain would repeat (`Input/output error: Input/output error: Connection refused`).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut texts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(s) = next {
+        texts.push(s.to_string());
+        next = s.source();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        // What this level adds to the causes after it.
+        let own = texts[i + 1..]
+            .iter()
+            .find_map(|cause| text.strip_suffix(cause.as_str()))
+            .map_or(text.as_str(), |head| head.trim_end_matches([':', ' ']));
+        if !own.is_empty() && parts.last() != Some(&own) && !parts.iter().any(|p| p.ends_with(own))
+        {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
+}
+
 /// The core's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(String, Option<Box<Layer>>);
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let refused = || Layer("Connection refused (os error 111)".into(), None);
+        let io = Layer(
+            "Input/output error: Connection refused (os error 111)".into(),
+            Some(Box::new(refused())),
+        );
+        let top = Layer(
+            "Input/output error: Input/output error: Connection refused (os error 111)".into(),
+            Some(Box::new(io)),
+        );
+        assert_eq!(
+            error_chain(&top),
+            "Input/output error: Connection refused (os error 111)"
+        );
+        // A library that does not repeat its cause: the causes are appended.
+        let plain = Layer(
+            "error connecting to server".into(),
+            Some(Box::new(refused())),
+        );
+        assert_eq!(
+            error_chain(&plain),
+            "error connecting to server: Connection refused (os error 111)"
+        );
+    }
+}

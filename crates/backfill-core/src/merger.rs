@@ -94,7 +94,7 @@ use crate::source::{
     BindingSpec, Change, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row,
     ScanRequest, SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
 };
-use crate::state::{Phase, ResolvedBinding, State};
+use crate::state::{Phase, Reconciled, ResolvedBinding, State};
 
 /// The stream's next event. When none is ready (the connector would wait for the
 /// database), the documents written so far are flushed first: under load the output
@@ -215,6 +215,19 @@ impl Shutdown {
         self.0.load(AtomicOrdering::SeqCst)
     }
 
+    /// Waits `duration`, or less when a stop is asked for meanwhile; `true` when it was.
+    pub async fn sleep(&self, duration: Duration) -> bool {
+        let until = Instant::now() + duration;
+        while !self.requested() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
+        true
+    }
+
     /// Requests a stop on SIGTERM or SIGINT (needs a running tokio runtime).
     pub fn on_signals(&self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
@@ -259,7 +272,9 @@ pub async fn run<S: Source, K: Sink>(
         None => State::<S::Position>::initial(bindings).to_json(),
     };
     out.print_checkpoint(&resume)?;
+    let resuming = loaded.is_some();
     let reconciled = State::reconcile(loaded, bindings);
+    log_start(bindings, &reconciled, resuming);
     let mut state = reconciled.state;
     let specs: Vec<BindingSpec> = bindings
         .iter()
@@ -322,6 +337,52 @@ pub async fn run<S: Source, K: Sink>(
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
     Ok((outcome, engine.out))
+}
+
+/// Says at start where the run begins and what the config changed: the resume position
+/// and each binding's phase and cursor, counters raised, and modes that the state keeps
+/// although the config now asks for another (one line each, naming the counter to raise).
+fn log_start<P: Position>(
+    bindings: &[ResolvedBinding],
+    reconciled: &Reconciled<P>,
+    resuming: bool,
+) {
+    let state = &reconciled.state;
+    if resuming {
+        let position = state
+            .position
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_else(|| "none yet".into());
+        tracing::info!(%position, "resuming from the state file");
+    } else {
+        tracing::info!("no state file: starting from the beginning");
+    }
+    for (i, b) in bindings.iter().enumerate() {
+        let table = b.binding.table_name();
+        let Some(entry) = state.bindings.get(&b.binding.state_key()) else {
+            continue;
+        };
+        let cursor = entry
+            .cursor
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok());
+        tracing::info!(binding = i, %table, mode = entry.mode.as_str(), phase = ?entry.phase, cursor, rows_done = entry.rows_done, "binding");
+    }
+    for &i in &reconciled.raised {
+        let b = &bindings[i].binding;
+        tracing::info!(binding = i, table = %b.table_name(), counter = b.backfill, "backfill counter raised: the table is read again");
+    }
+    for &(i, kept, asked) in &reconciled.mode_kept {
+        let b = &bindings[i].binding;
+        tracing::warn!(
+            "binding {i} ({}): the config asks for mode {:?} but its backfill state runs {:?}, which it keeps; to switch, raise its counter (\"backfill\": {})",
+            b.table_name(),
+            asked.as_str(),
+            kept.as_str(),
+            b.backfill + 1
+        );
+    }
 }
 
 /// A chunk scanned while the previous cycle committed, for the next cycle to verify.

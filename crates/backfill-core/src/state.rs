@@ -101,6 +101,12 @@ pub struct Reconciled<P> {
     pub reset_stream: bool,
     /// Keyless bindings whose counter was raised: emit a `truncate` for each first.
     pub truncate: Vec<usize>,
+    /// Bindings whose counter was raised since the state was written (re-backfilled now).
+    pub raised: Vec<usize>,
+    /// Bindings whose configured mode now resolves to another mode than their entry runs:
+    /// `(binding, mode kept, mode asked for)`. The entry keeps its mode until the counter
+    /// is raised, so a backfill never changes its guarantees halfway; the user is told.
+    pub mode_kept: Vec<(usize, ResolvedMode, ResolvedMode)>,
 }
 
 impl<P: Position> State<P> {
@@ -109,15 +115,22 @@ impl<P: Position> State<P> {
         Self::reconcile(None, bindings).state
     }
 
-    /// Reads a state file; `Ok(None)` when it does not exist.
+    /// Reads a state file; `Ok(None)` when it does not exist. An empty or unreadable file is
+    /// refused, naming the remedy: it is never read as "start over".
     pub fn load(path: &Path) -> Result<Option<Self>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::State(format!("cannot read {}: {e}", path.display()))),
         };
+        // The state file is replaced atomically, so it is never empty: an empty one is
+        // damage (a copy cut short, a disk that filled), and starting over from it would
+        // re-backfill everything and consume the source's position.
         if text.trim().is_empty() {
-            return Ok(None);
+            return Err(Error::State(format!(
+                "{} is empty, which an atomically replaced state never is; restore it from a backup, or remove it to start over with a full backfill",
+                path.display()
+            )));
         }
         let state: Self = serde_json::from_str(&text).map_err(|e| {
             Error::State(format!(
@@ -150,6 +163,8 @@ impl<P: Position> State<P> {
                 },
                 reset_stream: false,
                 truncate: Vec::new(),
+                raised: Vec::new(),
+                mode_kept: Vec::new(),
             };
         };
         // A binding was raised when the state knows its table under another counter.
@@ -163,15 +178,23 @@ impl<P: Position> State<P> {
                 && tables_in_state.contains(table_part(&b.state_key(), b.backfill))
         };
         let reset_stream = !bindings.is_empty() && bindings.iter().all(|b| raised(&b.binding));
-        let mut truncate = Vec::new();
+        let (mut truncate, mut raised_now, mut mode_kept) = (Vec::new(), Vec::new(), Vec::new());
         let mut entries = BTreeMap::new();
         for (i, b) in bindings.iter().enumerate() {
             let key = b.binding.state_key();
             let entry = match loaded.bindings.get(&key) {
-                Some(existing) => existing.clone(),
+                Some(existing) => {
+                    if existing.mode != b.mode {
+                        mode_kept.push((i, existing.mode, b.mode));
+                    }
+                    existing.clone()
+                }
                 None => {
-                    if raised(&b.binding) && b.mode == ResolvedMode::WithoutPrimaryKey {
-                        truncate.push(i);
+                    if raised(&b.binding) {
+                        raised_now.push(i);
+                        if b.mode == ResolvedMode::WithoutPrimaryKey {
+                            truncate.push(i);
+                        }
                     }
                     fresh_entry(b)
                 }
@@ -186,6 +209,8 @@ impl<P: Position> State<P> {
             },
             reset_stream,
             truncate,
+            raised: raised_now,
+            mode_kept,
         }
     }
 
@@ -213,14 +238,35 @@ fn table_part(state_key: &str, counter: u32) -> &str {
     }
 }
 
+/// The directory a state file is replaced in.
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuses a state path whose directory does not exist, at start and before any line is
+/// printed: the first checkpoint could not be written there, and a run that prints a
+/// checkpoint it cannot make durable breaks the commit protocol.
+pub fn ensure_state_directory(path: &Path) -> Result<()> {
+    let dir = directory_of(path);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(Error::State(format!(
+        "{}: its directory {} does not exist; create it (mkdir -p {}) or give --state a path in an existing directory",
+        path.display(),
+        dir.display(),
+        dir.display()
+    )))
+}
+
 /// Replaces `path` atomically and durably: write a temp file beside it, fsync it, rename it
 /// over the old one, fsync the directory. A crash at any instant leaves either the old or
 /// the new state, never a partial one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = directory_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -247,15 +293,15 @@ mod tests {
 
     fn rb(stream: &str, counter: u32, mode: ResolvedMode) -> ResolvedBinding {
         ResolvedBinding {
-            binding: Binding {
-                resource: Resource {
+            binding: Binding::new(
+                Resource {
                     namespace: "s".into(),
                     stream: stream.into(),
                     mode: BackfillMode::Automatic,
                 },
-                target: String::new(),
-                backfill: counter,
-            },
+                "",
+                counter,
+            ),
             mode,
             key: vec!["id".into()],
         }
@@ -336,7 +382,65 @@ mod tests {
         );
         assert!(!r.reset_stream);
         assert!(r.truncate.is_empty());
+        assert!(r.raised.is_empty());
         assert_eq!(r.state.bindings["s.n.v2"].phase, Phase::Pending);
+    }
+
+    #[test]
+    fn a_changed_mode_is_kept_until_the_counter_is_raised_and_reported() {
+        let before = active(State::initial(&[
+            rb("a", 0, ResolvedMode::Precise),
+            rb("b", 0, ResolvedMode::Normal),
+        ]));
+        let r = State::reconcile(
+            Some(before.clone()),
+            &[
+                rb("a", 0, ResolvedMode::Normal),
+                rb("b", 0, ResolvedMode::Normal),
+            ],
+        );
+        assert_eq!(r.state.bindings["s.a"].mode, ResolvedMode::Precise);
+        assert_eq!(
+            r.mode_kept,
+            vec![(0, ResolvedMode::Precise, ResolvedMode::Normal)]
+        );
+        assert!(r.raised.is_empty());
+        let r = State::reconcile(
+            Some(before),
+            &[
+                rb("a", 1, ResolvedMode::Normal),
+                rb("b", 0, ResolvedMode::Normal),
+            ],
+        );
+        assert_eq!(r.state.bindings["s.a.v1"].mode, ResolvedMode::Normal);
+        assert!(r.mode_kept.is_empty());
+        assert_eq!(r.raised, vec![0]);
+    }
+
+    #[test]
+    fn an_empty_state_file_is_damage_not_a_fresh_start() {
+        let dir = std::env::temp_dir().join(format!("state-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        assert!(
+            State::<Lsn>::load(&path).unwrap().is_none(),
+            "absent: start"
+        );
+        std::fs::write(&path, b"").unwrap();
+        let e = State::<Lsn>::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("is empty") && e.contains("remove it to start over"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = ensure_state_directory(&dir.join("state.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not exist") && e.contains("mkdir -p"),
+            "{e}"
+        );
+        assert!(ensure_state_directory(Path::new("state.json")).is_ok());
     }
 
     #[test]

@@ -41,63 +41,7 @@ impl Connector for MysqlConnector {
             .iter()
             .map(|t| (t.table.namespace.clone(), t.table.stream.clone()))
             .collect();
-        let conn = source.conn();
-        let var = |v: Option<String>| v.unwrap_or_default();
-        let settings: Vec<(String, String, &str)> = vec![
-            (
-                "log_bin".into(),
-                "1".into(),
-                "enable the binlog: log_bin (server option), then restart",
-            ),
-            (
-                "binlog_format".into(),
-                "ROW".into(),
-                "SET GLOBAL binlog_format = 'ROW' (and in the server options)",
-            ),
-            (
-                "binlog_row_image".into(),
-                "FULL".into(),
-                "SET GLOBAL binlog_row_image = 'FULL'",
-            ),
-            (
-                "binlog_row_metadata".into(),
-                "FULL".into(),
-                "SET GLOBAL binlog_row_metadata = 'FULL' (column names in the binlog)",
-            ),
-        ];
-        for (name, want, fix) in settings {
-            let got: Option<String> = conn
-                .query_first(format!("SELECT @@{name}"))
-                .await
-                .unwrap_or(None);
-            let got = var(got);
-            let ok = got.eq_ignore_ascii_case(&want) || (want == "1" && got == "ON");
-            items.push(CheckItem::new(
-                &name,
-                ok,
-                if ok {
-                    got
-                } else {
-                    format!("is {got:?}; {fix}")
-                },
-            ));
-        }
-        // MariaDB's compressed events carry rows the stream cannot read (MySQL has no
-        // such setting: the query fails and the item passes).
-        let compress: Option<String> = conn
-            .query_first("SELECT @@log_bin_compress")
-            .await
-            .unwrap_or(None);
-        let compressed = matches!(compress.as_deref(), Some("1" | "ON"));
-        items.push(CheckItem::new(
-            "log_bin_compress",
-            !compressed,
-            if compressed {
-                "is ON; SET GLOBAL log_bin_compress = OFF (the connector cannot read compressed events)"
-            } else {
-                "off"
-            },
-        ));
+        items.extend(source.binlog_setting_items().await?);
         if source.server().flavor == Flavor::MySql {
             mysql_items(&mut source, bindings, &mut items).await;
         }
@@ -118,6 +62,7 @@ impl Connector for MysqlConnector {
                 )
             },
         ));
+        let var = |v: Option<String>| v.unwrap_or_default();
         let retention: Option<String> = conn
             .query_first("SELECT @@binlog_expire_logs_seconds")
             .await
@@ -133,11 +78,21 @@ impl Connector for MysqlConnector {
                 if found {
                     "readable".to_string()
                 } else {
-                    "not found, or the user lacks SELECT on it".to_string()
+                    format!(
+                        "not found, or '{}' cannot read it: check the name (`discover` lists what it can read), or GRANT SELECT ON `{}`.`{}` TO '{}'",
+                        endpoint.user, b.resource.namespace, b.resource.stream, endpoint.user
+                    )
                 },
             ));
         }
         Ok(items)
+    }
+
+    async fn preflight(
+        _endpoint: &Endpoint,
+        source: &mut MySource,
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        source.binlog_setting_items().await
     }
 
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
@@ -148,8 +103,7 @@ impl Connector for MysqlConnector {
     }
 }
 
-/// MySQL's own items: GTIDs (what a backfill's snapshot ordering rests on) and compressed
-/// transactions (which the stream cannot read).
+/// MySQL's own item: GTIDs (what a backfill's snapshot ordering rests on).
 async fn mysql_items(source: &mut MySource, bindings: &[Binding], items: &mut Vec<CheckItem>) {
     let backfills = bindings
         .iter()
@@ -162,21 +116,6 @@ async fn mysql_items(source: &mut MySource, bindings: &[Binding], items: &mut Ve
             "ON".to_string()
         } else {
             "is not ON; MySQL backfills need it: SET GLOBAL enforce_gtid_consistency = ON, then gtid_mode = OFF_PERMISSIVE, ON_PERMISSIVE, ON (and in the server options); Only Changes bindings work without".to_string()
-        },
-    ));
-    let compression: Option<String> = source
-        .conn()
-        .query_first("SELECT @@binlog_transaction_compression")
-        .await
-        .unwrap_or(None);
-    let compressed = matches!(compression.as_deref(), Some("1" | "ON"));
-    items.push(CheckItem::new(
-        "binlog_transaction_compression",
-        !compressed,
-        if compressed {
-            "is ON; SET GLOBAL binlog_transaction_compression = OFF (the connector cannot read compressed transactions)"
-        } else {
-            "off"
         },
     ));
 }

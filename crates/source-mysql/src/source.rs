@@ -45,6 +45,7 @@ use std::cmp::Ordering;
 use std::sync::{Arc, Mutex};
 
 use backfill_core::SourceError;
+use backfill_core::cli::CheckItem;
 use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
 use backfill_core::row::QuotedName;
@@ -212,7 +213,10 @@ pub(crate) fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
                 _ => SourceError::definite(text),
             }
         }
-        other => SourceError::transient(format!("{what}: {other}")),
+        other => SourceError::transient(format!(
+            "{what}: {}",
+            backfill_core::error::error_chain(other)
+        )),
     }
 }
 
@@ -355,44 +359,91 @@ impl MySource {
         })
     }
 
-    /// The binlog settings capture depends on; each failure names the setting to change.
-    /// Statement-based or partial row images would lose or misrender changes silently, so
-    /// they stop the capture before anything is read.
-    pub async fn ensure_binlog_settings(&mut self) -> Result<(), SourceError> {
-        let row: Option<(String, String, String, String)> = self
+    /// The binlog settings capture depends on, one `check` item each, every failure
+    /// naming the setting to change: statement-based or partial row images, missing column
+    /// names or compressed events would lose or misrender changes silently. `check`
+    /// prints them, and `capture` runs them before anything is read.
+    pub async fn binlog_setting_items(&mut self) -> Result<Vec<CheckItem>, SourceError> {
+        let flavor = self.server.flavor;
+        let compression = match flavor {
+            Flavor::MariaDb => "@@log_bin_compress",
+            Flavor::MySql => "@@binlog_transaction_compression",
+        };
+        let row: Option<(String, String, String, String, String)> = self
             .conn
-            .query_first(
-                "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata",
-            )
+            .query_first(format!(
+                "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, {compression}"
+            ))
             .await
             .map_err(|e| my_error(&e, "reading the binlog settings"))?;
-        let (log_bin, format, image, metadata) = row.unwrap_or_default();
-        let fail = |what: String, fix: &str| Err(SourceError::definite(format!("{what}; {fix}")));
-        if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
-            return fail(
-                "the binlog is off".into(),
-                "start the server with log_bin (and binlog_format=ROW)",
-            );
+        let (log_bin, format, image, metadata, compressed) = row.unwrap_or_default();
+        let on = |v: &str| v == "1" || v.eq_ignore_ascii_case("ON");
+        let setting = |name: &str, value: &str, ok: bool, fix: &str| {
+            CheckItem::new(
+                name,
+                ok,
+                if ok {
+                    value.to_string()
+                } else {
+                    format!("is {value}; {fix}")
+                },
+            )
+        };
+        let (compression_name, compression_fix) = match flavor {
+            Flavor::MariaDb => (
+                "log_bin_compress",
+                "SET GLOBAL log_bin_compress = OFF (the connector cannot read compressed events)",
+            ),
+            Flavor::MySql => (
+                "binlog_transaction_compression",
+                "SET GLOBAL binlog_transaction_compression = OFF (the connector cannot read compressed transactions)",
+            ),
+        };
+        Ok(vec![
+            setting(
+                "log_bin",
+                if on(&log_bin) { "ON" } else { "OFF" },
+                on(&log_bin),
+                "start the server with log_bin (and binlog_format=ROW) in its options",
+            ),
+            setting(
+                "binlog_format",
+                &format,
+                format.eq_ignore_ascii_case("ROW"),
+                "SET GLOBAL binlog_format = 'ROW', and set it in the server options",
+            ),
+            setting(
+                "binlog_row_image",
+                &image,
+                image.eq_ignore_ascii_case("FULL"),
+                "SET GLOBAL binlog_row_image = 'FULL', and set it in the server options",
+            ),
+            setting(
+                "binlog_row_metadata",
+                &metadata,
+                metadata.eq_ignore_ascii_case("FULL"),
+                "SET GLOBAL binlog_row_metadata = 'FULL' (the binlog then carries column names), and set it in the server options",
+            ),
+            setting(
+                compression_name,
+                if on(&compressed) { "ON" } else { "OFF" },
+                !on(&compressed),
+                compression_fix,
+            ),
+        ])
+    }
+
+    /// [`Self::binlog_setting_items`] as a start-up check: the first failure stops.
+    pub async fn ensure_binlog_settings(&mut self) -> Result<(), SourceError> {
+        match self
+            .binlog_setting_items()
+            .await?
+            .into_iter()
+            .find(|i| !i.ok)
+        {
+            Some(failed) => Err(SourceError::definite(failed.line())),
+            None => Ok(()),
         }
-        if !format.eq_ignore_ascii_case("ROW") {
-            return fail(
-                format!("binlog_format is {format}"),
-                "SET GLOBAL binlog_format = 'ROW' and set it in the server options",
-            );
-        }
-        if !image.eq_ignore_ascii_case("FULL") {
-            return fail(
-                format!("binlog_row_image is {image}"),
-                "SET GLOBAL binlog_row_image = 'FULL'",
-            );
-        }
-        if !metadata.eq_ignore_ascii_case("FULL") {
-            return fail(
-                format!("binlog_row_metadata is {metadata}"),
-                "SET GLOBAL binlog_row_metadata = 'FULL' (the binlog then carries column names)",
-            );
-        }
-        Ok(())
     }
 
     /// The query connection, for `check`.

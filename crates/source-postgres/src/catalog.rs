@@ -52,6 +52,14 @@ impl Table {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// Whether an update can omit an unchanged TOASTed value and a key change cannot carry
+    /// it (DESIGN.md §5): TOASTable columns under the default replica identity.
+    pub fn has_toast_hazard(&self) -> bool {
+        self.replica_identity == 'd'
+            && !self.key.is_empty()
+            && self.columns.iter().any(|c| c.toastable)
+    }
+
     /// As the core's discovery reports it.
     pub fn info(&self) -> TableInfo {
         let mut warnings = Vec::new();
@@ -62,13 +70,13 @@ impl Table {
                 quote(&self.table.stream)
             ));
         }
-        let toast: Vec<&str> = self
-            .columns
-            .iter()
-            .filter(|c| c.toastable)
-            .map(|c| c.name.as_str())
-            .collect();
-        if !toast.is_empty() && self.replica_identity == 'd' && !self.key.is_empty() {
+        if self.has_toast_hazard() {
+            let toast: Vec<&str> = self
+                .columns
+                .iter()
+                .filter(|c| c.toastable)
+                .map(|c| c.name.as_str())
+                .collect();
             warnings.push(format!(
                 "columns {} can be TOASTed: an update that leaves them unchanged omits them, and a key change cannot carry them to the new key; REPLICA IDENTITY FULL avoids both",
                 toast.join(", ")
@@ -114,16 +122,7 @@ pub fn quote(name: &str) -> String {
 pub const WATERMARK_TABLE: &str = "cdc_watermarks";
 
 fn db_err(e: &tokio_postgres::Error) -> SourceError {
-    match e.as_db_error() {
-        Some(db) if db.code().code() == "42501" => SourceError::definite(format!(
-            "permission denied reading the catalog: {}",
-            db.message()
-        )),
-        Some(db) => {
-            SourceError::definite(format!("{} (SQLSTATE {})", db.message(), db.code().code()))
-        }
-        None => SourceError::transient(format!("query failed: {e}")),
-    }
+    crate::conn::db_error(e, "reading the catalog")
 }
 
 /// Lists every table the user can read, with columns, keys and key ordering.

@@ -164,41 +164,106 @@ where
     Ok(client)
 }
 
-/// Turns a driver error into a transient or definite source error with advice.
+/// Whether a server error with SQLSTATE `code` may pass, so the capture retries from its
+/// last checkpoint: the one classifier of this crate, for query connections, the catalog,
+/// scans and the replication connection alike.
+///
+/// * class 08, connection exception;
+/// * class 57, operator intervention: a backend terminated (`57P01`, a failover or
+///   `pg_terminate_backend`), crash shutdown, the server starting up, a query cancelled
+///   (a recovery conflict on a standby);
+/// * class 53, insufficient resources: too many connections, out of memory, disk full;
+/// * class 40, transaction rollback: serialization failure, deadlock;
+/// * `55006`, object in use (a slot still held by a dying walsender), and `55P03`, lock
+///   not available.
+///
+/// Everything else (permissions, a missing table, bad SQL, a lost slot) is definite.
+pub(crate) fn sqlstate_is_transient(code: &str) -> bool {
+    ["08", "57", "53", "40"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55006"
+        || code == "55P03"
+}
+
+/// A server error as a source error: transient or definite by [`sqlstate_is_transient`],
+/// with the remedy for the errors a user must act on. `what` says what was being done.
+pub(crate) fn server_error(code: &str, message: &str, what: &str) -> SourceError {
+    let text = format!("{what}: {message} (SQLSTATE {code})");
+    if sqlstate_is_transient(code) {
+        return SourceError::transient(text);
+    }
+    SourceError::definite(match code {
+        "28P01" | "28000" => format!(
+            "{text}; check the user and password (password, password_env or password_file), and that pg_hba.conf admits this connection"
+        ),
+        "3D000" => format!("{text}; check endpoint.database"),
+        "42501" => format!("{text}; grant the connector's role what `check` lists"),
+        "42P01" => format!("{text}; the table was dropped or renamed: remove or fix its binding"),
+        _ => text,
+    })
+}
+
+/// A driver error on a query: the server's error by [`server_error`]; anything else (the
+/// connection closed or reset) is transient.
+pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
+    match e.as_db_error() {
+        Some(db) => server_error(db.code().code(), db.message(), what),
+        None => SourceError::transient(format!("{what}: {e}")),
+    }
+}
+
+/// Turns a connection error into a transient or definite source error with advice.
 pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
     let target = format!("{}:{}/{}", endpoint.host, endpoint.port, endpoint.database);
     if let Some(db) = e.as_db_error() {
-        let code = db.code().code();
-        let msg = db.message();
-        return match code {
-            "28P01" | "28000" => SourceError::definite(format!(
-                "cannot log in to {target} as {:?}: {msg}; check the user and password (password, password_env or password_file)",
-                endpoint.user
-            )),
-            "3D000" => SourceError::definite(format!("{target}: {msg}; check endpoint.database")),
-            "42501" => SourceError::definite(format!(
-                "{target}: permission denied: {msg}; see `check` for the grants the connector needs"
-            )),
-            // Admin shutdown, crash recovery, too many connections, slot in use: they pass.
-            c if c.starts_with("57") || c.starts_with("08") || c == "53300" || c == "55006" => {
-                SourceError::transient(format!("{target}: {msg}"))
-            }
-            _ => SourceError::definite(format!("{target}: {msg} (SQLSTATE {code})")),
-        };
+        return server_error(
+            db.code().code(),
+            db.message(),
+            &format!("connecting to {target} as {:?}", endpoint.user),
+        );
     }
     // Not from the server: TLS problems are configuration, everything else (refused,
     // reset, timed out) may pass.
-    let mut chain = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
+    let chain = backfill_core::error::error_chain(e);
     if chain.contains("TLS") || chain.contains("certificate") || chain.contains("tls") {
         return SourceError::definite(format!(
             "{target}: {chain}; check endpoint.tls (mode, root_cert) and the server's certificate and ssl setting"
         ));
     }
     SourceError::transient(format!("{target}: {chain}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backfill_core::error::ErrorKind;
+
+    #[test]
+    fn one_classifier_for_every_server_error() {
+        for code in [
+            "57P01", "57P02", "57P03", "57014", "08006", "53300", "53200", "40001", "40P01",
+            "55006", "55P03",
+        ] {
+            assert_eq!(
+                server_error(code, "m", "w").kind(),
+                ErrorKind::Transient,
+                "{code}"
+            );
+        }
+        for code in [
+            "42501", "42P01", "28P01", "3D000", "42601", "55000", "XX000",
+        ] {
+            assert_eq!(
+                server_error(code, "m", "w").kind(),
+                ErrorKind::Definite,
+                "{code}"
+            );
+        }
+        assert!(
+            server_error("28P01", "m", "w")
+                .message()
+                .contains("check the user and password")
+        );
+    }
 }

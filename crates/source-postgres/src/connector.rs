@@ -5,9 +5,10 @@ use backfill_core::cli::{CheckItem, Connector};
 use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
 
+use crate::catalog::quote;
 use crate::endpoint::Endpoint;
 use crate::replication::ReplicationConn;
-use crate::source::PgSource;
+use crate::source::{PgSource, create_publication};
 
 /// PostgreSQL, as the shared command line drives it.
 #[derive(Debug)]
@@ -35,63 +36,13 @@ impl Connector for PostgresConnector {
                 return Ok(items);
             }
         };
-        let client = source.client();
         items.push(CheckItem::new(
             "connect",
             true,
             format!("server version {}", source.server_version()),
         ));
-        let setting = |name: &'static str| async move {
-            client
-                .query_one(&format!("SELECT current_setting('{name}')"), &[])
-                .await
-                .map(|r| r.get::<_, String>(0))
-                .unwrap_or_default()
-        };
-        let wal_level = setting("wal_level").await;
-        items.push(CheckItem::new(
-            "wal_level",
-            wal_level == "logical",
-            if wal_level == "logical" {
-                "logical".to_string()
-            } else {
-                format!("is {wal_level:?}; set it: ALTER SYSTEM SET wal_level = logical; then restart the server")
-            },
-        ));
-        let slots: i32 = setting("max_replication_slots").await.parse().unwrap_or(0);
-        let senders: i32 = setting("max_wal_senders").await.parse().unwrap_or(0);
-        items.push(CheckItem::new(
-            "replication capacity",
-            slots > 0 && senders > 0,
-            format!(
-                "max_replication_slots = {slots}, max_wal_senders = {senders}{}",
-                if slots > 0 && senders > 0 {
-                    ""
-                } else {
-                    "; raise both above 0 and restart"
-                }
-            ),
-        ));
-        let can_replicate: bool = client
-            .query_one(
-                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(false);
-        items.push(CheckItem::new(
-            "replication role",
-            can_replicate,
-            if can_replicate {
-                format!("{} may replicate", endpoint.user)
-            } else {
-                format!(
-                    "{0} lacks REPLICATION: ALTER ROLE {0} WITH REPLICATION",
-                    endpoint.user
-                )
-            },
-        ));
+        items.extend(server_items(endpoint, source.client()).await);
+        let client = source.client();
         match ReplicationConn::connect(endpoint).await {
             Ok(mut conn) => {
                 let ok = conn.simple_query("IDENTIFY_SYSTEM").await;
@@ -114,22 +65,46 @@ impl Connector for PostgresConnector {
             )),
         }
         let tables = catalog_tables(&source).await?;
+        let user = quote(&endpoint.user);
+        let mut toasted = Vec::new();
         for b in bindings {
-            let name = format!("{}.{}", b.resource.namespace, b.resource.stream);
-            match tables.iter().find(|t| t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream) {
-                None => items.push(CheckItem::new(&format!("table {name}"), false, "not found, or the user lacks SELECT on it: GRANT SELECT ON it TO the connector's role")),
-                Some(t) => {
-                    let info = t.info();
-                    let keyless = t.key.is_empty();
-                    let identity_ok = !keyless || t.replica_identity == 'f';
-                    let mut detail = if keyless { "no primary key".to_string() } else { format!("key ({})", t.key.join(", ")) };
-                    for w in &info.warnings {
-                        detail.push_str("; warning: ");
-                        detail.push_str(w);
-                    }
-                    items.push(CheckItem::new(&format!("table {name}"), identity_ok, detail));
-                }
+            let name = format!("table {}", b.table_name());
+            let qualified = format!(
+                "{}.{}",
+                quote(&b.resource.namespace),
+                quote(&b.resource.stream)
+            );
+            let Some(t) = tables.iter().find(|t| {
+                t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream
+            }) else {
+                items.push(CheckItem::new(&name, false, format!("not found, or {user} cannot read it: check the name (`discover` lists what it can read), or GRANT SELECT ON {qualified} TO {user}")));
+                continue;
+            };
+            if t.key.is_empty() && t.replica_identity != 'f' {
+                items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: ALTER TABLE {qualified} REPLICA IDENTITY FULL")));
+                continue;
             }
+            if t.has_toast_hazard() {
+                toasted.push(qualified);
+            }
+            let detail = if t.key.is_empty() {
+                "no primary key; REPLICA IDENTITY FULL".to_string()
+            } else {
+                format!("key ({})", t.key.join(", "))
+            };
+            items.push(CheckItem::new(&name, true, detail));
+        }
+        // One line for every table with the TOAST caveat, so that it does not drown the
+        // lines that stop a capture.
+        if !toasted.is_empty() {
+            items.push(CheckItem::warning(
+                "TOAST",
+                format!(
+                    "{} of the bound tables have TOASTable columns and the default replica identity: an update that leaves such a value unchanged omits it, and a key change cannot carry it to the new key. For whole rows: {}",
+                    toasted.len(),
+                    toasted.iter().map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;")).collect::<Vec<_>>().join(" ")
+                ),
+            ));
         }
         let publication = client
             .query_opt(
@@ -146,15 +121,39 @@ impl Connector for PostgresConnector {
             .await
             .map(|r| r.get(0))
             .unwrap_or(false);
-        items.push(match (publication.is_some(), endpoint.advanced.read_only, can_create) {
-            (true, _, _) => CheckItem::new("publication", true, format!("{:?} exists", endpoint.publication)),
-            (false, false, true) => CheckItem::new("publication", true, format!("{:?} will be created", endpoint.publication)),
-            (false, _, _) => CheckItem::new(
-                "publication",
-                false,
-                format!("{:?} does not exist and cannot be created by this user: CREATE PUBLICATION \"{}\" FOR TABLE ...", endpoint.publication, endpoint.publication),
-            ),
-        });
+        items.push(
+            match (
+                publication.is_some(),
+                endpoint.advanced.read_only,
+                can_create,
+            ) {
+                (true, _, _) => CheckItem::new(
+                    "publication",
+                    true,
+                    format!("{:?} exists", endpoint.publication),
+                ),
+                (false, false, true) => CheckItem::new(
+                    "publication",
+                    true,
+                    format!("{:?} will be created", endpoint.publication),
+                ),
+                (false, _, _) => CheckItem::new(
+                    "publication",
+                    false,
+                    format!(
+                        "{:?} does not exist and {user} may not create it; as a user who may: {}",
+                        endpoint.publication,
+                        create_publication(
+                            &endpoint.publication,
+                            bindings.iter().map(|b| (
+                                b.resource.namespace.as_str(),
+                                b.resource.stream.as_str()
+                            ))
+                        )
+                    ),
+                ),
+            },
+        );
         let slot = client
             .query_opt(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
@@ -170,6 +169,13 @@ impl Connector for PostgresConnector {
         Ok(items)
     }
 
+    async fn preflight(
+        endpoint: &Endpoint,
+        source: &mut PgSource,
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        Ok(server_items(endpoint, source.client()).await)
+    }
+
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
         EngineOptions::for_backfill(
             endpoint.advanced.chunk_size,
@@ -180,4 +186,62 @@ impl Connector for PostgresConnector {
 
 async fn catalog_tables(source: &PgSource) -> Result<Vec<crate::catalog::Table>, SourceError> {
     crate::catalog::tables(source.client()).await
+}
+
+/// The server settings and the privilege a capture cannot run without: `check` prints
+/// them, and `capture` runs them first (its preflight), before it creates anything.
+async fn server_items(endpoint: &Endpoint, client: &tokio_postgres::Client) -> Vec<CheckItem> {
+    let mut items = Vec::new();
+    let setting = |name: &'static str| async move {
+        client
+            .query_one(&format!("SELECT current_setting('{name}')"), &[])
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default()
+    };
+    let wal_level = setting("wal_level").await;
+    items.push(CheckItem::new(
+        "wal_level",
+        wal_level == "logical",
+        if wal_level == "logical" {
+            "logical".to_string()
+        } else {
+            format!("is {wal_level:?}; set it: ALTER SYSTEM SET wal_level = logical; then restart the server")
+        },
+    ));
+    let slots: i32 = setting("max_replication_slots").await.parse().unwrap_or(0);
+    let senders: i32 = setting("max_wal_senders").await.parse().unwrap_or(0);
+    items.push(CheckItem::new(
+        "replication capacity",
+        slots > 0 && senders > 0,
+        format!(
+            "max_replication_slots = {slots}, max_wal_senders = {senders}{}",
+            if slots > 0 && senders > 0 {
+                ""
+            } else {
+                "; raise both above 0 and restart"
+            }
+        ),
+    ));
+    let can_replicate: bool = client
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    items.push(CheckItem::new(
+        "replication role",
+        can_replicate,
+        if can_replicate {
+            format!("{} may replicate", endpoint.user)
+        } else {
+            format!(
+                "{0} lacks REPLICATION: ALTER ROLE {0} WITH REPLICATION",
+                endpoint.user
+            )
+        },
+    ));
+    items
 }

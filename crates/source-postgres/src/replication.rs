@@ -72,20 +72,7 @@ fn server_error(body: &[u8]) -> SourceError {
             _ => {}
         }
     }
-    let text = format!("{message} (SQLSTATE {code})");
-    match code.as_str() {
-        // Slot in use by a walsender that is still dying, server shutting down, too many
-        // connections: they pass.
-        "55006" | "53300" | "57P01" | "57P02" | "57P03" => SourceError::transient(text),
-        c if c.starts_with("08") => SourceError::transient(text),
-        "28P01" | "28000" => SourceError::definite(format!(
-            "{text}; check the user and password, and that pg_hba.conf allows replication connections"
-        )),
-        "42501" => SourceError::definite(format!(
-            "{text}; the role needs the REPLICATION attribute (ALTER ROLE ... WITH REPLICATION)"
-        )),
-        _ => SourceError::definite(text),
-    }
+    crate::conn::server_error(&code, &message, "replication connection")
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as a `map_err` function

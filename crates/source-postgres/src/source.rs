@@ -67,30 +67,24 @@ pub struct PgSource {
     server_version: u32,
 }
 
-pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
-    match e.as_db_error() {
-        Some(db) => {
-            let code = db.code().code();
-            let text = format!("{what}: {} (SQLSTATE {code})", db.message());
-            if code.starts_with("08")
-                || code.starts_with("57")
-                || code == "40001"
-                || code == "55006"
-            {
-                SourceError::transient(text)
-            } else if code == "42P01" {
-                SourceError::definite(format!(
-                    "{text}; the table was dropped or renamed: remove or fix its binding"
-                ))
-            } else if code == "42501" {
-                SourceError::definite(format!(
-                    "{text}; grant the connector's role what `check` lists"
-                ))
-            } else {
-                SourceError::definite(text)
-            }
-        }
-        None => SourceError::transient(format!("{what}: {e}")),
+pub(crate) use crate::conn::db_error;
+
+/// The statement that creates the publication for these tables (all tables when none).
+pub(crate) fn create_publication<'a>(
+    publication: &str,
+    tables: impl Iterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let names: Vec<String> = tables
+        .map(|(namespace, stream)| format!("{}.{}", quote(namespace), quote(stream)))
+        .collect();
+    if names.is_empty() {
+        format!("CREATE PUBLICATION {}", quote(publication))
+    } else {
+        format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote(publication),
+            names.join(", ")
+        )
     }
 }
 
@@ -895,26 +889,17 @@ impl PgSource {
             )
             .await
             .map_err(|e| db_error(&e, "reading pg_publication"))?;
-        let names: Vec<String> = bindings
-            .iter()
-            .map(|b| format!("{}.{}", quote(&b.table.namespace), quote(&b.table.stream)))
-            .collect();
+        let sql = create_publication(
+            publication,
+            bindings
+                .iter()
+                .map(|b| (b.table.namespace.as_str(), b.table.stream.as_str())),
+        );
         match exists {
             None if read_only => Err(SourceError::definite(format!(
-                "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: CREATE PUBLICATION {} FOR TABLE {}",
-                quote(publication),
-                names.join(", ")
+                "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: {sql}"
             ))),
             None => {
-                let sql = if names.is_empty() {
-                    format!("CREATE PUBLICATION {}", quote(publication))
-                } else {
-                    format!(
-                        "CREATE PUBLICATION {} FOR TABLE {}",
-                        quote(publication),
-                        names.join(", ")
-                    )
-                };
                 self.client
                     .batch_execute(&sql)
                     .await
@@ -932,22 +917,17 @@ impl PgSource {
                     .iter()
                     .map(|r| (r.get(0), r.get(1)))
                     .collect();
-                let missing: Vec<&String> = bindings
+                let missing: Vec<String> = bindings
                     .iter()
-                    .zip(&names)
-                    .filter(|(b, _)| {
+                    .filter(|b| {
                         !published.contains(&(b.table.namespace.clone(), b.table.stream.clone()))
                     })
-                    .map(|(_, n)| n)
+                    .map(|b| format!("{}.{}", quote(&b.table.namespace), quote(&b.table.stream)))
                     .collect();
                 if missing.is_empty() {
                     return Ok(());
                 }
-                let list = missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = missing.join(", ");
                 if read_only {
                     return Err(SourceError::definite(format!(
                         "publication {publication:?} lacks {list} and endpoint.advanced.read_only is set: ALTER PUBLICATION {} ADD TABLE {list}",

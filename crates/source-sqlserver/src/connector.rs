@@ -46,36 +46,7 @@ impl Connector for SqlServerConnector {
             }
         };
         items.push(CheckItem::new("connect", true, "connected"));
-        let db_cdc = yes(
-            &mut source,
-            "SELECT CAST(is_cdc_enabled AS int) FROM sys.databases WHERE database_id = DB_ID()",
-            Vec::new(),
-        )
-        .await;
-        items.push(CheckItem::new(
-            "database CDC",
-            db_cdc,
-            if db_cdc {
-                "enabled".to_string()
-            } else {
-                format!(
-                    "not enabled: in database {}, as sysadmin, EXEC sys.sp_cdc_enable_db",
-                    endpoint.database
-                )
-            },
-        ));
-        if db_cdc {
-            let agent = max_lsn(source.client()).await.ok().flatten().is_some();
-            items.push(CheckItem::new(
-                "capture job",
-                agent,
-                if agent {
-                    "has recorded changes (sys.fn_cdc_get_max_lsn() is set)"
-                } else {
-                    "sys.fn_cdc_get_max_lsn() is NULL: start SQL Server Agent (Linux: MSSQL_AGENT_ENABLED=true) and check EXEC sys.sp_cdc_help_jobs"
-                },
-            ));
-        }
+        items.extend(server_items(endpoint, &mut source).await);
         let (ws, wt) = endpoint.watermarks();
         let wm_exists = yes(
             &mut source,
@@ -200,10 +171,54 @@ impl Connector for SqlServerConnector {
         Ok(items)
     }
 
+    async fn preflight(
+        endpoint: &Endpoint,
+        source: &mut SqlSource,
+    ) -> Result<Vec<CheckItem>, SourceError> {
+        Ok(server_items(endpoint, source).await)
+    }
+
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
         EngineOptions::for_backfill(
             endpoint.advanced.chunk_size,
             endpoint.advanced.backfill_concurrency,
         )
     }
+}
+
+/// Database CDC and the capture job, without which a capture reads nothing: `check`
+/// prints them, and `capture` runs them first (its preflight).
+async fn server_items(endpoint: &Endpoint, source: &mut SqlSource) -> Vec<CheckItem> {
+    let mut items = Vec::new();
+    let db_cdc = yes(
+        source,
+        "SELECT CAST(is_cdc_enabled AS int) FROM sys.databases WHERE database_id = DB_ID()",
+        Vec::new(),
+    )
+    .await;
+    items.push(CheckItem::new(
+        "database CDC",
+        db_cdc,
+        if db_cdc {
+            "enabled".to_string()
+        } else {
+            format!(
+                "not enabled: in database {}, as sysadmin, EXEC sys.sp_cdc_enable_db",
+                endpoint.database
+            )
+        },
+    ));
+    if db_cdc {
+        let agent = max_lsn(source.client()).await.ok().flatten().is_some();
+        items.push(CheckItem::new(
+            "capture job",
+            agent,
+            if agent {
+                "has recorded changes (sys.fn_cdc_get_max_lsn() is set)"
+            } else {
+                "sys.fn_cdc_get_max_lsn() is NULL: start SQL Server Agent (Linux: MSSQL_AGENT_ENABLED=true) and check EXEC sys.sp_cdc_help_jobs"
+            },
+        ));
+    }
+    items
 }

@@ -597,6 +597,26 @@ impl Capture {
     }
 }
 
+impl Capture {
+    /// Runs `capture` (without `--until-caught-up`) for `d` at most, then kills it: what a
+    /// user sees in a run's first moments. `ok` is whether it exited 0 by itself.
+    pub fn capture_for(&self, d: Duration) -> Outcome {
+        let mut run = Running::start(
+            &self.binary,
+            &self.dir.join("config.json"),
+            &self.state(),
+            false,
+        );
+        let status = run.watch(d);
+        let (lines, stderr) = run.collect();
+        Outcome {
+            lines,
+            stderr,
+            ok: status.is_some_and(|s| s.success()),
+        }
+    }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         if self.owned {
