@@ -155,13 +155,31 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     let dir = std::env::temp_dir().join(format!("maria-values-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // A keyless twin: its backfill reads through another path (one snapshot for the whole
+    // table), which must render every type as the keyed chunks do.
+    db.sql("CREATE TABLE test.vk LIKE test.v; ALTER TABLE test.vk DROP PRIMARY KEY; INSERT INTO test.vk SELECT * FROM test.v")
+        .unwrap();
     let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 1}},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "v"}, "target": "v"}]});
+                        "bindings": [{"resource": {"namespace": "test", "stream": "v"}, "target": "v"},
+                                     {"resource": {"namespace": "test", "stream": "vk"}, "target": "vk"}]});
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let first = capture(&binary, &dir);
     assert!(first.ok, "{}", first.stderr);
     let backfilled = docs(&first.lines);
     assert_eq!(backfilled.len(), 2);
+    let by_id = |mut d: Vec<Value>| {
+        d.sort_by_key(|d| d["id"].as_i64());
+        d
+    };
+    let keyless = by_id(testkit::live::docs(&first.lines, 1));
+    assert_eq!(keyless.len(), 2, "{:?}", first.lines);
+    for (k, b) in keyless.iter().zip(&backfilled) {
+        assert_eq!(
+            without(k, &["_meta"]),
+            without(b, &["_meta"]),
+            "keyless backfill differs"
+        );
+    }
     let row1 = &backfilled[0];
     assert_eq!(row1["d"].to_string(), "1.50");
     assert_eq!(row1["bu"].to_string(), "18446744073709551615");
@@ -187,10 +205,14 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     assert_eq!(backfilled[1]["dt"], Value::Null, "zero dates are null");
     // The same rows again, streamed.
     db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.vk SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.vk WHERE id < 100").unwrap();
     let second = capture(&binary, &dir);
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines);
     assert_eq!(streamed.len(), 2, "{:?}", second.lines);
+    let keyless_streamed = by_id(testkit::live::docs(&second.lines, 1));
+    assert_eq!(keyless_streamed.len(), 2, "{:?}", second.lines);
+    same_but_id(&backfilled, &keyless_streamed);
     assert!(
         streamed
             .iter()

@@ -18,6 +18,7 @@ impl Connector for MysqlConnector {
     type Source = MySource;
 
     const NAME: &'static str = "source-mysql";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     async fn connect(endpoint: &Endpoint) -> Result<MySource, SourceError> {
         MySource::connect(endpoint).await

@@ -716,15 +716,16 @@ impl MySource {
             .map(|n| quote(n))
             .collect::<Vec<_>>()
             .join(", ");
+        // A prepared statement, like the keyed scan's: the binary protocol is the one the
+        // value table renders from (the text protocol hands dates back as text).
         let sql = format!(
-            "SELECT {select} FROM {}.{} LIMIT {} OFFSET {offset}",
+            "SELECT {select} FROM {}.{} LIMIT ? OFFSET ?",
             quote(&t.table.namespace),
             quote(&t.table.stream),
-            req.limits.rows + 1
         );
         let rows: Vec<mysql_async::Row> = scan
             .conn
-            .query(&sql)
+            .exec(&sql, (req.limits.rows as u64 + 1, offset))
             .await
             .map_err(|e| my_error(&e, &what))?;
         let position = scan.position.clone();
