@@ -984,3 +984,74 @@ fn a_backend_terminated_during_a_catalog_read_or_a_chunk_scan_is_ridden_out() {
         assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "{lock}");
     }
 }
+
+/// What a person sees: at a terminal, a live bar per table with rows, percent, rate and
+/// ETA, and colour unless `NO_COLOR` is set; in a file or a pipe, plain lines without a
+/// colour code, a line when a backfill starts (with the estimate). `--version` names the
+/// binary.
+#[test]
+fn a_person_sees_bars_at_a_terminal_and_plain_lines_in_a_file() {
+    let Some((binary, pg)) = setup() else { return };
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with("source-postgres "), "{version}");
+    pg.sql("CREATE TABLE shown (id int PRIMARY KEY, v text); INSERT INTO shown SELECT g, 'v' FROM generate_series(1, 3000) g; ANALYZE shown")
+        .unwrap();
+    let cap = Capture::new(&binary, "pg-shown");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 500}})), "bindings": [binding("shown", "", 0)]}));
+    // A pipe: plain lines.
+    let piped = cap.run(&[
+        "capture",
+        "--until-caught-up",
+        "--state",
+        cap.state().to_str().unwrap(),
+    ]);
+    assert!(piped.ok, "{}", piped.stderr);
+    assert!(
+        !piped.stderr.contains('\u{1b}'),
+        "no escape codes in a pipe: {}",
+        piped.stderr
+    );
+    assert!(
+        piped.stderr.contains("backfill started") && piped.stderr.contains("estimated_rows=3000"),
+        "{}",
+        piped.stderr
+    );
+    // A terminal (a pseudo-terminal from `script`), with and without NO_COLOR.
+    let Ok(_) = Command::new("script").arg("--version").output() else {
+        skip("terminal output: no `script` (util-linux) to make a pseudo-terminal");
+        return;
+    };
+    for no_color in [false, true] {
+        let _ = std::fs::remove_file(cap.state());
+        let typescript = cap.dir.join("typescript");
+        let command = format!(
+            "{} capture --until-caught-up --config {} --state {} > /dev/null",
+            binary.display(),
+            cap.dir.join("config.json").display(),
+            cap.state().display()
+        );
+        let mut script = Command::new("script");
+        script
+            .args(["-q", "-e", "-c", &command])
+            .arg(&typescript)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if no_color {
+            script.env("NO_COLOR", "1");
+        }
+        assert!(script.status().unwrap().success());
+        let seen = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+        assert!(
+            seen.contains("public.shown")
+                && seen.contains("3,000/3,000 rows 100%")
+                && seen.contains("rows/s"),
+            "{seen}"
+        );
+        assert_eq!(
+            seen.contains("\u{1b}[32m"),
+            !no_color,
+            "colour at a terminal unless NO_COLOR: {seen}"
+        );
+    }
+}

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +31,7 @@ use crate::mode::{BackfillMode, resolve_mode, select_mode};
 use crate::output::StdoutSink;
 use crate::source::{ColumnInfo, Discovery, Source, TableInfo};
 use crate::state::{ResolvedBinding, State};
+use crate::terminal::Bars;
 
 /// One result line of `check`.
 #[derive(Clone, Debug, Serialize)]
@@ -87,8 +88,10 @@ pub trait Connector {
     /// The source it drives.
     type Source: Source + Discovery;
 
-    /// Binary name, for messages.
+    /// Binary name, for messages and `--version`.
     const NAME: &'static str;
+    /// The connector's version, for `--version` (its crate's `CARGO_PKG_VERSION`).
+    const VERSION: &'static str;
 
     /// Connects (and verifies the server settings capture needs).
     async fn connect(endpoint: &Self::Endpoint) -> Result<Self::Source, SourceError>;
@@ -171,13 +174,29 @@ enum Command {
 /// Runs a connector binary: parses arguments, sets up logging, runs the command and turns
 /// errors into one line on stderr and a non-zero exit.
 pub fn main<C: Connector>() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command()
+        .name(C::NAME)
+        .bin_name(C::NAME)
+        .version(C::VERSION);
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Bars for a person at a terminal; JSON logs are for machines, and get none.
+    let bars = match cli.log_format {
+        LogFormat::Text => Bars::for_stderr(),
+        LogFormat::Json => None,
+    };
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .with_max_level(cli.log_level);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match (cli.log_format, &bars) {
+        (LogFormat::Text, Some(bars)) => {
+            let writer = bars.log_writer();
+            builder.with_writer(move || writer.clone()).init();
+        }
+        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, _) => builder.with_writer(std::io::stderr).json().init(),
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -189,7 +208,7 @@ pub fn main<C: Connector>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command::<C>(cli.command)) {
+    match runtime.block_on(run_command::<C>(cli.command, bars)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -198,7 +217,14 @@ pub fn main<C: Connector>() -> ExitCode {
     }
 }
 
-async fn run_command<C: Connector>(command: Command) -> Result<ExitCode> {
+/// Colour only for a person at a terminal: never in a log file or a pipe, and never
+/// when `NO_COLOR` is set (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Result<ExitCode> {
     match command {
         Command::Spec => {
             write_stdout(
@@ -235,7 +261,7 @@ async fn run_command<C: Connector>(command: Command) -> Result<ExitCode> {
             until_caught_up,
             metrics_addr,
         } => {
-            capture::<C>(&config, &state, until_caught_up, metrics_addr).await?;
+            capture::<C>(&config, &state, until_caught_up, metrics_addr, bars).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -417,10 +443,11 @@ async fn capture<C: Connector>(
     state_path: &Path,
     until_caught_up: bool,
     metrics_addr: Option<std::net::SocketAddr>,
+    bars: Option<Bars>,
 ) -> Result<()> {
     let config = Config::<C::Endpoint>::load(config_path)?;
     crate::state::ensure_state_directory(state_path)?;
-    let metrics = Metrics::new(config.bindings.iter().map(Binding::table_name));
+    let metrics = Metrics::with_bars(config.bindings.iter().map(Binding::table_name), bars);
     let _server = match metrics_addr {
         Some(addr) => Some(
             crate::metrics::serve(addr, Arc::clone(&metrics))
@@ -477,7 +504,7 @@ async fn capture<C: Connector>(
                 // Said at once and every time, with the cause: a wrong host or port looks
                 // like a server that is down, and only the user can tell them apart.
                 tracing::warn!(
-                    "{e}; retrying in {:.1} s (attempt {failures} of {MAX_CONSECUTIVE_FAILURES}), from the last checkpoint",
+                    "transient failure: {e}; retrying in {:.1} s (attempt {failures} of {MAX_CONSECUTIVE_FAILURES}), from the last checkpoint",
                     backoff.as_secs_f64()
                 );
                 if shutdown.sleep(backoff).await {

@@ -31,5 +31,6 @@ pub mod output;
 pub mod row;
 pub mod source;
 pub mod state;
+pub mod terminal;
 
 pub use error::{Error, ErrorKind, Result, SourceError};

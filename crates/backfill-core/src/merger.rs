@@ -174,7 +174,7 @@ impl Default for EngineOptions {
             batch_events: 4096,
             checkpoint_interval: Duration::from_millis(500),
             until_caught_up: false,
-            progress_interval: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(5),
             max_rescans: 200,
             rescan_backoff: Duration::from_millis(25),
             sabotage: Sabotage::default(),
@@ -658,6 +658,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 let entry = self.entry_mut(b);
                 entry.phase = Phase::Backfilling;
                 let done = entry.rows_done;
+                tracing::info!(table = %self.table_name(b), estimated_rows = estimate, "backfill started");
                 self.metrics.backfill_started(b, done, estimate);
             }
             let scanned = ahead.take().filter(|a| a.binding == b);

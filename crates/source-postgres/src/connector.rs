@@ -19,6 +19,7 @@ impl Connector for PostgresConnector {
     type Source = PgSource;
 
     const NAME: &'static str = "source-postgres";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     async fn connect(endpoint: &Endpoint) -> Result<PgSource, SourceError> {
         PgSource::connect(endpoint).await

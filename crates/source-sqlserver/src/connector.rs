@@ -28,6 +28,7 @@ impl Connector for SqlServerConnector {
     type Source = SqlSource;
 
     const NAME: &'static str = "source-sqlserver";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     async fn connect(endpoint: &Endpoint) -> Result<SqlSource, SourceError> {
         SqlSource::connect(endpoint).await
