@@ -1055,3 +1055,81 @@ fn a_person_sees_bars_at_a_terminal_and_plain_lines_in_a_file() {
         );
     }
 }
+
+/// `check` speaks in statements a user can paste: the missing grant with the table and
+/// the role, the publication with its tables, a keyless table once (the fix, not a FAIL
+/// and a warning), the TOAST caveat once for every table rather than on each.
+#[test]
+fn check_lines_are_statements_to_paste() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TABLE doc (id int PRIMARY KEY, body text); CREATE TABLE note (id int PRIMARY KEY, body text);
+         CREATE TABLE keyless (v int);
+         CREATE ROLE cdc LOGIN REPLICATION; GRANT SELECT ON doc, note, keyless TO cdc;
+         DROP PUBLICATION IF EXISTS cdc_publication; REVOKE CREATE ON DATABASE postgres FROM PUBLIC",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "pg-check-lines");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"user": "cdc"})), "bindings": [
+        binding("doc", "", 0), binding("note", "", 0), binding("keyless", "", 0), binding("gone", "", 0)]}));
+    let out = cap.run(&["check"]);
+    assert!(!out.ok);
+    let text = out.lines.join("\n");
+    let lines_about = |needle: &str| out.lines.iter().filter(|l| l.contains(needle)).count();
+    assert!(
+        text.contains("FAIL table public.gone: not found, or \"cdc\" cannot read it")
+            && text.contains("GRANT SELECT ON \"public\".\"gone\" TO \"cdc\""),
+        "{text}"
+    );
+    assert_eq!(lines_about("public.keyless"), 1, "{text}");
+    assert!(
+        text.contains("FAIL table public.keyless: no primary key")
+            && text.contains("ALTER TABLE \"public\".\"keyless\" REPLICA IDENTITY FULL"),
+        "{text}"
+    );
+    assert_eq!(lines_about("TOAST"), 1, "{text}");
+    assert!(
+        text.contains("warn TOAST: 2 of the bound tables")
+            && text.contains("ALTER TABLE \"public\".\"doc\" REPLICA IDENTITY FULL;")
+            && text.contains("ALTER TABLE \"public\".\"note\" REPLICA IDENTITY FULL;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CREATE PUBLICATION \"cdc_publication\" FOR TABLE \"public\".\"doc\", \"public\".\"note\", \"public\".\"keyless\", \"public\".\"gone\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("..."),
+        "no statement is left unfinished: {text}"
+    );
+}
+
+/// A mode changed in the config without raising the counter is kept, and said once at
+/// start with the counter to raise.
+#[test]
+fn a_changed_mode_is_said_with_the_counter_to_raise() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE moded (id int PRIMARY KEY)").unwrap();
+    let cap = Capture::new(&binary, "pg-moded");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("moded", "Precise", 2)]}));
+    assert!(cap.capture().ok);
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("moded", "Normal", 2)]}),
+    );
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("asks for mode"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", out.stderr);
+    assert!(
+        said[0].contains("binding 0 (public.moded)")
+            && said[0].contains("\"Normal\"")
+            && said[0].contains("keeps")
+            && said[0].contains("\"backfill\": 3"),
+        "{}",
+        said[0]
+    );
+}

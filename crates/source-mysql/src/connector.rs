@@ -68,7 +68,16 @@ impl Connector for MysqlConnector {
             .query_first("SELECT @@binlog_expire_logs_seconds")
             .await
             .unwrap_or(None);
-        items.push(CheckItem::new("binlog retention", true, format!("binlog_expire_logs_seconds = {} (keep it longer than the longest pause of the capture)", var(retention))));
+        let retention = var(retention);
+        items.push(CheckItem::new(
+            "binlog retention",
+            true,
+            if retention == "0" {
+                "binlog_expire_logs_seconds = 0: binlogs are not purged by age".to_string()
+            } else {
+                format!("binlog_expire_logs_seconds = {retention} (keep it longer than the longest pause of the capture)")
+            },
+        ));
         for b in bindings {
             let found = tables
                 .iter()

@@ -40,7 +40,11 @@ impl Connector for PostgresConnector {
         items.push(CheckItem::new(
             "connect",
             true,
-            format!("server version {}", source.server_version()),
+            format!(
+                "PostgreSQL {}.{}",
+                source.server_version() / 10000,
+                source.server_version() % 10000
+            ),
         ));
         items.extend(server_items(endpoint, source.client()).await);
         let client = source.client();
