@@ -1133,3 +1133,135 @@ fn a_changed_mode_is_said_with_the_counter_to_raise() {
         said[0]
     );
 }
+
+/// With `--acks stdin` (the `cdc` runtime's protocol, PIPELINE.md §3) the slot is told a
+/// position is consumed only once the consumer has acknowledged that checkpoint, never
+/// merely because the state file is durable; without it, at once. The slot's
+/// `confirmed_flush_lsn` is what the server may discard log before.
+#[test]
+fn with_acks_on_stdin_the_slot_advances_only_as_far_as_acknowledged() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE acked (id int PRIMARY KEY, v int)")
+        .unwrap();
+    let confirmed = |slot: &str| -> String {
+        pg.sql(&format!(
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+    let lsn_of = |state: &Value| {
+        state["position"]["lsn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for acks in [false, true] {
+        let slot = if acks { "acks_stdin" } else { "acks_state" };
+        let cap = Capture::new(&binary, slot);
+        cap.config(&json!({"endpoint": endpoint(&pg, json!({"slot": slot, "publication": slot})), "bindings": [binding("acked", "", 0)]}));
+        let mut cmd = Command::new(&binary);
+        cmd.args(["capture", "--log-level", "warn", "--config"])
+            .arg(cap.dir.join("config.json"))
+            .arg("--state")
+            .arg(cap.state());
+        if acks {
+            cmd.args(["--acks", "stdin"]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(state) = v.get("checkpoint") {
+                        let _ = tx.send(state.clone());
+                    }
+                }
+            }
+        });
+        // Wait for the slot, then write and wait for checkpoints past the writes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while confirmed(slot).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no slot");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let created = confirmed(slot);
+        for i in 0..20 {
+            pg.sql(&format!(
+                "INSERT INTO acked VALUES ({i} + {}, {i})",
+                if acks { 100 } else { 0 }
+            ))
+            .unwrap();
+        }
+        let end: String = pg
+            .sql("SELECT pg_current_wal_lsn()")
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut last = Value::Null;
+        while std::time::Instant::now() < deadline {
+            let Ok(state) = rx.recv_timeout(std::time::Duration::from_secs(5)) else {
+                break;
+            };
+            if lsn_of(&state).is_empty() {
+                continue;
+            }
+            last = state;
+            let caught_up: bool = pg
+                .sql(&format!(
+                    "SELECT '{}'::pg_lsn >= '{end}'::pg_lsn",
+                    lsn_of(&last)
+                ))
+                .unwrap()
+                .trim()
+                == "t";
+            if caught_up {
+                break;
+            }
+        }
+        assert!(!lsn_of(&last).is_empty(), "a checkpoint past the writes");
+        // Give an acknowledgement time to reach the server.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let advanced = confirmed(slot) != created;
+        assert_eq!(
+            advanced,
+            !acks,
+            "acks={acks}: created at {created}, confirmed {}, checkpoint at {}",
+            confirmed(slot),
+            lsn_of(&last)
+        );
+        if acks {
+            // The consumer acknowledges the checkpoint: the slot follows, exactly there.
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{}", json!({"position": last["position"]})).unwrap();
+            stdin.flush().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while confirmed(slot) == created {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the acknowledgement was not passed on"
+                );
+                // An idle stream acknowledges at its next checkpoint: make one.
+                pg.sql("INSERT INTO acked VALUES (1000, 0) ON CONFLICT (id) DO UPDATE SET v = acked.v + 1").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            assert_eq!(
+                confirmed(slot),
+                lsn_of(&last),
+                "exactly as far as acknowledged"
+            );
+            drop(stdin);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        pg.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .ok();
+    }
+}

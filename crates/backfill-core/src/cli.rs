@@ -168,7 +168,19 @@ enum Command {
         /// Serve Prometheus metrics on this address (for example 127.0.0.1:9187).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Acknowledge the source only as far as a consumer has acknowledged on stdin, one
+        /// line `{"position": ...}` per checkpoint it has made durable (the `cdc` runtime
+        /// does). Without it, the source is acknowledged once the state file is durable.
+        #[arg(long, value_enum)]
+        acks: Option<AckSource>,
     },
+}
+
+/// Where acknowledgements come from.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AckSource {
+    /// One line per durable checkpoint on stdin: `{"position": <its position>}`.
+    Stdin,
 }
 
 /// Runs a connector binary: parses arguments, sets up logging, runs the command and turns
@@ -260,8 +272,10 @@ async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Resu
             state,
             until_caught_up,
             metrics_addr,
+            acks,
         } => {
-            capture::<C>(&config, &state, until_caught_up, metrics_addr, bars).await?;
+            let acks = acks.map(|AckSource::Stdin| acks_from_stdin());
+            capture::<C>(&config, &state, until_caught_up, metrics_addr, bars, acks).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -417,6 +431,32 @@ pub fn resolve_bindings(
         .collect()
 }
 
+/// Reads acknowledgements from stdin on a thread of their own (PIPELINE.md §3): each line
+/// `{"position": P}` says the consumer has made the checkpoint at P durable. The last one
+/// read is what the merger may tell the source; a line that is not an acknowledgement is
+/// logged and ignored, which only acknowledges less. At end of input the last one stands.
+fn acks_from_stdin() -> tokio::sync::watch::Receiver<Option<Value>> {
+    let (tell, acks) = tokio::sync::watch::channel(None);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<Value>(&line) {
+                Ok(Value::Object(mut ack)) if ack.contains_key("position") => {
+                    // A checkpoint before the stream first opened has no position.
+                    let position = ack.remove("position").filter(|p| !p.is_null());
+                    if position.is_some() && tell.send(position).is_err() {
+                        break;
+                    }
+                }
+                _ => {
+                    tracing::warn!(%line, "not an acknowledgement (expected {{\"position\": ...}}); ignored")
+                }
+            }
+        }
+    });
+    acks
+}
+
 /// Runs the connector's preflight; a failed item stops the capture with `check`'s line.
 async fn preflight<C: Connector>(endpoint: &C::Endpoint, source: &mut C::Source) -> Result<()> {
     let failed: Vec<String> = C::preflight(endpoint, source)
@@ -444,6 +484,7 @@ async fn capture<C: Connector>(
     until_caught_up: bool,
     metrics_addr: Option<std::net::SocketAddr>,
     bars: Option<Bars>,
+    acks: Option<tokio::sync::watch::Receiver<Option<Value>>>,
 ) -> Result<()> {
     let config = Config::<C::Endpoint>::load(config_path)?;
     crate::state::ensure_state_directory(state_path)?;
@@ -474,6 +515,7 @@ async fn capture<C: Connector>(
             let loaded = State::load(state_path)?;
             let mut options = C::engine_options(&config.endpoint);
             options.until_caught_up = until_caught_up;
+            options.acks = acks.clone();
             merger::run(
                 source,
                 StdoutSink::new(state_path.to_path_buf()),

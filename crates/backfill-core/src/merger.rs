@@ -143,6 +143,11 @@ pub struct EngineOptions {
     pub until_caught_up: bool,
     /// How often to log backfill progress.
     pub progress_interval: Duration,
+    /// Run by the `cdc` runtime with `--acks stdin` (PIPELINE.md §3): the positions the
+    /// runtime has made durable in its store, as it acknowledged them; the source is told
+    /// a position is consumed only up to the last of these. `None`: acknowledge once the
+    /// state file is durable.
+    pub acks: Option<tokio::sync::watch::Receiver<Option<Value>>>,
     /// Rescans allowed for a chunk whose snapshot does not yet see delivered transactions.
     pub max_rescans: u32,
     /// Pause before a rescan.
@@ -175,6 +180,7 @@ impl Default for EngineOptions {
             checkpoint_interval: Duration::from_millis(500),
             until_caught_up: false,
             progress_interval: Duration::from_secs(5),
+            acks: None,
             max_rescans: 200,
             rescan_backoff: Duration::from_millis(25),
             sabotage: Sabotage::default(),
@@ -333,6 +339,7 @@ pub async fn run<S: Source, K: Sink>(
         lag_due: false,
         row_bytes: vec![None; bindings.len()],
         unacknowledged: None,
+        told: None,
     };
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
@@ -508,6 +515,8 @@ struct Engine<S: Source, K> {
     row_bytes: Vec<Option<usize>>,
     /// The last checkpoint started, until acknowledged: its position and documents.
     unacknowledged: Option<(S::Position, u64)>,
+    /// The last position told to the source, with `--acks stdin`.
+    told: Option<S::Position>,
     /// The stream's events being gathered for one [`Engine::route`], kept empty between
     /// batches with its capacity: a batch is usually a whole transaction, and growing a
     /// fresh vector to it again for every transaction copied each event about twice.
@@ -600,9 +609,33 @@ impl<S: Source, K: Sink> Engine<S, K> {
         if !self.out.settling()
             && let Some((position, docs)) = self.unacknowledged.take()
         {
-            self.stream.acknowledge(&position).await?;
+            self.acknowledge(position).await?;
             self.metrics.committed(docs);
         }
+        Ok(())
+    }
+
+    /// Tells the source that `durable` (a position whose state is durable) is consumed: at
+    /// once, or with `--acks stdin` only as far as the runtime has acknowledged. The runtime
+    /// acknowledges only checkpoints it read, which were durable before they were printed,
+    /// so its position is never past `durable`; the check is a guard, not a wait.
+    async fn acknowledge(&mut self, durable: S::Position) -> Result<()> {
+        let Some(acks) = self.options.acks.as_mut() else {
+            return self.stream.acknowledge(&durable).await.map_err(Error::from);
+        };
+        let Some(acked) = acks.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let acked: S::Position = serde_json::from_value(acked).map_err(|e| {
+            Error::Invariant(format!(
+                "an acknowledgement on stdin is not a position: {e}"
+            ))
+        })?;
+        if acked > durable || self.told.as_ref() == Some(&acked) {
+            return Ok(());
+        }
+        self.stream.acknowledge(&acked).await?;
+        self.told = Some(acked);
         Ok(())
     }
 
@@ -616,7 +649,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         // step 4 after step 2).
         if let Some((position, docs)) = self.unacknowledged.replace((self.delivered.clone(), docs))
         {
-            self.stream.acknowledge(&position).await?;
+            self.acknowledge(position).await?;
             self.metrics.committed(docs);
         }
         self.dirty = false;
