@@ -130,6 +130,7 @@ fn run_case(
         checkpoint_interval: std::time::Duration::ZERO,
         until_caught_up: true,
         progress_interval: std::time::Duration::from_secs(3600),
+        acks: None,
         max_rescans: 10_000,
         rescan_backoff: std::time::Duration::ZERO,
         sabotage,
