@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod consumer;
 pub mod encode;
 pub mod error;
 pub mod key;

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
+use backfill_core::consumer::{CommitRule, Verdict};
 use backfill_core::mode::ResolvedMode;
 use serde_json::{Map, Value};
 
@@ -123,7 +124,7 @@ pub fn key_identity(key_columns: &[String], row: &Row) -> String {
 /// Applies the consumer protocol of §4 to a series of runs, checking each line's shape.
 pub fn committed(runs: &[RunOutput], violations: &mut Vec<String>) -> Vec<Committed> {
     let mut out = Vec::new();
-    let mut last_seen: Option<Value> = None;
+    let mut rule = CommitRule::default();
     let mut trailing: Vec<Committed> = Vec::new();
     for (r, run) in runs.iter().enumerate() {
         for (i, line) in run.lines.iter().enumerate() {
@@ -132,13 +133,11 @@ pub fn committed(runs: &[RunOutput], violations: &mut Vec<String>) -> Vec<Commit
             };
             match entry {
                 Committed::Checkpoint { ref state, .. } => {
-                    // A checkpoint equal to the last one seen is a resume (a new process,
-                    // or a retry inside one): the documents since were not committed.
-                    if last_seen.as_ref() != Some(state) {
+                    // The rule the runtime commits by (backfill_core::consumer).
+                    if rule.checkpoint(state) == Verdict::Commit {
                         out.append(&mut trailing);
                     }
                     trailing.clear();
-                    last_seen = Some(state.clone());
                     out.push(entry);
                 }
                 _ if i == 0 => {
