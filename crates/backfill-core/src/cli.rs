@@ -274,7 +274,7 @@ async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Resu
             metrics_addr,
             acks,
         } => {
-            let acks = acks.map(|AckSource::Stdin| acks_from_stdin());
+            let acks = acks.is_some_and(|AckSource::Stdin| true);
             capture::<C>(&config, &state, until_caught_up, metrics_addr, bars, acks).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -434,8 +434,10 @@ pub fn resolve_bindings(
 /// Reads acknowledgements from stdin on a thread of their own (PIPELINE.md §3): each line
 /// `{"position": P}` says the consumer has made the checkpoint at P durable. The last one
 /// read is what the merger may tell the source; a line that is not an acknowledgement is
-/// logged and ignored, which only acknowledges less. At end of input the last one stands.
-fn acks_from_stdin() -> tokio::sync::watch::Receiver<Option<Value>> {
+/// logged and ignored, which only acknowledges less. The end of input means the consumer
+/// is gone (its stdout reader with it): the capture stops as on SIGTERM, rather than live
+/// on, holding the source's replication connection, until its next write fails.
+fn acks_from_stdin(shutdown: Shutdown) -> tokio::sync::watch::Receiver<Option<Value>> {
     let (tell, acks) = tokio::sync::watch::channel(None);
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -453,6 +455,8 @@ fn acks_from_stdin() -> tokio::sync::watch::Receiver<Option<Value>> {
                 }
             }
         }
+        tracing::info!("acknowledgements ended (stdin closed): stopping");
+        shutdown.request();
     });
     acks
 }
@@ -484,7 +488,7 @@ async fn capture<C: Connector>(
     until_caught_up: bool,
     metrics_addr: Option<std::net::SocketAddr>,
     bars: Option<Bars>,
-    acks: Option<tokio::sync::watch::Receiver<Option<Value>>>,
+    acks_on_stdin: bool,
 ) -> Result<()> {
     let config = Config::<C::Endpoint>::load(config_path)?;
     crate::state::ensure_state_directory(state_path)?;
@@ -503,6 +507,7 @@ async fn capture<C: Connector>(
     };
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
+    let acks = acks_on_stdin.then(|| acks_from_stdin(shutdown.clone()));
     let mut backoff = Duration::from_millis(500);
     let mut failures = 0u32;
     loop {

@@ -690,6 +690,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 let estimate = source.estimate_rows(&self.specs[b]).await;
                 let entry = self.entry_mut(b);
                 entry.phase = Phase::Backfilling;
+                entry.estimated_rows = estimate;
                 let done = entry.rows_done;
                 tracing::info!(table = %self.table_name(b), estimated_rows = estimate, "backfill started");
                 self.metrics.backfill_started(b, done, estimate);

@@ -56,6 +56,10 @@ pub struct BindingState {
     /// The backfill counter this entry belongs to; above 0 the backfill is incremental.
     #[serde(default)]
     pub backfill: u32,
+    /// The source's estimate of the table's rows, read when its backfill started: a
+    /// consumer's progress (percent, ETA) reads it from the checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<u64>,
 }
 
 impl BindingState {
@@ -227,6 +231,7 @@ fn fresh_entry(b: &ResolvedBinding) -> BindingState {
         cursor: None,
         rows_done: 0,
         backfill: b.binding.backfill,
+        estimated_rows: None,
     }
 }
 

@@ -31,7 +31,7 @@ impl Bars {
     }
 
     /// A table's backfill starts or resumes at `done` rows of `estimate`.
-    pub(crate) fn started(&self, binding: usize, table: &str, done: u64, estimate: Option<u64>) {
+    pub fn started(&self, binding: usize, table: &str, done: u64, estimate: Option<u64>) {
         let bar = self.multi.add(ProgressBar::no_length());
         bar.set_style(
             ProgressStyle::with_template(
@@ -63,7 +63,7 @@ impl Bars {
     }
 
     /// A table's backfill has emitted `done` rows; `complete` when it is done.
-    pub(crate) fn advanced(&self, binding: usize, done: u64, complete: bool) {
+    pub fn advanced(&self, binding: usize, done: u64, complete: bool) {
         let bars = self
             .bars
             .lock()

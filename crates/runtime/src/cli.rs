@@ -1,0 +1,282 @@
+//! The `cdc` command line (PIPELINE.md §1):
+//!
+//! ```text
+//! cdc spec                              JSON Schema of the pipeline spec
+//! cdc check  PIPELINE                   validate the spec, then each connector's `check`
+//! cdc run    PIPELINE [--until-caught-up]
+//! cdc status PIPELINE [--json]          per binding phase, rows, %, rows/s, ETA; lag
+//! cdc read   PIPELINE COLLECTION        the collection's committed documents, one per line
+//! ```
+
+use std::path::PathBuf;
+use std::process::{Command as Process, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use backfill_core::terminal::Bars;
+use clap::{Parser, Subcommand};
+
+use crate::capture::{self, RunOptions};
+use crate::error::{Error, Result};
+use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
+use crate::status;
+use crate::store::{EmbeddedStore, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cdc",
+    version,
+    about = "Runs capture connectors and lands their changes in collections"
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: tracing::Level,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the JSON Schema of the pipeline spec.
+    Spec,
+    /// Validate the pipeline spec, then run each capture connector's `check`.
+    Check { pipeline: PathBuf },
+    /// Run every capture, committing its units to the store, until stopped.
+    Run {
+        pipeline: PathBuf,
+        /// Stop once every capture has caught up (each connector's --until-caught-up).
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Show each binding's progress and each capture's lag, read from the store.
+    Status {
+        pipeline: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a collection's committed documents (and truncates), one per line.
+    Read {
+        pipeline: PathBuf,
+        collection: String,
+    },
+}
+
+/// Runs the `cdc` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bars = match &cli.command {
+        Command::Run { .. } => Bars::for_stderr(),
+        _ => None,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(colour_on_stderr())
+        .with_max_level(cli.log_level);
+    match &bars {
+        Some(bars) => {
+            let writer = bars.log_writer();
+            builder.with_writer(move || writer.clone()).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    match run_command(cli.command, bars) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+#[allow(clippy::print_stdout)] // the commands' own output
+fn print(text: &str) {
+    println!("{text}");
+}
+
+fn open_store(pipeline: &Pipeline) -> Result<Arc<dyn Store>> {
+    match &pipeline.store {
+        StoreLocation::Embedded(dir) => Ok(Arc::new(EmbeddedStore::open(dir)?)),
+    }
+}
+
+fn run_command(command: Command, bars: Option<Bars>) -> Result<ExitCode> {
+    match command {
+        Command::Spec => {
+            print(
+                &serde_json::to_string_pretty(&schemars::schema_for!(PipelineSpec))
+                    .unwrap_or_default(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { pipeline } => check(&Pipeline::load(&pipeline)?),
+        Command::Run {
+            pipeline,
+            until_caught_up,
+        } => {
+            run(&Pipeline::load(&pipeline)?, until_caught_up, bars)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { pipeline, json } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let statuses = status::read(&pipeline, &*open_store(&pipeline)?)?;
+            print(&if json {
+                serde_json::to_string_pretty(&statuses).unwrap_or_default()
+            } else {
+                status::render(&statuses)
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read {
+            pipeline,
+            collection,
+        } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            read(&pipeline, &collection)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Each capture connector's `check`, its lines prefixed with the capture's name.
+fn check(pipeline: &Pipeline) -> Result<ExitCode> {
+    let mut ok = true;
+    for c in &pipeline.captures {
+        let out = Process::new(&c.connector)
+            .arg("check")
+            .arg("--config")
+            .arg(&c.config)
+            .output()
+            .map_err(|e| Error::Connector {
+                capture: c.name.clone(),
+                message: format!("cannot run {}: {e}", c.connector.display()),
+            })?;
+        ok &= out.status.success();
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            print(&format!("{}: {line}", c.name));
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs every capture on a thread of its own until each ends; the first error stops the
+/// others.
+fn run(pipeline: &Pipeline, until_caught_up: bool, bars: Option<Bars>) -> Result<()> {
+    let store = open_store(pipeline)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    on_stop_signals(Arc::clone(&stop));
+    let work_dir = std::env::temp_dir().join(format!("cdc-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)
+        .map_err(Error::store(format!("creating {}", work_dir.display())))?;
+    let options = RunOptions {
+        until_caught_up,
+        work_dir: work_dir.clone(),
+        stop: Arc::clone(&stop),
+        bars,
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = pipeline
+            .captures
+            .iter()
+            .map(|c| {
+                let (store, options, stop) =
+                    (Arc::clone(&store), options.clone(), Arc::clone(&stop));
+                s.spawn(move || {
+                    let result = capture::run(c, &*store, &options);
+                    if result.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                        capture::forward_stop();
+                    }
+                    result
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Damaged("a capture thread panicked".into())))
+            })
+            .collect()
+    });
+    let _ = std::fs::remove_dir_all(&work_dir);
+    results.into_iter().collect()
+}
+
+/// SIGTERM and SIGINT: stop, and ask each connector to finish its unit.
+fn on_stop_signals(stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            tracing::info!("stop requested; each capture finishes the unit in hand");
+            stop.store(true, Ordering::SeqCst);
+            capture::forward_stop();
+        });
+    });
+}
+
+/// Prints the committed lines of `collection`: each document or truncate as the connector
+/// wrote it, without the binding index.
+fn read(pipeline: &Pipeline, collection: &str) -> Result<()> {
+    let (capture, binding) = pipeline
+        .captures
+        .iter()
+        .find_map(|c| {
+            c.collections
+                .iter()
+                .position(|n| n == collection)
+                .map(|b| (c, b))
+        })
+        .ok_or_else(|| {
+            Error::Spec(format!(
+                "no collection {collection:?}; `cdc status` lists them"
+            ))
+        })?;
+    let store = open_store(pipeline)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in store.read(&capture.name)? {
+        let line = line?;
+        if let Ok(
+            backfill_core::consumer::Line::Document { binding: b, doc }
+            | backfill_core::consumer::Line::Truncate {
+                binding: b,
+                truncate: doc,
+            },
+        ) = backfill_core::consumer::Line::parse(&line)
+        {
+            if b == binding {
+                use std::io::Write;
+                writeln!(out, "{doc}").map_err(Error::store("writing stdout"))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The `cdc` runtime (PIPELINE.md): runs each capture connector as a child process, reads
+//! its protocol (DESIGN.md §4) and lands its committed units, exactly once, in collections
+//! of a store, telling the connector on stdin what is durable so that it acknowledges its
+//! source no sooner (`capture --acks stdin`).
+//!
+//! The runtime links no source crate and names no database: the connector protocol is the
+//! seam, and the consumer rule comes from `backfill_core::consumer`, the one
+//! implementation the suites' checker uses too.
+//!
+//! * [`spec`]: the pipeline spec, validated with errors that name the field and the fix;
+//! * [`store`]: the store trait (atomic, read-committed units, one writer per capture) and
+//!   the embedded store;
+//! * [`capture`]: one capture's supervisor, with the exactly-once argument;
+//! * [`status`]: progress read back from the store;
+//! * [`cli`]: `cdc spec | check | run | status | read`.
+
+pub mod capture;
+pub mod cli;
+pub mod error;
+pub mod spec;
+pub mod status;
+pub mod store;
+
+pub use error::{Error, Result};

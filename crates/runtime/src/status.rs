@@ -1,0 +1,244 @@
+//! Status (PIPELINE.md §6): per binding its phase, rows backfilled of the estimate,
+//! percent, rows/s and ETA; per capture its units, documents, last commit and stream lag.
+//!
+//! Everything is read from the store (the connector state and the runtime's progress
+//! figures committed with each unit), so `cdc status` answers while a pipeline runs and
+//! after it stopped, from any process that can read the store.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use backfill_core::config::{Binding, Config};
+use backfill_core::terminal::Bars;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::spec::{Capture, Pipeline};
+use crate::store::Store;
+
+/// The runtime's running figures for one capture, committed with each unit.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Per state key: rows done when first seen backfilling in this run, and when.
+    since: BTreeMap<String, (u64, Instant)>,
+    rates: BTreeMap<String, f64>,
+    lag_seconds: Option<f64>,
+    bars_started: BTreeMap<usize, ()>,
+}
+
+impl Progress {
+    /// Takes in a committed unit: its state, and its last document (for the lag).
+    pub(crate) fn observe(&mut self, state: &Value, _capture: &Capture, last_doc: &str, docs: u64) {
+        let now = Instant::now();
+        if let Some(bindings) = state.get("bindings").and_then(Value::as_object) {
+            for (key, entry) in bindings {
+                let done = entry["rows_done"].as_u64().unwrap_or(0);
+                if entry["phase"] == "backfilling" || self.since.contains_key(key) {
+                    let (from, at) = *self.since.entry(key.clone()).or_insert((done, now));
+                    let seconds = now.duration_since(at).as_secs_f64();
+                    if seconds > 0.0 && entry["phase"] == "backfilling" {
+                        self.rates
+                            .insert(key.clone(), (done - from.min(done)) as f64 / seconds);
+                    }
+                }
+            }
+        }
+        if docs > 0 {
+            self.lag_seconds = commit_time_ms(last_doc).map(|ts| {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_millis() as f64);
+                ((now_ms - ts as f64) / 1000.0).max(0.0)
+            });
+        }
+    }
+
+    /// The figures as committed.
+    pub(crate) fn to_json(&self) -> Value {
+        json!({"rows_per_second": self.rates, "lag_seconds": self.lag_seconds})
+    }
+
+    /// Updates the terminal bars from a committed state.
+    pub(crate) fn draw(&mut self, bars: &Bars, state: &Value, capture: &Capture) {
+        for (i, b) in bindings_of(capture).iter().enumerate() {
+            let entry = &state["bindings"][b.state_key()];
+            let done = entry["rows_done"].as_u64().unwrap_or(0);
+            match entry["phase"].as_str() {
+                Some("backfilling") => {
+                    if self.bars_started.insert(i, ()).is_none() {
+                        bars.started(
+                            i,
+                            &capture.collections[i],
+                            done,
+                            entry["estimated_rows"].as_u64(),
+                        );
+                    }
+                    bars.advanced(i, done, false);
+                }
+                Some("active") if self.bars_started.contains_key(&i) => {
+                    bars.advanced(i, done, true)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `_meta.source.ts_ms` of a streamed document line, if it has one.
+fn commit_time_ms(line: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    v["doc"]["_meta"]["source"]["ts_ms"].as_u64()
+}
+
+/// The config bindings of a capture (their state keys find their entries).
+fn bindings_of(capture: &Capture) -> Vec<Binding> {
+    std::fs::read_to_string(&capture.config)
+        .ok()
+        .and_then(|t| Config::<Value>::parse(&t).ok())
+        .map(|c| c.bindings)
+        .unwrap_or_default()
+}
+
+/// One binding's status.
+#[derive(Debug, Serialize)]
+pub struct BindingStatus {
+    /// Its collection.
+    pub collection: String,
+    /// `pending`, `backfilling`, `active`, or `not started`.
+    pub phase: String,
+    /// The backfill mode it runs.
+    pub mode: Option<String>,
+    /// Rows backfilled (across restarts).
+    pub rows: u64,
+    /// The source's estimate of the table's rows.
+    pub estimated_rows: Option<u64>,
+    /// Percent of the estimate.
+    pub percent: Option<f64>,
+    /// Backfill rate in the runtime's current run.
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<f64>,
+}
+
+/// One capture's status.
+#[derive(Debug, Serialize)]
+pub struct CaptureStatus {
+    /// Its name.
+    pub capture: String,
+    /// Units committed.
+    pub units: u64,
+    /// Documents committed.
+    pub documents: u64,
+    /// When the last unit was committed (ms since the epoch).
+    pub committed_at_ms: Option<u64>,
+    /// Seconds between the last committed change's commit at the source and its landing.
+    pub lag_seconds: Option<f64>,
+    /// Its bindings.
+    pub bindings: Vec<BindingStatus>,
+}
+
+/// The status of every capture of `pipeline`, read from `store`.
+pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>> {
+    pipeline
+        .captures
+        .iter()
+        .map(|capture| {
+            let commit = store.committed(&capture.name)?;
+            let state = commit.as_ref().map(|c| &c.state);
+            let progress = commit.as_ref().map(|c| &c.progress);
+            let bindings = bindings_of(capture)
+                .iter()
+                .zip(&capture.collections)
+                .map(|(b, collection)| {
+                    let key = b.state_key();
+                    let entry = state.and_then(|s| s["bindings"].get(&key));
+                    let rows = entry.and_then(|e| e["rows_done"].as_u64()).unwrap_or(0);
+                    let phase = entry
+                        .and_then(|e| e["phase"].as_str())
+                        .unwrap_or("not started")
+                        .to_string();
+                    let estimated_rows = entry.and_then(|e| e["estimated_rows"].as_u64());
+                    let done = phase == "active";
+                    let percent =
+                        if done && entry.and_then(|e| e["mode"].as_str()) != Some("Only Changes") {
+                            Some(100.0)
+                        } else {
+                            estimated_rows
+                                .filter(|&t| t > 0)
+                                .map(|t| (rows as f64 * 100.0 / t as f64).min(99.9))
+                        };
+                    let rows_per_second = progress
+                        .and_then(|p| p["rows_per_second"][&key].as_f64())
+                        .filter(|_| phase == "backfilling");
+                    let eta_seconds = match (rows_per_second, estimated_rows) {
+                        (Some(rate), Some(total)) if rate > 0.0 => {
+                            Some(total.saturating_sub(rows) as f64 / rate)
+                        }
+                        _ => None,
+                    };
+                    BindingStatus {
+                        collection: collection.clone(),
+                        phase,
+                        mode: entry.and_then(|e| e["mode"].as_str()).map(str::to_string),
+                        rows,
+                        estimated_rows,
+                        percent,
+                        rows_per_second,
+                        eta_seconds,
+                    }
+                })
+                .collect();
+            Ok(CaptureStatus {
+                capture: capture.name.clone(),
+                units: commit.as_ref().map_or(0, |c| c.units),
+                documents: commit.as_ref().map_or(0, |c| c.documents),
+                committed_at_ms: commit.as_ref().map(|c| c.committed_at_ms),
+                lag_seconds: progress.and_then(|p| p["lag_seconds"].as_f64()),
+                bindings,
+            })
+        })
+        .collect()
+}
+
+/// The status as a table for people.
+pub fn render(statuses: &[CaptureStatus]) -> String {
+    let mut out = String::new();
+    let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"));
+    for c in statuses {
+        let _ = writeln!(
+            out,
+            "capture {}: {} units, {} documents, last commit {}, lag {}",
+            c.capture,
+            c.units,
+            c.documents,
+            c.committed_at_ms.map_or("never".to_string(), |ms| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+                format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+            }),
+            opt(c.lag_seconds, " s"),
+        );
+        let _ = writeln!(
+            out,
+            "  {:<32} {:<12} {:>12} {:>12} {:>6} {:>10} {:>8}",
+            "COLLECTION", "PHASE", "ROWS", "ESTIMATE", "%", "ROWS/S", "ETA"
+        );
+        for b in &c.bindings {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:<12} {:>12} {:>12} {:>6} {:>10} {:>8}",
+                b.collection,
+                b.phase,
+                b.rows,
+                b.estimated_rows.map_or("-".to_string(), |e| e.to_string()),
+                b.percent.map_or("-".to_string(), |p| format!("{p:.1}")),
+                opt(b.rows_per_second, ""),
+                opt(b.eta_seconds, " s"),
+            );
+        }
+    }
+    out.trim_end().to_string()
+}

@@ -1,0 +1,326 @@
+//! Collections and their store (PIPELINE.md §3).
+//!
+//! A capture's units land in one ordered log per capture, each line exactly as the
+//! connector printed it (`{"binding": N, "doc": ...}` or a truncate); the collection of
+//! binding N is that log read for binding N. Beside the log the store keeps one **commit
+//! record** per capture: the connector state that follows the last committed unit, the
+//! log's committed length, and the runtime's progress figures.
+//!
+//! ## Guarantees every store gives
+//!
+//! * **Atomic units.** [`CaptureLog::append`] adds lines that no reader sees;
+//!   [`CaptureLog::commit`] makes them and the state that follows them visible together,
+//!   durably, or not at all (a crash before it returns leaves the previous commit);
+//!   [`CaptureLog::discard`] drops them.
+//! * **Read-committed.** Readers see committed lines only, in the order they were
+//!   appended, whatever the writer is doing.
+//! * **One writer per capture**: opening a second writer of a capture fails.
+//! * **Bounded memory.** Lines are written through as they come; a unit is never held
+//!   whole.
+//!
+//! ## The embedded store
+//!
+//! A directory: `captures/<name>/log.jsonl` and `captures/<name>/commit.json`. Appends go
+//! to the log (buffered); a commit flushes the log, `fsync`s it, then replaces the commit
+//! record atomically (temp file, fsync, rename, fsync the directory: the connector's own
+//! state-file replace, `backfill_core::state::write_atomically`). Readers read the commit
+//! record, then the log up to its length: bytes past it are uncommitted (the writer's
+//! current unit, or a crash's leftovers, which the next writer truncates away). A crash
+//! between the log's fsync and the record's rename leaves the old record, so the new lines
+//! are past the committed length: never seen, then truncated. The writer holds an
+//! exclusive lock on `captures/<name>/lock` for its life.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// What one commit records besides the log's length.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The connector state that follows the committed units (its last checkpoint).
+    pub state: Value,
+    /// Units committed so far.
+    pub units: u64,
+    /// Lines (documents and truncates) committed so far.
+    pub documents: u64,
+    /// When it was committed, in milliseconds since the epoch.
+    pub committed_at_ms: u64,
+    /// The runtime's progress figures for `cdc status` (see [`crate::status`]).
+    #[serde(default)]
+    pub progress: Value,
+}
+
+/// A store of captures' logs.
+pub trait Store: Send + Sync {
+    /// Opens `capture`'s log for its one writer, dropping any uncommitted tail.
+    fn writer(&self, capture: &str) -> Result<Box<dyn CaptureLog>>;
+    /// The last commit of `capture`, if it ever committed.
+    fn committed(&self, capture: &str) -> Result<Option<Commit>>;
+    /// The committed lines of `capture`'s log, in order, as of the call.
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>>;
+}
+
+/// The writer of one capture's log. See the module docs for what each call guarantees.
+pub trait CaptureLog: Send {
+    /// Adds a line of the current unit; not visible until committed.
+    fn append(&mut self, line: &str) -> Result<()>;
+    /// Makes the current unit and `commit` durable and visible together.
+    fn commit(&mut self, commit: &Commit) -> Result<()>;
+    /// Drops the current unit.
+    fn discard(&mut self) -> Result<()>;
+}
+
+/// The embedded store: a local directory (see the module docs).
+#[derive(Clone, Debug)]
+pub struct EmbeddedStore {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    /// Committed bytes of the log.
+    offset: u64,
+    #[serde(flatten)]
+    commit: Commit,
+}
+
+impl EmbeddedStore {
+    /// The store in `dir`, created if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(dir.join("captures"))
+            .map_err(Error::store(format!("creating {}", dir.display())))?;
+        Ok(Self { dir })
+    }
+
+    fn capture_dir(&self, capture: &str) -> PathBuf {
+        self.dir.join("captures").join(capture)
+    }
+
+    fn record(&self, capture: &str) -> Result<Option<Record>> {
+        let path = self.capture_dir(capture).join("commit.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Damaged(format!(
+                    "{} is not a commit record ({e}); restore it from a backup",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::store(format!("reading {}", path.display()))(e)),
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn writer(&self, capture: &str) -> Result<Box<dyn CaptureLog>> {
+        let dir = self.capture_dir(capture);
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::store(format!("creating {}", dir.display())))?;
+        let lock =
+            File::create(dir.join("lock")).map_err(Error::store("creating the lock file"))?;
+        lock.try_lock().map_err(|_| {
+            Error::Damaged(format!(
+                "capture {capture} is being written by another runtime (it holds {}); stop it first",
+                dir.join("lock").display()
+            ))
+        })?;
+        let record = self.record(capture)?;
+        let committed = record.as_ref().map_or(0, |r| r.offset);
+        let log_path = dir.join("log.jsonl");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&log_path)
+            .map_err(Error::store(format!("opening {}", log_path.display())))?;
+        let len = log
+            .metadata()
+            .map_err(Error::store("reading the log's length"))?
+            .len();
+        if len < committed {
+            return Err(Error::Damaged(format!(
+                "{} is shorter ({len} bytes) than its commit record says ({committed}); restore the store from a backup",
+                log_path.display()
+            )));
+        }
+        // What a crash left past the last commit was never committed.
+        log.set_len(committed)
+            .map_err(Error::store("truncating the uncommitted tail"))?;
+        log.seek(SeekFrom::Start(committed))
+            .map_err(Error::store("seeking the log"))?;
+        Ok(Box::new(EmbeddedLog {
+            dir,
+            log,
+            _lock: lock,
+            committed,
+            written: committed,
+            buffer: Vec::with_capacity(BUFFER),
+        }))
+    }
+
+    fn committed(&self, capture: &str) -> Result<Option<Commit>> {
+        Ok(self.record(capture)?.map(|r| r.commit))
+    }
+
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
+        let Some(record) = self.record(capture)? else {
+            return Ok(Box::new(std::iter::empty()));
+        };
+        let path = self.capture_dir(capture).join("log.jsonl");
+        let log = File::open(&path).map_err(Error::store(format!("opening {}", path.display())))?;
+        Ok(Box::new(
+            BufReader::with_capacity(1 << 16, log.take(record.offset))
+                .lines()
+                .map(|l| l.map_err(Error::store("reading the log"))),
+        ))
+    }
+}
+
+/// Bytes of lines buffered before they are written to the log.
+const BUFFER: usize = 1 << 20;
+
+struct EmbeddedLog {
+    dir: PathBuf,
+    log: File,
+    _lock: File,
+    /// Committed bytes of the log.
+    committed: u64,
+    /// Bytes written to the file (committed or not), before the buffer.
+    written: u64,
+    buffer: Vec<u8>,
+}
+
+impl EmbeddedLog {
+    fn write_buffer(&mut self) -> Result<()> {
+        self.log
+            .write_all(&self.buffer)
+            .map_err(Error::store("appending to the log"))?;
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl CaptureLog for EmbeddedLog {
+    fn append(&mut self, line: &str) -> Result<()> {
+        self.buffer.extend_from_slice(line.as_bytes());
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= BUFFER {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, commit: &Commit) -> Result<()> {
+        self.write_buffer()?;
+        if self.written > self.committed {
+            self.log
+                .sync_data()
+                .map_err(Error::store("syncing the log"))?;
+        }
+        let record = Record {
+            offset: self.written,
+            commit: commit.clone(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
+        backfill_core::state::write_atomically(&self.dir.join("commit.json"), &bytes)
+            .map_err(Error::store("replacing the commit record"))?;
+        self.committed = self.written;
+        Ok(())
+    }
+
+    fn discard(&mut self) -> Result<()> {
+        self.buffer.clear();
+        if self.written > self.committed {
+            self.log
+                .set_len(self.committed)
+                .map_err(Error::store("dropping an uncommitted unit"))?;
+            self.log
+                .seek(SeekFrom::Start(self.committed))
+                .map_err(Error::store("seeking the log"))?;
+            self.written = self.committed;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store(name: &str) -> (EmbeddedStore, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("cdc-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (EmbeddedStore::open(&dir).unwrap(), dir)
+    }
+
+    fn lines(s: &EmbeddedStore) -> Vec<String> {
+        s.read("c").unwrap().map(Result::unwrap).collect()
+    }
+
+    fn commit(n: u64) -> Commit {
+        Commit {
+            state: json!({"position": n}),
+            units: n,
+            ..Commit::default()
+        }
+    }
+
+    #[test]
+    fn units_are_atomic_read_committed_and_survive_a_crash() {
+        let (s, dir) = store("atomic");
+        let mut w = s.writer("c").unwrap();
+        w.append("a").unwrap();
+        assert!(lines(&s).is_empty(), "nothing before the first commit");
+        w.commit(&commit(1)).unwrap();
+        // A unit larger than the buffer is written through, and still unseen.
+        let big = "x".repeat(1000);
+        for _ in 0..2000 {
+            w.append(&big).unwrap();
+        }
+        assert_eq!(lines(&s), ["a"], "uncommitted lines are not read");
+        w.discard().unwrap();
+        w.append("b").unwrap();
+        w.commit(&commit(2)).unwrap();
+        assert_eq!(lines(&s), ["a", "b"]);
+        assert_eq!(
+            s.committed("c").unwrap().unwrap().state,
+            json!({"position": 2})
+        );
+        // A crash mid-unit: the next writer drops the tail.
+        for _ in 0..2000 {
+            w.append(&big).unwrap();
+        }
+        drop(w);
+        let mut w = s.writer("c").unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.join("captures/c/log.jsonl"))
+                .unwrap()
+                .len(),
+            4,
+            "the uncommitted tail is truncated"
+        );
+        w.append("c").unwrap();
+        w.commit(&commit(3)).unwrap();
+        assert_eq!(lines(&s), ["a", "b", "c"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_writer_per_capture() {
+        let (s, dir) = store("one-writer");
+        let _w = s.writer("c").unwrap();
+        let second = s.writer("c").err().unwrap().to_string();
+        assert!(second.contains("another runtime"), "{second}");
+        assert!(s.writer("d").is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
