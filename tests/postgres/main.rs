@@ -1179,10 +1179,10 @@ fn with_acks_on_stdin_the_slot_advances_only_as_far_as_acknowledged() {
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(state) = v.get("checkpoint") {
-                        let _ = tx.send(state.clone());
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(state) = v.get("checkpoint")
+                {
+                    let _ = tx.send(state.clone());
                 }
             }
         });

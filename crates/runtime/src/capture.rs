@@ -250,13 +250,12 @@ fn pump(
                         if let (Some(stdin), Some(position)) = (
                             acks.as_mut(),
                             state.get("position").filter(|p| !p.is_null()),
-                        ) {
-                            if writeln!(stdin, "{}", json!({ "position": position }))
-                                .and_then(|()| stdin.flush())
-                                .is_err()
-                            {
-                                acks = None;
-                            }
+                        ) && writeln!(stdin, "{}", json!({ "position": position }))
+                            .and_then(|()| stdin.flush())
+                            .is_err()
+                        {
+                            // The connector is gone; its exit ends this run.
+                            acks = None;
                         }
                     }
                 }

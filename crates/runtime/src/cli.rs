@@ -13,6 +13,9 @@ use std::process::{Command as Process, ExitCode};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::io::Write;
+
+use backfill_core::consumer::Line;
 use backfill_core::terminal::Bars;
 use clap::{Parser, Subcommand};
 
@@ -265,17 +268,15 @@ fn read(pipeline: &Pipeline, collection: &str) -> Result<()> {
     for line in store.read(&capture.name)? {
         let line = line?;
         if let Ok(
-            backfill_core::consumer::Line::Document { binding: b, doc }
-            | backfill_core::consumer::Line::Truncate {
+            Line::Document { binding: b, doc }
+            | Line::Truncate {
                 binding: b,
                 truncate: doc,
             },
-        ) = backfill_core::consumer::Line::parse(&line)
+        ) = Line::parse(&line)
+            && b == binding
         {
-            if b == binding {
-                use std::io::Write;
-                writeln!(out, "{doc}").map_err(Error::store("writing stdout"))?;
-            }
+            writeln!(out, "{doc}").map_err(Error::store("writing stdout"))?;
         }
     }
     Ok(())

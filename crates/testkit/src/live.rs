@@ -108,9 +108,82 @@ impl Oracle for TableOracle<'_> {
     }
 }
 
+/// How a scenario's runs are made: the connector driven directly from a state file
+/// ([`ConnectorDriver`]), or through the `cdc` runtime and its store
+/// (`crate::pipeline::PipelineDriver`).
+pub trait Driver {
+    /// One run, SIGKILLed (whatever this driver kills) after `after`; `k` counts them.
+    fn killed_run(&mut self, k: usize, after: Duration);
+    /// The last run, to its end (`--until-caught-up`).
+    fn final_run(&mut self);
+    /// The output for the checker: one line list per run, as a consumer read it.
+    fn outputs(&mut self) -> Vec<Vec<String>>;
+    /// The JSON file that shows whether a binding is active: a state, or a record holding
+    /// one under `"state"`.
+    fn state_file(&self) -> PathBuf;
+}
+
+/// Runs the connector binary itself against a state file.
+#[derive(Debug)]
+pub struct ConnectorDriver {
+    binary: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+    runs: Vec<Vec<String>>,
+}
+
+impl ConnectorDriver {
+    /// The connector `binary` with `config`, its state in `dir`.
+    pub fn new(binary: &Path, config: &Path, dir: &Path) -> Self {
+        Self {
+            binary: binary.to_path_buf(),
+            config: config.to_path_buf(),
+            state: dir.join("state.json"),
+            runs: Vec::new(),
+        }
+    }
+}
+
+impl Driver for ConnectorDriver {
+    fn killed_run(&mut self, _k: usize, after: Duration) {
+        let lines = capture(&self.binary, &self.config, &self.state, false, Some(after));
+        self.runs.push(lines);
+    }
+
+    fn final_run(&mut self) {
+        let lines = capture(&self.binary, &self.config, &self.state, true, None);
+        self.runs.push(lines);
+    }
+
+    fn outputs(&mut self) -> Vec<Vec<String>> {
+        std::mem::take(&mut self.runs)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.state.clone()
+    }
+}
+
 /// Runs a scenario: creates the tables, captures under concurrent writes and SIGKILLs, and
 /// checks the output. `Ok(None)` means skipped (no connector binary).
 pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Report>, String> {
+    run_with(db, name, scenario, &|binary, config, dir| {
+        Ok(Box::new(ConnectorDriver::new(binary, config, dir)))
+    })
+}
+
+/// Makes a scenario's [`Driver`] from the connector binary, its config and a directory;
+/// `Ok(None)` when what it needs is missing (the scenario is skipped).
+pub type MakeDriver<'a> =
+    &'a dyn Fn(&Path, &Path, &Path) -> Result<Box<dyn Driver>, Option<String>>;
+
+/// [`run`] with the runs made by the driver `make` returns.
+pub fn run_with(
+    db: &dyn LiveDb,
+    name: &str,
+    scenario: &Scenario,
+    make: MakeDriver<'_>,
+) -> Result<Option<Report>, String> {
     let binary = match db.connector() {
         Ok(b) => b,
         Err(why) => {
@@ -157,13 +230,20 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
             .map(String::as_str)
             .zip(scenario.modes.iter().copied()),
     )?;
-    let state = dir.join("state.json");
+    let mut driver = match make(&binary, &config, &dir) {
+        Ok(d) => d,
+        Err(None) => return Err("the driver could not be made".into()),
+        Err(Some(why)) => {
+            crate::servers::skip(&format!("{} scenario {name}: {why}", db.name()));
+            return Ok(None);
+        }
+    };
+    let state = driver.state_file();
 
     // Writers run while the connector is killed and restarted.
     let stop = Arc::new(AtomicBool::new(false));
     let writer_error = Arc::new(Mutex::new(None));
     let mut report = Report::default();
-    let mut runs = Vec::new();
     std::thread::scope(|s| {
         let (stop_w, err_w, tables_w) =
             (Arc::clone(&stop), Arc::clone(&writer_error), tables.clone());
@@ -215,15 +295,8 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
             }
         });
         for k in 0..scenario.kills {
-            let lines = capture(
-                &binary,
-                &config,
-                &state,
-                false,
-                Some(Duration::from_millis(300 + 200 * (k as u64 % 5))),
-            );
+            driver.killed_run(k, Duration::from_millis(300 + 200 * (k as u64 % 5)));
             report.kills += 1;
-            runs.push(lines);
         }
         stop.store(true, Ordering::SeqCst);
     });
@@ -234,7 +307,8 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     {
         return Err(format!("writer failed: {e}"));
     }
-    runs.push(capture(&binary, &config, &state, true, None));
+    driver.final_run();
+    let runs = driver.outputs();
     report.runs = runs.len();
     report.lines = runs.iter().map(Vec::len).sum();
     let outputs: Vec<RunOutput> = runs
@@ -285,12 +359,16 @@ pub(crate) fn write_config<'a>(
     Ok(config)
 }
 
-/// Whether the state file records `table`'s backfill as done (its binding active).
+/// Whether the state file records `table`'s backfill as done (its binding active). The
+/// file is a state, or a record holding one under `"state"` (the runtime's commit record).
 pub(crate) fn backfill_done(state: &Path, table: &str) -> bool {
     std::fs::read_to_string(state)
         .ok()
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-        .is_some_and(|s| s["bindings"][table]["phase"] == "active")
+        .is_some_and(|s| {
+            let s = s.get("state").unwrap_or(&s);
+            s["bindings"][table]["phase"] == "active"
+        })
 }
 
 /// Runs `capture` once and returns its stdout lines: to the end with `until_caught_up`,

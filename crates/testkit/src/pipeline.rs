@@ -1,0 +1,165 @@
+//! The live scenarios through the `cdc` runtime ([`PipelineDriver`]): the connector runs
+//! as the runtime's child, and the runs SIGKILL the runtime, the connector, or both; the
+//! checker then reads what the store committed, which must satisfy every guarantee the
+//! connector's own committed output does (PIPELINE.md §3, "Exactly once").
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cdc_runtime::store::{EmbeddedStore, Store};
+use serde_json::{Value, json};
+
+use crate::live::{Driver, workspace_binary};
+
+/// What a killed run kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Victim {
+    /// The runtime alone (its connector sees its stdin close and stops).
+    Runtime,
+    /// The connector alone (the runtime restarts it), then the runtime.
+    Connector,
+    /// Both at once.
+    Both,
+}
+
+/// Drives a scenario through `cdc run` with an embedded store.
+#[derive(Debug)]
+pub struct PipelineDriver {
+    cdc: PathBuf,
+    pipeline: PathBuf,
+    store: PathBuf,
+    victims: Vec<Victim>,
+}
+
+/// The capture's name in the scenario's pipeline.
+const CAPTURE: &str = "scenario";
+
+impl PipelineDriver {
+    /// A pipeline in `dir` with one capture of `connector` with `config`, its runs killing
+    /// `victims` in turn; `Err` when `cdc` is not built.
+    pub fn new(
+        connector: &Path,
+        config: &Path,
+        dir: &Path,
+        victims: &[Victim],
+    ) -> Result<Self, String> {
+        let cdc = workspace_binary("cdc")?;
+        let store = dir.join("store");
+        let pipeline = dir.join("pipeline.json");
+        std::fs::write(
+            &pipeline,
+            json!({"store": format!("file://{}", store.display()),
+                   "captures": [{"name": CAPTURE, "connector": connector, "config": config}]})
+            .to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            cdc,
+            pipeline,
+            store,
+            victims: victims.to_vec(),
+        })
+    }
+
+    fn start(&self, until_caught_up: bool) -> Child {
+        let mut cmd = Command::new(&self.cdc);
+        cmd.args(["--log-level", "warn", "run"]).arg(&self.pipeline);
+        if until_caught_up {
+            cmd.arg("--until-caught-up");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cdc starts")
+    }
+}
+
+/// The process ids of `parent`'s children.
+fn children(parent: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn kill(pid: &str) {
+    let _ = Command::new("kill").args(["-KILL", pid]).status();
+}
+
+impl Driver for PipelineDriver {
+    fn killed_run(&mut self, k: usize, after: Duration) {
+        let victim = self.victims[k % self.victims.len()];
+        let mut runtime = self.start(false);
+        std::thread::sleep(after);
+        let connectors = children(runtime.id());
+        match victim {
+            Victim::Runtime => {
+                let _ = runtime.kill();
+            }
+            Victim::Both => {
+                for c in &connectors {
+                    kill(c);
+                }
+                let _ = runtime.kill();
+            }
+            Victim::Connector => {
+                for c in &connectors {
+                    kill(c);
+                }
+                // The runtime restarts it from the store; then this run ends.
+                std::thread::sleep(after);
+                let _ = runtime.kill();
+            }
+        }
+        let _ = runtime.wait();
+        // A connector that outlived its runtime stops once it sees its stdin closed;
+        // give it the moment it needs before the next run starts another.
+        for c in connectors {
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{c}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn final_run(&mut self) {
+        let status = self.start(true).wait().expect("cdc runs");
+        assert!(
+            status.success(),
+            "cdc run --until-caught-up failed: {status}"
+        );
+    }
+
+    /// The store's committed log as one run: a checkpoint no state equals, the committed
+    /// lines in order, and the last committed state.
+    fn outputs(&mut self) -> Vec<Vec<String>> {
+        let store = EmbeddedStore::open(&self.store).expect("the store opens");
+        let mut lines = vec![
+            json!({"checkpoint": {"version": 1, "position": null, "bindings": {}}}).to_string(),
+        ];
+        lines.extend(
+            store
+                .read(CAPTURE)
+                .expect("the store reads")
+                .map(|l| l.expect("a line")),
+        );
+        let state: Value = store
+            .committed(CAPTURE)
+            .expect("the store reads")
+            .map(|c| c.state)
+            .unwrap_or_default();
+        lines.push(json!({ "checkpoint": state }).to_string());
+        vec![lines]
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.store
+            .join("captures")
+            .join(CAPTURE)
+            .join("commit.json")
+    }
+}
