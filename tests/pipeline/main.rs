@@ -9,9 +9,9 @@
 use backfill_core::mode::ResolvedMode;
 use testkit::live::{LiveDb, Scenario};
 use testkit::pipeline::{PipelineDriver, Victim};
-use testkit::servers::{MariaDbServer, PgServer};
+use testkit::servers::{MariaDbServer, NatsServer, PgServer};
 
-fn exactly_once_under_kills(db: &dyn LiveDb, name: &str) {
+fn exactly_once_under_kills(db: &dyn LiveDb, name: &str, store: Option<&str>) {
     let scenario = Scenario {
         modes: vec![
             ResolvedMode::Precise,
@@ -25,7 +25,7 @@ fn exactly_once_under_kills(db: &dyn LiveDb, name: &str) {
     };
     let victims = [Victim::Runtime, Victim::Connector, Victim::Both];
     let report = testkit::live::run_with(db, name, &scenario, &|connector, config, dir| {
-        PipelineDriver::new(connector, config, dir, &victims)
+        PipelineDriver::new(connector, config, dir, &victims, store)
             .map(|d| Box::new(d) as Box<dyn testkit::live::Driver>)
             .map_err(Some)
     })
@@ -45,7 +45,7 @@ fn postgres_lands_exactly_once_in_the_embedded_store_under_kills() {
     let Some(pg) = PgServer::start_or_skip() else {
         return;
     };
-    exactly_once_under_kills(&pg, "pipe");
+    exactly_once_under_kills(&pg, "pipe", None);
 }
 
 #[test]
@@ -53,7 +53,57 @@ fn mariadb_lands_exactly_once_in_the_embedded_store_under_kills() {
     let Some(db) = MariaDbServer::start_or_skip() else {
         return;
     };
-    exactly_once_under_kills(&db, "pipe");
+    exactly_once_under_kills(&db, "pipe", None);
+}
+
+#[test]
+fn postgres_lands_exactly_once_on_jetstream_under_kills() {
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    exactly_once_under_kills(&pg, "js", Some(&format!("{}/t1", nats.url)));
+}
+
+#[test]
+fn mariadb_lands_exactly_once_on_jetstream_under_kills() {
+    let Some(db) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    exactly_once_under_kills(&db, "js", Some(&format!("{}/t1", nats.url)));
+}
+
+/// Streams replicated three ways on a three-node cluster: one node SIGKILLed and
+/// restarted mid-run, while the runtime and the connector are killed too. Nothing is lost
+/// and nothing is landed twice.
+#[test]
+fn a_nats_node_dies_and_returns_and_nothing_is_lost_or_doubled() {
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(mut nodes) = NatsServer::cluster_or_skip() else {
+        return;
+    };
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = format!("nats://{}/r3?replicas=3", servers.join(","));
+    let mut victim = nodes.remove(1);
+    let chaos = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        victim.kill();
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        victim.restart().unwrap();
+        victim
+    });
+    exactly_once_under_kills(&pg, "r3", Some(&url));
+    nodes.push(chaos.join().unwrap());
 }
 
 /// The runtime's commit rule on the edges a live run rarely hits, with a scripted

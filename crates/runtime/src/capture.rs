@@ -63,59 +63,39 @@ pub struct RunOptions {
 const MAX_FAILED_STARTS: u32 = 5;
 
 /// Runs `capture` until it is caught up (with `until_caught_up`) or stopped, restarting the
-/// connector when it exits.
+/// connector when it exits, and after the store was unavailable.
 pub fn run(capture: &Capture, store: &dyn Store, options: &RunOptions) -> Result<()> {
-    let mut log = store.writer(&capture.name)?;
     let mut progress = Progress::default();
     let mut failed_starts = 0;
     let mut backoff = Duration::from_millis(500);
     loop {
-        let committed = store.committed(&capture.name)?;
-        let state_file = options
-            .work_dir
-            .join(format!("{}.state.json", capture.name));
-        write_state_file(&state_file, committed.as_ref().map(|c| &c.state))?;
-        let mut child = start(capture, &state_file, options.until_caught_up)?;
-        let pid = pid_of(&child);
-        children().extend(pid);
-        if options.stop.load(Ordering::SeqCst) {
-            forward_stop();
-        }
-        let units_before = committed.as_ref().map_or(0, |c| c.units);
-        let pumped = pump(
-            capture,
-            &mut child,
-            &mut *log,
-            committed,
-            &mut progress,
-            options,
-        );
-        let status = finish(&mut child);
-        children().retain(|p| Some(*p) != pid);
-        log.discard()?;
-        let units_after = store.committed(&capture.name)?.map_or(0, |c| c.units);
-        match (pumped, status) {
-            (Err(e @ (Error::Store { .. } | Error::Damaged(_))), _) => return Err(e),
-            (Ok(()), Some(s))
-                if s.success()
-                    && (options.until_caught_up || options.stop.load(Ordering::SeqCst)) =>
-            {
+        let units_before = store
+            .committed(&capture.name)
+            .ok()
+            .flatten()
+            .map(|c| c.units);
+        let outcome = run_once(capture, store, options, &mut progress);
+        match outcome {
+            Ok(true) => {
                 tracing::info!(capture = %capture.name, "capture finished");
                 return Ok(());
             }
-            (_, _) if options.stop.load(Ordering::SeqCst) => return Ok(()),
-            (pumped, status) => {
-                if units_after > units_before + 1 {
+            _ if options.stop.load(Ordering::SeqCst) => return Ok(()),
+            Err(e @ (Error::Store { .. } | Error::Damaged(_) | Error::Spec(_))) => return Err(e),
+            outcome => {
+                let units_after = store
+                    .committed(&capture.name)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.units);
+                if units_after.unwrap_or(0) > units_before.unwrap_or(0) + 1 {
                     failed_starts = 0;
                     backoff = Duration::from_millis(500);
                 }
                 failed_starts += 1;
-                let why = match pumped {
+                let why = match outcome {
                     Err(e) => e.to_string(),
-                    Ok(()) => format!(
-                        "the connector exited ({})",
-                        status.map_or("killed".into(), |s| s.to_string())
-                    ),
+                    Ok(_) => "the connector exited".to_string(),
                 };
                 if failed_starts > MAX_FAILED_STARTS {
                     return Err(Error::Connector {
@@ -134,6 +114,39 @@ pub fn run(capture: &Capture, store: &dyn Store, options: &RunOptions) -> Result
             }
         }
     }
+}
+
+/// One start of the connector, from the store's last commit to the connector's exit:
+/// whether the capture is done (caught up, or stopped cleanly) or must start again.
+fn run_once(
+    capture: &Capture,
+    store: &dyn Store,
+    options: &RunOptions,
+    progress: &mut Progress,
+) -> Result<bool> {
+    let mut log = store.writer(&capture.name)?;
+    let committed = store.committed(&capture.name)?;
+    let state_file = options
+        .work_dir
+        .join(format!("{}.state.json", capture.name));
+    write_state_file(&state_file, committed.as_ref().map(|c| &c.state))?;
+    let mut child = start(capture, &state_file, options.until_caught_up)?;
+    let pid = pid_of(&child);
+    children().extend(pid);
+    if options.stop.load(Ordering::SeqCst) {
+        forward_stop();
+    }
+    let pumped = pump(capture, &mut child, &mut *log, committed, progress, options);
+    if pumped.is_err() {
+        // A connector whose unit cannot land is stopped, not left to run on.
+        let _ = child.kill();
+    }
+    let status = finish(&mut child);
+    children().retain(|p| Some(*p) != pid);
+    log.discard()?;
+    pumped?;
+    Ok(status.is_some_and(|s| s.success())
+        && (options.until_caught_up || options.stop.load(Ordering::SeqCst)))
 }
 
 /// The connectors running now, for [`forward_stop`].

@@ -23,7 +23,7 @@ use crate::capture::{self, RunOptions};
 use crate::error::{Error, Result};
 use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
 use crate::status;
-use crate::store::{EmbeddedStore, Store};
+use crate::store::{EmbeddedStore, JetStreamStore, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +105,9 @@ fn print(text: &str) {
 fn open_store(pipeline: &Pipeline) -> Result<Arc<dyn Store>> {
     match &pipeline.store {
         StoreLocation::Embedded(dir) => Ok(Arc::new(EmbeddedStore::open(dir)?)),
+        StoreLocation::JetStream(location) => {
+            Ok(Arc::new(JetStreamStore::connect(location.clone())?))
+        }
     }
 }
 

@@ -16,6 +16,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store cannot be reached or refused a write for now (a node died, a connection
+    /// dropped, a timeout): the capture restarts from the last commit.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The store's files are not what this runtime writes.
     #[error("store: {0}")]
     Damaged(String),

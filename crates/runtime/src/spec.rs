@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Where collections live: `file:///absolute/dir` or `file:relative/dir` (the embedded
-    /// store: a local directory, nothing to install or start).
+    /// store: a local directory, nothing to install or start), or
+    /// `nats://host:port[,host:port...][/prefix][?replicas=N]` (NATS JetStream: streams
+    /// replicated across a cluster).
     pub store: String,
     /// The captures, each a connector run as a child process.
     pub captures: Vec<CaptureSpec>,
@@ -74,6 +76,8 @@ pub struct Capture {
 pub enum StoreLocation {
     /// The embedded store in this directory.
     Embedded(PathBuf),
+    /// NATS JetStream.
+    JetStream(crate::store::JetStreamLocation),
 }
 
 impl Pipeline {
@@ -178,8 +182,13 @@ fn store_location(url: &str, base: &Path) -> Result<StoreLocation> {
     if let Some(path) = url.strip_prefix("file:") {
         return Ok(StoreLocation::Embedded(base.join(path)));
     }
+    if url.starts_with("nats://") {
+        return crate::store::JetStreamLocation::parse(url)
+            .map(StoreLocation::JetStream)
+            .map_err(|e| Error::Spec(format!("store {url:?}: {e}")));
+    }
     Err(Error::Spec(format!(
-        "store {url:?}: use file:///absolute/dir or file:relative/dir (the embedded store)"
+        "store {url:?}: use file:///absolute/dir or file:relative/dir (the embedded store), or nats://host:port[/prefix][?replicas=N] (NATS JetStream)"
     )))
 }
 

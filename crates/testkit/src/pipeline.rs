@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cdc_runtime::store::{EmbeddedStore, Store};
+use cdc_runtime::store::{EmbeddedStore, JetStreamLocation, JetStreamStore, Store};
 use serde_json::{Value, json};
 
 use crate::live::{Driver, workspace_binary};
@@ -23,12 +23,15 @@ pub enum Victim {
     Both,
 }
 
-/// Drives a scenario through `cdc run` with an embedded store.
+/// Drives a scenario through `cdc run`, with an embedded store or on JetStream.
 #[derive(Debug)]
 pub struct PipelineDriver {
     cdc: PathBuf,
     pipeline: PathBuf,
+    /// The embedded store's directory (the writers read its commit record).
     store: PathBuf,
+    /// The store's URL in the pipeline.
+    store_url: String,
     victims: Vec<Victim>,
 }
 
@@ -37,19 +40,23 @@ const CAPTURE: &str = "scenario";
 
 impl PipelineDriver {
     /// A pipeline in `dir` with one capture of `connector` with `config`, its runs killing
-    /// `victims` in turn; `Err` when `cdc` is not built.
+    /// `victims` in turn; its store is `store_url`, or an embedded store in `dir` when
+    /// `None`. `Err` when `cdc` is not built.
     pub fn new(
         connector: &Path,
         config: &Path,
         dir: &Path,
         victims: &[Victim],
+        store_url: Option<&str>,
     ) -> Result<Self, String> {
         let cdc = workspace_binary("cdc")?;
         let store = dir.join("store");
+        let store_url =
+            store_url.map_or_else(|| format!("file://{}", store.display()), str::to_string);
         let pipeline = dir.join("pipeline.json");
         std::fs::write(
             &pipeline,
-            json!({"store": format!("file://{}", store.display()),
+            json!({"store": store_url,
                    "captures": [{"name": CAPTURE, "connector": connector, "config": config}]})
             .to_string(),
         )
@@ -58,8 +65,34 @@ impl PipelineDriver {
             cdc,
             pipeline,
             store,
+            store_url,
             victims: victims.to_vec(),
         })
+    }
+
+    fn open_store(&self) -> Box<dyn Store> {
+        match self.store_url.strip_prefix("file://") {
+            Some(dir) => Box::new(EmbeddedStore::open(dir).expect("the store opens")),
+            None => Box::new(
+                JetStreamStore::connect(JetStreamLocation::parse(&self.store_url).expect("a URL"))
+                    .expect("the store connects"),
+            ),
+        }
+    }
+
+    /// Keeps the store's last committed state in the embedded store's place, where the
+    /// scenario's writers look for active bindings (a JetStream store has no file).
+    fn mirror_state(&self) {
+        if self.store_url.starts_with("file://") {
+            return;
+        }
+        if let Ok(Some(commit)) = self.open_store().committed(CAPTURE) {
+            let path = self.state_file();
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(path, json!({ "state": commit.state }).to_string());
+        }
     }
 
     fn start(&self, until_caught_up: bool) -> Child {
@@ -93,6 +126,7 @@ impl Driver for PipelineDriver {
         let victim = self.victims[k % self.victims.len()];
         let mut runtime = self.start(false);
         std::thread::sleep(after);
+        self.mirror_state();
         let connectors = children(runtime.id());
         match victim {
             Victim::Runtime => {
@@ -137,7 +171,7 @@ impl Driver for PipelineDriver {
     /// The store's committed log as one run: a checkpoint no state equals, the committed
     /// lines in order, and the last committed state.
     fn outputs(&mut self) -> Vec<Vec<String>> {
-        let store = EmbeddedStore::open(&self.store).expect("the store opens");
+        let store = self.open_store();
         let mut lines = vec![
             json!({"checkpoint": {"version": 1, "position": null, "bindings": {}}}).to_string(),
         ];

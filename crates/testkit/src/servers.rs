@@ -1010,3 +1010,120 @@ mod docker {
         )
     }
 }
+
+/// A `nats-server` with JetStream for tests (PIPELINE.md §7): one node, or one node of a
+/// cluster; its own temp dir and free loopback ports, stopped by PID.
+#[derive(Debug)]
+pub struct NatsServer {
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its client port.
+    pub port: u16,
+    process: Process,
+    args: Vec<String>,
+}
+
+fn nats_binary() -> Option<PathBuf> {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl NatsServer {
+    /// One JetStream node, or `None` after printing `SKIPPED:`.
+    pub fn start_or_skip() -> Option<Self> {
+        or_skip(Self::start(&[], None), "nats-server")
+    }
+
+    /// A three-node JetStream cluster on loopback (streams can be replicated three ways),
+    /// or `None` after printing `SKIPPED:`.
+    pub fn cluster_or_skip() -> Option<Vec<Self>> {
+        or_skip(Self::cluster(3), "nats-server cluster")
+    }
+
+    /// `n` clustered nodes.
+    pub fn cluster(n: usize) -> Result<Vec<Self>> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+        let all: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            nodes.push(Self::start(
+                &[
+                    "--cluster_name".into(),
+                    "cdc-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    all.join(","),
+                    "--name".into(),
+                    format!("n{i}"),
+                ],
+                None,
+            )?);
+        }
+        Ok(nodes)
+    }
+
+    fn start(extra: &[String], port: Option<u16>) -> Result<Self> {
+        let binary = nats_binary()
+            .ok_or_else(|| err("no nats-server binary (apt-get install nats-server)"))?;
+        let dir = temp_dir("nats", None)?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let mut args = vec![
+            "-a".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.join("js").display().to_string(),
+            "-l".into(),
+            dir.join("nats.log").display().to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let mut server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            process: Process::new("nats-server", dir, None, "TERM", "nats.log"),
+            args,
+        };
+        server.spawn(&binary)?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self, binary: &Path) -> Result<()> {
+        let child = Command::new(binary)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("cannot start nats-server: {e}")))?;
+        let port = self.port;
+        self.process.wait_ready(child, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    /// SIGKILL: a node dies.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again after [`kill`](Self::kill), with its data and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        let binary = nats_binary().ok_or_else(|| err("no nats-server binary"))?;
+        self.spawn(&binary)
+    }
+}

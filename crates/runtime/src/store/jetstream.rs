@@ -1,0 +1,439 @@
+//! The JetStream store: one stream per capture on a NATS cluster, replicated as the
+//! pipeline asks (`nats://host:port[,host:port...]/<prefix>?replicas=3`), so captures and
+//! the processes that read collections can run on different machines and a node can die.
+//!
+//! A capture's stream `<prefix>_<capture>` holds two subjects: `<prefix>.<capture>.log`,
+//! one message per line, and `<prefix>.<capture>.commit`, one **commit record** per unit:
+//! the range of log sequences the unit holds (`first`, `last`; none for an empty unit),
+//! the connector state that follows it, and the runtime's figures.
+//!
+//! * **Atomic units.** A unit's lines are published as they come; a commit waits until
+//!   every one is acknowledged by the stream (stored on a quorum of replicas), then
+//!   publishes the commit record and waits for its acknowledgement. Until then no commit
+//!   record names those sequences, and readers read only the ranges commit records name:
+//!   a discarded unit, or one a crash cut short, stays in the stream unread.
+//! * **One writer per capture.** Each commit record is published with
+//!   `Nats-Expected-Last-Subject-Sequence` set to the previous record's sequence, so a
+//!   second writer's commit is refused by the server instead of interleaving.
+//! * **Failures are transient.** A node that dies or a connection that drops fails the
+//!   unit in hand ([`Error::Unavailable`]); the runtime restarts the connector from the
+//!   last commit it can read, so a unit whose commit record was stored although its
+//!   acknowledgement was lost is found committed, and one whose record was not is redone.
+//!
+//! The client is async (`async-nats`, without the features that need servers newer than
+//! Debian 12's 2.9); the store trait is not, so each store owns a small runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::stream::{Config, StorageType, Stream};
+use async_nats::jetstream::{self, Context};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+
+use super::{CaptureLog, Commit, Store};
+use crate::error::{Error, Result};
+
+/// Where a JetStream store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JetStreamLocation {
+    /// Server URLs (`nats://host:port`).
+    pub servers: Vec<String>,
+    /// Prefix of stream names and subjects.
+    pub prefix: String,
+    /// Replicas of each stream.
+    pub replicas: usize,
+}
+
+impl JetStreamLocation {
+    /// Parses `nats://h1:4222[,h2:4222...][/prefix][?replicas=N]`.
+    pub fn parse(url: &str) -> std::result::Result<Self, String> {
+        let rest = url.strip_prefix("nats://").ok_or("a nats:// URL")?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = if prefix.is_empty() { "cdc" } else { prefix };
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "prefix {prefix:?}: letters, digits, '-' and '_' only"
+            ));
+        }
+        let mut replicas = 1;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("replicas", n)) => {
+                    replicas = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=5).contains(n))
+                        .ok_or(format!("replicas={n}: a number from 1 to 5"))?;
+                }
+                _ => return Err(format!("{pair:?}: the only option is replicas=N")),
+            }
+        }
+        let servers: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("nats://{h}"))
+            .collect();
+        if servers.is_empty() {
+            return Err("no server: nats://host:port".into());
+        }
+        Ok(Self {
+            servers,
+            prefix: prefix.to_string(),
+            replicas,
+        })
+    }
+}
+
+/// The JetStream store (see the module docs).
+#[derive(Clone, Debug)]
+pub struct JetStreamStore {
+    location: JetStreamLocation,
+    runtime: Arc<Runtime>,
+    context: Context,
+}
+
+/// A commit record as stored.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    /// The unit's log sequences, when it has lines.
+    first: Option<u64>,
+    last: Option<u64>,
+    #[serde(flatten)]
+    commit: Commit,
+}
+
+fn unavailable(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> Error + '_ {
+    move |e| Error::Unavailable(format!("{what}: {e}"))
+}
+
+impl JetStreamStore {
+    /// Connects to the cluster.
+    pub fn connect(location: JetStreamLocation) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(Error::store("starting the NATS client's runtime"))?;
+        let servers: Vec<async_nats::ServerAddr> = location
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Spec(format!("a NATS server URL: {e}")))?;
+        let client = runtime
+            .block_on(
+                async_nats::ConnectOptions::new()
+                    .retry_on_initial_connect()
+                    .connection_timeout(Duration::from_secs(5))
+                    .request_timeout(Some(Duration::from_secs(10)))
+                    .connect(servers),
+            )
+            .map_err(|e| unavailable("connecting to NATS")(&e))?;
+        // The JetStream context starts its tasks on the runtime it is made in.
+        let context = {
+            let _inside = runtime.enter();
+            jetstream::new(client)
+        };
+        Ok(Self {
+            location,
+            runtime: Arc::new(runtime),
+            context,
+        })
+    }
+
+    fn names(&self, capture: &str) -> (String, String, String) {
+        let p = &self.location.prefix;
+        (
+            format!("{p}_{capture}"),
+            format!("{p}.{capture}.log"),
+            format!("{p}.{capture}.commit"),
+        )
+    }
+
+    async fn stream(&self, capture: &str) -> Result<Stream> {
+        let (name, _, _) = self.names(capture);
+        self.context
+            .get_or_create_stream(Config {
+                name,
+                subjects: vec![format!("{}.{capture}.>", self.location.prefix)],
+                storage: StorageType::File,
+                num_replicas: self.location.replicas,
+                ..Config::default()
+            })
+            .await
+            .map_err(|e| unavailable("opening the capture's stream")(&e))
+    }
+
+    /// The last commit record and its sequence.
+    async fn last_record(&self, stream: &Stream, capture: &str) -> Result<Option<(u64, Record)>> {
+        let (_, _, commits) = self.names(capture);
+        match stream.get_last_raw_message_by_subject(&commits).await {
+            Ok(m) => serde_json::from_slice(&m.payload)
+                .map(|r| Some((m.sequence, r)))
+                .map_err(|e| {
+                    Error::Damaged(format!("a commit record of {capture} is not one ({e})"))
+                }),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("reading the last commit")(&e)),
+        }
+    }
+}
+
+impl Store for JetStreamStore {
+    fn writer(&self, capture: &str) -> Result<Box<dyn CaptureLog>> {
+        let (stream, last) = self.runtime.block_on(async {
+            let stream = self.stream(capture).await?;
+            let last = self.last_record(&stream, capture).await?;
+            Ok::<_, Error>((stream, last))
+        })?;
+        drop(stream);
+        let (_, log, commits) = self.names(capture);
+        Ok(Box::new(JetStreamLog {
+            store: self.clone(),
+            log,
+            commits,
+            last_record: last.map(|(seq, _)| seq),
+            in_flight: Vec::new(),
+            first: None,
+            last: None,
+        }))
+    }
+
+    fn committed(&self, capture: &str) -> Result<Option<Commit>> {
+        self.runtime.block_on(async {
+            let stream = self.stream(capture).await?;
+            Ok(self
+                .last_record(&stream, capture)
+                .await?
+                .map(|(_, r)| r.commit))
+        })
+    }
+
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
+        // Lines go through a small bounded channel: a reader holds a few, never a log.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<String>>(1024);
+        let store = self.clone();
+        let capture = capture.to_string();
+        std::thread::spawn(move || {
+            let result = store.runtime.block_on(store.send_committed(&capture, &tx));
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
+        });
+        Ok(Box::new(rx.into_iter()))
+    }
+}
+
+impl JetStreamStore {
+    /// Sends the committed lines of `capture` in order: the log ranges the commit records
+    /// name, up to the last record at the start of the read.
+    async fn send_committed(
+        &self,
+        capture: &str,
+        tx: &std::sync::mpsc::SyncSender<Result<String>>,
+    ) -> Result<()> {
+        let stream = self.stream(capture).await?;
+        let Some((last_record, _)) = self.last_record(&stream, capture).await? else {
+            return Ok(());
+        };
+        let (_, log, commits) = self.names(capture);
+        let ordered = |subject: String| OrderedConfig {
+            filter_subject: subject,
+            deliver_policy: DeliverPolicy::All,
+            ..OrderedConfig::default()
+        };
+        let mut records = stream
+            .create_consumer(ordered(commits))
+            .await
+            .map_err(|e| unavailable("reading commit records")(&e))?
+            .messages()
+            .await
+            .map_err(|e| unavailable("reading commit records")(&e))?;
+        let mut lines = None;
+        while let Some(m) = records.next().await {
+            let m = m.map_err(|e| unavailable("reading commit records")(&e))?;
+            let seq = m
+                .info()
+                .map_err(|e| unavailable("a commit record's sequence")(&e))?
+                .stream_sequence;
+            if seq > last_record {
+                break;
+            }
+            let record: Record = serde_json::from_slice(&m.payload).map_err(|e| {
+                Error::Damaged(format!("a commit record of {capture} is not one ({e})"))
+            })?;
+            let (Some(first), Some(last)) = (record.first, record.last) else {
+                if seq == last_record {
+                    break;
+                }
+                continue;
+            };
+            if lines.is_none() {
+                let config = OrderedConfig {
+                    filter_subject: log.clone(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: first,
+                    },
+                    ..OrderedConfig::default()
+                };
+                lines = Some(
+                    stream
+                        .create_consumer(config)
+                        .await
+                        .map_err(|e| unavailable("reading the log")(&e))?
+                        .messages()
+                        .await
+                        .map_err(|e| unavailable("reading the log")(&e))?,
+                );
+            }
+            let Some(reader) = lines.as_mut() else { break };
+            loop {
+                let Some(m) = reader.next().await else {
+                    return Err(Error::Damaged(format!(
+                        "the log of {capture} ends inside a committed unit"
+                    )));
+                };
+                let m = m.map_err(|e| unavailable("reading the log")(&e))?;
+                let at = m
+                    .info()
+                    .map_err(|e| unavailable("a line's sequence")(&e))?
+                    .stream_sequence;
+                if at < first {
+                    continue; // a discarded unit's line
+                }
+                let line = String::from_utf8(m.payload.to_vec()).map_err(|e| {
+                    Error::Damaged(format!("a line of {capture} is not UTF-8 ({e})"))
+                })?;
+                if tx.send(Ok(line)).is_err() {
+                    return Ok(());
+                }
+                if at >= last {
+                    break;
+                }
+            }
+            if seq == last_record {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes awaited at once, at most; past it, the oldest acknowledgement is awaited.
+const IN_FLIGHT: usize = 4096;
+
+struct JetStreamLog {
+    store: JetStreamStore,
+    log: String,
+    commits: String,
+    /// The sequence of the last commit record, for the single-writer check.
+    last_record: Option<u64>,
+    in_flight: Vec<PublishAckFuture>,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+impl JetStreamLog {
+    /// Awaits every publish in flight, noting the unit's sequences.
+    fn settle(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.in_flight);
+        let seqs: Vec<u64> = self.store.runtime.block_on(async {
+            let mut seqs = Vec::with_capacity(pending.len());
+            for ack in pending {
+                seqs.push(
+                    ack.await
+                        .map_err(|e| unavailable("storing a line")(&e))?
+                        .sequence,
+                );
+            }
+            Ok::<_, Error>(seqs)
+        })?;
+        for seq in seqs {
+            self.first = Some(self.first.map_or(seq, |f| f.min(seq)));
+            self.last = Some(self.last.map_or(seq, |l| l.max(seq)));
+        }
+        Ok(())
+    }
+}
+
+impl CaptureLog for JetStreamLog {
+    fn append(&mut self, line: &str) -> Result<()> {
+        let payload = bytes::Bytes::copy_from_slice(line.as_bytes());
+        let ack = self
+            .store
+            .runtime
+            .block_on(self.store.context.publish(self.log.clone(), payload))
+            .map_err(|e| unavailable("storing a line")(&e))?;
+        self.in_flight.push(ack);
+        if self.in_flight.len() >= IN_FLIGHT {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, commit: &Commit) -> Result<()> {
+        self.settle()?;
+        let record = Record {
+            first: self.first,
+            last: self.last,
+            commit: commit.clone(),
+        };
+        let payload = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.last_record.unwrap_or(0).to_string().as_str(),
+        );
+        let ack = self.store.runtime.block_on(async {
+            self.store
+                .context
+                .publish_with_headers(self.commits.clone(), headers, payload.into())
+                .await
+                .map_err(|e| unavailable("storing a commit record")(&e))?
+                .await
+                .map_err(|e| unavailable("storing a commit record")(&e))
+        })?;
+        self.last_record = Some(ack.sequence);
+        self.first = None;
+        self.last = None;
+        Ok(())
+    }
+
+    fn discard(&mut self) -> Result<()> {
+        // Lines stored or not, no commit record will name them.
+        let _ = self.settle();
+        self.in_flight.clear();
+        self.first = None;
+        self.last = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let l = JetStreamLocation::parse("nats://a:4222,b:4223/shop?replicas=3").unwrap();
+        assert_eq!(l.servers, ["nats://a:4222", "nats://b:4223"]);
+        assert_eq!((l.prefix.as_str(), l.replicas), ("shop", 3));
+        let d = JetStreamLocation::parse("nats://127.0.0.1:4222").unwrap();
+        assert_eq!((d.prefix.as_str(), d.replicas), ("cdc", 1));
+        assert!(JetStreamLocation::parse("nats://a:1?replicas=9").is_err());
+        assert!(JetStreamLocation::parse("nats://a:1/bad.prefix").is_err());
+        assert!(JetStreamLocation::parse("nats:///x").is_err());
+    }
+}

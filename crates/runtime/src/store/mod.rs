@@ -1,0 +1,78 @@
+//! Collections and their store (PIPELINE.md §3).
+//!
+//! A capture's units land in one ordered log per capture, each line exactly as the
+//! connector printed it (`{"binding": N, "doc": ...}` or a truncate); the collection of
+//! binding N is that log read for binding N. Beside the log the store keeps one **commit
+//! record** per capture: the connector state that follows the last committed unit, the
+//! log's committed length, and the runtime's progress figures.
+//!
+//! ## Guarantees every store gives
+//!
+//! * **Atomic units.** [`CaptureLog::append`] adds lines that no reader sees;
+//!   [`CaptureLog::commit`] makes them and the state that follows them visible together,
+//!   durably, or not at all (a crash before it returns leaves the previous commit);
+//!   [`CaptureLog::discard`] drops them.
+//! * **Read-committed.** Readers see committed lines only, in the order they were
+//!   appended, whatever the writer is doing.
+//! * **One writer per capture**: opening a second writer of a capture fails.
+//! * **Bounded memory.** Lines are written through as they come; a unit is never held
+//!   whole.
+//!
+//! ## The embedded store
+//!
+//! A directory: `captures/<name>/log.jsonl` and `captures/<name>/commit.json`. Appends go
+//! to the log (buffered); a commit flushes the log, `fsync`s it, then replaces the commit
+//! record atomically (temp file, fsync, rename, fsync the directory: the connector's own
+//! state-file replace, `backfill_core::state::write_atomically`). Readers read the commit
+//! record, then the log up to its length: bytes past it are uncommitted (the writer's
+//! current unit, or a crash's leftovers, which the next writer truncates away). A crash
+//! between the log's fsync and the record's rename leaves the old record, so the new lines
+//! are past the committed length: never seen, then truncated. The writer holds an
+//! exclusive lock on `captures/<name>/lock` for its life.
+
+mod embedded;
+mod jetstream;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use embedded::EmbeddedStore;
+pub use jetstream::{JetStreamLocation, JetStreamStore};
+
+use crate::error::Result;
+
+/// What one commit records besides the log's length.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The connector state that follows the committed units (its last checkpoint).
+    pub state: Value,
+    /// Units committed so far.
+    pub units: u64,
+    /// Lines (documents and truncates) committed so far.
+    pub documents: u64,
+    /// When it was committed, in milliseconds since the epoch.
+    pub committed_at_ms: u64,
+    /// The runtime's progress figures for `cdc status` (see [`crate::status`]).
+    #[serde(default)]
+    pub progress: Value,
+}
+
+/// A store of captures' logs.
+pub trait Store: Send + Sync {
+    /// Opens `capture`'s log for its one writer, dropping any uncommitted tail.
+    fn writer(&self, capture: &str) -> Result<Box<dyn CaptureLog>>;
+    /// The last commit of `capture`, if it ever committed.
+    fn committed(&self, capture: &str) -> Result<Option<Commit>>;
+    /// The committed lines of `capture`'s log, in order, as of the call.
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>>;
+}
+
+/// The writer of one capture's log. See the module docs for what each call guarantees.
+pub trait CaptureLog: Send {
+    /// Adds a line of the current unit; not visible until committed.
+    fn append(&mut self, line: &str) -> Result<()>;
+    /// Makes the current unit and `commit` durable and visible together.
+    fn commit(&mut self, commit: &Commit) -> Result<()>;
+    /// Drops the current unit.
+    fn discard(&mut self) -> Result<()>;
+}
