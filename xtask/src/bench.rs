@@ -7,6 +7,7 @@
 //! | PostgreSQL streaming changes/s | `pg_recvlogical` draining a pgoutput slot of the same changes |
 //! | MariaDB backfill rows/s | `mariadb-dump --quick --single-transaction` |
 //! | MariaDB streaming changes/s | `mariadb-binlog --read-from-remote-server -v` |
+//! | `cdc run` landing the PostgreSQL backfill in the embedded store, on JetStream | the connector to /dev/null |
 //! | commit-to-stdout latency at 5,000 changes/s | none (p50, p99, max) |
 //!
 //! Streaming figures run twice: transactions of 1,000 changes, and one transaction of
@@ -243,6 +244,70 @@ fn paired(
     Ok(pairs)
 }
 
+/// The `cdc` runtime (PIPELINE.md §3): the PostgreSQL backfill landed by `cdc run` in the
+/// embedded store and on a local JetStream node, each against the same connector writing
+/// to /dev/null, pair by pair. Peak RSS is the runtime's own (its connector is the figure
+/// above).
+fn runtime_figures(
+    run: &Run<'_>,
+    pg_bin: &std::path::Path,
+    endpoint: &Value,
+    results: &mut Vec<Value>,
+) -> Result<(), String> {
+    let cdc = pg_bin.with_file_name("cdc");
+    let nats = testkit::servers::NatsServer::start().map_err(|e| e.to_string())?;
+    for (name, store, target) in [
+        ("embedded store", "file:store".to_string(), 0.8),
+        (
+            "JetStream (one local node)",
+            format!("{}/bench", nats.url),
+            0.5,
+        ),
+    ] {
+        let dir = capture_dir(
+            run.work,
+            "pg-runtime",
+            endpoint,
+            "public",
+            "bench",
+            "Precise",
+        )?;
+        let pipeline = dir.join("pipeline.json");
+        std::fs::write(
+            &pipeline,
+            json!({"store": store, "captures": [{"name": "bench", "connector": pg_bin, "config": dir.join("config.json")}]}).to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut pairs = Pairs::default();
+        for round in 0..run.repeat.max(1) {
+            let _ = std::fs::remove_file(dir.join("state.json"));
+            pairs.refs.push(run_capture(pg_bin, &dir, false)?);
+            let _ = std::fs::remove_dir_all(dir.join("store"));
+            // A fresh stream per round on JetStream: the store is named per round.
+            std::fs::write(
+                &pipeline,
+                json!({"store": if store.starts_with("nats") { format!("{store}{round}") } else { store.clone() },
+                       "captures": [{"name": "bench", "connector": pg_bin, "config": dir.join("config.json")}]})
+                .to_string(),
+            )
+            .map_err(|e| e.to_string())?;
+            pairs.ours.push(run_timed(
+                Command::new(&cdc)
+                    .args(["--log-level", "error", "run", "--until-caught-up"])
+                    .arg(&pipeline),
+            )?);
+        }
+        results.push(figure(
+            &format!("  through cdc into the {name}"),
+            run.rows,
+            &pairs,
+            "the connector to /dev/null",
+            target,
+        ));
+    }
+    Ok(())
+}
+
 /// A fresh directory with a config capturing `stream` in `mode`.
 fn capture_dir(
     work: &std::path::Path,
@@ -293,6 +358,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "source-postgres-bin",
         "-p",
         "source-mysql-bin",
+        "-p",
+        "cdc",
     ]);
     if !smoke {
         build.arg("--release");
@@ -437,6 +504,8 @@ fn postgres(
             0.8,
         ));
     }
+
+    runtime_figures(run, pg_bin, &pg_endpoint(10_000), results)?;
 
     // PostgreSQL streaming: the same changes read by the connector and by pg_recvlogical,
     // in transactions of 1,000 and in one transaction of every row.

@@ -1037,7 +1037,12 @@ fn nats_binary() -> Option<PathBuf> {
 impl NatsServer {
     /// One JetStream node, or `None` after printing `SKIPPED:`.
     pub fn start_or_skip() -> Option<Self> {
-        or_skip(Self::start(&[], None), "nats-server")
+        or_skip(Self::start(), "nats-server")
+    }
+
+    /// One JetStream node.
+    pub fn start() -> Result<Self> {
+        Self::start_node(&[])
     }
 
     /// A three-node JetStream cluster on loopback (streams can be replicated three ways),
@@ -1055,31 +1060,25 @@ impl NatsServer {
             .collect();
         let mut nodes = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            nodes.push(Self::start(
-                &[
-                    "--cluster_name".into(),
-                    "cdc-test".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{route}"),
-                    "--routes".into(),
-                    all.join(","),
-                    "--name".into(),
-                    format!("n{i}"),
-                ],
-                None,
-            )?);
+            nodes.push(Self::start_node(&[
+                "--cluster_name".into(),
+                "cdc-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                all.join(","),
+                "--name".into(),
+                format!("n{i}"),
+            ])?);
         }
         Ok(nodes)
     }
 
-    fn start(extra: &[String], port: Option<u16>) -> Result<Self> {
+    fn start_node(extra: &[String]) -> Result<Self> {
         let binary = nats_binary()
             .ok_or_else(|| err("no nats-server binary (apt-get install nats-server)"))?;
         let dir = temp_dir("nats", None)?;
-        let port = match port {
-            Some(p) => p,
-            None => free_port()?,
-        };
+        let port = free_port()?;
         let mut args = vec![
             "-a".to_string(),
             "127.0.0.1".into(),
