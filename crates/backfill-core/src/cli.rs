@@ -195,21 +195,9 @@ pub fn main<C: Connector>() -> ExitCode {
         Err(e) => e.exit(),
     };
     // Bars for a person at a terminal; JSON logs are for machines, and get none.
-    let bars = match cli.log_format {
-        LogFormat::Text => Bars::for_stderr(),
-        LogFormat::Json => None,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_ansi(colour_on_stderr())
-        .with_max_level(cli.log_level);
-    match (cli.log_format, &bars) {
-        (LogFormat::Text, Some(bars)) => {
-            let writer = bars.log_writer();
-            builder.with_writer(move || writer.clone()).init();
-        }
-        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).init(),
-        (LogFormat::Json, _) => builder.with_writer(std::io::stderr).json().init(),
-    }
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let bars = if json { None } else { Bars::for_stderr() };
+    crate::terminal::init_logging(cli.log_level, json, bars.as_ref());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -227,13 +215,6 @@ pub fn main<C: Connector>() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Colour only for a person at a terminal: never in a log file or a pipe, and never
-/// when `NO_COLOR` is set (<https://no-color.org>).
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Result<ExitCode> {

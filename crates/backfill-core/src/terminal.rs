@@ -94,3 +94,22 @@ impl Write for LogWriter {
         std::io::stderr().flush()
     }
 }
+
+/// Sets up logging on stderr for every binary: human-readable lines, or JSON with
+/// `json`; colour only for a person at a terminal (never in a log file or a pipe, and
+/// never when `NO_COLOR` is set, <https://no-color.org>); above the bars when there are.
+pub fn init_logging(level: tracing::Level, json: bool, bars: Option<&Bars>) {
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(colour)
+        .with_max_level(level);
+    match (json, bars) {
+        (true, _) => builder.with_writer(std::io::stderr).json().init(),
+        (false, Some(bars)) => {
+            let writer = bars.log_writer();
+            builder.with_writer(move || writer.clone()).init();
+        }
+        (false, None) => builder.with_writer(std::io::stderr).init(),
+    }
+}

@@ -73,16 +73,7 @@ pub fn main() -> ExitCode {
         Command::Run { .. } => Bars::for_stderr(),
         _ => None,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_ansi(colour_on_stderr())
-        .with_max_level(cli.log_level);
-    match &bars {
-        Some(bars) => {
-            let writer = bars.log_writer();
-            builder.with_writer(move || writer.clone()).init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
+    backfill_core::terminal::init_logging(cli.log_level, false, bars.as_ref());
     match run_command(cli.command, bars) {
         Ok(code) => code,
         Err(e) => {
@@ -90,11 +81,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[allow(clippy::print_stdout)] // the commands' own output
