@@ -51,7 +51,15 @@ struct Shape<'a> {
 
 impl<'a> Line<'a> {
     /// Reads one line; `Err` says how it breaks the protocol.
+    ///
+    /// Documents and truncates as this core writes them (`{"binding":N,"doc":{...}}`, no
+    /// spaces) are recognised by their frame alone: the body is the connector's, and the
+    /// connector writes only valid JSON there (ARCHITECTURE.md, invariant 7); checking it
+    /// again cost a consumer as much as writing it. Anything else is parsed in full.
     pub fn parse(line: &'a str) -> Result<Self, String> {
+        if let Some(framed) = Self::framed(line) {
+            return Ok(framed);
+        }
         let shape: Shape<'a> =
             serde_json::from_str(line).map_err(|e| format!("not a protocol line ({e})"))?;
         match shape {
@@ -81,6 +89,32 @@ impl<'a> Line<'a> {
             } => Ok(Line::Checkpoint(state)),
             _ => Err("a line has one of three shapes: {\"binding\", \"doc\"}, {\"binding\", \"truncate\"}, {\"checkpoint\"}".into()),
         }
+    }
+}
+
+impl<'a> Line<'a> {
+    /// A document or truncate line in the writer's own frame, if it is one.
+    fn framed(line: &'a str) -> Option<Self> {
+        let rest = line.strip_prefix("{\"binding\":")?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let binding: usize = rest.get(..digits)?.parse().ok()?;
+        let rest = &rest[digits..];
+        let (doc, body) = match rest.strip_prefix(",\"doc\":") {
+            Some(body) => (true, body),
+            None => (false, rest.strip_prefix(",\"truncate\":")?),
+        };
+        let body = body.strip_suffix('}')?;
+        if !(body.starts_with('{') && body.ends_with('}')) {
+            return None;
+        }
+        Some(if doc {
+            Line::Document { binding, doc: body }
+        } else {
+            Line::Truncate {
+                binding,
+                truncate: body,
+            }
+        })
     }
 }
 
@@ -140,6 +174,15 @@ mod tests {
             Line::parse(r#"{"checkpoint": {"version": 1}}"#),
             Ok(Line::Checkpoint(_))
         ));
+        // The writer's own frame, read without parsing the body.
+        assert!(matches!(
+            Line::parse(r#"{"binding":12,"doc":{"id":1,"_meta":{"op":"d"}}}"#),
+            Ok(Line::Document { binding: 12, doc }) if doc == r#"{"id":1,"_meta":{"op":"d"}}"#
+        ));
+        assert!(matches!(
+            Line::parse(r#"{"binding":0,"truncate":{"source":{}}}"#),
+            Ok(Line::Truncate { binding: 0, truncate }) if truncate == r#"{"source":{}}"#
+        ));
         for bad in [
             r#"{"binding": 0}"#,
             r#"{"binding": 0, "doc": {}, "extra": 1}"#,
@@ -147,6 +190,10 @@ mod tests {
             r#"{"binding": 0, "doc": 5}"#,
             r#"{"checkpoint": 1}"#,
             r#"{"binding": 0, "doc": {"a": 1"#,
+            r#"{"binding":0,"doc":{"a":1}"#,
+            r#"{"binding":x,"doc":{}}"#,
+            r#"{"binding":0,"doc":5}"#,
+            r#"{"binding":0,"other":{}}"#,
         ] {
             assert!(Line::parse(bad).is_err(), "{bad}");
         }

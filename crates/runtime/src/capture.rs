@@ -234,9 +234,17 @@ fn pump(
     let mut in_unit = 0u64;
     let mut last_doc = String::new();
     let mut first = true;
-    for line in BufReader::with_capacity(1 << 16, stdout).lines() {
+    let mut reader = BufReader::with_capacity(1 << 16, stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
         // A cut last line (the connector was killed mid-write) is not a line.
-        let Ok(line) = line else { break };
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.ends_with('\n') => {
+                line.pop();
+            }
+            _ => break,
+        }
         let parsed = Line::parse(&line).map_err(|e| protocol(format!("{e}: {line:.200}")))?;
         match parsed {
             Line::Checkpoint(state) => {
@@ -287,7 +295,7 @@ fn pump(
                 }
                 log.append(&line)?;
                 in_unit += 1;
-                last_doc = line;
+                std::mem::swap(&mut last_doc, &mut line);
             }
         }
     }
