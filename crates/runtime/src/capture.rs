@@ -317,7 +317,8 @@ fn finish(child: &mut Child) -> Option<ExitStatus> {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -14,6 +14,7 @@ use backfill_core::terminal::Bars;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::capture::now_ms;
 use crate::error::Result;
 use crate::spec::{Capture, Pipeline};
 use crate::store::Store;
@@ -25,7 +26,10 @@ pub struct Progress {
     since: BTreeMap<String, (u64, Instant)>,
     rates: BTreeMap<String, f64>,
     lag_seconds: Option<f64>,
-    bars_started: BTreeMap<usize, ()>,
+    /// Bindings whose bar is drawn.
+    bars_started: std::collections::BTreeSet<usize>,
+    /// The capture's config bindings, read once for the bars.
+    bindings: Option<Vec<Binding>>,
 }
 
 impl Progress {
@@ -46,12 +50,8 @@ impl Progress {
             }
         }
         if docs > 0 {
-            self.lag_seconds = commit_time_ms(last_doc).map(|ts| {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_millis() as f64);
-                ((now_ms - ts as f64) / 1000.0).max(0.0)
-            });
+            self.lag_seconds = commit_time_ms(last_doc)
+                .map(|ts| (now_ms().saturating_sub(ts) as f64 / 1000.0).max(0.0));
         }
     }
 
@@ -62,12 +62,13 @@ impl Progress {
 
     /// Updates the terminal bars from a committed state.
     pub(crate) fn draw(&mut self, bars: &Bars, state: &Value, capture: &Capture) {
-        for (i, b) in bindings_of(capture).iter().enumerate() {
+        let bindings = self.bindings.get_or_insert_with(|| bindings_of(capture));
+        for (i, b) in bindings.iter().enumerate() {
             let entry = &state["bindings"][b.state_key()];
             let done = entry["rows_done"].as_u64().unwrap_or(0);
             match entry["phase"].as_str() {
                 Some("backfilling") => {
-                    if self.bars_started.insert(i, ()).is_none() {
+                    if self.bars_started.insert(i) {
                         bars.started(
                             i,
                             &capture.collections[i],
@@ -77,9 +78,7 @@ impl Progress {
                     }
                     bars.advanced(i, done, false);
                 }
-                Some("active") if self.bars_started.contains_key(&i) => {
-                    bars.advanced(i, done, true)
-                }
+                Some("active") if self.bars_started.contains(&i) => bars.advanced(i, done, true),
                 _ => {}
             }
         }
@@ -214,10 +213,7 @@ pub fn render(statuses: &[CaptureStatus]) -> String {
             c.units,
             c.documents,
             c.committed_at_ms.map_or("never".to_string(), |ms| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-                format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+                format!("{:.1} s ago", now_ms().saturating_sub(ms) as f64 / 1000.0)
             }),
             opt(c.lag_seconds, " s"),
         );
