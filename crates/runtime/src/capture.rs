@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use backfill_core::consumer::{CommitRule, Line, Verdict};
 use backfill_core::terminal::Bars;
@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::spec::Capture;
-use crate::status::Progress;
+use crate::status::{Progress, now_ms};
 use crate::store::{Commit, Store};
 
 /// How a capture runs.
@@ -315,11 +315,4 @@ fn finish(child: &mut Child) -> Option<ExitStatus> {
             }
         }
     }
-}
-
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -7,14 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use backfill_core::config::{Binding, Config};
 use backfill_core::terminal::Bars;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::capture::now_ms;
 use crate::error::Result;
 use crate::spec::{Capture, Pipeline};
 use crate::store::Store;
@@ -237,4 +236,11 @@ pub fn render(statuses: &[CaptureStatus]) -> String {
         }
     }
     out.trim_end().to_string()
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
