@@ -67,7 +67,7 @@ pub struct PgSource {
     server_version: u32,
 }
 
-pub(crate) use crate::conn::db_error;
+use crate::conn::db_error;
 
 /// The statement that creates the publication for these tables (all tables when none).
 pub(crate) fn create_publication<'a>(
