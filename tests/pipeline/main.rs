@@ -235,3 +235,102 @@ fn cut_short(store: Option<&str>) {
     assert_eq!(status[0]["documents"], 3, "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Peak resident memory of a process, sampled until it exits (MiB), and its exit status.
+fn run_measured(cmd: &mut std::process::Command) -> (f64, std::process::ExitStatus) {
+    let mut child = cmd.spawn().unwrap();
+    let mut peak_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let hwm = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0);
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (peak_kib as f64 / 1024.0, status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A one-million-row transaction is one unit (a checkpoint never splits a transaction):
+/// it passes through the runtime into each store without being held whole, and lands
+/// whole.
+#[test]
+fn a_million_row_transaction_lands_with_bounded_memory() {
+    use serde_json::json;
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Ok(cdc) = testkit::live::workspace_binary("cdc") else {
+        testkit::servers::skip("cdc is not built");
+        return;
+    };
+    let Ok(connector) = testkit::live::workspace_binary("source-postgres") else {
+        testkit::servers::skip("source-postgres is not built");
+        return;
+    };
+    let nats = NatsServer::start_or_skip();
+    let dir = std::env::temp_dir().join(format!("pipeline-million-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    pg.sql("CREATE TABLE million (id bigint PRIMARY KEY, b text)")
+        .unwrap();
+    let mut stores = vec![("embedded", "file:store".to_string())];
+    if let Some(n) = &nats {
+        stores.push(("jetstream", format!("{}/million", n.url)));
+    }
+    for (name, store) in &stores {
+        let slot = format!("million_{name}");
+        pg.sql(&format!(
+            "CREATE TABLE {slot} (id bigint PRIMARY KEY, b text)"
+        ))
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            json!({"endpoint": {"host": "127.0.0.1", "port": pg.port, "user": "postgres", "database": "postgres",
+                                "tls": {"mode": "disable"}, "slot": slot, "publication": slot},
+                   "bindings": [{"resource": {"namespace": "public", "stream": slot}, "target": format!("million-{name}")}]})
+            .to_string(),
+        )
+        .unwrap();
+        let pipeline = dir.join(format!("{name}-pipeline.json"));
+        std::fs::write(
+            &pipeline,
+            json!({"store": store, "captures": [{"name": "m", "connector": connector, "config": format!("{name}.json")}]}).to_string(),
+        )
+        .unwrap();
+        let run = || {
+            run_measured(
+                std::process::Command::new(&cdc)
+                    .args(["--log-level", "warn", "run", "--until-caught-up"])
+                    .arg(&pipeline)
+                    .stdout(std::process::Stdio::null()),
+            )
+        };
+        // The slot first, on an empty table; then the transaction, streamed.
+        assert!(run().1.success());
+        pg.sql(&format!(
+            "INSERT INTO {slot} SELECT g, repeat('x', 50) FROM generate_series(1, 1000000) g"
+        ))
+        .unwrap();
+        let (peak_mib, status) = run();
+        assert!(status.success(), "{name}: cdc run failed");
+        eprintln!("{name}: cdc peak RSS {peak_mib:.1} MiB");
+        assert!(
+            peak_mib < 64.0,
+            "{name}: the runtime held {peak_mib:.1} MiB"
+        );
+        let status = std::process::Command::new(&cdc)
+            .args(["status", "--json"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(status[0]["documents"], 1_000_000, "{name}: {status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
