@@ -15,7 +15,9 @@
 //!   connector's in-process retry) discards the unit;
 //! * once the commit is durable, the runtime acknowledges the checkpoint's position on the
 //!   connector's stdin (`capture --acks stdin`), and only then may the connector tell its
-//!   source the position is consumed.
+//!   source the position is consumed. The embedded store makes a unit durable on a thread
+//!   while the next unit is read; the acknowledgement is written from that thread when the
+//!   commit is done, and one commit is in flight at most.
 //!
 //! A crash of the connector leaves an uncommitted unit: discarded, and the next start
 //! re-reads it from the source, which was never told it was consumed. A crash of the
@@ -226,7 +228,8 @@ fn pump(
         .stdout
         .take()
         .ok_or_else(|| protocol("no stdout".into()))?;
-    let mut acks = child.stdin.take();
+    // Written by the commit that made a unit durable (perhaps on the store's thread).
+    let acks = Arc::new(std::sync::Mutex::new(child.stdin.take()));
     let (mut units, mut documents) = committed
         .as_ref()
         .map_or((0, 0), |c| (c.units, c.documents));
@@ -257,26 +260,24 @@ fn pump(
                         units += 1;
                         documents += in_unit;
                         progress.observe(&state, capture, &last_doc, in_unit);
-                        log.commit(&Commit {
-                            state: state.clone(),
-                            units,
-                            documents,
-                            committed_at_ms: now_ms(),
-                            progress: progress.to_json(),
-                        })?;
+                        // Once durable, the connector may tell its source.
+                        let ack = state
+                            .get("position")
+                            .filter(|p| !p.is_null())
+                            .map(|p| json!({ "position": p }).to_string());
+                        let acks = Arc::clone(&acks);
+                        log.start_commit(
+                            &Commit {
+                                state: state.clone(),
+                                units,
+                                documents,
+                                committed_at_ms: now_ms(),
+                                progress: progress.to_json(),
+                            },
+                            Box::new(move || acknowledge(&acks, ack)),
+                        )?;
                         if let Some(bars) = &options.bars {
                             progress.draw(bars, &state, capture);
-                        }
-                        // Durable: the connector may now tell its source.
-                        if let (Some(stdin), Some(position)) = (
-                            acks.as_mut(),
-                            state.get("position").filter(|p| !p.is_null()),
-                        ) && writeln!(stdin, "{}", json!({ "position": position }))
-                            .and_then(|()| stdin.flush())
-                            .is_err()
-                        {
-                            // The connector is gone; its exit ends this run.
-                            acks = None;
                         }
                     }
                 }
@@ -299,7 +300,21 @@ fn pump(
             }
         }
     }
-    Ok(())
+    // What the connector committed last is durable before the run is over.
+    log.finish()
+}
+
+/// Writes an acknowledgement line on the connector's stdin.
+fn acknowledge(stdin: &std::sync::Mutex<Option<std::process::ChildStdin>>, ack: Option<String>) {
+    let mut stdin = stdin
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let (Some(pipe), Some(ack)) = (stdin.as_mut(), ack)
+        && writeln!(pipe, "{ack}").and_then(|()| pipe.flush()).is_err()
+    {
+        // The connector is gone; its exit ends this run.
+        *stdin = None;
+    }
 }
 
 /// Waits for the connector to exit (killing it if it does not within a while).

@@ -67,12 +67,29 @@ pub trait Store: Send + Sync {
     fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>>;
 }
 
+/// Called once a unit started with [`CaptureLog::start_commit`] is durable.
+pub type OnDurable = Box<dyn FnOnce() + Send>;
+
 /// The writer of one capture's log. See the module docs for what each call guarantees.
 pub trait CaptureLog: Send {
     /// Adds a line of the current unit; not visible until committed.
     fn append(&mut self, line: &str) -> Result<()>;
     /// Makes the current unit and `commit` durable and visible together.
     fn commit(&mut self, commit: &Commit) -> Result<()>;
-    /// Drops the current unit.
+    /// Starts committing the current unit with `commit` and returns; `durable` is called
+    /// once it is durable and visible (from another thread, perhaps). Lines appended
+    /// meanwhile belong to the next unit. At most one commit is in flight: the next
+    /// `start_commit`, `discard` or `finish` waits for it, and an error of it is returned
+    /// there (`durable` is then never called). By default, [`commit`](Self::commit).
+    fn start_commit(&mut self, commit: &Commit, durable: OnDurable) -> Result<()> {
+        self.commit(commit)?;
+        durable();
+        Ok(())
+    }
+    /// Waits for the commit in flight, if any.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Drops the current unit (never the one in flight).
     fn discard(&mut self) -> Result<()>;
 }
