@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub bars: Option<Bars>,
 }
 
+/// How often `cdc run` logs a capture's progress when no bars are drawn.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Connector exits in a row without a commit before the runtime gives up.
 const MAX_FAILED_STARTS: u32 = 5;
 
@@ -237,6 +240,7 @@ fn pump(
     let mut in_unit = 0u64;
     let mut last_doc = String::new();
     let mut first = true;
+    let mut logged = Instant::now();
     let mut reader = BufReader::with_capacity(1 << 16, stdout);
     let mut line = String::new();
     loop {
@@ -276,8 +280,14 @@ fn pump(
                             },
                             Box::new(move || acknowledge(&acks, ack)),
                         )?;
-                        if let Some(bars) = &options.bars {
-                            progress.draw(bars, &state, capture);
+                        match &options.bars {
+                            Some(bars) => progress.draw(bars, &state, capture),
+                            // A log file gets a line every few seconds instead.
+                            None if logged.elapsed() >= PROGRESS_EVERY => {
+                                logged = Instant::now();
+                                tracing::info!(capture = %capture.name, units, documents, "{}", progress.line(&state));
+                            }
+                            None => {}
                         }
                     }
                 }

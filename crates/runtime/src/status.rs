@@ -59,6 +59,32 @@ impl Progress {
         json!({"rows_per_second": self.rates, "lag_seconds": self.lag_seconds})
     }
 
+    /// One progress line from a committed state: each backfilling binding's rows and
+    /// rate, then the lag.
+    pub(crate) fn line(&self, state: &Value) -> String {
+        let mut parts = Vec::new();
+        if let Some(bindings) = state.get("bindings").and_then(Value::as_object) {
+            for (key, entry) in bindings.iter().filter(|(_, e)| e["phase"] == "backfilling") {
+                let mut part = format!("{key} {} rows", entry["rows_done"].as_u64().unwrap_or(0));
+                if let Some(total) = entry["estimated_rows"].as_u64() {
+                    let _ = write!(part, " of ~{total}");
+                }
+                if let Some(rate) = self.rates.get(key) {
+                    let _ = write!(part, " at {rate:.0} rows/s");
+                }
+                parts.push(part);
+            }
+        }
+        if let Some(lag) = self.lag_seconds {
+            parts.push(format!("lag {lag:.1} s"));
+        }
+        if parts.is_empty() {
+            "streaming".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
     /// Updates the terminal bars from a committed state.
     pub(crate) fn draw(&mut self, bars: &Bars, state: &Value, capture: &Capture) {
         let bindings = self.bindings.get_or_insert_with(|| bindings_of(capture));
