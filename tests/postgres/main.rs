@@ -1242,14 +1242,13 @@ fn with_acks_on_stdin_the_slot_advances_only_as_far_as_acknowledged() {
             let mut stdin = child.stdin.take().unwrap();
             writeln!(stdin, "{}", json!({"position": last["position"]})).unwrap();
             stdin.flush().unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+            // Passed on while the stream is idle, not held until its next checkpoint.
             while confirmed(slot) == created {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the acknowledgement was not passed on"
                 );
-                // An idle stream acknowledges at its next checkpoint: make one.
-                pg.sql("INSERT INTO acked VALUES (1000, 0) ON CONFLICT (id) DO UPDATE SET v = acked.v + 1").unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             assert_eq!(

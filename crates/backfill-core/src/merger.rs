@@ -340,6 +340,7 @@ pub async fn run<S: Source, K: Sink>(
         row_bytes: vec![None; bindings.len()],
         unacknowledged: None,
         told: None,
+        settled: None,
     };
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
@@ -517,6 +518,9 @@ struct Engine<S: Source, K> {
     unacknowledged: Option<(S::Position, u64)>,
     /// The last position told to the source, with `--acks stdin`.
     told: Option<S::Position>,
+    /// With `--acks stdin`, the newest position whose checkpoint has settled (been
+    /// printed): an acknowledgement is never told past it.
+    settled: Option<S::Position>,
     /// The stream's events being gathered for one [`Engine::route`], kept empty between
     /// batches with its capacity: a batch is usually a whole transaction, and growing a
     /// fresh vector to it again for every transaction copied each event about twice.
@@ -611,6 +615,13 @@ impl<S: Source, K: Sink> Engine<S, K> {
         {
             self.acknowledge(position).await?;
             self.metrics.committed(docs);
+        } else if let (Some(acks), Some(settled)) =
+            (self.options.acks.as_ref(), self.settled.clone())
+            && acks.has_changed().unwrap_or(false)
+        {
+            // An acknowledgement that came in after its checkpoint was settled, while no
+            // other is due: an idle stream would otherwise hold it until its next one.
+            self.acknowledge(settled).await?;
         }
         Ok(())
     }
@@ -623,6 +634,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let Some(acks) = self.options.acks.as_mut() else {
             return self.stream.acknowledge(&durable).await.map_err(Error::from);
         };
+        self.settled = Some(durable.clone());
         let Some(acked) = acks.borrow_and_update().clone() else {
             return Ok(());
         };
@@ -631,11 +643,13 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 "an acknowledgement on stdin is not a position: {e}"
             ))
         })?;
-        if acked > durable || self.told.as_ref() == Some(&acked) {
+        // Both are safe to tell; the lower one is what both allow.
+        let tell = acked.min(durable);
+        if self.told.as_ref().is_some_and(|told| *told >= tell) {
             return Ok(());
         }
-        self.stream.acknowledge(&acked).await?;
-        self.told = Some(acked);
+        self.stream.acknowledge(&tell).await?;
+        self.told = Some(tell);
         Ok(())
     }
 
