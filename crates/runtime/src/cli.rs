@@ -88,8 +88,14 @@ fn print(text: &str) {
     println!("{text}");
 }
 
-fn open_store(pipeline: &Pipeline) -> Result<Arc<dyn Store>> {
+/// The pipeline's store. Only `run` makes an embedded store that does not exist yet: a
+/// `status` or `read` of a mistyped path says so instead of showing an empty store.
+fn open_store(pipeline: &Pipeline, create: bool) -> Result<Arc<dyn Store>> {
     match &pipeline.store {
+        StoreLocation::Embedded(dir) if !create && !dir.is_dir() => Err(Error::Spec(format!(
+            "store: {} does not exist; check the pipeline's \"store\", or start the pipeline with `cdc run`",
+            dir.display()
+        ))),
         StoreLocation::Embedded(dir) => Ok(Arc::new(EmbeddedStore::open(dir)?)),
         StoreLocation::JetStream(location) => {
             Ok(Arc::new(JetStreamStore::connect(location.clone())?))
@@ -116,7 +122,7 @@ fn run_command(command: Command, bars: Option<Bars>) -> Result<ExitCode> {
         }
         Command::Status { pipeline, json } => {
             let pipeline = Pipeline::load(&pipeline)?;
-            let statuses = status::read(&pipeline, &*open_store(&pipeline)?)?;
+            let statuses = status::read(&pipeline, &*open_store(&pipeline, false)?)?;
             print(&if json {
                 serde_json::to_string_pretty(&statuses).unwrap_or_default()
             } else {
@@ -166,7 +172,7 @@ fn check(pipeline: &Pipeline) -> Result<ExitCode> {
 /// Runs every capture on a thread of its own until each ends; the first error stops the
 /// others.
 fn run(pipeline: &Pipeline, until_caught_up: bool, bars: Option<Bars>) -> Result<()> {
-    let store = open_store(pipeline)?;
+    let store = open_store(pipeline, true)?;
     let stop = Arc::new(AtomicBool::new(false));
     on_stop_signals(Arc::clone(&stop));
     let work_dir = std::env::temp_dir().join(format!("cdc-{}", std::process::id()));
@@ -252,7 +258,7 @@ fn read(pipeline: &Pipeline, collection: &str) -> Result<()> {
                 "no collection {collection:?}; `cdc status` lists them"
             ))
         })?;
-    let store = open_store(pipeline)?;
+    let store = open_store(pipeline, false)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in store.read(&capture.name)? {
         let line = line?;
