@@ -263,7 +263,7 @@ fn pump(
                     Verdict::Commit => {
                         units += 1;
                         documents += in_unit;
-                        progress.observe(&state, capture, &last_doc, in_unit);
+                        progress.observe(&state, &last_doc, in_unit);
                         // Once durable, the connector may tell its source.
                         let ack = state
                             .get("position")

@@ -33,7 +33,7 @@ pub struct Progress {
 
 impl Progress {
     /// Takes in a committed unit: its state, and its last document (for the lag).
-    pub(crate) fn observe(&mut self, state: &Value, _capture: &Capture, last_doc: &str, docs: u64) {
+    pub(crate) fn observe(&mut self, state: &Value, last_doc: &str, docs: u64) {
         let now = Instant::now();
         if let Some(bindings) = state.get("bindings").and_then(Value::as_object) {
             for (key, entry) in bindings {
