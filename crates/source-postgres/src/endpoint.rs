@@ -46,32 +46,7 @@ pub struct Endpoint {
     pub advanced: Advanced,
 }
 
-/// TLS mode, as libpq's `sslmode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, plain otherwise.
-    #[default]
-    Prefer,
-    /// TLS without verifying the certificate (encrypts, does not authenticate the server).
-    Require,
-    /// TLS, certificate verified against the roots and the host name checked.
-    VerifyFull,
-}
-
-/// TLS settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// disable, prefer, require or verify-full.
-    #[serde(default)]
-    pub mode: TlsMode,
-    /// PEM file of root certificates to trust (verify-full); the public web roots otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_cert: Option<String>,
-}
+pub use postgres_conn::{Tls, TlsMode};
 
 /// Advanced options.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
