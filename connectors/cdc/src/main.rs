@@ -1,5 +1,6 @@
-//! `cdc`: runs a pipeline's captures and lands their units in collections (PIPELINE.md).
+//! `cdc`: runs a pipeline's captures and materializations (PIPELINE.md). The runtime names
+//! no destination: the kinds this binary links are handed to it here.
 
 fn main() -> std::process::ExitCode {
-    cdc_runtime::cli::main()
+    cdc_runtime::cli::main(&[Box::new(materialize_postgres::Postgres)])
 }

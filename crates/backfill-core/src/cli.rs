@@ -241,7 +241,10 @@ async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Resu
             let mut source = C::connect(&config.endpoint).await?;
             let tables = source.discover().await?;
             let text = if json {
-                serde_json::to_string_pretty(&discover_json(&tables)).unwrap_or_default()
+                let mut v = discover_json(&tables);
+                // Which database's type names `columns` spells (a destination maps them).
+                v["connector"] = json!(C::NAME);
+                serde_json::to_string_pretty(&v).unwrap_or_default()
             } else {
                 discover_table(&tables)
             };

@@ -20,7 +20,9 @@ use backfill_core::terminal::Bars;
 use clap::{Parser, Subcommand};
 
 use crate::capture::{self, RunOptions};
+use crate::destination::DestinationKind;
 use crate::error::{Error, Result};
+use crate::materialize::{self, MaterializeOptions};
 use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
 use crate::status;
 use crate::store::{EmbeddedStore, JetStreamStore, Store};
@@ -66,15 +68,15 @@ enum Command {
     },
 }
 
-/// Runs the `cdc` binary.
-pub fn main() -> ExitCode {
+/// Runs the `cdc` binary with the destination kinds it links.
+pub fn main(destinations: &[Box<dyn DestinationKind>]) -> ExitCode {
     let cli = Cli::parse();
     let bars = match &cli.command {
         Command::Run { .. } => Bars::for_stderr(),
         _ => None,
     };
     backfill_core::terminal::init_logging(cli.log_level, false, bars.as_ref());
-    match run_command(cli.command, bars) {
+    match run_command(cli.command, bars, destinations) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -103,7 +105,37 @@ fn open_store(pipeline: &Pipeline, create: bool) -> Result<Arc<dyn Store>> {
     }
 }
 
-fn run_command(command: Command, bars: Option<Bars>) -> Result<ExitCode> {
+/// Loads the pipeline and checks each materialization's destination kind and endpoint.
+fn load(path: &std::path::Path, destinations: &[Box<dyn DestinationKind>]) -> Result<Pipeline> {
+    let pipeline = Pipeline::load(path)?;
+    for (i, m) in pipeline.spec.materializations.iter().enumerate() {
+        let kind = destination_kind(destinations, &m.destination)
+            .map_err(|e| Error::Spec(format!("materializations[{i}].destination: {e}")))?;
+        kind.validate(&m.endpoint)
+            .map_err(|e| Error::Spec(format!("materializations[{i}].endpoint: {e}")))?;
+    }
+    Ok(pipeline)
+}
+
+fn destination_kind<'a>(
+    destinations: &'a [Box<dyn DestinationKind>],
+    name: &str,
+) -> std::result::Result<&'a dyn DestinationKind, String> {
+    destinations
+        .iter()
+        .find(|d| d.name() == name)
+        .map(|d| &**d)
+        .ok_or_else(|| {
+            let known: Vec<&str> = destinations.iter().map(|d| d.name()).collect();
+            format!("{name:?} is not a destination this cdc knows; use one of {known:?}")
+        })
+}
+
+fn run_command(
+    command: Command,
+    bars: Option<Bars>,
+    destinations: &[Box<dyn DestinationKind>],
+) -> Result<ExitCode> {
     match command {
         Command::Spec => {
             print(
@@ -112,12 +144,17 @@ fn run_command(command: Command, bars: Option<Bars>) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { pipeline } => check(&Pipeline::load(&pipeline)?),
+        Command::Check { pipeline } => check(&load(&pipeline, destinations)?),
         Command::Run {
             pipeline,
             until_caught_up,
         } => {
-            run(&Pipeline::load(&pipeline)?, until_caught_up, bars)?;
+            run(
+                &load(&pipeline, destinations)?,
+                until_caught_up,
+                bars,
+                destinations,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { pipeline, json } => {
@@ -169,9 +206,14 @@ fn check(pipeline: &Pipeline) -> Result<ExitCode> {
     })
 }
 
-/// Runs every capture on a thread of its own until each ends; the first error stops the
-/// others.
-fn run(pipeline: &Pipeline, until_caught_up: bool, bars: Option<Bars>) -> Result<()> {
+/// Runs every capture and every materialization on a thread of its own until each ends;
+/// the first error stops the others.
+fn run(
+    pipeline: &Pipeline,
+    until_caught_up: bool,
+    bars: Option<Bars>,
+    destinations: &[Box<dyn DestinationKind>],
+) -> Result<()> {
     let store = open_store(pipeline, true)?;
     let stop = Arc::new(AtomicBool::new(false));
     on_stop_signals(Arc::clone(&stop));
@@ -184,23 +226,50 @@ fn run(pipeline: &Pipeline, until_caught_up: bool, bars: Option<Bars>) -> Result
         stop: Arc::clone(&stop),
         bars,
     };
+    let materialize = MaterializeOptions {
+        stop: Arc::clone(&stop),
+        captures_done: Arc::new(AtomicBool::new(false)),
+        poll: std::time::Duration::from_millis(100),
+    };
+    let captures_running = Arc::new(std::sync::atomic::AtomicUsize::new(pipeline.captures.len()));
     let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = pipeline
+        let mut handles: Vec<_> = pipeline
             .captures
             .iter()
             .map(|c| {
                 let (store, options, stop) =
                     (Arc::clone(&store), options.clone(), Arc::clone(&stop));
+                let (running, done) = (
+                    Arc::clone(&captures_running),
+                    Arc::clone(&materialize.captures_done),
+                );
                 s.spawn(move || {
                     let result = capture::run(c, &*store, &options);
                     if result.is_err() {
                         stop.store(true, Ordering::SeqCst);
                         capture::forward_stop();
                     }
+                    if running.fetch_sub(1, Ordering::SeqCst) == 1 && until_caught_up {
+                        done.store(true, Ordering::SeqCst);
+                    }
                     result
                 })
             })
             .collect();
+        for m in &pipeline.spec.materializations {
+            let kind = destination_kind(destinations, &m.destination).map_err(Error::Spec);
+            let (store, options, stop) =
+                (Arc::clone(&store), materialize.clone(), Arc::clone(&stop));
+            handles.push(s.spawn(move || {
+                let result =
+                    kind.and_then(|kind| materialize::run(m, pipeline, &*store, kind, &options));
+                if result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                    capture::forward_stop();
+                }
+                result
+            }));
+        }
         handles
             .into_iter()
             .map(|h| {
@@ -244,20 +313,11 @@ fn on_stop_signals(stop: Arc<AtomicBool>) {
 /// Prints the committed lines of `collection`: each document or truncate as the connector
 /// wrote it, without the binding index.
 fn read(pipeline: &Pipeline, collection: &str) -> Result<()> {
-    let (capture, binding) = pipeline
-        .captures
-        .iter()
-        .find_map(|c| {
-            c.collections
-                .iter()
-                .position(|n| n == collection)
-                .map(|b| (c, b))
-        })
-        .ok_or_else(|| {
-            Error::Spec(format!(
-                "no collection {collection:?}; `cdc status` lists them"
-            ))
-        })?;
+    let (capture, binding) = pipeline.collection(collection).ok_or_else(|| {
+        Error::Spec(format!(
+            "no collection {collection:?}; `cdc status` lists them"
+        ))
+    })?;
     let store = open_store(pipeline, false)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in store.read(&capture.name)? {

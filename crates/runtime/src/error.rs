@@ -23,6 +23,15 @@ pub enum Error {
     /// The store's files are not what this runtime writes.
     #[error("store: {0}")]
     Damaged(String),
+    /// A destination refused something it will keep refusing (permissions, a change of a
+    /// table it cannot follow); the message says what to do.
+    #[error("materialization {materialization}: {message}")]
+    Destination {
+        /// The materialization.
+        materialization: String,
+        /// What happened and what to do.
+        message: String,
+    },
     /// A connector broke its protocol (DESIGN.md §4) or could not be run.
     #[error("capture {capture}: {message}")]
     Connector {

@@ -11,12 +11,16 @@
 //! * [`store`]: the store trait (atomic, read-committed units, one writer per capture) and
 //!   the embedded store;
 //! * [`capture`]: one capture's supervisor, with the exactly-once argument;
+//! * [`destination`]: the destination seam a destination crate implements;
+//! * [`materialize`]: one materialization's loop, with its exactly-once argument;
 //! * [`status`]: progress read back from the store;
 //! * [`cli`]: `cdc spec | check | run | status | read`.
 
 pub mod capture;
 pub mod cli;
+pub mod destination;
 pub mod error;
+pub mod materialize;
 pub mod spec;
 pub mod status;
 pub mod store;

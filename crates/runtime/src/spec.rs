@@ -11,6 +11,17 @@
 //! ```
 //!
 //! A capture's collections are its config's bindings, named by each binding's `target`.
+//! Materializations land collections in destination tables:
+//!
+//! ```json
+//! "materializations": [
+//!   { "name": "warehouse", "destination": "postgres",
+//!     "endpoint": { "host": "db.internal", "database": "analytics", "user": "cdc",
+//!                   "password_env": "WAREHOUSE_PASSWORD" },
+//!     "bindings": [ { "source": "shop/orders", "target": "orders" },
+//!                   { "source": "shop/orders", "target": "orders_history", "delta_updates": true } ] }
+//! ]
+//! ```
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -32,6 +43,39 @@ pub struct PipelineSpec {
     pub store: String,
     /// The captures, each a connector run as a child process.
     pub captures: Vec<CaptureSpec>,
+    /// The materializations, each landing collections in a destination's tables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub materializations: Vec<MaterializationSpec>,
+}
+
+/// One materialization.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaterializationSpec {
+    /// A name unique in the pipeline: letters, digits, `-` and `_`. The destination keeps
+    /// its read positions under it.
+    pub name: String,
+    /// The kind of destination: `postgres`.
+    pub destination: String,
+    /// The destination's connection settings (the kind's endpoint; secrets inline, from an
+    /// env variable or a file, never logged).
+    pub endpoint: Value,
+    /// Collections and the tables they land in.
+    pub bindings: Vec<MaterializationBindingSpec>,
+}
+
+/// A collection landed in a destination table.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaterializationBindingSpec {
+    /// The collection (a capture binding's `target`).
+    pub source: String,
+    /// The destination table (`table` or `schema.table`).
+    pub target: String,
+    /// Append every document as a row with its op, position and commit time (`true`), or
+    /// merge by key so the table equals the source table (`false`, the default).
+    #[serde(default)]
+    pub delta_updates: bool,
 }
 
 /// One capture.
@@ -58,6 +102,18 @@ pub struct Pipeline {
     pub captures: Vec<Capture>,
 }
 
+impl Pipeline {
+    /// The capture holding `collection`, and the collection's binding index in it.
+    pub fn collection(&self, collection: &str) -> Option<(&Capture, usize)> {
+        self.captures.iter().find_map(|c| {
+            c.collections
+                .iter()
+                .position(|n| n == collection)
+                .map(|b| (c, b))
+        })
+    }
+}
+
 /// A capture, resolved.
 #[derive(Clone, Debug)]
 pub struct Capture {
@@ -69,6 +125,8 @@ pub struct Capture {
     pub config: PathBuf,
     /// Collection names, in binding order.
     pub collections: Vec<String>,
+    /// Each binding's source table, `(namespace, stream)`, in binding order.
+    pub resources: Vec<(String, String)>,
 }
 
 /// Where the store is.
@@ -109,12 +167,7 @@ impl Pipeline {
         let mut captures = Vec::new();
         for (i, c) in spec.captures.iter().enumerate() {
             let at = format!("captures[{i}]");
-            if c.name.is_empty()
-                || !c
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-            {
+            if !valid_name(&c.name) {
                 return Err(Error::Spec(format!(
                     "{at}.name {:?}: use letters, digits, '-' and '_' only",
                     c.name
@@ -136,7 +189,16 @@ impl Pipeline {
             let bindings =
                 config_bindings(&config).map_err(|e| Error::Spec(format!("{at}.config: {e}")))?;
             let mut names_here = Vec::new();
+            let mut resources = Vec::new();
             for (b, binding) in bindings.iter().enumerate() {
+                let resource = |field: &str| {
+                    binding
+                        .pointer(&format!("/resource/{field}"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                resources.push((resource("namespace"), resource("stream")));
                 let target = binding
                     .get("target")
                     .and_then(Value::as_str)
@@ -160,7 +222,44 @@ impl Pipeline {
                 connector,
                 config,
                 collections: names_here,
+                resources,
             });
+        }
+        let mut materializations = HashSet::new();
+        for (i, m) in spec.materializations.iter().enumerate() {
+            let at = format!("materializations[{i}]");
+            if !valid_name(&m.name) {
+                return Err(Error::Spec(format!(
+                    "{at}.name {:?}: use letters, digits, '-' and '_' only",
+                    m.name
+                )));
+            }
+            if !materializations.insert(m.name.clone()) {
+                return Err(Error::Spec(format!(
+                    "{at}.name {:?} is used by an earlier materialization; names are unique",
+                    m.name
+                )));
+            }
+            if m.bindings.is_empty() {
+                return Err(Error::Spec(format!(
+                    "{at}.bindings: none; add {{\"source\": <collection>, \"target\": <table>}}"
+                )));
+            }
+            let mut targets = HashSet::new();
+            for (j, b) in m.bindings.iter().enumerate() {
+                if !collections.contains(&b.source) {
+                    return Err(Error::Spec(format!(
+                        "{at}.bindings[{j}].source {:?} is no collection of this pipeline; collections are the captures' binding targets",
+                        b.source
+                    )));
+                }
+                if b.target.is_empty() || !targets.insert(b.target.clone()) {
+                    return Err(Error::Spec(format!(
+                        "{at}.bindings[{j}].target {:?}: name a table, once per materialization",
+                        b.target
+                    )));
+                }
+            }
         }
         Ok(Self {
             spec,
@@ -168,6 +267,13 @@ impl Pipeline {
             captures,
         })
     }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
 }
 
 fn store_location(url: &str, base: &Path) -> Result<StoreLocation> {

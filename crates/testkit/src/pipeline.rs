@@ -23,8 +23,10 @@ pub enum Victim {
     Both,
 }
 
+/// Called before each killed run with its number (a test restarts a destination server).
+pub type KillHook = Box<dyn FnMut(usize)>;
+
 /// Drives a scenario through `cdc run`, with an embedded store or on JetStream.
-#[derive(Debug)]
 pub struct PipelineDriver {
     cdc: PathBuf,
     pipeline: PathBuf,
@@ -33,6 +35,17 @@ pub struct PipelineDriver {
     /// The store's URL in the pipeline.
     store_url: String,
     victims: Vec<Victim>,
+    hook: Option<KillHook>,
+}
+
+impl std::fmt::Debug for PipelineDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineDriver")
+            .field("pipeline", &self.pipeline)
+            .field("store_url", &self.store_url)
+            .field("victims", &self.victims)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The capture's name in the scenario's pipeline.
@@ -50,7 +63,9 @@ impl PipelineDriver {
         store_url: Option<&str>,
     ) -> Result<Self, String> {
         let cdc = workspace_binary("cdc")?;
-        let store = dir.join("store");
+        let store = store_url
+            .and_then(|u| u.strip_prefix("file://"))
+            .map_or_else(|| dir.join("store"), PathBuf::from);
         let store_url =
             store_url.map_or_else(|| format!("file://{}", store.display()), str::to_string);
         let pipeline = dir.join("pipeline.json");
@@ -67,7 +82,43 @@ impl PipelineDriver {
             store,
             store_url,
             victims: victims.to_vec(),
+            hook: None,
         })
+    }
+
+    /// Adds a materialization `dest` to the pipeline: each collection of the capture lands
+    /// in a standard table named like it on `destination` (a `postgres` endpoint), and in a
+    /// delta table `<name>_delta`.
+    pub fn materializing(self, destination: &Value) -> Result<Self, String> {
+        let text = std::fs::read_to_string(&self.pipeline).map_err(|e| e.to_string())?;
+        let mut pipeline: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let config_path = pipeline["captures"][0]["config"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(&config_path).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut bindings = Vec::new();
+        for b in config["bindings"].as_array().into_iter().flatten() {
+            let target = b["target"].as_str().unwrap_or_default();
+            bindings.push(json!({"source": target, "target": target}));
+            bindings.push(
+                json!({"source": target, "target": format!("{target}_delta"), "delta_updates": true}),
+            );
+        }
+        pipeline["materializations"] = json!([{
+            "name": "dest", "destination": "postgres", "endpoint": destination, "bindings": bindings
+        }]);
+        std::fs::write(&self.pipeline, pipeline.to_string()).map_err(|e| e.to_string())?;
+        Ok(self)
+    }
+
+    /// Calls `hook` before each killed run.
+    pub fn on_kill(mut self, hook: KillHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     fn open_store(&self) -> Box<dyn Store> {
@@ -124,6 +175,9 @@ fn kill(pid: &str) {
 impl Driver for PipelineDriver {
     fn killed_run(&mut self, k: usize, after: Duration) {
         let victim = self.victims[k % self.victims.len()];
+        if let Some(hook) = self.hook.as_mut() {
+            hook(k);
+        }
         let mut runtime = self.start(false);
         std::thread::sleep(after);
         self.mirror_state();

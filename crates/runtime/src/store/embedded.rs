@@ -1,9 +1,11 @@
 //! The embedded store: a local directory (the layout and the crash argument are in the
 //! parent module's docs).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct EmbeddedStore {
     dir: PathBuf,
+    /// Per capture, the last `(line, byte offset)` a reader of it reached: a follower that
+    /// reads on from where it stopped seeks there instead of reading the log again.
+    marks: Arc<Mutex<HashMap<String, (u64, u64)>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -30,7 +35,10 @@ impl EmbeddedStore {
         let dir = dir.into();
         std::fs::create_dir_all(dir.join("captures"))
             .map_err(Error::store(format!("creating {}", dir.display())))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            marks: Arc::default(),
+        })
     }
 
     fn capture_dir(&self, capture: &str) -> PathBuf {
@@ -105,7 +113,7 @@ impl Store for EmbeddedStore {
         Ok(self.record(capture)?.map(|r| r.commit))
     }
 
-    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
         let Some(record) = self.record(capture)? else {
             return Ok(Box::new(std::iter::empty()));
         };
@@ -116,6 +124,79 @@ impl Store for EmbeddedStore {
                 .lines()
                 .map(|l| l.map_err(Error::store("reading the log"))),
         ))
+    }
+
+    fn read_from(
+        &self,
+        capture: &str,
+        from: u64,
+    ) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
+        let Some(record) = self.record(capture)? else {
+            return Ok(Box::new(std::iter::empty()));
+        };
+        let path = self.capture_dir(capture).join("log.jsonl");
+        let mut log =
+            File::open(&path).map_err(Error::store(format!("opening {}", path.display())))?;
+        let (line, offset) = self
+            .marks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(capture).copied())
+            .filter(|&(line, offset)| line <= from && offset <= record.offset)
+            .unwrap_or((0, 0));
+        log.seek(SeekFrom::Start(offset))
+            .map_err(Error::store("seeking in the log"))?;
+        let mut reader = MarkedReader {
+            lines: BufReader::with_capacity(1 << 16, log.take(record.offset - offset)),
+            line,
+            offset,
+            capture: capture.to_string(),
+            marks: Arc::clone(&self.marks),
+        };
+        while reader.line < from {
+            if reader.next().transpose()?.is_none() {
+                break;
+            }
+        }
+        Ok(Box::new(reader))
+    }
+}
+
+/// Committed lines from a byte offset, leaving the line and offset it stopped at as the
+/// capture's mark when dropped.
+struct MarkedReader {
+    lines: BufReader<std::io::Take<File>>,
+    line: u64,
+    offset: u64,
+    capture: String,
+    marks: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+}
+
+impl Iterator for MarkedReader {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        let mut text = String::new();
+        match self.lines.read_line(&mut text) {
+            Ok(0) => None,
+            Ok(n) => {
+                self.line += 1;
+                self.offset += n as u64;
+                if text.ends_with('\n') {
+                    text.pop();
+                }
+                Some(Ok(text))
+            }
+            Err(e) => Some(Err(Error::store("reading the log")(e))),
+        }
+    }
+}
+
+impl Drop for MarkedReader {
+    fn drop(&mut self) {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.insert(std::mem::take(&mut self.capture), (self.line, self.offset));
+        }
     }
 }
 

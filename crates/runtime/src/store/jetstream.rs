@@ -223,7 +223,7 @@ impl Store for JetStreamStore {
         })
     }
 
-    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
         // Lines go through a small bounded channel: a reader holds a few, never a log.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<String>>(1024);
         let store = self.clone();

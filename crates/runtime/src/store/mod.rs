@@ -64,7 +64,19 @@ pub trait Store: Send + Sync {
     /// The last commit of `capture`, if it ever committed.
     fn committed(&self, capture: &str) -> Result<Option<Commit>>;
     /// The committed lines of `capture`'s log, in order, as of the call.
-    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>>>>;
+    fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>>;
+    /// The committed lines of `capture`'s log from line `from` (0-based) on, as of the
+    /// call: what a materialization reads on from its position. A store may remember where
+    /// the last reader stopped so that reading on costs what is new, not the whole log;
+    /// by default the log is read from its start and the first `from` lines skipped.
+    fn read_from(
+        &self,
+        capture: &str,
+        from: u64,
+    ) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
+        let skip = usize::try_from(from).unwrap_or(usize::MAX);
+        Ok(Box::new(self.read(capture)?.skip(skip)))
+    }
 }
 
 /// Called once a unit started with [`CaptureLog::start_commit`] is durable.

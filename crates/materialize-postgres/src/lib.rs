@@ -1,0 +1,505 @@
+//! The PostgreSQL destination (PIPELINE.md §4): collections materialized into tables, with
+//! standard (merge) or delta updates, exactly once.
+//!
+//! * [`endpoint`]: the connection settings (secrets never logged, TLS as libpq);
+//! * [`types`]: the documented mapping from each source's types to PostgreSQL's;
+//! * [`sql`]: every statement, built from a table's shape;
+//! * [`stage`]: the binary `COPY` encoding of staged rows.
+//!
+//! ## Exactly once
+//!
+//! Each batch runs in one transaction: the staged steps, then one row per binding in
+//! `cdc_checkpoints` (materialization, target table, log line) moved to where the batch
+//! ends. A crash or a server restart before the commit leaves neither; after it, both. On
+//! start the runtime reads the checkpoint rows back and reads each collection on from
+//! there (`cdc_runtime::materialize`).
+
+pub mod endpoint;
+pub mod sql;
+pub mod stage;
+pub mod types;
+
+use std::collections::HashMap;
+
+use cdc_runtime::destination::{
+    Batch, Destination, DestinationKind, MultisetOp, Step, TableBinding, TableReset,
+};
+use cdc_runtime::{Error, Result};
+use futures_util::SinkExt;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::endpoint::Endpoint;
+use crate::sql::{Column, Shape};
+use crate::stage::{Encoder, StageRow};
+
+/// The `postgres` destination kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Postgres;
+
+impl DestinationKind for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn validate(&self, endpoint: &Value) -> std::result::Result<(), String> {
+        let endpoint: Endpoint = serde_json::from_value(endpoint.clone())
+            .map_err(|e| format!("{e}; fields: host, port, database, user, password | password_env | password_file, tls {{mode, root_cert}}, schema"))?;
+        endpoint.resolve_password().map(drop)
+    }
+
+    fn open(&self, materialization: &str, endpoint: &Value) -> Result<Box<dyn Destination>> {
+        let definite = |message: String| Error::Destination {
+            materialization: materialization.to_string(),
+            message,
+        };
+        let endpoint: Endpoint = serde_json::from_value(endpoint.clone())
+            .map_err(|e| definite(format!("endpoint: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| definite(format!("cannot start a runtime: {e}")))?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&endpoint.host)
+            .port(endpoint.port)
+            .dbname(&endpoint.database)
+            .user(&endpoint.user)
+            .application_name("cdc materialize-postgres")
+            .options("-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres")
+            .connect_timeout(std::time::Duration::from_secs(15));
+        if let Some(password) = endpoint.resolve_password().map_err(definite)? {
+            config.password(password);
+        }
+        let client = runtime
+            .block_on(postgres_conn::connect(&config, &endpoint.tls))
+            .map_err(|e| match e {
+                postgres_conn::ConnectError::Tls(text) => definite(text),
+                postgres_conn::ConnectError::Driver(e) => classify(
+                    materialization,
+                    &format!("connecting to {}", endpoint.target()),
+                    &e,
+                ),
+            })?;
+        let mut destination = PgDestination {
+            runtime,
+            client,
+            materialization: materialization.to_string(),
+            schema: endpoint.schema.clone(),
+            tables: Vec::new(),
+        };
+        destination.run(
+            "creating the staging and checkpoint tables",
+            |client, schema| {
+                let checkpoints = sql::create_checkpoints(schema);
+                async move {
+                    client.batch_execute(sql::CREATE_STAGE).await?;
+                    client.batch_execute(&checkpoints).await
+                }
+            },
+        )?;
+        Ok(Box::new(destination))
+    }
+}
+
+/// A server error: transient (the work is retried from the checkpoints) or definite.
+fn classify(materialization: &str, what: &str, e: &tokio_postgres::Error) -> Error {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => format!("{what}: {}", backfill_core::error::error_chain(e)),
+    };
+    if postgres_conn::is_transient(e) {
+        Error::Unavailable(text)
+    } else {
+        let remedy = match e.as_db_error().map(|d| d.code().code()) {
+            Some("42501") => {
+                "; grant the materialization's user CREATE on the schema and write access to its tables"
+            }
+            Some("28P01" | "28000") => "; check the endpoint's user and password, and pg_hba.conf",
+            Some("3D000") => "; check endpoint.database",
+            Some("3F000") => "; create the schema, or fix endpoint.schema",
+            _ => "",
+        };
+        Error::Destination {
+            materialization: materialization.to_string(),
+            message: format!("{text}{remedy}"),
+        }
+    }
+}
+
+/// One materialization's connection to a PostgreSQL database.
+#[derive(Debug)]
+pub struct PgDestination {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    materialization: String,
+    schema: String,
+    /// Per binding index: its table, and the target name its checkpoint row is kept under.
+    tables: Vec<(Shape, String)>,
+}
+
+impl PgDestination {
+    /// Runs `work` on the connection, mapping errors.
+    fn run<'a, T, F>(
+        &'a mut self,
+        what: &str,
+        work: impl FnOnce(&'a mut Client, &'a str) -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>> + 'a,
+    {
+        let materialization = self.materialization.clone();
+        let result = self
+            .runtime
+            .block_on(work(&mut self.client, self.schema.as_str()));
+        result.map_err(|e| classify(&materialization, what, &e))
+    }
+
+    fn definite(&self, message: String) -> Error {
+        Error::Destination {
+            materialization: self.materialization.clone(),
+            message,
+        }
+    }
+
+    /// The shape of `binding`'s table, with each column's type mapped.
+    fn shape(&mut self, binding: &TableBinding) -> Result<Shape> {
+        let (schema, name) = match binding.table.split_once('.') {
+            Some((s, n)) => (s.to_string(), n.to_string()),
+            None => (self.schema.clone(), binding.table.clone()),
+        };
+        let mut columns = Vec::new();
+        for c in &binding.schema.columns {
+            let known = if binding.schema.connector.contains("postgres") {
+                let ty = c.source_type.clone();
+                self.run("looking up a type", |client, _| async move {
+                    let row = client.query_one(sql::TYPE_NAME, &[&ty]).await?;
+                    Ok(row.get::<_, Option<String>>(0).is_some())
+                })?
+            } else {
+                true
+            };
+            let mapped = types::map(&binding.schema.connector, &c.source_type, known);
+            if let Some(warning) = &mapped.warning {
+                tracing::warn!(table = %binding.table, column = %c.name, "{warning}");
+            }
+            columns.push(Column {
+                name: c.name.clone(),
+                mapped,
+            });
+        }
+        Ok(Shape {
+            schema,
+            name,
+            columns,
+            key: if binding.delta {
+                Vec::new()
+            } else {
+                binding.schema.key.clone()
+            },
+            delta: binding.delta,
+        })
+    }
+
+    /// Creates `shape`'s table, or adds the columns it lacks; refuses a key or type change.
+    fn ensure(&mut self, shape: &Shape, target: &str) -> Result<()> {
+        let qualified = shape.qualified();
+        let q = qualified.clone();
+        let existing: Vec<(String, String)> =
+            self.run("reading a table's columns", |client, _| async move {
+                let rows = client.query(sql::TABLE_COLUMNS, &[&q]).await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })?;
+        if existing.is_empty() {
+            let create = shape.create();
+            tracing::info!(table = %qualified, "creating the table");
+            return self.run("creating a table", |client, _| async move {
+                client.batch_execute(&create).await
+            });
+        }
+        let rebuild = format!(
+            "run `cdc backfill PIPELINE materialization --binding {target} --table drop` to recreate it from the collection"
+        );
+        if !shape.delta && !shape.key.is_empty() {
+            let q = qualified.clone();
+            let key: Vec<String> = self.run("reading a table's key", |client, _| async move {
+                let rows = client.query(sql::TABLE_KEY, &[&q]).await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            })?;
+            if key != shape.key {
+                return Err(self.definite(format!(
+                    "table {qualified} has the key {key:?} but its collection's key is {:?}; {rebuild}",
+                    shape.key
+                )));
+            }
+        }
+        for column in &shape.columns {
+            match existing.iter().find(|(n, _)| n == &column.name) {
+                None => {
+                    let add = shape.add_column(column);
+                    tracing::info!(table = %qualified, column = %column.name, "adding a column the collection gained");
+                    self.run("adding a column", |client, _| async move {
+                        client.batch_execute(&add).await
+                    })?;
+                }
+                Some((_, stored)) => {
+                    let ty = column.mapped.pg_type.clone();
+                    let wanted: Option<String> =
+                        self.run("looking up a type", |client, _| async move {
+                            Ok(client.query_one(sql::TYPE_NAME, &[&ty]).await?.get(0))
+                        })?;
+                    if wanted.as_deref() != Some(stored.as_str()) {
+                        return Err(self.definite(format!(
+                            "column {} of {qualified} is {stored} but the collection's column maps to {}; {rebuild}",
+                            column.name, column.mapped.pg_type
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_checkpoints<'c>(
+        tx: &'c tokio_postgres::Transaction<'_>,
+        schema: &str,
+        materialization: &'c str,
+        rows: Vec<(String, i64)>,
+    ) -> impl std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>> + 'c
+    {
+        let statement = sql::write_checkpoint(schema);
+        async move {
+            for (target, line) in rows {
+                tx.execute(&statement, &[&materialization, &target, &line])
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads `rows` into the emptied staging table by binary `COPY`.
+async fn stage<'r>(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: impl Iterator<Item = StageRow<'r>>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    tx.batch_execute(sql::CLEAR_STAGE).await?;
+    let sink = tx.copy_in(sql::COPY_STAGE).await?;
+    futures_util::pin_mut!(sink);
+    let mut encoder = Encoder::new();
+    for row in rows {
+        encoder.row(&row);
+        if let Some(chunk) = encoder.take_full() {
+            sink.send(chunk).await?;
+        }
+    }
+    sink.send(encoder.finish()).await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
+fn doc_row(d: &Value) -> StageRow<'_> {
+    StageRow {
+        d: Some(d),
+        ..StageRow::default()
+    }
+}
+
+async fn apply_step(
+    tx: &tokio_postgres::Transaction<'_>,
+    shape: &Shape,
+    step: &Step,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    match step {
+        Step::Merge {
+            deletes, upserts, ..
+        } => {
+            if !deletes.is_empty() {
+                stage(tx, deletes.iter().map(doc_row)).await?;
+                tx.execute(&shape.delete_keys(), &[]).await?;
+            }
+            if !upserts.is_empty() {
+                stage(tx, upserts.iter().map(doc_row)).await?;
+                if let Some(update) = shape.update() {
+                    tx.execute(&update, &[]).await?;
+                }
+                tx.execute(&shape.insert(), &[]).await?;
+            }
+        }
+        Step::Multiset { ops, .. } => {
+            let mut i = 0;
+            while i < ops.len() {
+                let run = ops[i..]
+                    .iter()
+                    .take_while(|op| matches!(op, MultisetOp::Insert(_)))
+                    .count();
+                if run > 0 {
+                    stage(
+                        tx,
+                        ops[i..i + run].iter().filter_map(|op| match op {
+                            MultisetOp::Insert(d) => Some(doc_row(d)),
+                            MultisetOp::Remove(_) => None,
+                        }),
+                    )
+                    .await?;
+                    tx.execute(&shape.insert(), &[]).await?;
+                    i += run;
+                } else if let MultisetOp::Remove(row) = &ops[i] {
+                    tx.execute(&shape.remove_one(), &[&row.to_string()]).await?;
+                    i += 1;
+                }
+            }
+        }
+        Step::Append { rows, .. } => {
+            stage(
+                tx,
+                rows.iter().map(|r| StageRow {
+                    d: (!r.doc.is_null()).then_some(&r.doc),
+                    line: i64::try_from(r.line).ok(),
+                    op: Some(r.op.as_str()),
+                    pos: r.position.as_ref(),
+                    ts: r.committed_at_ms,
+                }),
+            )
+            .await?;
+            tx.execute(&shape.append(), &[]).await?;
+        }
+        Step::Truncate { .. } => {
+            tx.batch_execute(&shape.truncate()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn binding_of(step: &Step) -> usize {
+    match step {
+        Step::Merge { binding, .. }
+        | Step::Multiset { binding, .. }
+        | Step::Append { binding, .. }
+        | Step::Truncate { binding } => *binding,
+    }
+}
+
+impl Destination for PgDestination {
+    fn positions(&mut self) -> Result<HashMap<usize, u64>> {
+        let materialization = self.materialization.clone();
+        let rows: Vec<(String, i64)> = self.run("reading the checkpoints", |client, schema| {
+            let statement = sql::read_checkpoints(schema);
+            async move {
+                let rows = client.query(&statement, &[&materialization]).await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+        })?;
+        Ok(self
+            .tables
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, target))| {
+                rows.iter()
+                    .find(|(t, _)| t == target)
+                    .map(|(_, line)| (i, u64::try_from(*line).unwrap_or(0)))
+            })
+            .collect())
+    }
+
+    fn prepare(&mut self, bindings: &[TableBinding]) -> Result<()> {
+        let mut tables = Vec::new();
+        for binding in bindings {
+            let shape = self.shape(binding)?;
+            self.ensure(&shape, &binding.table)?;
+            tables.push((shape, binding.table.clone()));
+        }
+        self.tables = tables;
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: &Batch) -> Result<()> {
+        let tables = &self.tables;
+        let materialization = self.materialization.clone();
+        let checkpoints: Vec<(String, i64)> = batch
+            .positions
+            .iter()
+            .map(|&(b, line)| (tables[b].1.clone(), i64::try_from(line).unwrap_or(i64::MAX)))
+            .collect();
+        let shapes: Vec<Shape> = tables.iter().map(|(s, _)| s.clone()).collect();
+        self.run("applying a batch", |client, schema| async move {
+            let tx = client.transaction().await?;
+            for step in &batch.steps {
+                apply_step(&tx, &shapes[binding_of(step)], step).await?;
+            }
+            Self::write_checkpoints(&tx, schema, &materialization, checkpoints).await?;
+            tx.commit().await
+        })
+    }
+
+    fn reset_table(&mut self, binding: usize, how: TableReset) -> Result<()> {
+        let (shape, target) = self.tables[binding].clone();
+        let materialization = self.materialization.clone();
+        self.run("resetting a table", |client, schema| async move {
+            let tx = client.transaction().await?;
+            match how {
+                TableReset::Truncate => tx.batch_execute(&shape.truncate()).await?,
+                TableReset::Drop => {
+                    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", shape.qualified()))
+                        .await?;
+                    tx.batch_execute(&shape.create()).await?;
+                }
+            }
+            Self::write_checkpoints(&tx, schema, &materialization, vec![(target, 0)]).await?;
+            tx.commit().await
+        })
+    }
+
+    fn begin_shadow(&mut self, binding: usize) -> Result<usize> {
+        let (shape, target) = self.tables[binding].clone();
+        let shadow = Shape {
+            name: format!("{}_cdc_shadow", shape.name),
+            ..shape
+        };
+        let (drop, create) = (
+            format!("DROP TABLE IF EXISTS {}", shadow.qualified()),
+            shadow.create(),
+        );
+        self.run("creating a shadow table", |client, _| async move {
+            client.batch_execute(&drop).await?;
+            client.batch_execute(&create).await
+        })?;
+        self.tables.push((shadow, format!("{target} (shadow)")));
+        Ok(self.tables.len() - 1)
+    }
+
+    fn swap_shadow(&mut self, binding: usize, shadow: usize, position: u64) -> Result<()> {
+        let (live, target) = self.tables[binding].clone();
+        let (staged, _) = self.tables[shadow].clone();
+        let materialization = self.materialization.clone();
+        let line = i64::try_from(position).unwrap_or(i64::MAX);
+        let swap = format!(
+            "DROP TABLE {live_q}; ALTER TABLE {staged_q} RENAME TO {name};{pkey}",
+            live_q = live.qualified(),
+            staged_q = staged.qualified(),
+            name = sql::ident(&live.name),
+            pkey = if live.key.is_empty() || live.delta {
+                String::new()
+            } else {
+                format!(
+                    " ALTER TABLE {} RENAME CONSTRAINT {} TO {};",
+                    live.qualified(),
+                    sql::ident(&format!("{}_pkey", staged.name)),
+                    sql::ident(&format!("{}_pkey", live.name))
+                )
+            }
+        );
+        self.run(
+            "swapping in the rebuilt table",
+            |client, schema| async move {
+                let tx = client.transaction().await?;
+                tx.batch_execute(&swap).await?;
+                Self::write_checkpoints(&tx, schema, &materialization, vec![(target, line)])
+                    .await?;
+                tx.commit().await
+            },
+        )?;
+        self.tables.truncate(shadow);
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! Every statement the destination runs, built from a table's shape, unit-tested per shape.
+//!
+//! Batches are loaded by binary `COPY` into the session's temporary table `cdc_stage`
+//! (`d jsonb, line bigint, op text, pos jsonb, ts bigint`), then applied with one statement
+//! per kind of operation: a keyed standard table takes a `DELETE ... USING`, an `UPDATE`
+//! that keeps each column the document lacks (`CASE WHEN s.d ? 'c' ... ELSE t.c`), and an
+//! `INSERT` of the keys not there; a delta table one `INSERT`.
+
+use crate::types::{Conversion, Mapped};
+
+/// `"name"`, quoted as an identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'`, quoted as a literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The columns delta tables add after the collection's.
+pub const DELTA_COLUMNS: [(&str, &str); 4] = [
+    ("_line", "bigint"),
+    ("_op", "text"),
+    ("_position", "jsonb"),
+    ("_committed_at", "timestamptz"),
+];
+
+/// A destination column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Its name (the source column's).
+    pub name: String,
+    /// Its type and conversion.
+    pub mapped: Mapped,
+}
+
+/// A destination table's shape: everything its statements depend on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Schema.
+    pub schema: String,
+    /// Table name, unqualified.
+    pub name: String,
+    /// Columns in order.
+    pub columns: Vec<Column>,
+    /// Key column names (empty: keyless, or delta).
+    pub key: Vec<String>,
+    /// A delta table.
+    pub delta: bool,
+}
+
+impl Shape {
+    /// `"schema"."name"`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", ident(&self.schema), ident(&self.name))
+    }
+
+    /// The name of the primary key constraint.
+    fn pkey(&self) -> String {
+        ident(&format!("{}_pkey", self.name))
+    }
+
+    /// The value of `column` read from the staged document `d` (a `jsonb` expression).
+    fn value(&self, column: &Column, d: &str) -> String {
+        let (field, ty) = (literal(&column.name), &column.mapped.pg_type);
+        match column.mapped.conversion {
+            Conversion::Text => format!("({d}->>{field})::{ty}"),
+            Conversion::Json => format!("nullif({d}->{field}, 'null'::jsonb)::{ty}"),
+            Conversion::Base64 => format!("decode({d}->>{field}, 'base64')"),
+            Conversion::Record => format!(
+                "(jsonb_populate_record(NULL::{}, jsonb_build_object({field}, {d}->{field}))).{}",
+                self.qualified(),
+                ident(&column.name)
+            ),
+        }
+    }
+
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn values(&self, d: &str) -> String {
+        self.columns
+            .iter()
+            .map(|c| self.value(c, d))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn key_match(&self) -> String {
+        self.key
+            .iter()
+            .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
+            .map(|c| format!("t.{} = {}", ident(&c.name), self.value(c, "s.d")))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// `CREATE TABLE` of this shape (key columns NOT NULL and the primary key on a keyed
+    /// standard table; every column nullable otherwise).
+    pub fn create(&self) -> String {
+        let mut defs: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let not_null = if self.key.contains(&c.name) {
+                    " NOT NULL"
+                } else {
+                    ""
+                };
+                format!("{} {}{not_null}", ident(&c.name), c.mapped.pg_type)
+            })
+            .collect();
+        if self.delta {
+            defs.extend(
+                DELTA_COLUMNS
+                    .iter()
+                    .map(|(n, t)| format!("{} {t}", ident(n))),
+            );
+        } else if !self.key.is_empty() {
+            let key: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+            defs.push(format!(
+                "CONSTRAINT {} PRIMARY KEY ({})",
+                self.pkey(),
+                key.join(", ")
+            ));
+        }
+        format!("CREATE TABLE {} ({})", self.qualified(), defs.join(", "))
+    }
+
+    /// `ALTER TABLE ... ADD COLUMN` for a column the collection gained.
+    pub fn add_column(&self, column: &Column) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            self.qualified(),
+            ident(&column.name),
+            column.mapped.pg_type
+        )
+    }
+
+    /// Deletes the staged keys.
+    pub fn delete_keys(&self) -> String {
+        format!(
+            "DELETE FROM {} t USING cdc_stage s WHERE {}",
+            self.qualified(),
+            self.key_match()
+        )
+    }
+
+    /// Updates the stored rows of staged keys, keeping each column a document lacks; `None`
+    /// when every column is in the key.
+    pub fn update(&self) -> Option<String> {
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(&c.name))
+            .map(|c| {
+                let name = ident(&c.name);
+                format!(
+                    "{name} = CASE WHEN s.d ? {} THEN {} ELSE t.{name} END",
+                    literal(&c.name),
+                    self.value(c, "s.d")
+                )
+            })
+            .collect();
+        (!sets.is_empty()).then(|| {
+            format!(
+                "UPDATE {} t SET {} FROM cdc_stage s WHERE {}",
+                self.qualified(),
+                sets.join(", "),
+                self.key_match()
+            )
+        })
+    }
+
+    /// Inserts the staged documents whose key is not stored (all of them when keyless).
+    pub fn insert(&self) -> String {
+        let absent = if self.key.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {})",
+                self.qualified(),
+                self.key_match()
+            )
+        };
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM cdc_stage s{absent}",
+            self.qualified(),
+            self.column_list(),
+            self.values("s.d")
+        )
+    }
+
+    /// Removes one row equal to the document `$1` (a multiset's delete). Values compare as
+    /// text, so types without equality (json, point) compare too.
+    pub fn remove_one(&self) -> String {
+        let stored: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("t.{}::text", ident(&c.name)))
+            .collect();
+        let wanted: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("({})::text", self.value(c, "s.d")))
+            .collect();
+        format!(
+            "DELETE FROM {q} WHERE ctid = (SELECT t.ctid FROM {q} t, (SELECT $1::text::jsonb AS d) s WHERE ROW({}) IS NOT DISTINCT FROM ROW({}) LIMIT 1)",
+            stored.join(", "),
+            wanted.join(", "),
+            q = self.qualified()
+        )
+    }
+
+    /// Appends the staged documents as delta rows.
+    pub fn append(&self) -> String {
+        format!(
+            "INSERT INTO {} ({}, \"_line\", \"_op\", \"_position\", \"_committed_at\") SELECT {}, s.line, s.op, s.pos, to_timestamp(s.ts / 1000.0) FROM cdc_stage s",
+            self.qualified(),
+            self.column_list(),
+            self.values("s.d")
+        )
+    }
+
+    /// Empties the table.
+    pub fn truncate(&self) -> String {
+        format!("TRUNCATE {}", self.qualified())
+    }
+}
+
+/// The session's staging table.
+pub const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS cdc_stage (d jsonb, line bigint, op text, pos jsonb, ts bigint)";
+/// Loads the staging table.
+pub const COPY_STAGE: &str = "COPY cdc_stage (d, line, op, pos, ts) FROM STDIN (FORMAT binary)";
+/// Empties the staging table.
+pub const CLEAR_STAGE: &str = "TRUNCATE cdc_stage";
+
+/// The checkpoint table of `schema`: each materialization binding's read position.
+pub fn create_checkpoints(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}.cdc_checkpoints (materialization text NOT NULL, target text NOT NULL, line bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (materialization, target))",
+        ident(schema)
+    )
+}
+
+/// Reads a materialization's positions: `$1` the materialization.
+pub fn read_checkpoints(schema: &str) -> String {
+    format!(
+        "SELECT target, line FROM {}.cdc_checkpoints WHERE materialization = $1",
+        ident(schema)
+    )
+}
+
+/// Sets a binding's position: `$1` materialization, `$2` target, `$3` line.
+pub fn write_checkpoint(schema: &str) -> String {
+    format!(
+        "INSERT INTO {}.cdc_checkpoints (materialization, target, line) VALUES ($1, $2, $3) ON CONFLICT (materialization, target) DO UPDATE SET line = EXCLUDED.line, updated_at = now()",
+        ident(schema)
+    )
+}
+
+/// A table's columns and their types: `$1` the qualified table name.
+pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+/// A table's primary key columns in order: `$1` the qualified table name.
+pub const TABLE_KEY: &str = "SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n";
+
+/// A type's base name as `format_type` writes it, or NULL when the type does not exist:
+/// `$1` the type as written.
+pub const TYPE_NAME: &str = "SELECT format_type(to_regtype($1), NULL)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(key: &[&str], delta: bool) -> Shape {
+        let col = |name: &str, ty: &str, conversion| Column {
+            name: name.into(),
+            mapped: Mapped {
+                pg_type: ty.into(),
+                conversion,
+                warning: None,
+            },
+        };
+        Shape {
+            schema: "public".into(),
+            name: "or\"ders".into(),
+            columns: vec![
+                col("id", "bigint", Conversion::Text),
+                col("it's", "jsonb", Conversion::Json),
+                col("raw", "bytea", Conversion::Base64),
+                col("tags", "text[]", Conversion::Record),
+            ],
+            key: key.iter().map(|k| k.to_string()).collect(),
+            delta,
+        }
+    }
+
+    #[test]
+    fn names_and_values_are_quoted_and_converted() {
+        let s = shape(&["id"], false);
+        assert_eq!(
+            s.create(),
+            r#"CREATE TABLE "public"."or""ders" ("id" bigint NOT NULL, "it's" jsonb, "raw" bytea, "tags" text[], CONSTRAINT "or""ders_pkey" PRIMARY KEY ("id"))"#
+        );
+        assert_eq!(
+            s.delete_keys(),
+            r#"DELETE FROM "public"."or""ders" t USING cdc_stage s WHERE t."id" = (s.d->>'id')::bigint"#
+        );
+        let update = s.update().unwrap();
+        assert!(update.contains(r#""it's" = CASE WHEN s.d ? 'it''s' THEN nullif(s.d->'it''s', 'null'::jsonb)::jsonb ELSE t."it's" END"#), "{update}");
+        assert!(update.contains("decode(s.d->>'raw', 'base64')"), "{update}");
+        assert!(update.contains(r#"(jsonb_populate_record(NULL::"public"."or""ders", jsonb_build_object('tags', s.d->'tags')))."tags""#), "{update}");
+        assert!(s.insert().ends_with(r#"WHERE NOT EXISTS (SELECT 1 FROM "public"."or""ders" t WHERE t."id" = (s.d->>'id')::bigint)"#));
+    }
+
+    #[test]
+    fn keyless_and_delta_tables_have_no_key() {
+        let keyless = shape(&[], false);
+        assert!(!keyless.create().contains("PRIMARY KEY"));
+        assert!(!keyless.insert().contains("NOT EXISTS"));
+        assert!(
+            keyless.remove_one().contains("IS NOT DISTINCT FROM")
+                && keyless.remove_one().contains("LIMIT 1")
+        );
+        let delta = shape(&[], true);
+        assert!(delta.create().ends_with(
+            r#""_line" bigint, "_op" text, "_position" jsonb, "_committed_at" timestamptz)"#
+        ));
+        assert!(delta.append().contains("to_timestamp(s.ts / 1000.0)"));
+        let only_key = Shape {
+            columns: shape(&[], false).columns[..1].to_vec(),
+            ..shape(&["id"], false)
+        };
+        assert_eq!(only_key.update(), None);
+    }
+}

@@ -1,0 +1,620 @@
+//! Runs one materialization (PIPELINE.md §4): reads its collections' committed lines from
+//! the store and applies them to the destination's tables, exactly once.
+//!
+//! ## Exactly once, across crashes of the runtime and restarts of the destination
+//!
+//! A materialization binding's read position is the number of lines of its capture's log
+//! it has applied. It lives in the destination, written in the same destination
+//! transaction as the batch that moves it ([`crate::destination`]). On every start the
+//! runtime reads the positions back and reads each log on from there (from the lowest
+//! position of the bindings it feeds, each line going only to the bindings it is new to). The store's logs
+//! only ever grow by committed units and readers see committed lines only, so line *n* of
+//! a log is the same line on every read: a batch applied is never read again, a batch
+//! whose transaction did not commit is read again whole. Standard tables therefore get
+//! every committed change once, and delta tables one row per committed document (its log
+//! line number is in the row, unique per capture).
+//!
+//! ## Batches
+//!
+//! A batch is what is committed past the position when it is read, up to [`BATCH_DOCS`]
+//! documents (so memory stays bounded whatever a unit's size; a batch may then end inside
+//! a unit, which costs nothing but a reader of the destination seeing part of a source
+//! transaction for a moment). Documents of a keyed standard binding are reduced by key
+//! (DESIGN.md §6's merge: later columns over earlier ones, a delete clears what came
+//! before), so a row changed many times in a batch is written once.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use backfill_core::consumer::Line;
+use serde_json::{Map, Value};
+
+use crate::destination::{
+    Batch, CollectionSchema, ColumnSchema, DeltaRow, Destination, DestinationKind, MultisetOp,
+    Step, TableBinding,
+};
+use crate::error::{Error, Result};
+use crate::spec::{MaterializationSpec, Pipeline};
+use crate::store::Store;
+
+/// Documents in one batch, at most.
+pub const BATCH_DOCS: usize = 20_000;
+
+/// How a materialization runs.
+#[derive(Clone, Debug)]
+pub struct MaterializeOptions {
+    /// Set on SIGTERM/SIGINT.
+    pub stop: Arc<AtomicBool>,
+    /// Set once every capture has ended: the materialization stops once it has applied
+    /// everything committed (with `--until-caught-up`).
+    pub captures_done: Arc<AtomicBool>,
+    /// How long to wait when nothing new is committed.
+    pub poll: Duration,
+}
+
+/// Runs `m` until stopped (or, once `captures_done` is set, caught up), reopening the
+/// destination after a transient failure.
+pub fn run(
+    m: &MaterializationSpec,
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    kind: &dyn DestinationKind,
+    options: &MaterializeOptions,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
+        match run_once(m, pipeline, store, kind, options) {
+            Ok(()) => return Ok(()),
+            Err(Error::Unavailable(why)) if !options.stop.load(Ordering::SeqCst) => {
+                attempt += 1;
+                tracing::warn!(materialization = %m.name, "transient failure: {why}; retrying in {:.1} s (attempt {attempt})", backoff.as_secs_f64());
+                sleep_unless_stopped(backoff, &options.stop);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(Error::Unavailable(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The materialization's bindings with their collections' schemas, from each capture
+/// connector's `discover --json`.
+pub fn table_bindings(m: &MaterializationSpec, pipeline: &Pipeline) -> Result<Vec<TableBinding>> {
+    let mut discovered: HashMap<String, Value> = HashMap::new();
+    let mut out = Vec::new();
+    for b in &m.bindings {
+        let (capture, index) = pipeline.collection(&b.source).ok_or_else(|| {
+            Error::Spec(format!(
+                "materialization {}: no collection {:?}",
+                m.name, b.source
+            ))
+        })?;
+        if !discovered.contains_key(&capture.name) {
+            discovered.insert(capture.name.clone(), discover(capture)?);
+        }
+        let found = &discovered[&capture.name];
+        let (namespace, stream) = &capture.resources[index];
+        let entry = found
+            .get("bindings")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|e| {
+                e.pointer("/resource/namespace").and_then(Value::as_str) == Some(namespace)
+                    && e.pointer("/resource/stream").and_then(Value::as_str) == Some(stream)
+            })
+            .ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "capture {}'s discover does not list {namespace}.{stream} (collection {})",
+                    capture.name, b.source
+                ))
+            })?;
+        let columns: Vec<ColumnSchema> =
+            serde_json::from_value(entry["columns"].clone()).map_err(|e| Error::Connector {
+                capture: capture.name.clone(),
+                message: format!("discover's columns of {namespace}.{stream} are unreadable: {e}"),
+            })?;
+        let key = entry["key"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect();
+        out.push(TableBinding {
+            collection: b.source.clone(),
+            table: b.target.clone(),
+            delta: b.delta_updates,
+            schema: CollectionSchema {
+                connector: found["connector"].as_str().unwrap_or_default().to_string(),
+                columns,
+                key,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the capture's connector's `discover --json`.
+fn discover(capture: &crate::spec::Capture) -> Result<Value> {
+    let out = Command::new(&capture.connector)
+        .args(["discover", "--json", "--config"])
+        .arg(&capture.config)
+        .output()
+        .map_err(|e| Error::Connector {
+            capture: capture.name.clone(),
+            message: format!("cannot run {}: {e}", capture.connector.display()),
+        })?;
+    if !out.status.success() {
+        // The source may be down for a moment; the materialization retries.
+        return Err(Error::Unavailable(format!(
+            "capture {}'s discover (for the collections' schemas) failed: {}",
+            capture.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Connector {
+        capture: capture.name.clone(),
+        message: format!("discover --json printed no JSON: {e}"),
+    })
+}
+
+fn run_once(
+    m: &MaterializationSpec,
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    kind: &dyn DestinationKind,
+    options: &MaterializeOptions,
+) -> Result<()> {
+    let bindings = table_bindings(m, pipeline)?;
+    let mut destination = kind.open(&m.name, &m.endpoint)?;
+    destination.prepare(&bindings)?;
+    let mut positions = destination.positions()?;
+    let mut captures: Vec<&str> = Vec::new();
+    for b in &bindings {
+        if let Some((c, _)) = pipeline.collection(&b.collection)
+            && !captures.contains(&c.name.as_str())
+        {
+            captures.push(&c.name);
+        }
+    }
+    tracing::info!(materialization = %m.name, ?positions, "materialization started");
+    loop {
+        let done_before = options.captures_done.load(Ordering::SeqCst);
+        let mut moved = false;
+        for capture in &captures {
+            let routes = routes(pipeline, capture, &bindings);
+            moved |= follow(
+                store,
+                capture,
+                &routes,
+                &bindings,
+                &mut positions,
+                &mut *destination,
+            )?;
+        }
+        if options.stop.load(Ordering::SeqCst) || (!moved && done_before) {
+            tracing::info!(materialization = %m.name, ?positions, "materialization stopped");
+            return Ok(());
+        }
+        if !moved {
+            sleep_unless_stopped(options.poll, &options.stop);
+        }
+    }
+}
+
+/// Per capture binding index, the materialization bindings that read its collection.
+fn routes(pipeline: &Pipeline, capture: &str, bindings: &[TableBinding]) -> Vec<Vec<usize>> {
+    let Some(c) = pipeline.captures.iter().find(|c| c.name == capture) else {
+        return Vec::new();
+    };
+    c.collections
+        .iter()
+        .map(|collection| {
+            bindings
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| &b.collection == collection)
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect()
+}
+
+/// Applies what `capture`'s log holds past each routed binding's position, in batches;
+/// returns whether anything was read. A binding behind the others (rebuilt, or new) is
+/// fed from its own position; the lines before it reach only the bindings they are new
+/// to.
+fn follow(
+    store: &dyn Store,
+    capture: &str,
+    routes: &[Vec<usize>],
+    bindings: &[TableBinding],
+    positions: &mut HashMap<usize, u64>,
+    destination: &mut dyn Destination,
+) -> Result<bool> {
+    let routed: Vec<usize> = routes.iter().flatten().copied().collect();
+    let Some(from) = routed
+        .iter()
+        .map(|b| positions.get(b).copied().unwrap_or(0))
+        .min()
+    else {
+        return Ok(false);
+    };
+    let mut line_no = from;
+    let mut builder = BatchBuilder::new(bindings);
+    let flush = |builder: BatchBuilder<'_>,
+                 line_no: u64,
+                 positions: &mut HashMap<usize, u64>,
+                 destination: &mut dyn Destination|
+     -> Result<()> {
+        let moved: Vec<(usize, u64)> = routed
+            .iter()
+            .filter(|b| positions.get(b).copied().unwrap_or(0) < line_no)
+            .map(|&b| (b, line_no))
+            .collect();
+        destination.apply(&builder.finish(moved.clone()))?;
+        positions.extend(moved);
+        Ok(())
+    };
+    for line in store.read_from(capture, from)? {
+        let line = line?;
+        let parsed = Line::parse(&line)
+            .map_err(|e| Error::Damaged(format!("capture {capture}'s log line {line_no}: {e}")))?;
+        let targets = |binding: usize| {
+            routes
+                .get(binding)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|b| positions.get(b).copied().unwrap_or(0) <= line_no)
+                .collect::<Vec<_>>()
+        };
+        match parsed {
+            Line::Document { binding, doc } => {
+                for b in targets(binding) {
+                    builder.document(b, doc, line_no)?;
+                }
+            }
+            Line::Truncate { binding, .. } => {
+                for b in targets(binding) {
+                    builder.truncate(b, line_no);
+                }
+            }
+            Line::Checkpoint(_) => {}
+        }
+        line_no += 1;
+        if builder.docs >= BATCH_DOCS {
+            let full = std::mem::replace(&mut builder, BatchBuilder::new(bindings));
+            flush(full, line_no, positions, destination)?;
+        }
+    }
+    if line_no > from {
+        flush(builder, line_no, positions, destination)?;
+    }
+    Ok(line_no > from)
+}
+
+/// What a keyed standard binding holds for one key in the batch being built.
+#[derive(Debug, Default)]
+struct KeyState {
+    /// A delete of the key came first (the document holding its key).
+    deleted: Option<Value>,
+    /// The merged image to upsert after it.
+    upsert: Option<Map<String, Value>>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Merge {
+        order: Vec<String>,
+        keys: HashMap<String, KeyState>,
+    },
+    Multiset(Vec<MultisetOp>),
+    Append(Vec<DeltaRow>),
+}
+
+/// Builds a batch from documents in log order (see the module docs for the reduction).
+#[derive(Debug)]
+pub struct BatchBuilder<'a> {
+    bindings: &'a [TableBinding],
+    pending: HashMap<usize, Pending>,
+    /// Pending bindings in first-touched order.
+    touched: Vec<usize>,
+    steps: Vec<Step>,
+    /// Documents taken so far.
+    pub docs: usize,
+}
+
+impl<'a> BatchBuilder<'a> {
+    /// An empty batch for `bindings`.
+    pub fn new(bindings: &'a [TableBinding]) -> Self {
+        Self {
+            bindings,
+            pending: HashMap::new(),
+            touched: Vec::new(),
+            steps: Vec::new(),
+            docs: 0,
+        }
+    }
+
+    fn pending(&mut self, binding: usize) -> &mut Pending {
+        let b = &self.bindings[binding];
+        if !self.pending.contains_key(&binding) {
+            self.touched.push(binding);
+        }
+        self.pending.entry(binding).or_insert_with(|| {
+            if b.delta {
+                Pending::Append(Vec::new())
+            } else if b.schema.key.is_empty() {
+                Pending::Multiset(Vec::new())
+            } else {
+                Pending::Merge {
+                    order: Vec::new(),
+                    keys: HashMap::new(),
+                }
+            }
+        })
+    }
+
+    /// Adds a document (its JSON text) of `binding`, read at log line `line`.
+    pub fn document(&mut self, binding: usize, doc: &str, line: u64) -> Result<()> {
+        let Value::Object(mut fields) = serde_json::from_str::<Value>(doc).map_err(|e| {
+            Error::Damaged(format!("log line {line}: a document is not JSON ({e})"))
+        })?
+        else {
+            return Err(Error::Damaged(format!(
+                "log line {line}: a document is not an object"
+            )));
+        };
+        let meta = fields.remove("_meta").unwrap_or(Value::Null);
+        let op = meta["op"].as_str().unwrap_or("c").to_string();
+        self.docs += 1;
+        let key_columns = self.bindings[binding].schema.key.clone();
+        match self.pending(binding) {
+            Pending::Append(rows) => rows.push(DeltaRow {
+                line,
+                op,
+                position: meta.pointer("/source/pos").cloned(),
+                committed_at_ms: meta.pointer("/source/ts_ms").and_then(Value::as_i64),
+                doc: Value::Object(fields),
+            }),
+            Pending::Multiset(ops) => match op.as_str() {
+                "d" => ops.push(MultisetOp::Remove(before_or(&meta, fields))),
+                "u" => {
+                    if let Some(before) = meta.get("before").filter(|b| b.is_object()) {
+                        ops.push(MultisetOp::Remove(before.clone()));
+                    }
+                    ops.push(MultisetOp::Insert(Value::Object(fields)));
+                }
+                _ => ops.push(MultisetOp::Insert(Value::Object(fields))),
+            },
+            Pending::Merge { order, keys } => {
+                let key = key_of(&key_columns, &fields);
+                let state = keys.entry(key.clone()).or_insert_with(|| {
+                    order.push(key);
+                    KeyState::default()
+                });
+                if op == "d" {
+                    state.deleted = Some(Value::Object(fields));
+                    state.upsert = None;
+                } else {
+                    match &mut state.upsert {
+                        Some(image) => image.extend(fields),
+                        None => state.upsert = Some(fields),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a truncate of `binding`, read at log line `line`.
+    pub fn truncate(&mut self, binding: usize, line: u64) {
+        if self.bindings[binding].delta {
+            if let Pending::Append(rows) = self.pending(binding) {
+                rows.push(DeltaRow {
+                    line,
+                    op: "t".into(),
+                    doc: Value::Null,
+                    position: None,
+                    committed_at_ms: None,
+                });
+            }
+            return;
+        }
+        if let Some(pending) = self.pending.remove(&binding) {
+            self.touched.retain(|&b| b != binding);
+            self.steps.push(step(binding, pending));
+        }
+        self.steps.push(Step::Truncate { binding });
+    }
+
+    /// The batch, moving each binding of `positions` to its position.
+    pub fn finish(mut self, positions: Vec<(usize, u64)>) -> Batch {
+        for binding in std::mem::take(&mut self.touched) {
+            if let Some(pending) = self.pending.remove(&binding) {
+                self.steps.push(step(binding, pending));
+            }
+        }
+        Batch {
+            steps: self.steps,
+            positions,
+        }
+    }
+}
+
+/// A keyless delete's row: its `before` image where the source gives one, else the
+/// document's own fields (DESIGN.md §4: the whole deleted row).
+fn before_or(meta: &Value, fields: Map<String, Value>) -> Value {
+    match meta.get("before") {
+        Some(before) if before.is_object() => before.clone(),
+        _ => Value::Object(fields),
+    }
+}
+
+/// The key of a document, as text that is equal exactly when the key values are.
+fn key_of(columns: &[String], fields: &Map<String, Value>) -> String {
+    let values: Vec<&Value> = columns
+        .iter()
+        .map(|c| fields.get(c).unwrap_or(&Value::Null))
+        .collect();
+    serde_json::to_string(&values).unwrap_or_default()
+}
+
+fn step(binding: usize, pending: Pending) -> Step {
+    match pending {
+        Pending::Append(rows) => Step::Append { binding, rows },
+        Pending::Multiset(ops) => Step::Multiset { binding, ops },
+        Pending::Merge { order, mut keys } => {
+            let mut deletes = Vec::new();
+            let mut upserts = Vec::new();
+            for key in order {
+                let Some(state) = keys.remove(&key) else {
+                    continue;
+                };
+                if let Some(deleted) = state.deleted {
+                    deletes.push(deleted);
+                }
+                if let Some(image) = state.upsert {
+                    upserts.push(Value::Object(image));
+                }
+            }
+            Step::Merge {
+                binding,
+                deletes,
+                upserts,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn binding(key: &[&str], delta: bool) -> TableBinding {
+        TableBinding {
+            collection: "c".into(),
+            table: "t".into(),
+            delta,
+            schema: CollectionSchema {
+                connector: "source-postgres".into(),
+                columns: Vec::new(),
+                key: key.iter().map(|k| k.to_string()).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_reduces_each_key_by_the_merge_rule() {
+        let bindings = [binding(&["id"], false)];
+        let mut b = BatchBuilder::new(&bindings);
+        let docs = [
+            json!({"id": 1, "a": 1, "t": "x", "_meta": {"op": "c"}}),
+            json!({"id": 1, "a": 2, "_meta": {"op": "u"}}),
+            json!({"id": 2, "a": 5, "t": "y", "_meta": {"op": "c"}}),
+            json!({"id": 2, "_meta": {"op": "d"}}),
+            json!({"id": 3, "_meta": {"op": "d"}}),
+            json!({"id": 3, "a": 7, "t": "z", "_meta": {"op": "c"}}),
+            json!({"id": 4, "a": 9, "_meta": {"op": "u"}}),
+        ];
+        for (i, d) in docs.iter().enumerate() {
+            b.document(0, &d.to_string(), i as u64).unwrap();
+        }
+        let batch = b.finish(vec![(0, 7)]);
+        assert_eq!(
+            batch.steps,
+            [Step::Merge {
+                binding: 0,
+                // 2 deleted last; 3 deleted, then inserted whole.
+                deletes: vec![json!({"id": 2}), json!({"id": 3})],
+                // 1's update keeps t from the insert; 4's absent columns keep the stored.
+                upserts: vec![
+                    json!({"id": 1, "a": 2, "t": "x"}),
+                    json!({"id": 3, "a": 7, "t": "z"}),
+                    json!({"id": 4, "a": 9})
+                ],
+            }]
+        );
+        assert_eq!(batch.positions, [(0, 7)]);
+    }
+
+    #[test]
+    fn a_truncate_applies_after_what_came_before_it_and_before_what_follows() {
+        let bindings = [binding(&["id"], false), binding(&[], false)];
+        let mut b = BatchBuilder::new(&bindings);
+        b.document(0, r#"{"id": 1, "_meta": {"op": "c"}}"#, 0)
+            .unwrap();
+        b.document(1, r#"{"v": 1, "_meta": {"op": "c"}}"#, 1)
+            .unwrap();
+        b.truncate(0, 2);
+        b.document(0, r#"{"id": 2, "_meta": {"op": "c"}}"#, 3)
+            .unwrap();
+        b.document(1, r#"{"v": 1, "_meta": {"op": "d"}}"#, 4)
+            .unwrap();
+        let steps = b.finish(Vec::new()).steps;
+        assert_eq!(
+            steps,
+            [
+                Step::Merge {
+                    binding: 0,
+                    deletes: vec![],
+                    upserts: vec![json!({"id": 1})]
+                },
+                Step::Truncate { binding: 0 },
+                Step::Multiset {
+                    binding: 1,
+                    ops: vec![
+                        MultisetOp::Insert(json!({"v": 1})),
+                        MultisetOp::Remove(json!({"v": 1}))
+                    ]
+                },
+                Step::Merge {
+                    binding: 0,
+                    deletes: vec![],
+                    upserts: vec![json!({"id": 2})]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn delta_rows_keep_every_document_with_op_position_and_time() {
+        let bindings = [binding(&["id"], true)];
+        let mut b = BatchBuilder::new(&bindings);
+        b.document(
+            0,
+            r#"{"id": 1, "_meta": {"op": "c", "source": {"snapshot": true}}}"#,
+            5,
+        )
+        .unwrap();
+        b.document(
+            0,
+            r#"{"id": 1, "_meta": {"op": "u", "source": {"pos": [7, 0], "ts_ms": 1700000000000}}}"#,
+            6,
+        )
+        .unwrap();
+        let Step::Append { rows, .. } = &b.finish(Vec::new()).steps[0] else {
+            panic!("not an append")
+        };
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[1].line, rows[1].op.as_str(), rows[1].position.clone()),
+            (6, "u", Some(json!([7, 0])))
+        );
+        assert_eq!(rows[1].committed_at_ms, Some(1_700_000_000_000));
+        assert_eq!(rows[0].position, None);
+    }
+}
