@@ -1,2 +1,276 @@
-//! The type mapping, type by type: rows of every common type go from each source through
-//! the collection into the destination and are read back.
+//! The type mapping, type by type: a row of every common type, backfilled and then
+//! streamed, goes from each source through the collection into the destination and is
+//! read back there (`crates/materialize-postgres/src/types.rs` documents the mapping).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use testkit::live::{LiveDb, workspace_binary};
+use testkit::servers::{MariaDbServer, PgServer};
+
+use crate::endpoint_of;
+
+/// Writes a pipeline of one capture of `table` and one materialization of it into `dest`,
+/// in `dir`; returns the pipeline file.
+pub fn pipeline(
+    db: &dyn LiveDb,
+    dest: &PgServer,
+    dir: &Path,
+    tables: &[&str],
+) -> std::path::PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let bindings: Vec<Value> = tables
+        .iter()
+        .map(|t| json!({"resource": {"namespace": db.namespace(), "stream": t}, "target": t}))
+        .collect();
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"endpoint": db.endpoint(), "bindings": bindings}).to_string(),
+    )
+    .unwrap();
+    let materialized: Vec<Value> = tables
+        .iter()
+        .map(|t| json!({"source": t, "target": t}))
+        .collect();
+    let path = dir.join("pipeline.json");
+    std::fs::write(
+        &path,
+        json!({
+            "store": "file:store",
+            "captures": [{"name": "c", "connector": db.connector().unwrap(), "config": "config.json"}],
+            "materializations": [{"name": "m", "destination": "postgres",
+                                  "endpoint": endpoint_of(dest), "bindings": materialized}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    path
+}
+
+/// `cdc run --until-caught-up` (or another command) on `pipeline`; panics with its stderr
+/// when it fails.
+pub fn cdc(args: &[&str], pipeline: &Path) -> String {
+    let out = Command::new(workspace_binary("cdc").unwrap())
+        .args(["--log-level", "warn"])
+        .args(args)
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "cdc {args:?} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).to_string() + &stderr
+}
+
+#[test]
+fn postgres_types_keep_their_type_and_value_in_the_destination() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    let columns = [
+        ("i2", "smallint", "-32768"),
+        ("i8", "bigint", "9223372036854775807"),
+        ("n", "numeric(30,10)", "12345678901234567890.0123456789"),
+        ("f4", "real", "1.5"),
+        ("f8", "double precision", "'-Infinity'"),
+        ("b", "boolean", "true"),
+        ("vc", "character varying(5)", "'héllo'"),
+        ("c3", "character(3)", "'ab'"),
+        ("by", "bytea", "'\\x00ff10'"),
+        ("d", "date", "'2024-02-29'"),
+        (
+            "ts",
+            "timestamp(3) without time zone",
+            "'2024-01-02 03:04:05.123'",
+        ),
+        (
+            "tz",
+            "timestamp with time zone",
+            "'2024-01-02 03:04:05.123456+02'",
+        ),
+        ("t", "time without time zone", "'23:59:59.5'"),
+        ("iv", "interval", "'1 year 2 days 03:04:05'"),
+        ("u", "uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"),
+        ("j", "json", "'{\"b\": 1, \"a\": [1, 2]}'"),
+        ("jb", "jsonb", "'{\"a\": {\"b\": null}}'"),
+        ("ai", "integer[]", "'{1,NULL,3}'"),
+        ("at", "text[]", "'{\"a b\",c}'"),
+        ("ip", "inet", "'10.0.0.1/8'"),
+        ("bits", "bit(4)", "B'1010'"),
+        ("r", "int4range", "'[1,5)'"),
+        ("m", "mood", "'sad'"),
+        ("nul", "text", "NULL"),
+    ];
+    src.sql("CREATE TYPE mood AS ENUM ('happy', 'sad')")
+        .unwrap();
+    let defs: Vec<String> = columns.iter().map(|(n, t, _)| format!("{n} {t}")).collect();
+    src.sql(&format!(
+        "CREATE TABLE typed (id int PRIMARY KEY, {})",
+        defs.join(", ")
+    ))
+    .unwrap();
+    let names: Vec<&str> = columns.iter().map(|(n, _, _)| *n).collect();
+    let values: Vec<&str> = columns.iter().map(|(_, _, v)| *v).collect();
+    let insert = |id: i32| {
+        src.sql(&format!(
+            "INSERT INTO typed (id, {}) VALUES ({id}, {})",
+            names.join(", "),
+            values.join(", ")
+        ))
+        .unwrap();
+    };
+    insert(1);
+    let dir = std::env::temp_dir().join(format!("mat-types-pg-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["typed"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    insert(2);
+    src.sql("UPDATE typed SET n = n + 1, nul = 'set' WHERE id = 1")
+        .unwrap();
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let rows = |server: &PgServer| {
+        server
+            .sql("SELECT to_jsonb(t) FROM typed t ORDER BY id")
+            .unwrap()
+    };
+    assert_eq!(
+        rows(&dest),
+        rows(&src),
+        "backfilled (1) and streamed (2) rows"
+    );
+    let types = |server: &PgServer| {
+        server
+            .sql("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'typed'::regclass AND attnum > 0 AND attname <> 'm' ORDER BY attnum")
+            .unwrap()
+    };
+    assert_eq!(types(&dest), types(&src), "each column keeps its type");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mariadb_types_map_without_loss() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    // (column, MariaDB type, value, the destination type, the value as the destination's text)
+    let columns = [
+        ("ti", "tinyint", "-128", "smallint", "-128"),
+        ("bo", "tinyint(1)", "1", "smallint", "1"),
+        ("su", "smallint unsigned", "65535", "integer", "65535"),
+        ("mi", "mediumint", "-8388608", "integer", "-8388608"),
+        ("iu", "int unsigned", "4294967295", "bigint", "4294967295"),
+        (
+            "bu",
+            "bigint unsigned",
+            "18446744073709551615",
+            "numeric",
+            "18446744073709551615",
+        ),
+        ("de", "decimal(10,2)", "1.50", "numeric", "1.50"),
+        (
+            "dd",
+            "decimal(38,19)",
+            "1234567890123456789.0123456789012345678",
+            "numeric",
+            "1234567890123456789.0123456789012345678",
+        ),
+        ("fl", "float", "1.5", "double precision", "1.5"),
+        ("db", "double", "1.5e300", "double precision", "1.5e+300"),
+        ("bi", "bit(8)", "b'101'", "numeric", "5"),
+        ("yr", "year", "2024", "smallint", "2024"),
+        ("da", "date", "'2024-02-29'", "date", "2024-02-29"),
+        (
+            "dt",
+            "datetime(6)",
+            "'2024-01-02 03:04:05.123456'",
+            "timestamp without time zone",
+            "2024-01-02 03:04:05.123456",
+        ),
+        (
+            "tm",
+            "timestamp(3)",
+            "'2024-01-02 03:04:05.123'",
+            "timestamp with time zone",
+            "2024-01-02 03:04:05.123+00",
+        ),
+        (
+            "ti2",
+            "time(2)",
+            "'-838:59:59.00'",
+            "interval",
+            "-838:59:59",
+        ),
+        ("vc", "varchar(20)", "'héllo'", "character varying", "héllo"),
+        ("ch", "char(4)", "'ab'", "text", "ab"),
+        ("tx", "text", "'it''s text'", "text", "it's text"),
+        ("en", "enum('a','b')", "'b'", "text", "b"),
+        ("st", "set('x','y')", "'x,y'", "text", "x,y"),
+        ("vb", "varbinary(8)", "x'00ff10'", "bytea", "\\x00ff10"),
+        ("bl", "blob", "x'deadbeef'", "bytea", "\\xdeadbeef"),
+        (
+            "js",
+            "json",
+            "'{\"a\": [1, 2.50]}'",
+            "jsonb",
+            "{\"a\": [1, 2.50]}",
+        ),
+        (
+            "uu",
+            "uuid",
+            "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            "uuid",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ),
+        ("nu", "int", "NULL", "integer", "NULL"),
+    ];
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|(n, t, ..)| format!("{n} {t}"))
+        .collect();
+    src.sql(&format!(
+        "CREATE TABLE test.typed (id int PRIMARY KEY, {})",
+        defs.join(", ")
+    ))
+    .unwrap();
+    let names: Vec<&str> = columns.iter().map(|(n, ..)| *n).collect();
+    let values: Vec<&str> = columns.iter().map(|(_, _, v, ..)| *v).collect();
+    let insert = |id: i32| {
+        src.sql(&format!(
+            "SET time_zone = '+00:00'; INSERT INTO test.typed (id, {}) VALUES ({id}, {})",
+            names.join(", "),
+            values.join(", ")
+        ))
+        .unwrap();
+    };
+    insert(1);
+    let dir = std::env::temp_dir().join(format!("mat-types-my-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["typed"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    insert(2);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    for (name, source_type, _, pg_type, text) in columns {
+        let got = dest
+            .sql(&format!(
+                "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'typed'::regclass AND attname = '{name}'"
+            ))
+            .unwrap();
+        assert_eq!(got.trim(), pg_type, "{source_type} maps to {pg_type}");
+        let values = dest
+            .sql(&format!(
+                "SELECT coalesce({name}::text, 'NULL') FROM typed ORDER BY id"
+            ))
+            .unwrap();
+        assert_eq!(
+            values.lines().collect::<Vec<_>>(),
+            [text, text],
+            "{source_type}: backfilled (1) and streamed (2) values"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

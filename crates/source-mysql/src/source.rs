@@ -108,7 +108,13 @@ impl Table {
                 .iter()
                 .map(|c| ColumnInfo {
                     name: c.name.clone(),
-                    type_name: c.column_type.clone(),
+                    // MariaDB's JSON is LONGTEXT with a json_valid check; its values are
+                    // JSON documents (DESIGN.md §5), so discover names it json.
+                    type_name: if c.ty == ColType::Json {
+                        "json".into()
+                    } else {
+                        c.column_type.clone()
+                    },
                     nullable: c.nullable,
                 })
                 .collect(),
