@@ -22,7 +22,7 @@ use testkit::servers::{MariaDbServer, NatsServer, PgServer};
 mod types;
 
 /// The `postgres` destination endpoint of a throwaway server.
-pub fn endpoint_of(server: &PgServer) -> Value {
+pub(crate) fn endpoint_of(server: &PgServer) -> Value {
     json!({"host": "127.0.0.1", "port": server.port, "user": "postgres",
            "database": "postgres", "tls": {"mode": "disable"}})
 }

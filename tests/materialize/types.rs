@@ -13,7 +13,7 @@ use crate::endpoint_of;
 
 /// Writes a pipeline of one capture of `table` and one materialization of it into `dest`,
 /// in `dir`; returns the pipeline file.
-pub fn pipeline(
+pub(crate) fn pipeline(
     db: &dyn LiveDb,
     dest: &PgServer,
     dir: &Path,
@@ -51,7 +51,7 @@ pub fn pipeline(
 
 /// `cdc run --until-caught-up` (or another command) on `pipeline`; panics with its stderr
 /// when it fails.
-pub fn cdc(args: &[&str], pipeline: &Path) -> String {
+pub(crate) fn cdc(args: &[&str], pipeline: &Path) -> String {
     let out = Command::new(workspace_binary("cdc").unwrap())
         .args(["--log-level", "warn"])
         .args(args)
