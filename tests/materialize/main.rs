@@ -19,6 +19,7 @@ use testkit::live::{LiveDb, Scenario};
 use testkit::pipeline::{PipelineDriver, Victim};
 use testkit::servers::{MariaDbServer, NatsServer, PgServer};
 
+mod backfill;
 mod types;
 
 /// The `postgres` destination endpoint of a throwaway server.

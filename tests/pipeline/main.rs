@@ -232,7 +232,7 @@ fn cut_short(store: Option<&str>) {
         .output()
         .unwrap();
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status[0]["documents"], 3, "{status}");
+    assert_eq!(status["captures"][0]["documents"], 3, "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -330,7 +330,10 @@ fn a_million_row_transaction_lands_with_bounded_memory() {
             .output()
             .unwrap();
         let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        assert_eq!(status[0]["documents"], 1_000_000, "{name}: {status}");
+        assert_eq!(
+            status["captures"][0]["documents"], 1_000_000,
+            "{name}: {status}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -364,8 +364,14 @@ async fn apply_step(
             .await?;
             tx.execute(&shape.append(), &[]).await?;
         }
-        Step::Truncate { .. } => {
-            tx.batch_execute(&shape.truncate()).await?;
+        Step::Truncate { recreate, .. } => {
+            if *recreate {
+                tx.batch_execute(&format!("DROP TABLE {}", shape.qualified()))
+                    .await?;
+                tx.batch_execute(&shape.create()).await?;
+            } else {
+                tx.batch_execute(&shape.truncate()).await?;
+            }
         }
     }
     Ok(())
@@ -376,7 +382,7 @@ fn binding_of(step: &Step) -> usize {
         Step::Merge { binding, .. }
         | Step::Multiset { binding, .. }
         | Step::Append { binding, .. }
-        | Step::Truncate { binding } => *binding,
+        | Step::Truncate { binding, .. } => *binding,
     }
 }
 

@@ -45,6 +45,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::spec::Capture;
+
+mod requests;
 use crate::status::{Progress, now_ms};
 use crate::store::{Commit, Store};
 
@@ -59,6 +61,9 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Progress bars at a terminal.
     pub bars: Option<Bars>,
+    /// Each materialization's name and the collections it reads: a reset that rebuilds
+    /// downstream tables asks them for a rebuild once its backfills are done.
+    pub materializations: Vec<(String, Vec<String>)>,
 }
 
 /// How often `cdc run` logs a capture's progress when no bars are drawn.
@@ -74,12 +79,19 @@ pub fn run(capture: &Capture, store: &dyn Store, options: &RunOptions) -> Result
     let mut failed_starts = 0;
     let mut backoff = Duration::from_millis(500);
     loop {
+        requests::start(capture, store)?;
         let units_before = store
             .committed(&capture.name)
             .ok()
             .flatten()
             .map(|c| c.units);
-        let outcome = run_once(capture, store, options, &mut progress);
+        let interrupted = AtomicBool::new(false);
+        let outcome = run_once(capture, store, options, &mut progress, &interrupted);
+        requests::finish(capture, store, &options.materializations)?;
+        if interrupted.load(Ordering::SeqCst) && !options.stop.load(Ordering::SeqCst) {
+            tracing::info!(capture = %capture.name, "restarting the connector to carry out a backfill request");
+            continue;
+        }
         match outcome {
             Ok(true) => {
                 tracing::info!(capture = %capture.name, "capture finished");
@@ -128,6 +140,7 @@ fn run_once(
     store: &dyn Store,
     options: &RunOptions,
     progress: &mut Progress,
+    interrupted: &AtomicBool,
 ) -> Result<bool> {
     let mut log = store.writer(&capture.name)?;
     let committed = store.committed(&capture.name)?;
@@ -141,7 +154,14 @@ fn run_once(
     if options.stop.load(Ordering::SeqCst) {
         forward_stop();
     }
-    let pumped = pump(capture, &mut child, &mut *log, committed, progress, options);
+    let running = AtomicBool::new(true);
+    let pumped = std::thread::scope(|s| {
+        // Watches the store for backfill requests while the connector runs.
+        s.spawn(|| requests::watch(capture, store, &running, interrupted, pid, options));
+        let pumped = pump(capture, &mut child, &mut *log, committed, progress, options);
+        running.store(false, Ordering::SeqCst);
+        pumped
+    });
     if pumped.is_err() {
         // A connector whose unit cannot land is stopped, not left to run on.
         let _ = child.kill();

@@ -23,9 +23,12 @@ use crate::capture::{self, RunOptions};
 use crate::destination::DestinationKind;
 use crate::error::{Error, Result};
 use crate::materialize::{self, MaterializeOptions};
+use crate::request::{Kind, TableAction};
 use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
 use crate::status;
 use crate::store::{EmbeddedStore, JetStreamStore, Store};
+
+mod backfill;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +63,32 @@ enum Command {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Request a backfill (PIPELINE.md §5); `cdc run` carries it out, `cdc status` shows it.
+    Backfill {
+        pipeline: PathBuf,
+        /// incremental: re-read source tables; materialization: rebuild destination tables
+        /// from their collections; reset: re-read every table of the captures and rebuild
+        /// downstream; cancel: stop a running capture backfill.
+        kind: Kind,
+        /// A collection (or a destination table, for a materialization backfill); repeat
+        /// for several; all when not given.
+        #[arg(long = "binding")]
+        bindings: Vec<String>,
+        /// Incremental: the backfill mode for the re-read (only-changes jumps ahead).
+        #[arg(long)]
+        mode: Option<String>,
+        /// What happens to destination tables: keep (incremental's default), truncate,
+        /// drop, rebuild (zero downtime; the default of materialization and reset).
+        #[arg(long)]
+        table: Option<TableAction>,
+        /// Only this materialization (materialization backfills).
+        #[arg(long)]
+        materialization: Option<String>,
+        /// Reset: an endpoint setting of the connector config, `path=JSON` (for example
+        /// `advanced.min_backfill_xid=1234`); repeatable.
+        #[arg(long = "endpoint-set")]
+        endpoint_set: Vec<String>,
     },
     /// Print a collection's committed documents (and truncates), one per line.
     Read {
@@ -158,13 +187,44 @@ fn run_command(
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { pipeline, json } => {
-            let pipeline = Pipeline::load(&pipeline)?;
-            let statuses = status::read(&pipeline, &*open_store(&pipeline, false)?)?;
+            let pipeline = load(&pipeline, destinations)?;
+            let store = open_store(&pipeline, false)?;
+            let captures = status::read(&pipeline, &*store)?;
+            let status = status::PipelineStatus {
+                materializations: materialization_status(&pipeline, &captures, destinations),
+                requests: status::shown_requests(&*store)?,
+                captures,
+            };
             print(&if json {
-                serde_json::to_string_pretty(&statuses).unwrap_or_default()
+                serde_json::to_string_pretty(&status).unwrap_or_default()
             } else {
-                status::render(&statuses)
+                status::render_pipeline(&status)
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            pipeline,
+            kind,
+            bindings,
+            mode,
+            table,
+            materialization,
+            endpoint_set,
+        } => {
+            let pipeline = load(&pipeline, destinations)?;
+            let store = open_store(&pipeline, true)?;
+            let wanted = backfill::Wanted {
+                kind,
+                bindings,
+                mode,
+                table,
+                materialization,
+                endpoint_set,
+            };
+            for request in backfill::requests(&pipeline, &wanted)? {
+                store.put_request(&request)?;
+                print(&format!("requested: {}", request.line()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Read {
@@ -176,6 +236,58 @@ fn run_command(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Each materialization binding's position, read from its destination, against its
+/// capture's committed lines.
+fn materialization_status(
+    pipeline: &Pipeline,
+    captures: &[status::CaptureStatus],
+    destinations: &[Box<dyn DestinationKind>],
+) -> Vec<status::MaterializationStatus> {
+    pipeline
+        .spec
+        .materializations
+        .iter()
+        .map(|m| {
+            let positions = destination_kind(destinations, &m.destination)
+                .map_err(Error::Spec)
+                .and_then(|kind| {
+                    let bindings = materialize::table_bindings(m, pipeline)?;
+                    let mut d = kind.open(&m.name, &m.endpoint)?;
+                    d.prepare(&bindings)?;
+                    d.positions()
+                });
+            let (positions, error) = match positions {
+                Ok(p) => (p, None),
+                Err(e) => (Default::default(), Some(e.to_string())),
+            };
+            let tables = m
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let committed = pipeline
+                        .collection(&b.source)
+                        .and_then(|(c, _)| captures.iter().find(|s| s.capture == c.name))
+                        .map_or(0, |s| s.documents);
+                    let position = positions.get(&i).copied().unwrap_or(0);
+                    status::TableStatus {
+                        collection: b.source.clone(),
+                        table: b.target.clone(),
+                        position,
+                        committed,
+                        lag_lines: committed.saturating_sub(position),
+                    }
+                })
+                .collect();
+            status::MaterializationStatus {
+                materialization: m.name.clone(),
+                tables,
+                error,
+            }
+        })
+        .collect()
 }
 
 /// Each capture connector's `check`, its lines prefixed with the capture's name.
@@ -225,6 +337,17 @@ fn run(
         work_dir: work_dir.clone(),
         stop: Arc::clone(&stop),
         bars,
+        materializations: pipeline
+            .spec
+            .materializations
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.bindings.iter().map(|b| b.source.clone()).collect(),
+                )
+            })
+            .collect(),
     };
     let materialize = MaterializeOptions {
         stop: Arc::clone(&stop),

@@ -126,6 +126,8 @@ pub enum Step {
     Truncate {
         /// The binding.
         binding: usize,
+        /// Drop it and create it again from the current schema instead.
+        recreate: bool,
     },
 }
 

@@ -13,6 +13,7 @@
 //! * [`capture`]: one capture's supervisor, with the exactly-once argument;
 //! * [`destination`]: the destination seam a destination crate implements;
 //! * [`materialize`]: one materialization's loop, with its exactly-once argument;
+//! * [`request`]: backfill requests, durable in the store until carried out;
 //! * [`status`]: progress read back from the store;
 //! * [`cli`]: `cdc spec | check | run | status | read`.
 
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod destination;
 pub mod error;
 pub mod materialize;
+pub mod request;
 pub mod spec;
 pub mod status;
 pub mod store;

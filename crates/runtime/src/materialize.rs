@@ -32,11 +32,13 @@ use std::time::{Duration, Instant};
 use backfill_core::consumer::Line;
 use serde_json::{Map, Value};
 
+use crate::destination::TableReset;
 use crate::destination::{
     Batch, CollectionSchema, ColumnSchema, DeltaRow, Destination, DestinationKind, MultisetOp,
     Step, TableBinding,
 };
 use crate::error::{Error, Result};
+use crate::request::{self, Kind, Phase, Request, TableAction};
 use crate::spec::{MaterializationSpec, Pipeline};
 use crate::store::Store;
 
@@ -189,19 +191,56 @@ fn run_once(
         }
     }
     tracing::info!(materialization = %m.name, ?positions, "materialization started");
+    let mut requests_read = Instant::now() - REQUESTS_EVERY;
     loop {
         let done_before = options.captures_done.load(Ordering::SeqCst);
-        let mut moved = false;
-        for capture in &captures {
-            let routes = routes(pipeline, capture, &bindings);
-            moved |= follow(
+        if requests_read.elapsed() >= REQUESTS_EVERY {
+            requests_read = Instant::now();
+            carry_out_requests(
+                m,
+                pipeline,
                 store,
-                capture,
-                &routes,
                 &bindings,
                 &mut positions,
                 &mut *destination,
             )?;
+        }
+        let mut moved = false;
+        for capture in &captures {
+            let routes = routes(pipeline, capture, &bindings);
+            let from = routes
+                .iter()
+                .flatten()
+                .map(|b| positions.get(b).copied().unwrap_or(0))
+                .min();
+            let Some(from) = from else { continue };
+            let fed: Vec<usize> = routes.iter().flatten().copied().collect();
+            let before = positions.clone();
+            let read = feed(
+                store,
+                capture,
+                from,
+                None,
+                &|binding, line| {
+                    routes
+                        .get(binding)
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                        .filter(|b| before.get(b).copied().unwrap_or(0) <= line)
+                        .collect()
+                },
+                &bindings,
+                &mut *destination,
+                Some((&fed, &before)),
+            )?;
+            if read > from {
+                for b in fed {
+                    let p = positions.entry(b).or_insert(0);
+                    *p = (*p).max(read);
+                }
+                moved = true;
+            }
         }
         if options.stop.load(Ordering::SeqCst) || (!moved && done_before) {
             tracing::info!(materialization = %m.name, ?positions, "materialization stopped");
@@ -211,6 +250,98 @@ fn run_once(
             sleep_unless_stopped(options.poll, &options.stop);
         }
     }
+}
+
+/// How often a running materialization looks for backfill requests.
+const REQUESTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Carries out the open materialization backfill requests of `m` (see
+/// [`crate::request`]): each selected table emptied or recreated and refilled from the
+/// start of its collection, or rebuilt in a shadow table swapped in when caught up.
+fn carry_out_requests(
+    m: &MaterializationSpec,
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    bindings: &[TableBinding],
+    positions: &mut HashMap<usize, u64>,
+    destination: &mut dyn Destination,
+) -> Result<()> {
+    let open: Vec<Request> = store
+        .requests()?
+        .into_iter()
+        .filter(|r| {
+            r.open()
+                && r.kind == Kind::Materialization
+                && r.materialization.as_deref() == Some(m.name.as_str())
+        })
+        .collect();
+    for mut request in open {
+        request.phase = Phase::Running;
+        store.put_request(&request)?;
+        for (b, binding) in bindings.iter().enumerate() {
+            if !request.collections.contains(&binding.collection) {
+                continue;
+            }
+            match request.table {
+                TableAction::Keep => {}
+                TableAction::Truncate | TableAction::Drop => {
+                    let how = if request.table == TableAction::Drop {
+                        TableReset::Drop
+                    } else {
+                        TableReset::Truncate
+                    };
+                    destination.reset_table(b, how)?;
+                    positions.insert(b, 0);
+                    tracing::info!(materialization = %m.name, table = %binding.table, "table reset; refilling it from its collection");
+                }
+                TableAction::Rebuild => {
+                    rebuild(pipeline, store, bindings, b, positions, destination)?;
+                    tracing::info!(materialization = %m.name, table = %binding.table, "table rebuilt from its collection and swapped in");
+                }
+            }
+        }
+        request.phase = Phase::Done;
+        request.note = "tables rebuilt from their collections".into();
+        store.put_request(&request)?;
+    }
+    Ok(())
+}
+
+/// Rebuilds binding `b`'s table: a shadow table filled from the start of the collection
+/// up to the live table's position, then swapped in, position and all, in one
+/// transaction. Readers see the live table until the swap and the rebuilt one after.
+fn rebuild(
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    bindings: &[TableBinding],
+    b: usize,
+    positions: &HashMap<usize, u64>,
+    destination: &mut dyn Destination,
+) -> Result<()> {
+    let Some((capture, index)) = pipeline.collection(&bindings[b].collection) else {
+        return Ok(());
+    };
+    let shadow = destination.begin_shadow(b)?;
+    let mut with_shadow = bindings.to_vec();
+    with_shadow.resize(shadow + 1, bindings[b].clone());
+    let until = positions.get(&b).copied().unwrap_or(0);
+    feed(
+        store,
+        &capture.name,
+        0,
+        Some(until),
+        &|binding, _| {
+            if binding == index {
+                vec![shadow]
+            } else {
+                Vec::new()
+            }
+        },
+        &with_shadow,
+        destination,
+        None,
+    )?;
+    destination.swap_shadow(b, shadow, until)
 }
 
 /// Per capture binding index, the materialization bindings that read its collection.
@@ -231,64 +362,61 @@ fn routes(pipeline: &Pipeline, capture: &str, bindings: &[TableBinding]) -> Vec<
         .collect()
 }
 
-/// Applies what `capture`'s log holds past each routed binding's position, in batches;
-/// returns whether anything was read. A binding behind the others (rebuilt, or new) is
-/// fed from its own position; the lines before it reach only the bindings they are new
-/// to.
-fn follow(
+/// Which bindings a [`feed`] moves the positions of: those of `bindings` whose position
+/// in `positions` (as the feed starts) is behind where a batch ends.
+type Moves<'a> = Option<(&'a [usize], &'a HashMap<usize, u64>)>;
+
+/// Applies `capture`'s log from line `from` (to `until`, or what is committed) in
+/// batches, each line going to the bindings `route` names for its capture binding and
+/// line number; each batch moves the positions `moves` names to where it ends. Returns
+/// the line it stopped at.
+#[allow(clippy::too_many_arguments)]
+fn feed(
     store: &dyn Store,
     capture: &str,
-    routes: &[Vec<usize>],
+    from: u64,
+    until: Option<u64>,
+    route: &dyn Fn(usize, u64) -> Vec<usize>,
     bindings: &[TableBinding],
-    positions: &mut HashMap<usize, u64>,
     destination: &mut dyn Destination,
-) -> Result<bool> {
-    let routed: Vec<usize> = routes.iter().flatten().copied().collect();
-    let Some(from) = routed
-        .iter()
-        .map(|b| positions.get(b).copied().unwrap_or(0))
-        .min()
-    else {
-        return Ok(false);
-    };
+    moves: Moves<'_>,
+) -> Result<u64> {
     let mut line_no = from;
     let mut builder = BatchBuilder::new(bindings);
-    let flush = |builder: BatchBuilder<'_>,
-                 line_no: u64,
-                 positions: &mut HashMap<usize, u64>,
-                 destination: &mut dyn Destination|
-     -> Result<()> {
-        let moved: Vec<(usize, u64)> = routed
-            .iter()
-            .filter(|b| positions.get(b).copied().unwrap_or(0) < line_no)
-            .map(|&b| (b, line_no))
-            .collect();
-        destination.apply(&builder.finish(moved.clone()))?;
-        positions.extend(moved);
-        Ok(())
+    let flush = |builder: BatchBuilder<'_>, line_no: u64, destination: &mut dyn Destination| {
+        let moved = moves.map_or_else(Vec::new, |(bindings, positions)| {
+            bindings
+                .iter()
+                .filter(|b| positions.get(b).copied().unwrap_or(0) < line_no)
+                .map(|&b| (b, line_no))
+                .collect()
+        });
+        destination.apply(&builder.finish(moved))
     };
     for line in store.read_from(capture, from)? {
+        if until.is_some_and(|u| line_no >= u) {
+            break;
+        }
         let line = line?;
         let parsed = Line::parse(&line)
             .map_err(|e| Error::Damaged(format!("capture {capture}'s log line {line_no}: {e}")))?;
-        let targets = |binding: usize| {
-            routes
-                .get(binding)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|b| positions.get(b).copied().unwrap_or(0) <= line_no)
-                .collect::<Vec<_>>()
-        };
         match parsed {
             Line::Document { binding, doc } => {
-                for b in targets(binding) {
+                for b in route(binding, line_no) {
                     builder.document(b, doc, line_no)?;
                 }
             }
-            Line::Truncate { binding, .. } => {
-                for b in targets(binding) {
-                    builder.truncate(b, line_no);
+            Line::Truncate { binding, truncate } => {
+                for b in route(binding, line_no) {
+                    // A request's marker says what to do with a standard table; a
+                    // rebuild keeps the live table on show (the rebuild follows).
+                    match request::marker_action(truncate) {
+                        Some(TableAction::Rebuild | TableAction::Keep) => {}
+                        Some(TableAction::Drop) => builder.truncate(b, line_no, true),
+                        Some(TableAction::Truncate) | None => {
+                            builder.truncate(b, line_no, false);
+                        }
+                    }
                 }
             }
             Line::Checkpoint(_) => {}
@@ -296,13 +424,13 @@ fn follow(
         line_no += 1;
         if builder.docs >= BATCH_DOCS {
             let full = std::mem::replace(&mut builder, BatchBuilder::new(bindings));
-            flush(full, line_no, positions, destination)?;
+            flush(full, line_no, destination)?;
         }
     }
     if line_no > from {
-        flush(builder, line_no, positions, destination)?;
+        flush(builder, line_no, destination)?;
     }
-    Ok(line_no > from)
+    Ok(line_no)
 }
 
 /// What a keyed standard binding holds for one key in the batch being built.
@@ -419,8 +547,9 @@ impl<'a> BatchBuilder<'a> {
         Ok(())
     }
 
-    /// Adds a truncate of `binding`, read at log line `line`.
-    pub fn truncate(&mut self, binding: usize, line: u64) {
+    /// Adds a truncate of `binding`, read at log line `line` (`recreate`: drop the table
+    /// and create it again).
+    pub fn truncate(&mut self, binding: usize, line: u64, recreate: bool) {
         if self.bindings[binding].delta {
             if let Pending::Append(rows) = self.pending(binding) {
                 rows.push(DeltaRow {
@@ -437,7 +566,7 @@ impl<'a> BatchBuilder<'a> {
             self.touched.retain(|&b| b != binding);
             self.steps.push(step(binding, pending));
         }
-        self.steps.push(Step::Truncate { binding });
+        self.steps.push(Step::Truncate { binding, recreate });
     }
 
     /// The batch, moving each binding of `positions` to its position.
@@ -559,7 +688,7 @@ mod tests {
             .unwrap();
         b.document(1, r#"{"v": 1, "_meta": {"op": "c"}}"#, 1)
             .unwrap();
-        b.truncate(0, 2);
+        b.truncate(0, 2, false);
         b.document(0, r#"{"id": 2, "_meta": {"op": "c"}}"#, 3)
             .unwrap();
         b.document(1, r#"{"v": 1, "_meta": {"op": "d"}}"#, 4)
@@ -573,7 +702,10 @@ mod tests {
                     deletes: vec![],
                     upserts: vec![json!({"id": 1})]
                 },
-                Step::Truncate { binding: 0 },
+                Step::Truncate {
+                    binding: 0,
+                    recreate: false
+                },
                 Step::Multiset {
                     binding: 1,
                     ops: vec![

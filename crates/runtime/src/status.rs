@@ -179,12 +179,13 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
                     let key = b.state_key();
                     let entry = state.and_then(|s| s["bindings"].get(&key));
                     let rows = entry.and_then(|e| e["rows_done"].as_u64()).unwrap_or(0);
-                    let phase = entry
+                    let mut phase = entry
                         .and_then(|e| e["phase"].as_str())
                         .unwrap_or("not started")
                         .to_string();
+                    let cancelled = entry.is_some_and(|e| e["cancelled"] == true);
                     let estimated_rows = entry.and_then(|e| e["estimated_rows"].as_u64());
-                    let done = phase == "active";
+                    let done = phase == "active" && !cancelled;
                     let percent =
                         if done && entry.and_then(|e| e["mode"].as_str()) != Some("Only Changes") {
                             Some(100.0)
@@ -202,6 +203,10 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
                         }
                         _ => None,
                     };
+                    if cancelled {
+                        // A cancelled backfill leaves the table partial (PIPELINE.md §5).
+                        phase = "partial".into();
+                    }
                     BindingStatus {
                         collection: collection.clone(),
                         phase,
@@ -224,6 +229,79 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
             })
         })
         .collect()
+}
+
+/// A materialization binding's progress.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableStatus {
+    /// The collection it reads.
+    pub collection: String,
+    /// The destination table.
+    pub table: String,
+    /// Lines of the capture's log applied.
+    pub position: u64,
+    /// Lines of the capture's log committed.
+    pub committed: u64,
+    /// How far it is behind its collection, in lines of the log.
+    pub lag_lines: u64,
+}
+
+/// A materialization's progress, read from its destination.
+#[derive(Clone, Debug, Serialize)]
+pub struct MaterializationStatus {
+    /// Its name.
+    pub materialization: String,
+    /// Its bindings.
+    pub tables: Vec<TableStatus>,
+    /// Why the destination could not be read, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Everything `cdc status` shows.
+#[derive(Debug, Serialize)]
+pub struct PipelineStatus {
+    /// Each capture.
+    pub captures: Vec<CaptureStatus>,
+    /// Each materialization.
+    pub materializations: Vec<MaterializationStatus>,
+    /// Backfill requests not done yet, and those done in the last hour.
+    pub requests: Vec<crate::request::Request>,
+}
+
+/// The backfill requests `cdc status` shows: open ones, and those done within the hour.
+pub fn shown_requests(store: &dyn Store) -> Result<Vec<crate::request::Request>> {
+    let hour_ago = now_ms().saturating_sub(3_600_000);
+    Ok(store
+        .requests()?
+        .into_iter()
+        .filter(|r| r.open() || r.created_at_ms >= hour_ago)
+        .collect())
+}
+
+/// The whole status as text for people.
+pub fn render_pipeline(status: &PipelineStatus) -> String {
+    let mut out = render(&status.captures);
+    for m in &status.materializations {
+        let _ = write!(out, "\nmaterialization {}:", m.materialization);
+        if let Some(e) = &m.error {
+            let _ = write!(out, " destination unreadable: {e}");
+        }
+        for t in &m.tables {
+            let _ = write!(
+                out,
+                "\n  {:<32} -> {:<32} {:>10} lines behind",
+                t.collection, t.table, t.lag_lines
+            );
+        }
+    }
+    if !status.requests.is_empty() {
+        out.push_str("\nbackfill requests:");
+        for r in &status.requests {
+            let _ = write!(out, "\n  {}", r.line());
+        }
+    }
+    out
 }
 
 /// The status as a table for people.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CaptureLog, Commit, Store};
 use crate::error::{Error, Result};
+use crate::request::Request;
 
 /// The embedded store: a local directory (see the module docs).
 #[derive(Clone, Debug)]
@@ -124,6 +125,40 @@ impl Store for EmbeddedStore {
                 .lines()
                 .map(|l| l.map_err(Error::store("reading the log"))),
         ))
+    }
+
+    fn requests(&self) -> Result<Vec<Request>> {
+        let dir = self.dir.join("requests");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::store(format!("reading {}", dir.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(Error::store("listing requests"))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path)
+                .map_err(Error::store(format!("reading {}", path.display())))?;
+            out.push(serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Damaged(format!("{} is not a request ({e})", path.display()))
+            })?);
+        }
+        out.sort_by(|a: &Request, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn put_request(&self, request: &Request) -> Result<()> {
+        let dir = self.dir.join("requests");
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::store(format!("creating {}", dir.display())))?;
+        let path = dir.join(format!("{}.json", request.id));
+        let bytes =
+            serde_json::to_vec_pretty(request).map_err(|e| Error::Damaged(e.to_string()))?;
+        backfill_core::state::write_atomically(&path, &bytes)
+            .map_err(Error::store(format!("writing {}", path.display())))
     }
 
     fn read_from(

@@ -39,6 +39,7 @@ use tokio::runtime::Runtime;
 
 use super::{CaptureLog, Commit, Store};
 use crate::error::{Error, Result};
+use crate::request::Request;
 
 /// Where a JetStream store lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +176,22 @@ impl JetStreamStore {
             .map_err(|e| unavailable("opening the capture's stream")(&e))
     }
 
+    /// The stream of backfill requests: the last message per request subject.
+    async fn requests_stream(&self) -> Result<Stream> {
+        let p = &self.location.prefix;
+        self.context
+            .get_or_create_stream(Config {
+                name: format!("{p}__requests"),
+                subjects: vec![format!("{p}.requests.>")],
+                storage: StorageType::File,
+                num_replicas: self.location.replicas,
+                max_messages_per_subject: 1,
+                ..Config::default()
+            })
+            .await
+            .map_err(|e| unavailable("opening the requests stream")(&e))
+    }
+
     /// The last commit record and its sequence.
     async fn last_record(&self, stream: &Stream, capture: &str) -> Result<Option<(u64, Record)>> {
         let (_, _, commits) = self.names(capture);
@@ -220,6 +237,54 @@ impl Store for JetStreamStore {
                 .last_record(&stream, capture)
                 .await?
                 .map(|(_, r)| r.commit))
+        })
+    }
+
+    fn requests(&self) -> Result<Vec<Request>> {
+        self.runtime.block_on(async {
+            let stream = self.requests_stream().await?;
+            let prefix = format!("{}.requests.", self.location.prefix);
+            let info = stream
+                .info_with_subjects(format!("{prefix}>"))
+                .await
+                .map_err(|e| unavailable("listing requests")(&e))?;
+            let subjects: Vec<String> = {
+                use futures_util::TryStreamExt;
+                info.try_collect::<std::collections::HashMap<String, usize>>()
+                    .await
+                    .map_err(|e| unavailable("listing requests")(&e))?
+                    .into_keys()
+                    .collect()
+            };
+            let mut out = Vec::new();
+            for subject in subjects {
+                let m = stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .map_err(|e| unavailable("reading a request")(&e))?;
+                out.push(
+                    serde_json::from_slice(&m.payload).map_err(|e| {
+                        Error::Damaged(format!("request {subject} is not one ({e})"))
+                    })?,
+                );
+            }
+            out.sort_by(|a: &Request, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+    }
+
+    fn put_request(&self, request: &Request) -> Result<()> {
+        let payload = serde_json::to_vec(request).map_err(|e| Error::Damaged(e.to_string()))?;
+        let subject = format!("{}.requests.{}", self.location.prefix, request.id);
+        self.runtime.block_on(async {
+            self.requests_stream().await?;
+            self.context
+                .publish(subject, payload.into())
+                .await
+                .map_err(|e| unavailable("writing a request")(&e))?
+                .await
+                .map_err(|e| unavailable("writing a request")(&e))?;
+            Ok(())
         })
     }
 

@@ -29,6 +29,10 @@
 //! between the log's fsync and the record's rename leaves the old record, so the new lines
 //! are past the committed length: never seen, then truncated. The writer holds an
 //! exclusive lock on `captures/<name>/lock` for its life.
+//!
+//! Backfill requests ([`crate::request`]) are kept beside the logs: the embedded store
+//! keeps one file per request in `requests/`, replaced atomically; JetStream one subject
+//! per request in the stream `<prefix>_requests`, keeping the last message of each.
 
 mod embedded;
 mod jetstream;
@@ -40,6 +44,7 @@ pub use embedded::EmbeddedStore;
 pub use jetstream::{JetStreamLocation, JetStreamStore};
 
 use crate::error::Result;
+use crate::request::Request;
 
 /// What one commit records besides the log's length.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -65,6 +70,10 @@ pub trait Store: Send + Sync {
     fn committed(&self, capture: &str) -> Result<Option<Commit>>;
     /// The committed lines of `capture`'s log, in order, as of the call.
     fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>>;
+    /// Every backfill request ever written, done ones included, ordered by id.
+    fn requests(&self) -> Result<Vec<Request>>;
+    /// Writes `request` durably, replacing the one with its id.
+    fn put_request(&self, request: &Request) -> Result<()>;
     /// The committed lines of `capture`'s log from line `from` (0-based) on, as of the
     /// call: what a materialization reads on from its position. A store may remember where
     /// the last reader stopped so that reading on costs what is new, not the whole log;

@@ -1,0 +1,169 @@
+//! `cdc backfill`: turns what the user asked for into durable requests, one per capture or
+//! materialization it touches, each naming its collections, counters and table action.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::request::{Kind, Phase, Request, TableAction};
+use crate::spec::Pipeline;
+use crate::status::now_ms;
+
+/// What the user asked for.
+#[derive(Debug)]
+pub(super) struct Wanted {
+    pub(super) kind: Kind,
+    pub(super) bindings: Vec<String>,
+    pub(super) mode: Option<String>,
+    pub(super) table: Option<TableAction>,
+    pub(super) materialization: Option<String>,
+    pub(super) endpoint_set: Vec<String>,
+}
+
+/// The mode as the config spells it: `only-changes` and `Only Changes` alike.
+fn mode(given: &str) -> Result<String> {
+    let words: Vec<String> = given
+        .split(['-', '_', ' '])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut chars = w.chars();
+            chars.next().map_or_else(String::new, |c| {
+                c.to_uppercase()
+                    .chain(chars.flat_map(char::to_lowercase))
+                    .collect()
+            })
+        })
+        .collect();
+    let spelled = words.join(" ");
+    backfill_core::mode::BackfillMode::parse(&spelled)
+        .map(|_| spelled)
+        .map_err(|e| Error::Spec(format!("--mode: {e}")))
+}
+
+/// The requests for `wanted`, validated against the pipeline.
+pub(super) fn requests(pipeline: &Pipeline, wanted: &Wanted) -> Result<Vec<Request>> {
+    let created_at_ms = now_ms();
+    let id = |n: usize| format!("r{created_at_ms}-{n}");
+    let mode = wanted.mode.as_deref().map(mode).transpose()?;
+    let mut endpoint = BTreeMap::new();
+    for set in &wanted.endpoint_set {
+        let (path, value) = set.split_once('=').ok_or_else(|| {
+            Error::Spec(format!("--endpoint-set {set:?}: write path=JSON, for example advanced.min_backfill_xid=1234"))
+        })?;
+        let value: Value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        endpoint.insert(path.to_string(), value);
+    }
+    let all: Vec<&String> = pipeline
+        .captures
+        .iter()
+        .flat_map(|c| &c.collections)
+        .collect();
+    let mut out = Vec::new();
+    if wanted.kind == Kind::Materialization {
+        let table = wanted.table.unwrap_or(TableAction::Rebuild);
+        if table == TableAction::Keep {
+            return Err(Error::Spec("--table keep rebuilds nothing; a materialization backfill takes rebuild, truncate or drop".into()));
+        }
+        for m in &pipeline.spec.materializations {
+            if wanted
+                .materialization
+                .as_ref()
+                .is_some_and(|n| n != &m.name)
+            {
+                continue;
+            }
+            let collections: Vec<String> = m
+                .bindings
+                .iter()
+                .filter(|b| {
+                    wanted.bindings.is_empty()
+                        || wanted.bindings.contains(&b.source)
+                        || wanted.bindings.contains(&b.target)
+                })
+                .map(|b| b.source.clone())
+                .collect();
+            if collections.is_empty() {
+                continue;
+            }
+            out.push(Request {
+                id: id(out.len()),
+                kind: Kind::Materialization,
+                capture: None,
+                materialization: Some(m.name.clone()),
+                collections,
+                mode: None,
+                table,
+                counters: BTreeMap::new(),
+                endpoint: BTreeMap::new(),
+                phase: Phase::Pending,
+                created_at_ms,
+                note: String::new(),
+            });
+        }
+        if out.is_empty() {
+            return Err(Error::Spec(
+                "no materialization binding matches; `cdc status` lists them".into(),
+            ));
+        }
+        return Ok(out);
+    }
+    for b in &wanted.bindings {
+        if !all.contains(&b) {
+            return Err(Error::Spec(format!(
+                "--binding {b:?} is no collection of this pipeline; `cdc status` lists them"
+            )));
+        }
+    }
+    let table = wanted.table.unwrap_or(match wanted.kind {
+        Kind::Reset => TableAction::Rebuild,
+        _ => TableAction::Keep,
+    });
+    for capture in &pipeline.captures {
+        let config: Value = std::fs::read_to_string(&capture.config)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let collections: Vec<String> = capture
+            .collections
+            .iter()
+            .filter(|c| {
+                wanted.kind == Kind::Reset && wanted.bindings.is_empty()
+                    || wanted.bindings.is_empty()
+                    || wanted.bindings.contains(c)
+            })
+            .cloned()
+            .collect();
+        if collections.is_empty() {
+            continue;
+        }
+        let counters = if wanted.kind == Kind::Cancel {
+            BTreeMap::new()
+        } else {
+            collections
+                .iter()
+                .map(|c| {
+                    let b = capture.collections.iter().position(|x| x == c).unwrap_or(0);
+                    let now = config["bindings"][b]["backfill"].as_u64().unwrap_or(0);
+                    (c.clone(), u32::try_from(now + 1).unwrap_or(u32::MAX))
+                })
+                .collect()
+        };
+        out.push(Request {
+            id: id(out.len()),
+            kind: wanted.kind,
+            capture: Some(capture.name.clone()),
+            materialization: None,
+            collections,
+            mode: mode.clone(),
+            table,
+            counters,
+            endpoint: endpoint.clone(),
+            phase: Phase::Pending,
+            created_at_ms,
+            note: String::new(),
+        });
+    }
+    Ok(out)
+}
