@@ -13,7 +13,7 @@ use serde_json::Value;
 use testkit::live::workspace_binary;
 use testkit::servers::PgServer;
 
-use crate::types::{cdc, pipeline};
+use crate::types::pipeline;
 
 /// `cdc run` in the background, stopped (SIGTERM) when dropped.
 struct Running(Child);
@@ -47,8 +47,14 @@ impl Drop for Running {
     }
 }
 
+/// `cdc status --json`, or null while the store does not exist yet.
 fn status(pipeline: &Path) -> Value {
-    serde_json::from_str(&cdc(&["status", "--json"], pipeline)).unwrap_or_default()
+    let out = Command::new(workspace_binary("cdc").unwrap())
+        .args(["--log-level", "warn", "status", "--json"])
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// Requests a backfill and waits until every request of the pipeline is done.
@@ -270,6 +276,62 @@ fn every_backfill_kind_under_writes_ends_equal_and_a_rebuild_is_never_seen_empty
     let s = status(&pipeline);
     let requests = s["requests"].as_array().unwrap();
     assert!(requests.len() >= 8, "{requests:?}");
+    run.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_cancelled_backfill_streams_on_and_status_marks_the_table_partial() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql("CREATE TABLE big (id int PRIMARY KEY, v int, pad text); INSERT INTO big SELECT g, 0, 'initial' FROM generate_series(1, 200000) g").unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-cancel-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["big"]);
+    // Small chunks, so the backfill is still running when it is cancelled.
+    let config = dir.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["endpoint"]["advanced"] = serde_json::json!({"chunk_size": 50});
+    std::fs::write(&config, c.to_string()).unwrap();
+    let run = Running::start(&pipeline);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&pipeline)["captures"][0]["bindings"][0]["rows"]
+        .as_u64()
+        .unwrap_or(0)
+        < 500
+    {
+        assert!(Instant::now() < deadline, "the backfill does not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    backfill(&pipeline, &["cancel", "--binding", "big"]);
+    let binding = &status(&pipeline)["captures"][0]["bindings"][0];
+    assert_eq!(binding["phase"], "partial", "{binding}");
+    // From then on the binding streams.
+    src.sql("INSERT INTO big VALUES (1000001, 1, 'after the cancel')")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dest
+        .sql("SELECT count(*) FROM big WHERE id = 1000001")
+        .unwrap_or_default()
+        .trim()
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a change after the cancel did not land"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let landed: u64 = dest
+        .sql("SELECT count(*) FROM big")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(landed < 200_000, "the backfill ran on: {landed} rows");
     run.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

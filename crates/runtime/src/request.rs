@@ -15,9 +15,9 @@
 //!   committed for every collection; downstream tables are emptied (`truncate`, the default)
 //!   or recreated (`drop`), or kept on show until a zero-downtime rebuild from the
 //!   collections swaps the fresh tables in (`rebuild`).
-//! * **cancel** (a capture's): a binding still backfilling is set active in the state
-//!   (the state's `cancelled` records it): it streams from then on, and the table is
-//!   partial, which `cdc status` says.
+//! * **cancel** (a capture's): a binding still backfilling is set active in the state: it
+//!   streams from then on, and its table is partial, which `cdc status` says for as long
+//!   as the cancel is the binding's last request.
 //! * **materialization** (a materialization's): each selected table is rebuilt from its
 //!   collection without reading the source: `rebuild` (a shadow table loaded and swapped in
 //!   in one transaction, the default), `truncate` or `drop` (refilled in place).

@@ -165,6 +165,16 @@ pub struct CaptureStatus {
 
 /// The status of every capture of `pipeline`, read from `store`.
 pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>> {
+    let requests = store.requests()?;
+    // A binding whose last capture request was a cancel has a partial table until the
+    // next re-read (PIPELINE.md §5).
+    let partial = |capture: &str, collection: &String| {
+        requests
+            .iter()
+            .filter(|r| r.capture.as_deref() == Some(capture) && r.collections.contains(collection))
+            .next_back()
+            .is_some_and(|r| r.kind == crate::request::Kind::Cancel && !r.open())
+    };
     pipeline
         .captures
         .iter()
@@ -183,7 +193,7 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
                         .and_then(|e| e["phase"].as_str())
                         .unwrap_or("not started")
                         .to_string();
-                    let cancelled = entry.is_some_and(|e| e["cancelled"] == true);
+                    let cancelled = partial(&capture.name, collection);
                     let estimated_rows = entry.and_then(|e| e["estimated_rows"].as_u64());
                     let done = phase == "active" && !cancelled;
                     let percent =

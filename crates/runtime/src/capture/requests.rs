@@ -4,7 +4,8 @@
 //! [`start`] runs before a start: for each pending request it commits the truncate
 //! markers (their own unit, the state unchanged), raises the counters in the connector's
 //! config (to the request's targets, so a repeat changes nothing), or, for a cancel, commits
-//! the state with the bindings set active; then marks the request running. [`watch`] runs
+//! the state with the bindings set active (and marks it done); then marks the request
+//! running. [`watch`] runs
 //! beside the connector: a new request stops it (SIGTERM: it finishes its unit) so that the
 //! next start carries the request out, and a running request whose bindings are all
 //! active again at their new counters is marked done, here or by [`finish`] after the run.
@@ -197,7 +198,8 @@ fn commit_markers(
     })
 }
 
-/// Sets the state of each binding still backfilling active, and records it cancelled.
+/// Sets the state of each binding still backfilling active (`cdc status` shows its table
+/// partial while the cancel is its last request).
 fn cancel(capture: &Capture, store: &dyn Store, bindings: &[usize]) -> Result<()> {
     let Some(mut last) = store.committed(&capture.name)? else {
         return Ok(());
@@ -210,7 +212,6 @@ fn cancel(capture: &Capture, store: &dyn Store, bindings: &[usize]) -> Result<()
             && binding["phase"] != "active"
         {
             binding["phase"] = "active".into();
-            binding["cancelled"] = true.into();
         }
     }
     let mut log = store.writer(&capture.name)?;
