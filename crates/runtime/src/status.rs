@@ -171,8 +171,7 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
     let partial = |capture: &str, collection: &String| {
         requests
             .iter()
-            .filter(|r| r.capture.as_deref() == Some(capture) && r.collections.contains(collection))
-            .next_back()
+            .rfind(|r| r.capture.as_deref() == Some(capture) && r.collections.contains(collection))
             .is_some_and(|r| r.kind == crate::request::Kind::Cancel && !r.open())
     };
     pipeline
