@@ -198,6 +198,11 @@ impl PgDestination {
                 binding.schema.key.clone()
             },
             delta: binding.delta,
+            reread_key: if binding.delta && binding.skip_unchanged_rereads {
+                binding.schema.key.clone()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -210,8 +215,15 @@ impl PgDestination {
                 let rows = client.query(sql::TABLE_COLUMNS, &[&q]).await?;
                 Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
             })?;
+        if let Some(index) = shape.reread_index()
+            && !existing.is_empty()
+        {
+            self.run("creating an index", |client, _| async move {
+                client.batch_execute(&index).await
+            })?;
+        }
         if existing.is_empty() {
-            let create = shape.create();
+            let create = shape.create() + ";" + &shape.reread_index().unwrap_or_default();
             tracing::info!(table = %qualified, "creating the table");
             return self.run("creating a table", |client, _| async move {
                 client.batch_execute(&create).await

@@ -48,6 +48,9 @@ pub struct Shape {
     pub key: Vec<String>,
     /// A delta table.
     pub delta: bool,
+    /// A delta table's collection key, when re-read rows equal to their key's latest row
+    /// are left out (empty otherwise).
+    pub reread_key: Vec<String>,
 }
 
 impl Shape {
@@ -218,14 +221,68 @@ impl Shape {
         )
     }
 
-    /// Appends the staged documents as delta rows.
+    /// Appends the staged documents as delta rows. With a `reread_key`, a re-read row (a
+    /// `c` without a source position) is left out when its key's latest row is not a
+    /// delete and equals it, and no earlier staged row of the key comes between.
     pub fn append(&self) -> String {
+        let skip = if self.reread_key.is_empty() {
+            String::new()
+        } else {
+            let key_cols: Vec<&Column> = self
+                .reread_key
+                .iter()
+                .filter_map(|k| self.columns.iter().find(|c| &c.name == k))
+                .collect();
+            let on = |alias: &str| {
+                key_cols
+                    .iter()
+                    .map(|c| format!("{alias}.{} = {}", ident(&c.name), self.value(c, "s.d")))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let staged_key = key_cols
+                .iter()
+                .map(|c| format!("{} = {}", self.value(c, "p.d"), self.value(c, "s.d")))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let stored: Vec<String> = self
+                .columns
+                .iter()
+                .map(|c| format!("l.{}::text", ident(&c.name)))
+                .collect();
+            let wanted: Vec<String> = self
+                .columns
+                .iter()
+                .map(|c| format!("({})::text", self.value(c, "s.d")))
+                .collect();
+            format!(
+                " WHERE NOT (s.op = 'c' AND s.pos IS NULL AND NOT EXISTS (SELECT 1 FROM cdc_stage p WHERE p.line < s.line AND {staged_key}) AND EXISTS (SELECT 1 FROM (SELECT * FROM {q} l WHERE {on_l} ORDER BY l.\"_line\" DESC LIMIT 1) l WHERE l.\"_op\" <> 'd' AND ROW({}) IS NOT DISTINCT FROM ROW({})))",
+                stored.join(", "),
+                wanted.join(", "),
+                q = self.qualified(),
+                on_l = on("l"),
+            )
+        };
         format!(
-            "INSERT INTO {} ({}, \"_line\", \"_op\", \"_position\", \"_committed_at\") SELECT {}, s.line, s.op, s.pos, to_timestamp(s.ts / 1000.0) FROM cdc_stage s",
+            "INSERT INTO {} ({}, \"_line\", \"_op\", \"_position\", \"_committed_at\") SELECT {}, s.line, s.op, s.pos, to_timestamp(s.ts / 1000.0) FROM cdc_stage s{skip}",
             self.qualified(),
             self.column_list(),
             self.values("s.d")
         )
+    }
+
+    /// The index a delta table with `reread_key` needs to find a key's latest row.
+    pub fn reread_index(&self) -> Option<String> {
+        (!self.reread_key.is_empty()).then(|| {
+            let mut cols: Vec<String> = self.reread_key.iter().map(|k| ident(k)).collect();
+            cols.push("\"_line\"".into());
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                ident(&format!("{}_latest", self.name)),
+                self.qualified(),
+                cols.join(", ")
+            )
+        })
     }
 
     /// Empties the table.
@@ -299,6 +356,7 @@ mod tests {
             ],
             key: key.iter().map(|k| k.to_string()).collect(),
             delta,
+            reread_key: Vec::new(),
         }
     }
 

@@ -66,6 +66,9 @@ pub struct TableBinding {
     pub table: String,
     /// Every document a row (`true`), or merged by key (`false`).
     pub delta: bool,
+    /// Delta tables: leave out a re-read row (a backfilled `c`) equal to its key's latest
+    /// row, so an incremental backfill adds no duplicate of an unchanged row.
+    pub skip_unchanged_rereads: bool,
     /// The collection's schema.
     pub schema: CollectionSchema,
 }

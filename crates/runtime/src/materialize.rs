@@ -137,6 +137,7 @@ pub fn table_bindings(m: &MaterializationSpec, pipeline: &Pipeline) -> Result<Ve
             collection: b.source.clone(),
             table: b.target.clone(),
             delta: b.delta_updates,
+            skip_unchanged_rereads: b.skip_unchanged_rereads,
             schema: CollectionSchema {
                 connector: found["connector"].as_str().unwrap_or_default().to_string(),
                 columns,
@@ -638,6 +639,7 @@ mod tests {
             collection: "c".into(),
             table: "t".into(),
             delta,
+            skip_unchanged_rereads: false,
             schema: CollectionSchema {
                 connector: "source-postgres".into(),
                 columns: Vec::new(),

@@ -76,6 +76,11 @@ pub struct MaterializationBindingSpec {
     /// merge by key so the table equals the source table (`false`, the default).
     #[serde(default)]
     pub delta_updates: bool,
+    /// Delta tables: an incremental backfill re-reads every row, and each would become a
+    /// row again; with this set, a re-read row equal to its key's latest row is left out
+    /// (keyed collections only).
+    #[serde(default)]
+    pub skip_unchanged_rereads: bool,
 }
 
 /// One capture.
