@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Progress bars at a terminal.
     pub bars: Option<Bars>,
+    /// The connectors' log level (the runtime's own).
+    pub log_level: tracing::Level,
     /// Each materialization's name and the collections it reads: a reset that rebuilds
     /// downstream tables asks them for a rebuild once its backfills are done.
     pub materializations: Vec<(String, Vec<String>)>,
@@ -148,7 +150,7 @@ fn run_once(
         .work_dir
         .join(format!("{}.state.json", capture.name));
     write_state_file(&state_file, committed.as_ref().map(|c| &c.state))?;
-    let mut child = start(capture, &state_file, options.until_caught_up)?;
+    let mut child = start(capture, &state_file, options)?;
     let pid = pid_of(&child);
     children().extend(pid);
     if options.stop.load(Ordering::SeqCst) {
@@ -213,15 +215,16 @@ fn write_state_file(path: &Path, state: Option<&Value>) -> Result<()> {
     }
 }
 
-fn start(capture: &Capture, state_file: &Path, until_caught_up: bool) -> Result<Child> {
+fn start(capture: &Capture, state_file: &Path, options: &RunOptions) -> Result<Child> {
     let mut cmd = Command::new(&capture.connector);
-    cmd.arg("capture")
+    cmd.args(["--log-level", options.log_level.as_str()])
+        .arg("capture")
         .arg("--config")
         .arg(&capture.config)
         .arg("--state")
         .arg(state_file)
         .args(["--acks", "stdin"]);
-    if until_caught_up {
+    if options.until_caught_up {
         cmd.arg("--until-caught-up");
     }
     cmd.stdin(Stdio::piped())

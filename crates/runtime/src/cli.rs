@@ -105,7 +105,7 @@ pub fn main(destinations: &[Box<dyn DestinationKind>]) -> ExitCode {
         _ => None,
     };
     backfill_core::terminal::init_logging(cli.log_level, false, bars.as_ref());
-    match run_command(cli.command, bars, destinations) {
+    match run_command(cli.command, cli.log_level, bars, destinations) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -162,6 +162,7 @@ fn destination_kind<'a>(
 
 fn run_command(
     command: Command,
+    log_level: tracing::Level,
     bars: Option<Bars>,
     destinations: &[Box<dyn DestinationKind>],
 ) -> Result<ExitCode> {
@@ -183,6 +184,7 @@ fn run_command(
                 until_caught_up,
                 bars,
                 destinations,
+                log_level,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -325,6 +327,7 @@ fn run(
     until_caught_up: bool,
     bars: Option<Bars>,
     destinations: &[Box<dyn DestinationKind>],
+    log_level: tracing::Level,
 ) -> Result<()> {
     let store = open_store(pipeline, true)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -337,6 +340,7 @@ fn run(
         work_dir: work_dir.clone(),
         stop: Arc::clone(&stop),
         bars,
+        log_level,
         materializations: pipeline
             .spec
             .materializations

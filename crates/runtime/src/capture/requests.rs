@@ -124,7 +124,8 @@ pub(super) fn finish(
                 };
                 store.put_request(&follow_up)?;
             }
-            request.note = "every table re-read; destination tables being rebuilt".into();
+            request.note =
+                "every table re-read; a rebuild of the destination tables follows".into();
         }
         tracing::info!(capture = %capture.name, request = %request.id, "{}", request.note);
         store.put_request(&request)?;

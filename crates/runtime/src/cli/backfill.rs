@@ -74,16 +74,15 @@ pub(super) fn requests(pipeline: &Pipeline, wanted: &Wanted) -> Result<Vec<Reque
             {
                 continue;
             }
-            let collections: Vec<String> = m
-                .bindings
-                .iter()
-                .filter(|b| {
-                    wanted.bindings.is_empty()
-                        || wanted.bindings.contains(&b.source)
-                        || wanted.bindings.contains(&b.target)
-                })
-                .map(|b| b.source.clone())
-                .collect();
+            let mut collections: Vec<String> = Vec::new();
+            for b in &m.bindings {
+                let chosen = wanted.bindings.is_empty()
+                    || wanted.bindings.contains(&b.source)
+                    || wanted.bindings.contains(&b.target);
+                if chosen && !collections.contains(&b.source) {
+                    collections.push(b.source.clone());
+                }
+            }
             if collections.is_empty() {
                 continue;
             }
