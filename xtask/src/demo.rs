@@ -4,6 +4,8 @@
 //! backfill and a dataflow reset run while writes continue; at the end the destination
 //! tables are compared with the source tables, value for value.
 
+#![allow(clippy::print_stdout)] // the demo speaks on stdout
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,7 +172,6 @@ fn write_pipeline(dir: &Path, pg: &PgServer) -> Result<std::path::PathBuf, Strin
     Ok(path)
 }
 
-#[allow(clippy::print_stdout)] // the demo's output
 pub(crate) fn run() -> Result<(), String> {
     if testkit::servers::postgres_bindir().is_none() {
         return Err("the demo needs PostgreSQL's server binaries: on Debian/Ubuntu `sudo apt-get install postgresql` (the demo starts its own throwaway instance; nothing is installed as a service)".into());
