@@ -161,7 +161,7 @@ fn cut_short(store: Option<&str>) {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n# capture --config C --state S --acks stdin [--until-caught-up]\nstate=\"$5\"\nexec 3<&0\ncat <&3 >> {acks} &\nif [ -f \"$state\" ]; then cp \"$state\" {seen}; cat {dir}/run2.jsonl; sleep 0.3; exit 0; fi\ncat {dir}/run1.jsonl; sleep 0.3; exit 1\n",
+            "#!/bin/sh\n# --log-level L capture --config C --state S --acks stdin [--until-caught-up]\nstate=\"$7\"\nexec 3<&0\ncat <&3 >> {acks} &\nif [ -f \"$state\" ]; then cp \"$state\" {seen}; cat {dir}/run2.jsonl; sleep 0.3; exit 0; fi\ncat {dir}/run1.jsonl; sleep 0.3; exit 1\n",
             acks = dir.join("acks").display(),
             seen = dir.join("state-seen.json").display(),
             dir = dir.display()

@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Progress bars at a terminal.
     pub bars: Option<Bars>,
+    /// Told of every durable commit (the materializations wait on it).
+    pub committed: Arc<crate::store::Committed>,
     /// The connectors' log level (the runtime's own).
     pub log_level: tracing::Level,
     /// Each materialization's name and the collections it reads: a reset that rebuilds
@@ -293,6 +295,7 @@ fn pump(
                             .filter(|p| !p.is_null())
                             .map(|p| json!({ "position": p }).to_string());
                         let acks = Arc::clone(&acks);
+                        let committed = Arc::clone(&options.committed);
                         log.start_commit(
                             &Commit {
                                 state: state.clone(),
@@ -301,7 +304,10 @@ fn pump(
                                 committed_at_ms: now_ms(),
                                 progress: progress.to_json(),
                             },
-                            Box::new(move || acknowledge(&acks, ack)),
+                            Box::new(move || {
+                                acknowledge(&acks, ack);
+                                committed.notify();
+                            }),
                         )?;
                         match &options.bars {
                             Some(bars) => progress.draw(bars, &state, capture),

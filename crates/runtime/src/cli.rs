@@ -341,6 +341,7 @@ fn run(
         stop: Arc::clone(&stop),
         bars,
         log_level,
+        committed: Arc::default(),
         materializations: pipeline
             .spec
             .materializations
@@ -356,7 +357,8 @@ fn run(
     let materialize = MaterializeOptions {
         stop: Arc::clone(&stop),
         captures_done: Arc::new(AtomicBool::new(false)),
-        poll: std::time::Duration::from_millis(100),
+        poll: std::time::Duration::from_millis(200),
+        committed: Arc::clone(&options.committed),
     };
     let captures_running = Arc::new(std::sync::atomic::AtomicUsize::new(pipeline.captures.len()));
     let results: Vec<Result<()>> = std::thread::scope(|s| {

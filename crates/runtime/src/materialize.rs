@@ -53,8 +53,11 @@ pub struct MaterializeOptions {
     /// Set once every capture has ended: the materialization stops once it has applied
     /// everything committed (with `--until-caught-up`).
     pub captures_done: Arc<AtomicBool>,
-    /// How long to wait when nothing new is committed.
+    /// How long to wait when nothing new is committed (a store written by another process
+    /// is polled; this process's captures wake the materialization at once).
     pub poll: Duration,
+    /// Told of this process's captures' commits.
+    pub committed: Arc<crate::store::Committed>,
 }
 
 /// Runs `m` until stopped (or, once `captures_done` is set, caught up), reopening the
@@ -195,6 +198,7 @@ fn run_once(
     let mut requests_read = Instant::now() - REQUESTS_EVERY;
     loop {
         let done_before = options.captures_done.load(Ordering::SeqCst);
+        let seen = options.committed.count();
         if requests_read.elapsed() >= REQUESTS_EVERY {
             requests_read = Instant::now();
             carry_out_requests(
@@ -248,7 +252,7 @@ fn run_once(
             return Ok(());
         }
         if !moved {
-            sleep_unless_stopped(options.poll, &options.stop);
+            options.committed.wait_past(seen, options.poll);
         }
     }
 }

@@ -290,11 +290,21 @@ impl Store for JetStreamStore {
 
     fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
         // Lines go through a small bounded channel: a reader holds a few, never a log.
+        self.read_from(capture, 0)
+    }
+
+    fn read_from(
+        &self,
+        capture: &str,
+        from: u64,
+    ) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<String>>(1024);
         let store = self.clone();
         let capture = capture.to_string();
         std::thread::spawn(move || {
-            let result = store.runtime.block_on(store.send_committed(&capture, &tx));
+            let result = store
+                .runtime
+                .block_on(store.send_committed(&capture, from, &tx));
             if let Err(e) = result {
                 let _ = tx.send(Err(e));
             }
@@ -309,6 +319,7 @@ impl JetStreamStore {
     async fn send_committed(
         &self,
         capture: &str,
+        from: u64,
         tx: &std::sync::mpsc::SyncSender<Result<String>>,
     ) -> Result<()> {
         let stream = self.stream(capture).await?;
@@ -329,6 +340,9 @@ impl JetStreamStore {
             .await
             .map_err(|e| unavailable("reading commit records")(&e))?;
         let mut lines = None;
+        // Lines committed before the current record; units wholly before `from` are not
+        // read at all (each record says how many lines the log held after it).
+        let mut before = 0u64;
         while let Some(m) = records.next().await {
             let m = m.map_err(|e| unavailable("reading commit records")(&e))?;
             let seq = m
@@ -341,12 +355,20 @@ impl JetStreamStore {
             let record: Record = serde_json::from_slice(&m.payload).map_err(|e| {
                 Error::Damaged(format!("a commit record of {capture} is not one ({e})"))
             })?;
+            let unit_start = std::mem::replace(&mut before, record.commit.documents);
             let (Some(first), Some(last)) = (record.first, record.last) else {
                 if seq == last_record {
                     break;
                 }
                 continue;
             };
+            if record.commit.documents <= from {
+                if seq == last_record {
+                    break;
+                }
+                continue;
+            }
+            let mut skip = from.saturating_sub(unit_start);
             if lines.is_none() {
                 let config = OrderedConfig {
                     filter_subject: log.clone(),
@@ -390,6 +412,10 @@ impl JetStreamStore {
                     let line = String::from_utf8(std::mem::take(&mut partial)).map_err(|e| {
                         Error::Damaged(format!("a line of {capture} is not UTF-8 ({e})"))
                     })?;
+                    if skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
                     if tx.send(Ok(line)).is_err() {
                         return Ok(());
                     }

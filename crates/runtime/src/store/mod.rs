@@ -88,6 +88,45 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// A signal from the captures that a unit was committed, for the materializations of the
+/// same process to read on at once instead of at their next poll.
+#[derive(Debug, Default)]
+pub struct Committed {
+    count: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Committed {
+    /// Says a unit was committed.
+    pub fn notify(&self) {
+        let mut count = self
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *count += 1;
+        self.changed.notify_all();
+    }
+
+    /// Commits said so far.
+    pub fn count(&self) -> u64 {
+        *self
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until more than `seen` commits were said, or `timeout` passes.
+    pub fn wait_past(&self, seen: u64, timeout: std::time::Duration) {
+        let count = self
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self
+            .changed
+            .wait_timeout_while(count, timeout, |c| *c <= seen);
+    }
+}
+
 /// Called once a unit started with [`CaptureLog::start_commit`] is durable.
 pub type OnDurable = Box<dyn FnOnce() + Send>;
 
