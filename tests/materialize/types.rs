@@ -49,13 +49,13 @@ pub(crate) fn pipeline(
     path
 }
 
-/// `cdc run --until-caught-up` (or another command) on `pipeline`; panics with its stderr
-/// when it fails.
+/// `cdc <args[0]> PIPELINE <args[1..]>`; panics with its stderr when it fails.
 pub(crate) fn cdc(args: &[&str], pipeline: &Path) -> String {
     let out = Command::new(workspace_binary("cdc").unwrap())
         .args(["--log-level", "warn"])
-        .args(args)
+        .args(&args[..1])
         .arg(pipeline)
+        .args(&args[1..])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -272,5 +272,61 @@ fn mariadb_types_map_without_loss() {
             "{source_type}: backfilled (1) and streamed (2) values"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_new_source_column_is_added_and_a_type_change_stops_with_the_remedy() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql(
+        "CREATE TABLE evolving (id int PRIMARY KEY, v int); INSERT INTO evolving VALUES (1, 1)",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-evolve-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["evolving"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    src.sql("ALTER TABLE evolving ADD COLUMN note text; INSERT INTO evolving VALUES (2, 2, 'new column')")
+        .unwrap();
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let rows = |server: &PgServer| {
+        server
+            .sql("SELECT to_jsonb(t) FROM evolving t ORDER BY id")
+            .unwrap()
+    };
+    assert_eq!(
+        rows(&dest),
+        rows(&src),
+        "the new column is added and filled"
+    );
+
+    // A change the destination cannot follow stops the materialization with the remedy ...
+    src.sql("ALTER TABLE evolving ALTER COLUMN v TYPE text USING v::text; INSERT INTO evolving VALUES (3, 'three', NULL)")
+        .unwrap();
+    let out = Command::new(workspace_binary("cdc").unwrap())
+        .args(["--log-level", "warn", "run", "--until-caught-up"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a type change must stop the materialization"
+    );
+    assert!(
+        stderr.contains("column v of") && stderr.contains("--table drop"),
+        "{stderr}"
+    );
+    // ... which, followed, rebuilds the table in the new shape.
+    cdc(
+        &["backfill", "materialization", "--table", "drop"],
+        &pipeline,
+    );
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(rows(&dest), rows(&src), "rebuilt in the new shape");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -324,7 +324,14 @@ fn materialize_figures(
     let dest = PgServer::start().map_err(|e| e.to_string())?;
     let bindir = testkit::servers::postgres_bindir().ok_or("no PostgreSQL binaries")?;
     let ddl = "CREATE TABLE bench (id bigint PRIMARY KEY, a int, b text, c timestamptz, d numeric(20,4), e jsonb)";
-    let dir = capture_dir(run.work, "pg-materialize", endpoint, "public", "bench", "Precise")?;
+    let dir = capture_dir(
+        run.work,
+        "pg-materialize",
+        endpoint,
+        "public",
+        "bench",
+        "Precise",
+    )?;
     let pipeline = dir.join("pipeline.json");
     let dest_endpoint = json!({"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}});
     std::fs::write(
@@ -338,15 +345,19 @@ fn materialize_figures(
     .map_err(|e| e.to_string())?;
     let mut pairs = Pairs::default();
     for _ in 0..run.repeat.max(1) {
-        dest.sql(&format!("DROP TABLE IF EXISTS bench; DROP TABLE IF EXISTS cdc_checkpoints; {ddl}"))
-            .map_err(|e| e.to_string())?;
-        pairs.refs.push(run_timed(Command::new("sh").arg("-c").arg(format!(
-            "{} --data-only -t bench '{}' | {} -X -q '{}'",
-            bindir.join("pg_dump").display(),
-            src.url,
-            bindir.join("psql").display(),
-            dest.url
-        )))?);
+        dest.sql(&format!(
+            "DROP TABLE IF EXISTS bench; DROP TABLE IF EXISTS cdc_checkpoints; {ddl}"
+        ))
+        .map_err(|e| e.to_string())?;
+        pairs
+            .refs
+            .push(run_timed(Command::new("sh").arg("-c").arg(format!(
+                "{} --data-only -t bench '{}' | {} -X -q '{}'",
+                bindir.join("pg_dump").display(),
+                src.url,
+                bindir.join("psql").display(),
+                dest.url
+            )))?);
         dest.sql(&format!("DROP TABLE bench; {ddl}"))
             .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir.join("store"));
@@ -356,9 +367,15 @@ fn materialize_figures(
                 .args(["--log-level", "error", "run", "--until-caught-up"])
                 .arg(&pipeline),
         )?);
-        let landed = dest.sql("SELECT count(*) FROM bench").map_err(|e| e.to_string())?;
+        let landed = dest
+            .sql("SELECT count(*) FROM bench")
+            .map_err(|e| e.to_string())?;
         if landed.trim() != run.rows.to_string() {
-            return Err(format!("the materialization landed {} of {} rows", landed.trim(), run.rows));
+            return Err(format!(
+                "the materialization landed {} of {} rows",
+                landed.trim(),
+                run.rows
+            ));
         }
     }
     results.push(figure(
@@ -390,7 +407,14 @@ fn destination_latency(
     src.sql("DROP TABLE IF EXISTS landing; CREATE TABLE landing (id bigint PRIMARY KEY, t bigint)")
         .map_err(|e| e.to_string())?;
     let _ = src.sql("SELECT pg_drop_replication_slot('cdc_slot')");
-    let dir = capture_dir(run.work, "pg-materialize-latency", endpoint, "public", "landing", "Precise")?;
+    let dir = capture_dir(
+        run.work,
+        "pg-materialize-latency",
+        endpoint,
+        "public",
+        "landing",
+        "Precise",
+    )?;
     let pipeline = dir.join("pipeline.json");
     std::fs::write(
         &pipeline,
@@ -402,7 +426,8 @@ fn destination_latency(
         .to_string(),
     )
     .map_err(|e| e.to_string())?;
-    dest.sql("DROP TABLE IF EXISTS landing").map_err(|e| e.to_string())?;
+    dest.sql("DROP TABLE IF EXISTS landing")
+        .map_err(|e| e.to_string())?;
     let mut cdc_run = Command::new(cdc)
         .args(["--log-level", "error", "run"])
         .arg(&pipeline)
@@ -414,14 +439,21 @@ fn destination_latency(
         src.sql(&format!("INSERT INTO landing VALUES (0, {stamp})"))
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while dest.sql("SELECT count(*) FROM landing").unwrap_or_default().trim() != "1" {
+        while dest
+            .sql("SELECT count(*) FROM landing")
+            .unwrap_or_default()
+            .trim()
+            != "1"
+        {
             if Instant::now() > deadline {
                 return Err("the latency table never landed".to_string());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        dest.sql(&format!("ALTER TABLE landing ADD COLUMN landed bigint DEFAULT {stamp}"))
-            .map_err(|e| e.to_string())?;
+        dest.sql(&format!(
+            "ALTER TABLE landing ADD COLUMN landed bigint DEFAULT {stamp}"
+        ))
+        .map_err(|e| e.to_string())?;
         let per_tick = LATENCY_RATE / 100;
         let ticks = run.latency_seconds * 100;
         let mut load = testkit::servers::psql_session(&src.url)

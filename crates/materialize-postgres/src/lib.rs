@@ -420,10 +420,17 @@ impl Destination for PgDestination {
             .collect())
     }
 
-    fn prepare(&mut self, bindings: &[TableBinding]) -> Result<()> {
+    fn prepare(&mut self, bindings: &[TableBinding], recreate: &[usize]) -> Result<()> {
         let mut tables = Vec::new();
-        for binding in bindings {
+        for (i, binding) in bindings.iter().enumerate() {
             let shape = self.shape(binding)?;
+            if recreate.contains(&i) {
+                let drop = format!("DROP TABLE IF EXISTS {}", shape.qualified());
+                tracing::info!(table = %shape.qualified(), "dropping the table, as requested, to create it again");
+                self.run("dropping a table", |client, _| async move {
+                    client.batch_execute(&drop).await
+                })?;
+            }
             self.ensure(&shape, &binding.table)?;
             tables.push((shape, binding.table.clone()));
         }

@@ -257,7 +257,7 @@ fn materialization_status(
                 .and_then(|kind| {
                     let bindings = materialize::table_bindings(m, pipeline)?;
                     let mut d = kind.open(&m.name, &m.endpoint)?;
-                    d.prepare(&bindings)?;
+                    d.prepare(&bindings, &[])?;
                     d.positions()
                 });
             let (positions, error) = match positions {

@@ -160,9 +160,11 @@ pub trait Destination: Send {
     /// applied batch left it; absent for a binding never applied.
     fn positions(&mut self) -> Result<HashMap<usize, u64>>;
     /// Creates each binding's table if missing, adds the columns the collection gained, and
-    /// refuses a change it cannot follow (a key or a type change) with the remedy. Binding
-    /// indices in later calls index `bindings`.
-    fn prepare(&mut self, bindings: &[TableBinding]) -> Result<()>;
+    /// refuses a change it cannot follow (a key or a type change) with the remedy; the
+    /// tables of `recreate` are dropped and created again from the schema instead (a
+    /// requested `drop`, which is that remedy). Binding indices in later calls index
+    /// `bindings`.
+    fn prepare(&mut self, bindings: &[TableBinding], recreate: &[usize]) -> Result<()>;
     /// Applies `batch` and its position in one transaction.
     fn apply(&mut self, batch: &Batch) -> Result<()>;
     /// Empties or recreates `binding`'s table and sets its position to 0, in one

@@ -184,7 +184,26 @@ fn run_once(
 ) -> Result<()> {
     let bindings = table_bindings(m, pipeline)?;
     let mut destination = kind.open(&m.name, &m.endpoint)?;
-    destination.prepare(&bindings)?;
+    // A requested drop is also the remedy for a change the table cannot follow: it must
+    // not wait behind the refusal.
+    let recreate: Vec<usize> = store
+        .requests()?
+        .iter()
+        .filter(|r| {
+            r.open()
+                && r.kind == Kind::Materialization
+                && r.table == TableAction::Drop
+                && r.materialization.as_deref() == Some(m.name.as_str())
+        })
+        .flat_map(|r| {
+            bindings
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| r.collections.contains(&b.collection))
+                .map(|(i, _)| i)
+        })
+        .collect();
+    destination.prepare(&bindings, &recreate)?;
     let mut positions = destination.positions()?;
     let mut captures: Vec<&str> = Vec::new();
     for b in &bindings {
@@ -512,6 +531,18 @@ impl<'a> BatchBuilder<'a> {
         };
         let meta = fields.remove("_meta").unwrap_or(Value::Null);
         let op = meta["op"].as_str().unwrap_or("c").to_string();
+        let schema = &self.bindings[binding].schema;
+        if !schema.columns.is_empty()
+            && let Some(new) = fields
+                .keys()
+                .find(|k| !schema.columns.iter().any(|c| &c.name == *k))
+        {
+            // The source table gained a column: rediscover, and add it downstream.
+            return Err(Error::Unavailable(format!(
+                "collection {} has a column {new:?} its table lacks; reading the schema again",
+                self.bindings[binding].collection
+            )));
+        }
         self.docs += 1;
         let key_columns = self.bindings[binding].schema.key.clone();
         match self.pending(binding) {
