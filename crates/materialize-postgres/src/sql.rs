@@ -200,13 +200,13 @@ impl Shape {
         )
     }
 
-    /// Removes one row equal to the document `$1` (a multiset's delete). Values compare as
+    /// Whether the stored row `alias` equals the document `s.d`, every column compared as
     /// text, so types without equality (json, point) compare too.
-    pub fn remove_one(&self) -> String {
+    fn row_equals_document(&self, alias: &str) -> String {
         let stored: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("t.{}::text", ident(&c.name)))
+            .map(|c| format!("{alias}.{}::text", ident(&c.name)))
             .collect();
         let wanted: Vec<String> = self
             .columns
@@ -214,9 +214,17 @@ impl Shape {
             .map(|c| format!("({})::text", self.value(c, "s.d")))
             .collect();
         format!(
-            "DELETE FROM {q} WHERE ctid = (SELECT t.ctid FROM {q} t, (SELECT $1::text::jsonb AS d) s WHERE ROW({}) IS NOT DISTINCT FROM ROW({}) LIMIT 1)",
+            "ROW({}) IS NOT DISTINCT FROM ROW({})",
             stored.join(", "),
-            wanted.join(", "),
+            wanted.join(", ")
+        )
+    }
+
+    /// Removes one row equal to the document `$1` (a multiset's delete).
+    pub fn remove_one(&self) -> String {
+        format!(
+            "DELETE FROM {q} WHERE ctid = (SELECT t.ctid FROM {q} t, (SELECT $1::text::jsonb AS d) s WHERE {} LIMIT 1)",
+            self.row_equals_document("t"),
             q = self.qualified()
         )
     }
@@ -245,20 +253,9 @@ impl Shape {
                 .map(|c| format!("{} = {}", self.value(c, "p.d"), self.value(c, "s.d")))
                 .collect::<Vec<_>>()
                 .join(" AND ");
-            let stored: Vec<String> = self
-                .columns
-                .iter()
-                .map(|c| format!("l.{}::text", ident(&c.name)))
-                .collect();
-            let wanted: Vec<String> = self
-                .columns
-                .iter()
-                .map(|c| format!("({})::text", self.value(c, "s.d")))
-                .collect();
             format!(
-                " WHERE NOT (s.op = 'c' AND s.pos IS NULL AND NOT EXISTS (SELECT 1 FROM cdc_stage p WHERE p.line < s.line AND {staged_key}) AND EXISTS (SELECT 1 FROM (SELECT * FROM {q} l WHERE {on_l} ORDER BY l.\"_line\" DESC LIMIT 1) l WHERE l.\"_op\" <> 'd' AND ROW({}) IS NOT DISTINCT FROM ROW({})))",
-                stored.join(", "),
-                wanted.join(", "),
+                " WHERE NOT (s.op = 'c' AND s.pos IS NULL AND NOT EXISTS (SELECT 1 FROM cdc_stage p WHERE p.line < s.line AND {staged_key}) AND EXISTS (SELECT 1 FROM (SELECT * FROM {q} l WHERE {on_l} ORDER BY l.\"_line\" DESC LIMIT 1) l WHERE l.\"_op\" <> 'd' AND {}))",
+                self.row_equals_document("l"),
                 q = self.qualified(),
                 on_l = on("l"),
             )
