@@ -404,7 +404,10 @@ fn destination_latency(
 ) -> Result<Latency, String> {
     use std::io::Write;
     let stamp = "(extract(epoch from clock_timestamp()) * 1000000)::bigint";
-    src.sql("DROP TABLE IF EXISTS landing; CREATE TABLE landing (id bigint PRIMARY KEY, t bigint)")
+    // The throwaway server runs with synchronous_commit off, which leaves a commit for the
+    // WAL writer to flush (up to wal_writer_delay later) before a walsender may send it:
+    // production's default is on.
+    src.sql("DROP TABLE IF EXISTS landing; CREATE TABLE landing (id bigint PRIMARY KEY, t bigint); ALTER DATABASE postgres SET synchronous_commit = on")
         .map_err(|e| e.to_string())?;
     let _ = src.sql("SELECT pg_drop_replication_slot('cdc_slot')");
     let dir = capture_dir(

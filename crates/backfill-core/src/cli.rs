@@ -421,6 +421,9 @@ pub fn resolve_bindings(
 /// logged and ignored, which only acknowledges less. The end of input means the consumer
 /// is gone (its stdout reader with it): the capture stops as on SIGTERM, rather than live
 /// on, holding the source's replication connection, until its next write fails.
+/// While only streaming with `--acks stdin`, checkpoint at most this often.
+const ACKED_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::ZERO;
+
 fn acks_from_stdin(shutdown: Shutdown) -> tokio::sync::watch::Receiver<Option<Value>> {
     let (tell, acks) = tokio::sync::watch::channel(None);
     std::thread::spawn(move || {
@@ -504,6 +507,14 @@ async fn capture<C: Connector>(
             let loaded = State::load(state_path)?;
             let mut options = C::engine_options(&config.endpoint);
             options.until_caught_up = until_caught_up;
+            if acks.is_some() {
+                // A consumer that makes units durable itself (the cdc runtime) lands a unit
+                // only at its checkpoint, and the merger decides on one only at a
+                // transaction boundary: checkpoint at every boundary, so a change lands
+                // without waiting for the next one. One checkpoint is in flight at most, so
+                // under load units grow instead (group commit).
+                options.checkpoint_interval = ACKED_CHECKPOINT_INTERVAL;
+            }
             options.acks = acks.clone();
             merger::run(
                 source,

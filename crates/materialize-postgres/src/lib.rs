@@ -33,6 +33,14 @@ use crate::endpoint::Endpoint;
 use crate::sql::{Column, Shape};
 use crate::stage::{Encoder, StageRow};
 
+/// Startup options of the destination session. Values are converted in UTC with ISO
+/// dates. Joins of a batch with its table are nested loops over the table's key index:
+/// the staging table has no statistics, and a hash or merge join would read the whole
+/// table for every batch (quadratic in the table's size for an initial load, and hundreds
+/// of milliseconds per batch when streaming into a large table); a batch costs what its
+/// rows cost.
+const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c enable_hashjoin=off -c enable_mergejoin=off";
+
 /// The `postgres` destination kind.
 #[derive(Debug, Clone, Copy)]
 pub struct Postgres;
@@ -66,7 +74,7 @@ impl DestinationKind for Postgres {
             .dbname(&endpoint.database)
             .user(&endpoint.user)
             .application_name("cdc materialize-postgres")
-            .options("-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres")
+            .options(SESSION_OPTIONS)
             .connect_timeout(std::time::Duration::from_secs(15));
         if let Some(password) = endpoint.resolve_password().map_err(definite)? {
             config.password(password);
