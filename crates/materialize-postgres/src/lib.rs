@@ -17,6 +17,7 @@
 pub mod endpoint;
 pub mod sql;
 pub mod stage;
+pub mod typed;
 pub mod types;
 
 use std::collections::HashMap;
@@ -63,7 +64,9 @@ impl DestinationKind for Postgres {
         };
         let endpoint: Endpoint = serde_json::from_value(endpoint.clone())
             .map_err(|e| definite(format!("endpoint: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One worker: a batch is applied on it while the runtime reads the next one.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| definite(format!("cannot start a runtime: {e}")))?;
@@ -91,7 +94,8 @@ impl DestinationKind for Postgres {
             })?;
         let mut destination = PgDestination {
             runtime,
-            client,
+            client: Some(client),
+            in_flight: None,
             materialization: materialization.to_string(),
             schema: endpoint.schema.clone(),
             tables: Vec::new(),
@@ -139,14 +143,36 @@ fn classify(materialization: &str, what: &str, e: &tokio_postgres::Error) -> Err
 #[derive(Debug)]
 pub struct PgDestination {
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// The connection; with the batch in flight while it is applied.
+    client: Option<Client>,
+    /// The batch being applied, which hands the connection back.
+    in_flight: Option<InFlight>,
     materialization: String,
     schema: String,
     /// Per binding index: its table, and the target name its checkpoint row is kept under.
     tables: Vec<(Shape, String)>,
 }
 
+/// A batch applied on the runtime's worker: the connection comes back with its result.
+type InFlight = tokio::task::JoinHandle<(Client, std::result::Result<(), tokio_postgres::Error>)>;
+
 impl PgDestination {
+    /// Waits for the batch in flight; its error, if it failed.
+    fn settle(&mut self) -> Result<()> {
+        let Some(handle) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match self.runtime.block_on(handle) {
+            Ok((client, result)) => {
+                self.client = Some(client);
+                result.map_err(|e| classify(&self.materialization, "applying a batch", &e))
+            }
+            // A panic is a bug, not a passing failure: retrying would repeat it.
+            Err(e) if e.is_panic() => Err(self.definite(format!("applying a batch panicked: {e}"))),
+            Err(e) => Err(Error::Unavailable(format!("applying a batch: {e}"))),
+        }
+    }
+
     /// Runs `work` on the connection, mapping errors.
     fn run<'a, T, F>(
         &'a mut self,
@@ -156,10 +182,14 @@ impl PgDestination {
     where
         F: std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>> + 'a,
     {
+        self.settle()?;
         let materialization = self.materialization.clone();
-        let result = self
-            .runtime
-            .block_on(work(&mut self.client, self.schema.as_str()));
+        let Some(client) = self.client.as_mut() else {
+            return Err(Error::Unavailable(
+                "the destination connection was lost".into(),
+            ));
+        };
+        let result = self.runtime.block_on(work(client, self.schema.as_str()));
         result.map_err(|e| classify(&materialization, what, &e))
     }
 
@@ -318,6 +348,21 @@ async fn stage<'r>(
     Ok(())
 }
 
+/// Sends COPY text rows.
+async fn copy_text(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &str,
+    text: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(copy).await?;
+    futures_util::pin_mut!(sink);
+    for chunk in text.as_bytes().chunks(stage::CHUNK) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    }
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
 fn doc_row(d: &Value) -> StageRow<'_> {
     StageRow {
         d: Some(d),
@@ -338,8 +383,35 @@ async fn apply_step(
                 stage(tx, deletes.iter().map(doc_row)).await?;
                 tx.execute(&shape.delete_keys(), &[]).await?;
             }
-            if !upserts.is_empty() {
-                stage(tx, upserts.iter().map(doc_row)).await?;
+            // Whole rows by the typed path, the rest through jsonb (see `typed`).
+            let mut text = String::new();
+            let mut rest: Vec<&Value> = Vec::new();
+            let typed_ok = upserts.len() >= typed::MIN_ROWS;
+            for doc in upserts {
+                if !(typed_ok && typed::row(&mut text, shape, doc)) {
+                    rest.push(doc);
+                }
+            }
+            if !text.is_empty() {
+                // Keys new to the table (an initial load) go straight in, as pg_dump's
+                // output would; a key already stored fails the COPY at once, and the rows
+                // are upserted from a staging table instead.
+                tx.batch_execute("SAVEPOINT cdc_direct").await?;
+                match copy_text(tx, &shape.copy_into_table(), &text).await {
+                    Ok(()) => tx.batch_execute("RELEASE SAVEPOINT cdc_direct").await?,
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                    {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_direct").await?;
+                        tx.batch_execute(&shape.create_typed_stage()).await?;
+                        copy_text(tx, &shape.copy_typed_stage(), &text).await?;
+                        tx.execute(&shape.upsert_typed(), &[]).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !rest.is_empty() {
+                stage(tx, rest.into_iter().map(doc_row)).await?;
                 if let Some(update) = shape.update() {
                     tx.execute(&update, &[]).await?;
                 }
@@ -397,6 +469,23 @@ async fn apply_step(
     Ok(())
 }
 
+/// One batch and its checkpoint rows in one transaction.
+async fn apply_batch(
+    client: &mut Client,
+    schema: &str,
+    materialization: &str,
+    shapes: &[Shape],
+    batch: &Batch,
+    checkpoints: Vec<(String, i64)>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    for step in &batch.steps {
+        apply_step(&tx, &shapes[binding_of(step)], step).await?;
+    }
+    PgDestination::write_checkpoints(&tx, schema, materialization, checkpoints).await?;
+    tx.commit().await
+}
+
 fn binding_of(step: &Step) -> usize {
     match step {
         Step::Merge { binding, .. }
@@ -446,23 +535,44 @@ impl Destination for PgDestination {
         Ok(())
     }
 
-    fn apply(&mut self, batch: &Batch) -> Result<()> {
-        let tables = &self.tables;
-        let materialization = self.materialization.clone();
+    /// Starts applying `batch` on the worker and returns; the batch in flight before it is
+    /// waited for first, and its error returned here.
+    fn apply(&mut self, batch: Batch) -> Result<()> {
+        self.settle()?;
+        let Some(mut client) = self.client.take() else {
+            return Err(Error::Unavailable(
+                "the destination connection was lost".into(),
+            ));
+        };
         let checkpoints: Vec<(String, i64)> = batch
             .positions
             .iter()
-            .map(|&(b, line)| (tables[b].1.clone(), i64::try_from(line).unwrap_or(i64::MAX)))
+            .map(|&(b, line)| {
+                (
+                    self.tables[b].1.clone(),
+                    i64::try_from(line).unwrap_or(i64::MAX),
+                )
+            })
             .collect();
-        let shapes: Vec<Shape> = tables.iter().map(|(s, _)| s.clone()).collect();
-        self.run("applying a batch", |client, schema| async move {
-            let tx = client.transaction().await?;
-            for step in &batch.steps {
-                apply_step(&tx, &shapes[binding_of(step)], step).await?;
-            }
-            Self::write_checkpoints(&tx, schema, &materialization, checkpoints).await?;
-            tx.commit().await
-        })
+        let shapes: Vec<Shape> = self.tables.iter().map(|(s, _)| s.clone()).collect();
+        let (materialization, schema) = (self.materialization.clone(), self.schema.clone());
+        self.in_flight = Some(self.runtime.spawn(async move {
+            let result = apply_batch(
+                &mut client,
+                &schema,
+                &materialization,
+                &shapes,
+                &batch,
+                checkpoints,
+            )
+            .await;
+            (client, result)
+        }));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.settle()
     }
 
     fn reset_table(&mut self, binding: usize, how: TableReset) -> Result<()> {

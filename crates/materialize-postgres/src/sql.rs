@@ -282,6 +282,59 @@ impl Shape {
         })
     }
 
+    /// Recreates the session's typed staging table with this table's columns and types
+    /// (the fast path for whole rows: see [`crate::typed`]).
+    pub fn create_typed_stage(&self) -> String {
+        format!(
+            "DROP TABLE IF EXISTS pg_temp.cdc_typed_stage; CREATE TEMP TABLE cdc_typed_stage AS SELECT {} FROM {} WITH NO DATA",
+            self.column_list(),
+            self.qualified()
+        )
+    }
+
+    /// Loads whole rows straight into the table (COPY text format).
+    pub fn copy_into_table(&self) -> String {
+        format!(
+            "COPY {} ({}) FROM STDIN",
+            self.qualified(),
+            self.column_list()
+        )
+    }
+
+    /// Loads the typed staging table (COPY text format, columns in table order).
+    pub fn copy_typed_stage(&self) -> String {
+        format!("COPY cdc_typed_stage ({}) FROM STDIN", self.column_list())
+    }
+
+    /// Upserts the typed staging table's whole rows: each replaces its key's stored row.
+    pub fn upsert_typed(&self) -> String {
+        let rest: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(&c.name))
+            .map(|c| ident(&c.name))
+            .collect();
+        let key: Vec<String> = self.key.iter().map(|k| ident(k)).collect();
+        let action = match rest.len() {
+            0 => "NOTHING".to_string(),
+            1 => format!("UPDATE SET {0} = EXCLUDED.{0}", rest[0]),
+            _ => format!(
+                "UPDATE SET ({}) = ROW({})",
+                rest.join(", "),
+                rest.iter()
+                    .map(|c| format!("EXCLUDED.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM cdc_typed_stage ON CONFLICT ({}) DO {action}",
+            self.qualified(),
+            key.join(", "),
+            cols = self.column_list(),
+        )
+    }
+
     /// Empties the table.
     pub fn truncate(&self) -> String {
         format!("TRUNCATE {}", self.qualified())

@@ -6,7 +6,8 @@
 //!
 //! * **One transaction per batch.** [`Destination::apply`] applies every step of a batch
 //!   and, when the batch carries one, writes the materialization's read position in the
-//!   same destination transaction: after a crash at any instant, [`Destination::positions`]
+//!   same destination transaction (perhaps after it returned; [`Destination::flush`]
+//!   waits): after a crash at any instant, [`Destination::positions`]
 //!   returns the position of the last batch whose data is there, and no other. The runtime
 //!   reads on from that position, so no change is lost or applied twice, and a delta table
 //!   gets no duplicate row from a retry.
@@ -165,8 +166,15 @@ pub trait Destination: Send {
     /// requested `drop`, which is that remedy). Binding indices in later calls index
     /// `bindings`.
     fn prepare(&mut self, bindings: &[TableBinding], recreate: &[usize]) -> Result<()>;
-    /// Applies `batch` and its position in one transaction.
-    fn apply(&mut self, batch: &Batch) -> Result<()>;
+    /// Applies `batch` and its positions in one transaction. It may return before the
+    /// transaction commits (one batch in flight at most, so the next batch is read while
+    /// this one is written): a failure is then returned by the next call, and
+    /// [`flush`](Self::flush) waits for it.
+    fn apply(&mut self, batch: Batch) -> Result<()>;
+    /// Waits until every batch given to [`apply`](Self::apply) is committed.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Empties or recreates `binding`'s table and sets its position to 0, in one
     /// transaction, so the table is refilled from the start of its collection.
     fn reset_table(&mut self, binding: usize, how: TableReset) -> Result<()>;

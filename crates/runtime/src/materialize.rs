@@ -17,7 +17,8 @@
 //! ## Batches
 //!
 //! A batch is what is committed past the position when it is read, up to [`BATCH_DOCS`]
-//! documents (so memory stays bounded whatever a unit's size; a batch may then end inside
+//! documents or [`BATCH_BYTES`] of their text (so memory stays bounded whatever a unit's
+//! size; a batch may then end inside
 //! a unit, which costs nothing but a reader of the destination seeing part of a source
 //! transaction for a moment). Documents of a keyed standard binding are reduced by key
 //! (DESIGN.md §6's merge: later columns over earlier ones, a delete clears what came
@@ -43,7 +44,11 @@ use crate::spec::{MaterializationSpec, Pipeline};
 use crate::store::Store;
 
 /// Documents in one batch, at most.
-pub const BATCH_DOCS: usize = 20_000;
+pub const BATCH_DOCS: usize = 10_000;
+
+/// Bytes of document text in one batch, at most: a batch is held parsed (several times its
+/// text) while the one before it is written, and the runtime stays within 64 MiB.
+pub const BATCH_BYTES: usize = 1 << 20;
 
 /// How a materialization runs.
 #[derive(Clone, Debug)]
@@ -267,6 +272,7 @@ fn run_once(
             }
         }
         if options.stop.load(Ordering::SeqCst) || (!moved && done_before) {
+            destination.flush()?;
             tracing::info!(materialization = %m.name, ?positions, "materialization stopped");
             return Ok(());
         }
@@ -415,7 +421,7 @@ fn feed(
                 .map(|&b| (b, line_no))
                 .collect()
         });
-        destination.apply(&builder.finish(moved))
+        destination.apply(builder.finish(moved))
     };
     for line in store.read_from(capture, from)? {
         if until.is_some_and(|u| line_no >= u) {
@@ -446,7 +452,7 @@ fn feed(
             Line::Checkpoint(_) => {}
         }
         line_no += 1;
-        if builder.docs >= BATCH_DOCS {
+        if builder.docs >= BATCH_DOCS || builder.bytes >= BATCH_BYTES {
             let full = std::mem::replace(&mut builder, BatchBuilder::new(bindings));
             flush(full, line_no, destination)?;
         }
@@ -486,6 +492,8 @@ pub struct BatchBuilder<'a> {
     steps: Vec<Step>,
     /// Documents taken so far.
     pub docs: usize,
+    /// Their text's bytes.
+    pub bytes: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
@@ -497,6 +505,7 @@ impl<'a> BatchBuilder<'a> {
             touched: Vec::new(),
             steps: Vec::new(),
             docs: 0,
+            bytes: 0,
         }
     }
 
@@ -529,6 +538,7 @@ impl<'a> BatchBuilder<'a> {
                 "log line {line}: a document is not an object"
             )));
         };
+        self.bytes += doc.len();
         let meta = fields.remove("_meta").unwrap_or(Value::Null);
         let op = meta["op"].as_str().unwrap_or("c").to_string();
         let schema = &self.bindings[binding].schema;
