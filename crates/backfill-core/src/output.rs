@@ -85,6 +85,8 @@ pub const HOLD_BYTES: usize = 4 << 20;
 pub struct StdoutSink {
     out: BufWriter<io::Stdout>,
     state_path: PathBuf,
+    /// Whether each replacement of the state file is forced to disk.
+    sync: bool,
     writer: Option<StateWriter>,
     /// A replacement was sent and its result not yet received.
     in_flight: bool,
@@ -98,14 +100,19 @@ struct StateWriter {
 }
 
 impl StateWriter {
-    fn start(path: PathBuf) -> io::Result<Self> {
+    fn start(path: PathBuf, sync: bool) -> io::Result<Self> {
         let (states, inbox) = std::sync::mpsc::channel::<Vec<u8>>();
         let (report, done) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("state".into())
             .spawn(move || {
                 for state in inbox {
-                    if report.send(write_atomically(&path, &state)).is_err() {
+                    let written = if sync {
+                        write_atomically(&path, &state)
+                    } else {
+                        crate::state::replace_unsynced(&path, &state)
+                    };
+                    if report.send(written).is_err() {
                         return;
                     }
                 }
@@ -124,9 +131,22 @@ impl StdoutSink {
         Self {
             out: BufWriter::with_capacity(1 << 16, io::stdout()),
             state_path,
+            sync: true,
             writer: None,
             in_flight: false,
         }
+    }
+
+    /// The same, with the state file replaced atomically but not forced to disk: for a
+    /// consumer that makes each unit and its state durable itself and writes the state
+    /// file from its own copy before every start (`capture --acks stdin`; PIPELINE.md §3).
+    /// A checkpoint still follows its state file's replace, so the commit protocol is the
+    /// same for a reader of the file; only a machine crash can take the file back, and
+    /// the consumer never reads it.
+    pub fn unsynced(state_path: PathBuf) -> Self {
+        let mut sink = Self::new(state_path);
+        sink.sync = false;
+        sink
     }
 }
 
@@ -147,7 +167,7 @@ impl Sink for StdoutSink {
     fn persist_state(&mut self, state: Vec<u8>) -> io::Result<()> {
         debug_assert!(!self.in_flight, "one replacement at a time");
         if self.writer.is_none() {
-            self.writer = Some(StateWriter::start(self.state_path.clone())?);
+            self.writer = Some(StateWriter::start(self.state_path.clone(), self.sync)?);
         }
         let writer = self.writer.as_ref().ok_or_else(writer_gone)?;
         writer.states.send(state).map_err(|_| writer_gone())?;

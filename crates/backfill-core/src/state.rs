@@ -271,6 +271,18 @@ pub fn ensure_state_directory(path: &Path) -> Result<()> {
 /// over the old one, fsync the directory. A crash at any instant leaves either the old or
 /// the new state, never a partial one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` atomically (temp file, rename) without forcing either to
+/// disk: a reader sees the old file or the new one, but a machine crash may leave the
+/// old. For a state file whose consumer keeps the durable copy (`capture --acks stdin`:
+/// the cdc runtime writes the state file from its store before every start).
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let dir = directory_of(path);
     let name = path
         .file_name()
@@ -280,10 +292,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if sync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

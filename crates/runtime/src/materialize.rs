@@ -48,7 +48,7 @@ pub const BATCH_DOCS: usize = 10_000;
 
 /// Bytes of document text in one batch, at most: a batch is held parsed (several times its
 /// text) while the one before it is written, and the runtime stays within 64 MiB.
-pub const BATCH_BYTES: usize = 1 << 20;
+pub const BATCH_BYTES: usize = 512 << 10;
 
 /// How a materialization runs.
 #[derive(Clone, Debug)]
