@@ -70,18 +70,18 @@ impl DestinationKind for Postgres {
             .enable_all()
             .build()
             .map_err(|e| definite(format!("cannot start a runtime: {e}")))?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&endpoint.host)
-            .port(endpoint.port)
-            .dbname(&endpoint.database)
-            .user(&endpoint.user)
-            .application_name("cdc materialize-postgres")
-            .options(SESSION_OPTIONS)
-            .connect_timeout(std::time::Duration::from_secs(15));
-        if let Some(password) = endpoint.resolve_password().map_err(definite)? {
-            config.password(password);
+        let config = postgres_conn::Target {
+            host: &endpoint.host,
+            port: endpoint.port,
+            database: &endpoint.database,
+            user: &endpoint.user,
+            application: "cdc materialize-postgres",
+            options: SESSION_OPTIONS,
         }
+        .config(
+            endpoint.resolve_password().map_err(definite)?,
+            &endpoint.tls,
+        );
         let client = runtime
             .block_on(postgres_conn::connect(&config, &endpoint.tls))
             .map_err(|e| match e {
@@ -97,7 +97,7 @@ impl DestinationKind for Postgres {
             client: Some(client),
             in_flight: None,
             materialization: materialization.to_string(),
-            schema: endpoint.schema.clone(),
+            schema: endpoint.schema,
             tables: Vec::new(),
         };
         destination.run(

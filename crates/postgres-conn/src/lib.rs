@@ -141,6 +141,44 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
+/// Where and as whom to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Server host name or address.
+    pub host: &'a str,
+    /// Server port.
+    pub port: u16,
+    /// Database.
+    pub database: &'a str,
+    /// User.
+    pub user: &'a str,
+    /// `application_name`, as the server shows it.
+    pub application: &'a str,
+    /// Startup options (`-c name=value ...`).
+    pub options: &'a str,
+}
+
+impl Target<'_> {
+    /// The driver's config: the target, `password` when there is one, a 15 s connect
+    /// timeout, and `tls`'s sslmode.
+    pub fn config(&self, password: Option<String>, tls: &Tls) -> Config {
+        let mut config = Config::new();
+        config
+            .host(self.host)
+            .port(self.port)
+            .dbname(self.database)
+            .user(self.user)
+            .application_name(self.application)
+            .options(self.options)
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .ssl_mode(tls.mode.ssl_mode());
+        if let Some(password) = password {
+            config.password(password);
+        }
+        config
+    }
+}
+
 /// Why a connect failed: the TLS settings, or the driver.
 #[derive(Debug)]
 pub enum ConnectError {

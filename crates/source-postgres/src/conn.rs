@@ -25,20 +25,16 @@ pub(crate) fn tls_config(endpoint: &Endpoint) -> Result<Option<Arc<ClientConfig>
 
 /// The tokio-postgres config of the endpoint.
 pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
-    let mut config = Config::new();
-    config
-        .host(&endpoint.host)
-        .port(endpoint.port)
-        .dbname(&endpoint.database)
-        .user(&endpoint.user)
-        .application_name("source-postgres")
-        .options(SESSION_OPTIONS)
-        .connect_timeout(std::time::Duration::from_secs(15))
-        .ssl_mode(endpoint.tls.mode.ssl_mode());
-    if let Some(password) = endpoint.resolve_password().map_err(SourceError::definite)? {
-        config.password(password);
+    let password = endpoint.resolve_password().map_err(SourceError::definite)?;
+    Ok(postgres_conn::Target {
+        host: &endpoint.host,
+        port: endpoint.port,
+        database: &endpoint.database,
+        user: &endpoint.user,
+        application: "source-postgres",
+        options: SESSION_OPTIONS,
     }
-    Ok(config)
+    .config(password, &endpoint.tls))
 }
 
 /// Opens a query connection; its driver runs on a spawned task.
