@@ -337,3 +337,62 @@ fn a_million_row_transaction_lands_with_bounded_memory() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Backfill requests are durable store state (PIPELINE.md §5): written, replaced by id,
+/// and read back in id order, on both stores, by a reader that is not the writer.
+#[test]
+fn backfill_requests_are_kept_by_both_stores_and_replaced_by_id() {
+    use cdc_runtime::request::{Kind, Phase, Request, TableAction};
+    use cdc_runtime::store::{EmbeddedStore, JetStreamLocation, JetStreamStore, Store};
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("requests-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let open = |url: &str| -> Box<dyn Store> {
+        match url.strip_prefix("file://") {
+            Some(d) => Box::new(EmbeddedStore::open(d).unwrap()),
+            None => {
+                Box::new(JetStreamStore::connect(JetStreamLocation::parse(url).unwrap()).unwrap())
+            }
+        }
+    };
+    let request = |id: &str, phase| Request {
+        id: id.into(),
+        kind: Kind::Incremental,
+        capture: Some("c".into()),
+        materialization: None,
+        collections: vec!["t".into()],
+        mode: None,
+        table: TableAction::Truncate,
+        counters: [("t".to_string(), 2)].into_iter().collect(),
+        endpoint: Default::default(),
+        phase,
+        created_at_ms: 1,
+        note: String::new(),
+    };
+    for url in [
+        format!("file://{}", dir.display()),
+        format!("{}/req", nats.url),
+    ] {
+        let writer = open(&url);
+        assert!(writer.requests().unwrap().is_empty(), "{url}");
+        writer
+            .put_request(&request("r2-0", Phase::Pending))
+            .unwrap();
+        writer
+            .put_request(&request("r1-0", Phase::Pending))
+            .unwrap();
+        writer.put_request(&request("r1-0", Phase::Done)).unwrap();
+        let read = open(&url).requests().unwrap();
+        assert_eq!(
+            read,
+            [
+                request("r1-0", Phase::Done),
+                request("r2-0", Phase::Pending)
+            ],
+            "{url}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -191,15 +191,9 @@ fn run_once(
     let mut destination = kind.open(&m.name, &m.endpoint)?;
     // A requested drop is also the remedy for a change the table cannot follow: it must
     // not wait behind the refusal.
-    let recreate: Vec<usize> = store
-        .requests()?
+    let recreate: Vec<usize> = open_requests(store, m)?
         .iter()
-        .filter(|r| {
-            r.open()
-                && r.kind == Kind::Materialization
-                && r.table == TableAction::Drop
-                && r.materialization.as_deref() == Some(m.name.as_str())
-        })
+        .filter(|r| r.table == TableAction::Drop)
         .flat_map(|r| {
             bindings
                 .iter()
@@ -285,6 +279,19 @@ fn run_once(
 /// How often a running materialization looks for backfill requests.
 const REQUESTS_EVERY: Duration = Duration::from_secs(1);
 
+/// The materialization backfill requests of `m` not done yet, oldest first.
+fn open_requests(store: &dyn Store, m: &MaterializationSpec) -> Result<Vec<Request>> {
+    Ok(store
+        .requests()?
+        .into_iter()
+        .filter(|r| {
+            r.open()
+                && r.kind == Kind::Materialization
+                && r.materialization.as_deref() == Some(m.name.as_str())
+        })
+        .collect())
+}
+
 /// Carries out the open materialization backfill requests of `m` (see
 /// [`crate::request`]): each selected table emptied or recreated and refilled from the
 /// start of its collection, or rebuilt in a shadow table swapped in when caught up.
@@ -296,16 +303,7 @@ fn carry_out_requests(
     positions: &mut HashMap<usize, u64>,
     destination: &mut dyn Destination,
 ) -> Result<()> {
-    let open: Vec<Request> = store
-        .requests()?
-        .into_iter()
-        .filter(|r| {
-            r.open()
-                && r.kind == Kind::Materialization
-                && r.materialization.as_deref() == Some(m.name.as_str())
-        })
-        .collect();
-    for mut request in open {
+    for mut request in open_requests(store, m)? {
         request.phase = Phase::Running;
         store.put_request(&request)?;
         for (b, binding) in bindings.iter().enumerate() {
