@@ -352,12 +352,16 @@ async fn stage<'r>(
 async fn copy_text(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &str,
-    text: &str,
+    text: &bytes::Bytes,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(copy).await?;
     futures_util::pin_mut!(sink);
-    for chunk in text.as_bytes().chunks(stage::CHUNK) {
-        sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+    let mut at = 0;
+    while at < text.len() {
+        let end = (at + stage::CHUNK).min(text.len());
+        // Slices of one buffer: no copy.
+        sink.send(text.slice(at..end)).await?;
+        at = end;
     }
     sink.as_mut().finish().await?;
     Ok(())
@@ -393,6 +397,7 @@ async fn apply_step(
                 }
             }
             if !text.is_empty() {
+                let text = bytes::Bytes::from(text);
                 // Keys new to the table (an initial load) go straight in, as pg_dump's
                 // output would; a key already stored fails the COPY at once, and the rows
                 // are upserted from a staging table instead.

@@ -88,29 +88,13 @@ pub fn row(out: &mut String, shape: &Shape, doc: &Value) -> bool {
     true
 }
 
-/// Standard base64 decoded and written as lowercase hex.
+/// Standard base64 (the core's decoder) written as lowercase hex.
 fn base64_hex(text: &str) -> Option<String> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(text.len() * 3 / 2);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for b in text.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            let byte = (acc >> bits) & 0xff;
-            hex.push(char::from(HEX[(byte >> 4) as usize]));
-            hex.push(char::from(HEX[(byte & 0xf) as usize]));
-        }
+    use std::fmt::Write as _;
+    let bytes = backfill_core::encode::base64_decode(text)?;
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(hex, "{b:02x}");
     }
     Some(hex)
 }
