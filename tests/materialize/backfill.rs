@@ -16,10 +16,10 @@ use testkit::servers::PgServer;
 use crate::types::pipeline;
 
 /// `cdc run` in the background, stopped (SIGTERM) when dropped.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Running {
-    fn start(pipeline: &Path) -> Self {
+    pub(crate) fn start(pipeline: &Path) -> Self {
         Self(
             Command::new(workspace_binary("cdc").unwrap())
                 .args(["--log-level", "warn", "run"])
@@ -31,7 +31,7 @@ impl Running {
         )
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
@@ -58,7 +58,7 @@ fn status(pipeline: &Path) -> Value {
 }
 
 /// Requests a backfill and waits until every request of the pipeline is done.
-fn backfill(pipeline: &Path, args: &[&str]) {
+pub(crate) fn backfill(pipeline: &Path, args: &[&str]) {
     let mut command = Command::new(workspace_binary("cdc").unwrap());
     command
         .args(["--log-level", "warn", "backfill"])

@@ -20,6 +20,7 @@ use testkit::pipeline::{PipelineDriver, Victim};
 use testkit::servers::{MariaDbServer, NatsServer, PgServer};
 
 mod backfill;
+mod compaction;
 mod types;
 
 /// The `postgres` destination endpoint of a throwaway server.

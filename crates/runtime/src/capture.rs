@@ -43,6 +43,7 @@ use backfill_core::terminal::Bars;
 use rustix::process::Pid;
 use serde_json::{Value, json};
 
+use crate::compaction;
 use crate::error::{Error, Result};
 use crate::spec::Capture;
 
@@ -162,7 +163,9 @@ fn run_once(
     let pumped = std::thread::scope(|s| {
         // Watches the store for backfill requests while the connector runs.
         s.spawn(|| requests::watch(capture, store, &running, interrupted, pid, options));
-        let pumped = pump(capture, &mut child, &mut *log, committed, progress, options);
+        let pumped = pump(
+            capture, store, &mut child, &mut *log, committed, progress, options,
+        );
         running.store(false, Ordering::SeqCst);
         pumped
     });
@@ -242,6 +245,7 @@ fn start(capture: &Capture, state_file: &Path, options: &RunOptions) -> Result<C
 /// Reads the connector's stdout to its end, committing and acknowledging units.
 fn pump(
     capture: &Capture,
+    store: &dyn Store,
     child: &mut Child,
     log: &mut dyn crate::store::CaptureLog,
     committed: Option<Commit>,
@@ -262,6 +266,7 @@ fn pump(
         .as_ref()
         .map_or((0, 0), |c| (c.units, c.documents));
     let mut rule = CommitRule::after(committed.map(|c| c.state));
+    let mut compaction = store.compaction(&capture.name)?;
     let mut in_unit = 0u64;
     let mut last_doc = String::new();
     let mut first = true;
@@ -309,6 +314,20 @@ fn pump(
                                 committed.notify();
                             }),
                         )?;
+                        if log
+                            .compactable_bytes()
+                            .is_some_and(|b| compaction::due(capture, &compaction, b))
+                        {
+                            match compaction::compact(capture, store, log) {
+                                Ok(Some(done)) => compaction = done,
+                                Ok(None) => compaction.bytes = u64::MAX / 2,
+                                Err(e @ (Error::Unavailable(_) | Error::Connector { .. })) => {
+                                    tracing::warn!(capture = %capture.name, "compaction put off until the log has doubled again: {e}");
+                                    compaction.bytes = log.compactable_bytes().unwrap_or(0);
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
                         match &options.bars {
                             Some(bars) => progress.draw(bars, &state, capture),
                             // A log file gets a line every few seconds instead.

@@ -11,7 +11,9 @@
 //! * [`store`]: the store trait (atomic, read-committed units, one writer per capture) and
 //!   the embedded store;
 //! * [`capture`]: one capture's supervisor, with the exactly-once argument;
+//! * [`compaction`]: `compacted` retention, what it drops and why readers see the same tables;
 //! * [`destination`]: the destination seam a destination crate implements;
+//! * [`discovery`]: the collections' schemas, from the connectors' `discover --json`;
 //! * [`materialize`]: one materialization's loop, with its exactly-once argument;
 //! * [`request`]: backfill requests, durable in the store until carried out;
 //! * [`status`]: progress read back from the store;
@@ -19,7 +21,9 @@
 
 pub mod capture;
 pub mod cli;
+pub mod compaction;
 pub mod destination;
+pub mod discovery;
 pub mod error;
 pub mod materialize;
 pub mod request;

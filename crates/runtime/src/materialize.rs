@@ -9,7 +9,9 @@
 //! runtime reads the positions back and reads each log on from there (from the lowest
 //! position of the bindings it feeds, each line going only to the bindings it is new to). The store's logs
 //! only ever grow by committed units and readers see committed lines only, so line *n* of
-//! a log is the same line on every read: a batch applied is never read again, a batch
+//! a log is the same line on every read (or, once a compaction dropped it, an empty line:
+//! [`crate::compaction`] argues why the tables come out the same): a batch applied is
+//! never read again, a batch
 //! whose transaction did not commit is read again whole. Standard tables therefore get
 //! every committed change once, and delta tables one row per committed document (its log
 //! line number is in the row, unique per capture).
@@ -25,7 +27,6 @@
 //! before), so a row changed many times in a batch is written once.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,9 +36,9 @@ use serde_json::{Map, Value};
 
 use crate::destination::TableReset;
 use crate::destination::{
-    Batch, CollectionSchema, ColumnSchema, DeltaRow, Destination, DestinationKind, MultisetOp,
-    Step, TableBinding,
+    Batch, DeltaRow, Destination, DestinationKind, MultisetOp, Step, TableBinding,
 };
+use crate::discovery::Discovered;
 use crate::error::{Error, Result};
 use crate::request::{self, Kind, Phase, Request, TableAction};
 use crate::spec::{MaterializationSpec, Pipeline};
@@ -101,7 +102,7 @@ fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
 /// The materialization's bindings with their collections' schemas, from each capture
 /// connector's `discover --json`.
 pub fn table_bindings(m: &MaterializationSpec, pipeline: &Pipeline) -> Result<Vec<TableBinding>> {
-    let mut discovered: HashMap<String, Value> = HashMap::new();
+    let mut discovered: HashMap<String, Discovered> = HashMap::new();
     let mut out = Vec::new();
     for b in &m.bindings {
         let (capture, index) = pipeline.collection(&b.source).ok_or_else(|| {
@@ -111,73 +112,17 @@ pub fn table_bindings(m: &MaterializationSpec, pipeline: &Pipeline) -> Result<Ve
             ))
         })?;
         if !discovered.contains_key(&capture.name) {
-            discovered.insert(capture.name.clone(), discover(capture)?);
+            discovered.insert(capture.name.clone(), Discovered::run(capture)?);
         }
-        let found = &discovered[&capture.name];
-        let (namespace, stream) = &capture.resources[index];
-        let entry = found
-            .get("bindings")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|e| {
-                e.pointer("/resource/namespace").and_then(Value::as_str) == Some(namespace)
-                    && e.pointer("/resource/stream").and_then(Value::as_str) == Some(stream)
-            })
-            .ok_or_else(|| {
-                Error::Unavailable(format!(
-                    "capture {}'s discover does not list {namespace}.{stream} (collection {})",
-                    capture.name, b.source
-                ))
-            })?;
-        let columns: Vec<ColumnSchema> =
-            serde_json::from_value(entry["columns"].clone()).map_err(|e| Error::Connector {
-                capture: capture.name.clone(),
-                message: format!("discover's columns of {namespace}.{stream} are unreadable: {e}"),
-            })?;
-        let key = entry["key"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k.as_str().map(str::to_string))
-            .collect();
         out.push(TableBinding {
             collection: b.source.clone(),
             table: b.target.clone(),
             delta: b.delta_updates,
             skip_unchanged_rereads: b.skip_unchanged_rereads,
-            schema: CollectionSchema {
-                connector: found["connector"].as_str().unwrap_or_default().to_string(),
-                columns,
-                key,
-            },
+            schema: discovered[&capture.name].schema(capture, index)?,
         });
     }
     Ok(out)
-}
-
-/// Runs the capture's connector's `discover --json`.
-fn discover(capture: &crate::spec::Capture) -> Result<Value> {
-    let out = Command::new(&capture.connector)
-        .args(["discover", "--json", "--config"])
-        .arg(&capture.config)
-        .output()
-        .map_err(|e| Error::Connector {
-            capture: capture.name.clone(),
-            message: format!("cannot run {}: {e}", capture.connector.display()),
-        })?;
-    if !out.status.success() {
-        // The source may be down for a moment; the materialization retries.
-        return Err(Error::Unavailable(format!(
-            "capture {}'s discover (for the collections' schemas) failed: {}",
-            capture.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| Error::Connector {
-        capture: capture.name.clone(),
-        message: format!("discover --json printed no JSON: {e}"),
-    })
 }
 
 fn run_once(
@@ -238,6 +183,7 @@ fn run_once(
                 .min();
             let Some(from) = from else { continue };
             let fed: Vec<usize> = routes.iter().flatten().copied().collect();
+            ensure_before_no_dropped_delete(m, pipeline, store, capture, &bindings, &positions)?;
             let before = positions.clone();
             let read = feed(
                 store,
@@ -274,6 +220,49 @@ fn run_once(
             options.committed.wait_past(seen, options.poll);
         }
     }
+}
+
+/// Refuses to read on for a table of a compacted collection whose position lies before a
+/// delete a compaction dropped (`0 < position < horizon`, [`crate::compaction`]): the
+/// table may still hold that row. A materialization backfill reads from line 0, where
+/// nothing is missed, and its rebuild ends past the horizon.
+fn ensure_before_no_dropped_delete(
+    m: &MaterializationSpec,
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    capture: &str,
+    bindings: &[TableBinding],
+    positions: &HashMap<usize, u64>,
+) -> Result<()> {
+    let Some(c) = pipeline.captures.iter().find(|c| c.name == capture) else {
+        return Ok(());
+    };
+    if !c.compacted.contains(&true) {
+        return Ok(());
+    }
+    let horizon = store.compaction(capture)?.horizon;
+    for (b, binding) in bindings.iter().enumerate() {
+        let at = positions.get(&b).copied().unwrap_or(0);
+        let compacted = c
+            .collections
+            .iter()
+            .position(|n| n == &binding.collection)
+            .is_some_and(|i| c.compacted[i]);
+        if compacted && at > 0 && at < horizon {
+            return Err(Error::Destination {
+                materialization: m.name.clone(),
+                message: format!(
+                    "table {} is at line {at} of compacted collection {}, before deletes the compaction dropped (tombstones older than {} hours); it may hold deleted rows: rebuild it with `cdc backfill PIPELINE materialization --materialization {} --binding {}`",
+                    binding.table,
+                    binding.collection,
+                    c.tombstone_ms / 3_600_000,
+                    m.name,
+                    binding.table
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// How often a running materialization looks for backfill requests.
@@ -336,14 +325,15 @@ fn carry_out_requests(
 }
 
 /// Rebuilds binding `b`'s table: a shadow table filled from the start of the collection
-/// up to the live table's position, then swapped in, position and all, in one
-/// transaction. Readers see the live table until the swap and the rebuilt one after.
+/// up to the live table's position (or a compaction's horizon past it), then swapped in,
+/// position and all, in one transaction. Readers see the live table until the swap and
+/// the rebuilt one after.
 fn rebuild(
     pipeline: &Pipeline,
     store: &dyn Store,
     bindings: &[TableBinding],
     b: usize,
-    positions: &HashMap<usize, u64>,
+    positions: &mut HashMap<usize, u64>,
     destination: &mut dyn Destination,
 ) -> Result<()> {
     let Some((capture, index)) = pipeline.collection(&bindings[b].collection) else {
@@ -352,7 +342,12 @@ fn rebuild(
     let shadow = destination.begin_shadow(b)?;
     let mut with_shadow = bindings.to_vec();
     with_shadow.resize(shadow + 1, bindings[b].clone());
-    let until = positions.get(&b).copied().unwrap_or(0);
+    let until = positions
+        .get(&b)
+        .copied()
+        .unwrap_or(0)
+        .max(store.compaction(&capture.name)?.horizon);
+    positions.insert(b, until);
     feed(
         store,
         &capture.name,
@@ -426,6 +421,11 @@ fn feed(
             break;
         }
         let line = line?;
+        if line.is_empty() {
+            // A line a compaction dropped.
+            line_no += 1;
+            continue;
+        }
         let parsed = Line::parse(&line)
             .map_err(|e| Error::Damaged(format!("capture {capture}'s log line {line_no}: {e}")))?;
         match parsed {
@@ -675,6 +675,7 @@ fn step(binding: usize, pending: Pending) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destination::CollectionSchema;
     use serde_json::json;
 
     fn binding(key: &[&str], delta: bool) -> TableBinding {

@@ -23,7 +23,7 @@
 //! ]
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
@@ -94,6 +94,40 @@ pub struct CaptureSpec {
     pub connector: String,
     /// The connector's config file (DESIGN.md §2), relative to the pipeline file.
     pub config: PathBuf,
+    /// Per collection of this capture, what it keeps: `full` (every document; the default)
+    /// or `compacted` (each key's latest document, deletes kept as tombstones for
+    /// `tombstone_hours`; keyed collections on the embedded store). A delta table rebuilt
+    /// from a compacted collection holds the kept documents only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retention: BTreeMap<String, Retention>,
+    /// Compacted collections: hours a delete is kept (by its source commit time) before a
+    /// compaction may drop it. A materialization further behind than that must be rebuilt
+    /// (`cdc backfill PIPELINE materialization`). Default 168 (a week).
+    #[serde(default = "default_tombstone_hours")]
+    pub tombstone_hours: u64,
+    /// Compacted collections: the capture's log is compacted once its committed size is at
+    /// least this many KiB and has doubled since the last compaction. Default 65536 (64 MiB).
+    #[serde(default = "default_compact_after_kib")]
+    pub compact_after_kib: u64,
+}
+
+/// What a collection keeps (PIPELINE.md §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Every document.
+    #[default]
+    Full,
+    /// The latest document per key (see [`crate::compaction`]).
+    Compacted,
+}
+
+fn default_tombstone_hours() -> u64 {
+    168
+}
+
+fn default_compact_after_kib() -> u64 {
+    64 << 10
 }
 
 /// A validated pipeline: the spec with every path resolved and every collection named.
@@ -132,6 +166,12 @@ pub struct Capture {
     pub collections: Vec<String>,
     /// Each binding's source table, `(namespace, stream)`, in binding order.
     pub resources: Vec<(String, String)>,
+    /// Per binding, whether its collection is compacted.
+    pub compacted: Vec<bool>,
+    /// Compacted collections drop deletes older than this, in milliseconds.
+    pub tombstone_ms: u64,
+    /// The committed log's size at which compaction starts, in bytes.
+    pub compact_after_bytes: u64,
 }
 
 /// Where the store is.
@@ -222,12 +262,31 @@ impl Pipeline {
                 }
                 names_here.push(target.to_string());
             }
+            for collection in c.retention.keys() {
+                if !names_here.contains(collection) {
+                    return Err(Error::Spec(format!(
+                        "{at}.retention: {collection:?} is no collection of this capture; its collections are {names_here:?}"
+                    )));
+                }
+            }
+            let compacted: Vec<bool> = names_here
+                .iter()
+                .map(|n| c.retention.get(n) == Some(&Retention::Compacted))
+                .collect();
+            if compacted.contains(&true) && matches!(store, StoreLocation::JetStream(_)) {
+                return Err(Error::Spec(format!(
+                    "{at}.retention: compacted collections need the embedded store (file://); on JetStream keep them \"full\""
+                )));
+            }
             captures.push(Capture {
                 name: c.name.clone(),
                 connector,
                 config,
                 collections: names_here,
                 resources,
+                compacted,
+                tombstone_ms: c.tombstone_hours.saturating_mul(3_600_000),
+                compact_after_bytes: c.compact_after_kib.saturating_mul(1024),
             });
         }
         let mut materializations = HashSet::new();
@@ -384,6 +443,10 @@ mod tests {
             {"name": "a", "connector": sh, "config": "c.json"}]}))
             .contains("captures[1].name")
         );
+        assert!(err(json!({"store": "file:s", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/x": "compacted"}}]})).contains("captures[0].retention: \"acme/x\" is no collection"));
+        assert!(err(json!({"store": "nats://127.0.0.1:4222", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/t": "compacted"}}]})).contains("need the embedded store"));
+        let compacted = Pipeline::resolve(spec(json!({"store": "file:s", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/t": "compacted"}}]})), &d).unwrap();
+        assert_eq!(compacted.captures[0].compacted, [true]);
         std::fs::write(
             d.join("p.json"),
             r#"{"store": "file:s", "captures": [], "extra": 1}"#,

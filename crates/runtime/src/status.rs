@@ -159,6 +159,9 @@ pub struct CaptureStatus {
     pub committed_at_ms: Option<u64>,
     /// Seconds between the last committed change's commit at the source and its landing.
     pub lag_seconds: Option<f64>,
+    /// Where compaction of its log stands, once it compacted (compacted collections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<crate::store::Compaction>,
     /// Its bindings.
     pub bindings: Vec<BindingStatus>,
 }
@@ -234,6 +237,7 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
                 documents: commit.as_ref().map_or(0, |c| c.documents),
                 committed_at_ms: commit.as_ref().map(|c| c.committed_at_ms),
                 lag_seconds: progress.and_then(|p| p["lag_seconds"].as_f64()),
+                compaction: Some(store.compaction(&capture.name)?).filter(|c| c.passes > 0),
                 bindings,
             })
         })
@@ -329,6 +333,14 @@ pub fn render(statuses: &[CaptureStatus]) -> String {
             }),
             opt(c.lag_seconds, " s"),
         );
+        if let Some(k) = &c.compaction {
+            let _ = writeln!(
+                out,
+                "  log compacted {} times, {:.1} MiB after the last",
+                k.passes,
+                k.bytes as f64 / f64::from(1 << 20)
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<32} {:<12} {:>12} {:>12} {:>6} {:>10} {:>8}",

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CaptureLog, Commit, Store};
+use super::{CaptureLog, Commit, Compaction, Store};
+use crate::compaction::Plan;
 use crate::error::{Error, Result};
 use crate::request::Request;
 
@@ -17,15 +18,21 @@ use crate::request::Request;
 #[derive(Clone, Debug)]
 pub struct EmbeddedStore {
     dir: PathBuf,
-    /// Per capture, the last `(line, byte offset)` a reader of it reached: a follower that
+    /// Per capture, the last line and byte offset a reader of it reached: a follower that
     /// reads on from where it stopped seeks there instead of reading the log again.
-    marks: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    marks: Marks,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Record {
     /// Committed bytes of the log.
     offset: u64,
+    /// The log file's generation: each compaction writes the next ([`log_name`]).
+    #[serde(default)]
+    generation: u64,
+    /// Where compaction stands.
+    #[serde(default)]
+    compaction: Compaction,
     #[serde(flatten)]
     commit: Commit,
 }
@@ -76,7 +83,10 @@ impl Store for EmbeddedStore {
         })?;
         let record = self.record(capture)?;
         let committed = record.as_ref().map_or(0, |r| r.offset);
-        let log_path = dir.join("log.jsonl");
+        let generation = record.as_ref().map_or(0, |r| r.generation);
+        let compaction = record.as_ref().map(|r| r.compaction).unwrap_or_default();
+        remove_other_generations(&dir, generation)?;
+        let log_path = dir.join(log_name(generation));
         let mut log = OpenOptions::new()
             .create(true)
             .read(true)
@@ -101,6 +111,8 @@ impl Store for EmbeddedStore {
             .map_err(Error::store("seeking the log"))?;
         Ok(Box::new(EmbeddedLog {
             dir,
+            generation,
+            compaction,
             log,
             _lock: lock,
             committed,
@@ -114,17 +126,18 @@ impl Store for EmbeddedStore {
         Ok(self.record(capture)?.map(|r| r.commit))
     }
 
+    fn compaction(&self, capture: &str) -> Result<Compaction> {
+        Ok(self
+            .record(capture)?
+            .map(|r| r.compaction)
+            .unwrap_or_default())
+    }
+
     fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
-        let Some(record) = self.record(capture)? else {
-            return Ok(Box::new(std::iter::empty()));
-        };
-        let path = self.capture_dir(capture).join("log.jsonl");
-        let log = File::open(&path).map_err(Error::store(format!("opening {}", path.display())))?;
-        Ok(Box::new(
-            BufReader::with_capacity(1 << 16, log.take(record.offset))
-                .lines()
-                .map(|l| l.map_err(Error::store("reading the log"))),
-        ))
+        match self.open_log(capture)? {
+            Some((record, log)) => Ok(Box::new(LogReader::new(log, record.offset, 0, 0))),
+            None => Ok(Box::new(std::iter::empty())),
+        }
     }
 
     fn requests(&self) -> Result<Vec<Request>> {
@@ -166,60 +179,146 @@ impl Store for EmbeddedStore {
         capture: &str,
         from: u64,
     ) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>> {
-        let Some(record) = self.record(capture)? else {
+        let Some((record, mut log)) = self.open_log(capture)? else {
             return Ok(Box::new(std::iter::empty()));
         };
-        let path = self.capture_dir(capture).join("log.jsonl");
-        let mut log =
-            File::open(&path).map_err(Error::store(format!("opening {}", path.display())))?;
         let (line, offset) = self
             .marks
             .lock()
             .ok()
             .and_then(|m| m.get(capture).copied())
-            .filter(|&(line, offset)| line <= from && offset <= record.offset)
-            .unwrap_or((0, 0));
+            .filter(|m| {
+                m.generation == record.generation && m.line <= from && m.offset <= record.offset
+            })
+            .map_or((0, 0), |m| (m.line, m.offset));
         log.seek(SeekFrom::Start(offset))
             .map_err(Error::store("seeking in the log"))?;
-        let mut reader = MarkedReader {
-            lines: BufReader::with_capacity(1 << 16, log.take(record.offset - offset)),
-            line,
-            offset,
-            capture: capture.to_string(),
-            marks: Arc::clone(&self.marks),
-        };
-        while reader.line < from {
-            if reader.next().transpose()?.is_none() {
-                break;
-            }
-        }
+        let mut reader = LogReader::new(log, record.offset, line, offset);
+        reader.mark = Some((
+            capture.to_string(),
+            record.generation,
+            Arc::clone(&self.marks),
+        ));
+        reader.skip_to(from)?;
         Ok(Box::new(reader))
     }
 }
 
-/// Committed lines from a byte offset, leaving the line and offset it stopped at as the
-/// capture's mark when dropped.
-struct MarkedReader {
-    lines: BufReader<std::io::Take<File>>,
-    line: u64,
-    offset: u64,
-    capture: String,
-    marks: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+impl EmbeddedStore {
+    /// The commit record and the log file it names, opened; `None` if the capture never
+    /// committed. A compaction may replace the file between the two reads: then the record
+    /// is read again.
+    fn open_log(&self, capture: &str) -> Result<Option<(Record, File)>> {
+        let mut tries = 0;
+        loop {
+            let Some(record) = self.record(capture)? else {
+                return Ok(None);
+            };
+            let path = self.capture_dir(capture).join(log_name(record.generation));
+            match File::open(&path) {
+                Ok(log) => return Ok(Some((record, log))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+                Err(e) => return Err(Error::store(format!("opening {}", path.display()))(e)),
+            }
+        }
+    }
 }
 
-impl Iterator for MarkedReader {
+/// The log file of a generation (0: never compacted).
+fn log_name(generation: u64) -> String {
+    if generation == 0 {
+        "log.jsonl".into()
+    } else {
+        format!("log.{generation}.jsonl")
+    }
+}
+
+/// Where a reader of a capture's log last stopped.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    generation: u64,
+    line: u64,
+    offset: u64,
+}
+
+type Marks = Arc<Mutex<HashMap<String, Mark>>>;
+
+/// A run of `n` lines a compaction dropped, as the log holds it.
+fn gap_line(n: u64) -> String {
+    format!("#{n}\n")
+}
+
+/// The committed lines of a log from a byte offset, a run of dropped lines read as that
+/// many empty lines; with a mark, it leaves the line and offset it stopped at as the
+/// capture's mark when dropped.
+struct LogReader {
+    lines: BufReader<std::io::Take<File>>,
+    /// The number of the next line at `offset` (before the gap still to read).
+    line: u64,
+    offset: u64,
+    /// Dropped lines still to yield.
+    gap: u64,
+    mark: Option<(String, u64, Marks)>,
+}
+
+impl LogReader {
+    fn new(log: File, committed: u64, line: u64, offset: u64) -> Self {
+        Self {
+            lines: BufReader::with_capacity(1 << 16, log.take(committed - offset)),
+            line,
+            offset,
+            gap: 0,
+            mark: None,
+        }
+    }
+
+    /// Reads past lines before `from`.
+    fn skip_to(&mut self, from: u64) -> Result<()> {
+        while self.line < from {
+            if self.gap > 0 {
+                let n = self.gap.min(from - self.line);
+                self.gap -= n;
+                self.line += n;
+            } else if self.next().transpose()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for LogReader {
     type Item = Result<String>;
 
     fn next(&mut self) -> Option<Result<String>> {
+        if self.gap > 0 {
+            self.gap -= 1;
+            self.line += 1;
+            return Some(Ok(String::new()));
+        }
         let mut text = String::new();
         match self.lines.read_line(&mut text) {
             Ok(0) => None,
             Ok(n) => {
-                self.line += 1;
                 self.offset += n as u64;
                 if text.ends_with('\n') {
                     text.pop();
                 }
+                if let Some(run) = text.strip_prefix('#') {
+                    match run.parse::<u64>() {
+                        Ok(gap) if gap > 0 => {
+                            self.gap = gap;
+                            return self.next();
+                        }
+                        _ => {
+                            return Some(Err(Error::Damaged(format!(
+                                "log line {}: {text:.40} is no run of dropped lines",
+                                self.line
+                            ))));
+                        }
+                    }
+                }
+                self.line += 1;
                 Some(Ok(text))
             }
             Err(e) => Some(Err(Error::store("reading the log")(e))),
@@ -227,12 +326,41 @@ impl Iterator for MarkedReader {
     }
 }
 
-impl Drop for MarkedReader {
+impl Drop for LogReader {
     fn drop(&mut self) {
-        if let Ok(mut marks) = self.marks.lock() {
-            marks.insert(std::mem::take(&mut self.capture), (self.line, self.offset));
+        if let Some((capture, generation, marks)) = self.mark.take()
+            && let Ok(mut marks) = marks.lock()
+        {
+            marks.insert(
+                capture,
+                Mark {
+                    generation,
+                    line: self.line + self.gap,
+                    offset: self.offset,
+                },
+            );
         }
     }
+}
+
+/// Removes log files a compaction left without a record naming them (a crash before the
+/// record's replace, or after it and before the old file's removal).
+fn remove_other_generations(dir: &std::path::Path, generation: u64) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).map_err(Error::store(format!("listing {}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_log = name == "log.jsonl"
+            || name
+                .strip_prefix("log.")
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .is_some_and(|n| n.parse::<u64>().is_ok());
+        if is_log && name != log_name(generation) {
+            std::fs::remove_file(entry.path())
+                .map_err(Error::store(format!("removing {}", entry.path().display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of lines buffered before they are written to the log.
@@ -244,6 +372,9 @@ const HOLD: usize = 8 << 20;
 
 struct EmbeddedLog {
     dir: PathBuf,
+    /// The log file's generation and where compaction stands (kept in every record).
+    generation: u64,
+    compaction: Compaction,
     log: File,
     _lock: File,
     /// Committed bytes of the log.
@@ -258,6 +389,69 @@ struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
+    /// The commit record of the log written so far.
+    fn record(&self, commit: &Commit) -> Record {
+        Record {
+            offset: self.written,
+            generation: self.generation,
+            compaction: self.compaction,
+            commit: commit.clone(),
+        }
+    }
+
+    /// Writes the committed log at `old` to `new` as `plan` compacts it, then the part of
+    /// the current unit written so far as it is; syncs `new` and its directory. Returns
+    /// the compacted committed length and the unit's bytes after it.
+    fn write_compacted(
+        &self,
+        plan: &mut Plan,
+        old: &std::path::Path,
+        new: &std::path::Path,
+    ) -> Result<(u64, u64)> {
+        let written = |e: std::io::Error| Error::store(format!("writing {}", new.display()))(e);
+        let open = |path: &std::path::Path| {
+            File::open(path).map_err(Error::store(format!("opening {}", path.display())))
+        };
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(new).map_err(Error::store(format!("creating {}", new.display())))?,
+        );
+        let mut gap = 0u64;
+        for (at, line) in (0u64..).zip(LogReader::new(open(old)?, self.committed, 0, 0)) {
+            let line = line?;
+            if !line.is_empty() && plan.keep(at, &line)? {
+                if gap > 0 {
+                    out.write_all(gap_line(gap).as_bytes()).map_err(written)?;
+                    gap = 0;
+                }
+                out.write_all(line.as_bytes()).map_err(written)?;
+                out.write_all(b"\n").map_err(written)?;
+            } else {
+                gap += 1;
+            }
+        }
+        if gap > 0 {
+            out.write_all(gap_line(gap).as_bytes()).map_err(written)?;
+        }
+        out.flush().map_err(written)?;
+        let committed = out
+            .get_ref()
+            .metadata()
+            .map_err(Error::store("reading the new log's length"))?
+            .len();
+        let mut tail = open(old)?;
+        tail.seek(SeekFrom::Start(self.committed))
+            .map_err(Error::store("seeking the log"))?;
+        let tail = std::io::copy(&mut tail.take(self.written - self.committed), &mut out)
+            .map_err(written)?;
+        let file = out.into_inner().map_err(|e| written(e.into_error()))?;
+        file.sync_all().map_err(written)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::store("syncing the capture's directory"))?;
+        Ok((committed, tail))
+    }
+
     /// Waits for the commit in flight; its length is committed once it returns.
     fn settle(&mut self) -> Result<()> {
         if let Some((thread, offset)) = self.in_flight.take() {
@@ -299,10 +493,7 @@ impl CaptureLog for EmbeddedLog {
     fn start_commit(&mut self, commit: &Commit, durable: super::OnDurable) -> Result<()> {
         self.settle()?;
         self.write_buffer()?;
-        let record = Record {
-            offset: self.written,
-            commit: commit.clone(),
-        };
+        let record = self.record(commit);
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
         let log = self
             .log
@@ -334,15 +525,61 @@ impl CaptureLog for EmbeddedLog {
                 .sync_data()
                 .map_err(Error::store("syncing the log"))?;
         }
-        let record = Record {
-            offset: self.written,
-            commit: commit.clone(),
-        };
+        let record = self.record(commit);
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
         backfill_core::state::write_atomically(&self.dir.join("commit.json"), &bytes)
             .map_err(Error::store("replacing the commit record"))?;
         self.committed = self.written;
         Ok(())
+    }
+
+    fn compactable_bytes(&self) -> Option<u64> {
+        Some(self.committed)
+    }
+
+    fn compact(&mut self, plan: &mut Plan) -> Result<Option<Compaction>> {
+        self.settle()?;
+        let record_path = self.dir.join("commit.json");
+        let Some(last) = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        let old_path = self.dir.join(log_name(self.generation));
+        let generation = self.generation + 1;
+        let new_path = self.dir.join(log_name(generation));
+        let (committed, tail) = self.write_compacted(plan, &old_path, &new_path)?;
+        let compaction = Compaction {
+            through: plan.through(),
+            horizon: self.compaction.horizon.max(plan.horizon()),
+            bytes: committed,
+            passes: self.compaction.passes + 1,
+        };
+        let record = Record {
+            offset: committed,
+            generation,
+            compaction,
+            commit: last.commit,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
+        backfill_core::state::write_atomically(&record_path, &bytes)
+            .map_err(Error::store("replacing the commit record"))?;
+        // The new log is in force; readers that opened the old one read on in it.
+        let _ = std::fs::remove_file(&old_path);
+        self.log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&new_path)
+            .map_err(Error::store(format!("opening {}", new_path.display())))?;
+        self.log
+            .seek(SeekFrom::End(0))
+            .map_err(Error::store("seeking the log"))?;
+        self.generation = generation;
+        self.compaction = compaction;
+        self.committed = committed;
+        self.written = committed + tail;
+        Ok(Some(compaction))
     }
 
     fn discard(&mut self) -> Result<()> {
@@ -455,6 +692,78 @@ mod tests {
         let second = s.writer("c").err().unwrap().to_string();
         assert!(second.contains("another runtime"), "{second}");
         assert!(s.writer("d").is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn doc(id: u64, v: &str) -> String {
+        json!({"binding": 0, "doc": {"id": id, "v": v, "_meta": {"op": "u", "source": {"ts_ms": 1}}}})
+            .to_string()
+    }
+
+    fn plan(s: &EmbeddedStore) -> Plan {
+        let policy = crate::compaction::Policy {
+            bindings: vec![Some(crate::compaction::KeyedBinding {
+                key: vec!["id".into()],
+                columns: 2,
+            })],
+            tombstone_ms: u64::MAX,
+            now_ms: 2,
+        };
+        let from = s.compaction("c").unwrap().through;
+        Plan::build(policy, from, s.read_from("c", from).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_compaction_keeps_line_numbers_the_unit_in_hand_and_readers_that_follow() {
+        let (s, dir) = store("compact");
+        let mut w = s.writer("c").unwrap();
+        for v in ["a", "b", "c"] {
+            w.append(&doc(1, v)).unwrap();
+        }
+        w.append(&doc(2, "x")).unwrap();
+        w.commit(&commit(1)).unwrap();
+        // A follower has read two lines; a unit is half written.
+        let followed: Vec<_> = s.read_from("c", 0).unwrap().take(2).collect();
+        assert_eq!(followed.len(), 2);
+        w.append(&doc(1, "d")).unwrap();
+        let done = w.compact(&mut plan(&s)).unwrap().unwrap();
+        assert_eq!((done.through, done.passes), (4, 1));
+        let kept = ["", "", &doc(1, "c"), &doc(2, "x")];
+        assert_eq!(lines(&s), kept, "dropped lines read as empty lines");
+        assert_eq!(
+            s.read_from("c", 1)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>(),
+            kept[1..],
+            "a follower reads on from its line in the new log"
+        );
+        assert_eq!(
+            s.read_from("c", 3)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>(),
+            kept[3..]
+        );
+        // The unit in hand commits after the compacted lines; a second pass drops line 2.
+        w.commit(&commit(2)).unwrap();
+        assert_eq!(lines(&s)[4], doc(1, "d"));
+        w.compact(&mut plan(&s)).unwrap().unwrap();
+        assert_eq!(lines(&s), ["", "", "", &doc(2, "x"), &doc(1, "d")]);
+        assert_eq!(
+            s.committed("c").unwrap().unwrap().units,
+            2,
+            "the state is kept"
+        );
+        // A crash after writing a next generation and before the record names it: the next
+        // writer removes it and appends to the named one.
+        drop(w);
+        std::fs::write(dir.join("captures/c/log.9.jsonl"), "junk").unwrap();
+        let mut w = s.writer("c").unwrap();
+        assert!(!dir.join("captures/c/log.9.jsonl").exists());
+        w.append(&doc(3, "y")).unwrap();
+        w.commit(&commit(3)).unwrap();
+        assert_eq!(lines(&s).len(), 6);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

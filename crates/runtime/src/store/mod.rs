@@ -30,6 +30,18 @@
 //! are past the committed length: never seen, then truncated. The writer holds an
 //! exclusive lock on `captures/<name>/lock` for its life.
 //!
+//! ## Compaction
+//!
+//! A store may compact a capture's log ([`CaptureLog::compact`], the plan and its argument
+//! in [`crate::compaction`]): lines keep their numbers, and a dropped line reads as an
+//! empty line. The embedded store writes the compacted log as a new file (runs of dropped
+//! lines as one `#N` line), fsyncs it, then replaces the commit record naming it
+//! (`log.<generation>.jsonl`) with the compaction's figures, and removes the old file; a
+//! crash before the record's replace leaves the old log in force, and the next writer
+//! removes the unnamed file. Readers holding the old file read on in it (its committed
+//! lines are the same documents, less compacted). JetStream collections are not compacted
+//! (the spec refuses `compacted` on a `nats://` store).
+//!
 //! Backfill requests ([`crate::request`]) are kept beside the logs: the embedded store
 //! keeps one file per request in `requests/`, replaced atomically; JetStream one subject
 //! per request in the stream `<prefix>_requests`, keeping the last message of each.
@@ -62,14 +74,33 @@ pub struct Commit {
     pub progress: Value,
 }
 
+/// Where compaction of a capture's log stands (all zero: never compacted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// Lines before this were planned by a pass: the next pass starts here.
+    pub through: u64,
+    /// One past the last expired tombstone dropped: a reader positioned after line 0 and
+    /// before this may have missed a delete ([`crate::compaction`]).
+    pub horizon: u64,
+    /// The committed log's bytes after the last pass.
+    pub bytes: u64,
+    /// Passes so far.
+    pub passes: u64,
+}
+
 /// A store of captures' logs.
 pub trait Store: Send + Sync {
     /// Opens `capture`'s log for its one writer, dropping any uncommitted tail.
     fn writer(&self, capture: &str) -> Result<Box<dyn CaptureLog>>;
     /// The last commit of `capture`, if it ever committed.
     fn committed(&self, capture: &str) -> Result<Option<Commit>>;
-    /// The committed lines of `capture`'s log, in order, as of the call.
+    /// The committed lines of `capture`'s log, in order, as of the call; a line a
+    /// compaction dropped reads as an empty line, so line numbers never change.
     fn read(&self, capture: &str) -> Result<Box<dyn Iterator<Item = Result<String>> + Send>>;
+    /// Where compaction of `capture`'s log stands.
+    fn compaction(&self, _capture: &str) -> Result<Compaction> {
+        Ok(Compaction::default())
+    }
     /// Every backfill request ever written, done ones included, ordered by id.
     fn requests(&self) -> Result<Vec<Request>>;
     /// Writes `request` durably, replacing the one with its id.
@@ -152,4 +183,14 @@ pub trait CaptureLog: Send {
     }
     /// Drops the current unit (never the one in flight).
     fn discard(&mut self) -> Result<()>;
+    /// The committed log's bytes, if this store compacts (`None`: it keeps every line).
+    fn compactable_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Rewrites the committed log by `plan`, keeping every line's number, once the commit
+    /// in flight is durable; the uncommitted unit is kept as it is. Returns where
+    /// compaction stands after it, or `None` when this store does not compact.
+    fn compact(&mut self, _plan: &mut crate::compaction::Plan) -> Result<Option<Compaction>> {
+        Ok(None)
+    }
 }
