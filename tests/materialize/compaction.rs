@@ -6,17 +6,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cdc_runtime::store::{EmbeddedStore, Store};
 use serde_json::{Value, json};
 use testkit::live::workspace_binary;
-use testkit::servers::PgServer;
+use testkit::servers::{NatsServer, PgServer};
 
 use crate::backfill::{Running, backfill};
+use crate::open_store;
 use crate::types::{cdc, pipeline};
 
-/// Sets `retention` and compaction settings on the pipeline's capture.
-fn compacted(pipeline: &Path, tables: &[&str], tombstone_hours: u64) {
+/// Sets `retention` and compaction settings on the pipeline's capture, and its store.
+fn compacted(pipeline: &Path, store: &str, tables: &[&str], tombstone_hours: u64) {
     let mut p: Value = serde_json::from_str(&std::fs::read_to_string(pipeline).unwrap()).unwrap();
+    p["store"] = json!(store);
     let retention: serde_json::Map<String, Value> = tables
         .iter()
         .map(|t| (t.to_string(), json!("compacted")))
@@ -54,8 +55,8 @@ fn difference(src: &PgServer, dest: &PgServer) -> String {
 }
 
 /// The capture's log: (lines, lines a compaction kept), and its compaction passes.
-fn log_figures(dir: &Path) -> (usize, usize, u64) {
-    let store = EmbeddedStore::open(dir.join("store")).unwrap();
+fn log_figures(store: &str) -> (usize, usize, u64) {
+    let store = open_store(store);
     let lines: Vec<String> = store.read("c").unwrap().map(Result::unwrap).collect();
     let kept = lines.iter().filter(|l| !l.is_empty()).count();
     (lines.len(), kept, store.compaction("c").unwrap().passes)
@@ -69,8 +70,19 @@ fn run_until_caught_up(pipeline: &Path) -> std::process::Output {
         .unwrap()
 }
 
-fn source_and_destination() -> Option<(PgServer, PgServer)> {
-    Some((PgServer::start_or_skip()?, PgServer::start_or_skip()?))
+/// A source and a destination server, and the store: an embedded one in `dir`, or on a
+/// throwaway nats-server (kept alive by the returned guard).
+fn servers(
+    dir: &Path,
+    jetstream: bool,
+) -> Option<(PgServer, PgServer, String, Option<NatsServer>)> {
+    let (src, dest) = (PgServer::start_or_skip()?, PgServer::start_or_skip()?);
+    if jetstream {
+        let nats = NatsServer::start_or_skip()?;
+        let url = format!("{}/compaction", nats.url);
+        return Some((src, dest, url, Some(nats)));
+    }
+    Some((src, dest, format!("file://{}/store", dir.display()), None))
 }
 
 /// A table of 200 rows, 5 of them with a TOASTed value that updates of `v` do not send.
@@ -80,13 +92,24 @@ const TABLE: &str = "CREATE TABLE items (id int PRIMARY KEY, v int, big text);
 
 #[test]
 fn a_compacted_collection_lands_the_same_table_and_a_rebuild_from_it_reads_about_the_table() {
-    let Some((src, dest)) = source_and_destination() else {
+    lands_the_same_table(false);
+}
+
+#[test]
+fn a_compacted_jetstream_collection_lands_the_same_table_and_a_rebuild_from_it_reads_about_the_table()
+ {
+    lands_the_same_table(true);
+}
+
+fn lands_the_same_table(jetstream: bool) {
+    let dir =
+        std::env::temp_dir().join(format!("mat-compacted-{jetstream}-{}", std::process::id()));
+    let Some((src, dest, store, _nats)) = servers(&dir, jetstream) else {
         return;
     };
     src.sql(TABLE).unwrap();
-    let dir = std::env::temp_dir().join(format!("mat-compacted-{}", std::process::id()));
     let pipeline = pipeline(&src, &dest, &dir, &["items"]);
-    compacted(&pipeline, &["items"], 168);
+    compacted(&pipeline, &store, &["items"], 168);
     let mut running = Running::start(&pipeline);
     // A history many times the table: hot keys updated again and again (the TOASTed ones
     // among them), deletes, inserts; the runtime is SIGKILLed now and then, in the middle
@@ -116,7 +139,7 @@ fn a_compacted_collection_lands_the_same_table_and_a_rebuild_from_it_reads_about
         std::thread::sleep(Duration::from_millis(300));
     }
     running.stop();
-    let (lines, kept, passes) = log_figures(&dir);
+    let (lines, kept, passes) = log_figures(&store);
     eprintln!("the capture's log: {lines} lines, {kept} kept after {passes} compactions");
     assert!(passes >= 1, "the log was never compacted");
     assert!(
@@ -138,14 +161,24 @@ fn a_compacted_collection_lands_the_same_table_and_a_rebuild_from_it_reads_about
 
 #[test]
 fn a_table_behind_a_dropped_delete_is_refused_with_the_remedy_and_a_rebuild_mends_it() {
-    let Some((src, dest)) = source_and_destination() else {
+    behind_a_dropped_delete(false);
+}
+
+#[test]
+fn a_table_behind_a_delete_dropped_on_jetstream_is_refused_with_the_remedy_and_a_rebuild_mends_it()
+{
+    behind_a_dropped_delete(true);
+}
+
+fn behind_a_dropped_delete(jetstream: bool) {
+    let dir = std::env::temp_dir().join(format!("mat-horizon-{jetstream}-{}", std::process::id()));
+    let Some((src, dest, store, _nats)) = servers(&dir, jetstream) else {
         return;
     };
     src.sql(TABLE).unwrap();
-    let dir = std::env::temp_dir().join(format!("mat-horizon-{}", std::process::id()));
     let with_table = pipeline(&src, &dest, &dir, &["items"]);
     // Tombstones expire at once.
-    compacted(&with_table, &["items"], 0);
+    compacted(&with_table, &store, &["items"], 0);
     assert!(run_until_caught_up(&with_table).status.success());
     assert_eq!(rows(&dest, "items"), rows(&src, "items"));
     // The capture runs on alone (the same capture and store, no materialization) while
@@ -161,11 +194,7 @@ fn a_table_behind_a_dropped_delete_is_refused_with_the_remedy_and_a_rebuild_mend
         src.sql("UPDATE items SET v = v + 1 WHERE id > 5").unwrap();
     }
     assert!(run_until_caught_up(&alone_path).status.success());
-    let horizon = EmbeddedStore::open(dir.join("store"))
-        .unwrap()
-        .compaction("c")
-        .unwrap()
-        .horizon;
+    let horizon = open_store(&store).compaction("c").unwrap().horizon;
     assert!(horizon > 0, "no delete was dropped (horizon {horizon})");
     // The table still holds the deleted rows: reading on would leave them there for good.
     let refused = run_until_caught_up(&with_table);

@@ -57,7 +57,7 @@ fn destination_rows(dest: &PgServer, table: &str) -> Vec<String> {
     rows
 }
 
-fn open_store(url: &str) -> Box<dyn Store> {
+pub(crate) fn open_store(url: &str) -> Box<dyn Store> {
     match url.strip_prefix("file://") {
         Some(dir) => Box::new(EmbeddedStore::open(dir).unwrap()),
         None => Box::new(JetStreamStore::connect(JetStreamLocation::parse(url).unwrap()).unwrap()),

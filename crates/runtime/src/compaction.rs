@@ -354,7 +354,11 @@ mod tests {
 
     /// Runs one pass over `log` from `from`, returning the kept lines (gaps as "").
     fn compact(log: &[String], from: u64, now_ms: u64) -> (Vec<String>, Plan) {
-        let lines = log.iter().skip(usize::try_from(from).unwrap()).cloned().map(Ok);
+        let lines = log
+            .iter()
+            .skip(usize::try_from(from).unwrap())
+            .cloned()
+            .map(Ok);
         let mut plan = Plan::build(policy(now_ms), from, lines).unwrap();
         let kept = log
             .iter()

@@ -96,7 +96,7 @@ pub struct CaptureSpec {
     pub config: PathBuf,
     /// Per collection of this capture, what it keeps: `full` (every document; the default)
     /// or `compacted` (each key's latest document, deletes kept as tombstones for
-    /// `tombstone_hours`; keyed collections on the embedded store). A delta table rebuilt
+    /// `tombstone_hours`; keyed collections only). A delta table rebuilt
     /// from a compacted collection holds the kept documents only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retention: BTreeMap<String, Retention>,
@@ -273,11 +273,6 @@ impl Pipeline {
                 .iter()
                 .map(|n| c.retention.get(n) == Some(&Retention::Compacted))
                 .collect();
-            if compacted.contains(&true) && matches!(store, StoreLocation::JetStream(_)) {
-                return Err(Error::Spec(format!(
-                    "{at}.retention: compacted collections need the embedded store (file://); on JetStream keep them \"full\""
-                )));
-            }
             captures.push(Capture {
                 name: c.name.clone(),
                 connector,
@@ -444,7 +439,6 @@ mod tests {
             .contains("captures[1].name")
         );
         assert!(err(json!({"store": "file:s", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/x": "compacted"}}]})).contains("captures[0].retention: \"acme/x\" is no collection"));
-        assert!(err(json!({"store": "nats://127.0.0.1:4222", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/t": "compacted"}}]})).contains("need the embedded store"));
         let compacted = Pipeline::resolve(spec(json!({"store": "file:s", "captures": [{"name": "a", "connector": sh, "config": "c.json", "retention": {"acme/t": "compacted"}}]})), &d).unwrap();
         assert_eq!(compacted.captures[0].compacted, [true]);
         std::fs::write(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CaptureLog, Commit, Compaction, Store};
+use super::{CaptureLog, Commit, Compaction, Store, gap_length, gap_line};
 use crate::compaction::Plan;
 use crate::error::{Error, Result};
 use crate::request::Request;
@@ -243,11 +243,6 @@ struct Mark {
 
 type Marks = Arc<Mutex<HashMap<String, Mark>>>;
 
-/// A run of `n` lines a compaction dropped, as the log holds it.
-fn gap_line(n: u64) -> String {
-    format!("#{n}\n")
-}
-
 /// The committed lines of a log from a byte offset, a run of dropped lines read as that
 /// many empty lines; with a mark, it leaves the line and offset it stopped at as the
 /// capture's mark when dropped.
@@ -304,19 +299,13 @@ impl Iterator for LogReader {
                 if text.ends_with('\n') {
                     text.pop();
                 }
-                if let Some(run) = text.strip_prefix('#') {
-                    match run.parse::<u64>() {
-                        Ok(gap) if gap > 0 => {
-                            self.gap = gap;
-                            return self.next();
-                        }
-                        _ => {
-                            return Some(Err(Error::Damaged(format!(
-                                "log line {}: {text:.40} is no run of dropped lines",
-                                self.line
-                            ))));
-                        }
+                match gap_length(&text) {
+                    Ok(Some(gap)) => {
+                        self.gap = gap;
+                        return self.next();
                     }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
                 }
                 self.line += 1;
                 Some(Ok(text))

@@ -37,7 +37,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
-use super::{CaptureLog, Commit, Store};
+use super::{CaptureLog, Commit, Compaction, Store};
+use crate::compaction::Plan;
 use crate::error::{Error, Result};
 use crate::request::Request;
 
@@ -110,6 +111,16 @@ struct Record {
     /// The unit's log sequences, when it has lines.
     first: Option<u64>,
     last: Option<u64>,
+    /// A compaction's **base**: its range holds the whole compacted log, lines 0 to
+    /// `commit.documents`, instead of one unit's lines.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    base: bool,
+    /// Bytes of the committed log's lines.
+    #[serde(default)]
+    bytes: u64,
+    /// Where compaction stands.
+    #[serde(default)]
+    compaction: Compaction,
     #[serde(flatten)]
     commit: Commit,
 }
@@ -218,10 +229,18 @@ impl Store for JetStreamStore {
         })?;
         drop(stream);
         let (_, log, commits) = self.names(capture);
+        let (bytes, compaction) = last
+            .as_ref()
+            .map(|(_, r)| (r.bytes, r.compaction))
+            .unwrap_or_default();
         Ok(Box::new(JetStreamLog {
             store: self.clone(),
+            capture: capture.to_string(),
             log,
             commits,
+            bytes,
+            unit_bytes: 0,
+            compaction,
             last_record: last.map(|(seq, _)| seq),
             in_flight: Vec::new(),
             buffer: Vec::with_capacity(MESSAGE_BYTES),
@@ -237,6 +256,17 @@ impl Store for JetStreamStore {
                 .last_record(&stream, capture)
                 .await?
                 .map(|(_, r)| r.commit))
+        })
+    }
+
+    fn compaction(&self, capture: &str) -> Result<Compaction> {
+        self.runtime.block_on(async {
+            let stream = self.stream(capture).await?;
+            Ok(self
+                .last_record(&stream, capture)
+                .await?
+                .map(|(_, r)| r.compaction)
+                .unwrap_or_default())
         })
     }
 
@@ -343,6 +373,8 @@ impl JetStreamStore {
         // Lines committed before the current record; units wholly before `from` are not
         // read at all (each record says how many lines the log held after it).
         let mut before = 0u64;
+        // The next line to send (lines before `from` are not sent).
+        let mut sent = 0u64;
         while let Some(m) = records.next().await {
             let m = m.map_err(|e| unavailable("reading commit records")(&e))?;
             let seq = m
@@ -356,19 +388,22 @@ impl JetStreamStore {
                 Error::Damaged(format!("a commit record of {capture} is not one ({e})"))
             })?;
             let unit_start = std::mem::replace(&mut before, record.commit.documents);
+            // A base holds every line from 0: a reader that met it after the units it
+            // replaces has sent those lines already (the same lines, less compacted).
+            let unit_start = if record.base { 0 } else { unit_start };
             let (Some(first), Some(last)) = (record.first, record.last) else {
                 if seq == last_record {
                     break;
                 }
                 continue;
             };
-            if record.commit.documents <= from {
+            if record.commit.documents <= from.max(sent) {
                 if seq == last_record {
                     break;
                 }
                 continue;
             }
-            let mut skip = from.saturating_sub(unit_start);
+            let mut skip = from.max(sent).saturating_sub(unit_start);
             if lines.is_none() {
                 let config = OrderedConfig {
                     filter_subject: log.clone(),
@@ -391,6 +426,8 @@ impl JetStreamStore {
             // A unit's messages carry its lines back to back, each ending in a newline;
             // a message may end inside a line (see `JetStreamLog::append`).
             let mut partial: Vec<u8> = Vec::new();
+            let mut next_seq = first;
+            let mut cursor = unit_start;
             loop {
                 let Some(m) = reader.next().await else {
                     return Err(Error::Damaged(format!(
@@ -403,8 +440,15 @@ impl JetStreamStore {
                     .map_err(|e| unavailable("a line's sequence")(&e))?
                     .stream_sequence;
                 if at < first {
-                    continue; // a discarded unit's line
+                    continue; // a discarded unit's line, or a base already read
                 }
+                if at != next_seq {
+                    // A compaction purged the messages this read was in.
+                    return Err(Error::Unavailable(format!(
+                        "the log of {capture} was compacted while it was read; reading it again"
+                    )));
+                }
+                next_seq += 1;
                 let mut rest: &[u8] = &m.payload;
                 while let Some(end) = rest.iter().position(|&b| b == b'\n') {
                     partial.extend_from_slice(&rest[..end]);
@@ -412,12 +456,23 @@ impl JetStreamStore {
                     let line = String::from_utf8(std::mem::take(&mut partial)).map_err(|e| {
                         Error::Damaged(format!("a line of {capture} is not UTF-8 ({e})"))
                     })?;
-                    if skip > 0 {
-                        skip -= 1;
-                        continue;
-                    }
-                    if tx.send(Ok(line)).is_err() {
-                        return Ok(());
+                    // A run of lines a compaction dropped reads as that many empty lines.
+                    let gap = super::gap_length(&line)?;
+                    let lines = gap.unwrap_or(1);
+                    let skipped = lines.min(skip);
+                    skip -= skipped;
+                    cursor += lines;
+                    sent = sent.max(cursor);
+                    if gap.is_none() && skipped == 0 {
+                        if tx.send(Ok(line)).is_err() {
+                            return Ok(());
+                        }
+                    } else {
+                        for _ in skipped..gap.unwrap_or(0) {
+                            if tx.send(Ok(String::new())).is_err() {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
                 partial.extend_from_slice(rest);
@@ -448,8 +503,14 @@ const MESSAGE_BYTES: usize = 256 << 10;
 
 struct JetStreamLog {
     store: JetStreamStore,
+    capture: String,
     log: String,
     commits: String,
+    /// Bytes of the committed log's lines, and of the unit in hand's.
+    bytes: u64,
+    unit_bytes: u64,
+    /// Where compaction stands (carried in every record).
+    compaction: Compaction,
     /// The sequence of the last commit record, for the single-writer check.
     last_record: Option<u64>,
     in_flight: Vec<PublishAckFuture>,
@@ -506,6 +567,7 @@ impl CaptureLog for JetStreamLog {
     fn append(&mut self, line: &str) -> Result<()> {
         self.buffer.extend_from_slice(line.as_bytes());
         self.buffer.push(b'\n');
+        self.unit_bytes += line.len() as u64 + 1;
         if self.buffer.len() >= MESSAGE_BYTES {
             self.publish_buffer()?;
         }
@@ -515,12 +577,119 @@ impl CaptureLog for JetStreamLog {
     fn commit(&mut self, commit: &Commit) -> Result<()> {
         self.publish_buffer()?;
         self.settle()?;
-        let record = Record {
+        self.bytes += std::mem::take(&mut self.unit_bytes);
+        self.publish_record(&Record {
             first: self.first,
             last: self.last,
+            base: false,
+            bytes: self.bytes,
+            compaction: self.compaction,
             commit: commit.clone(),
+        })
+    }
+
+    fn discard(&mut self) -> Result<()> {
+        // Lines stored or not, no commit record will name them.
+        self.buffer.clear();
+        let _ = self.settle();
+        self.in_flight.clear();
+        self.first = None;
+        self.last = None;
+        self.unit_bytes = 0;
+        Ok(())
+    }
+
+    fn compactable_bytes(&self) -> Option<u64> {
+        Some(self.bytes)
+    }
+
+    /// Publishes the compacted log as a **base**: its lines (runs of dropped lines as
+    /// `#N`) in new messages, then a commit record naming them as lines 0 to the last
+    /// commit's, with the last commit's state; then purges the messages and records the
+    /// base replaces. A reader meets the base after the units it replaces (and skips what
+    /// it sent of them) or, once they are purged, first; a reader inside a purged unit
+    /// finds its sequences broken and reads again ([`Error::Unavailable`]). A crash before
+    /// the base's record leaves the old log in force (the new messages are named by no
+    /// record); after it, the purge is done by the next compaction.
+    fn compact(&mut self, plan: &mut Plan) -> Result<Option<Compaction>> {
+        if !self.buffer.is_empty() || self.first.is_some() || !self.in_flight.is_empty() {
+            // Lines of the unit in hand would sit inside the base's range: later.
+            return Ok(Some(self.compaction));
+        }
+        let (stream, last) = self.store.runtime.block_on(async {
+            let stream = self.store.stream(&self.capture).await?;
+            let last = self.store.last_record(&stream, &self.capture).await?;
+            Ok::<_, Error>((stream, last))
+        })?;
+        let Some((_, last)) = last else {
+            return Ok(Some(self.compaction));
         };
-        let payload = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
+        let mut bytes = 0u64;
+        let mut gap = 0u64;
+        for (at, line) in (0u64..).zip(self.store.read_from(&self.capture, 0)?) {
+            let line = line?;
+            if !line.is_empty() && plan.keep(at, &line)? {
+                if gap > 0 {
+                    let run = super::gap_line(std::mem::take(&mut gap));
+                    bytes += run.len() as u64;
+                    self.buffer.extend_from_slice(run.as_bytes());
+                }
+                bytes += line.len() as u64 + 1;
+                self.buffer.extend_from_slice(line.as_bytes());
+                self.buffer.push(b'\n');
+                if self.buffer.len() >= MESSAGE_BYTES {
+                    self.publish_buffer()?;
+                }
+            } else {
+                gap += 1;
+            }
+        }
+        if gap > 0 {
+            let run = super::gap_line(gap);
+            bytes += run.len() as u64;
+            self.buffer.extend_from_slice(run.as_bytes());
+        }
+        self.publish_buffer()?;
+        self.settle()?;
+        let compaction = Compaction {
+            through: plan.through(),
+            horizon: self.compaction.horizon.max(plan.horizon()),
+            bytes,
+            passes: self.compaction.passes + 1,
+        };
+        let base_first = self.first;
+        self.publish_record(&Record {
+            first: self.first,
+            last: self.last,
+            base: true,
+            bytes,
+            compaction,
+            commit: last.commit,
+        })?;
+        self.bytes = bytes;
+        self.compaction = compaction;
+        let (log, commits, record) = (self.log.clone(), self.commits.clone(), self.last_record);
+        let purged = self.store.runtime.block_on(async {
+            if let Some(first) = base_first {
+                stream.purge().filter(log).sequence(first).await?;
+            }
+            if let Some(record) = record {
+                stream.purge().filter(commits).sequence(record).await?;
+            }
+            Ok::<_, async_nats::jetstream::stream::PurgeError>(())
+        });
+        if let Err(e) = purged {
+            tracing::warn!(capture = %self.capture, "the compacted log's old messages stay until the next compaction: {e}");
+        }
+        Ok(Some(compaction))
+    }
+}
+
+impl JetStreamLog {
+    /// Publishes a commit record after the last one (refused if another writer's came
+    /// between), and starts the next unit.
+    fn publish_record(&mut self, record: &Record) -> Result<()> {
+        let payload = serde_json::to_vec(record).map_err(|e| Error::Damaged(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -536,16 +705,6 @@ impl CaptureLog for JetStreamLog {
                 .map_err(|e| unavailable("storing a commit record")(&e))
         })?;
         self.last_record = Some(ack.sequence);
-        self.first = None;
-        self.last = None;
-        Ok(())
-    }
-
-    fn discard(&mut self) -> Result<()> {
-        // Lines stored or not, no commit record will name them.
-        self.buffer.clear();
-        let _ = self.settle();
-        self.in_flight.clear();
         self.first = None;
         self.last = None;
         Ok(())

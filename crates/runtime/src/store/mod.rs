@@ -39,8 +39,9 @@
 //! (`log.<generation>.jsonl`) with the compaction's figures, and removes the old file; a
 //! crash before the record's replace leaves the old log in force, and the next writer
 //! removes the unnamed file. Readers holding the old file read on in it (its committed
-//! lines are the same documents, less compacted). JetStream collections are not compacted
-//! (the spec refuses `compacted` on a `nats://` store).
+//! lines are the same documents, less compacted). JetStream publishes the compacted log as
+//! a *base* (new messages and a commit record naming them as lines 0 to the last commit's),
+//! then purges what it replaces (the argument is on `JetStreamLog::compact`).
 //!
 //! Backfill requests ([`crate::request`]) are kept beside the logs: the embedded store
 //! keeps one file per request in `requests/`, replaced atomically; JetStream one subject
@@ -155,6 +156,25 @@ impl Committed {
         let _ = self
             .changed
             .wait_timeout_while(count, timeout, |c| *c <= seen);
+    }
+}
+
+/// A run of `n` lines a compaction dropped, as a log holds it: one line `#n` (a connector's
+/// lines are JSON objects, so none starts with `#`).
+fn gap_line(n: u64) -> String {
+    format!("#{n}\n")
+}
+
+/// The number of dropped lines a log line stands for, if it is a run of them.
+fn gap_length(line: &str) -> Result<Option<u64>> {
+    let Some(run) = line.strip_prefix('#') else {
+        return Ok(None);
+    };
+    match run.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(crate::Error::Damaged(format!(
+            "{line:.40} is no run of dropped lines"
+        ))),
     }
 }
 
