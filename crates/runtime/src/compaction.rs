@@ -59,8 +59,9 @@ use crate::discovery::Discovered;
 use crate::spec::Capture;
 use crate::store::{CaptureLog, Compaction, Store};
 
-/// Keys one pass plans for at most (about 32 MiB of map).
-pub const MAX_KEYS: usize = 1 << 20;
+/// Keys one pass plans for at most: 7/8 of 2^20, so the map stays within 2^20 buckets of
+/// 33 bytes (about 33 MiB).
+pub const MAX_KEYS: usize = (1 << 20) / 8 * 7;
 
 /// How a capture's collections are compacted.
 #[derive(Clone, Debug)]
@@ -72,6 +73,8 @@ pub struct Policy {
     pub tombstone_ms: u64,
     /// Now, in milliseconds since the epoch.
     pub now_ms: u64,
+    /// Keys a pass plans for at most ([`MAX_KEYS`]).
+    pub max_keys: usize,
 }
 
 /// A compacted collection's key, from its capture's `discover`.
@@ -109,6 +112,7 @@ impl Policy {
             bindings,
             tombstone_ms: capture.tombstone_ms,
             now_ms: crate::status::now_ms(),
+            max_keys: MAX_KEYS,
         })
     }
 }
@@ -215,7 +219,8 @@ impl Plan {
             let at = plan.through;
             match plan.read(at, &line)? {
                 Some((_, Some(seen))) => {
-                    if plan.keys.len() >= MAX_KEYS && !plan.keys.contains_key(&seen.key) {
+                    if plan.keys.len() >= plan.policy.max_keys && !plan.keys.contains_key(&seen.key)
+                    {
                         break;
                     }
                     let entry = plan.keys.entry(seen.key).or_insert(Entry {
@@ -349,6 +354,7 @@ mod tests {
             ],
             tombstone_ms: 1000,
             now_ms,
+            max_keys: 8,
         }
     }
 
@@ -428,5 +434,50 @@ mod tests {
         log = kept;
         let (kept, _) = compact(&log, 2, 100);
         assert_eq!(kept, ["", &log[1], &log[2]]);
+    }
+
+    #[test]
+    fn a_pass_whose_key_map_is_full_stops_planning_and_later_passes_finish() {
+        let mut log = vec![
+            doc(0, "c", json!({"id": 1, "v": "a"}), 10),
+            doc(0, "c", json!({"id": 2, "v": "b"}), 10),
+            doc(0, "u", json!({"id": 1, "v": "c"}), 20),
+            doc(0, "u", json!({"id": 2, "v": "d"}), 20),
+        ];
+        let mut passes = Vec::new();
+        let mut from = 0;
+        while from < 4 {
+            let lines = log
+                .iter()
+                .skip(usize::try_from(from).unwrap())
+                .cloned()
+                .map(Ok);
+            let mut p = policy(100);
+            p.max_keys = 1;
+            let mut plan = Plan::build(p, from, lines).unwrap();
+            log = log
+                .iter()
+                .enumerate()
+                .map(|(at, l)| {
+                    if l.is_empty() || plan.keep(at as u64, l).unwrap() {
+                        l.clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
+            passes.push(plan.through());
+            from = plan.through();
+        }
+        assert_eq!(passes, [1, 2, 3, 4], "one key a pass");
+        assert_eq!(
+            log,
+            [
+                "",
+                "",
+                &doc(0, "u", json!({"id": 1, "v": "c"}), 20),
+                &doc(0, "u", json!({"id": 2, "v": "d"}), 20)
+            ]
+        );
     }
 }

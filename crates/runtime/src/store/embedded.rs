@@ -697,6 +697,7 @@ mod tests {
             })],
             tombstone_ms: u64::MAX,
             now_ms: 2,
+            max_keys: crate::compaction::MAX_KEYS,
         };
         let from = s.compaction("c").unwrap().through;
         Plan::build(policy, from, s.read_from("c", from).unwrap()).unwrap()
