@@ -12,6 +12,8 @@
 //! This module is the one implementation of that rule: the `cdc` runtime commits units to
 //! its store by it, and the suites' checker judges connectors by it.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -118,6 +120,102 @@ impl<'a> Line<'a> {
     }
 }
 
+/// A document's top-level fields, each value kept as its JSON text and borrowed from the
+/// document: what a consumer that types values itself needs, without building a tree of
+/// values (a million documents' trees cost a materialization most of its time).
+#[derive(Debug, Default)]
+pub struct Fields<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// Reads the fields of `doc`, a JSON object's text.
+    pub fn parse(doc: &'a str) -> Result<Self, String> {
+        serde_json::from_str(doc).map_err(|e| format!("a document is not a JSON object ({e})"))
+    }
+
+    /// The text of field `name`'s value, if present.
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// `_meta.op`: `c`, `u` or `d` (`c` when absent).
+    pub fn op(&self) -> Result<Op, String> {
+        #[derive(Deserialize)]
+        struct Meta<'a> {
+            #[serde(borrow)]
+            op: Option<&'a str>,
+        }
+        let Some(meta) = self.get("_meta") else {
+            return Ok(Op::Create);
+        };
+        let meta: Meta<'_> = serde_json::from_str(meta.get())
+            .map_err(|e| format!("a document's _meta is unreadable ({e})"))?;
+        Ok(match meta.op {
+            Some("u") => Op::Update,
+            Some("d") => Op::Delete,
+            _ => Op::Create,
+        })
+    }
+}
+
+/// A document's kind (`_meta.op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `c`: an insert or a backfilled row (every column).
+    Create,
+    /// `u`: an update (a column may be left out: DESIGN.md §5).
+    Update,
+    /// `d`: a delete.
+    Delete,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(name) = map.next_key::<Name<'de>>()? {
+                    fields.push((name.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A field name, borrowed unless it holds an escape.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
 /// What a checkpoint does to the lines read since the one before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -159,6 +257,20 @@ impl CommitRule {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fields_are_borrowed_as_their_text() {
+        let doc = r#"{"id":12345678901234567890.5,"t":"a\"b","a\u0062":[1, 2],"_meta":{"op":"u","source":{}}}"#;
+        let f = Fields::parse(doc).unwrap();
+        let names: Vec<&str> = f.0.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names, ["id", "t", "ab", "_meta"]);
+        assert_eq!(f.get("id").unwrap().get(), "12345678901234567890.5");
+        assert_eq!(f.get("t").unwrap().get(), r#""a\"b""#);
+        assert_eq!(f.get("ab").unwrap().get(), "[1, 2]");
+        assert_eq!(f.op(), Ok(Op::Update));
+        assert_eq!(Fields::parse(r#"{"id":1}"#).unwrap().op(), Ok(Op::Create));
+        assert!(Fields::parse("[1]").is_err());
+    }
 
     #[test]
     fn lines_by_shape() {

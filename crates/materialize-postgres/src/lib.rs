@@ -23,7 +23,7 @@ pub mod types;
 use std::collections::HashMap;
 
 use cdc_runtime::destination::{
-    Batch, Destination, DestinationKind, MultisetOp, Step, TableBinding, TableReset,
+    Batch, Destination, DestinationKind, Image, MultisetOp, Step, TableBinding, TableReset,
 };
 use cdc_runtime::{Error, Result};
 use futures_util::SinkExt;
@@ -32,7 +32,7 @@ use tokio_postgres::Client;
 
 use crate::endpoint::Endpoint;
 use crate::sql::{Column, Shape};
-use crate::stage::{Encoder, StageRow};
+use crate::stage::{Encoder, Json, StageRow};
 
 /// Startup options of the destination session. Values are converted in UTC with ISO
 /// dates. Joins of a batch with its table are nested loops over the table's key index:
@@ -369,8 +369,37 @@ async fn copy_text(
 
 fn doc_row(d: &Value) -> StageRow<'_> {
     StageRow {
-        d: Some(d),
+        d: Some(Json::Value(d)),
         ..StageRow::default()
+    }
+}
+
+/// A merge step's whole rows as typed COPY text, and the upserts left for the `jsonb`
+/// path (see `typed`): written by the thread that hands the batch over, while the batch
+/// before it is still being applied, so the server is not kept waiting for it.
+#[derive(Debug, Default)]
+struct TypedRows {
+    text: bytes::Bytes,
+    rest: Vec<usize>,
+}
+
+impl TypedRows {
+    fn of(shape: &Shape, step: &Step) -> Self {
+        let Step::Merge { upserts, .. } = step else {
+            return Self::default();
+        };
+        let mut text = String::new();
+        let typed_ok = upserts.len() >= typed::MIN_ROWS;
+        let rest = upserts
+            .iter()
+            .enumerate()
+            .filter(|(_, doc)| !(typed_ok && typed::row(&mut text, shape, doc)))
+            .map(|(i, _)| i)
+            .collect();
+        Self {
+            text: bytes::Bytes::from(text),
+            rest,
+        }
     }
 }
 
@@ -378,6 +407,7 @@ async fn apply_step(
     tx: &tokio_postgres::Transaction<'_>,
     shape: &Shape,
     step: &Step,
+    typed: &TypedRows,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     match step {
         Step::Merge {
@@ -387,36 +417,39 @@ async fn apply_step(
                 stage(tx, deletes.iter().map(doc_row)).await?;
                 tx.execute(&shape.delete_keys(), &[]).await?;
             }
-            // Whole rows by the typed path, the rest through jsonb (see `typed`).
-            let mut text = String::new();
-            let mut rest: Vec<&Value> = Vec::new();
-            let typed_ok = upserts.len() >= typed::MIN_ROWS;
-            for doc in upserts {
-                if !(typed_ok && typed::row(&mut text, shape, doc)) {
-                    rest.push(doc);
-                }
-            }
+            // Whole rows by the typed path, the rest through jsonb.
+            let text = &typed.text;
+            let rest: Vec<&Image> = typed.rest.iter().map(|&i| &upserts[i]).collect();
             if !text.is_empty() {
-                let text = bytes::Bytes::from(text);
                 // Keys new to the table (an initial load) go straight in, as pg_dump's
                 // output would; a key already stored fails the COPY at once, and the rows
                 // are upserted from a staging table instead.
                 tx.batch_execute("SAVEPOINT cdc_direct").await?;
-                match copy_text(tx, &shape.copy_into_table(), &text).await {
+                match copy_text(tx, &shape.copy_into_table(), text).await {
                     Ok(()) => tx.batch_execute("RELEASE SAVEPOINT cdc_direct").await?,
                     Err(e)
                         if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
                     {
                         tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_direct").await?;
                         tx.batch_execute(&shape.create_typed_stage()).await?;
-                        copy_text(tx, &shape.copy_typed_stage(), &text).await?;
+                        copy_text(tx, &shape.copy_typed_stage(), text).await?;
                         tx.execute(&shape.upsert_typed(), &[]).await?;
                     }
                     Err(e) => return Err(e),
                 }
             }
             if !rest.is_empty() {
-                stage(tx, rest.into_iter().map(doc_row)).await?;
+                stage(
+                    tx,
+                    rest.into_iter().map(|image| StageRow {
+                        d: Some(match image {
+                            Image::Text(text) => Json::Text(text),
+                            Image::Merged(fields) => Json::Map(fields),
+                        }),
+                        ..StageRow::default()
+                    }),
+                )
+                .await?;
                 if let Some(update) = shape.update() {
                     tx.execute(&update, &[]).await?;
                 }
@@ -451,7 +484,7 @@ async fn apply_step(
             stage(
                 tx,
                 rows.iter().map(|r| StageRow {
-                    d: (!r.doc.is_null()).then_some(&r.doc),
+                    d: (!r.doc.is_null()).then_some(Json::Value(&r.doc)),
                     line: i64::try_from(r.line).ok(),
                     op: Some(r.op.as_str()),
                     pos: r.position.as_ref(),
@@ -481,11 +514,12 @@ async fn apply_batch(
     materialization: &str,
     shapes: &[Shape],
     batch: &Batch,
+    typed: &[TypedRows],
     checkpoints: Vec<(String, i64)>,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    for step in &batch.steps {
-        apply_step(&tx, &shapes[binding_of(step)], step).await?;
+    for (step, typed) in batch.steps.iter().zip(typed) {
+        apply_step(&tx, &shapes[binding_of(step)], step, typed).await?;
     }
     PgDestination::write_checkpoints(&tx, schema, materialization, checkpoints).await?;
     tx.commit().await
@@ -543,6 +577,11 @@ impl Destination for PgDestination {
     /// Starts applying `batch` on the worker and returns; the batch in flight before it is
     /// waited for first, and its error returned here.
     fn apply(&mut self, batch: Batch) -> Result<()> {
+        let typed: Vec<TypedRows> = batch
+            .steps
+            .iter()
+            .map(|step| TypedRows::of(&self.tables[binding_of(step)].0, step))
+            .collect();
         self.settle()?;
         let Some(mut client) = self.client.take() else {
             return Err(Error::Unavailable(
@@ -568,6 +607,7 @@ impl Destination for PgDestination {
                 &materialization,
                 &shapes,
                 &batch,
+                &typed,
                 checkpoints,
             )
             .await;

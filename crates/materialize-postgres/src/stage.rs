@@ -3,13 +3,25 @@
 //! `text` as UTF-8; NULL as length -1.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// A document to stage as `jsonb`.
+#[derive(Debug, Clone, Copy)]
+pub enum Json<'a> {
+    /// A value.
+    Value(&'a Value),
+    /// An object's fields.
+    Map(&'a Map<String, Value>),
+    /// JSON text as the connector wrote it (`_meta` and all: the statements read columns
+    /// by name).
+    Text(&'a str),
+}
 
 /// One staged row.
 #[derive(Debug, Default)]
 pub struct StageRow<'a> {
     /// The document.
-    pub d: Option<&'a Value>,
+    pub d: Option<Json<'a>>,
     /// Its log line (delta rows).
     pub line: Option<i64>,
     /// Its op (delta rows).
@@ -57,20 +69,25 @@ impl Encoder {
             }
             None => self.buf.put_i32(-1),
         }
-        self.jsonb(row.pos);
+        self.jsonb(row.pos.map(Json::Value));
         self.bigint(row.ts);
     }
 
-    fn jsonb(&mut self, value: Option<&Value>) {
-        match value {
-            Some(v) => {
-                let text = v.to_string();
-                self.buf.put_i32(len(text.len() + 1));
-                self.buf.put_u8(1);
-                self.buf.put_slice(text.as_bytes());
+    fn jsonb(&mut self, value: Option<Json<'_>>) {
+        let text = match value {
+            Some(Json::Text(text)) => std::borrow::Cow::Borrowed(text),
+            Some(Json::Value(v)) => std::borrow::Cow::Owned(v.to_string()),
+            Some(Json::Map(m)) => {
+                std::borrow::Cow::Owned(serde_json::to_string(m).unwrap_or_default())
             }
-            None => self.buf.put_i32(-1),
-        }
+            None => {
+                self.buf.put_i32(-1);
+                return;
+            }
+        };
+        self.buf.put_i32(len(text.len() + 1));
+        self.buf.put_u8(1);
+        self.buf.put_slice(text.as_bytes());
     }
 
     fn bigint(&mut self, value: Option<i64>) {
@@ -108,7 +125,7 @@ mod tests {
         let mut e = Encoder::new();
         let d = serde_json::json!({"a": 1});
         e.row(&StageRow {
-            d: Some(&d),
+            d: Some(Json::Value(&d)),
             line: Some(7),
             ..StageRow::default()
         });

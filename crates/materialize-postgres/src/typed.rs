@@ -10,6 +10,10 @@
 //! base64 decoded to `\\x` hex for bytea. Anything else (an array, a composite, a JSON
 //! value in a text column) sends the row down the `jsonb` path.
 
+use std::borrow::Cow;
+
+use backfill_core::consumer::Fields;
+use cdc_runtime::destination::Image;
 use serde_json::Value;
 
 use crate::sql::Shape;
@@ -36,40 +40,104 @@ fn escape(out: &mut String, text: &str) {
     out.push_str(rest);
 }
 
+/// A value as the typed path sees it, from a document's text or from merged values.
+enum Cell<'a> {
+    Null,
+    /// A JSON string's content.
+    Str(Cow<'a, str>),
+    /// A number's digits, or `true` / `false`.
+    Scalar(Cow<'a, str>),
+    /// An object or array, as JSON text.
+    Composite(Cow<'a, str>),
+}
+
+impl<'a> Cell<'a> {
+    /// A value from its JSON text (as written: no re-parse where there is no escape).
+    fn from_text(raw: &'a str) -> Option<Self> {
+        Some(match raw.as_bytes().first()? {
+            b'n' => Cell::Null,
+            b'"' if !raw.contains('\\') => Cell::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
+            b'"' => Cell::Str(Cow::Owned(serde_json::from_str(raw).ok()?)),
+            b'{' | b'[' => Cell::Composite(Cow::Borrowed(raw)),
+            _ => Cell::Scalar(Cow::Borrowed(raw)),
+        })
+    }
+
+    fn from_value(value: &'a Value) -> Self {
+        match value {
+            Value::Null => Cell::Null,
+            Value::String(s) => Cell::Str(Cow::Borrowed(s)),
+            Value::Number(n) => Cell::Scalar(Cow::Owned(n.to_string())),
+            Value::Bool(b) => Cell::Scalar(Cow::Borrowed(if *b { "true" } else { "false" })),
+            other => Cell::Composite(Cow::Owned(other.to_string())),
+        }
+    }
+
+    /// Its JSON text, for json and jsonb columns.
+    fn json(&self) -> Cow<'_, str> {
+        match self {
+            Cell::Null => Cow::Borrowed("null"),
+            Cell::Str(s) => Cow::Owned(Value::String(s.to_string()).to_string()),
+            Cell::Scalar(t) | Cell::Composite(t) => Cow::Borrowed(t),
+        }
+    }
+}
+
 /// Appends `doc` as one COPY text row of `shape`'s columns, or returns `false` (leaving
 /// `out` as it was) when a value cannot be typed here or a column is absent.
-pub fn row(out: &mut String, shape: &Shape, doc: &Value) -> bool {
+pub fn row(out: &mut String, shape: &Shape, doc: &Image) -> bool {
+    match doc {
+        Image::Text(text) => {
+            let Ok(fields) = Fields::parse(text) else {
+                return false;
+            };
+            // The connector writes columns in table order: look there first.
+            write_row(out, shape, |i, name| {
+                let raw = match fields.0.get(i) {
+                    Some((n, raw)) if n == name => *raw,
+                    _ => fields.get(name)?,
+                };
+                Cell::from_text(raw.get())
+            })
+        }
+        Image::Merged(fields) => {
+            write_row(out, shape, |_, name| fields.get(name).map(Cell::from_value))
+        }
+    }
+}
+
+fn write_row<'a>(
+    out: &mut String,
+    shape: &Shape,
+    cell: impl Fn(usize, &str) -> Option<Cell<'a>>,
+) -> bool {
     let start = out.len();
     for (i, column) in shape.columns.iter().enumerate() {
         if i > 0 {
             out.push('\t');
         }
-        let Some(value) = doc.get(&column.name) else {
+        let Some(value) = cell(i, &column.name) else {
             out.truncate(start);
             return false;
         };
-        let ok = match (column.mapped.conversion, value) {
-            (_, Value::Null) => {
+        let ok = match (column.mapped.conversion, &value) {
+            (_, Cell::Null) => {
                 out.push_str("\\N");
                 true
             }
-            (Conversion::Text, Value::String(s)) => {
+            (Conversion::Text, Cell::Str(s)) => {
                 escape(out, s);
                 true
             }
-            (Conversion::Text, Value::Number(n)) => {
-                out.push_str(&n.to_string());
-                true
-            }
-            (Conversion::Text, Value::Bool(b)) => {
-                out.push_str(if *b { "true" } else { "false" });
+            (Conversion::Text, Cell::Scalar(t)) => {
+                out.push_str(t);
                 true
             }
             (Conversion::Json, v) => {
-                escape(out, &v.to_string());
+                escape(out, &v.json());
                 true
             }
-            (Conversion::Base64, Value::String(s)) => match base64_hex(s) {
+            (Conversion::Base64, Cell::Str(s)) => match base64_hex(s) {
                 Some(hex) => {
                     out.push_str("\\\\x");
                     out.push_str(&hex);
@@ -136,27 +204,36 @@ mod tests {
             ("b", Conversion::Base64),
             ("n", Conversion::Text),
         ]);
-        let mut out = String::new();
-        let doc = json!({"id": 12345678901234567890_u64, "t": "a\tb\\c\nd", "j": {"k": [1, "x\ty"]}, "b": "AP8Q", "n": null});
-        assert!(row(&mut out, &s, &doc));
-        assert_eq!(
-            out,
-            // JSON's own escapes (`\\t` in a string) get their backslash doubled for COPY.
-            "12345678901234567890\ta\\tb\\\\c\\nd\t{\"k\":[1,\"x\\\\ty\"]}\t\\\\x00ff10\t\\N\n"
-        );
+        // A document as the connector wrote it, and the same fields merged: one row.
+        let doc = json!({"id": 12345678901234567890_u64, "t": "a\tb\\c\nd", "j": {"k": [1, "x\ty"]}, "b": "AP8Q", "n": null, "_meta": {"op": "c"}});
+        let mut fields = doc.as_object().cloned().unwrap();
+        fields.remove("_meta");
+        for image in [Image::Text(doc.to_string()), Image::Merged(fields)] {
+            let mut out = String::new();
+            assert!(row(&mut out, &s, &image));
+            assert_eq!(
+                out,
+                // JSON's own escapes (`\t` in a string) get their backslash doubled for COPY.
+                "12345678901234567890\ta\\tb\\\\c\\nd\t{\"k\":[1,\"x\\\\ty\"]}\t\\\\x00ff10\t\\N\n",
+                "{image:?}"
+            );
+        }
         // An absent column (TOAST) or an array in a text column goes the jsonb way.
-        let before = out.clone();
-        assert!(!row(
-            &mut out,
-            &s,
-            &json!({"id": 1, "t": "x", "j": 1, "b": "AA=="})
-        ));
-        assert!(!row(
-            &mut out,
-            &s,
-            &json!({"id": 1, "t": [1], "j": 1, "b": "AA==", "n": 1})
-        ));
-        assert_eq!(out, before);
+        let mut out = String::from("kept");
+        for refused in [
+            json!({"id": 1, "t": "x", "j": 1, "b": "AA=="}),
+            json!({"id": 1, "t": [1], "j": 1, "b": "AA==", "n": 1}),
+        ] {
+            assert!(!row(&mut out, &s, &Image::Text(refused.to_string())));
+            let fields = refused.as_object().cloned().unwrap();
+            assert!(!row(&mut out, &s, &Image::Merged(fields)));
+        }
+        assert_eq!(out, "kept");
+        // Columns in another order than the table's are found by name.
+        let mut out = String::new();
+        let text = r#"{"n":2,"b":"AA==","j":"s","t":"\u00e9","id":1}"#;
+        assert!(row(&mut out, &s, &Image::Text(text.into())));
+        assert_eq!(out, "1\té\t\"s\"\t\\\\x00\t2\n");
         assert_eq!(base64_hex("AQID").as_deref(), Some("010203"));
         assert_eq!(base64_hex("/w==").as_deref(), Some("ff"));
     }

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::Result;
 
@@ -89,6 +89,35 @@ pub struct DeltaRow {
     pub committed_at_ms: Option<i64>,
 }
 
+/// A document to upsert into a keyed standard table.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Image {
+    /// The one document of its key in the batch, as the connector wrote it (`_meta`
+    /// included, which a destination ignores): typed by the destination field by field
+    /// ([`backfill_core::consumer::Fields`]), never parsed into values on the way.
+    Text(String),
+    /// Several documents of the key merged by DESIGN.md §6's rule, `_meta` left out.
+    Merged(Map<String, Value>),
+}
+
+impl Image {
+    /// Its fields, `_meta` left out.
+    pub fn fields(&self) -> Result<Map<String, Value>> {
+        match self {
+            Image::Merged(fields) => Ok(fields.clone()),
+            Image::Text(text) => {
+                let Value::Object(mut fields) = serde_json::from_str(text)
+                    .map_err(|e| crate::Error::Damaged(format!("a document is not JSON ({e})")))?
+                else {
+                    return Err(crate::Error::Damaged("a document is not an object".into()));
+                };
+                fields.remove("_meta");
+                Ok(fields)
+            }
+        }
+    }
+}
+
 /// One operation on a multiset (keyless) table.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MultisetOp {
@@ -110,7 +139,7 @@ pub enum Step {
         /// Keys to delete.
         deletes: Vec<Value>,
         /// Documents to upsert; absent columns keep their stored value.
-        upserts: Vec<Value>,
+        upserts: Vec<Image>,
     },
     /// A keyless standard table: these operations, in order.
     Multiset {
