@@ -30,8 +30,6 @@ pub type KillHook = Box<dyn FnMut(usize)>;
 pub struct PipelineDriver {
     cdc: PathBuf,
     pipeline: PathBuf,
-    /// The embedded store's directory (the writers read its commit record).
-    store: PathBuf,
     /// The store's URL in the pipeline.
     store_url: String,
     victims: Vec<Victim>,
@@ -63,11 +61,10 @@ impl PipelineDriver {
         store_url: Option<&str>,
     ) -> Result<Self, String> {
         let cdc = workspace_binary("cdc")?;
-        let store = store_url
-            .and_then(|u| u.strip_prefix("file://"))
-            .map_or_else(|| dir.join("store"), PathBuf::from);
-        let store_url =
-            store_url.map_or_else(|| format!("file://{}", store.display()), str::to_string);
+        let store_url = store_url.map_or_else(
+            || format!("file://{}", dir.join("store").display()),
+            str::to_string,
+        );
         let pipeline = dir.join("pipeline.json");
         std::fs::write(
             &pipeline,
@@ -79,7 +76,6 @@ impl PipelineDriver {
         Ok(Self {
             cdc,
             pipeline,
-            store,
             store_url,
             victims: victims.to_vec(),
             hook: None,
@@ -131,12 +127,9 @@ impl PipelineDriver {
         }
     }
 
-    /// Keeps the store's last committed state in the embedded store's place, where the
-    /// scenario's writers look for active bindings (a JetStream store has no file).
+    /// Copies the store's last committed state to [`Driver::state_file`], where the
+    /// scenario's writers look for active bindings.
     fn mirror_state(&self) {
-        if self.store_url.starts_with("file://") {
-            return;
-        }
         if let Ok(Some(commit)) = self.open_store().committed(CAPTURE) {
             let path = self.state_file();
             if let Some(dir) = path.parent() {
@@ -179,7 +172,15 @@ impl Driver for PipelineDriver {
             hook(k);
         }
         let mut runtime = self.start(false);
-        std::thread::sleep(after);
+        // The writers see the committed state as the run goes on (from a JetStream store,
+        // which takes a connection to read, once the run has had its time).
+        let until = std::time::Instant::now() + after;
+        while std::time::Instant::now() < until {
+            if self.store_url.starts_with("file://") {
+                self.mirror_state();
+            }
+            std::thread::sleep(Duration::from_millis(50).min(after));
+        }
         self.mirror_state();
         let connectors = children(runtime.id());
         match victim {
@@ -245,9 +246,6 @@ impl Driver for PipelineDriver {
     }
 
     fn state_file(&self) -> PathBuf {
-        self.store
-            .join("captures")
-            .join(CAPTURE)
-            .join("commit.json")
+        self.pipeline.with_file_name("state.mirror.json")
     }
 }

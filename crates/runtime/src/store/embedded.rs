@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::{CaptureLog, Commit, Compaction, Store, gap_length, gap_line};
+
+mod slots;
 use crate::compaction::Plan;
 use crate::error::{Error, Result};
 use crate::request::Request;
@@ -54,17 +56,27 @@ impl EmbeddedStore {
     }
 
     fn record(&self, capture: &str) -> Result<Option<Record>> {
-        let path = self.capture_dir(capture).join("commit.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Ok(self.numbered_record(capture)?.map(|(_, r)| r))
+    }
+
+    /// The commit record and its commit number ([`slots`]).
+    fn numbered_record(&self, capture: &str) -> Result<Option<(u64, Record)>> {
+        let dir = self.capture_dir(capture);
+        let Some((n, bytes)) = slots::read(&dir).map_err(Error::store(format!(
+            "reading {}'s commit record",
+            dir.display()
+        )))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(|r| Some((n, r)))
+            .map_err(|e| {
                 Error::Damaged(format!(
-                    "{} is not a commit record ({e}); restore it from a backup",
-                    path.display()
+                    "{}'s commit record is not one ({e}); restore the store from a backup",
+                    dir.display()
                 ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::store(format!("reading {}", path.display()))(e)),
-        }
+            })
     }
 }
 
@@ -81,7 +93,19 @@ impl Store for EmbeddedStore {
                 dir.join("lock").display()
             ))
         })?;
-        let record = self.record(capture)?;
+        let numbered = self.numbered_record(capture)?;
+        let commits = numbered.as_ref().map_or(0, |(n, _)| *n);
+        let record = numbered.map(|(_, r)| r);
+        if commits == 0
+            && let Some(record) = &record
+        {
+            // A record from before the slots moves into one.
+            let bytes = serde_json::to_vec(record).map_err(|e| Error::Damaged(e.to_string()))?;
+            slots::write(&dir, 1, &bytes)
+                .and_then(|()| slots::retire_legacy(&dir))
+                .map_err(Error::store("moving the commit record into its slot"))?;
+        }
+        let commits = commits.max(u64::from(record.is_some()));
         let committed = record.as_ref().map_or(0, |r| r.offset);
         let generation = record.as_ref().map_or(0, |r| r.generation);
         let compaction = record.as_ref().map(|r| r.compaction).unwrap_or_default();
@@ -111,6 +135,7 @@ impl Store for EmbeddedStore {
             .map_err(Error::store("seeking the log"))?;
         Ok(Box::new(EmbeddedLog {
             dir,
+            commits,
             generation,
             compaction,
             log,
@@ -361,6 +386,8 @@ const HOLD: usize = 8 << 20;
 
 struct EmbeddedLog {
     dir: PathBuf,
+    /// The commit number of the last record written ([`slots`]).
+    commits: u64,
     /// The log file's generation and where compaction stands (kept in every record).
     generation: u64,
     compaction: Compaction,
@@ -489,12 +516,14 @@ impl CaptureLog for EmbeddedLog {
             .try_clone()
             .map_err(Error::store("sharing the log with the commit thread"))?;
         let sync = self.written > self.committed;
-        let path = self.dir.join("commit.json");
+        let dir = self.dir.clone();
+        self.commits += 1;
+        let n = self.commits;
         let thread = std::thread::spawn(move || {
             if sync {
                 log.sync_data()?;
             }
-            backfill_core::state::write_atomically(&path, &bytes)?;
+            slots::write(&dir, n, &bytes)?;
             durable();
             Ok(())
         });
@@ -516,8 +545,9 @@ impl CaptureLog for EmbeddedLog {
         }
         let record = self.record(commit);
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
-        backfill_core::state::write_atomically(&self.dir.join("commit.json"), &bytes)
-            .map_err(Error::store("replacing the commit record"))?;
+        self.commits += 1;
+        slots::write(&self.dir, self.commits, &bytes)
+            .map_err(Error::store("writing the commit record"))?;
         self.committed = self.written;
         Ok(())
     }
@@ -528,10 +558,10 @@ impl CaptureLog for EmbeddedLog {
 
     fn compact(&mut self, plan: &mut Plan) -> Result<Option<Compaction>> {
         self.settle()?;
-        let record_path = self.dir.join("commit.json");
-        let Some(last) = std::fs::read(&record_path)
+        let Some(last) = slots::read(&self.dir)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .flatten()
+            .and_then(|(_, b)| serde_json::from_slice::<Record>(&b).ok())
         else {
             return Ok(None);
         };
@@ -552,8 +582,9 @@ impl CaptureLog for EmbeddedLog {
             commit: last.commit,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Damaged(e.to_string()))?;
-        backfill_core::state::write_atomically(&record_path, &bytes)
-            .map_err(Error::store("replacing the commit record"))?;
+        self.commits += 1;
+        slots::write(&self.dir, self.commits, &bytes)
+            .map_err(Error::store("writing the commit record"))?;
         // The new log is in force; readers that opened the old one read on in it.
         let _ = std::fs::remove_file(&old_path);
         self.log = OpenOptions::new()
