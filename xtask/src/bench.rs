@@ -843,6 +843,7 @@ fn mariadb(
         "mariadb-dump --quick --single-transaction",
         0.9,
     ));
+    maria_materialize_figure(run, my_bin, &db, &my_endpoint, results)?;
 
     // MariaDB streaming: the change workload read by the connector and by mariadb-binlog,
     // in transactions of 1,000 and in one transaction of every row.
@@ -915,6 +916,75 @@ fn mariadb(
     results.push(lat.figure("MariaDB latency"));
     hold_server(work, hold, &format!("mysql://root@127.0.0.1:{}", db.port));
     drop(db);
+    Ok(())
+}
+
+/// The initial load of the MariaDB table into an empty PostgreSQL table, end to end
+/// through `cdc run` (capture, embedded store, materialization), against the one-off copy
+/// a user would otherwise run: `mariadb --batch` (tab-separated, escaped as COPY's text
+/// format reads it) piped into `psql`'s `\copy`, into the same empty table.
+fn maria_materialize_figure(
+    run: &Run<'_>,
+    my_bin: &std::path::Path,
+    db: &MariaDbServer,
+    endpoint: &Value,
+    results: &mut Vec<Value>,
+) -> Result<(), String> {
+    let cdc = my_bin.with_file_name("cdc");
+    let dest = PgServer::start().map_err(|e| e.to_string())?;
+    let psql = testkit::servers::postgres_bindir()
+        .map(|d| d.join("psql"))
+        .ok_or("no psql")?;
+    // The types cdc maps MariaDB's to (crates/materialize-postgres/src/types.rs).
+    let ddl = "DROP TABLE IF EXISTS bench; DROP TABLE IF EXISTS cdc_checkpoints;
+               CREATE TABLE bench (id bigint PRIMARY KEY, a integer, b text, c timestamptz, d numeric(20,4), e jsonb)";
+    let dir = capture_dir(run.work, "maria-materialize", endpoint, "test", "bench", "Precise")?;
+    let pipeline = dir.join("pipeline.json");
+    std::fs::write(
+        &pipeline,
+        json!({"store": "file:store",
+               "captures": [{"name": "bench", "connector": my_bin, "config": "config.json"}],
+               "materializations": [{"name": "bench", "destination": "postgres",
+                   "endpoint": {"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}},
+                   "bindings": [{"source": "bench", "target": "bench"}]}]})
+        .to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut pairs = Pairs::default();
+    for _ in 0..run.repeat.max(1) {
+        dest.sql(ddl).map_err(|e| e.to_string())?;
+        pairs.refs.push(run_timed(Command::new("sh").arg("-c").arg(format!(
+            "mariadb --no-defaults -h 127.0.0.1 -P {} -u root --batch --skip-column-names --quick -e 'SELECT id, a, b, c, d, e FROM test.bench' | {} -X -q '{}' -c '\\copy bench FROM STDIN'",
+            db.port,
+            psql.display(),
+            dest.url
+        )))?);
+        dest.sql(ddl).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(dir.join("store"));
+        let _ = std::fs::remove_file(dir.join("state.json"));
+        pairs.ours.push(run_timed(
+            Command::new(&cdc)
+                .args(["--log-level", "error", "run", "--until-caught-up"])
+                .arg(&pipeline),
+        )?);
+        let landed = dest
+            .sql("SELECT count(*) FROM bench")
+            .map_err(|e| e.to_string())?;
+        if landed.trim() != run.rows.to_string() {
+            return Err(format!(
+                "the materialization landed {} of {} rows",
+                landed.trim(),
+                run.rows
+            ));
+        }
+    }
+    results.push(figure(
+        "initial load from MariaDB into PostgreSQL",
+        run.rows,
+        &pairs,
+        "mariadb --batch | psql \\copy",
+        1.0,
+    ));
     Ok(())
 }
 
