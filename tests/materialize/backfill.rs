@@ -92,8 +92,13 @@ pub(crate) fn backfill(pipeline: &Path, args: &[&str]) {
 
 /// Rows of `table` as `id|v|pad` lines, sorted.
 fn rows(server: &PgServer, table: &str) -> Vec<String> {
+    sorted_rows(server, &format!("SELECT id, v, pad FROM {table}"))
+}
+
+/// The rows `query` returns as `a|b|...` lines, sorted (none while the table is missing).
+pub(crate) fn sorted_rows(server: &PgServer, query: &str) -> Vec<String> {
     let mut rows: Vec<String> = server
-        .sql(&format!("SELECT id, v, pad FROM {table}"))
+        .sql(query)
         .unwrap_or_default()
         .lines()
         .map(str::to_string)

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use testkit::live::workspace_binary;
 use testkit::servers::{NatsServer, PgServer};
 
-use crate::backfill::{Running, backfill};
+use crate::backfill::{Running, backfill, sorted_rows};
 use crate::open_store;
 use crate::types::{cdc, pipeline};
 
@@ -30,14 +30,7 @@ fn compacted(pipeline: &Path, store: &str, tables: &[&str], tombstone_hours: u64
 
 /// `id|v|md5(big)` lines of `table`, sorted.
 fn rows(server: &PgServer, table: &str) -> Vec<String> {
-    let mut rows: Vec<String> = server
-        .sql(&format!("SELECT id, v, md5(big) FROM {table}"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    rows.sort();
-    rows
+    sorted_rows(server, &format!("SELECT id, v, md5(big) FROM {table}"))
 }
 
 /// The rows only the source or only the destination has, as `source - destination` and

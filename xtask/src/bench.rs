@@ -362,21 +362,9 @@ fn materialize_figures(
             .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir.join("store"));
         let _ = src.sql("SELECT pg_drop_replication_slot('cdc_slot')");
-        pairs.ours.push(run_timed(
-            Command::new(&cdc)
-                .args(["--log-level", "error", "run", "--until-caught-up"])
-                .arg(&pipeline),
-        )?);
-        let landed = dest
-            .sql("SELECT count(*) FROM bench")
-            .map_err(|e| e.to_string())?;
-        if landed.trim() != run.rows.to_string() {
-            return Err(format!(
-                "the materialization landed {} of {} rows",
-                landed.trim(),
-                run.rows
-            ));
-        }
+        pairs
+            .ours
+            .push(initial_load(&cdc, &pipeline, &dest, run.rows)?);
     }
     results.push(figure(
         "initial load into PostgreSQL",
@@ -388,6 +376,31 @@ fn materialize_figures(
     let latency = destination_latency(run, &cdc, pg_bin, src, &dest, endpoint)?;
     results.push(latency.figure_with_target("  source commit to destination commit", 100.0));
     Ok(())
+}
+
+/// Times `cdc run --until-caught-up` of `pipeline` and checks that `rows` rows landed in
+/// the destination's `bench` table.
+fn initial_load(
+    cdc: &std::path::Path,
+    pipeline: &std::path::Path,
+    dest: &PgServer,
+    rows: u64,
+) -> Result<Timed, String> {
+    let timed = run_timed(
+        Command::new(cdc)
+            .args(["--log-level", "error", "run", "--until-caught-up"])
+            .arg(pipeline),
+    )?;
+    let landed = dest
+        .sql("SELECT count(*) FROM bench")
+        .map_err(|e| e.to_string())?;
+    if landed.trim() != rows.to_string() {
+        return Err(format!(
+            "the materialization landed {} of {rows} rows",
+            landed.trim()
+        ));
+    }
+    Ok(timed)
 }
 
 /// Source-commit-to-destination-commit latency at [`LATENCY_RATE`] changes/s through a
@@ -938,7 +951,14 @@ fn maria_materialize_figure(
     // The types cdc maps MariaDB's to (crates/materialize-postgres/src/types.rs).
     let ddl = "DROP TABLE IF EXISTS bench; DROP TABLE IF EXISTS cdc_checkpoints;
                CREATE TABLE bench (id bigint PRIMARY KEY, a integer, b text, c timestamptz, d numeric(20,4), e jsonb)";
-    let dir = capture_dir(run.work, "maria-materialize", endpoint, "test", "bench", "Precise")?;
+    let dir = capture_dir(
+        run.work,
+        "maria-materialize",
+        endpoint,
+        "test",
+        "bench",
+        "Precise",
+    )?;
     let pipeline = dir.join("pipeline.json");
     std::fs::write(
         &pipeline,
@@ -962,21 +982,9 @@ fn maria_materialize_figure(
         dest.sql(ddl).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(dir.join("store"));
         let _ = std::fs::remove_file(dir.join("state.json"));
-        pairs.ours.push(run_timed(
-            Command::new(&cdc)
-                .args(["--log-level", "error", "run", "--until-caught-up"])
-                .arg(&pipeline),
-        )?);
-        let landed = dest
-            .sql("SELECT count(*) FROM bench")
-            .map_err(|e| e.to_string())?;
-        if landed.trim() != run.rows.to_string() {
-            return Err(format!(
-                "the materialization landed {} of {} rows",
-                landed.trim(),
-                run.rows
-            ));
-        }
+        pairs
+            .ours
+            .push(initial_load(&cdc, &pipeline, &dest, run.rows)?);
     }
     results.push(figure(
         "initial load from MariaDB into PostgreSQL",
