@@ -57,7 +57,7 @@ use serde_json::{Map, Value};
 
 use crate::discovery::Discovered;
 use crate::spec::Capture;
-use crate::store::{CaptureLog, Compaction, Store};
+use crate::store::{CaptureLog, Compaction, Compactor, Store};
 
 /// Keys one pass plans for at most: 7/8 of 2^20, so the map stays within 2^20 buckets of
 /// 33 bytes (about 33 MiB).
@@ -183,6 +183,47 @@ pub struct Plan {
     pub dropped: u64,
 }
 
+impl Compactor for Plan {
+    /// Lines before this were planned: where the next pass starts.
+    fn through(&self) -> u64 {
+        self.through
+    }
+
+    /// One past the last expired tombstone this pass dropped (0: none).
+    fn horizon(&self) -> u64 {
+        self.horizon
+    }
+
+    /// Whether the rewrite keeps line `at` (its text `line`).
+    fn keep(&mut self, at: u64, line: &str) -> crate::Result<bool> {
+        if at >= self.through {
+            return Ok(true);
+        }
+        let Some((binding, Some(seen))) = self.read(at, line)? else {
+            return Ok(true);
+        };
+        if self.truncated[binding].is_some_and(|t| t > at) {
+            self.dropped += 1;
+            return Ok(false);
+        }
+        let entry = self.keys.get(&seen.key).copied();
+        if entry.is_some_and(|e| at < e.drop_before) {
+            self.dropped += 1;
+            return Ok(false);
+        }
+        let latest = entry.is_none_or(|e| e.latest == at);
+        let expired = seen
+            .committed_at_ms
+            .is_some_and(|t| self.policy.now_ms.saturating_sub(t) > self.policy.tombstone_ms);
+        if seen.op == Op::Delete && latest && expired {
+            self.dropped += 1;
+            self.horizon = self.horizon.max(at + 1);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
 /// What one document says about its key.
 struct Seen {
     key: u128,
@@ -238,45 +279,6 @@ impl Plan {
             plan.through += 1;
         }
         Ok(plan)
-    }
-
-    /// Lines before this were planned: where the next pass starts.
-    pub fn through(&self) -> u64 {
-        self.through
-    }
-
-    /// One past the last expired tombstone this pass dropped (0: none).
-    pub fn horizon(&self) -> u64 {
-        self.horizon
-    }
-
-    /// Whether the rewrite keeps line `at` (its text `line`).
-    pub fn keep(&mut self, at: u64, line: &str) -> crate::Result<bool> {
-        if at >= self.through {
-            return Ok(true);
-        }
-        let Some((binding, Some(seen))) = self.read(at, line)? else {
-            return Ok(true);
-        };
-        if self.truncated[binding].is_some_and(|t| t > at) {
-            self.dropped += 1;
-            return Ok(false);
-        }
-        let entry = self.keys.get(&seen.key).copied();
-        if entry.is_some_and(|e| at < e.drop_before) {
-            self.dropped += 1;
-            return Ok(false);
-        }
-        let latest = entry.is_none_or(|e| e.latest == at);
-        let expired = seen
-            .committed_at_ms
-            .is_some_and(|t| self.policy.now_ms.saturating_sub(t) > self.policy.tombstone_ms);
-        if seen.op == Op::Delete && latest && expired {
-            self.dropped += 1;
-            self.horizon = self.horizon.max(at + 1);
-            return Ok(false);
-        }
-        Ok(true)
     }
 
     /// A line of a compacted keyed collection: its binding, and its document's key and

@@ -37,8 +37,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
-use super::{CaptureLog, Commit, Compaction, Store};
-use crate::compaction::Plan;
+use super::{CaptureLog, Commit, Compaction, Compactor, Store};
 use crate::error::{Error, Result};
 use crate::request::Request;
 
@@ -611,7 +610,7 @@ impl CaptureLog for JetStreamLog {
     /// finds its sequences broken and reads again ([`Error::Unavailable`]). A crash before
     /// the base's record leaves the old log in force (the new messages are named by no
     /// record); after it, the purge is done by the next compaction.
-    fn compact(&mut self, plan: &mut Plan) -> Result<Option<Compaction>> {
+    fn compact(&mut self, plan: &mut dyn Compactor) -> Result<Option<Compaction>> {
         if !self.buffer.is_empty() || self.first.is_some() || !self.in_flight.is_empty() {
             // Lines of the unit in hand would sit inside the base's range: later.
             return Ok(Some(self.compaction));

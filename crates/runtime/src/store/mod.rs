@@ -161,6 +161,17 @@ impl Committed {
     }
 }
 
+/// What one compaction pass keeps of a log: the compaction module's plan, asked about
+/// every line while a store rewrites it.
+pub trait Compactor {
+    /// Whether the pass keeps line `at`, whose text is `line`.
+    fn keep(&mut self, at: u64, line: &str) -> Result<bool>;
+    /// Lines before this were planned: where the next pass starts.
+    fn through(&self) -> u64;
+    /// One past the last expired tombstone the pass dropped (0: none).
+    fn horizon(&self) -> u64;
+}
+
 /// A run of `n` lines a compaction dropped, as a log holds it: one line `#n` (a connector's
 /// lines are JSON objects, so none starts with `#`).
 fn gap_line(n: u64) -> String {
@@ -212,7 +223,7 @@ pub trait CaptureLog: Send {
     /// Rewrites the committed log by `plan`, keeping every line's number, once the commit
     /// in flight is durable; the uncommitted unit is kept as it is. Returns where
     /// compaction stands after it, or `None` when this store does not compact.
-    fn compact(&mut self, _plan: &mut crate::compaction::Plan) -> Result<Option<Compaction>> {
+    fn compact(&mut self, _plan: &mut dyn Compactor) -> Result<Option<Compaction>> {
         Ok(None)
     }
 }
