@@ -332,17 +332,7 @@ fn materialize_figures(
         "bench",
         "Precise",
     )?;
-    let pipeline = dir.join("pipeline.json");
-    let dest_endpoint = json!({"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}});
-    std::fs::write(
-        &pipeline,
-        json!({"store": "file:store",
-               "captures": [{"name": "bench", "connector": pg_bin, "config": "config.json"}],
-               "materializations": [{"name": "bench", "destination": "postgres", "endpoint": dest_endpoint,
-                                     "bindings": [{"source": "bench", "target": "bench"}]}]})
-        .to_string(),
-    )
-    .map_err(|e| e.to_string())?;
+    let pipeline = materializing_pipeline(&dir, "bench", pg_bin, &dest)?;
     let mut pairs = Pairs::default();
     for _ in 0..run.repeat.max(1) {
         dest.sql(&format!(
@@ -376,6 +366,28 @@ fn materialize_figures(
     let latency = destination_latency(run, &cdc, pg_bin, src, &dest, endpoint)?;
     results.push(latency.figure_with_target("  source commit to destination commit", 100.0));
     Ok(())
+}
+
+/// Writes `dir/pipeline.json`: capture `name` of `connector` with `dir/config.json` into an
+/// embedded store, and its collection `name` materialized into table `name` of `dest`.
+fn materializing_pipeline(
+    dir: &std::path::Path,
+    name: &str,
+    connector: &std::path::Path,
+    dest: &PgServer,
+) -> Result<std::path::PathBuf, String> {
+    let pipeline = dir.join("pipeline.json");
+    std::fs::write(
+        &pipeline,
+        json!({"store": "file:store",
+               "captures": [{"name": name, "connector": connector, "config": "config.json"}],
+               "materializations": [{"name": name, "destination": "postgres",
+                   "endpoint": {"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}},
+                   "bindings": [{"source": name, "target": name}]}]})
+        .to_string(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(pipeline)
 }
 
 /// Times `cdc run --until-caught-up` of `pipeline` and checks that `rows` rows landed in
@@ -431,17 +443,7 @@ fn destination_latency(
         "landing",
         "Precise",
     )?;
-    let pipeline = dir.join("pipeline.json");
-    std::fs::write(
-        &pipeline,
-        json!({"store": "file:store",
-               "captures": [{"name": "landing", "connector": pg_bin, "config": "config.json"}],
-               "materializations": [{"name": "landing", "destination": "postgres",
-                   "endpoint": {"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}},
-                   "bindings": [{"source": "landing", "target": "landing"}]}]})
-        .to_string(),
-    )
-    .map_err(|e| e.to_string())?;
+    let pipeline = materializing_pipeline(&dir, "landing", pg_bin, dest)?;
     dest.sql("DROP TABLE IF EXISTS landing")
         .map_err(|e| e.to_string())?;
     let mut cdc_run = Command::new(cdc)
@@ -959,17 +961,7 @@ fn maria_materialize_figure(
         "bench",
         "Precise",
     )?;
-    let pipeline = dir.join("pipeline.json");
-    std::fs::write(
-        &pipeline,
-        json!({"store": "file:store",
-               "captures": [{"name": "bench", "connector": my_bin, "config": "config.json"}],
-               "materializations": [{"name": "bench", "destination": "postgres",
-                   "endpoint": {"host": "127.0.0.1", "port": dest.port, "user": "postgres", "tls": {"mode": "disable"}},
-                   "bindings": [{"source": "bench", "target": "bench"}]}]})
-        .to_string(),
-    )
-    .map_err(|e| e.to_string())?;
+    let pipeline = materializing_pipeline(&dir, "bench", my_bin, &dest)?;
     let mut pairs = Pairs::default();
     for _ in 0..run.repeat.max(1) {
         dest.sql(ddl).map_err(|e| e.to_string())?;
