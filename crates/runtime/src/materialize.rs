@@ -533,79 +533,86 @@ impl<'a> BatchBuilder<'a> {
 
     /// Adds a document (its JSON text) of `binding`, read at log line `line`.
     pub fn document(&mut self, binding: usize, doc: &str, line: u64) -> Result<()> {
+        let b = &self.bindings[binding];
+        if b.delta || b.schema.key.is_empty() {
+            return self.document_as_values(binding, doc, line);
+        }
         let damaged = |e: String| Error::Damaged(format!("log line {line}: {e}"));
         let fields = Fields::parse(doc).map_err(damaged)?;
-        self.ensure_known_columns(binding, &fields)?;
+        self.ensure_known_columns(binding, fields.0.iter().map(|(name, _)| name.as_ref()))?;
         self.bytes += doc.len();
         self.docs += 1;
         let op = fields.op().map_err(damaged)?;
-        let key_columns = &self.bindings[binding].schema.key;
-        let key = (!self.bindings[binding].delta && !key_columns.is_empty())
-            .then(|| raw_key(key_columns, &fields));
-        match (self.pending(binding), key) {
-            (Pending::Merge { order, keys }, Some(key)) => {
-                let state = keys.entry(key).or_insert_with_key(|key| {
-                    order.push(key.clone());
-                    KeyState::default()
-                });
-                if op == Op::Delete {
-                    state.deleted = Some(Value::Object(parsed(doc, line)?.0));
-                    state.upsert = None;
-                } else {
-                    // One document of the key is kept as its text; a second one merges.
-                    state.upsert = Some(match state.upsert.take() {
-                        None => Image::Text(doc.to_string()),
-                        Some(image) => {
-                            let mut merged = match image {
-                                Image::Merged(fields) => fields,
-                                text @ Image::Text(_) => text.fields()?,
-                            };
-                            merged.extend(parsed(doc, line)?.0);
-                            Image::Merged(merged)
-                        }
-                    });
+        let key = raw_key(&self.bindings[binding].schema.key, &fields);
+        let Pending::Merge { order, keys } = self.pending(binding) else {
+            return Ok(());
+        };
+        let state = keys.entry(key).or_insert_with_key(|key| {
+            order.push(key.clone());
+            KeyState::default()
+        });
+        if op == Op::Delete {
+            state.deleted = Some(Value::Object(parsed(doc, line)?.0));
+            state.upsert = None;
+        } else {
+            // One document of the key is kept as its text; a second one merges.
+            state.upsert = Some(match state.upsert.take() {
+                None => Image::Text(doc.to_string()),
+                Some(image) => {
+                    let mut merged = match image {
+                        Image::Merged(fields) => fields,
+                        text @ Image::Text(_) => text.fields()?,
+                    };
+                    merged.extend(parsed(doc, line)?.0);
+                    Image::Merged(merged)
                 }
-            }
-            (pending, _) => {
-                let (fields, meta) = parsed(doc, line)?;
-                match pending {
-                    Pending::Append(rows) => rows.push(DeltaRow {
-                        line,
-                        op: meta["op"].as_str().unwrap_or("c").to_string(),
-                        position: meta.pointer("/source/pos").cloned(),
-                        committed_at_ms: meta.pointer("/source/ts_ms").and_then(Value::as_i64),
-                        doc: Value::Object(fields),
-                    }),
-                    Pending::Multiset(ops) => match op {
-                        Op::Delete => ops.push(MultisetOp::Remove(before_or(&meta, fields))),
-                        Op::Update => {
-                            if let Some(before) = meta.get("before").filter(|b| b.is_object()) {
-                                ops.push(MultisetOp::Remove(before.clone()));
-                            }
-                            ops.push(MultisetOp::Insert(Value::Object(fields)));
-                        }
-                        Op::Create => ops.push(MultisetOp::Insert(Value::Object(fields))),
-                    },
-                    Pending::Merge { .. } => {}
+            });
+        }
+        Ok(())
+    }
+
+    /// A document of a delta or keyless binding, which keeps every document's values:
+    /// parsed once, into values.
+    fn document_as_values(&mut self, binding: usize, doc: &str, line: u64) -> Result<()> {
+        let (fields, meta) = parsed(doc, line)?;
+        self.ensure_known_columns(binding, fields.keys().map(String::as_str))?;
+        self.bytes += doc.len();
+        self.docs += 1;
+        match self.pending(binding) {
+            Pending::Append(rows) => rows.push(DeltaRow {
+                line,
+                op: meta["op"].as_str().unwrap_or("c").to_string(),
+                position: meta.pointer("/source/pos").cloned(),
+                committed_at_ms: meta.pointer("/source/ts_ms").and_then(Value::as_i64),
+                doc: Value::Object(fields),
+            }),
+            Pending::Multiset(ops) => match meta["op"].as_str() {
+                Some("d") => ops.push(MultisetOp::Remove(before_or(&meta, fields))),
+                Some("u") => {
+                    if let Some(before) = meta.get("before").filter(|b| b.is_object()) {
+                        ops.push(MultisetOp::Remove(before.clone()));
+                    }
+                    ops.push(MultisetOp::Insert(Value::Object(fields)));
                 }
-            }
+                _ => ops.push(MultisetOp::Insert(Value::Object(fields))),
+            },
+            Pending::Merge { .. } => {}
         }
         Ok(())
     }
 
     /// Refuses a document with a column the binding's table lacks: the source table
     /// gained it, and the materialization reads the schema again and adds it downstream.
-    fn ensure_known_columns(&self, binding: usize, fields: &Fields<'_>) -> Result<()> {
+    fn ensure_known_columns<'n>(
+        &self,
+        binding: usize,
+        mut names: impl Iterator<Item = &'n str>,
+    ) -> Result<()> {
         let b = &self.bindings[binding];
         if b.schema.columns.is_empty() {
             return Ok(());
         }
-        match fields
-            .0
-            .iter()
-            .map(|(name, _)| name)
-            .find(|n| *n != "_meta" && !b.schema.columns.iter().any(|c| &c.name == *n))
-        {
+        match names.find(|n| *n != "_meta" && !b.schema.columns.iter().any(|c| c.name == *n)) {
             Some(new) => Err(Error::Unavailable(format!(
                 "collection {} has a column {new:?} its table lacks; reading the schema again",
                 b.collection
