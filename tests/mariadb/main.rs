@@ -342,6 +342,8 @@ fn tls_require_and_verify_full() {
     for (i, tls) in [
         json!({"mode": "require"}),
         json!({"mode": "verify-full", "root_cert": certs.root}),
+        // The default, `prefer`, takes TLS where the server offers it.
+        json!({}),
     ]
     .into_iter()
     .enumerate()

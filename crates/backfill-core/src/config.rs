@@ -146,30 +146,6 @@ impl<E> Config<E> {
     }
 }
 
-/// Resolves a secret given inline, through an environment variable, or in a file (first
-/// line), in that order of precedence; `None` when none is given. Errors name the field.
-pub fn resolve_secret(
-    inline: Option<&str>,
-    env: Option<&str>,
-    file: Option<&str>,
-    field: &str,
-) -> std::result::Result<Option<String>, String> {
-    if let Some(p) = inline {
-        return Ok(Some(p.to_string()));
-    }
-    if let Some(var) = env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| format!("endpoint.{field}_env names {var:?}, which is not set"));
-    }
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("endpoint.{field}_file {path:?} cannot be read: {e}"))?;
-        return Ok(Some(text.lines().next().unwrap_or_default().to_string()));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | the config file: endpoint + bindings (DESIGN.md §2) |
+//! | [`endpoint`] | the login block every endpoint flattens: host, user, secret, TLS policy |
 //! | [`mode`] | backfill modes and Automatic selection (§6) |
 //! | [`key`] | keys, the backfill window, regions (§7 "Key order") |
 //! | [`row`] | a row image as the JSON text it is written as |
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod encode;
+pub mod endpoint;
 pub mod error;
 pub mod key;
 pub mod merger;

@@ -1,38 +1,25 @@
-//! The `endpoint` of a PostgreSQL materialization. The password may be inline, in an
-//! environment variable or in a file; it never appears in logs or `Debug` output.
+//! The `endpoint` of a PostgreSQL materialization: the shared [`Login`] block (host, user,
+//! password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the port,
+//! database and schema.
 
-use std::fmt;
-
-use postgres_conn::Tls;
+pub use backfill_core::endpoint::Login;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How to reach the destination database.
-#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Server host name or address.
-    pub host: String,
+    /// Host, user (it needs CREATE on the schema: tables and the checkpoint table are
+    /// created), password and TLS.
+    #[serde(flatten)]
+    pub login: Login,
     /// Server port.
     #[serde(default = "default_port")]
     pub port: u16,
     /// Database holding the tables.
     #[serde(default = "default_database")]
     pub database: String,
-    /// User; needs CREATE on the schema (tables and the checkpoint table are created).
-    pub user: String,
-    /// Password, inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_env: Option<String>,
-    /// Path of a file holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<String>,
-    /// TLS (libpq's sslmode; `prefer` by default).
-    #[serde(default)]
-    pub tls: Tls,
     /// Schema of tables named without one, and of the checkpoint table.
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -49,35 +36,9 @@ fn default_schema() -> String {
 }
 
 impl Endpoint {
-    /// The password from wherever the config says, or `None` for trust/peer auth.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        backfill_core::config::resolve_secret(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-            "password",
-        )
-    }
-
     /// `host:port/database`, for messages.
     pub fn target(&self) -> String {
-        format!("{}:{}/{}", self.host, self.port, self.database)
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_env", &self.password_env)
-            .field("password_file", &self.password_file)
-            .field("tls", &self.tls)
-            .field("schema", &self.schema)
-            .finish()
+        format!("{}/{}", self.login.address(self.port), self.database)
     }
 }
 

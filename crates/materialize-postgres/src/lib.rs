@@ -54,7 +54,7 @@ impl DestinationKind for Postgres {
     fn validate(&self, endpoint: &Value) -> std::result::Result<(), String> {
         let endpoint: Endpoint = serde_json::from_value(endpoint.clone())
             .map_err(|e| format!("{e}; fields: host, port, database, user, password | password_env | password_file, tls {{mode, root_cert}}, schema"))?;
-        endpoint.resolve_password().map(drop)
+        endpoint.login.resolve_password().map(drop)
     }
 
     fn open(&self, materialization: &str, endpoint: &Value) -> Result<Box<dyn Destination>> {
@@ -71,19 +71,16 @@ impl DestinationKind for Postgres {
             .build()
             .map_err(|e| definite(format!("cannot start a runtime: {e}")))?;
         let config = postgres_conn::Target {
-            host: &endpoint.host,
+            login: &endpoint.login,
             port: endpoint.port,
             database: &endpoint.database,
-            user: &endpoint.user,
             application: "cdc materialize-postgres",
             options: SESSION_OPTIONS,
         }
-        .config(
-            endpoint.resolve_password().map_err(definite)?,
-            &endpoint.tls,
-        );
+        .config()
+        .map_err(definite)?;
         let client = runtime
-            .block_on(postgres_conn::connect(&config, &endpoint.tls))
+            .block_on(postgres_conn::connect(&config, &endpoint.login.tls))
             .map_err(|e| match e {
                 postgres_conn::ConnectError::Tls(text) => definite(text),
                 postgres_conn::ConnectError::Driver(e) => classify(

@@ -12,47 +12,18 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config};
 
-/// TLS mode, as libpq's `sslmode`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it, plain otherwise.
-    #[default]
-    Prefer,
-    /// TLS without verifying the certificate (encrypts, does not authenticate the server).
-    Require,
-    /// TLS, certificate verified against the roots and the host name checked.
-    VerifyFull,
-}
+pub use backfill_core::endpoint::{Login, Tls, TlsMode};
 
-impl TlsMode {
-    /// The driver's `sslmode` for this mode (verification is the rustls config's part).
-    pub fn ssl_mode(self) -> SslMode {
-        match self {
-            TlsMode::Disable => SslMode::Disable,
-            TlsMode::Prefer => SslMode::Prefer,
-            TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
-        }
+/// The driver's `sslmode` for a mode (verification is the rustls config's part).
+pub fn ssl_mode(mode: TlsMode) -> SslMode {
+    match mode {
+        TlsMode::Disable => SslMode::Disable,
+        TlsMode::Prefer => SslMode::Prefer,
+        TlsMode::Require | TlsMode::VerifyFull => SslMode::Require,
     }
-}
-
-/// TLS settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// disable, prefer, require or verify-full.
-    #[serde(default)]
-    pub mode: TlsMode,
-    /// PEM file of root certificates to trust (verify-full); the public web roots otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_cert: Option<String>,
 }
 
 /// The rustls client config for `tls`; `None` when TLS is disabled. Errors name the
@@ -144,14 +115,12 @@ impl ServerCertVerifier for AcceptAnyCert {
 /// Where and as whom to connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// Server host name or address.
-    pub host: &'a str,
+    /// Host, user, password and TLS.
+    pub login: &'a Login,
     /// Server port.
     pub port: u16,
     /// Database.
     pub database: &'a str,
-    /// User.
-    pub user: &'a str,
     /// `application_name`, as the server shows it.
     pub application: &'a str,
     /// Startup options (`-c name=value ...`).
@@ -159,23 +128,25 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// The driver's config: the target, `password` when there is one, a 15 s connect
-    /// timeout, and `tls`'s sslmode.
-    pub fn config(&self, password: Option<String>, tls: &Tls) -> Config {
+    /// The driver's config: the target, the password when the login has one, a 15 s
+    /// connect timeout, and the login's sslmode. Errors name the password setting that
+    /// cannot be read.
+    pub fn config(&self) -> Result<Config, String> {
+        let password = self.login.resolve_password()?;
         let mut config = Config::new();
         config
-            .host(self.host)
+            .host(&self.login.host)
             .port(self.port)
             .dbname(self.database)
-            .user(self.user)
+            .user(&self.login.user)
             .application_name(self.application)
             .options(self.options)
             .connect_timeout(std::time::Duration::from_secs(15))
-            .ssl_mode(tls.mode.ssl_mode());
+            .ssl_mode(ssl_mode(self.login.tls.mode));
         if let Some(password) = password {
             config.password(password);
         }
-        config
+        Ok(config)
     }
 }
 
@@ -192,7 +163,7 @@ pub enum ConnectError {
 /// driver runs on a spawned task of the current tokio runtime.
 pub async fn connect(config: &Config, tls: &Tls) -> Result<Client, ConnectError> {
     let mut config = config.clone();
-    config.ssl_mode(tls.mode.ssl_mode());
+    config.ssl_mode(ssl_mode(tls.mode));
     match tls_config(tls).map_err(ConnectError::Tls)? {
         Some(rustls) => drive(
             config

@@ -6,8 +6,9 @@ use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
 use mysql_async::prelude::Queryable;
 
+use crate::conn::Flavor;
 use crate::endpoint::Endpoint;
-use crate::source::{Flavor, MySource};
+use crate::source::MySource;
 
 /// MySQL/MariaDB, as the shared command line drives it.
 #[derive(Debug)]
@@ -59,7 +60,7 @@ impl Connector for MysqlConnector {
             } else {
                 format!(
                     "GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{}'",
-                    endpoint.user
+                    endpoint.login.user
                 )
             },
         ));
@@ -90,7 +91,7 @@ impl Connector for MysqlConnector {
                 } else {
                     format!(
                         "not found, or '{}' cannot read it: check the name (`discover` lists what it can read), or GRANT SELECT ON `{}`.`{}` TO '{}'",
-                        endpoint.user, b.resource.namespace, b.resource.stream, endpoint.user
+                        endpoint.login.user, b.resource.namespace, b.resource.stream, endpoint.login.user
                     )
                 },
             ));

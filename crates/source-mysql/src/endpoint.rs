@@ -1,64 +1,29 @@
-//! The `endpoint` section of the MySQL/MariaDB config. The password never appears in logs.
+//! The `endpoint` section of the MySQL/MariaDB config: the shared [`Login`] block (host,
+//! user, password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the
+//! port, the replica server id and advanced options.
 
-use std::fmt;
+pub use backfill_core::endpoint::{Login, Tls, TlsMode};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How to reach the server.
-#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Host name or address.
-    pub host: String,
+    /// Host, user (it needs REPLICATION SLAVE, REPLICATION CLIENT and SELECT), password
+    /// and TLS.
+    #[serde(flatten)]
+    pub login: Login,
     /// Port.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// User; needs REPLICATION SLAVE, REPLICATION CLIENT and SELECT.
-    pub user: String,
-    /// Password, inline. Prefer `password_env` or `password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// Environment variable holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_env: Option<String>,
-    /// File whose first line is the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<String>,
-    /// TLS: "disable", "require" (encrypt, do not verify) or "verify-full".
-    #[serde(default)]
-    pub tls: Tls,
     /// Server id of the replica connection; unique among the server's replicas.
     #[serde(default = "default_server_id")]
     pub server_id: u32,
     /// Advanced options.
     #[serde(default)]
     pub advanced: Advanced,
-}
-
-/// TLS settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// disable, require or verify-full.
-    #[serde(default)]
-    pub mode: TlsMode,
-    /// PEM root certificate for verify-full.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_cert: Option<String>,
-}
-
-/// TLS mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Plain TCP.
-    #[default]
-    Disable,
-    /// Encrypted, certificate not verified.
-    Require,
-    /// Encrypted, certificate and host name verified.
-    VerifyFull,
 }
 
 /// Advanced options.
@@ -95,28 +60,19 @@ fn default_concurrency() -> usize {
     1
 }
 
-impl Endpoint {
-    /// The password from wherever the config says.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        backfill_core::config::resolve_secret(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-            "password",
-        )
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("server_id", &self.server_id)
-            .field("advanced", &self.advanced)
-            .finish_non_exhaustive()
+    #[test]
+    fn defaults_and_redaction() {
+        let e: Endpoint =
+            serde_json::from_str(r#"{"host": "h", "user": "u", "password": "hunter2"}"#).unwrap();
+        assert_eq!((e.port, e.server_id), (3306, 9_418_001));
+        assert_eq!(e.login.tls.mode, TlsMode::Prefer);
+        assert!(!format!("{e:?}").contains("hunter2"));
+        assert!(
+            serde_json::from_str::<Endpoint>(r#"{"host": "h", "user": "u", "server": 1}"#).is_err()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! MySQL and MariaDB source for the CDC connectors (MariaDB 10.6+ today).
 
+pub mod conn;
 pub mod connector;
 pub mod endpoint;
 pub mod position;

@@ -42,7 +42,6 @@
 //! read) is in [`crate::stream`].
 
 use std::cmp::Ordering;
-use std::sync::{Arc, Mutex};
 
 use backfill_core::SourceError;
 use backfill_core::cli::CheckItem;
@@ -54,10 +53,11 @@ use backfill_core::source::{
     SnapshotWitness, Source, StreamStart, TableInfo, TableRef, buffered_bytes, classify_natively,
 };
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder, Value as MyValue};
+use mysql_async::{Conn, Value as MyValue};
 use serde_json::Value;
 
-use crate::endpoint::{Endpoint, TlsMode};
+use crate::conn::{Flavor, Server, connect, my_error};
+use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, GtidSet, GtidState};
 use crate::stream::MyStream;
 use crate::value::{AddressKind, ColType, Origin, key_value, render};
@@ -200,75 +200,6 @@ fn key_param(v: &Value) -> MyValue {
     }
 }
 
-pub(crate) fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
-    match e {
-        mysql_async::Error::Server(s) => {
-            let text = format!("{what}: {} (error {})", s.message, s.code);
-            match s.code {
-                1045 => SourceError::definite(format!("{text}; check the user and password")),
-                1142 | 1227 | 1044 => {
-                    SourceError::definite(format!("{text}; grant the user what `check` lists"))
-                }
-                1146 => SourceError::definite(format!(
-                    "{text}; the table was dropped or renamed: fix its binding"
-                )),
-                1236 => SourceError::definite(format!(
-                    "{text}: the binlog position is lost (purged). Raise `backfill` for every binding to re-establish it"
-                )),
-                1205 | 1213 | 1040 | 1053 | 2006 | 2013 => SourceError::transient(text),
-                _ => SourceError::definite(text),
-            }
-        }
-        other => SourceError::transient(format!(
-            "{what}: {}",
-            backfill_core::error::error_chain(other)
-        )),
-    }
-}
-
-/// Connection options for the endpoint.
-pub(crate) fn opts(endpoint: &Endpoint) -> Result<Opts, SourceError> {
-    // mysql_async builds its TLS config from the process-wide rustls provider, which
-    // rustls picks by itself only when one provider is compiled in: a build that also
-    // compiles the SQL Server connector (tiberius) links a second, and TLS connections
-    // then panicked. The workspace uses ring everywhere.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut b = OptsBuilder::default()
-        .ip_or_hostname(endpoint.host.clone())
-        .tcp_port(endpoint.port)
-        .user(Some(endpoint.user.clone()))
-        .pass(endpoint.resolve_password().map_err(SourceError::definite)?)
-        .prefer_socket(false)
-        .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"]);
-    match endpoint.tls.mode {
-        TlsMode::Disable => {}
-        TlsMode::Require => {
-            b = b.ssl_opts(
-                mysql_async::SslOpts::default()
-                    .with_danger_accept_invalid_certs(true)
-                    .with_danger_skip_domain_validation(true),
-            );
-        }
-        TlsMode::VerifyFull => {
-            let mut ssl = mysql_async::SslOpts::default();
-            if let Some(root) = &endpoint.tls.root_cert {
-                ssl = ssl.with_root_certs(vec![std::path::PathBuf::from(root).into()]);
-            }
-            b = b.ssl_opts(ssl);
-        }
-    }
-    Ok(b.into())
-}
-
-pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
-    Conn::new(opts(endpoint)?).await.map_err(|e| {
-        my_error(
-            &e,
-            &format!("connecting to {}:{}", endpoint.host, endpoint.port),
-        )
-    })
-}
-
 fn purged(file: &str) -> SourceError {
     SourceError::definite(format!(
         "binlog file {file} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)"
@@ -281,27 +212,6 @@ struct KeylessScan {
     binding: usize,
     conn: Conn,
     position: BinlogPosition,
-}
-
-/// Which server the connector talks to: the two differ in how a snapshot meets the
-/// binlog, in GTIDs, and in some statements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    /// MariaDB 10.6+.
-    MariaDb,
-    /// MySQL 8.0+.
-    MySql,
-}
-
-/// What the source and its stream know of the server they share.
-#[derive(Clone, Debug)]
-pub struct Server {
-    /// MariaDB or MySQL.
-    pub flavor: Flavor,
-    /// MySQL: `gtid_mode=ON` (MariaDB always has GTIDs).
-    pub gtid_mode: bool,
-    /// MySQL: every GTID the stream has read (see the module docs).
-    pub read_through: Arc<Mutex<GtidSet>>,
 }
 
 /// The MariaDB and MySQL source.
@@ -320,44 +230,11 @@ impl MySource {
     /// Connects, refuses servers it cannot capture correctly, and reads the catalog.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
         let mut conn = connect(endpoint).await?;
-        let version: String = conn
-            .query_first("SELECT VERSION()")
-            .await
-            .map_err(|e| my_error(&e, "reading the version"))?
-            .unwrap_or_default();
-        let flavor = if version.contains("MariaDB") {
-            Flavor::MariaDb
-        } else {
-            let major: u32 = version
-                .split('.')
-                .next()
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0);
-            if major < 8 {
-                return Err(SourceError::definite(format!(
-                    "server {version} is MySQL {major}; the connector captures MySQL 8.0+ and MariaDB 10.6+"
-                )));
-            }
-            Flavor::MySql
-        };
-        let gtid_mode = match flavor {
-            Flavor::MariaDb => true,
-            Flavor::MySql => {
-                let mode: Option<String> = conn
-                    .query_first("SELECT @@gtid_mode")
-                    .await
-                    .map_err(|e| my_error(&e, "reading gtid_mode"))?;
-                mode.is_some_and(|m| m.eq_ignore_ascii_case("ON"))
-            }
-        };
+        let server = Server::probe(&mut conn).await?;
         let tables = load_tables(&mut conn).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
-            server: Server {
-                flavor,
-                gtid_mode,
-                read_through: Arc::default(),
-            },
+            server,
             conn,
             tables,
             keyless: None,

@@ -38,10 +38,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::Value;
 
+use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Cell, Image, decode_each, plan};
-use crate::source::{Column, Flavor, Server, Table, connect, my_error};
+use crate::source::{Column, Table};
 use crate::value::{key_value, render_cell};
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).

@@ -20,26 +20,25 @@ pub(crate) const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY -
 
 /// The rustls client config for the endpoint's TLS mode; `None` when TLS is disabled.
 pub(crate) fn tls_config(endpoint: &Endpoint) -> Result<Option<Arc<ClientConfig>>, SourceError> {
-    postgres_conn::tls_config(&endpoint.tls).map_err(SourceError::definite)
+    postgres_conn::tls_config(&endpoint.login.tls).map_err(SourceError::definite)
 }
 
 /// The tokio-postgres config of the endpoint.
 pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
-    let password = endpoint.resolve_password().map_err(SourceError::definite)?;
-    Ok(postgres_conn::Target {
-        host: &endpoint.host,
+    postgres_conn::Target {
+        login: &endpoint.login,
         port: endpoint.port,
         database: &endpoint.database,
-        user: &endpoint.user,
         application: "source-postgres",
         options: SESSION_OPTIONS,
     }
-    .config(password, &endpoint.tls))
+    .config()
+    .map_err(SourceError::definite)
 }
 
 /// Opens a query connection; its driver runs on a spawned task.
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> {
-    postgres_conn::connect(&pg_config(endpoint)?, &endpoint.tls)
+    postgres_conn::connect(&pg_config(endpoint)?, &endpoint.login.tls)
         .await
         .map_err(|e| match e {
             ConnectError::Tls(text) => SourceError::definite(text),
@@ -78,12 +77,15 @@ pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
 
 /// Turns a connection error into a transient or definite source error with advice.
 pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
-    let target = format!("{}:{}/{}", endpoint.host, endpoint.port, endpoint.database);
+    let target = format!(
+        "{}:{}/{}",
+        endpoint.login.host, endpoint.port, endpoint.database
+    );
     if let Some(db) = e.as_db_error() {
         return server_error(
             db.code().code(),
             db.message(),
-            &format!("connecting to {target} as {:?}", endpoint.user),
+            &format!("connecting to {target} as {:?}", endpoint.login.user),
         );
     }
     // Not from the server: TLS problems are configuration, everything else (refused,
@@ -91,7 +93,7 @@ pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> Source
     let chain = backfill_core::error::error_chain(e);
     if postgres_conn::is_tls_failure(e) {
         return SourceError::definite(format!(
-            "{target}: {chain}; check endpoint.tls (mode, root_cert) and the server's certificate and ssl setting"
+            "{target}: {chain}; check endpoint.login.tls (mode, root_cert) and the server's certificate and ssl setting"
         ));
     }
     SourceError::transient(format!("{target}: {chain}"))

@@ -70,7 +70,7 @@ impl Connector for PostgresConnector {
             )),
         }
         let tables = catalog_tables(&source).await?;
-        let user = quote(&endpoint.user);
+        let user = quote(&endpoint.login.user);
         let mut toasted = Vec::new();
         for b in bindings {
             let name = format!("table {}", b.table_name());
@@ -240,11 +240,11 @@ async fn server_items(endpoint: &Endpoint, client: &tokio_postgres::Client) -> V
         "replication role",
         can_replicate,
         if can_replicate {
-            format!("{} may replicate", endpoint.user)
+            format!("{} may replicate", endpoint.login.user)
         } else {
             format!(
                 "{0} lacks REPLICATION: ALTER ROLE {0} WITH REPLICATION",
-                endpoint.user
+                endpoint.login.user
             )
         },
     ));

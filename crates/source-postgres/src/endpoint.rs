@@ -1,40 +1,28 @@
-//! The `endpoint` section of the PostgreSQL config.
-//!
-//! The password may be given inline, through an environment variable or a file; it never
-//! appears in logs or `Debug` output.
+//! The `endpoint` section of the PostgreSQL config: the shared [`Login`] block (host, user,
+//! password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the slot,
+//! publication and advanced options.
 
-use std::fmt;
 use std::time::Duration;
+
+pub use backfill_core::endpoint::{Login, Tls, TlsMode};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How to reach the database and what the connector may create there.
-#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Server host name or address.
-    pub host: String,
+    /// Host, user (it needs REPLICATION, or to own the slot, and SELECT on the tables),
+    /// password and TLS.
+    #[serde(flatten)]
+    pub login: Login,
     /// Server port.
     #[serde(default = "default_port")]
     pub port: u16,
     /// Database to capture.
     #[serde(default = "default_database")]
     pub database: String,
-    /// Role to connect as; it needs REPLICATION (or to own the slot) and SELECT on the tables.
-    pub user: String,
-    /// Password, inline. Prefer `password_env` or `password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_env: Option<String>,
-    /// Path of a file whose first line is the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<String>,
-    /// TLS settings.
-    #[serde(default)]
-    pub tls: Tls,
     /// Logical replication slot; created when missing (unless read-only).
     #[serde(default = "default_slot")]
     pub slot: String,
@@ -45,8 +33,6 @@ pub struct Endpoint {
     #[serde(default)]
     pub advanced: Advanced,
 }
-
-pub use postgres_conn::{Tls, TlsMode};
 
 /// Advanced options.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -110,37 +96,9 @@ fn default_concurrency() -> usize {
 }
 
 impl Endpoint {
-    /// The password from wherever the config says, or `None` for trust/peer auth.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        backfill_core::config::resolve_secret(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-            "password",
-        )
-    }
-
     /// Heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.advanced.heartbeat_interval_s.max(1))
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("password_env", &self.password_env)
-            .field("password_file", &self.password_file)
-            .field("tls", &self.tls)
-            .field("slot", &self.slot)
-            .field("publication", &self.publication)
-            .field("advanced", &self.advanced)
-            .finish()
     }
 }
 
@@ -156,14 +114,17 @@ mod tests {
             (e.port, e.database.as_str(), e.slot.as_str()),
             (5432, "postgres", "cdc_slot")
         );
-        assert_eq!(e.tls.mode, TlsMode::Prefer);
+        assert_eq!(e.login.tls.mode, TlsMode::Prefer);
         assert_eq!(e.advanced.chunk_size, 10_000);
         let debug = format!("{e:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("<redacted>"),
             "{debug}"
         );
-        assert_eq!(e.resolve_password().unwrap().as_deref(), Some("hunter2"));
+        assert_eq!(
+            e.login.resolve_password().unwrap().as_deref(),
+            Some("hunter2")
+        );
         assert!(
             serde_json::from_str::<Endpoint>(r#"{"host": "h", "user": "u", "passwd": "x"}"#)
                 .is_err()
@@ -172,7 +133,8 @@ mod tests {
             serde_json::from_str(r#"{"host": "h", "user": "u", "password_env": "NO_SUCH_VAR_X"}"#)
                 .unwrap();
         assert!(
-            env.resolve_password()
+            env.login
+                .resolve_password()
                 .unwrap_err()
                 .contains("NO_SUCH_VAR_X")
         );

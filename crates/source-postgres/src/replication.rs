@@ -83,12 +83,12 @@ fn io_err(e: std::io::Error) -> SourceError {
 impl ReplicationConn {
     /// Connects, negotiates TLS as the endpoint asks, and authenticates.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        let tcp = TcpStream::connect((endpoint.login.host.as_str(), endpoint.port))
             .await
             .map_err(|e| {
                 SourceError::transient(format!(
                     "cannot reach {}:{}: {e}",
-                    endpoint.host, endpoint.port
+                    endpoint.login.host, endpoint.port
                 ))
             })?;
         let _ = tcp.set_nodelay(true);
@@ -103,11 +103,13 @@ impl ReplicationConn {
                 tcp.read_exact(&mut answer).await.map_err(io_err)?;
                 match answer[0] {
                     b'S' => {
-                        let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
-                            .map_err(|e| {
+                        let name = rustls::pki_types::ServerName::try_from(
+                            endpoint.login.host.clone(),
+                        )
+                        .map_err(|e| {
                             SourceError::definite(format!(
-                                "endpoint.host {:?} is not a valid TLS server name: {e}",
-                                endpoint.host
+                                "endpoint.login.host {:?} is not a valid TLS server name: {e}",
+                                endpoint.login.host
                             ))
                         })?;
                         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
@@ -116,16 +118,16 @@ impl ReplicationConn {
                             .map_err(|e| {
                                 SourceError::definite(format!(
                                     "TLS handshake with {} failed: {e}",
-                                    endpoint.host
+                                    endpoint.login.host
                                 ))
                             })?;
                         Box::new(tls)
                     }
-                    _ if endpoint.tls.mode == TlsMode::Prefer => Box::new(tcp),
+                    _ if endpoint.login.tls.mode == TlsMode::Prefer => Box::new(tcp),
                     _ => {
                         return Err(SourceError::definite(format!(
-                            "{} does not accept TLS but endpoint.tls.mode requires it; enable ssl on the server or lower the mode",
-                            endpoint.host
+                            "{} does not accept TLS but endpoint.login.tls.mode requires it; enable ssl on the server or lower the mode",
+                            endpoint.login.host
                         )));
                     }
                 }
@@ -142,7 +144,7 @@ impl ReplicationConn {
 
     async fn startup(&mut self, endpoint: &Endpoint) -> Result<(), SourceError> {
         let params = [
-            ("user", endpoint.user.as_str()),
+            ("user", endpoint.login.user.as_str()),
             ("database", endpoint.database.as_str()),
             ("replication", "database"),
             ("application_name", "source-postgres"),
@@ -151,11 +153,14 @@ impl ReplicationConn {
         self.out.clear();
         frontend::startup_message(params.iter().copied(), &mut self.out).map_err(io_err)?;
         self.flush_out().await?;
-        let password = endpoint.resolve_password().map_err(SourceError::definite)?;
+        let password = endpoint
+            .login
+            .resolve_password()
+            .map_err(SourceError::definite)?;
         let need_password = || {
             SourceError::definite(format!(
                 "the server asks a password for {:?}; set endpoint.password, password_env or password_file",
-                endpoint.user
+                endpoint.login.user
             ))
         };
         let mut scram: Option<ScramSha256> = None;
@@ -183,7 +188,7 @@ impl ReplicationConn {
                             }
                             let salt = [b[0], b[1], b[2], b[3]];
                             let hash = postgres_protocol::authentication::md5_hash(
-                                endpoint.user.as_bytes(),
+                                endpoint.login.user.as_bytes(),
                                 p.as_bytes(),
                                 salt,
                             );

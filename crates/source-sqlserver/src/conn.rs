@@ -17,24 +17,31 @@ pub type Client = tiberius::Client<Compat<TcpStream>>;
 /// The tiberius config for `endpoint`.
 pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
     let mut config = Config::new();
-    config.host(&endpoint.host);
+    let login = &endpoint.login;
+    config.host(&login.host);
     config.port(endpoint.port);
     config.database(&endpoint.database);
     config.application_name("source-sqlserver");
-    let password = endpoint
+    let password = login
         .resolve_password()
         .map_err(SourceError::definite)?
         .unwrap_or_default();
-    config.authentication(AuthMethod::sql_server(&endpoint.user, password));
-    match endpoint.tls.mode {
+    config.authentication(AuthMethod::sql_server(&login.user, password));
+    // The shared TLS policy (backfill_core::endpoint) in tiberius's terms: the server
+    // always offers TLS (it encrypts every login), so `prefer` encrypts everything.
+    match login.tls.mode {
         TlsMode::Disable => config.encryption(EncryptionLevel::Off),
+        TlsMode::Prefer => {
+            config.encryption(EncryptionLevel::On);
+            config.trust_cert();
+        }
         TlsMode::Require => {
             config.encryption(EncryptionLevel::Required);
             config.trust_cert();
         }
         TlsMode::VerifyFull => {
             config.encryption(EncryptionLevel::Required);
-            if let Some(path) = &endpoint.tls.trust_cert {
+            if let Some(path) = &login.tls.root_cert {
                 config.trust_cert_ca(path);
             }
         }
@@ -56,7 +63,7 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
     // installed; the workspace uses ring everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(endpoint)?;
-    let where_ = format!("connecting to {}:{}", endpoint.host, endpoint.port);
+    let where_ = format!("connecting to {}", endpoint.login.address(endpoint.port));
     let tcp = TcpStream::connect(config.get_addr())
         .await
         .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
@@ -106,7 +113,7 @@ pub fn classify(e: &tiberius::error::Error, what: &str) -> SourceError {
             }
         }
         tiberius::error::Error::Tls(m) => SourceError::definite(format!(
-            "{what}: TLS: {m}; for a self-signed server certificate set tls.trust_cert to it, or tls.mode = \"require\""
+            "{what}: TLS: {m}; for a self-signed server certificate set tls.root_cert to it, or tls.mode = \"require\""
         )),
         tiberius::error::Error::Routing { host, port } => SourceError::definite(format!(
             "{what}: the server redirects to {host}:{port}; connect there"

@@ -109,7 +109,7 @@ impl Connector for SqlServerConnector {
                     format!(
                         "GRANT SELECT ON {} TO [{}]",
                         sql::qualified(&t.table.namespace, &t.table.stream),
-                        endpoint.user
+                        endpoint.login.user
                     )
                 },
             ));
@@ -150,10 +150,10 @@ impl Connector for SqlServerConnector {
                                 ci.name,
                                 ci.role.clone().unwrap_or_default(),
                                 ci.role.clone().unwrap_or_default(),
-                                endpoint.user
+                                endpoint.login.user
                             )
                         } else if !readable {
-                            format!("GRANT SELECT ON SCHEMA::cdc TO [{}]", endpoint.user)
+                            format!("GRANT SELECT ON SCHEMA::cdc TO [{}]", endpoint.login.user)
                         } else {
                             format!(
                                 "capture instance {}{}",

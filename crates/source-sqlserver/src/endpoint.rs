@@ -1,68 +1,32 @@
-//! The `endpoint` section of the SQL Server config. The password never appears in logs.
+//! The `endpoint` section of the SQL Server config: the shared [`Login`] block (host,
+//! user, password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the
+//! port, database, polling and advanced options.
 
-use std::fmt;
+pub use backfill_core::endpoint::{Login, Tls, TlsMode};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How to reach the server.
-#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Host name or address.
-    pub host: String,
+    /// Host, SQL login (it needs SELECT on the captured tables and their change tables; see
+    /// `check`), password and TLS. SQL Server always encrypts the login; with `disable`
+    /// nothing else is encrypted.
+    #[serde(flatten)]
+    pub login: Login,
     /// Port.
     #[serde(default = "default_port")]
     pub port: u16,
     /// Database whose tables are captured (CDC enabled with `sys.sp_cdc_enable_db`).
     pub database: String,
-    /// SQL login; needs SELECT on the captured tables and their change tables (see `check`).
-    pub user: String,
-    /// Password, inline. Prefer `password_env` or `password_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// Environment variable holding the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_env: Option<String>,
-    /// File whose first line is the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<String>,
-    /// TLS.
-    #[serde(default)]
-    pub tls: Tls,
     /// Milliseconds between polls of the change tables when there is nothing new.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
     /// Advanced options.
     #[serde(default)]
     pub advanced: Advanced,
-}
-
-/// TLS settings. SQL Server always encrypts the login; these decide the rest.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    /// `verify-full` (default: encrypt, verify the certificate and host name), `require`
-    /// (encrypt, trust any certificate) or `disable` (encrypt the login only).
-    #[serde(default)]
-    pub mode: TlsMode,
-    /// PEM or DER certificate (CA or the server's own) to trust for `verify-full`, for
-    /// servers with a self-signed certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trust_cert: Option<String>,
-}
-
-/// TLS mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
-    /// Only the login is encrypted (the server's minimum).
-    Disable,
-    /// Encrypted; the certificate is not verified.
-    Require,
-    /// Encrypted; certificate and host name verified.
-    #[default]
-    VerifyFull,
 }
 
 /// Advanced options.
@@ -122,37 +86,12 @@ fn default_poll_rows() -> usize {
 }
 
 impl Endpoint {
-    /// The password from wherever the config says.
-    pub fn resolve_password(&self) -> Result<Option<String>, String> {
-        backfill_core::config::resolve_secret(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-            "password",
-        )
-    }
-
     /// The watermark table as (schema, table).
     pub fn watermarks(&self) -> (String, String) {
         match self.advanced.watermarks_table.split_once('.') {
             Some((s, t)) => (s.to_string(), t.to_string()),
             None => ("dbo".to_string(), self.advanced.watermarks_table.clone()),
         }
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("poll_interval_ms", &self.poll_interval_ms)
-            .field("advanced", &self.advanced)
-            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +106,7 @@ mod tests {
         }))
         .expect("parses");
         assert_eq!(e.port, 1433);
-        assert_eq!(e.tls.mode, TlsMode::VerifyFull);
+        assert_eq!(e.login.tls.mode, TlsMode::Prefer);
         assert_eq!(e.advanced.chunk_size, 10_000);
         assert!(!e.advanced.cleanup_acknowledged);
         assert_eq!(
