@@ -329,7 +329,7 @@ pub fn discover_table(tables: &[TableInfo]) -> String {
                 .collect::<Vec<_>>()
                 .join(", ");
             [
-                format!("{}.{}", t.table.namespace, t.table.stream),
+                t.table.to_string(),
                 if key.is_empty() { "-".into() } else { key },
                 mode.as_str().to_string(),
                 reason,
@@ -366,10 +366,7 @@ pub fn discover_table(tables: &[TableInfo]) -> String {
     }
     for t in tables {
         for w in &t.warnings {
-            out.push_str(&format!(
-                "warning: {}.{}: {w}\n",
-                t.table.namespace, t.table.stream
-            ));
+            out.push_str(&format!("warning: {}: {w}\n", t.table));
         }
     }
     out.trim_end().to_string()

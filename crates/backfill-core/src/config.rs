@@ -66,6 +66,13 @@ pub struct Resource {
     pub mode: BackfillMode,
 }
 
+/// `namespace.stream`, as a [`TableRef`](crate::source::TableRef) shows.
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.namespace, self.stream)
+    }
+}
+
 impl Binding {
     /// A binding of `resource` with none of the informational fields.
     pub fn new(resource: Resource, target: impl Into<String>, backfill: u32) -> Self {
@@ -91,7 +98,7 @@ impl Binding {
 
     /// `<namespace>.<stream>`, for messages.
     pub fn table_name(&self) -> String {
-        format!("{}.{}", self.resource.namespace, self.resource.stream)
+        self.resource.to_string()
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! | module | concern |
 //! |---|---|
+//! | [`catalog`] | the one shape of a source's catalog: table lookup, discovery's view, key compare |
 //! | [`config`] | the config file: endpoint + bindings (DESIGN.md §2) |
 //! | [`endpoint`] | the login block every endpoint flattens: host, user, secret, TLS policy |
 //! | [`mode`] | backfill modes and Automatic selection (§6) |
@@ -20,6 +21,7 @@
 // The traits are driven from one task by the merger; no caller needs `Send` futures.
 #![allow(async_fn_in_trait)]
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod consumer;

@@ -1316,7 +1316,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
 
     fn table_name(&self, b: usize) -> String {
         let t = &self.specs[b].table;
-        format!("{}.{}", t.namespace, t.stream)
+        t.to_string()
     }
 }
 

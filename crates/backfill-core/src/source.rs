@@ -50,6 +50,24 @@ pub struct TableRef {
     pub stream: String,
 }
 
+impl TableRef {
+    /// The table `stream` in `namespace`.
+    pub fn new(namespace: impl Into<String>, stream: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            stream: stream.into(),
+        }
+    }
+}
+
+/// `namespace.stream`, unquoted: how messages name a table. Statements quote each part
+/// with their dialect's quoting (each source crate's `sql` room).
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.namespace, self.stream)
+    }
+}
+
 /// What the core tells a source about one binding.
 #[derive(Clone, Debug)]
 pub struct BindingSpec {
@@ -228,8 +246,8 @@ pub fn classify_natively<C: KeyClassifier + ?Sized>(
     for key in keys {
         if classifier.compare_native(binding, key, key).is_none() {
             return Err(SourceError::definite(format!(
-                "{}.{}: the key cannot be compared natively and the source has no database classification",
-                binding.table.namespace, binding.table.stream
+                "{}: the key cannot be compared natively and the source has no database classification",
+                binding.table
             )));
         }
         out.push(window.classify_with(key, |a, b| {

@@ -8,7 +8,8 @@ use mysql_async::prelude::Queryable;
 
 use crate::conn::Flavor;
 use crate::endpoint::Endpoint;
-use crate::source::MySource;
+use crate::scan::MySource;
+use crate::stream::binlog_setting_items;
 
 /// MySQL/MariaDB, as the shared command line drives it.
 #[derive(Debug)]
@@ -43,7 +44,8 @@ impl Connector for MysqlConnector {
             .iter()
             .map(|t| (t.table.namespace.clone(), t.table.stream.clone()))
             .collect();
-        items.extend(source.binlog_setting_items().await?);
+        let flavor = source.server().flavor;
+        items.extend(binlog_setting_items(source.conn(), flavor).await?);
         if source.server().flavor == Flavor::MySql {
             mysql_items(&mut source, bindings, &mut items).await;
         }
@@ -84,7 +86,7 @@ impl Connector for MysqlConnector {
                 .iter()
                 .any(|(d, t)| d == &b.resource.namespace && t == &b.resource.stream);
             items.push(CheckItem::new(
-                &format!("table {}.{}", b.resource.namespace, b.resource.stream),
+                &format!("table {}", b.resource),
                 found,
                 if found {
                     "readable".to_string()
@@ -103,7 +105,8 @@ impl Connector for MysqlConnector {
         _endpoint: &Endpoint,
         source: &mut MySource,
     ) -> Result<Vec<CheckItem>, SourceError> {
-        source.binlog_setting_items().await
+        let flavor = source.server().flavor;
+        binlog_setting_items(source.conn(), flavor).await
     }
 
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {

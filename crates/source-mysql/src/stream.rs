@@ -19,7 +19,7 @@
 //!   binlog at or before the floor but not yet committed when the set was read (InnoDB
 //!   writes the binlog before it commits). Those are not delivered (the floor says the
 //!   capture starts after them) but their GTIDs are recorded in the set the source waits
-//!   for before each chunk's snapshot (see [`crate::source`]), so every one of them is
+//!   for before each chunk's snapshot (see [`crate::scan`]), so every one of them is
 //!   visible to the backfill. Opening returns once the stream has passed the floor.
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backfill_core::SourceError;
+use backfill_core::catalog::CatalogTable as _;
+use backfill_core::cli::CheckItem;
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
 use std::panic::AssertUnwindSafe;
@@ -38,11 +40,12 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
 use serde_json::Value;
 
+use crate::catalog::{Column, Table, load_tables};
 use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
 use crate::rows::{Cell, Image, decode_each, plan};
-use crate::source::{Column, Table};
+use crate::sql;
 use crate::value::{key_value, render_cell};
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
@@ -516,16 +519,97 @@ impl MyStream {
     }
 }
 
+/// The binlog settings capture depends on, one `check` item each, every failure
+/// naming the setting to change: statement-based or partial row images, missing column
+/// names or compressed events would lose or misrender changes silently. `check`
+/// prints them, and `capture` runs them before anything is read.
+pub async fn binlog_setting_items(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+) -> Result<Vec<CheckItem>, SourceError> {
+    let row: Option<(String, String, String, String, String)> = conn
+        .query_first(sql::binlog_settings(flavor))
+        .await
+        .map_err(|e| my_error(&e, "reading the binlog settings"))?;
+    let (log_bin, format, image, metadata, compressed) = row.unwrap_or_default();
+    let on = |v: &str| v == "1" || v.eq_ignore_ascii_case("ON");
+    let setting = |name: &str, value: &str, ok: bool, fix: &str| {
+        CheckItem::new(
+            name,
+            ok,
+            if ok {
+                value.to_string()
+            } else {
+                format!("is {value}; {fix}")
+            },
+        )
+    };
+    let (compression_name, compression_fix) = match flavor {
+        Flavor::MariaDb => (
+            "log_bin_compress",
+            "SET GLOBAL log_bin_compress = OFF (the connector cannot read compressed events)",
+        ),
+        Flavor::MySql => (
+            "binlog_transaction_compression",
+            "SET GLOBAL binlog_transaction_compression = OFF (the connector cannot read compressed transactions)",
+        ),
+    };
+    Ok(vec![
+        setting(
+            "log_bin",
+            if on(&log_bin) { "ON" } else { "OFF" },
+            on(&log_bin),
+            "start the server with log_bin (and binlog_format=ROW) in its options",
+        ),
+        setting(
+            "binlog_format",
+            &format,
+            format.eq_ignore_ascii_case("ROW"),
+            "SET GLOBAL binlog_format = 'ROW', and set it in the server options",
+        ),
+        setting(
+            "binlog_row_image",
+            &image,
+            image.eq_ignore_ascii_case("FULL"),
+            "SET GLOBAL binlog_row_image = 'FULL', and set it in the server options",
+        ),
+        setting(
+            "binlog_row_metadata",
+            &metadata,
+            metadata.eq_ignore_ascii_case("FULL"),
+            "SET GLOBAL binlog_row_metadata = 'FULL' (the binlog then carries column names), and set it in the server options",
+        ),
+        setting(
+            compression_name,
+            if on(&compressed) { "ON" } else { "OFF" },
+            !on(&compressed),
+            compression_fix,
+        ),
+    ])
+}
+
+/// [`binlog_setting_items`] as a start-up check: the first failure stops.
+pub async fn ensure_binlog_settings(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+) -> Result<(), SourceError> {
+    match binlog_setting_items(conn, flavor)
+        .await?
+        .into_iter()
+        .find(|i| !i.ok)
+    {
+        Some(failed) => Err(SourceError::definite(failed.line())),
+        None => Ok(()),
+    }
+}
+
 /// The catalog, read again; a bound table that is gone stops the capture: its later
 /// changes could not be rendered, and a recreated table needs a backfill.
 async fn read_catalog(
     endpoint: &Endpoint,
     bindings: &HashMap<(String, String), (usize, Vec<String>)>,
 ) -> Result<Vec<Table>, SourceError> {
-    let tables = crate::source::MySource::connect(endpoint)
-        .await?
-        .tables()
-        .to_vec();
+    let tables = load_tables(&mut connect(endpoint).await?).await?;
     let mut bound: Vec<&(String, String)> = bindings.keys().collect();
     bound.sort();
     for (db, table) in bound {

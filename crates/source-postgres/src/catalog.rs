@@ -5,8 +5,9 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use backfill_core::SourceError;
-use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
-use backfill_core::source::{ColumnInfo, TableInfo, TableRef};
+use backfill_core::catalog::{CatalogColumn, CatalogTable};
+use backfill_core::mode::KeyOrdering;
+use backfill_core::source::TableRef;
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -27,6 +28,8 @@ pub struct Column {
     pub collation: Option<String>,
     /// Whether values may be TOASTed (storage other than plain).
     pub toastable: bool,
+    /// How the column orders as a key column.
+    pub ordering: KeyOrdering,
 }
 
 /// A capturable table.
@@ -40,18 +43,11 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// The usable key (primary key, else a unique index on non-null columns), in key order.
     pub key: Vec<String>,
-    /// How each key column orders.
-    pub key_ordering: Vec<KeyOrdering>,
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: char,
 }
 
 impl Table {
-    /// The column called `name`.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-
     /// Whether an update can omit an unchanged TOASTed value and a key change cannot carry
     /// it (DESIGN.md §5): TOASTable columns under the default replica identity.
     pub fn has_toast_hazard(&self) -> bool {
@@ -59,9 +55,39 @@ impl Table {
             && !self.key.is_empty()
             && self.columns.iter().any(|c| c.toastable)
     }
+}
 
-    /// As the core's discovery reports it.
-    pub fn info(&self) -> TableInfo {
+impl CatalogColumn for Column {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_name(&self) -> &str {
+        &self.type_name
+    }
+    fn nullable(&self) -> bool {
+        self.nullable
+    }
+    fn ordering(&self) -> KeyOrdering {
+        self.ordering
+    }
+}
+
+impl CatalogTable for Table {
+    type Column = Column;
+
+    fn table_ref(&self) -> &TableRef {
+        &self.table
+    }
+    fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+    fn key(&self) -> &[String] {
+        &self.key
+    }
+
+    /// A keyless table without REPLICA IDENTITY FULL, and TOASTable columns under the
+    /// default identity, each with the statement that fixes it.
+    fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.key.is_empty() && self.replica_identity != 'f' {
             warnings.push(format!(
@@ -82,34 +108,7 @@ impl Table {
                 toast.join(", ")
             ));
         }
-        TableInfo {
-            table: self.table.clone(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| ColumnInfo {
-                    name: c.name.clone(),
-                    type_name: c.type_name.clone(),
-                    nullable: c.nullable,
-                })
-                .collect(),
-            facts: TableFacts {
-                key: self
-                    .key
-                    .iter()
-                    .zip(&self.key_ordering)
-                    .map(|(name, ordering)| KeyColumnFacts {
-                        name: name.clone(),
-                        type_name: self
-                            .column(name)
-                            .map(|c| c.type_name.clone())
-                            .unwrap_or_default(),
-                        ordering: *ordering,
-                    })
-                    .collect(),
-            },
-            warnings,
-        }
+        warnings
     }
 }
 
@@ -151,7 +150,6 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             },
             columns: Vec::new(),
             key: Vec::new(),
-            key_ordering: Vec::new(),
             replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
         })
         .collect();
@@ -178,6 +176,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
                 nullable: r.get(4),
                 collation: r.get(5),
                 toastable: r.get(6),
+                ordering: KeyOrdering::Unorderable,
             });
         }
     }
@@ -229,17 +228,14 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for t in &mut tables {
-        let ordering: Vec<KeyOrdering> = t
-            .key
-            .iter()
-            .map(|k| match t.columns.iter().find(|c| &c.name == k) {
-                Some(c) if native_order(c).is_some() => KeyOrdering::Native,
-                Some(c) if orderable.contains(&c.type_oid) => KeyOrdering::Database,
-                _ => KeyOrdering::Unorderable,
-            })
-            .collect();
-        t.key_ordering = ordering;
+    for c in tables.iter_mut().flat_map(|t| t.columns.iter_mut()) {
+        c.ordering = if native_order(c).is_some() {
+            KeyOrdering::Native
+        } else if orderable.contains(&c.type_oid) {
+            KeyOrdering::Database
+        } else {
+            KeyOrdering::Unorderable
+        };
     }
     Ok(tables)
 }

@@ -41,7 +41,7 @@ use std::cmp::Ordering;
 
 use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region, Window};
-use backfill_core::mode::{KeyOrdering, ResolvedMode};
+use backfill_core::mode::ResolvedMode;
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
     Source, StreamStart, TableInfo, buffered_bytes, classify_natively,
@@ -56,6 +56,7 @@ use crate::lsn::{Lsn, PgPosition};
 use crate::replication::ReplicationConn;
 use crate::rows;
 use crate::stream::PgStream;
+use backfill_core::catalog::{CatalogTable, compare_keys, find};
 
 /// The PostgreSQL source.
 #[derive(Debug)]
@@ -129,15 +130,7 @@ impl PgSource {
     }
 
     fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        self.tables
-            .iter()
-            .find(|t| t.table == spec.table)
-            .ok_or_else(|| {
-                SourceError::definite(format!(
-                    "{}.{}: table not found; was it dropped or renamed?",
-                    spec.table.namespace, spec.table.stream
-                ))
-            })
+        find(&self.tables, &spec.table)
     }
 
     fn qualified(t: &Table) -> String {
@@ -204,8 +197,8 @@ impl PgSource {
             }
         }
         Err(SourceError::transient(format!(
-            "{}.{}: its columns changed twice during one chunk",
-            req.binding.table.namespace, req.binding.table.stream
+            "{}: its columns changed twice during one chunk",
+            req.binding.table
         )))
     }
 
@@ -554,16 +547,12 @@ impl KeyClassifier for PgSource {
             return Some(p(a)?.cmp(&p(b)?));
         }
         // Once per key pair of every chunk (the merger checks the scan's order): no
-        // allocation here, every key column checked even after one differs.
+        // allocation here.
         let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        let mut result = Ordering::Equal;
-        for (i, k) in binding.key.iter().enumerate() {
-            let order = t.column(k).and_then(catalog::native_order)?;
-            if result == Ordering::Equal {
-                result = catalog::compare_native(order, a.0.get(i)?, b.0.get(i)?)?;
-            }
-        }
-        Some(result)
+        compare_keys(binding.key.len(), a, b, |i, x, y| {
+            let order = t.column(&binding.key[i]).and_then(catalog::native_order)?;
+            catalog::compare_native(order, x, y)
+        })
     }
 
     async fn classify(
@@ -873,9 +862,8 @@ impl PgSource {
                 let t = self.table(b)?;
                 if t.replica_identity != 'f' {
                     return Err(SourceError::definite(format!(
-                        "{}.{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: ALTER TABLE {} REPLICA IDENTITY FULL",
-                        b.table.namespace,
-                        b.table.stream,
+                        "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: ALTER TABLE {} REPLICA IDENTITY FULL",
+                        b.table,
                         Self::qualified(t)
                     )));
                 }
@@ -946,14 +934,5 @@ impl PgSource {
                 Ok(())
             }
         }
-    }
-
-    /// Whether each key column is ordered natively, by the database, or not at all.
-    pub fn key_ordering(&self, binding: &BindingSpec) -> Vec<KeyOrdering> {
-        self.tables
-            .iter()
-            .find(|t| t.table == binding.table)
-            .map(|t| t.key_ordering.clone())
-            .unwrap_or_default()
     }
 }

@@ -11,8 +11,9 @@
 //! absent, never misaligned.
 
 use backfill_core::SourceError;
-use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
-use backfill_core::source::{ColumnInfo, TableInfo, TableRef};
+use backfill_core::catalog::{CatalogColumn, CatalogTable};
+use backfill_core::mode::KeyOrdering;
+use backfill_core::source::TableRef;
 
 use crate::conn::{Client, column_i64, column_lsn, column_string, query_rows};
 use crate::lsn::Lsn;
@@ -68,11 +69,6 @@ pub struct Table {
 }
 
 impl Table {
-    /// The column called `name`.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-
     /// The instance to read changes after `position` from: the newest that covers it; or,
     /// when the table was not tracked at `position` at all (every instance started later and
     /// none was cleaned up), the oldest: the change tables never held the changes before its
@@ -119,9 +115,45 @@ impl Table {
             None => self.columns.clone(),
         }
     }
+}
 
-    /// Discovery's view, with warnings naming fixes.
-    pub fn info(&self) -> TableInfo {
+impl CatalogColumn for Column {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn type_name(&self) -> &str {
+        &self.type_name
+    }
+    fn nullable(&self) -> bool {
+        self.nullable
+    }
+    fn ordering(&self) -> KeyOrdering {
+        if self.ty.compares_natively() {
+            KeyOrdering::Native
+        } else if self.ty.server_orderable() {
+            KeyOrdering::Database
+        } else {
+            KeyOrdering::Unorderable
+        }
+    }
+}
+
+impl CatalogTable for Table {
+    type Column = Column;
+
+    fn table_ref(&self) -> &TableRef {
+        &self.table
+    }
+    fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+    fn key(&self) -> &[String] {
+        &self.key
+    }
+
+    /// CDC not enabled, unsupported types, and columns the newest capture instance does
+    /// not capture, each with the fix.
+    fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.instances.is_empty() {
             warnings.push(format!(
@@ -153,41 +185,7 @@ impl Table {
                 ));
             }
         }
-        TableInfo {
-            table: self.table.clone(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| ColumnInfo {
-                    name: c.name.clone(),
-                    type_name: c.type_name.clone(),
-                    nullable: c.nullable,
-                })
-                .collect(),
-            facts: TableFacts {
-                key: self
-                    .key
-                    .iter()
-                    .map(|k| {
-                        let c = self.column(k);
-                        KeyColumnFacts {
-                            name: k.clone(),
-                            type_name: c.map(|c| c.type_name.clone()).unwrap_or_default(),
-                            ordering: c.map_or(KeyOrdering::Unorderable, |c| {
-                                if c.ty.compares_natively() {
-                                    KeyOrdering::Native
-                                } else if c.ty.server_orderable() {
-                                    KeyOrdering::Database
-                                } else {
-                                    KeyOrdering::Unorderable
-                                }
-                            }),
-                        }
-                    })
-                    .collect(),
-            },
-            warnings,
-        }
+        warnings
     }
 }
 

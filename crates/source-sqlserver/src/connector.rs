@@ -76,7 +76,7 @@ impl Connector for SqlServerConnector {
             },
         ));
         for b in bindings {
-            let name = format!("{}.{}", b.resource.namespace, b.resource.stream);
+            let name = b.resource.to_string();
             let Some(t) = source
                 .tables()
                 .iter()

@@ -64,6 +64,7 @@ use crate::lsn::{Lsn, SsPosition};
 use crate::sql;
 use crate::stream::SsStream;
 use crate::value::{SqlType, to_json};
+use backfill_core::catalog::{CatalogTable, compare_keys, find};
 
 /// How long a fence waits for the capture job to record its watermark before the attempt
 /// fails (transiently: the job may be restarting).
@@ -187,15 +188,7 @@ impl SqlSource {
     }
 
     fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        self.tables
-            .iter()
-            .find(|t| t.table == spec.table)
-            .ok_or_else(|| {
-                SourceError::definite(format!(
-                    "{}.{}: table not found; was it dropped or renamed, or does the user lack SELECT on it?",
-                    spec.table.namespace, spec.table.stream
-                ))
-            })
+        find(&self.tables, &spec.table)
     }
 
     /// CDC on the database and on every bound table; each failure names the statement to run.
@@ -312,7 +305,7 @@ impl SqlSource {
         let t = self.table(req.binding)?.clone();
         let columns = readable(&t.captured_columns());
         let limit = req.limits.rows + 1;
-        let name = format!("{}.{}", t.table.namespace, t.table.stream);
+        let name = t.table.to_string();
         let physical = req.binding.scans_physically();
         let (query, params) = if physical {
             let after = req
@@ -433,16 +426,13 @@ impl KeyClassifier for SqlSource {
             return Some(a.0.first()?.as_str()?.cmp(b.0.first()?.as_str()?));
         }
         let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        for (i, k) in binding.key.iter().enumerate() {
-            if !t.column(k)?.ty.compares_natively() {
-                return None;
-            }
-            match a.0.get(i)?.as_i64()?.cmp(&b.0.get(i)?.as_i64()?) {
-                Ordering::Equal => continue,
-                other => return Some(other),
-            }
-        }
-        Some(Ordering::Equal)
+        compare_keys(binding.key.len(), a, b, |i, x, y| {
+            t.column(&binding.key[i])?
+                .ty
+                .compares_natively()
+                .then_some(())?;
+            Some(x.as_i64()?.cmp(&y.as_i64()?))
+        })
     }
 
     async fn classify(
@@ -519,8 +509,8 @@ impl Source for SqlSource {
                     let t = self.table(b)?;
                     if t.instance_for(p.0).is_none() {
                         return Err(SourceError::definite(format!(
-                            "{}.{}: no capture instance still holds changes after LSN {} (CDC cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention (sys.sp_cdc_change_job @job_type = 'cleanup', @retention = …)",
-                            t.table.namespace, t.table.stream, p.0
+                            "{}: no capture instance still holds changes after LSN {} (CDC cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention (sys.sp_cdc_change_job @job_type = 'cleanup', @retention = …)",
+                            t.table, p.0
                         )));
                     }
                 }

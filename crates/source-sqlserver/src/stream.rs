@@ -118,12 +118,7 @@ impl SsStream {
                         table,
                         key: b.key.clone(),
                     })
-                    .ok_or_else(|| {
-                        SourceError::definite(format!(
-                            "{}.{}: table not found",
-                            b.table.namespace, b.table.stream
-                        ))
-                    })
+                    .ok_or_else(|| SourceError::definite(format!("{}: table not found", b.table)))
             })
             .collect::<Result<_, _>>()?;
         let (ws, wt) = endpoint.watermarks();
@@ -147,14 +142,14 @@ impl SsStream {
             let old = &self.tables[b.table];
             let Some(new) = fresh.iter().find(|t| t.table == old.table) else {
                 return Err(SourceError::definite(format!(
-                    "{}.{} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if it was recreated)",
-                    old.table.namespace, old.table.stream
+                    "{} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if it was recreated)",
+                    old.table
                 )));
             };
             if new.instances.is_empty() {
                 return Err(SourceError::definite(format!(
-                    "CDC was disabled on {}.{} while being captured: enable it again and raise its `backfill`",
-                    old.table.namespace, old.table.stream
+                    "CDC was disabled on {} while being captured: enable it again and raise its `backfill`",
+                    old.table
                 )));
             }
         }
@@ -178,8 +173,8 @@ impl SsStream {
             let t = &self.tables[b.table];
             let ci = t.instance_for(self.position).ok_or_else(|| {
                 SourceError::definite(format!(
-                    "{}.{}: no capture instance holds changes after LSN {} any more (cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding",
-                    t.table.namespace, t.table.stream, self.position
+                    "{}: no capture instance holds changes after LSN {} any more (cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding",
+                    t.table, self.position
                 ))
             })?;
             if let Some(next) = t.next_instance(ci)

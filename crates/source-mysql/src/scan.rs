@@ -44,161 +44,23 @@
 use std::cmp::Ordering;
 
 use backfill_core::SourceError;
-use backfill_core::cli::CheckItem;
+use backfill_core::catalog::{CatalogTable, compare_keys, find};
 use backfill_core::key::{Hi, Key, Region, Window};
-use backfill_core::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
-use backfill_core::row::QuotedName;
 use backfill_core::source::{
-    BindingSpec, Chunk, ChunkScanner, ColumnInfo, Discovery, KeyClassifier, Row, ScanRequest,
-    SnapshotWitness, Source, StreamStart, TableInfo, TableRef, buffered_bytes, classify_natively,
+    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
+    Source, StreamStart, TableInfo, buffered_bytes, classify_natively,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 use serde_json::Value;
 
+use crate::catalog::{Column, Table, load_tables};
 use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, GtidSet, GtidState};
-use crate::stream::MyStream;
-use crate::value::{AddressKind, ColType, Origin, key_value, render};
-
-/// A column as the connector uses it.
-#[derive(Clone, Debug)]
-pub struct Column {
-    /// Name.
-    pub name: String,
-    /// `COLUMN_TYPE` spelling.
-    pub column_type: String,
-    /// `DATA_TYPE`.
-    pub data_type: String,
-    /// NULL allowed.
-    pub nullable: bool,
-    /// Character set, for character columns.
-    pub charset: Option<String>,
-    /// Collation, for character columns.
-    pub collation: Option<String>,
-    /// How values render.
-    pub ty: ColType,
-    /// The name as rows take it, quoted once.
-    pub quoted: QuotedName,
-}
-
-/// A capturable table.
-#[derive(Clone, Debug)]
-pub struct Table {
-    /// Database and table.
-    pub table: TableRef,
-    /// Columns in table order.
-    pub columns: Vec<Column>,
-    /// The usable key.
-    pub key: Vec<String>,
-}
-
-impl Table {
-    /// The column called `name`.
-    pub fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-
-    fn info(&self) -> TableInfo {
-        TableInfo {
-            table: self.table.clone(),
-            columns: self
-                .columns
-                .iter()
-                .map(|c| ColumnInfo {
-                    name: c.name.clone(),
-                    // MariaDB's JSON is LONGTEXT with a json_valid check; its values are
-                    // JSON documents (DESIGN.md §5), so discover names it json.
-                    type_name: if c.ty == ColType::Json {
-                        "json".into()
-                    } else {
-                        c.column_type.clone()
-                    },
-                    nullable: c.nullable,
-                })
-                .collect(),
-            facts: TableFacts {
-                key: self
-                    .key
-                    .iter()
-                    .map(|k| {
-                        let c = self.column(k);
-                        KeyColumnFacts {
-                            name: k.clone(),
-                            type_name: c.map(|c| c.column_type.clone()).unwrap_or_default(),
-                            ordering: c.map_or(KeyOrdering::Unorderable, key_ordering),
-                        }
-                    })
-                    .collect(),
-            },
-            warnings: Vec::new(),
-        }
-    }
-}
-
-/// Integers compare natively; everything the server can cast back from its JSON form is
-/// compared by the server in the column's own collation.
-fn key_ordering(c: &Column) -> KeyOrdering {
-    match c.ty {
-        ColType::Int => KeyOrdering::Native,
-        ColType::Decimal { .. }
-        | ColType::Date
-        | ColType::DateTime { .. }
-        | ColType::Timestamp { .. }
-        | ColType::Time { .. }
-        | ColType::Text { .. }
-        | ColType::Binary { .. }
-        | ColType::Year
-        | ColType::Enum(_)
-        | ColType::Address(_) => KeyOrdering::Database,
-        _ => KeyOrdering::Unorderable,
-    }
-}
-
-/// Quotes an identifier.
-pub fn quote(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
-/// The SQL expression a key parameter is cast with, so the server compares it as the column.
-fn key_expr(c: &Column) -> String {
-    match &c.ty {
-        ColType::Int => "?".into(),
-        ColType::Decimal { .. } => "CAST(? AS DECIMAL(65,30))".into(),
-        ColType::Date => "CAST(? AS DATE)".into(),
-        ColType::DateTime { .. } => "CAST(REPLACE(?, 'T', ' ') AS DATETIME(6))".into(),
-        ColType::Timestamp { .. } => {
-            "CAST(REPLACE(REPLACE(?, 'T', ' '), 'Z', '') AS DATETIME(6))".into()
-        }
-        ColType::Time { .. } => "CAST(? AS TIME(6))".into(),
-        ColType::Binary { .. } => "FROM_BASE64(?)".into(),
-        // MariaDB orders UUIDs by their groups in reverse (time-ordered UUIDs sort by
-        // time): only the server's own comparison agrees with the index.
-        ColType::Address(AddressKind::Uuid) => "CAST(? AS UUID)".into(),
-        ColType::Address(AddressKind::Inet4) => "CAST(? AS INET4)".into(),
-        ColType::Address(AddressKind::Inet6) => "CAST(? AS INET6)".into(),
-        _ => match (&c.charset, &c.collation) {
-            (Some(cs), Some(coll)) => format!("CONVERT(? USING {cs}) COLLATE {coll}"),
-            _ => "?".into(),
-        },
-    }
-}
-
-fn key_param(v: &Value) -> MyValue {
-    match v {
-        Value::Number(n) => n.as_i64().map_or_else(
-            || {
-                n.as_u64()
-                    .map_or_else(|| MyValue::Bytes(n.to_string().into_bytes()), MyValue::UInt)
-            },
-            MyValue::Int,
-        ),
-        Value::String(s) => MyValue::Bytes(s.clone().into_bytes()),
-        Value::Null => MyValue::NULL,
-        other => MyValue::Bytes(other.to_string().into_bytes()),
-    }
-}
+use crate::sql;
+use crate::stream::{MyStream, ensure_binlog_settings};
+use crate::value::{ColType, Origin, key_value, render};
 
 fn purged(file: &str) -> SourceError {
     SourceError::definite(format!(
@@ -242,93 +104,6 @@ impl MySource {
         })
     }
 
-    /// The binlog settings capture depends on, one `check` item each, every failure
-    /// naming the setting to change: statement-based or partial row images, missing column
-    /// names or compressed events would lose or misrender changes silently. `check`
-    /// prints them, and `capture` runs them before anything is read.
-    pub async fn binlog_setting_items(&mut self) -> Result<Vec<CheckItem>, SourceError> {
-        let flavor = self.server.flavor;
-        let compression = match flavor {
-            Flavor::MariaDb => "@@log_bin_compress",
-            Flavor::MySql => "@@binlog_transaction_compression",
-        };
-        let row: Option<(String, String, String, String, String)> = self
-            .conn
-            .query_first(format!(
-                "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, {compression}"
-            ))
-            .await
-            .map_err(|e| my_error(&e, "reading the binlog settings"))?;
-        let (log_bin, format, image, metadata, compressed) = row.unwrap_or_default();
-        let on = |v: &str| v == "1" || v.eq_ignore_ascii_case("ON");
-        let setting = |name: &str, value: &str, ok: bool, fix: &str| {
-            CheckItem::new(
-                name,
-                ok,
-                if ok {
-                    value.to_string()
-                } else {
-                    format!("is {value}; {fix}")
-                },
-            )
-        };
-        let (compression_name, compression_fix) = match flavor {
-            Flavor::MariaDb => (
-                "log_bin_compress",
-                "SET GLOBAL log_bin_compress = OFF (the connector cannot read compressed events)",
-            ),
-            Flavor::MySql => (
-                "binlog_transaction_compression",
-                "SET GLOBAL binlog_transaction_compression = OFF (the connector cannot read compressed transactions)",
-            ),
-        };
-        Ok(vec![
-            setting(
-                "log_bin",
-                if on(&log_bin) { "ON" } else { "OFF" },
-                on(&log_bin),
-                "start the server with log_bin (and binlog_format=ROW) in its options",
-            ),
-            setting(
-                "binlog_format",
-                &format,
-                format.eq_ignore_ascii_case("ROW"),
-                "SET GLOBAL binlog_format = 'ROW', and set it in the server options",
-            ),
-            setting(
-                "binlog_row_image",
-                &image,
-                image.eq_ignore_ascii_case("FULL"),
-                "SET GLOBAL binlog_row_image = 'FULL', and set it in the server options",
-            ),
-            setting(
-                "binlog_row_metadata",
-                &metadata,
-                metadata.eq_ignore_ascii_case("FULL"),
-                "SET GLOBAL binlog_row_metadata = 'FULL' (the binlog then carries column names), and set it in the server options",
-            ),
-            setting(
-                compression_name,
-                if on(&compressed) { "ON" } else { "OFF" },
-                !on(&compressed),
-                compression_fix,
-            ),
-        ])
-    }
-
-    /// [`Self::binlog_setting_items`] as a start-up check: the first failure stops.
-    pub async fn ensure_binlog_settings(&mut self) -> Result<(), SourceError> {
-        match self
-            .binlog_setting_items()
-            .await?
-            .into_iter()
-            .find(|i| !i.ok)
-        {
-            Some(failed) => Err(SourceError::definite(failed.line())),
-            None => Ok(()),
-        }
-    }
-
     /// The query connection, for `check`.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
@@ -358,7 +133,7 @@ impl MySource {
             .to_string();
         let timed_out: Option<i64> = self
             .conn
-            .exec_first("SELECT WAIT_FOR_EXECUTED_GTID_SET(?, 30)", (set,))
+            .exec_first(sql::WAIT_FOR_GTIDS, (set,))
             .await
             .map_err(|e| my_error(&e, what))?;
         if timed_out != Some(0) {
@@ -370,15 +145,7 @@ impl MySource {
     }
 
     fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        self.tables
-            .iter()
-            .find(|t| t.table == spec.table)
-            .ok_or_else(|| {
-                SourceError::definite(format!(
-                    "{}.{}: table not found; was it dropped or renamed?",
-                    spec.table.namespace, spec.table.stream
-                ))
-            })
+        find(&self.tables, &spec.table)
     }
 
     /// A row of `values` selected as `t.columns`, in order (both scans select them so).
@@ -386,10 +153,7 @@ impl MySource {
         let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
         for (c, v) in t.columns.iter().zip(values) {
             render(&c.ty, v, Origin::Query, &mut row, &c.quoted).map_err(|e| {
-                SourceError::definite(format!(
-                    "{}.{} column {}: {e}",
-                    t.table.namespace, t.table.stream, c.name
-                ))
+                SourceError::definite(format!("{} column {}: {e}", t.table, c.name))
             })?;
         }
         Ok(row)
@@ -405,15 +169,14 @@ impl MySource {
         file_base: u64,
         what: &str,
     ) -> Result<Option<BinlogPosition>, SourceError> {
-        const START: &str = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
         if flavor == Flavor::MySql {
-            conn.query_drop(START)
+            conn.query_drop(sql::start_snapshot(flavor))
                 .await
                 .map_err(|e| my_error(&e, what))?;
             return Ok(None);
         }
         let mut result = conn
-            .query_iter(format!("{START}; SHOW STATUS LIKE 'binlog_snapshot_%'"))
+            .query_iter(sql::start_snapshot(flavor))
             .await
             .map_err(|e| my_error(&e, what))?;
         // Two result sets: the START's (no rows), then the status rows.
@@ -459,38 +222,12 @@ impl MySource {
         req: ScanRequest<'_>,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
         let t = self.table(req.binding)?.clone();
-        let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
-        let select = names
-            .iter()
-            .map(|n| quote(n))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let keys = req
-            .binding
-            .key
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut sql = format!(
-            "SELECT {select} FROM {}.{}",
-            quote(&t.table.namespace),
-            quote(&t.table.stream)
-        );
-        let mut params = Vec::new();
-        if let Some(after) = req.after {
-            let exprs = req
-                .binding
-                .key
-                .iter()
-                .map(|k| t.column(k).map_or_else(|| "?".into(), key_expr))
-                .collect::<Vec<_>>()
-                .join(", ");
-            sql.push_str(&format!(" WHERE ({keys}) > ({exprs})"));
-            params = after.0.iter().map(key_param).collect();
-        }
-        sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", req.limits.rows + 1));
-        let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
+        let sql = sql::keyed_scan(&t, &req.binding.key, req.after.is_some(), req.limits.rows);
+        let params: Vec<MyValue> = req
+            .after
+            .map(|after| after.0.iter().map(sql::key_param).collect())
+            .unwrap_or_default();
+        let what = format!("scanning {}", t.table);
         self.before_snapshot(&what).await?;
         let seen_through =
             Self::start_snapshot(&mut self.conn, self.server.flavor, self.file_base, &what).await?;
@@ -499,7 +236,7 @@ impl MySource {
             .binding
             .key
             .iter()
-            .map(|k| Some((names.iter().position(|n| n == k)?, t.column(k)?)))
+            .map(|k| Some((t.columns.iter().position(|c| &c.name == k)?, t.column(k)?)))
             .collect();
         // Rows are rendered as they arrive, up to the limits; any after them are read and
         // dropped (they only say the chunk is not complete).
@@ -559,7 +296,7 @@ impl MySource {
         req: ScanRequest<'_>,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
         let t = self.table(req.binding)?.clone();
-        let what = format!("scanning {}.{}", t.table.namespace, t.table.stream);
+        let what = format!("scanning {}", t.table);
         let offset: u64 = req
             .after
             .and_then(|k| k.0.first())
@@ -593,22 +330,9 @@ impl MySource {
             .keyless
             .as_mut()
             .ok_or_else(|| SourceError::definite("keyless scan lost"))?;
-        let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
-        let select = names
-            .iter()
-            .map(|n| quote(n))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // A prepared statement, like the keyed scan's: the binary protocol is the one the
-        // value table renders from (the text protocol hands dates back as text).
-        let sql = format!(
-            "SELECT {select} FROM {}.{} LIMIT ? OFFSET ?",
-            quote(&t.table.namespace),
-            quote(&t.table.stream),
-        );
         let rows: Vec<mysql_async::Row> = scan
             .conn
-            .exec(&sql, (req.limits.rows as u64 + 1, offset))
+            .exec(sql::keyless_scan(&t), (req.limits.rows as u64 + 1, offset))
             .await
             .map_err(|e| my_error(&e, &what))?;
         let position = scan.position.clone();
@@ -634,121 +358,6 @@ impl MySource {
     }
 }
 
-/// The columns of the first unique index (of `index_columns`: index name and column, in
-/// index order, PRIMARY first) whose columns are all NOT NULL; empty when there is none.
-fn first_not_null_index<'a>(
-    index_columns: impl Iterator<Item = (&'a str, &'a str)>,
-    columns: &[Column],
-) -> Vec<String> {
-    let not_null = |c: &str| columns.iter().any(|col| col.name == c && !col.nullable);
-    let mut current: Option<(&str, Vec<String>, bool)> = None;
-    for (index, column) in index_columns {
-        if let Some((name, key, usable)) = &mut current {
-            if *name == index {
-                key.push(column.to_string());
-                *usable &= not_null(column);
-                continue;
-            }
-            if *usable {
-                return std::mem::take(key);
-            }
-        }
-        current = Some((index, vec![column.to_string()], not_null(column)));
-    }
-    match current {
-        Some((_, key, true)) => key,
-        _ => Vec::new(),
-    }
-}
-
-async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
-    let tables: Vec<(String, String)> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES
-              WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')
-              ORDER BY 1, 2",
-        )
-        .await
-        .map_err(|e| my_error(&e, "reading information_schema.TABLES"))?;
-    type ColRow = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-    );
-    let cols: Vec<ColRow> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME
-               FROM information_schema.COLUMNS
-              WHERE TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')
-              ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
-        )
-        .await
-        .map_err(|e| my_error(&e, "reading information_schema.COLUMNS"))?;
-    let checks: Vec<(String, String, String)> = conn
-        .query("SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS")
-        .await
-        .unwrap_or_default();
-    // Unique indexes without a prefix part, PRIMARY first. Nullability is the columns'
-    // own (read above): joining STATISTICS to COLUMNS here made the server open every
-    // table twice, 35 ms of every start on an idle server, and the join dropped a
-    // nullable column's row but kept its index's other columns, so such an index read
-    // as a narrower key that is not unique.
-    let keys: Vec<(String, String, String, String)> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME
-               FROM information_schema.STATISTICS
-              WHERE NON_UNIQUE = 0 AND SUB_PART IS NULL
-                AND TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')
-              ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX",
-        )
-        .await
-        .map_err(|e| my_error(&e, "reading information_schema.STATISTICS"))?;
-    let mut out = Vec::new();
-    for (schema, name) in tables {
-        let columns: Vec<Column> = cols
-            .iter()
-            .filter(|c| c.0 == schema && c.1 == name)
-            .map(|c| {
-                let json_checked = checks.iter().any(|(s, t, clause)| {
-                    s == &schema
-                        && t == &name
-                        && clause.to_ascii_lowercase().replace('`', "")
-                            == format!("json_valid({})", c.2.to_ascii_lowercase())
-                });
-                Column {
-                    quoted: QuotedName::new(&c.2),
-                    name: c.2.clone(),
-                    data_type: c.3.clone(),
-                    column_type: c.4.clone(),
-                    nullable: c.5 == "YES",
-                    charset: c.6.clone(),
-                    collation: c.7.clone(),
-                    ty: ColType::from_catalog(&c.3, &c.4, c.6.as_deref(), json_checked),
-                }
-            })
-            .collect();
-        let index_columns = keys.iter().filter(|k| k.0 == schema && k.1 == name);
-        let key = first_not_null_index(
-            index_columns.map(|k| (k.2.as_str(), k.3.as_str())),
-            &columns,
-        );
-        out.push(Table {
-            table: TableRef {
-                namespace: schema,
-                stream: name,
-            },
-            columns,
-            key,
-        });
-    }
-    Ok(out)
-}
-
 impl Discovery for MySource {
     async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
         Ok(self.tables.iter().map(Table::info).collect())
@@ -769,8 +378,11 @@ impl ChunkScanner for MySource {
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
         self.conn
             .exec_first(
-                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
-                (binding.table.namespace.clone(), binding.table.stream.clone()),
+                sql::ESTIMATE_ROWS,
+                (
+                    binding.table.namespace.clone(),
+                    binding.table.stream.clone(),
+                ),
             )
             .await
             .ok()
@@ -784,21 +396,15 @@ impl KeyClassifier for MySource {
             return Some(a.0.first()?.as_u64()?.cmp(&b.0.first()?.as_u64()?));
         }
         let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        for (i, k) in binding.key.iter().enumerate() {
-            if t.column(k)?.ty != ColType::Int {
-                return None;
-            }
-            let n = |v: &Value| {
-                v.as_i64()
-                    .map(i128::from)
-                    .or_else(|| v.as_u64().map(i128::from))
-            };
-            match n(a.0.get(i)?)?.cmp(&n(b.0.get(i)?)?) {
-                Ordering::Equal => continue,
-                other => return Some(other),
-            }
-        }
-        Some(Ordering::Equal)
+        let n = |v: &Value| {
+            v.as_i64()
+                .map(i128::from)
+                .or_else(|| v.as_u64().map(i128::from))
+        };
+        compare_keys(binding.key.len(), a, b, |i, x, y| {
+            (t.column(&binding.key[i])?.ty == ColType::Int).then_some(())?;
+            Some(n(x)?.cmp(&n(y)?))
+        })
     }
 
     async fn classify(
@@ -821,28 +427,18 @@ impl KeyClassifier for MySource {
             .map(|k| t.column(k).cloned())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| SourceError::definite("key column missing"))?;
-        let tuple = || cols.iter().map(key_expr).collect::<Vec<_>>().join(", ");
+        let hi = match window.hi {
+            Hi::Key(hi) => Some(hi),
+            _ => None,
+        };
         let mut params: Vec<MyValue> = Vec::new();
-        let mut selects = Vec::with_capacity(keys.len());
         for k in keys {
-            let mut parts = Vec::new();
-            if let Some(lo) = window.lo {
-                parts.push(format!("(({}) > ({}))", tuple(), tuple()));
-                params.extend(k.0.iter().map(key_param));
-                params.extend(lo.0.iter().map(key_param));
-            } else {
-                parts.push("1".into());
+            for bound in [window.lo, hi].into_iter().flatten() {
+                params.extend(k.0.iter().map(sql::key_param));
+                params.extend(bound.0.iter().map(sql::key_param));
             }
-            if let Hi::Key(hi) = window.hi {
-                parts.push(format!("(({}) > ({}))", tuple(), tuple()));
-                params.extend(k.0.iter().map(key_param));
-                params.extend(hi.0.iter().map(key_param));
-            } else {
-                parts.push("0".into());
-            }
-            selects.push(format!("SELECT {}", parts.join(", ")));
         }
-        let sql = selects.join(" UNION ALL ");
+        let sql = sql::classify(&cols, keys.len(), window.lo.is_some(), hi.is_some());
         let rows: Vec<(i64, i64)> = self
             .conn
             .exec(&sql, params)
@@ -868,7 +464,7 @@ impl Source for MySource {
         start: StreamStart<BinlogPosition>,
         bindings: &[BindingSpec],
     ) -> Result<(MyStream, BinlogPosition), SourceError> {
-        self.ensure_binlog_settings().await?;
+        ensure_binlog_settings(&mut self.conn, self.server.flavor).await?;
         let (at, by_gtid) = match start {
             StreamStart::Resume(p) => self.resume_point(p).await?,
             StreamStart::Fresh | StreamStart::Reset => {
@@ -931,15 +527,12 @@ async fn binlog_status(
     flavor: Flavor,
     file_base: u64,
 ) -> Result<(BinlogPosition, Option<String>), SourceError> {
-    let statement = match flavor {
-        Flavor::MariaDb => "SHOW MASTER STATUS",
-        Flavor::MySql => "SHOW BINARY LOG STATUS",
-    };
+    let statement = sql::binlog_status(flavor);
     let row: Option<mysql_async::Row> = match conn.query_first(statement).await {
         Err(mysql_async::Error::Server(e)) if e.code == 1064 && flavor == Flavor::MySql => conn
-            .query_first("SHOW MASTER STATUS")
+            .query_first(sql::LEGACY_BINLOG_STATUS)
             .await
-            .map_err(|e| my_error(&e, "SHOW MASTER STATUS"))?,
+            .map_err(|e| my_error(&e, sql::LEGACY_BINLOG_STATUS))?,
         other => other.map_err(|e| my_error(&e, statement))?,
     };
     let row = row.ok_or_else(|| {
@@ -967,7 +560,7 @@ impl MySource {
     async fn gtid_state_at(&mut self, at: &BinlogPosition) -> Result<Option<String>, SourceError> {
         let state: Option<Option<String>> = self
             .conn
-            .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (at.file.as_str(), at.pos))
+            .exec_first(sql::GTID_STATE_AT, (at.file.as_str(), at.pos))
             .await
             .map_err(|e| my_error(&e, "reading the GTID state of a binlog position"))?;
         Ok(state.flatten())
@@ -1011,7 +604,7 @@ impl MySource {
     async fn holds_file(&mut self, file: &str) -> Result<bool, SourceError> {
         let logs: Vec<mysql_async::Row> = self
             .conn
-            .query("SHOW BINARY LOGS")
+            .query(sql::BINARY_LOGS)
             .await
             .map_err(|e| my_error(&e, "listing binary logs"))?;
         Ok(logs
