@@ -16,8 +16,8 @@ use backfill_core::mode::KeyOrdering;
 use backfill_core::source::TableRef;
 
 use crate::conn::{Client, column_i64, column_lsn, column_string, query_rows};
-use crate::lsn::Lsn;
-use crate::value::SqlType;
+use crate::position::Lsn;
+use crate::value::{SqlType, Typed};
 
 /// A column as the connector uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +114,15 @@ impl Table {
                 .collect(),
             None => self.columns.clone(),
         }
+    }
+}
+
+impl Typed for Column {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn sql_type(&self) -> &SqlType {
+        &self.ty
     }
 }
 
@@ -415,6 +424,15 @@ async fn load_instances(client: &mut Client, tables: &mut [Table]) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// The columns of `columns` the connector can render (unsupported types are left out).
+pub fn readable(columns: &[Column]) -> Vec<Column> {
+    columns
+        .iter()
+        .filter(|c| !matches!(c.ty, SqlType::Unsupported(_)))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

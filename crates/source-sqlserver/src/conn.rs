@@ -9,10 +9,19 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::endpoint::{Endpoint, TlsMode};
-use crate::lsn::Lsn;
+use crate::position::Lsn;
 
 /// A query connection.
 pub type Client = tiberius::Client<Compat<TcpStream>>;
+
+/// `tiberius::Client` has no `Debug`.
+pub struct ClientBox(pub Client);
+
+impl std::fmt::Debug for ClientBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
 
 /// The tiberius config for `endpoint`.
 pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
@@ -189,4 +198,16 @@ pub fn column_bytes(row: &Row, i: usize) -> Option<Vec<u8>> {
         ColumnData::Binary(v) => v.as_ref().map(|b| b.to_vec()),
         _ => None,
     }
+}
+
+/// The maximum LSN the capture job has recorded, `None` before it ever ran.
+pub async fn max_lsn(client: &mut Client) -> Result<Option<Lsn>, SourceError> {
+    let rows = query_rows(
+        client,
+        "SELECT sys.fn_cdc_get_max_lsn()",
+        Vec::new(),
+        "reading sys.fn_cdc_get_max_lsn()",
+    )
+    .await?;
+    Ok(rows.first().and_then(|r| column_lsn(r, 0)))
 }

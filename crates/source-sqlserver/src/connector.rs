@@ -6,9 +6,10 @@ use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
 use tiberius::ColumnData;
 
+use crate::conn::max_lsn;
 use crate::conn::{column_i64, query_rows};
 use crate::endpoint::Endpoint;
-use crate::source::{SqlSource, max_lsn};
+use crate::scan::SqlSource;
 use crate::sql;
 
 /// SQL Server, as the shared command line drives it.

@@ -1,14 +1,14 @@
 //! SQL Server source for the CDC connectors (SQL Server 2017+ with CDC enabled): change
 //! rows from CDC change tables, key-ordered backfill with locking reads, fences from a
-//! watermark table. The correctness argument for the fence is in [`source`]'s docs, the
+//! watermark table. The correctness argument for the fence is in [`scan`]'s docs, the
 //! stream's in [`stream`]'s, the value table in [`value`]'s.
 
 pub mod catalog;
 pub mod conn;
 pub mod connector;
 pub mod endpoint;
-pub mod lsn;
-pub mod source;
+pub mod position;
+pub mod scan;
 pub mod sql;
 pub mod stream;
 pub mod value;

@@ -4,6 +4,11 @@
 //! Kept apart from the code that runs it so each shape (keyed, composite, keyless, the
 //! change reads with and without `__$command_id`) is unit-tested without a server.
 
+use backfill_core::SourceError;
+use backfill_core::encode::base64_decode;
+use serde_json::Value;
+use tiberius::ColumnData;
+
 use crate::catalog::Column;
 use crate::value::SqlType;
 
@@ -272,9 +277,66 @@ pub fn find_watermark(schema: &str, table: &str) -> String {
     )
 }
 
+/// A key value as the parameter [`key_expr`] expects for its column.
+pub fn key_param(c: &Column, v: &Value) -> Result<ColumnData<'static>, SourceError> {
+    let bad = || SourceError::definite(format!("key column {}: cannot use {v} as a key", c.name));
+    Ok(match (&c.ty, v) {
+        (SqlType::Int, Value::Number(n)) => ColumnData::I64(Some(n.as_i64().ok_or_else(bad)?)),
+        (SqlType::Float | SqlType::Real, Value::Number(n)) => {
+            ColumnData::F64(Some(n.as_f64().ok_or_else(bad)?))
+        }
+        (SqlType::Bit, Value::Bool(b)) => ColumnData::Bit(Some(*b)),
+        (SqlType::Binary, Value::String(s)) => {
+            ColumnData::Binary(Some(base64_decode(s).ok_or_else(bad)?.into()))
+        }
+        (_, Value::String(s)) => ColumnData::String(Some(s.clone().into())),
+        (_, Value::Number(n)) => ColumnData::String(Some(n.to_string().into())),
+        _ => return Err(bad()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key_col(ty: SqlType) -> Column {
+        Column {
+            name: "k".into(),
+            type_name: "x".into(),
+            nullable: false,
+            ty,
+            max_length: 8,
+            ordinal: 1,
+        }
+    }
+
+    #[test]
+    fn key_values_go_back_as_the_parameters_their_expressions_expect() {
+        assert!(matches!(
+            key_param(&key_col(SqlType::Int), &serde_json::json!(-7)),
+            Ok(ColumnData::I64(Some(-7)))
+        ));
+        assert!(matches!(
+            key_param(&key_col(SqlType::Binary), &serde_json::json!("AAH+/w==")),
+            Ok(ColumnData::Binary(Some(b))) if b.as_ref() == [0, 1, 254, 255]
+        ));
+        assert!(matches!(
+            key_param(
+                &key_col(SqlType::Decimal { scale: 2 }),
+                &serde_json::from_str("1.50").expect("number")
+            ),
+            Ok(ColumnData::String(Some(s))) if s == "1.50"
+        ));
+        assert!(matches!(
+            key_param(
+                &key_col(SqlType::Guid),
+                &serde_json::json!("6F9619FF-8B86-D011-B42D-00C04FC964FF")
+            ),
+            Ok(ColumnData::String(Some(_)))
+        ));
+        assert!(key_param(&key_col(SqlType::Int), &serde_json::json!(null)).is_err());
+        assert!(key_param(&key_col(SqlType::Binary), &serde_json::json!("not base64!")).is_err());
+    }
 
     fn col(name: &str, ty: SqlType, type_name: &str) -> Column {
         Column {

@@ -39,12 +39,14 @@ use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, R
 use serde_json::Value;
 use tiberius::ColumnData;
 
-use crate::catalog::{self, CaptureInstance, Table};
-use crate::conn::{column_bytes, column_i64, column_lsn, connect, execute, query_rows};
+use crate::catalog::{self, CaptureInstance, Table, readable};
+use crate::conn::{
+    ClientBox, column_bytes, column_i64, column_lsn, connect, execute, max_lsn, query_rows,
+};
 use crate::endpoint::Endpoint;
-use crate::lsn::{Lsn, SsPosition};
-use crate::source::{ClientBox, max_lsn, readable, render};
+use crate::position::{Lsn, SsPosition};
 use crate::sql;
+use crate::value::render;
 
 /// How often the catalog is read again to notice new capture instances.
 const CATALOG_REFRESH: Duration = Duration::from_secs(60);

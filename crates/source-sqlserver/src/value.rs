@@ -33,6 +33,9 @@ use backfill_core::encode::{base64, civil_from_days, number, scaled_decimal, sho
 use serde_json::Value;
 use tiberius::ColumnData;
 
+use backfill_core::SourceError;
+use backfill_core::source::Row;
+
 /// Days from 0001-01-01 to 1970-01-01.
 const DAYS_0001_TO_1970: i64 = 719_162;
 /// Days from 1900-01-01 to 1970-01-01.
@@ -320,6 +323,33 @@ pub fn to_json(ty: &SqlType, v: &ColumnData<'_>) -> Result<Value, String> {
             ))
         }
     })
+}
+
+/// Rows of a result set rendered by `columns`, which start at result column `offset`.
+pub fn render<C: Typed>(
+    columns: &[C],
+    row: &tiberius::Row,
+    offset: usize,
+    table: &str,
+) -> Result<Row, SourceError> {
+    let mut out = Row::with_capacity(columns.len(), 256 + 16 * columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        let data = row.get_column_data(offset + i).map_err(|e| {
+            SourceError::definite(format!("{table}: reading column {}: {e}", c.name()))
+        })?;
+        let v = to_json(c.sql_type(), data)
+            .map_err(|e| SourceError::definite(format!("{table} column {}: {e}", c.name())))?;
+        out.push(c.name(), &v);
+    }
+    Ok(out)
+}
+
+/// A column as [`render`] reads it: its name and type (the catalog's columns are).
+pub trait Typed {
+    /// The column's name, as documents carry it.
+    fn name(&self) -> &str;
+    /// How its values render.
+    fn sql_type(&self) -> &SqlType;
 }
 
 #[cfg(test)]

@@ -48,7 +48,6 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use backfill_core::SourceError;
-use backfill_core::encode::base64_decode;
 use backfill_core::key::{Hi, Key, Region, Window};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
@@ -57,64 +56,18 @@ use backfill_core::source::{
 use serde_json::Value;
 use tiberius::ColumnData;
 
-use crate::catalog::{self, Column, Table};
-use crate::conn::{Client, column_bytes, column_lsn, connect, execute, query_rows};
+use crate::catalog::{self, Column, Table, readable};
+use crate::conn::{Client, ClientBox, column_bytes, column_lsn, connect, execute, query_rows};
 use crate::endpoint::Endpoint;
-use crate::lsn::{Lsn, SsPosition};
+use crate::position::{Lsn, SsPosition};
 use crate::sql;
 use crate::stream::SsStream;
-use crate::value::{SqlType, to_json};
+use crate::value::render;
 use backfill_core::catalog::{CatalogTable, compare_keys, find};
 
 /// How long a fence waits for the capture job to record its watermark before the attempt
 /// fails (transiently: the job may be restarting).
 const WATERMARK_WAIT: Duration = Duration::from_secs(300);
-
-/// Rows of a result set rendered by `columns`, which start at result column `offset`.
-pub(crate) fn render(
-    columns: &[Column],
-    row: &tiberius::Row,
-    offset: usize,
-    table: &str,
-) -> Result<Row, SourceError> {
-    let mut out = Row::with_capacity(columns.len(), 256 + 16 * columns.len());
-    for (i, c) in columns.iter().enumerate() {
-        let data = row.get_column_data(offset + i).map_err(|e| {
-            SourceError::definite(format!("{table}: reading column {}: {e}", c.name))
-        })?;
-        let v = to_json(&c.ty, data)
-            .map_err(|e| SourceError::definite(format!("{table} column {}: {e}", c.name)))?;
-        out.push(&c.name, &v);
-    }
-    Ok(out)
-}
-
-/// The columns of `columns` the connector can render (unsupported types are left out).
-pub(crate) fn readable(columns: &[Column]) -> Vec<Column> {
-    columns
-        .iter()
-        .filter(|c| !matches!(c.ty, SqlType::Unsupported(_)))
-        .cloned()
-        .collect()
-}
-
-/// A key value as the parameter [`sql::key_expr`] expects for its column.
-pub(crate) fn key_param(c: &Column, v: &Value) -> Result<ColumnData<'static>, SourceError> {
-    let bad = || SourceError::definite(format!("key column {}: cannot use {v} as a key", c.name));
-    Ok(match (&c.ty, v) {
-        (SqlType::Int, Value::Number(n)) => ColumnData::I64(Some(n.as_i64().ok_or_else(bad)?)),
-        (SqlType::Float | SqlType::Real, Value::Number(n)) => {
-            ColumnData::F64(Some(n.as_f64().ok_or_else(bad)?))
-        }
-        (SqlType::Bit, Value::Bool(b)) => ColumnData::Bit(Some(*b)),
-        (SqlType::Binary, Value::String(s)) => {
-            ColumnData::Binary(Some(base64_decode(s).ok_or_else(bad)?.into()))
-        }
-        (_, Value::String(s)) => ColumnData::String(Some(s.clone().into())),
-        (_, Value::Number(n)) => ColumnData::String(Some(n.to_string().into())),
-        _ => return Err(bad()),
-    })
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
@@ -127,18 +80,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The maximum LSN the capture job has recorded, `None` before it ever ran.
-pub(crate) async fn max_lsn(client: &mut Client) -> Result<Option<Lsn>, SourceError> {
-    let rows = query_rows(
-        client,
-        "SELECT sys.fn_cdc_get_max_lsn()",
-        Vec::new(),
-        "reading sys.fn_cdc_get_max_lsn()",
-    )
-    .await?;
-    Ok(rows.first().and_then(|r| column_lsn(r, 0)))
-}
-
 /// The SQL Server source.
 #[derive(Debug)]
 pub struct SqlSource {
@@ -149,15 +90,6 @@ pub struct SqlSource {
     watermarks_ready: bool,
     last_fence: Lsn,
     marks: u64,
-}
-
-/// `tiberius::Client` has no `Debug`.
-pub(crate) struct ClientBox(pub(crate) Client);
-
-impl std::fmt::Debug for ClientBox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Client")
-    }
 }
 
 impl SqlSource {
@@ -339,7 +271,7 @@ impl SqlSource {
             let mut params = Vec::new();
             if let Some(after) = req.after {
                 for (c, v) in key.iter().zip(&after.0) {
-                    params.push(key_param(c, v)?);
+                    params.push(sql::key_param(c, v)?);
                 }
             }
             (
@@ -467,12 +399,12 @@ impl KeyClassifier for SqlSource {
             let mut params = Vec::new();
             for bound in window.lo.iter().chain(hi.iter()) {
                 for (c, v) in cols.iter().zip(&bound.0) {
-                    params.push(key_param(c, v)?);
+                    params.push(sql::key_param(c, v)?);
                 }
             }
             for k in batch {
                 for (c, v) in cols.iter().zip(&k.0) {
-                    params.push(key_param(c, v)?);
+                    params.push(sql::key_param(c, v)?);
                 }
             }
             let query = sql::classify(&cols, batch.len(), window.lo.is_some(), hi.is_some());
@@ -536,45 +468,6 @@ impl Source for SqlSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn col(ty: SqlType) -> Column {
-        Column {
-            name: "k".into(),
-            type_name: "x".into(),
-            nullable: false,
-            ty,
-            max_length: 8,
-            ordinal: 1,
-        }
-    }
-
-    #[test]
-    fn key_values_go_back_as_the_parameters_their_expressions_expect() {
-        assert!(matches!(
-            key_param(&col(SqlType::Int), &serde_json::json!(-7)),
-            Ok(ColumnData::I64(Some(-7)))
-        ));
-        assert!(matches!(
-            key_param(&col(SqlType::Binary), &serde_json::json!("AAH+/w==")),
-            Ok(ColumnData::Binary(Some(b))) if b.as_ref() == [0, 1, 254, 255]
-        ));
-        assert!(matches!(
-            key_param(
-                &col(SqlType::Decimal { scale: 2 }),
-                &serde_json::from_str("1.50").expect("number")
-            ),
-            Ok(ColumnData::String(Some(s))) if s == "1.50"
-        ));
-        assert!(matches!(
-            key_param(
-                &col(SqlType::Guid),
-                &serde_json::json!("6F9619FF-8B86-D011-B42D-00C04FC964FF")
-            ),
-            Ok(ColumnData::String(Some(_)))
-        ));
-        assert!(key_param(&col(SqlType::Int), &serde_json::json!(null)).is_err());
-        assert!(key_param(&col(SqlType::Binary), &serde_json::json!("not base64!")).is_err());
-    }
 
     #[test]
     fn physical_locators_round_trip_as_hex() {
