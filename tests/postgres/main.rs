@@ -818,7 +818,7 @@ fn server_classification_of_open_windows() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut source = source_postgres::source::PgSource::connect(&endpoint)
+        let mut source = source_postgres::scan::PgSource::connect(&endpoint)
             .await
             .unwrap();
         source.discover().await.unwrap();

@@ -11,6 +11,7 @@ use backfill_core::source::TableRef;
 use serde_json::Value;
 use tokio_postgres::Client;
 
+use crate::sql::{self, KeyType};
 use crate::value::Kind;
 
 /// A column as the connector uses it.
@@ -48,6 +49,20 @@ pub struct Table {
 }
 
 impl Table {
+    /// The types the columns of `key` are cast to in statements (`text` for a column
+    /// the catalog lacks).
+    pub fn key_types(&self, key: &[String]) -> Vec<KeyType<'_>> {
+        key.iter()
+            .map(|k| {
+                let c = self.column(k);
+                KeyType {
+                    ty: c.map_or("text", |c| c.type_name.as_str()),
+                    collation: c.and_then(|c| c.collation.as_deref()),
+                }
+            })
+            .collect()
+    }
+
     /// Whether an update can omit an unchanged TOASTed value and a key change cannot carry
     /// it (DESIGN.md §5): TOASTable columns under the default replica identity.
     pub fn has_toast_hazard(&self) -> bool {
@@ -91,9 +106,8 @@ impl CatalogTable for Table {
         let mut warnings = Vec::new();
         if self.key.is_empty() && self.replica_identity != 'f' {
             warnings.push(format!(
-                "no primary key: capturing it needs REPLICA IDENTITY FULL (ALTER TABLE {}.{} REPLICA IDENTITY FULL) so deletes and updates carry the whole row",
-                quote(&self.table.namespace),
-                quote(&self.table.stream)
+                "no primary key: capturing it needs REPLICA IDENTITY FULL ({}) so deletes and updates carry the whole row",
+                sql::replica_identity_full(&self.table)
             ));
         }
         if self.has_toast_hazard() {
@@ -110,11 +124,6 @@ impl CatalogTable for Table {
         }
         warnings
     }
-}
-
-/// Quotes an identifier.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The connector's own helper tables, hidden from discovery.

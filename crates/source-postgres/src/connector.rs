@@ -5,10 +5,10 @@ use backfill_core::cli::{CheckItem, Connector};
 use backfill_core::config::Binding;
 use backfill_core::merger::EngineOptions;
 
-use crate::catalog::quote;
 use crate::endpoint::Endpoint;
 use crate::replication::ReplicationConn;
-use crate::source::{PgSource, create_publication};
+use crate::scan::PgSource;
+use crate::sql::{self, quote};
 
 /// PostgreSQL, as the shared command line drives it.
 #[derive(Debug)]
@@ -74,11 +74,8 @@ impl Connector for PostgresConnector {
         let mut toasted = Vec::new();
         for b in bindings {
             let name = format!("table {}", b.table_name());
-            let qualified = format!(
-                "{}.{}",
-                quote(&b.resource.namespace),
-                quote(&b.resource.stream)
-            );
+            let table = b.resource.table();
+            let qualified = sql::qualified(&table);
             let Some(t) = tables.iter().find(|t| {
                 t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream
             }) else {
@@ -86,7 +83,7 @@ impl Connector for PostgresConnector {
                 continue;
             };
             if t.key.is_empty() && t.replica_identity != 'f' {
-                items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: ALTER TABLE {qualified} REPLICA IDENTITY FULL")));
+                items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: {}", sql::replica_identity_full(&table))));
                 continue;
             }
             if t.has_toast_hazard() {
@@ -148,12 +145,13 @@ impl Connector for PostgresConnector {
                     format!(
                         "{:?} does not exist and {user} may not create it; as a user who may: {}",
                         endpoint.publication,
-                        create_publication(
+                        sql::create_publication(
                             &endpoint.publication,
-                            bindings.iter().map(|b| (
-                                b.resource.namespace.as_str(),
-                                b.resource.stream.as_str()
-                            ))
+                            bindings
+                                .iter()
+                                .map(|b| b.resource.table())
+                                .collect::<Vec<_>>()
+                                .iter()
                         )
                     ),
                 ),

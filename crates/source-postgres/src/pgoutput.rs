@@ -5,7 +5,7 @@
 //! bounds-checked [`Reader`], and anything malformed is an `Err` naming what was wrong.
 //! Text values stay borrowed from the message buffer until [`crate::value`] converts them.
 
-use crate::lsn::Lsn;
+use crate::position::Lsn;
 
 /// One column of a tuple.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::{SESSION_OPTIONS, tls_config};
 use crate::endpoint::{Endpoint, TlsMode};
-use crate::lsn::Lsn;
+use crate::position::Lsn;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -331,7 +331,7 @@ impl ReplicationConn {
             .join(", ");
         let query = format!(
             "START_REPLICATION SLOT {} LOGICAL {start} ({opts})",
-            quote_ident(slot)
+            crate::sql::quote(slot)
         );
         self.out.clear();
         frontend::query(&query, &mut self.out).map_err(io_err)?;
@@ -442,9 +442,4 @@ pub fn replication_message(
         )),
         _ => Ok(None),
     }
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

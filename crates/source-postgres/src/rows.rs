@@ -25,7 +25,8 @@ use std::sync::Arc;
 use backfill_core::source::Row;
 use tokio_postgres::SimpleColumn;
 
-use crate::catalog::{Table, Types, quote};
+use crate::catalog::{Table, Types};
+use crate::sql::quote;
 use crate::value::{self, Kind};
 
 /// The select list of a chunk query: `t.*` and the server-rendered columns.
@@ -106,33 +107,5 @@ impl Plan {
         }
         self.text_hint.set(self.text_hint.get().max(out.text_len()));
         Ok(out)
-    }
-}
-
-/// A value as an SQL literal for a simple query: an escape string, so the session's
-/// `standard_conforming_strings` does not matter.
-pub fn literal(text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 3);
-    s.push_str("E'");
-    for ch in text.chars() {
-        match ch {
-            '\'' => s.push_str("''"),
-            '\\' => s.push_str("\\\\"),
-            c => s.push(c),
-        }
-    }
-    s.push('\'');
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::literal;
-
-    #[test]
-    fn literals_escape_quotes_and_backslashes() {
-        assert_eq!(literal("a'b\\c"), "E'a''b\\\\c'");
-        assert_eq!(literal(""), "E''");
-        assert_eq!(literal("ünï"), "E'ünï'");
     }
 }

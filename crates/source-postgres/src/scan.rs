@@ -50,11 +50,12 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 
-use crate::catalog::{self, NativeOrder, Table, Types, quote};
+use crate::catalog::{self, NativeOrder, Table, Types};
 use crate::endpoint::Endpoint;
-use crate::lsn::{Lsn, PgPosition};
+use crate::position::{Lsn, PgPosition};
 use crate::replication::ReplicationConn;
 use crate::rows;
+use crate::sql;
 use crate::stream::PgStream;
 use backfill_core::catalog::{CatalogTable, compare_keys, find};
 
@@ -69,25 +70,6 @@ pub struct PgSource {
 }
 
 use crate::conn::db_error;
-
-/// The statement that creates the publication for these tables (all tables when none).
-pub(crate) fn create_publication<'a>(
-    publication: &str,
-    tables: impl Iterator<Item = (&'a str, &'a str)>,
-) -> String {
-    let names: Vec<String> = tables
-        .map(|(namespace, stream)| format!("{}.{}", quote(namespace), quote(stream)))
-        .collect();
-    if names.is_empty() {
-        format!("CREATE PUBLICATION {}", quote(publication))
-    } else {
-        format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote(publication),
-            names.join(", ")
-        )
-    }
-}
 
 /// A key value as the text of a query parameter (cast to the column type in SQL).
 pub(crate) fn param_text(v: &Value) -> String {
@@ -104,7 +86,7 @@ impl PgSource {
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
         let client = crate::conn::connect(endpoint).await?;
         let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .query_one(sql::SERVER_VERSION, &[])
             .await
             .map_err(|e| db_error(&e, "reading the server version"))?
             .get(0);
@@ -133,34 +115,9 @@ impl PgSource {
         find(&self.tables, &spec.table)
     }
 
-    fn qualified(t: &Table) -> String {
-        format!("{}.{}", quote(&t.table.namespace), quote(&t.table.stream))
-    }
-
-    /// `<text>::text::type COLLATE "c"` for key column `name`, where `text` is a
-    /// parameter (`$1`) or a literal.
-    fn typed(t: &Table, name: &str, text: &str) -> String {
-        let c = t.column(name);
-        let ty = c.map_or("text", |c| c.type_name.as_str());
-        match c.and_then(|c| c.collation.as_ref()) {
-            Some(coll) => format!("{text}::text::{ty} COLLATE {}", quote(coll)),
-            None => format!("{text}::text::{ty}"),
-        }
-    }
-
     fn xmin_filter(&self) -> String {
-        let mut f = String::new();
-        if let Some(min) = self.endpoint.advanced.min_backfill_xid {
-            f.push_str(&format!(
-                " AND ((t.xmin::text::bigint - {min} + 4294967296) % 4294967296) < 2147483648"
-            ));
-        }
-        if let Some(max) = self.endpoint.advanced.max_backfill_xid {
-            f.push_str(&format!(
-                " AND (({max} - t.xmin::text::bigint + 4294967296) % 4294967296) < 2147483648"
-            ));
-        }
-        f
+        let advanced = &self.endpoint.advanced;
+        sql::xmin_filter(advanced.min_backfill_xid, advanced.max_backfill_xid)
     }
 
     async fn emit_watermark(&self) -> Result<(), SourceError> {
@@ -168,7 +125,7 @@ impl PgSource {
             return Ok(());
         }
         self.client
-            .batch_execute(WATERMARK)
+            .batch_execute(sql::WATERMARK)
             .await
             .map_err(|e| db_error(&e, "emitting a watermark"))?;
         Ok(())
@@ -209,34 +166,29 @@ impl PgSource {
     ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
         let t = self.table(req.binding)?.clone();
         let key = &req.binding.key;
-        let cols = key
-            .iter()
-            .map(|k| format!("t.{}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
         let (select, ask) = rows::select_list(&t, &self.types);
-        let mut sql = format!(
-            "SELECT {select} FROM ONLY {} t WHERE true",
-            Self::qualified(&t)
-        );
-        if let Some(after) = req.after {
-            let typed = key
-                .iter()
+        let after: Option<Vec<String>> = req.after.map(|after| {
+            t.key_types(key)
+                .into_iter()
                 .zip(&after.0)
-                .map(|(k, v)| Self::typed(&t, k, &rows::literal(&param_text(v))))
-                .collect::<Vec<_>>()
-                .join(", ");
-            sql.push_str(&format!(" AND ({cols}) > ({typed})"));
-        }
-        sql.push_str(&self.xmin_filter());
-        sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", req.limits.rows + 1));
-        let what = format!("scanning {}", Self::qualified(&t));
+                .map(|(ty, v)| sql::typed(&sql::literal(&param_text(v)), ty))
+                .collect()
+        });
+        let sql = sql::keyed_scan(
+            &t.table,
+            &select,
+            key,
+            after.as_deref(),
+            &self.xmin_filter(),
+            req.limits.rows,
+        );
+        let what = format!("scanning {}", t.table);
         // One round trip (see the module docs): the transaction, the rows, the fence and
         // witness read inside it after them, the commit, and the watermark.
-        let mut batch = format!("{START_SNAPSHOT}; {sql}; {FENCE}; COMMIT");
+        let mut batch = format!("{}; {sql}; {}; COMMIT", sql::START_SNAPSHOT, sql::FENCE);
         if !self.endpoint.advanced.read_only {
             batch.push_str("; ");
-            batch.push_str(WATERMARK);
+            batch.push_str(sql::WATERMARK);
         }
         let scanned = self.read_chunk(&batch, &t, &ask, req, &what).await;
         if scanned.is_err() {
@@ -330,7 +282,7 @@ impl PgSource {
         req: ScanRequest<'_>,
     ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
         let t = self.table(req.binding)?.clone();
-        let what = format!("scanning {}", Self::qualified(&t));
+        let what = format!("scanning {}", t.table);
         let after = match req.after.and_then(|k| k.0.first()).and_then(Value::as_str) {
             Some(c) => parse_ctid(c)
                 .ok_or_else(|| SourceError::definite(format!("{what}: bad cursor {c:?}")))?,
@@ -342,10 +294,7 @@ impl PgSource {
         let types = &self.types;
         let tx = snapshot_transaction(&mut self.client, &what).await?;
         let relpages: i64 = tx
-            .query_one(
-                &format!("SELECT (pg_relation_size('{}'::regclass) / current_setting('block_size')::int)::bigint", Self::qualified(&t).replace('\'', "''")),
-                &[],
-            )
+            .query_one(&sql::relation_pages(&t.table), &[])
             .await
             .map_err(|e| db_error(&e, &what))?
             .get(0);
@@ -355,12 +304,7 @@ impl PgSource {
         let mut end_page = after.0;
         while found.is_empty() && end_page <= relpages {
             end_page = start.0 + pages_per_chunk;
-            let sql = format!(
-                "SELECT ctid::text, {select} FROM ONLY {} t WHERE ctid > '({},{})'::tid AND ctid < '({end_page},0)'::tid{xmin_filter}",
-                Self::qualified(&t),
-                start.0,
-                start.1,
-            );
+            let sql = sql::page_scan(&t.table, &select, start, end_page, &xmin_filter);
             let mut plan = None;
             for message in tx
                 .simple_query(&sql)
@@ -450,22 +394,7 @@ type ScannedRows = (
     SnapshotWitness<PgPosition>,
 );
 
-/// Starts a chunk's transaction: one snapshot for the rows, the fence and the witness.
-const START_SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
-
-/// Inside a scan's repeatable-read transaction, after its rows: the fence (the WAL insert
-/// position, at or after every commit visible in the snapshot) and the snapshot itself
-/// as the witness, as text (the simple protocol's).
-const FENCE: &str = "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot())::text, \
-     array_to_string(ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot())), ',')";
-
-/// The watermark after a fence: a logical message, transactional and committed with a
-/// flush. The walsender sends (and reports in keepalives) only flushed WAL, so an
-/// unflushed watermark left every chunk waiting for the WAL writer (`wal_writer_delay`,
-/// 200 ms by default) before the stream could reach its fence.
-const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
-
-/// The fence and witness from the row of [`FENCE`].
+/// The fence and witness from the row of [`sql::FENCE`].
 fn parse_fence(
     row: &tokio_postgres::SimpleQueryRow,
 ) -> Result<(PgPosition, SnapshotWitness<PgPosition>), String> {
@@ -488,13 +417,13 @@ fn parse_fence(
     ))
 }
 
-/// [`FENCE`] in a transaction of its own making (the keyless scan's).
+/// [`sql::FENCE`] in a transaction of its own making (the keyless scan's).
 async fn fence_and_witness(
     tx: &tokio_postgres::Transaction<'_>,
     what: &str,
 ) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
     let messages = tx
-        .simple_query(FENCE)
+        .simple_query(sql::FENCE)
         .await
         .map_err(|e| db_error(&e, what))?;
     let row = messages
@@ -530,10 +459,7 @@ impl ChunkScanner for PgSource {
         let t = self.table(binding).ok()?;
         let row = self
             .client
-            .query_one(
-                "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
-                &[&t.oid],
-            )
+            .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
             .await
             .ok()?;
         u64::try_from(row.get::<_, i64>(0)).ok()
@@ -568,24 +494,6 @@ impl KeyClassifier for PgSource {
         // Ask the server: one query for the whole batch, in the key columns' collations.
         let t = self.table(binding)?.clone();
         let n = binding.key.len();
-        let cols = (0..n)
-            .map(|i| format!("c{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let typed_cols = binding
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                let c = t.column(k);
-                let ty = c.map_or("text", |c| c.type_name.as_str());
-                match c.and_then(|c| c.collation.as_ref()) {
-                    Some(coll) => format!("u.c{i}::{ty} COLLATE {}", quote(coll)),
-                    None => format!("u.c{i}::{ty}"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
         for i in 0..n {
             let col: Vec<String> = keys
@@ -594,41 +502,19 @@ impl KeyClassifier for PgSource {
                 .collect();
             params.push(Box::new(col));
         }
-        let mut next = n + 1;
-        let mut bound = |key: Option<&Key>,
-                         params: &mut Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>|
-         -> String {
-            match key {
-                // Typed: a bare NULL column is `text`, which does not read as a bool.
-                None => "NULL::boolean".into(),
-                Some(k) => {
-                    let typed = binding
-                        .key
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| {
-                            params.push(Box::new(k.0.get(i).map(param_text).unwrap_or_default()));
-                            let s = Self::typed(&t, name, &format!("${next}"));
-                            next += 1;
-                            s
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    format!("(({typed_cols}) > ({typed}))")
-                }
+        let hi = match window.hi {
+            Hi::Key(h) => Some(h),
+            Hi::Empty | Hi::Unbounded => None,
+        };
+        for bound in [window.lo, hi].into_iter().flatten() {
+            for i in 0..n {
+                params.push(Box::new(bound.0.get(i).map(param_text).unwrap_or_default()));
             }
-        };
-        let above_lo = bound(window.lo, &mut params);
-        let above_hi = match window.hi {
-            Hi::Key(h) => bound(Some(h), &mut params),
-            Hi::Empty | Hi::Unbounded => "NULL::boolean".into(),
-        };
-        let unnest = (0..n)
-            .map(|i| format!("${}::text[]", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {above_lo}, {above_hi} FROM unnest({unnest}) WITH ORDINALITY AS u({cols}, ord) ORDER BY ord"
+        }
+        let sql = sql::classify(
+            &t.key_types(&binding.key),
+            window.lo.is_some(),
+            hi.is_some(),
         );
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p.as_ref() as _).collect();
@@ -709,7 +595,7 @@ impl Source for PgSource {
                 let rows = repl
                     .simple_query(&format!(
                         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                        quote(&slot)
+                        sql::quote(&slot)
                     ))
                     .await?;
                 let point = rows
@@ -862,9 +748,9 @@ impl PgSource {
                 let t = self.table(b)?;
                 if t.replica_identity != 'f' {
                     return Err(SourceError::definite(format!(
-                        "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: ALTER TABLE {} REPLICA IDENTITY FULL",
+                        "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: {}",
                         b.table,
-                        Self::qualified(t)
+                        sql::replica_identity_full(&t.table)
                     )));
                 }
             }
@@ -877,12 +763,7 @@ impl PgSource {
             )
             .await
             .map_err(|e| db_error(&e, "reading pg_publication"))?;
-        let sql = create_publication(
-            publication,
-            bindings
-                .iter()
-                .map(|b| (b.table.namespace.as_str(), b.table.stream.as_str())),
-        );
+        let sql = sql::create_publication(publication, bindings.iter().map(|b| &b.table));
         match exists {
             None if read_only => Err(SourceError::definite(format!(
                 "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: {sql}"
@@ -910,7 +791,7 @@ impl PgSource {
                     .filter(|b| {
                         !published.contains(&(b.table.namespace.clone(), b.table.stream.clone()))
                     })
-                    .map(|b| format!("{}.{}", quote(&b.table.namespace), quote(&b.table.stream)))
+                    .map(|b| sql::qualified(&b.table))
                     .collect();
                 if missing.is_empty() {
                     return Ok(());
@@ -918,15 +799,12 @@ impl PgSource {
                 let list = missing.join(", ");
                 if read_only {
                     return Err(SourceError::definite(format!(
-                        "publication {publication:?} lacks {list} and endpoint.advanced.read_only is set: ALTER PUBLICATION {} ADD TABLE {list}",
-                        quote(publication)
+                        "publication {publication:?} lacks {list} and endpoint.advanced.read_only is set: {}",
+                        sql::add_to_publication(publication, &list)
                     )));
                 }
                 self.client
-                    .batch_execute(&format!(
-                        "ALTER PUBLICATION {} ADD TABLE {list}",
-                        quote(publication)
-                    ))
+                    .batch_execute(&sql::add_to_publication(publication, &list))
                     .await
                     .map_err(|e| {
                         db_error(&e, &format!("adding {list} to publication {publication:?}"))

@@ -27,8 +27,8 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::catalog::Types;
-use crate::lsn::{Lsn, PgPosition};
 use crate::pgoutput::{self, Cell, Message, OldImage};
+use crate::position::{Lsn, PgPosition};
 use crate::replication::{PG_EPOCH_OFFSET_US, ReplMessage, ReplicationConn};
 use crate::value::{self, Kind};
 
