@@ -66,6 +66,13 @@ pub struct Resource {
     pub mode: BackfillMode,
 }
 
+impl Resource {
+    /// The table this resource names.
+    pub fn table(&self) -> crate::source::TableRef {
+        crate::source::TableRef::new(&self.namespace, &self.stream)
+    }
+}
+
 /// `namespace.stream`, as a [`TableRef`](crate::source::TableRef) shows.
 impl std::fmt::Display for Resource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -123,7 +123,7 @@ fn write_value(
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Number(n) => number(&n.to_string(), out)?,
-        Value::String(s) => crate::row::write_json_str(out, s),
+        Value::String(s) => crate::json::write_json_str(out, s),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -140,7 +140,7 @@ fn write_value(
                 if i > 0 {
                     out.push(b',');
                 }
-                crate::row::write_json_str(out, k);
+                crate::json::write_json_str(out, k);
                 out.push(b':');
                 write_value(item, out, number)?;
             }
@@ -275,7 +275,7 @@ fn compact_with(
                     // The parse checks the escapes (and refuses a lone surrogate).
                     let s: String = serde_json::from_slice(quoted)
                         .map_err(|e| format!("bad JSON string: {e}"))?;
-                    crate::row::write_json_str(out, &s);
+                    crate::json::write_json_str(out, &s);
                 } else {
                     out.extend_from_slice(quoted);
                 }
@@ -292,7 +292,7 @@ fn compact_with(
                     i += 1;
                 }
                 let token = &text[start..i];
-                if !crate::row::is_json_number(token) {
+                if !crate::json::is_json_number(token) {
                     return bad("a malformed number", start);
                 }
                 number(token, out)?;

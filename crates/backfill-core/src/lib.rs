@@ -7,6 +7,7 @@
 //! | [`endpoint`] | the login block every endpoint flattens: host, user, secret, TLS policy |
 //! | [`mode`] | backfill modes and Automatic selection (§6) |
 //! | [`key`] | keys, the backfill window, regions (§7 "Key order") |
+//! | [`json`] | JSON text primitives: escaped strings, integers, the number grammar |
 //! | [`row`] | a row image as the JSON text it is written as |
 //! | [`source`] | the traits a database crate implements |
 //! | [`state`] | the state file, reconciliation with the config, atomic replace (§4) |
@@ -28,6 +29,7 @@ pub mod consumer;
 pub mod encode;
 pub mod endpoint;
 pub mod error;
+pub mod json;
 pub mod key;
 pub mod merger;
 pub mod metrics;

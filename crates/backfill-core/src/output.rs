@@ -53,7 +53,8 @@ use std::path::PathBuf;
 use serde::ser::Serialize;
 use serde_json::{Map, Value};
 
-use crate::row::{Row, write_json_str, write_u64};
+use crate::json::{write_json_str, write_u64};
+use crate::row::Row;
 use crate::state::write_atomically;
 
 /// Where committed output goes. The production sink is stdout plus a state file; tests

@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use backfill_core::row::decimal_digits;
+use backfill_core::json::decimal_digits;
 
 use mysql_async::Value as MyValue;
 use mysql_async::binlog::events::{OptionalMetaExtractor, RowsEventData, TableMapEvent};

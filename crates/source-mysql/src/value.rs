@@ -25,7 +25,8 @@
 
 pub use backfill_core::encode::base64;
 use backfill_core::encode::{civil_from_days, json_number_as_parsed, number};
-use backfill_core::row::{ColumnName, decimal_digits, two_digits};
+use backfill_core::json::{decimal_digits, two_digits};
+use backfill_core::row::ColumnName;
 use backfill_core::source::Row;
 use mysql_async::Value as MyValue;
 
