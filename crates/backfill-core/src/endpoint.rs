@@ -1,8 +1,9 @@
 //! The block every endpoint shares: where the server is, who logs in, the secret, and TLS.
 //!
-//! A database crate's `Endpoint` flattens a [`Login`] beside its own fields (port with its
-//! default, database, slot, server id, ...), so a config names `host`, `user`, `password`
-//! and `tls` at the same level in every connector and the destination:
+//! A database crate's `Endpoint` flattens a [`Login`] beside its own fields (database,
+//! slot, server id, ...), so a config names `host`, `port`, `user`, `password` and `tls` at
+//! the same level in every connector and the destination. `Login<PORT>` carries the
+//! database's default port as a constant (`Login<5432>`), so the schema shows it:
 //!
 //! ```json
 //! {"host": "db", "port": 5432, "user": "cdc", "password_env": "PGPASSWORD",
@@ -35,11 +36,15 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Host, user, password and TLS: flattened into every endpoint.
+/// Host, port, user, password and TLS: flattened into every endpoint. `PORT` is the
+/// database's default port.
 #[derive(Clone, Deserialize, Serialize, JsonSchema)]
-pub struct Login {
+pub struct Login<const PORT: u16> {
     /// Server host name or address.
     pub host: String,
+    /// Server port.
+    #[serde(default = "default_port::<PORT>")]
+    pub port: u16,
     /// User (or role) to log in as; `check` lists what it needs.
     pub user: String,
     /// Password, inline. Prefer `password_env` or `password_file`.
@@ -56,7 +61,11 @@ pub struct Login {
     pub tls: Tls,
 }
 
-impl Login {
+fn default_port<const PORT: u16>() -> u16 {
+    PORT
+}
+
+impl<const PORT: u16> Login<PORT> {
     /// The password from wherever the config says (inline, then the environment variable,
     /// then the file), or `None` for trust/peer authentication. Errors name the field.
     pub fn resolve_password(&self) -> Result<Option<String>, String> {
@@ -69,15 +78,16 @@ impl Login {
     }
 
     /// `host:port`, for messages.
-    pub fn address(&self, port: u16) -> String {
-        format!("{}:{port}", self.host)
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 }
 
-impl fmt::Debug for Login {
+impl<const PORT: u16> fmt::Debug for Login<PORT> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Login")
             .field("host", &self.host)
+            .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_env", &self.password_env)
@@ -116,6 +126,40 @@ pub struct Tls {
     pub root_cert: Option<String>,
 }
 
+/// The backfill options every connector's `advanced` section flattens.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+pub struct Backfill {
+    /// Rows per backfill chunk.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+    /// Bindings backfilled at once.
+    #[serde(default = "default_concurrency")]
+    pub backfill_concurrency: usize,
+}
+
+fn default_chunk_size() -> usize {
+    10_000
+}
+fn default_concurrency() -> usize {
+    1
+}
+
+impl Default for Backfill {
+    fn default() -> Self {
+        Self {
+            chunk_size: default_chunk_size(),
+            backfill_concurrency: default_concurrency(),
+        }
+    }
+}
+
+impl Backfill {
+    /// The merger's options for these settings.
+    pub fn engine_options(&self) -> crate::merger::EngineOptions {
+        crate::merger::EngineOptions::for_backfill(self.chunk_size, self.backfill_concurrency)
+    }
+}
+
 /// Resolves a secret given inline, through an environment variable, or in a file (first
 /// line), in that order of precedence; `None` when none is given. Errors name the field.
 pub fn resolve_secret(
@@ -149,17 +193,21 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Endpoint {
         #[serde(flatten)]
-        login: Login,
+        login: Login<5432>,
         #[serde(default)]
-        port: u16,
+        slot: u16,
     }
 
     #[test]
     fn flattened_login_keeps_unknown_fields_refused_and_the_secret_out_of_debug() {
         let e: Endpoint =
-            serde_json::from_str(r#"{"host": "h", "user": "u", "password": "hunter2", "port": 7}"#)
+            serde_json::from_str(r#"{"host": "h", "user": "u", "password": "hunter2", "slot": 7}"#)
                 .unwrap();
-        assert_eq!((e.login.host.as_str(), e.port), ("h", 7));
+        assert_eq!(
+            (e.login.host.as_str(), e.login.port, e.slot),
+            ("h", 5432, 7)
+        );
+        assert_eq!(e.login.address(), "h:5432");
         assert_eq!(e.login.tls.mode, TlsMode::Prefer, "the one default");
         assert_eq!(
             e.login.resolve_password().unwrap().as_deref(),

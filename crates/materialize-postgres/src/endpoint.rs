@@ -1,8 +1,9 @@
-//! The `endpoint` of a PostgreSQL materialization: the shared [`Login`] block (host, user,
+//! The `endpoint` of a PostgreSQL materialization: the shared [`Login`] block (host, port, user,
 //! password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the port,
 //! database and schema.
 
 pub use backfill_core::endpoint::Login;
+pub use postgres_conn::PgLogin;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -10,13 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Host, user (it needs CREATE on the schema: tables and the checkpoint table are
+    /// Host, port, user (it needs CREATE on the schema: tables and the checkpoint table are
     /// created), password and TLS.
     #[serde(flatten)]
-    pub login: Login,
-    /// Server port.
-    #[serde(default = "default_port")]
-    pub port: u16,
+    pub login: PgLogin,
     /// Database holding the tables.
     #[serde(default = "default_database")]
     pub database: String,
@@ -25,9 +23,6 @@ pub struct Endpoint {
     pub schema: String,
 }
 
-fn default_port() -> u16 {
-    5432
-}
 fn default_database() -> String {
     "postgres".into()
 }
@@ -38,7 +33,7 @@ fn default_schema() -> String {
 impl Endpoint {
     /// `host:port/database`, for messages.
     pub fn target(&self) -> String {
-        format!("{}/{}", self.login.address(self.port), self.database)
+        format!("{}/{}", self.login.address(), self.database)
     }
 }
 
@@ -52,7 +47,7 @@ mod tests {
             serde_json::from_str(r#"{"host": "h", "user": "u", "password": "hunter2"}"#).unwrap();
         assert!(!format!("{e:?}").contains("hunter2"));
         assert_eq!(
-            (e.port, e.database.as_str(), e.schema.as_str()),
+            (e.login.port, e.database.as_str(), e.schema.as_str()),
             (5432, "postgres", "public")
         );
     }

@@ -72,7 +72,6 @@ impl DestinationKind for Postgres {
             .map_err(|e| definite(format!("cannot start a runtime: {e}")))?;
         let config = postgres_conn::Target {
             login: &endpoint.login,
-            port: endpoint.port,
             database: &endpoint.database,
             application: "cdc materialize-postgres",
             options: SESSION_OPTIONS,

@@ -17,6 +17,9 @@ use tokio_postgres::{Client, Config};
 
 pub use backfill_core::endpoint::{Login, Tls, TlsMode};
 
+/// A PostgreSQL login: the shared block with PostgreSQL's default port.
+pub type PgLogin = Login<5432>;
+
 /// The driver's `sslmode` for a mode (verification is the rustls config's part).
 pub fn ssl_mode(mode: TlsMode) -> SslMode {
     match mode {
@@ -115,10 +118,8 @@ impl ServerCertVerifier for AcceptAnyCert {
 /// Where and as whom to connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    /// Host, user, password and TLS.
-    pub login: &'a Login,
-    /// Server port.
-    pub port: u16,
+    /// Host, port, user, password and TLS.
+    pub login: &'a PgLogin,
     /// Database.
     pub database: &'a str,
     /// `application_name`, as the server shows it.
@@ -136,7 +137,7 @@ impl Target<'_> {
         let mut config = Config::new();
         config
             .host(&self.login.host)
-            .port(self.port)
+            .port(self.login.port)
             .dbname(self.database)
             .user(&self.login.user)
             .application_name(self.application)

@@ -113,7 +113,7 @@ fn opts(endpoint: &Endpoint, tls: bool) -> Result<Opts, SourceError> {
     let login = &endpoint.login;
     let mut b = OptsBuilder::default()
         .ip_or_hostname(login.host.clone())
-        .tcp_port(endpoint.port)
+        .tcp_port(endpoint.login.port)
         .user(Some(login.user.clone()))
         .pass(login.resolve_password().map_err(SourceError::definite)?)
         .prefer_socket(false)
@@ -141,8 +141,8 @@ static WITHOUT_TLS: Mutex<Option<HashSet<(String, u16)>>> = Mutex::new(None);
 /// Connects with the endpoint's TLS mode. Under `prefer` a server that does not offer
 /// TLS gets a plain connection, as the MySQL client's own default (`PREFERRED`) does.
 pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
-    let what = format!("connecting to {}", endpoint.login.address(endpoint.port));
-    let server = (endpoint.login.host.clone(), endpoint.port);
+    let what = format!("connecting to {}", endpoint.login.address());
+    let server = (endpoint.login.host.clone(), endpoint.login.port);
     let known_plain = || {
         WITHOUT_TLS
             .lock()

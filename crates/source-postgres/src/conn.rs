@@ -27,7 +27,6 @@ pub(crate) fn tls_config(endpoint: &Endpoint) -> Result<Option<Arc<ClientConfig>
 pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
     postgres_conn::Target {
         login: &endpoint.login,
-        port: endpoint.port,
         database: &endpoint.database,
         application: "source-postgres",
         options: SESSION_OPTIONS,
@@ -79,7 +78,7 @@ pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
 pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
     let target = format!(
         "{}:{}/{}",
-        endpoint.login.host, endpoint.port, endpoint.database
+        endpoint.login.host, endpoint.login.port, endpoint.database
     );
     if let Some(db) = e.as_db_error() {
         return server_error(

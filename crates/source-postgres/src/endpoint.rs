@@ -1,10 +1,11 @@
-//! The `endpoint` section of the PostgreSQL config: the shared [`Login`] block (host, user,
+//! The `endpoint` section of the PostgreSQL config: the shared [`Login`] block (host, port, user,
 //! password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the slot,
 //! publication and advanced options.
 
 use std::time::Duration;
 
-pub use backfill_core::endpoint::{Login, Tls, TlsMode};
+pub use backfill_core::endpoint::{Backfill, Login, Tls, TlsMode};
+pub use postgres_conn::PgLogin;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,13 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Host, user (it needs REPLICATION, or to own the slot, and SELECT on the tables),
+    /// Host, port, user (it needs REPLICATION, or to own the slot, and SELECT on the tables),
     /// password and TLS.
     #[serde(flatten)]
-    pub login: Login,
-    /// Server port.
-    #[serde(default = "default_port")]
-    pub port: u16,
+    pub login: PgLogin,
     /// Database to capture.
     #[serde(default = "default_database")]
     pub database: String,
@@ -38,9 +36,9 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Advanced {
-    /// Rows per backfill chunk.
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: usize,
+    /// Rows per backfill chunk and bindings backfilled at once.
+    #[serde(flatten)]
+    pub backfill: Backfill,
     /// Only backfill rows whose xmin is at or after this transaction id (circular
     /// comparison, as PostgreSQL compares xids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,27 +53,20 @@ pub struct Advanced {
     /// Seconds between heartbeats that keep the slot advancing on an idle database.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_s: u64,
-    /// Bindings backfilled at once.
-    #[serde(default = "default_concurrency")]
-    pub backfill_concurrency: usize,
 }
 
 impl Default for Advanced {
     fn default() -> Self {
         Self {
-            chunk_size: default_chunk_size(),
+            backfill: Backfill::default(),
             min_backfill_xid: None,
             max_backfill_xid: None,
             read_only: false,
             heartbeat_interval_s: default_heartbeat(),
-            backfill_concurrency: default_concurrency(),
         }
     }
 }
 
-fn default_port() -> u16 {
-    5432
-}
 fn default_database() -> String {
     "postgres".into()
 }
@@ -85,14 +76,8 @@ fn default_slot() -> String {
 fn default_publication() -> String {
     "cdc_publication".into()
 }
-fn default_chunk_size() -> usize {
-    10_000
-}
 fn default_heartbeat() -> u64 {
     10
-}
-fn default_concurrency() -> usize {
-    1
 }
 
 impl Endpoint {
@@ -111,11 +96,11 @@ mod tests {
         let e: Endpoint =
             serde_json::from_str(r#"{"host": "h", "user": "u", "password": "hunter2"}"#).unwrap();
         assert_eq!(
-            (e.port, e.database.as_str(), e.slot.as_str()),
+            (e.login.port, e.database.as_str(), e.slot.as_str()),
             (5432, "postgres", "cdc_slot")
         );
         assert_eq!(e.login.tls.mode, TlsMode::Prefer);
-        assert_eq!(e.advanced.chunk_size, 10_000);
+        assert_eq!(e.advanced.backfill.chunk_size, 10_000);
         let debug = format!("{e:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("<redacted>"),

@@ -83,12 +83,12 @@ fn io_err(e: std::io::Error) -> SourceError {
 impl ReplicationConn {
     /// Connects, negotiates TLS as the endpoint asks, and authenticates.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
-        let tcp = TcpStream::connect((endpoint.login.host.as_str(), endpoint.port))
+        let tcp = TcpStream::connect((endpoint.login.host.as_str(), endpoint.login.port))
             .await
             .map_err(|e| {
                 SourceError::transient(format!(
                     "cannot reach {}:{}: {e}",
-                    endpoint.login.host, endpoint.port
+                    endpoint.login.host, endpoint.login.port
                 ))
             })?;
         let _ = tcp.set_nodelay(true);

@@ -28,7 +28,7 @@ pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
     let mut config = Config::new();
     let login = &endpoint.login;
     config.host(&login.host);
-    config.port(endpoint.port);
+    config.port(endpoint.login.port);
     config.database(&endpoint.database);
     config.application_name("source-sqlserver");
     let password = login
@@ -72,7 +72,7 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
     // installed; the workspace uses ring everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = config(endpoint)?;
-    let where_ = format!("connecting to {}", endpoint.login.address(endpoint.port));
+    let where_ = format!("connecting to {}", endpoint.login.address());
     let tcp = TcpStream::connect(config.get_addr())
         .await
         .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;

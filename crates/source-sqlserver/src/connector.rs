@@ -181,10 +181,7 @@ impl Connector for SqlServerConnector {
     }
 
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
-        EngineOptions::for_backfill(
-            endpoint.advanced.chunk_size,
-            endpoint.advanced.backfill_concurrency,
-        )
+        endpoint.advanced.backfill.engine_options()
     }
 }
 

@@ -1,8 +1,8 @@
 //! The `endpoint` section of the SQL Server config: the shared [`Login`] block (host,
-//! user, password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the
+//! port, user, password, TLS; see [`backfill_core::endpoint`] for the TLS policy) beside the
 //! port, database, polling and advanced options.
 
-pub use backfill_core::endpoint::{Login, Tls, TlsMode};
+pub use backfill_core::endpoint::{Backfill, Login, Tls, TlsMode};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,14 +11,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// Host, SQL login (it needs SELECT on the captured tables and their change tables; see
+    /// Host, port, SQL login (it needs SELECT on the captured tables and their change tables; see
     /// `check`), password and TLS. SQL Server always encrypts the login; with `disable`
     /// nothing else is encrypted.
     #[serde(flatten)]
-    pub login: Login,
-    /// Port.
-    #[serde(default = "default_port")]
-    pub port: u16,
+    pub login: Login<1433>,
     /// Database whose tables are captured (CDC enabled with `sys.sp_cdc_enable_db`).
     pub database: String,
     /// Milliseconds between polls of the change tables when there is nothing new.
@@ -33,12 +30,9 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Advanced {
-    /// Rows per backfill chunk.
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: usize,
-    /// Bindings backfilled at once.
-    #[serde(default = "default_concurrency")]
-    pub backfill_concurrency: usize,
+    /// Rows per backfill chunk and bindings backfilled at once.
+    #[serde(flatten)]
+    pub backfill: Backfill,
     /// The watermark table (`schema.table`) the connector writes after each chunk to
     /// learn the chunk's fence from the change stream; created, with CDC enabled on it,
     /// when missing and the user may (db_owner).
@@ -57,8 +51,7 @@ pub struct Advanced {
 impl Default for Advanced {
     fn default() -> Self {
         Self {
-            chunk_size: default_chunk_size(),
-            backfill_concurrency: default_concurrency(),
+            backfill: Backfill::default(),
             watermarks_table: default_watermarks(),
             cleanup_acknowledged: false,
             poll_rows: default_poll_rows(),
@@ -66,17 +59,8 @@ impl Default for Advanced {
     }
 }
 
-fn default_port() -> u16 {
-    1433
-}
 fn default_poll_interval_ms() -> u64 {
     500
-}
-fn default_chunk_size() -> usize {
-    10_000
-}
-fn default_concurrency() -> usize {
-    1
 }
 fn default_watermarks() -> String {
     "dbo.cdc_backfill_watermarks".into()
@@ -105,9 +89,9 @@ mod tests {
             "host": "db", "database": "shop", "user": "cdc", "password": "hunter2"
         }))
         .expect("parses");
-        assert_eq!(e.port, 1433);
+        assert_eq!(e.login.port, 1433);
         assert_eq!(e.login.tls.mode, TlsMode::Prefer);
-        assert_eq!(e.advanced.chunk_size, 10_000);
+        assert_eq!(e.advanced.backfill.chunk_size, 10_000);
         assert!(!e.advanced.cleanup_acknowledged);
         assert_eq!(
             e.watermarks(),
