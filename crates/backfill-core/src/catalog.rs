@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::SourceError;
 use crate::key::Key;
 use crate::mode::{KeyColumnFacts, KeyOrdering, TableFacts};
-use crate::source::{ColumnInfo, TableInfo, TableRef};
+use crate::source::{BindingSpec, ColumnInfo, Discovery, TableInfo, TableRef};
 
 /// A column of a [`CatalogTable`].
 pub trait CatalogColumn {
@@ -86,6 +86,50 @@ pub trait CatalogTable {
             },
             warnings: self.warnings(),
         }
+    }
+}
+
+/// A source's catalog as read at connect. Implementing it makes the source a
+/// [`Discovery`] (every table's [`CatalogTable::info`]) and gives it the table lookup and
+/// the per-column key comparison its scanner and classifier use.
+pub trait Catalog {
+    /// The crate's table type.
+    type Table: CatalogTable;
+
+    /// The capturable tables, the connector's own helper tables excluded.
+    fn tables(&self) -> &[Self::Table];
+
+    /// The table a binding names, or the error that says it is gone ([`find`]).
+    fn table(&self, table: &TableRef) -> Result<&Self::Table, SourceError> {
+        find(self.tables(), table)
+    }
+
+    /// [`compare_keys`] over `binding`'s key columns: `compare(column, x, y)` orders one
+    /// column's values natively or says `None`. `None` too when the table is unknown.
+    fn compare_by_column(
+        &self,
+        binding: &BindingSpec,
+        a: &Key,
+        b: &Key,
+        mut compare: impl FnMut(
+            &<Self::Table as CatalogTable>::Column,
+            &Value,
+            &Value,
+        ) -> Option<Ordering>,
+    ) -> Option<Ordering> {
+        let t = self
+            .tables()
+            .iter()
+            .find(|t| t.table_ref() == &binding.table)?;
+        compare_keys(binding.key.len(), a, b, |i, x, y| {
+            compare(t.column(&binding.key[i])?, x, y)
+        })
+    }
+}
+
+impl<C: Catalog> Discovery for C {
+    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
+        Ok(self.tables().iter().map(CatalogTable::info).collect())
     }
 }
 

@@ -215,27 +215,64 @@ pub trait ChunkScanner {
 ///
 /// Guarantees: the answer agrees with the database's `ORDER BY` on the key columns. A
 /// source implements [`compare_native`](Self::compare_native) for keys whose encoding is
-/// proven to order as the database does, and overrides [`classify`](Self::classify) with
-/// one query per batch for the others (collated text, enums).
+/// proven to order as the database does, and
+/// [`classify_in_database`](Self::classify_in_database) with one query per batch for the
+/// others (collated text, enums). [`classify`](Self::classify) picks between the two.
 pub trait KeyClassifier {
-    /// Compares two keys of `binding` natively, or `None` when it cannot.
+    /// Compares two keys of `binding` natively, or `None` when it cannot. It answers for
+    /// every pair of a binding's keys or for none (see [`crate::catalog::compare_keys`]).
     fn compare_native(&self, binding: &BindingSpec, a: &Key, b: &Key) -> Option<Ordering>;
 
-    /// Classifies a batch of keys against `window`, one answer per key, in order. The core
-    /// calls it at most once per binding per batch of changes.
+    /// Classifies a batch of keys that [`compare_native`](Self::compare_native) cannot
+    /// order, by asking the database: one answer per key, in order. The default has no
+    /// database to ask and says so.
+    async fn classify_in_database(
+        &mut self,
+        batch: ClassifyBatch<'_>,
+    ) -> Result<Vec<Region>, SourceError> {
+        Err(SourceError::definite(format!(
+            "{}: the key cannot be compared natively and the source has no database classification",
+            batch.binding.table
+        )))
+    }
+
+    /// Classifies a batch of keys against `window`, one answer per key, in order: natively
+    /// where the binding's keys compare natively, else by the database. The core calls it
+    /// at most once per binding per batch of changes.
     async fn classify(
         &mut self,
         binding: &BindingSpec,
         window: Window<'_>,
         keys: &[&Key],
     ) -> Result<Vec<Region>, SourceError> {
-        classify_natively(self, binding, window, keys)
+        if keys
+            .first()
+            .is_none_or(|k| self.compare_native(binding, k, k).is_some())
+        {
+            return classify_natively(self, binding, window, keys);
+        }
+        self.classify_in_database(ClassifyBatch {
+            binding,
+            window,
+            keys,
+        })
+        .await
     }
 }
 
+/// A batch of keys of one binding to place against its window.
+#[derive(Clone, Copy, Debug)]
+pub struct ClassifyBatch<'a> {
+    /// The binding.
+    pub binding: &'a BindingSpec,
+    /// Its backfill window.
+    pub window: Window<'a>,
+    /// The keys, in the order the answers must come in.
+    pub keys: &'a [&'a Key],
+}
+
 /// Classifies `keys` with the classifier's native comparator; an error when the binding's
-/// key has none. The default [`KeyClassifier::classify`], and what a source that answers
-/// some bindings natively and others by query calls for the native ones.
+/// key has none. What [`KeyClassifier::classify`] does for natively ordered keys.
 pub fn classify_natively<C: KeyClassifier + ?Sized>(
     classifier: &C,
     binding: &BindingSpec,

@@ -44,11 +44,11 @@
 use std::cmp::Ordering;
 
 use backfill_core::SourceError;
-use backfill_core::catalog::{CatalogTable, compare_keys, find};
-use backfill_core::key::{Hi, Key, Region, Window};
+use backfill_core::catalog::{Catalog, CatalogTable};
+use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
-    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
-    Source, StreamStart, TableInfo, buffered_bytes, classify_natively,
+    BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
+    SnapshotWitness, Source, StreamStart, buffered_bytes,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
@@ -144,10 +144,6 @@ impl MySource {
         Ok(())
     }
 
-    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        find(&self.tables, &spec.table)
-    }
-
     /// A row of `values` selected as `t.columns`, in order (both scans select them so).
     fn row_from(t: &Table, values: &[MyValue]) -> Result<Row, SourceError> {
         let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
@@ -221,7 +217,7 @@ impl MySource {
         &mut self,
         req: ScanRequest<'_>,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
-        let t = self.table(req.binding)?.clone();
+        let t = self.table(&req.binding.table)?.clone();
         let sql = sql::keyed_scan(&t, &req.binding.key, req.after.is_some(), req.limits.rows);
         let params: Vec<MyValue> = req
             .after
@@ -295,7 +291,7 @@ impl MySource {
         &mut self,
         req: ScanRequest<'_>,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
-        let t = self.table(req.binding)?.clone();
+        let t = self.table(&req.binding.table)?.clone();
         let what = format!("scanning {}", t.table);
         let offset: u64 = req
             .after
@@ -358,9 +354,11 @@ impl MySource {
     }
 }
 
-impl Discovery for MySource {
-    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
-        Ok(self.tables.iter().map(Table::info).collect())
+impl Catalog for MySource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
     }
 }
 
@@ -395,32 +393,28 @@ impl KeyClassifier for MySource {
         if binding.scans_physically() {
             return Some(a.0.first()?.as_u64()?.cmp(&b.0.first()?.as_u64()?));
         }
-        let t = self.tables.iter().find(|t| t.table == binding.table)?;
         let n = |v: &Value| {
             v.as_i64()
                 .map(i128::from)
                 .or_else(|| v.as_u64().map(i128::from))
         };
-        compare_keys(binding.key.len(), a, b, |i, x, y| {
-            (t.column(&binding.key[i])?.ty == ColType::Int).then_some(())?;
+        self.compare_by_column(binding, a, b, |c, x, y| {
+            (c.ty == ColType::Int).then_some(())?;
             Some(n(x)?.cmp(&n(y)?))
         })
     }
 
-    async fn classify(
+    async fn classify_in_database(
         &mut self,
-        binding: &BindingSpec,
-        window: Window<'_>,
-        keys: &[&Key],
+        batch: ClassifyBatch<'_>,
     ) -> Result<Vec<Region>, SourceError> {
-        if keys
-            .first()
-            .is_none_or(|k| self.compare_native(binding, k, k).is_some())
-        {
-            return classify_natively(self, binding, window, keys);
-        }
+        let ClassifyBatch {
+            binding,
+            window,
+            keys,
+        } = batch;
         // One query per batch: each key against the bounds, in the columns' collations.
-        let t = self.table(binding)?.clone();
+        let t = self.table(&binding.table)?.clone();
         let cols = binding
             .key
             .iter()

@@ -40,24 +40,23 @@
 use std::cmp::Ordering;
 
 use backfill_core::SourceError;
-use backfill_core::key::{Hi, Key, Region, Window};
-use backfill_core::mode::ResolvedMode;
+use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
-    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
-    Source, StreamStart, TableInfo, buffered_bytes, classify_natively,
+    BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
+    SnapshotWitness, Source, StreamStart, buffered_bytes,
 };
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 
-use crate::catalog::{self, NativeOrder, Table, Types};
+use crate::catalog::{self, Table, Types};
 use crate::endpoint::Endpoint;
 use crate::position::{Lsn, PgPosition};
 use crate::replication::ReplicationConn;
 use crate::rows;
 use crate::sql;
 use crate::stream::PgStream;
-use backfill_core::catalog::{CatalogTable, compare_keys, find};
+use backfill_core::catalog::Catalog;
 
 /// The PostgreSQL source.
 #[derive(Debug)]
@@ -111,10 +110,6 @@ impl PgSource {
         self.server_version
     }
 
-    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        find(&self.tables, &spec.table)
-    }
-
     fn xmin_filter(&self) -> String {
         let advanced = &self.endpoint.advanced;
         sql::xmin_filter(advanced.min_backfill_xid, advanced.max_backfill_xid)
@@ -164,7 +159,7 @@ impl PgSource {
         &mut self,
         req: ScanRequest<'_>,
     ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
-        let t = self.table(req.binding)?.clone();
+        let t = self.table(&req.binding.table)?.clone();
         let key = &req.binding.key;
         let (select, ask) = rows::select_list(&t, &self.types);
         let after: Option<Vec<String>> = req.after.map(|after| {
@@ -281,7 +276,7 @@ impl PgSource {
         &mut self,
         req: ScanRequest<'_>,
     ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
-        let t = self.table(req.binding)?.clone();
+        let t = self.table(&req.binding.table)?.clone();
         let what = format!("scanning {}", t.table);
         let after = match req.after.and_then(|k| k.0.first()).and_then(Value::as_str) {
             Some(c) => parse_ctid(c)
@@ -361,15 +356,6 @@ impl PgSource {
             witness,
         }))
     }
-
-    fn native_orders(&self, binding: &BindingSpec) -> Option<Vec<NativeOrder>> {
-        let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        binding
-            .key
-            .iter()
-            .map(|k| t.column(k).and_then(catalog::native_order))
-            .collect()
-    }
 }
 
 /// A chunk's transaction: one snapshot for the rows, the fence and the witness.
@@ -442,9 +428,11 @@ pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
     Some((p.parse().ok()?, t.parse().ok()?))
 }
 
-impl Discovery for PgSource {
-    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
-        Ok(self.tables.iter().map(Table::info).collect())
+impl Catalog for PgSource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
     }
 }
 
@@ -456,7 +444,7 @@ impl ChunkScanner for PgSource {
     }
 
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
-        let t = self.table(binding).ok()?;
+        let t = self.table(&binding.table).ok()?;
         let row = self
             .client
             .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
@@ -474,25 +462,22 @@ impl KeyClassifier for PgSource {
         }
         // Once per key pair of every chunk (the merger checks the scan's order): no
         // allocation here.
-        let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        compare_keys(binding.key.len(), a, b, |i, x, y| {
-            let order = t.column(&binding.key[i]).and_then(catalog::native_order)?;
-            catalog::compare_native(order, x, y)
+        self.compare_by_column(binding, a, b, |c, x, y| {
+            catalog::compare_native(catalog::native_order(c)?, x, y)
         })
     }
 
-    async fn classify(
+    async fn classify_in_database(
         &mut self,
-        binding: &BindingSpec,
-        window: Window<'_>,
-        keys: &[&Key],
+        batch: ClassifyBatch<'_>,
     ) -> Result<Vec<Region>, SourceError> {
-        if binding.mode == ResolvedMode::WithoutPrimaryKey || self.native_orders(binding).is_some()
-        {
-            return classify_natively(self, binding, window, keys);
-        }
+        let ClassifyBatch {
+            binding,
+            window,
+            keys,
+        } = batch;
         // Ask the server: one query for the whole batch, in the key columns' collations.
-        let t = self.table(binding)?.clone();
+        let t = self.table(&binding.table)?.clone();
         let n = binding.key.len();
         let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = Vec::new();
         for i in 0..n {
@@ -745,7 +730,7 @@ impl PgSource {
         let read_only = self.endpoint.advanced.read_only;
         for b in bindings {
             if b.scans_physically() {
-                let t = self.table(b)?;
+                let t = self.table(&b.table)?;
                 if t.replica_identity != 'f' {
                     return Err(SourceError::definite(format!(
                         "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: {}",

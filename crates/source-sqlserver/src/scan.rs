@@ -48,10 +48,10 @@ use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
 use backfill_core::SourceError;
-use backfill_core::key::{Hi, Key, Region, Window};
+use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
-    BindingSpec, Chunk, ChunkScanner, Discovery, KeyClassifier, Row, ScanRequest, SnapshotWitness,
-    Source, StreamStart, TableInfo, classify_natively,
+    BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
+    SnapshotWitness, Source, StreamStart,
 };
 use serde_json::Value;
 use tiberius::ColumnData;
@@ -63,7 +63,7 @@ use crate::position::{Lsn, SsPosition};
 use crate::sql;
 use crate::stream::SsStream;
 use crate::value::render;
-use backfill_core::catalog::{CatalogTable, compare_keys, find};
+use backfill_core::catalog::{Catalog, CatalogTable};
 
 /// How long a fence waits for the capture job to record its watermark before the attempt
 /// fails (transiently: the job may be restarting).
@@ -119,10 +119,6 @@ impl SqlSource {
         &mut self.client.0
     }
 
-    fn table(&self, spec: &BindingSpec) -> Result<&Table, SourceError> {
-        find(&self.tables, &spec.table)
-    }
-
     /// CDC on the database and on every bound table; each failure names the statement to run.
     pub async fn ensure_cdc(&mut self, bindings: &[BindingSpec]) -> Result<(), SourceError> {
         if !catalog::cdc_enabled(&mut self.client.0).await? {
@@ -132,7 +128,7 @@ impl SqlSource {
             )));
         }
         for b in bindings {
-            let t = self.table(b)?;
+            let t = self.table(&b.table)?;
             if t.instances.is_empty() {
                 return Err(SourceError::definite(format!(
                     "CDC is not enabled on {s}.{n}: EXEC sys.sp_cdc_enable_table @source_schema = N'{s}', @source_name = N'{n}', @role_name = NULL",
@@ -234,7 +230,7 @@ impl SqlSource {
         &mut self,
         req: ScanRequest<'_>,
     ) -> Result<(Vec<(Key, Row)>, bool), SourceError> {
-        let t = self.table(req.binding)?.clone();
+        let t = self.table(&req.binding.table)?.clone();
         let columns = readable(&t.captured_columns());
         let limit = req.limits.rows + 1;
         let name = t.table.to_string();
@@ -315,9 +311,11 @@ impl SqlSource {
     }
 }
 
-impl Discovery for SqlSource {
-    async fn discover(&mut self) -> Result<Vec<TableInfo>, SourceError> {
-        Ok(self.tables.iter().map(Table::info).collect())
+impl Catalog for SqlSource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
     }
 }
 
@@ -357,31 +355,24 @@ impl KeyClassifier for SqlSource {
             // Physical locators, as upper-case hex of equal length: bytewise order.
             return Some(a.0.first()?.as_str()?.cmp(b.0.first()?.as_str()?));
         }
-        let t = self.tables.iter().find(|t| t.table == binding.table)?;
-        compare_keys(binding.key.len(), a, b, |i, x, y| {
-            t.column(&binding.key[i])?
-                .ty
-                .compares_natively()
-                .then_some(())?;
+        self.compare_by_column(binding, a, b, |c, x, y| {
+            c.ty.compares_natively().then_some(())?;
             Some(x.as_i64()?.cmp(&y.as_i64()?))
         })
     }
 
-    async fn classify(
+    async fn classify_in_database(
         &mut self,
-        binding: &BindingSpec,
-        window: Window<'_>,
-        keys: &[&Key],
+        batch: ClassifyBatch<'_>,
     ) -> Result<Vec<Region>, SourceError> {
-        if keys
-            .first()
-            .is_none_or(|k| self.compare_native(binding, k, k).is_some())
-        {
-            return classify_natively(self, binding, window, keys);
-        }
+        let ClassifyBatch {
+            binding,
+            window,
+            keys,
+        } = batch;
         // One query per batch (split to stay under the 2,100-parameter limit): each key
         // against the bounds, in the key columns' own types and collations.
-        let t = self.table(binding)?.clone();
+        let t = self.table(&binding.table)?.clone();
         let cols: Vec<Column> = binding
             .key
             .iter()
@@ -438,7 +429,7 @@ impl Source for SqlSource {
         let at = match start {
             StreamStart::Resume(p) => {
                 for b in bindings {
-                    let t = self.table(b)?;
+                    let t = self.table(&b.table)?;
                     if t.instance_for(p.0).is_none() {
                         return Err(SourceError::definite(format!(
                             "{}: no capture instance still holds changes after LSN {} (CDC cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention (sys.sp_cdc_change_job @job_type = 'cleanup', @retention = …)",
