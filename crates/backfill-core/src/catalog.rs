@@ -34,22 +34,53 @@ pub trait CatalogColumn {
     fn ordering(&self) -> KeyOrdering;
 }
 
+/// What every catalog knows of a table, borrowed from the crate's own table type.
+#[derive(Debug)]
+pub struct TableParts<'a, C> {
+    /// Namespace and name.
+    pub table: &'a TableRef,
+    /// Columns in table order.
+    pub columns: &'a [C],
+    /// The usable key (primary key, else a unique index on non-null columns), in key
+    /// order; empty for a keyless table.
+    pub key: &'a [String],
+}
+
+impl<'a, C> TableParts<'a, C> {
+    /// The parts of a table named `table` with `columns` and `key`.
+    pub fn new(table: &'a TableRef, columns: &'a [C], key: &'a [String]) -> Self {
+        Self {
+            table,
+            columns,
+            key,
+        }
+    }
+}
+
 /// A capturable table as a database crate's catalog reads it.
 pub trait CatalogTable {
     /// The crate's column type.
     type Column: CatalogColumn;
 
-    /// Namespace and name.
-    fn table_ref(&self) -> &TableRef;
-    /// Columns in table order.
-    fn columns(&self) -> &[Self::Column];
-    /// The usable key (primary key, else a unique index on non-null columns), in key
-    /// order; empty for a keyless table.
-    fn key(&self) -> &[String];
+    /// The parts every catalog has: name, columns, key.
+    fn parts(&self) -> TableParts<'_, Self::Column>;
     /// What discovery should warn about (a missing setting, an unsupported type), each
     /// with the statement or setting that fixes it.
     fn warnings(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Namespace and name.
+    fn table_ref(&self) -> &TableRef {
+        self.parts().table
+    }
+    /// Columns in table order.
+    fn columns(&self) -> &[Self::Column] {
+        self.parts().columns
+    }
+    /// The usable key, in key order; empty for a keyless table.
+    fn key(&self) -> &[String] {
+        self.parts().key
     }
 
     /// The column called `name`.
@@ -191,14 +222,8 @@ mod tests {
     struct Tab(TableRef, Vec<Col>, Vec<String>);
     impl CatalogTable for Tab {
         type Column = Col;
-        fn table_ref(&self) -> &TableRef {
-            &self.0
-        }
-        fn columns(&self) -> &[Col] {
-            &self.1
-        }
-        fn key(&self) -> &[String] {
-            &self.2
+        fn parts(&self) -> TableParts<'_, Col> {
+            TableParts::new(&self.0, &self.1, &self.2)
         }
     }
 

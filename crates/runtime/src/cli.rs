@@ -23,7 +23,6 @@ use crate::capture::{self, RunOptions};
 use crate::destination::DestinationKind;
 use crate::error::{Error, Result};
 use crate::materialize::{self, MaterializeOptions};
-use crate::request::{Kind, TableAction};
 use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
 use crate::status;
 use crate::store::{EmbeddedStore, JetStreamStore, Store};
@@ -67,28 +66,8 @@ enum Command {
     /// Request a backfill (PIPELINE.md §5); `cdc run` carries it out, `cdc status` shows it.
     Backfill {
         pipeline: PathBuf,
-        /// incremental: re-read source tables; materialization: rebuild destination tables
-        /// from their collections; reset: re-read every table of the captures and rebuild
-        /// downstream; cancel: stop a running capture backfill.
-        kind: Kind,
-        /// A collection (or a destination table, for a materialization backfill); repeat
-        /// for several; all when not given.
-        #[arg(long = "binding")]
-        bindings: Vec<String>,
-        /// Incremental: the backfill mode for the re-read (only-changes jumps ahead).
-        #[arg(long)]
-        mode: Option<String>,
-        /// What happens to destination tables: keep (incremental's default), truncate,
-        /// drop, rebuild (zero downtime; the default of materialization and reset).
-        #[arg(long)]
-        table: Option<TableAction>,
-        /// Only this materialization (materialization backfills).
-        #[arg(long)]
-        materialization: Option<String>,
-        /// Reset: an endpoint setting of the connector config, `path=JSON` (for example
-        /// `advanced.min_backfill_xid=1234`); repeatable.
-        #[arg(long = "endpoint-set")]
-        endpoint_set: Vec<String>,
+        #[command(flatten)]
+        wanted: backfill::Wanted,
     },
     /// Print a collection's committed documents (and truncates), one per line.
     Read {
@@ -204,25 +183,9 @@ fn run_command(
             });
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backfill {
-            pipeline,
-            kind,
-            bindings,
-            mode,
-            table,
-            materialization,
-            endpoint_set,
-        } => {
+        Command::Backfill { pipeline, wanted } => {
             let pipeline = load(&pipeline, destinations)?;
             let store = open_store(&pipeline, true)?;
-            let wanted = backfill::Wanted {
-                kind,
-                bindings,
-                mode,
-                table,
-                materialization,
-                endpoint_set,
-            };
             for request in backfill::requests(&pipeline, &wanted)? {
                 store.put_request(&request)?;
                 print(&format!("requested: {}", request.line()));
@@ -390,8 +353,16 @@ fn run(
             let (store, options, stop) =
                 (Arc::clone(&store), materialize.clone(), Arc::clone(&stop));
             handles.push(s.spawn(move || {
-                let result =
-                    kind.and_then(|kind| materialize::run(m, pipeline, &*store, kind, &options));
+                let result = kind.and_then(|kind| {
+                    materialize::Job {
+                        m,
+                        pipeline,
+                        store: &*store,
+                        kind,
+                        options: &options,
+                    }
+                    .run()
+                });
                 if result.is_err() {
                     stop.store(true, Ordering::SeqCst);
                     capture::forward_stop();

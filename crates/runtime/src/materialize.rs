@@ -71,28 +71,49 @@ pub struct MaterializeOptions {
     pub committed: Arc<crate::store::Committed>,
 }
 
-/// Runs `m` until stopped (or, once `captures_done` is set, caught up), reopening the
-/// destination after a transient failure.
-pub fn run(
-    m: &MaterializationSpec,
-    pipeline: &Pipeline,
-    store: &dyn Store,
-    kind: &dyn DestinationKind,
-    options: &MaterializeOptions,
-) -> Result<()> {
-    let mut backoff = Duration::from_millis(500);
-    let mut attempt = 0;
-    loop {
-        match run_once(m, pipeline, store, kind, options) {
-            Ok(()) => return Ok(()),
-            Err(Error::Unavailable(why)) if !options.stop.load(Ordering::SeqCst) => {
-                attempt += 1;
-                tracing::warn!(materialization = %m.name, "transient failure: {why}; retrying in {:.1} s (attempt {attempt})", backoff.as_secs_f64());
-                sleep_unless_stopped(backoff, &options.stop);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+/// One materialization as it runs: what it lands, from which store, into which kind of
+/// destination.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    /// The materialization.
+    pub m: &'a MaterializationSpec,
+    /// The pipeline it belongs to.
+    pub pipeline: &'a Pipeline,
+    /// The store its collections are in.
+    pub store: &'a dyn Store,
+    /// Its destination kind.
+    pub kind: &'a dyn DestinationKind,
+    /// How it runs.
+    pub options: &'a MaterializeOptions,
+}
+
+impl std::fmt::Debug for Job<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("materialization", &self.m.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job<'_> {
+    /// Runs until stopped (or, once `captures_done` is set, caught up), reopening the
+    /// destination after a transient failure.
+    pub fn run(self) -> Result<()> {
+        let (m, options) = (self.m, self.options);
+        let mut backoff = Duration::from_millis(500);
+        let mut attempt = 0;
+        loop {
+            match run_once(self) {
+                Ok(()) => return Ok(()),
+                Err(Error::Unavailable(why)) if !options.stop.load(Ordering::SeqCst) => {
+                    attempt += 1;
+                    tracing::warn!(materialization = %m.name, "transient failure: {why}; retrying in {:.1} s (attempt {attempt})", backoff.as_secs_f64());
+                    sleep_unless_stopped(backoff, &options.stop);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(Error::Unavailable(_)) => return Ok(()),
+                Err(e) => return Err(e),
             }
-            Err(Error::Unavailable(_)) => return Ok(()),
-            Err(e) => return Err(e),
         }
     }
 }
@@ -130,13 +151,14 @@ pub fn table_bindings(m: &MaterializationSpec, pipeline: &Pipeline) -> Result<Ve
     Ok(out)
 }
 
-fn run_once(
-    m: &MaterializationSpec,
-    pipeline: &Pipeline,
-    store: &dyn Store,
-    kind: &dyn DestinationKind,
-    options: &MaterializeOptions,
-) -> Result<()> {
+fn run_once(job: Job<'_>) -> Result<()> {
+    let Job {
+        m,
+        pipeline,
+        store,
+        kind,
+        options,
+    } = job;
     let bindings = table_bindings(m, pipeline)?;
     let mut destination = kind.open(&m.name, &m.endpoint)?;
     // A requested drop is also the remedy for a change the table cannot follow: it must

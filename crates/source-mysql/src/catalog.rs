@@ -3,7 +3,7 @@
 //! columns), and how each key column orders (drives Automatic).
 
 use backfill_core::SourceError;
-use backfill_core::catalog::{CatalogColumn, CatalogTable};
+use backfill_core::catalog::{CatalogColumn, CatalogTable, TableParts};
 use backfill_core::mode::KeyOrdering;
 use backfill_core::row::QuotedName;
 use backfill_core::source::TableRef;
@@ -69,14 +69,8 @@ impl CatalogColumn for Column {
 impl CatalogTable for Table {
     type Column = Column;
 
-    fn table_ref(&self) -> &TableRef {
-        &self.table
-    }
-    fn columns(&self) -> &[Column] {
-        &self.columns
-    }
-    fn key(&self) -> &[String] {
-        &self.key
+    fn parts(&self) -> TableParts<'_, Column> {
+        TableParts::new(&self.table, &self.columns, &self.key)
     }
 }
 

@@ -88,6 +88,15 @@ pub struct MySource {
     file_base: u64,
 }
 
+/// The tables read at connect (again when a chunk finds a table changed).
+impl Catalog for MySource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+}
+
 impl MySource {
     /// Connects, refuses servers it cannot capture correctly, and reads the catalog.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
@@ -351,14 +360,6 @@ impl MySource {
                 SnapshotWitness::Proven
             },
         })
-    }
-}
-
-impl Catalog for MySource {
-    type Table = Table;
-
-    fn tables(&self) -> &[Table] {
-        &self.tables
     }
 }
 

@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use backfill_core::SourceError;
-use backfill_core::catalog::{CatalogColumn, CatalogTable};
+use backfill_core::catalog::{CatalogColumn, CatalogTable, TableParts};
 use backfill_core::mode::KeyOrdering;
 use backfill_core::source::TableRef;
 use serde_json::Value;
@@ -90,14 +90,8 @@ impl CatalogColumn for Column {
 impl CatalogTable for Table {
     type Column = Column;
 
-    fn table_ref(&self) -> &TableRef {
-        &self.table
-    }
-    fn columns(&self) -> &[Column] {
-        &self.columns
-    }
-    fn key(&self) -> &[String] {
-        &self.key
+    fn parts(&self) -> TableParts<'_, Column> {
+        TableParts::new(&self.table, &self.columns, &self.key)
     }
 
     /// A keyless table without REPLICA IDENTITY FULL, and TOASTable columns under the

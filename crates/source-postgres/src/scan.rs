@@ -68,6 +68,15 @@ pub struct PgSource {
     server_version: u32,
 }
 
+/// The tables read at connect (again when a chunk finds a table changed).
+impl Catalog for PgSource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+}
+
 use crate::conn::db_error;
 
 /// A key value as the text of a query parameter (cast to the column type in SQL).
@@ -426,14 +435,6 @@ async fn fence_and_witness(
 pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
     let (p, t) = s.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
     Some((p.parse().ok()?, t.parse().ok()?))
-}
-
-impl Catalog for PgSource {
-    type Table = Table;
-
-    fn tables(&self) -> &[Table] {
-        &self.tables
-    }
 }
 
 impl ChunkScanner for PgSource {

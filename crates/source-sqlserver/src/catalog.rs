@@ -11,7 +11,7 @@
 //! absent, never misaligned.
 
 use backfill_core::SourceError;
-use backfill_core::catalog::{CatalogColumn, CatalogTable};
+use backfill_core::catalog::{CatalogColumn, CatalogTable, TableParts};
 use backfill_core::mode::KeyOrdering;
 use backfill_core::source::TableRef;
 
@@ -150,14 +150,8 @@ impl CatalogColumn for Column {
 impl CatalogTable for Table {
     type Column = Column;
 
-    fn table_ref(&self) -> &TableRef {
-        &self.table
-    }
-    fn columns(&self) -> &[Column] {
-        &self.columns
-    }
-    fn key(&self) -> &[String] {
-        &self.key
+    fn parts(&self) -> TableParts<'_, Column> {
+        TableParts::new(&self.table, &self.columns, &self.key)
     }
 
     /// CDC not enabled, unsupported types, and columns the newest capture instance does

@@ -92,6 +92,15 @@ pub struct SqlSource {
     marks: u64,
 }
 
+/// The tables read at connect (again when a chunk finds a table changed).
+impl Catalog for SqlSource {
+    type Table = Table;
+
+    fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+}
+
 impl SqlSource {
     /// Connects and reads the catalog.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self, SourceError> {
@@ -308,14 +317,6 @@ impl SqlSource {
             }
         }
         Ok((out, complete))
-    }
-}
-
-impl Catalog for SqlSource {
-    type Table = Table;
-
-    fn tables(&self) -> &[Table] {
-        &self.tables
     }
 }
 

@@ -10,14 +10,30 @@ use crate::request::{Kind, Phase, Request, TableAction};
 use crate::spec::Pipeline;
 use crate::status::now_ms;
 
-/// What the user asked for.
-#[derive(Debug)]
+/// What the user asked for: `cdc backfill`'s arguments after the pipeline.
+#[derive(Debug, clap::Args)]
 pub(super) struct Wanted {
+    /// incremental: re-read source tables; materialization: rebuild destination tables
+    /// from their collections; reset: re-read every table of the captures and rebuild
+    /// downstream; cancel: stop a running capture backfill.
     pub(super) kind: Kind,
+    /// A collection (or a destination table, for a materialization backfill); repeat
+    /// for several; all when not given.
+    #[arg(long = "binding")]
     pub(super) bindings: Vec<String>,
+    /// Incremental: the backfill mode for the re-read (only-changes jumps ahead).
+    #[arg(long)]
     pub(super) mode: Option<String>,
+    /// What happens to destination tables: keep (incremental's default), truncate,
+    /// drop, rebuild (zero downtime; the default of materialization and reset).
+    #[arg(long)]
     pub(super) table: Option<TableAction>,
+    /// Only this materialization (materialization backfills).
+    #[arg(long)]
     pub(super) materialization: Option<String>,
+    /// Reset: an endpoint setting of the connector config, `path=JSON` (for example
+    /// `advanced.min_backfill_xid=1234`); repeatable.
+    #[arg(long = "endpoint-set")]
     pub(super) endpoint_set: Vec<String>,
 }
 
