@@ -16,6 +16,7 @@
 //! `Send` bound and no boxing is needed.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -79,6 +80,56 @@ pub struct BindingSpec {
     pub mode: ResolvedMode,
     /// Key columns in key order; empty for a keyless table.
     pub key: Vec<String>,
+}
+
+/// A bound table as a change stream delivers it: the binding's index and its key columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// Index in the config's bindings.
+    pub index: usize,
+    /// Key columns in key order; empty for a keyless table.
+    pub key: Vec<String>,
+}
+
+/// A stream's bindings by table name, looked up without allocating (once per change or
+/// per table-map event).
+#[derive(Clone, Debug, Default)]
+pub struct BoundTables(HashMap<String, HashMap<String, Bound>>);
+
+impl BoundTables {
+    /// The tables of `bindings`.
+    pub fn new(bindings: &[BindingSpec]) -> Self {
+        let mut by_name: HashMap<String, HashMap<String, Bound>> = HashMap::new();
+        for b in bindings {
+            by_name
+                .entry(b.table.namespace.clone())
+                .or_default()
+                .insert(
+                    b.table.stream.clone(),
+                    Bound {
+                        index: b.index,
+                        key: b.key.clone(),
+                    },
+                );
+        }
+        Self(by_name)
+    }
+
+    /// The binding of `namespace.table`, if it is bound.
+    pub fn get(&self, namespace: &str, table: &str) -> Option<&Bound> {
+        self.0.get(namespace)?.get(table)
+    }
+
+    /// Every bound table, in name order.
+    pub fn tables(&self) -> Vec<TableRef> {
+        let mut out: Vec<TableRef> = self
+            .0
+            .iter()
+            .flat_map(|(ns, tables)| tables.keys().map(move |t| TableRef::new(ns, t)))
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.stream).cmp(&(&b.namespace, &b.stream)));
+        out
+    }
 }
 
 impl BindingSpec {
@@ -441,4 +492,48 @@ pub trait Source: ChunkScanner + KeyClassifier {
 
     /// The current end of the log (`--until-caught-up` stops once it is delivered).
     async fn end_position(&mut self) -> Result<Self::Position, SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mode::ResolvedMode;
+
+    fn spec(index: usize, namespace: &str, stream: &str, key: &[&str]) -> BindingSpec {
+        BindingSpec {
+            index,
+            table: TableRef::new(namespace, stream),
+            mode: ResolvedMode::Normal,
+            key: key.iter().map(|k| (*k).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn bound_tables_find_bindings_by_name_and_list_them_in_order() {
+        let bound = BoundTables::new(&[
+            spec(1, "shop", "orders", &["id"]),
+            spec(0, "app", "users", &[]),
+            spec(2, "shop", "items", &["a", "b"]),
+        ]);
+        assert_eq!(
+            bound.get("shop", "items"),
+            Some(&Bound {
+                index: 2,
+                key: vec!["a".into(), "b".into()]
+            })
+        );
+        assert_eq!(
+            bound.get("shop", "users"),
+            None,
+            "namespace and name together"
+        );
+        assert_eq!(
+            bound
+                .tables()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["app.users", "shop.items", "shop.orders"]
+        );
+    }
 }

@@ -22,7 +22,7 @@
 //!   for before each chunk's snapshot (see [`crate::scan`]), so every one of them is
 //!   visible to the backfill. Opening returns once the stream has passed the floor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,9 @@ use backfill_core::SourceError;
 use backfill_core::catalog::CatalogTable as _;
 use backfill_core::cli::CheckItem;
 use backfill_core::key::Key;
-use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use backfill_core::source::{
+    BindingSpec, Bound, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
+};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
@@ -71,7 +73,7 @@ pub struct MyStream {
     stream: BinlogStream,
     endpoint: Endpoint,
     tables: Vec<Table>,
-    bindings: HashMap<(String, String), (usize, Vec<String>)>,
+    bindings: BoundTables,
     file: String,
     in_txn: bool,
     /// Whether a format description event has been read (see the rotate handling).
@@ -164,15 +166,7 @@ impl MyStream {
             stream,
             endpoint: endpoint.clone(),
             tables: tables.to_vec(),
-            bindings: bindings
-                .iter()
-                .map(|b| {
-                    (
-                        (b.table.namespace.clone(), b.table.stream.clone()),
-                        (b.index, b.key.clone()),
-                    )
-                })
-                .collect(),
+            bindings: BoundTables::new(bindings),
             file,
             in_txn: false,
             seen_format: false,
@@ -390,7 +384,10 @@ impl MyStream {
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
-        let Some((binding, key_cols)) = self.bindings.get(&(db.clone(), table.clone())).cloned()
+        let Some(Bound {
+            index: binding,
+            key: key_cols,
+        }) = self.bindings.get(&db, &table).cloned()
         else {
             return Ok(());
         };
@@ -607,15 +604,13 @@ pub async fn ensure_binlog_settings(
 /// changes could not be rendered, and a recreated table needs a backfill.
 async fn read_catalog(
     endpoint: &Endpoint,
-    bindings: &HashMap<(String, String), (usize, Vec<String>)>,
+    bindings: &BoundTables,
 ) -> Result<Vec<Table>, SourceError> {
     let tables = load_tables(&mut connect(endpoint).await?).await?;
-    let mut bound: Vec<&(String, String)> = bindings.keys().collect();
-    bound.sort();
-    for (db, table) in bound {
-        if find_table(&tables, db, table).is_none() {
+    for bound in bindings.tables() {
+        if find_table(&tables, &bound.namespace, &bound.stream).is_none() {
             return Err(SourceError::definite(format!(
-                "{db}.{table} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
+                "{bound} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
             )));
         }
     }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use backfill_core::SourceError;
 use backfill_core::key::Key;
-use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use backfill_core::source::{
+    BindingSpec, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
+};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -56,7 +58,7 @@ pub struct PgStream {
     conn: ReplicationConn,
     client: Client,
     types: Types,
-    bindings: HashMap<(String, String), (usize, Vec<String>)>,
+    bindings: BoundTables,
     /// The bound tables' OIDs when the stream opened: a rename or a drop-and-recreate is
     /// noticed, never silently followed or ignored.
     bound_oids: HashMap<u32, usize>,
@@ -87,15 +89,7 @@ impl PgStream {
             conn,
             client,
             types,
-            bindings: bindings
-                .iter()
-                .map(|b| {
-                    (
-                        (b.table.namespace.clone(), b.table.stream.clone()),
-                        (b.index, b.key.clone()),
-                    )
-                })
-                .collect(),
+            bindings: BoundTables::new(bindings),
             bound_oids,
             relations: HashMap::new(),
             txn: None,
@@ -237,8 +231,8 @@ impl PgStream {
             Message::Relation(r) => {
                 let by_name = self
                     .bindings
-                    .get(&(r.namespace.clone(), r.name.clone()))
-                    .cloned();
+                    .get(&r.namespace, &r.name)
+                    .map(|b| (b.index, b.key.clone()));
                 let binding = match (self.bound_oids.get(&r.oid), by_name) {
                     (Some(&i), Some((j, key))) if i == j => Some((i, key)),
                     (Some(&i), _) => {
