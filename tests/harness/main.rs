@@ -2,6 +2,7 @@
 //! a restart and a crash, and leave nothing behind. Without a server it prints `SKIPPED:`.
 
 use std::path::PathBuf;
+use testkit::servers::Throwaway as _;
 
 use testkit::servers::{MariaDbServer, PgServer};
 

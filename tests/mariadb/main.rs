@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
+use testkit::servers::Throwaway as _;
 
 use serde_json::{Value, json};
 use std::process::Command;

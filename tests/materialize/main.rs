@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use testkit::servers::Throwaway as _;
 
 use backfill_core::consumer::Line;
 use backfill_core::mode::ResolvedMode;

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use testkit::servers::Throwaway as _;
 
 use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};

@@ -224,8 +224,8 @@ impl LiveDb for Mssql {
         serde_json::to_value(self.endpoint()).unwrap()
     }
 
-    fn namespace(&self) -> String {
-        "dbo".into()
+    fn namespace(&self) -> &'static str {
+        "dbo"
     }
 
     fn exec(&self, sql: &str) -> Result<String, String> {

@@ -18,6 +18,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
+use testkit::servers::Throwaway as _;
 
 use backfill_core::source::Row;
 use bytes::BytesMut;

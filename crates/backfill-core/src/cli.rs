@@ -96,11 +96,14 @@ pub trait Connector {
     /// Connects (and verifies the server settings capture needs).
     async fn connect(endpoint: &Self::Endpoint) -> Result<Self::Source, SourceError>;
 
-    /// Verifies connection, permissions, server settings and what each binding needs; one
-    /// item per check, each failure naming the fix.
+    /// Verifies permissions, server settings and what each binding needs on the connected
+    /// `source`; one item per check, each failure naming the fix. The first item says what
+    /// the connection reached (the server and its version). A connection that fails is
+    /// the core's one failing `connect` item, and `check` is not called.
     async fn check(
         endpoint: &Self::Endpoint,
         bindings: &[Binding],
+        source: &mut Self::Source,
     ) -> Result<Vec<CheckItem>, SourceError>;
 
     /// The cheap checks of `check` that a capture cannot run without (server settings,
@@ -227,7 +230,10 @@ async fn run_command<C: Connector>(command: Command, bars: Option<Bars>) -> Resu
         }
         Command::Check { config } => {
             let config = Config::<C::Endpoint>::load(&config)?;
-            let items = C::check(&config.endpoint, &config.bindings).await?;
+            let items = match C::connect(&config.endpoint).await {
+                Ok(mut source) => C::check(&config.endpoint, &config.bindings, &mut source).await?,
+                Err(e) => vec![CheckItem::new("connect", false, e.message())],
+            };
             let text: Vec<String> = items.iter().map(CheckItem::line).collect();
             write_stdout(&text.join("\n"))?;
             Ok(if items.iter().all(|i| i.ok) {

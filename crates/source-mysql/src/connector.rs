@@ -29,15 +29,9 @@ impl Connector for MysqlConnector {
     async fn check(
         endpoint: &Endpoint,
         bindings: &[Binding],
+        source: &mut MySource,
     ) -> Result<Vec<CheckItem>, SourceError> {
         let mut items = Vec::new();
-        let mut source = match MySource::connect(endpoint).await {
-            Ok(s) => s,
-            Err(e) => {
-                items.push(CheckItem::new("connect", false, e.message()));
-                return Ok(items);
-            }
-        };
         items.push(CheckItem::new("connect", true, "connected"));
         let tables: Vec<(String, String)> = source
             .tables()
@@ -47,7 +41,7 @@ impl Connector for MysqlConnector {
         let flavor = source.server().flavor;
         items.extend(binlog_setting_items(source.conn(), flavor).await?);
         if source.server().flavor == Flavor::MySql {
-            mysql_items(&mut source, bindings, &mut items).await;
+            mysql_items(source, bindings, &mut items).await;
         }
         let conn = source.conn();
         let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();

@@ -407,13 +407,12 @@ impl KeyClassifier for MySource {
 
     async fn classify_in_database(
         &mut self,
-        batch: ClassifyBatch<'_>,
-    ) -> Result<Vec<Region>, SourceError> {
-        let ClassifyBatch {
+        ClassifyBatch {
             binding,
             window,
             keys,
-        } = batch;
+        }: ClassifyBatch<'_>,
+    ) -> Result<Vec<Region>, SourceError> {
         // One query per batch: each key against the bounds, in the columns' collations.
         let t = self.table(&binding.table)?.clone();
         let cols = binding

@@ -28,15 +28,9 @@ impl Connector for PostgresConnector {
     async fn check(
         endpoint: &Endpoint,
         bindings: &[Binding],
+        source: &mut PgSource,
     ) -> Result<Vec<CheckItem>, SourceError> {
         let mut items = Vec::new();
-        let source = match PgSource::connect(endpoint).await {
-            Ok(s) => s,
-            Err(e) => {
-                items.push(CheckItem::new("connect", false, e.message()));
-                return Ok(items);
-            }
-        };
         items.push(CheckItem::new(
             "connect",
             true,
@@ -69,7 +63,7 @@ impl Connector for PostgresConnector {
                 ),
             )),
         }
-        let tables = catalog_tables(&source).await?;
+        let tables = catalog_tables(source).await?;
         let user = quote(&endpoint.login.user);
         let mut toasted = Vec::new();
         for b in bindings {

@@ -470,13 +470,12 @@ impl KeyClassifier for PgSource {
 
     async fn classify_in_database(
         &mut self,
-        batch: ClassifyBatch<'_>,
-    ) -> Result<Vec<Region>, SourceError> {
-        let ClassifyBatch {
+        ClassifyBatch {
             binding,
             window,
             keys,
-        } = batch;
+        }: ClassifyBatch<'_>,
+    ) -> Result<Vec<Region>, SourceError> {
         // Ask the server: one query for the whole batch, in the key columns' collations.
         let t = self.table(&binding.table)?.clone();
         let n = binding.key.len();

@@ -38,26 +38,20 @@ impl Connector for SqlServerConnector {
     async fn check(
         endpoint: &Endpoint,
         bindings: &[Binding],
+        source: &mut SqlSource,
     ) -> Result<Vec<CheckItem>, SourceError> {
         let mut items = Vec::new();
-        let mut source = match SqlSource::connect(endpoint).await {
-            Ok(s) => s,
-            Err(e) => {
-                items.push(CheckItem::new("connect", false, e.message()));
-                return Ok(items);
-            }
-        };
         items.push(CheckItem::new("connect", true, "connected"));
-        items.extend(server_items(endpoint, &mut source).await);
+        items.extend(server_items(endpoint, source).await);
         let (ws, wt) = endpoint.watermarks();
         let wm_exists = yes(
-            &mut source,
+            source,
             "SELECT CASE WHEN OBJECT_ID(@P1) IS NULL THEN 0 ELSE 1 END",
             vec![ColumnData::String(Some(sql::qualified(&ws, &wt).into()))],
         )
         .await;
         let owner = yes(
-            &mut source,
+            source,
             "SELECT CAST(IS_ROLEMEMBER('db_owner') AS int)",
             Vec::new(),
         )
@@ -94,7 +88,7 @@ impl Connector for SqlServerConnector {
                 continue;
             };
             let select = yes(
-                &mut source,
+                source,
                 "SELECT CAST(HAS_PERMS_BY_NAME(@P1, 'OBJECT', 'SELECT') AS int)",
                 vec![ColumnData::String(Some(
                     sql::qualified(&t.table.namespace, &t.table.stream).into(),
@@ -126,7 +120,7 @@ impl Connector for SqlServerConnector {
                 Some(ci) => {
                     let ct = format!("cdc.{}", sql::quote(&format!("{}_CT", ci.name)));
                     let readable = yes(
-                        &mut source,
+                        source,
                         "SELECT CAST(HAS_PERMS_BY_NAME(@P1, 'OBJECT', 'SELECT') AS int)",
                         vec![ColumnData::String(Some(ct.clone().into()))],
                     )
@@ -135,7 +129,7 @@ impl Connector for SqlServerConnector {
                         None => true,
                         Some(role) => {
                             yes(
-                                &mut source,
+                                source,
                                 "SELECT CAST(IS_ROLEMEMBER(@P1) AS int)",
                                 vec![ColumnData::String(Some(role.clone().into()))],
                             )

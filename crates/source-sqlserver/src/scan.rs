@@ -364,13 +364,12 @@ impl KeyClassifier for SqlSource {
 
     async fn classify_in_database(
         &mut self,
-        batch: ClassifyBatch<'_>,
-    ) -> Result<Vec<Region>, SourceError> {
-        let ClassifyBatch {
+        ClassifyBatch {
             binding,
             window,
             keys,
-        } = batch;
+        }: ClassifyBatch<'_>,
+    ) -> Result<Vec<Region>, SourceError> {
         // One query per batch (split to stay under the 2,100-parameter limit): each key
         // against the bounds, in the key columns' own types and collations.
         let t = self.table(&binding.table)?.clone();

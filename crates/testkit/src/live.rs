@@ -30,7 +30,7 @@ pub trait LiveDb: Sync {
     /// The config's `endpoint` section.
     fn endpoint(&self) -> Value;
     /// The namespace (schema or database) the scenario tables live in.
-    fn namespace(&self) -> String;
+    fn namespace(&self) -> &'static str;
     /// Runs SQL statements.
     fn exec(&self, sql: &str) -> Result<String, String>;
     /// DDL creating `table` as `(id <int> [primary key], v int, pad text)`; keyless when
@@ -224,7 +224,7 @@ pub fn run_with(
     let config = write_config(
         &dir,
         &endpoint,
-        &ns,
+        ns,
         tables
             .iter()
             .map(String::as_str)
@@ -263,7 +263,7 @@ pub fn run_with(
             .iter()
             .map(|m| *m != ResolvedMode::WithoutPrimaryKey)
             .collect();
-        let ns_w = ns.clone();
+        let ns_w = ns;
         s.spawn(move || {
             let mut next_id = 1_000_000;
             for n in 0..scenario.txns {
@@ -510,8 +510,8 @@ impl LiveDb for crate::servers::PgServer {
         json!({"host": "127.0.0.1", "port": self.port, "database": "postgres", "user": "postgres"})
     }
 
-    fn namespace(&self) -> String {
-        "public".into()
+    fn namespace(&self) -> &'static str {
+        "public"
     }
 
     fn exec(&self, sql: &str) -> Result<String, String> {
@@ -546,8 +546,8 @@ impl LiveDb for crate::servers::MariaDbServer {
         json!({"host": "127.0.0.1", "port": self.port, "user": "root"})
     }
 
-    fn namespace(&self) -> String {
-        "test".into()
+    fn namespace(&self) -> &'static str {
+        "test"
     }
 
     fn exec(&self, sql: &str) -> Result<String, String> {

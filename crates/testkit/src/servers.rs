@@ -175,10 +175,44 @@ pub fn postgres_bindir() -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
+/// A database server the harness may have started itself (a throwaway it owns and may
+/// crash, restart and reconfigure), or an external one it was pointed at (then these do
+/// nothing but start it again, which for an external server is a no-op).
+pub trait Throwaway {
+    /// How long after a SIGKILL the server's orphans need before it can start again.
+    const SETTLE: Duration = Duration::ZERO;
+
+    /// The server's process, when the harness started it.
+    fn process(&self) -> Option<&Process>;
+    /// The same, to stop or kill it.
+    fn process_mut(&mut self) -> Option<&mut Process>;
+    /// Starts the server (again) with its current settings and waits until it is ready.
+    fn launch(&mut self) -> Result<()>;
+
+    /// SIGKILLs the server (a crash) and starts it again.
+    fn crash_and_restart(&mut self) -> Result<()> {
+        if let Some(p) = self.process_mut() {
+            p.kill();
+            std::thread::sleep(Self::SETTLE);
+        }
+        self.launch()
+    }
+
+    /// The server's PID, when the harness started it.
+    fn pid(&self) -> Option<u32> {
+        self.process().and_then(Process::pid)
+    }
+
+    /// The server's directory, when the harness started it.
+    fn dir(&self) -> Option<&Path> {
+        self.process().map(Process::dir)
+    }
+}
+
 /// A server process the harness started: its directory, the OS user it runs as, and how it
 /// stops. Dropping it stops the server and removes the directory, also during a panic.
 #[derive(Debug)]
-struct Process {
+pub struct Process {
     name: &'static str,
     dir: PathBuf,
     user: Option<(u32, u32)>,
@@ -207,8 +241,14 @@ impl Process {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// The server's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's directory (data, socket, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Takes a freshly spawned server and waits until `ready` says it accepts work.
@@ -457,25 +497,21 @@ impl PgServer {
         }
         self.launch()
     }
+}
 
-    /// SIGKILLs the postmaster (a crash) and starts it again; recovery replays the WAL.
-    pub fn crash_and_restart(&mut self) -> Result<()> {
-        if let Some(l) = self.local.as_mut() {
-            l.process.kill();
-            // Orphaned backends hold the shared memory until they notice; give them a moment.
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        self.launch()
+/// SIGKILLing the postmaster is a crash: recovery replays the WAL at the restart.
+impl Throwaway for PgServer {
+    // Orphaned backends hold the shared memory until they notice; give them a moment.
+    const SETTLE: Duration = Duration::from_millis(500);
+
+    fn process(&self) -> Option<&Process> {
+        self.local.as_ref().map(|l| &l.process)
     }
-
-    /// The server's PID, when the harness started it.
-    pub fn pid(&self) -> Option<u32> {
-        self.local.as_ref().and_then(|l| l.process.pid())
+    fn process_mut(&mut self) -> Option<&mut Process> {
+        self.local.as_mut().map(|l| &mut l.process)
     }
-
-    /// The server's directory, when the harness started it.
-    pub fn dir(&self) -> Option<&Path> {
-        self.local.as_ref().map(|l| l.process.dir.as_path())
+    fn launch(&mut self) -> Result<()> {
+        PgServer::launch(self)
     }
 }
 
@@ -811,23 +847,17 @@ impl MariaDbServer {
         }
         self.launch()
     }
+}
 
-    /// SIGKILLs the server (a crash) and starts it again.
-    pub fn crash_and_restart(&mut self) -> Result<()> {
-        if let Some(l) = self.local.as_mut() {
-            l.process.kill();
-        }
-        self.launch()
+impl Throwaway for MariaDbServer {
+    fn process(&self) -> Option<&Process> {
+        self.local.as_ref().map(|l| &l.process)
     }
-
-    /// The server's PID, when the harness started it.
-    pub fn pid(&self) -> Option<u32> {
-        self.local.as_ref().and_then(|l| l.process.pid())
+    fn process_mut(&mut self) -> Option<&mut Process> {
+        self.local.as_mut().map(|l| &mut l.process)
     }
-
-    /// The server's directory, when the harness started it.
-    pub fn dir(&self) -> Option<&Path> {
-        self.local.as_ref().map(|l| l.process.dir.as_path())
+    fn launch(&mut self) -> Result<()> {
+        MariaDbServer::launch(self)
     }
 }
 

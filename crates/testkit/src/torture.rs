@@ -47,10 +47,10 @@ use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
 
 use crate::checker::{self, BindingExpect, Oracle, Row, RunOutput};
-use crate::live::{Running, backfill_done, parse_json_rows, write_config};
+use crate::live::{LiveDb, Running, backfill_done, parse_json_rows, write_config};
 use crate::proxy::Proxy;
 use crate::rng::{Rng, mix};
-use crate::servers::{MariaDbServer, PgServer};
+use crate::servers::{MariaDbServer, PgServer, Throwaway};
 
 /// How hard to push.
 #[derive(Clone, Debug)]
@@ -138,28 +138,22 @@ pub enum Dialect {
 /// Makes a client session command that reads SQL from stdin and stops at the first error.
 pub type ClientFactory = Arc<dyn Fn() -> Command + Send + Sync>;
 
-/// A database under torture.
-pub trait Victim {
-    /// Short name (`postgres`, `mariadb`).
-    fn name(&self) -> &'static str;
-    /// The connector binary.
-    fn connector(&self) -> Result<PathBuf, String>;
+/// A database under torture: a [`LiveDb`] (its name, connector, namespace and SQL) that
+/// can also be reached through the fault proxy, written to by concurrent clients and
+/// made to fail.
+pub trait Victim: LiveDb {
     /// The server's loopback port (the proxy forwards to it).
     fn port(&self) -> u16;
     /// The config's `endpoint`, connecting to `port`.
-    fn endpoint(&self, port: u16) -> Value;
-    /// Where the tables live.
-    fn namespace(&self) -> &'static str;
-    /// Runs SQL and returns its output.
-    fn exec(&self, sql: &str) -> Result<String, String>;
+    fn endpoint_at(&self, port: u16) -> Value;
     /// The writers' dialect.
     fn dialect(&self) -> Dialect;
     /// Client sessions for the writers.
     fn client(&self) -> ClientFactory;
     /// DDL creating a workload table.
     fn ddl(&self, t: &TableSpec) -> String;
-    /// Every row of `table` as the connector renders it.
-    fn rows(&self, table: &str, columns: &[&str]) -> Result<Vec<Row>, String>;
+    /// Every row of `table`, as `columns`, as the connector renders it.
+    fn rows_of(&self, table: &str, columns: &[&str]) -> Result<Vec<Row>, String>;
     /// Injects a server-side fault (not [`Fault::NetworkCut`], which the proxy makes).
     fn inject(&mut self, fault: Fault) -> Result<(), String>;
     /// Loses the log the stopped connector would resume from; returns the fault's name.
@@ -751,7 +745,7 @@ impl Torture {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let proxy = Proxy::start(victim.port()).map_err(|e| e.to_string())?;
-        let mut endpoint = victim.endpoint(proxy.port);
+        let mut endpoint = victim.endpoint_at(proxy.port);
         endpoint["advanced"] = json!({"chunk_size": settings.chunk_size});
         let config = write_config(
             &dir,
@@ -896,7 +890,7 @@ impl Torture {
             .bound
             .iter()
             .map(|b| {
-                victim.rows(&b.table, &b.columns).unwrap_or_else(|e| {
+                victim.rows_of(&b.table, &b.columns).unwrap_or_else(|e| {
                     read_errors.push(e);
                     Vec::new()
                 })
@@ -1239,28 +1233,12 @@ fn pad(wide: bool, v: u64, rng: &mut Rng) -> String {
 }
 
 impl Victim for PgServer {
-    fn name(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn connector(&self) -> Result<PathBuf, String> {
-        crate::live::workspace_binary("source-postgres")
-    }
-
     fn port(&self) -> u16 {
         self.port
     }
 
-    fn endpoint(&self, port: u16) -> Value {
+    fn endpoint_at(&self, port: u16) -> Value {
         json!({"host": "127.0.0.1", "port": port, "database": "postgres", "user": "postgres"})
-    }
-
-    fn namespace(&self) -> &'static str {
-        "public"
-    }
-
-    fn exec(&self, sql: &str) -> Result<String, String> {
-        self.sql(sql).map_err(|e| e.to_string())
     }
 
     fn dialect(&self) -> Dialect {
@@ -1304,7 +1282,7 @@ impl Victim for PgServer {
         ddl
     }
 
-    fn rows(&self, table: &str, _columns: &[&str]) -> Result<Vec<Row>, String> {
+    fn rows_of(&self, table: &str, _columns: &[&str]) -> Result<Vec<Row>, String> {
         parse_json_rows(&self.exec(&format!("SELECT to_jsonb(t.*) FROM public.{table} t"))?)
     }
 
@@ -1336,28 +1314,12 @@ impl Victim for PgServer {
 }
 
 impl Victim for MariaDbServer {
-    fn name(&self) -> &'static str {
-        "mariadb"
-    }
-
-    fn connector(&self) -> Result<PathBuf, String> {
-        crate::live::workspace_binary("source-mysql")
-    }
-
     fn port(&self) -> u16 {
         self.port
     }
 
-    fn endpoint(&self, port: u16) -> Value {
+    fn endpoint_at(&self, port: u16) -> Value {
         json!({"host": "127.0.0.1", "port": port, "user": "root"})
-    }
-
-    fn namespace(&self) -> &'static str {
-        "test"
-    }
-
-    fn exec(&self, sql: &str) -> Result<String, String> {
-        self.sql(sql).map_err(|e| e.to_string())
     }
 
     fn dialect(&self) -> Dialect {
@@ -1388,7 +1350,7 @@ impl Victim for MariaDbServer {
         )
     }
 
-    fn rows(&self, table: &str, columns: &[&str]) -> Result<Vec<Row>, String> {
+    fn rows_of(&self, table: &str, columns: &[&str]) -> Result<Vec<Row>, String> {
         let pairs: Vec<String> = columns.iter().map(|c| format!("'{c}', {c}")).collect();
         parse_json_rows(&self.exec(&format!(
             "SELECT JSON_OBJECT({}) FROM test.{table}",
