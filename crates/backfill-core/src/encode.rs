@@ -223,145 +223,199 @@ fn compact_with(
     open: &mut Vec<(bool, usize)>,
     keys: &mut Vec<(usize, usize)>,
 ) -> Result<bool, String> {
-    let b = text.as_bytes();
-    let mut next = Next::Value;
-    let mut i = 0;
-    let bad = |what: &str, at: usize| Err(format!("bad JSON: {what} at byte {at}"));
-    while let Some(&c) = b.get(i) {
-        let value_here = matches!(next, Next::Value | Next::ValueOrEnd);
-        // What follows a value: the end, or a comma or the close of its container.
-        let after_value = |open: &Vec<(bool, usize)>| {
-            if open.is_empty() {
-                Next::Done
-            } else {
-                Next::CommaOrEnd
-            }
-        };
-        match c {
-            b' ' | b'\n' | b'\t' | b'\r' => i += 1,
+    let mut c = Compactor {
+        text,
+        out,
+        open,
+        keys,
+        next: Next::Value,
+        i: 0,
+    };
+    while let Some(&byte) = c.text.as_bytes().get(c.i) {
+        let value_here = matches!(c.next, Next::Value | Next::ValueOrEnd);
+        match byte {
+            b' ' | b'\n' | b'\t' | b'\r' => c.i += 1,
             b'"' => {
-                let is_key = matches!(next, Next::KeyOrEnd | Next::Key);
-                if !is_key && !value_here {
-                    return bad("unexpected string", i);
-                }
-                let start = i;
-                let mut escaped = false;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        Some(b'\\') => {
-                            escaped = true;
-                            i += 2;
-                        }
-                        Some(b'"') => break,
-                        Some(&c) if c < 0x20 => return bad("a control character in a string", i),
-                        Some(_) => i += 1,
-                        None => return bad("an unterminated string", start),
-                    }
-                }
-                i += 1;
-                let quoted = &b[start..i];
-                if is_key {
-                    let from = open.last().map_or(0, |o| o.1);
-                    if escaped || keys[from..].iter().any(|&(s, e)| &b[s..e] == quoted) {
-                        return Ok(false);
-                    }
-                    keys.push((start, i));
-                    next = Next::Colon;
-                } else {
-                    next = after_value(open);
-                }
-                if escaped {
-                    // The parse checks the escapes (and refuses a lone surrogate).
-                    let s: String = serde_json::from_slice(quoted)
-                        .map_err(|e| format!("bad JSON string: {e}"))?;
-                    crate::json::write_json_str(out, &s);
-                } else {
-                    out.extend_from_slice(quoted);
+                if !c.string(value_here)? {
+                    return Ok(false);
                 }
             }
-            b'-' | b'0'..=b'9' => {
-                if !value_here {
-                    return bad("unexpected number", i);
-                }
-                let start = i;
-                while b
-                    .get(i)
-                    .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
-                {
-                    i += 1;
-                }
-                let token = &text[start..i];
-                if !crate::json::is_json_number(token) {
-                    return bad("a malformed number", start);
-                }
-                number(token, out)?;
-                next = after_value(open);
-            }
-            b't' | b'f' | b'n' => {
-                let literal: &[u8] = match c {
-                    b't' => b"true",
-                    b'f' => b"false",
-                    _ => b"null",
-                };
-                if !value_here || !b[i..].starts_with(literal) {
-                    return bad("unexpected literal", i);
-                }
-                out.extend_from_slice(literal);
-                i += literal.len();
-                next = after_value(open);
-            }
-            b'{' | b'[' if value_here => {
-                let object = c == b'{';
-                open.push((object, keys.len()));
-                next = if object {
-                    Next::KeyOrEnd
-                } else {
-                    Next::ValueOrEnd
-                };
-                out.push(c);
-                i += 1;
-            }
-            b'}' | b']' => {
-                let object = c == b'}';
-                let allowed = match next {
-                    Next::CommaOrEnd => true,
-                    Next::KeyOrEnd => object,
-                    Next::ValueOrEnd => !object,
-                    _ => false,
-                };
-                match open.last() {
-                    Some(&(o, from)) if allowed && o == object => {
-                        open.pop();
-                        keys.truncate(from);
-                    }
-                    _ => return bad("unexpected close", i),
-                }
-                next = after_value(open);
-                out.push(c);
-                i += 1;
-            }
-            b',' if next == Next::CommaOrEnd => {
-                next = if open.last().is_some_and(|o| o.0) {
+            b'-' | b'0'..=b'9' if value_here => c.number(&mut number)?,
+            b't' | b'f' | b'n' if value_here => c.literal(byte)?,
+            b'{' | b'[' if value_here => c.open(byte),
+            b'}' | b']' => c.close(byte)?,
+            b',' if c.next == Next::CommaOrEnd => {
+                c.next = if c.open.last().is_some_and(|o| o.0) {
                     Next::Key
                 } else {
                     Next::Value
                 };
-                out.push(c);
-                i += 1;
+                c.punctuation(byte);
             }
-            b':' if next == Next::Colon => {
-                next = Next::Value;
-                out.push(c);
-                i += 1;
+            b':' if c.next == Next::Colon => {
+                c.next = Next::Value;
+                c.punctuation(byte);
             }
-            _ => return bad("unexpected character", i),
+            b'-' | b'0'..=b'9' => return bad("unexpected number", c.i),
+            b't' | b'f' | b'n' => return bad("unexpected literal", c.i),
+            _ => return bad("unexpected character", c.i),
         }
     }
-    if next != Next::Done {
-        return bad("the text ends inside a value", b.len());
+    if c.next != Next::Done {
+        return bad("the text ends inside a value", text.len());
     }
     Ok(true)
+}
+
+fn bad<T>(what: &str, at: usize) -> Result<T, String> {
+    Err(format!("bad JSON: {what} at byte {at}"))
+}
+
+/// [`compact_with`]'s state: where it is in `text`, what the grammar allows next, and
+/// the stacks.
+struct Compactor<'a> {
+    text: &'a str,
+    out: &'a mut Vec<u8>,
+    open: &'a mut Vec<(bool, usize)>,
+    keys: &'a mut Vec<(usize, usize)>,
+    next: Next,
+    i: usize,
+}
+
+impl Compactor<'_> {
+    /// What follows a value: the end, or a comma or the close of its container.
+    fn after_value(&self) -> Next {
+        if self.open.is_empty() {
+            Next::Done
+        } else {
+            Next::CommaOrEnd
+        }
+    }
+
+    fn punctuation(&mut self, byte: u8) {
+        self.out.push(byte);
+        self.i += 1;
+    }
+
+    /// A string at `i`, a key or a value; `false` when it is a key that only a parse
+    /// can place (escaped, or repeated in its object).
+    fn string(&mut self, value_here: bool) -> Result<bool, String> {
+        let b = self.text.as_bytes();
+        let is_key = matches!(self.next, Next::KeyOrEnd | Next::Key);
+        if !is_key && !value_here {
+            return bad("unexpected string", self.i);
+        }
+        let start = self.i;
+        let mut escaped = false;
+        let mut i = start + 1;
+        loop {
+            match b.get(i) {
+                Some(b'\\') => {
+                    escaped = true;
+                    i += 2;
+                }
+                Some(b'"') => break,
+                Some(&c) if c < 0x20 => return bad("a control character in a string", i),
+                Some(_) => i += 1,
+                None => return bad("an unterminated string", start),
+            }
+        }
+        i += 1;
+        self.i = i;
+        let quoted = &b[start..i];
+        if is_key {
+            let from = self.open.last().map_or(0, |o| o.1);
+            if escaped || self.keys[from..].iter().any(|&(s, e)| &b[s..e] == quoted) {
+                return Ok(false);
+            }
+            self.keys.push((start, i));
+            self.next = Next::Colon;
+        } else {
+            self.next = self.after_value();
+        }
+        if escaped {
+            // The parse checks the escapes (and refuses a lone surrogate).
+            let s: String =
+                serde_json::from_slice(quoted).map_err(|e| format!("bad JSON string: {e}"))?;
+            crate::json::write_json_str(self.out, &s);
+        } else {
+            self.out.extend_from_slice(quoted);
+        }
+        Ok(true)
+    }
+
+    /// A number at `i`, written by `number`.
+    fn number(
+        &mut self,
+        number: &mut impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let b = self.text.as_bytes();
+        let start = self.i;
+        let mut i = start;
+        while b
+            .get(i)
+            .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        {
+            i += 1;
+        }
+        let token = &self.text[start..i];
+        if !crate::json::is_json_number(token) {
+            return bad("a malformed number", start);
+        }
+        number(token, self.out)?;
+        self.i = i;
+        self.next = self.after_value();
+        Ok(())
+    }
+
+    /// `true`, `false` or `null` at `i`.
+    fn literal(&mut self, first: u8) -> Result<(), String> {
+        let literal: &[u8] = match first {
+            b't' => b"true",
+            b'f' => b"false",
+            _ => b"null",
+        };
+        if !self.text.as_bytes()[self.i..].starts_with(literal) {
+            return bad("unexpected literal", self.i);
+        }
+        self.out.extend_from_slice(literal);
+        self.i += literal.len();
+        self.next = self.after_value();
+        Ok(())
+    }
+
+    /// `{` or `[`.
+    fn open(&mut self, byte: u8) {
+        let object = byte == b'{';
+        self.open.push((object, self.keys.len()));
+        self.next = if object {
+            Next::KeyOrEnd
+        } else {
+            Next::ValueOrEnd
+        };
+        self.punctuation(byte);
+    }
+
+    /// `}` or `]`, where the grammar allows it and it closes the open container.
+    fn close(&mut self, byte: u8) -> Result<(), String> {
+        let object = byte == b'}';
+        let allowed = match self.next {
+            Next::CommaOrEnd => true,
+            Next::KeyOrEnd => object,
+            Next::ValueOrEnd => !object,
+            _ => false,
+        };
+        match self.open.last() {
+            Some(&(o, from)) if allowed && o == object => {
+                self.open.pop();
+                self.keys.truncate(from);
+            }
+            _ => return bad("unexpected close", self.i),
+        }
+        self.next = self.after_value();
+        self.punctuation(byte);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

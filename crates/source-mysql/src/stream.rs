@@ -31,12 +31,12 @@ use backfill_core::catalog::CatalogTable as _;
 use backfill_core::cli::CheckItem;
 use backfill_core::key::Key;
 use backfill_core::source::{
-    BindingSpec, Bound, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
+    BindingSpec, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
 };
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::binlog::events::{Event, EventData, RowsEventData};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest};
@@ -46,7 +46,7 @@ use crate::catalog::{Column, Table, load_tables};
 use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
-use crate::rows::{Cell, Image, decode_each, plan};
+use crate::rows::{Cell, ColumnPlan, Image, decode_each, plan};
 use crate::sql;
 use crate::value::{key_value, render_cell};
 
@@ -56,6 +56,25 @@ pub const MARIADB_GTID_EVENT: u8 = 162;
 /// MariaDB's compressed query and rows events (`log_bin_compress=ON`): skipping them
 /// would lose their rows, so they stop the capture with the setting to change.
 pub const COMPRESSED_EVENTS: std::ops::RangeInclusive<u8> = 165..=171;
+
+/// `QUERY_EVENT`: a statement (BEGIN, COMMIT, DDL).
+pub const QUERY_EVENT: u8 = 2;
+/// `ROTATE_EVENT`: the next binlog file's name.
+pub const ROTATE_EVENT: u8 = 4;
+/// `FORMAT_DESCRIPTION_EVENT`: the file's event format (and whether events carry checksums).
+pub const FORMAT_DESCRIPTION_EVENT: u8 = 15;
+/// `XID_EVENT`: a transaction commits.
+pub const XID_EVENT: u8 = 16;
+/// `TABLE_MAP_EVENT`: the table and column types the next rows events use.
+pub const TABLE_MAP_EVENT: u8 = 19;
+/// The version 1 rows events (write, update, delete).
+pub const ROWS_V1_EVENTS: std::ops::RangeInclusive<u8> = 23..=25;
+/// `HEARTBEAT_LOG_EVENT`: the server is idle at a position.
+pub const HEARTBEAT_EVENT: u8 = 27;
+/// The version 2 rows events (write, update, delete).
+pub const ROWS_V2_EVENTS: std::ops::RangeInclusive<u8> = 30..=32;
+/// MySQL's `PARTIAL_UPDATE_ROWS_EVENT` (refused by the decoder with the setting to change).
+pub const PARTIAL_UPDATE_ROWS_EVENT: u8 = 39;
 
 /// MySQL's GTID and anonymous GTID events (each opens a transaction).
 pub const MYSQL_GTID_EVENT: u8 = 33;
@@ -230,33 +249,62 @@ impl MyStream {
         Ok(())
     }
 
-    async fn handle(
-        &mut self,
-        event: mysql_async::binlog::events::Event,
-    ) -> Result<(), SourceError> {
+    /// One binlog event: a transaction's bounds (GTID, XID, COMMIT), a schema change, rows
+    /// of bound tables, or the file and position the stream is at.
+    async fn handle(&mut self, event: Event) -> Result<(), SourceError> {
         let header = event.header();
         let end = u64::from(header.log_pos());
         self.last_end = end;
-        let ts_ms = i64::from(header.timestamp()) * 1000;
         let kind = header.event_type_raw();
-        if let Some(floor) = &self.floor
-            && end > 0
-            && !self.file.is_empty()
-        {
-            let mut here = BinlogPosition::new(self.file.clone(), end);
-            here.file_base = self.file_base;
-            // An event ending at the floor may close the last transaction before it; a
-            // heartbeat there says the server has nothing more before it.
-            let heartbeat = matches!(kind, 27 | MYSQL_HEARTBEAT_V2_EVENT);
-            if here > *floor || (heartbeat && here == *floor) {
-                self.floor = None;
-            }
-        }
+        self.pass_floor(kind, end);
         // At or before the floor only GTIDs are recorded, and the file name followed.
         let behind = self.floor.is_some();
+        if self.transaction_event(kind, &event, end, behind)? {
+            return Ok(());
+        }
+        if behind && !matches!(kind, ROTATE_EVENT | FORMAT_DESCRIPTION_EVENT) {
+            return Ok(());
+        }
+        if COMPRESSED_EVENTS.contains(&kind) {
+            return Err(SourceError::definite(format!(
+                "compressed binlog event at {}:{end}: the server writes compressed events (log_bin_compress=ON), which the connector cannot read. SET GLOBAL log_bin_compress = OFF, then raise `backfill` for every binding whose table was written while it was on",
+                self.file
+            )));
+        }
+        if !parsed_by_the_stream(kind) {
+            return Ok(());
+        }
+        self.data_event(&event, end).await
+    }
+
+    /// Lifts the floor once the stream is past it. An event ending at the floor may close
+    /// the last transaction before it; a heartbeat there says the server has nothing more
+    /// before it.
+    fn pass_floor(&mut self, kind: u8, end: u64) {
+        let Some(floor) = &self.floor else { return };
+        if end == 0 || self.file.is_empty() {
+            return;
+        }
+        let mut here = BinlogPosition::new(self.file.clone(), end);
+        here.file_base = self.file_base;
+        let heartbeat = matches!(kind, HEARTBEAT_EVENT | MYSQL_HEARTBEAT_V2_EVENT);
+        if here > *floor || (heartbeat && here == *floor) {
+            self.floor = None;
+        }
+    }
+
+    /// GTID events (a transaction begins), the events refused with their setting, and
+    /// MySQL's long-position heartbeat; `true` when the event is dealt with.
+    fn transaction_event(
+        &mut self,
+        kind: u8,
+        event: &Event,
+        end: u64,
+        behind: bool,
+    ) -> Result<bool, SourceError> {
         match kind {
             MARIADB_GTID_EVENT => {
-                if let Some(gtid) = mariadb_gtid(event.data(), header.server_id()) {
+                if let Some(gtid) = mariadb_gtid(event.data(), event.header().server_id()) {
                     self.gtid = Some(gtid.to_string());
                     if let Some(Gtids::MariaDb(state)) = &mut self.gtids {
                         state.record(gtid);
@@ -287,32 +335,21 @@ impl MyStream {
                 self.pending.push_back(StreamEvent::Progress {
                     position: self.position(end),
                 });
-                return Ok(());
+                return Ok(true);
             }
-            _ => {}
+            _ => return Ok(false),
         }
-        if matches!(
-            kind,
-            MARIADB_GTID_EVENT | MYSQL_GTID_EVENT | MYSQL_ANONYMOUS_GTID_EVENT
-        ) {
-            if !behind {
-                self.in_txn = true;
-                self.pending.push_back(StreamEvent::Begin);
-            }
-            return Ok(());
+        if !behind {
+            self.in_txn = true;
+            self.pending.push_back(StreamEvent::Begin);
         }
-        if behind && !matches!(kind, 4 | 15) {
-            return Ok(());
-        }
-        if COMPRESSED_EVENTS.contains(&header.event_type_raw()) {
-            return Err(SourceError::definite(format!(
-                "compressed binlog event at {}:{end}: the server writes compressed events (log_bin_compress=ON), which the connector cannot read. SET GLOBAL log_bin_compress = OFF, then raise `backfill` for every binding whose table was written while it was on",
-                self.file
-            )));
-        }
-        if !parsed_by_the_stream(header.event_type_raw()) {
-            return Ok(());
-        }
+        Ok(true)
+    }
+
+    /// An event the stream parses (see [`parsed_by_the_stream`]).
+    async fn data_event(&mut self, event: &Event, end: u64) -> Result<(), SourceError> {
+        let header = event.header();
+        let ts_ms = i64::from(header.timestamp()) * 1000;
         let Some(data) = event
             .read_data()
             .map_err(|e| SourceError::definite(format!("malformed binlog event: {e}")))?
@@ -334,14 +371,7 @@ impl MyStream {
                     position: self.position(end),
                 });
             }
-            EventData::XidEvent(_) => {
-                self.in_txn = false;
-                self.pending.push_back(StreamEvent::Commit {
-                    position: self.position(end),
-                    txid: None,
-                    ts_ms: Some(ts_ms),
-                });
-            }
+            EventData::XidEvent(_) => self.commit(end, ts_ms),
             EventData::QueryEvent(q) => {
                 let text = q.query().trim().to_ascii_uppercase();
                 if text == "BEGIN" {
@@ -354,17 +384,22 @@ impl MyStream {
                         self.pending.push_back(StreamEvent::Begin);
                     }
                 }
-                self.in_txn = false;
-                self.pending.push_back(StreamEvent::Commit {
-                    position: self.position(end),
-                    txid: None,
-                    ts_ms: Some(ts_ms),
-                });
+                self.commit(end, ts_ms);
             }
             EventData::RowsEvent(rows) => self.rows_event(&rows, end, ts_ms).await?,
             _ => {}
         }
         Ok(())
+    }
+
+    /// The open transaction (or statement) commits at `end`.
+    fn commit(&mut self, end: u64, ts_ms: i64) {
+        self.in_txn = false;
+        self.pending.push_back(StreamEvent::Commit {
+            position: self.position(end),
+            txid: None,
+            ts_ms: Some(ts_ms),
+        });
     }
 }
 
@@ -384,74 +419,18 @@ impl MyStream {
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
-        let Some(Bound {
-            index: binding,
-            key: key_cols,
-        }) = self.bindings.get(&db, &table).cloned()
-        else {
+        let Some(bound) = self.bindings.get(&db, &table).cloned() else {
             return Ok(());
         };
         let undecodable =
             |e: String| SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"));
         let columns = plan(tme).map_err(undecodable)?;
-        let known = |tables: &[Table]| {
-            find_table(tables, &db, &table).is_some_and(|t| {
-                columns
-                    .iter()
-                    .all(|c| c.name.as_deref().is_some_and(|n| t.column(n).is_some()))
-            })
-        };
-        if !known(&self.tables) {
+        if !knows_columns(&self.tables, &db, &table, &columns) {
             // `columns` borrows the stream's table map, so only the tables are replaced.
             self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
         }
-        // Each table-map column's catalog column (`None`: unknown, see above).
-        let catalog: Vec<Option<&Column>> = match find_table(&self.tables, &db, &table) {
-            Some(t) => columns
-                .iter()
-                .map(|c| c.name.as_deref().and_then(|n| t.column(n)))
-                .collect(),
-            None => vec![None; columns.len()],
-        };
-        // Where each key column is in the images: where [`key_value`] reads the key from
-        // the cells (an integer key), it is not looked up and parsed back from the row.
-        let key_at: Option<Vec<(usize, &Column)>> = key_cols
-            .iter()
-            .map(|k| {
-                let at = columns.iter().position(|c| c.name.as_deref() == Some(k))?;
-                Some((at, (*catalog.get(at)?)?))
-            })
-            .collect();
-        let read_key = |image: &Image<'_>| -> Option<Key> {
-            key_at
-                .as_ref()?
-                .iter()
-                .map(|&(i, c)| match image.get(i)? {
-                    Some(Cell::Binlog(BinlogValue::Value(v))) => key_value(&c.ty, v),
-                    _ => None,
-                })
-                .collect::<Option<Vec<_>>>()
-                .map(Key)
-        };
-        let key_of = |row: &Row| {
-            Key(key_cols
-                .iter()
-                .map(|k| row.get(k).unwrap_or(Value::Null))
-                .collect())
-        };
-        // An image as a row, and its key.
-        let render = |image: &Image<'_>, row: &mut Row| -> Result<Key, SourceError> {
-            let key = read_key(image);
-            if !render(image, &catalog, row).map_err(|e| e.context(&db, &table))? {
-                return Err(unknown(&db, &table));
-            }
-            // Debug builds (the suites') check the shortcut against the general path.
-            debug_assert!(key.as_ref().is_none_or(|k| *k == key_of(row)));
-            Ok(key.unwrap_or_else(|| key_of(row)))
-        };
-        let new_row = || Row::with_capacity(columns.len(), 256 + 16 * columns.len());
+        let images = Images::new(&self.tables, (&db, &table), &columns, &bound.key);
         let file_no = file_number(&self.file) + self.file_base;
-        let cursor = format!("{}:{end}", self.file);
         // The same for every row of the event.
         let fields = {
             let mut f = Row::with_capacity(3, 96);
@@ -459,7 +438,7 @@ impl MyStream {
             if let Some(g) = &self.gtid {
                 f.push_str("txid", g);
             }
-            f.push_str("cursor", &cursor);
+            f.push_str("cursor", &format!("{}:{end}", self.file));
             Arc::new(f)
         };
         let pending = &mut self.pending;
@@ -471,48 +450,147 @@ impl MyStream {
             };
             // A row with no image still takes its place in `pos`.
             i += 1;
-            // Each image rendered into a row made here: returning rows through nested
-            // `Result`s and `Option`s moved them about in pieces, slower than rendering.
-            let (mut row, mut old) = (new_row(), None);
-            let change = match (before, after) {
-                (None, Some(after)) => Change {
-                    binding,
-                    op: Op::Insert,
-                    key: render(after, &mut row)?,
-                    before_key: None,
-                    row,
-                    before: None,
-                    meta,
-                },
-                (Some(before), Some(after)) => {
-                    let before_key = render(before, old.insert(new_row()))?;
-                    Change {
-                        binding,
-                        op: Op::Update,
-                        key: render(after, &mut row)?,
-                        before_key: Some(before_key),
-                        row,
-                        before: old,
-                        meta,
-                    }
-                }
-                (Some(before), None) => {
-                    let key = render(before, &mut row)?;
-                    Change {
-                        binding,
-                        op: Op::Delete,
-                        key,
-                        before_key: None,
-                        before: Some(row.clone()),
-                        row,
-                        meta,
-                    }
-                }
-                (None, None) => return Ok(()),
-            };
-            pending.push_back(StreamEvent::Change(change));
+            if let Some(change) = images.change(bound.index, before, after, meta)? {
+                pending.push_back(StreamEvent::Change(change));
+            }
             Ok(())
         })
+    }
+}
+
+/// Whether the catalog knows every named column of a table map.
+fn knows_columns(tables: &[Table], db: &str, table: &str, columns: &[ColumnPlan<'_>]) -> bool {
+    find_table(tables, db, table).is_some_and(|t| {
+        columns
+            .iter()
+            .all(|c| c.name.as_deref().is_some_and(|n| t.column(n).is_some()))
+    })
+}
+
+/// How the images of one rows event become rows and keys.
+struct Images<'a> {
+    /// Database and table, for errors.
+    table: (&'a str, &'a str),
+    /// Each table-map column's catalog column (`None`: one the catalog does not know).
+    catalog: Vec<Option<&'a Column>>,
+    /// Where each key column is in the images, when [`key_value`] can read every one
+    /// from the cells (an integer key): then the key is not parsed back from the row.
+    key_at: Option<Vec<(usize, &'a Column)>>,
+    /// The key columns.
+    key: &'a [String],
+}
+
+impl<'a> Images<'a> {
+    fn new(
+        tables: &'a [Table],
+        table: (&'a str, &'a str),
+        columns: &[ColumnPlan<'_>],
+        key: &'a [String],
+    ) -> Self {
+        let catalog: Vec<Option<&Column>> = match find_table(tables, table.0, table.1) {
+            Some(t) => columns
+                .iter()
+                .map(|c| c.name.as_deref().and_then(|n| t.column(n)))
+                .collect(),
+            None => vec![None; columns.len()],
+        };
+        let key_at = key
+            .iter()
+            .map(|k| {
+                let at = columns.iter().position(|c| c.name.as_deref() == Some(k))?;
+                Some((at, (*catalog.get(at)?)?))
+            })
+            .collect();
+        Self {
+            table,
+            catalog,
+            key_at,
+            key,
+        }
+    }
+
+    fn new_row(&self) -> Row {
+        let n = self.catalog.len();
+        Row::with_capacity(n, 256 + 16 * n)
+    }
+
+    fn read_key(&self, image: &Image<'_>) -> Option<Key> {
+        self.key_at
+            .as_ref()?
+            .iter()
+            .map(|&(i, c)| match image.get(i)? {
+                Some(Cell::Binlog(BinlogValue::Value(v))) => key_value(&c.ty, v),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Key)
+    }
+
+    fn key_of(&self, row: &Row) -> Key {
+        Key(self
+            .key
+            .iter()
+            .map(|k| row.get(k).unwrap_or(Value::Null))
+            .collect())
+    }
+
+    /// Renders an image into `row` and returns its key.
+    fn render(&self, image: &Image<'_>, row: &mut Row) -> Result<Key, SourceError> {
+        let (db, table) = self.table;
+        let key = self.read_key(image);
+        if !render(image, &self.catalog, row).map_err(|e| e.context(db, table))? {
+            return Err(unknown(db, table));
+        }
+        // Debug builds (the suites') check the shortcut against the general path.
+        debug_assert!(key.as_ref().is_none_or(|k| *k == self.key_of(row)));
+        Ok(key.unwrap_or_else(|| self.key_of(row)))
+    }
+
+    /// The change a row's images make; `None` for a row with neither. Each image is
+    /// rendered into a row made here (returning rows through nested results moved them
+    /// about in pieces).
+    fn change(
+        &self,
+        binding: usize,
+        before: Option<&mut Image<'_>>,
+        after: Option<&mut Image<'_>>,
+        meta: ChangeMeta,
+    ) -> Result<Option<Change>, SourceError> {
+        let mut row = self.new_row();
+        Ok(Some(match (before, after) {
+            (None, Some(after)) => Change {
+                binding,
+                op: Op::Insert,
+                key: self.render(after, &mut row)?,
+                before_key: None,
+                row,
+                before: None,
+                meta,
+            },
+            (Some(before), Some(after)) => {
+                let mut old = self.new_row();
+                let before_key = self.render(before, &mut old)?;
+                Change {
+                    binding,
+                    op: Op::Update,
+                    key: self.render(after, &mut row)?,
+                    before_key: Some(before_key),
+                    row,
+                    before: Some(old),
+                    meta,
+                }
+            }
+            (Some(before), None) => Change {
+                binding,
+                op: Op::Delete,
+                key: self.render(before, &mut row)?,
+                before_key: None,
+                before: Some(row.clone()),
+                row,
+                meta,
+            },
+            (None, None) => return Ok(None),
+        }))
     }
 }
 
@@ -661,9 +739,17 @@ impl ColumnError {
 /// is skipped unparsed: mysql_common sizes allocations from some event bodies (previous
 /// GTIDs, for one), and a malformed length there aborts the process.
 pub fn parsed_by_the_stream(event_type: u8) -> bool {
-    // QUERY, ROTATE, FORMAT_DESCRIPTION, XID, TABLE_MAP, rows v1, HEARTBEAT, rows v2, and
-    // MySQL's partial update rows (refused by the decoder with the setting to change).
-    matches!(event_type, 2 | 4 | 15 | 16 | 19 | 23..=25 | 27 | 30..=32 | 39)
+    matches!(
+        event_type,
+        QUERY_EVENT
+            | ROTATE_EVENT
+            | FORMAT_DESCRIPTION_EVENT
+            | XID_EVENT
+            | TABLE_MAP_EVENT
+            | HEARTBEAT_EVENT
+            | PARTIAL_UPDATE_ROWS_EVENT
+    ) || ROWS_V1_EVENTS.contains(&event_type)
+        || ROWS_V2_EVENTS.contains(&event_type)
 }
 
 /// The GTID of a MariaDB GTID event's body: sequence number (8 bytes, little-endian)

@@ -239,120 +239,138 @@ impl<'a> Reader<'a> {
 pub fn decode(buf: &[u8]) -> Result<Message<'_>, String> {
     let mut r = Reader::new(buf);
     let tag = r.u8()?;
-    Ok(match tag {
-        b'B' => Message::Begin {
+    match tag {
+        b'B' => Ok(Message::Begin {
             final_lsn: r.lsn()?,
             commit_ts: r.i64()?,
             xid: r.u32()?,
-        },
+        }),
         b'C' => {
             let _flags = r.u8()?;
-            Message::Commit {
+            Ok(Message::Commit {
                 commit_lsn: r.lsn()?,
                 end_lsn: r.lsn()?,
                 commit_ts: r.i64()?,
-            }
-        }
-        b'O' => Message::Origin,
-        b'R' => {
-            let oid = r.u32()?;
-            let namespace = r.cstr()?.to_string();
-            let name = r.cstr()?.to_string();
-            let replica_identity = r.u8()?;
-            let n = usize::try_from(r.i16()?).map_err(|_| "negative column count")?;
-            let mut columns = Vec::with_capacity(n.min(1600));
-            for _ in 0..n {
-                let flags = r.u8()?;
-                columns.push(RelColumn {
-                    key: flags & 1 == 1,
-                    name: r.cstr()?.to_string(),
-                    type_oid: r.u32()?,
-                    type_mod: r.i32()?,
-                });
-            }
-            Message::Relation(Relation {
-                oid,
-                namespace,
-                name,
-                replica_identity,
-                columns,
             })
         }
+        b'O' => Ok(Message::Origin),
+        b'R' => relation(&mut r).map(Message::Relation),
         b'Y' => {
             let oid = r.u32()?;
             let _namespace = r.cstr()?;
             let _name = r.cstr()?;
-            Message::Type { oid }
+            Ok(Message::Type { oid })
         }
-        b'I' => {
-            let rel = r.u32()?;
-            match r.u8()? {
-                b'N' => Message::Insert {
-                    rel,
-                    new: r.tuple()?,
-                },
-                other => return Err(format!("insert without a new tuple (got {other:#x})")),
-            }
-        }
-        b'U' => {
-            let rel = r.u32()?;
-            let mut kind = r.u8()?;
-            let old = match kind {
-                b'K' | b'O' => {
-                    let image = if kind == b'K' {
-                        OldImage::Key
-                    } else {
-                        OldImage::Full
-                    };
-                    let t = r.tuple()?;
-                    kind = r.u8()?;
-                    Some((image, t))
-                }
-                _ => None,
+        b'I' => insert(&mut r),
+        b'U' => update(&mut r),
+        b'D' => delete(&mut r),
+        b'T' => truncate(&mut r),
+        b'M' => logical_message(&mut r),
+        other => Err(format!("unknown pgoutput message {:?}", other as char)),
+    }
+}
+
+/// `R`: a relation's OID, names, replica identity and columns.
+fn relation(r: &mut Reader<'_>) -> Result<Relation, String> {
+    let oid = r.u32()?;
+    let namespace = r.cstr()?.to_string();
+    let name = r.cstr()?.to_string();
+    let replica_identity = r.u8()?;
+    let n = usize::try_from(r.i16()?).map_err(|_| "negative column count")?;
+    let mut columns = Vec::with_capacity(n.min(1600));
+    for _ in 0..n {
+        let flags = r.u8()?;
+        columns.push(RelColumn {
+            key: flags & 1 == 1,
+            name: r.cstr()?.to_string(),
+            type_oid: r.u32()?,
+            type_mod: r.i32()?,
+        });
+    }
+    Ok(Relation {
+        oid,
+        namespace,
+        name,
+        replica_identity,
+        columns,
+    })
+}
+
+/// `I`: the relation and its new tuple (`N`).
+fn insert<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, String> {
+    let rel = r.u32()?;
+    match r.u8()? {
+        b'N' => Ok(Message::Insert {
+            rel,
+            new: r.tuple()?,
+        }),
+        other => Err(format!("insert without a new tuple (got {other:#x})")),
+    }
+}
+
+/// `U`: the relation, the old key (`K`) or row (`O`) when logged, then the new tuple (`N`).
+fn update<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, String> {
+    let rel = r.u32()?;
+    let mut kind = r.u8()?;
+    let old = match kind {
+        b'K' | b'O' => {
+            let image = if kind == b'K' {
+                OldImage::Key
+            } else {
+                OldImage::Full
             };
-            if kind != b'N' {
-                return Err(format!("update without a new tuple (got {kind:#x})"));
-            }
-            Message::Update {
-                rel,
-                old,
-                new: r.tuple()?,
-            }
+            let t = r.tuple()?;
+            kind = r.u8()?;
+            Some((image, t))
         }
-        b'D' => {
-            let rel = r.u32()?;
-            let image = match r.u8()? {
-                b'K' => OldImage::Key,
-                b'O' => OldImage::Full,
-                other => return Err(format!("delete without an old tuple (got {other:#x})")),
-            };
-            Message::Delete {
-                rel,
-                old: (image, r.tuple()?),
-            }
-        }
-        b'T' => {
-            let n = usize::try_from(r.i32()?).map_err(|_| "negative relation count")?;
-            let _options = r.u8()?;
-            let mut rels = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                rels.push(r.u32()?);
-            }
-            Message::Truncate { rels }
-        }
-        b'M' => {
-            let flags = r.u8()?;
-            let lsn = r.lsn()?;
-            let prefix = r.cstr()?;
-            let len = usize::try_from(r.i32()?).map_err(|_| "negative message length")?;
-            let _content = r.take(len)?;
-            Message::LogicalMessage {
-                transactional: flags & 1 == 1,
-                lsn,
-                prefix,
-            }
-        }
-        other => return Err(format!("unknown pgoutput message {:?}", other as char)),
+        _ => None,
+    };
+    if kind != b'N' {
+        return Err(format!("update without a new tuple (got {kind:#x})"));
+    }
+    Ok(Message::Update {
+        rel,
+        old,
+        new: r.tuple()?,
+    })
+}
+
+/// `D`: the relation and the old key (`K`) or row (`O`).
+fn delete<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, String> {
+    let rel = r.u32()?;
+    let image = match r.u8()? {
+        b'K' => OldImage::Key,
+        b'O' => OldImage::Full,
+        other => return Err(format!("delete without an old tuple (got {other:#x})")),
+    };
+    Ok(Message::Delete {
+        rel,
+        old: (image, r.tuple()?),
+    })
+}
+
+/// `T`: the truncated relations.
+fn truncate<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, String> {
+    let n = usize::try_from(r.i32()?).map_err(|_| "negative relation count")?;
+    let _options = r.u8()?;
+    let mut rels = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        rels.push(r.u32()?);
+    }
+    Ok(Message::Truncate { rels })
+}
+
+/// `M`: a logical decoding message (its content is not used).
+fn logical_message<'a>(r: &mut Reader<'a>) -> Result<Message<'a>, String> {
+    let flags = r.u8()?;
+    let lsn = r.lsn()?;
+    let prefix = r.cstr()?;
+    let len = usize::try_from(r.i32()?).map_err(|_| "negative message length")?;
+    let _content = r.take(len)?;
+    Ok(Message::LogicalMessage {
+        transactional: flags & 1 == 1,
+        lsn,
+        prefix,
     })
 }
 

@@ -191,6 +191,8 @@ impl PgStream {
         })
     }
 
+    /// One pgoutput message: a transaction's bounds, a relation's schema, or changes,
+    /// which become events in `pending`.
     async fn handle(&mut self, data: &[u8]) -> Result<(), SourceError> {
         let message = pgoutput::decode(data)
             .map_err(|e| SourceError::definite(format!("malformed pgoutput message: {e}")))?;
@@ -199,185 +201,213 @@ impl PgStream {
                 final_lsn,
                 commit_ts,
                 xid,
-            } => {
-                let xid = self.full_xid(xid);
-                let ts_ms = (commit_ts + PG_EPOCH_OFFSET_US) / 1000;
-                let mut fields = Row::with_capacity(3, 64);
-                fields.push_i64("ts_ms", ts_ms);
-                fields.push_u64("txid", xid);
-                fields.push_str("lsn", &final_lsn.to_string());
-                self.txn = Some(Txn {
-                    final_lsn,
-                    xid,
-                    index: 0,
-                    fields: Arc::new(fields),
-                });
-                self.pending.push_back(StreamEvent::Begin);
-            }
+            } => self.begin(final_lsn, commit_ts, xid),
             Message::Commit {
                 end_lsn, commit_ts, ..
-            } => {
-                let txn = self
-                    .txn
-                    .take()
-                    .ok_or_else(|| SourceError::definite("commit outside a transaction"))?;
-                self.progress = self.progress.max(end_lsn);
-                self.pending.push_back(StreamEvent::Commit {
-                    position: PgPosition { lsn: end_lsn },
-                    txid: Some(txn.xid),
-                    ts_ms: Some((commit_ts + PG_EPOCH_OFFSET_US) / 1000),
-                });
-            }
-            Message::Relation(r) => {
-                let by_name = self
-                    .bindings
-                    .get(&r.namespace, &r.name)
-                    .map(|b| (b.index, b.key.clone()));
-                let binding = match (self.bound_oids.get(&r.oid), by_name) {
-                    (Some(&i), Some((j, key))) if i == j => Some((i, key)),
-                    (Some(&i), _) => {
-                        return Err(SourceError::definite(format!(
-                            "the table of binding {i} was renamed to {}.{}; point the binding at the new name and raise its backfill counter",
-                            r.namespace, r.name
-                        )));
-                    }
-                    (None, Some((i, _))) => {
-                        return Err(SourceError::definite(format!(
-                            "{}.{} (binding {i}) was dropped and created again while captured; raise its backfill counter to read it afresh",
-                            r.namespace, r.name
-                        )));
-                    }
-                    (None, None) => None,
-                };
-                let columns = r
-                    .columns
-                    .iter()
-                    .map(|c| (c.name.clone(), self.types.kind(c.type_oid), c.type_oid))
-                    .collect();
-                let (binding, key) = match binding {
-                    Some((i, key)) => (Some(i), key),
-                    None => (None, Vec::new()),
-                };
-                self.relations.insert(
-                    r.oid,
-                    RelInfo {
-                        binding,
-                        namespace: r.namespace,
-                        name: r.name,
-                        columns,
-                        key,
-                    },
-                );
-            }
-            Message::Insert { rel, new } => {
-                let Some(info) = self.relations.get(&rel) else {
-                    return Err(unknown(rel));
-                };
-                let Some(binding) = info.binding else {
-                    return Ok(());
-                };
-                let row = self.row(info, &new).await?;
-                let key = Self::key_of(info, &row);
-                let meta = self.meta()?;
-                self.pending.push_back(StreamEvent::Change(Change {
-                    binding,
-                    op: Op::Insert,
-                    key,
-                    before_key: None,
-                    row,
-                    before: None,
-                    meta,
-                }));
-            }
-            Message::Update { rel, old, new } => {
-                let Some(info) = self.relations.get(&rel) else {
-                    return Err(unknown(rel));
-                };
-                let Some(binding) = info.binding else {
-                    return Ok(());
-                };
-                let mut row = self.row(info, &new).await?;
-                let (before_key, before) = match &old {
-                    Some((image, cells)) => {
-                        let old_row = self.row(info, cells).await?;
-                        let k = Self::key_of(info, &old_row);
-                        if *image == OldImage::Full {
-                            // REPLICA IDENTITY FULL logs the old row with its TOASTed values
-                            // inline: an unchanged value is the old one, so the new row is
-                            // whole (a key change's `c` must be).
-                            for ((name, ..), cell) in info.columns.iter().zip(&new) {
-                                if *cell == Cell::Unchanged
-                                    && let Some(v) = old_row.get(name)
-                                {
-                                    row.insert(name, &v);
-                                }
-                            }
-                        }
-                        (Some(k), (*image == OldImage::Full).then_some(old_row))
-                    }
-                    None => (None, None),
-                };
-                let key = match (&before_key, info.key.iter().all(|k| row.contains_key(k))) {
-                    (_, true) => Self::key_of(info, &row),
-                    (Some(k), false) => k.clone(),
-                    (None, false) => Self::key_of(info, &row),
-                };
-                let meta = self.meta()?;
-                self.pending.push_back(StreamEvent::Change(Change {
-                    binding,
-                    op: Op::Update,
-                    key,
-                    before_key,
-                    row,
-                    before,
-                    meta,
-                }));
-            }
+            } => self.commit(end_lsn, commit_ts)?,
+            Message::Relation(r) => self.relation(r)?,
+            Message::Insert { rel, new } => self.insert(rel, &new).await?,
+            Message::Update { rel, old, new } => self.update(rel, old.as_ref(), &new).await?,
             Message::Delete {
                 rel,
                 old: (image, cells),
-            } => {
-                let Some(info) = self.relations.get(&rel) else {
-                    return Err(unknown(rel));
-                };
-                let Some(binding) = info.binding else {
-                    return Ok(());
-                };
-                let old_row = self.row(info, &cells).await?;
-                let key = Self::key_of(info, &old_row);
-                let (row, before) = match image {
-                    OldImage::Full => (old_row.clone(), Some(old_row)),
-                    OldImage::Key => (
-                        info.key
-                            .iter()
-                            .filter_map(|k| Some((k, old_row.get(k)?)))
-                            .collect(),
-                        None,
-                    ),
-                };
-                let meta = self.meta()?;
-                self.pending.push_back(StreamEvent::Change(Change {
-                    binding,
-                    op: Op::Delete,
-                    key,
-                    before_key: None,
-                    row,
-                    before,
-                    meta,
-                }));
-            }
-            Message::Truncate { rels } => {
-                let bindings: Vec<usize> = rels
-                    .iter()
-                    .filter_map(|r| self.relations.get(r).and_then(|i| i.binding))
-                    .collect();
-                if !bindings.is_empty() {
-                    let meta = self.meta()?;
-                    self.pending
-                        .push_back(StreamEvent::Truncate { bindings, meta });
-                }
-            }
+            } => self.delete(rel, image, &cells).await?,
+            Message::Truncate { rels } => self.truncate(&rels)?,
             Message::Type { .. } | Message::Origin | Message::LogicalMessage { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, final_lsn: Lsn, commit_ts: i64, xid: u32) {
+        let xid = self.full_xid(xid);
+        let ts_ms = (commit_ts + PG_EPOCH_OFFSET_US) / 1000;
+        let mut fields = Row::with_capacity(3, 64);
+        fields.push_i64("ts_ms", ts_ms);
+        fields.push_u64("txid", xid);
+        fields.push_str("lsn", &final_lsn.to_string());
+        self.txn = Some(Txn {
+            final_lsn,
+            xid,
+            index: 0,
+            fields: Arc::new(fields),
+        });
+        self.pending.push_back(StreamEvent::Begin);
+    }
+
+    fn commit(&mut self, end_lsn: Lsn, commit_ts: i64) -> Result<(), SourceError> {
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| SourceError::definite("commit outside a transaction"))?;
+        self.progress = self.progress.max(end_lsn);
+        self.pending.push_back(StreamEvent::Commit {
+            position: PgPosition { lsn: end_lsn },
+            txid: Some(txn.xid),
+            ts_ms: Some((commit_ts + PG_EPOCH_OFFSET_US) / 1000),
+        });
+        Ok(())
+    }
+
+    /// A relation's schema: which binding its changes belong to (by OID, checked against
+    /// its name: a renamed or recreated bound table stops the capture with the remedy).
+    fn relation(&mut self, r: pgoutput::Relation) -> Result<(), SourceError> {
+        let by_name = self
+            .bindings
+            .get(&r.namespace, &r.name)
+            .map(|b| (b.index, b.key.clone()));
+        let (binding, key) = match (self.bound_oids.get(&r.oid), by_name) {
+            (Some(&i), Some((j, key))) if i == j => (Some(i), key),
+            (Some(&i), _) => {
+                return Err(SourceError::definite(format!(
+                    "the table of binding {i} was renamed to {}.{}; point the binding at the new name and raise its backfill counter",
+                    r.namespace, r.name
+                )));
+            }
+            (None, Some((i, _))) => {
+                return Err(SourceError::definite(format!(
+                    "{}.{} (binding {i}) was dropped and created again while captured; raise its backfill counter to read it afresh",
+                    r.namespace, r.name
+                )));
+            }
+            (None, None) => (None, Vec::new()),
+        };
+        let columns = r
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), self.types.kind(c.type_oid), c.type_oid))
+            .collect();
+        self.relations.insert(
+            r.oid,
+            RelInfo {
+                binding,
+                namespace: r.namespace,
+                name: r.name,
+                columns,
+                key,
+            },
+        );
+        Ok(())
+    }
+
+    /// The relation `rel` and its binding; `None` for a relation no binding reads.
+    fn bound(&self, rel: u32) -> Result<Option<(&RelInfo, usize)>, SourceError> {
+        let info = self.relations.get(&rel).ok_or_else(|| unknown(rel))?;
+        Ok(info.binding.map(|b| (info, b)))
+    }
+
+    /// Appends a change of the open transaction.
+    fn push_change(
+        &mut self,
+        change: impl FnOnce(ChangeMeta) -> Change,
+    ) -> Result<(), SourceError> {
+        let meta = self.meta()?;
+        self.pending.push_back(StreamEvent::Change(change(meta)));
+        Ok(())
+    }
+
+    async fn insert(&mut self, rel: u32, new: &[Cell<'_>]) -> Result<(), SourceError> {
+        let Some((info, binding)) = self.bound(rel)? else {
+            return Ok(());
+        };
+        let row = self.row(info, new).await?;
+        let key = Self::key_of(info, &row);
+        self.push_change(|meta| Change {
+            binding,
+            op: Op::Insert,
+            key,
+            before_key: None,
+            row,
+            before: None,
+            meta,
+        })
+    }
+
+    async fn update(
+        &mut self,
+        rel: u32,
+        old: Option<&(OldImage, Vec<Cell<'_>>)>,
+        new: &[Cell<'_>],
+    ) -> Result<(), SourceError> {
+        let Some((info, binding)) = self.bound(rel)? else {
+            return Ok(());
+        };
+        let mut row = self.row(info, new).await?;
+        let (before_key, before) = match old {
+            Some((image, cells)) => {
+                let old_row = self.row(info, cells).await?;
+                let k = Self::key_of(info, &old_row);
+                if *image == OldImage::Full {
+                    // REPLICA IDENTITY FULL logs the old row with its TOASTed values
+                    // inline: an unchanged value is the old one, so the new row is whole
+                    // (a key change's `c` must be).
+                    for ((name, ..), cell) in info.columns.iter().zip(new) {
+                        if *cell == Cell::Unchanged
+                            && let Some(v) = old_row.get(name)
+                        {
+                            row.insert(name, &v);
+                        }
+                    }
+                }
+                (Some(k), (*image == OldImage::Full).then_some(old_row))
+            }
+            None => (None, None),
+        };
+        let key = match (&before_key, info.key.iter().all(|k| row.contains_key(k))) {
+            (Some(k), false) => k.clone(),
+            _ => Self::key_of(info, &row),
+        };
+        self.push_change(|meta| Change {
+            binding,
+            op: Op::Update,
+            key,
+            before_key,
+            row,
+            before,
+            meta,
+        })
+    }
+
+    async fn delete(
+        &mut self,
+        rel: u32,
+        image: OldImage,
+        cells: &[Cell<'_>],
+    ) -> Result<(), SourceError> {
+        let Some((info, binding)) = self.bound(rel)? else {
+            return Ok(());
+        };
+        let old_row = self.row(info, cells).await?;
+        let key = Self::key_of(info, &old_row);
+        let (row, before) = match image {
+            OldImage::Full => (old_row.clone(), Some(old_row)),
+            OldImage::Key => (
+                info.key
+                    .iter()
+                    .filter_map(|k| Some((k, old_row.get(k)?)))
+                    .collect(),
+                None,
+            ),
+        };
+        self.push_change(|meta| Change {
+            binding,
+            op: Op::Delete,
+            key,
+            before_key: None,
+            row,
+            before,
+            meta,
+        })
+    }
+
+    fn truncate(&mut self, rels: &[u32]) -> Result<(), SourceError> {
+        let bindings: Vec<usize> = rels
+            .iter()
+            .filter_map(|r| self.relations.get(r).and_then(|i| i.binding))
+            .collect();
+        if !bindings.is_empty() {
+            let meta = self.meta()?;
+            self.pending
+                .push_back(StreamEvent::Truncate { bindings, meta });
         }
         Ok(())
     }
