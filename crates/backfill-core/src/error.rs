@@ -17,11 +17,18 @@ pub enum ErrorKind {
     Definite,
 }
 
-/// An error raised by a source (a database crate) through the core's traits.
+/// An error raised by a source (a database crate) through the core's traits: whether
+/// retrying can help, the message for the person who must act (it already says what the
+/// cause means and what to do), and the driver's error it came from, kept as the
+/// [`source`](std::error::Error::source) for logs and for code that inspects it.
+///
+/// Each database crate decides transient versus definite for its server's errors in one
+/// classifier (`conn`), which attaches the driver's error with [`Self::because`].
 #[derive(Debug)]
 pub struct SourceError {
     kind: ErrorKind,
     message: String,
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl SourceError {
@@ -30,6 +37,7 @@ impl SourceError {
         Self {
             kind: ErrorKind::Transient,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -38,7 +46,15 @@ impl SourceError {
         Self {
             kind: ErrorKind::Definite,
             message: message.into(),
+            cause: None,
         }
+    }
+
+    /// The same error, caused by `cause` (a driver's or the system's error).
+    #[must_use]
+    pub fn because(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Box::new(cause));
+        self
     }
 
     /// Whether retrying can help.
@@ -58,7 +74,13 @@ impl fmt::Display for SourceError {
     }
 }
 
-impl std::error::Error for SourceError {}
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The core's error.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +158,22 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             self.1.as_deref().map(|l| l as _)
         }
+    }
+
+    #[test]
+    fn a_source_error_keeps_its_cause() {
+        let refused = Layer("Connection refused (os error 111)".into(), None);
+        let e = SourceError::transient("connecting to db:5432: Connection refused (os error 111)")
+            .because(refused);
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(cause.to_string(), "Connection refused (os error 111)");
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        assert_eq!(
+            error_chain(&e),
+            "connecting to db:5432: Connection refused (os error 111)",
+            "a message that already says its cause is not repeated"
+        );
+        assert!(std::error::Error::source(&SourceError::definite("x")).is_none());
     }
 
     #[test]

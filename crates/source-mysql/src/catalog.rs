@@ -129,7 +129,7 @@ pub async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
               ORDER BY 1, 2",
         )
         .await
-        .map_err(|e| my_error(&e, "reading information_schema.TABLES"))?;
+        .map_err(|e| my_error(e, "reading information_schema.TABLES"))?;
     type ColRow = (
         String,
         String,
@@ -148,7 +148,7 @@ pub async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
               ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
         )
         .await
-        .map_err(|e| my_error(&e, "reading information_schema.COLUMNS"))?;
+        .map_err(|e| my_error(e, "reading information_schema.COLUMNS"))?;
     let checks: Vec<(String, String, String)> = conn
         .query("SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS")
         .await
@@ -167,7 +167,7 @@ pub async fn load_tables(conn: &mut Conn) -> Result<Vec<Table>, SourceError> {
               ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX",
         )
         .await
-        .map_err(|e| my_error(&e, "reading information_schema.STATISTICS"))?;
+        .map_err(|e| my_error(e, "reading information_schema.STATISTICS"))?;
     let mut out = Vec::new();
     for (schema, name) in tables {
         let columns: Vec<Column> = cols

@@ -34,8 +34,10 @@ pub struct Server {
     pub read_through: Arc<Mutex<GtidSet>>,
 }
 
-pub fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
-    match e {
+/// The crate's one classifier: a driver error as transient (retry) or definite (stop,
+/// with the fix), by MySQL/MariaDB error number; the driver's error is kept as the cause.
+pub fn my_error(e: mysql_async::Error, what: &str) -> SourceError {
+    let error = match &e {
         mysql_async::Error::Server(s) => {
             let text = format!("{what}: {} (error {})", s.message, s.code);
             match s.code {
@@ -57,7 +59,8 @@ pub fn my_error(e: &mysql_async::Error, what: &str) -> SourceError {
             "{what}: {}",
             backfill_core::error::error_chain(other)
         )),
-    }
+    };
+    error.because(e)
 }
 
 impl Server {
@@ -67,7 +70,7 @@ impl Server {
         let version: String = conn
             .query_first("SELECT VERSION()")
             .await
-            .map_err(|e| my_error(&e, "reading the version"))?
+            .map_err(|e| my_error(e, "reading the version"))?
             .unwrap_or_default();
         let flavor = if version.contains("MariaDB") {
             Flavor::MariaDb
@@ -90,7 +93,7 @@ impl Server {
                 let mode: Option<String> = conn
                     .query_first("SELECT @@gtid_mode")
                     .await
-                    .map_err(|e| my_error(&e, "reading gtid_mode"))?;
+                    .map_err(|e| my_error(e, "reading gtid_mode"))?;
                 mode.is_some_and(|m| m.eq_ignore_ascii_case("ON"))
             }
         };
@@ -167,13 +170,13 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
                 .insert(server);
             Conn::new(opts(endpoint, false)?)
                 .await
-                .map_err(|e| my_error(&e, &what))
+                .map_err(|e| my_error(e, &what))
         }
         Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer)) => {
             Err(SourceError::definite(format!(
                 "{what}: the server does not offer TLS, which endpoint.tls.mode requires; enable TLS on the server (ssl_cert, ssl_key) or lower the mode"
             )))
         }
-        other => other.map_err(|e| my_error(&e, &what)),
+        other => other.map_err(|e| my_error(e, &what)),
     }
 }

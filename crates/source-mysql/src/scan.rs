@@ -144,7 +144,7 @@ impl MySource {
             .conn
             .exec_first(sql::WAIT_FOR_GTIDS, (set,))
             .await
-            .map_err(|e| my_error(&e, what))?;
+            .map_err(|e| my_error(e, what))?;
         if timed_out != Some(0) {
             return Err(SourceError::transient(format!(
                 "{what}: the server did not commit, within 30 s, transactions its binlog already holds"
@@ -177,20 +177,20 @@ impl MySource {
         if flavor == Flavor::MySql {
             conn.query_drop(sql::start_snapshot(flavor))
                 .await
-                .map_err(|e| my_error(&e, what))?;
+                .map_err(|e| my_error(e, what))?;
             return Ok(None);
         }
         let mut result = conn
             .query_iter(sql::start_snapshot(flavor))
             .await
-            .map_err(|e| my_error(&e, what))?;
+            .map_err(|e| my_error(e, what))?;
         // Two result sets: the START's (no rows), then the status rows.
         let mut rows: Vec<(String, String)> = Vec::new();
         while !result.is_empty() {
             let set: Vec<(String, String)> = result
                 .collect()
                 .await
-                .map_err(|e| my_error(&e, "reading the snapshot's binlog position"))?;
+                .map_err(|e| my_error(e, "reading the snapshot's binlog position"))?;
             rows.extend(set);
         }
         drop(result);
@@ -251,8 +251,8 @@ impl MySource {
             .conn
             .exec_iter(&sql, params)
             .await
-            .map_err(|e| my_error(&e, &what))?;
-        while let Some(r) = result.next().await.map_err(|e| my_error(&e, &what))? {
+            .map_err(|e| my_error(e, &what))?;
+        while let Some(r) = result.next().await.map_err(|e| my_error(e, &what))? {
             read += 1;
             if read > req.limits.rows || bytes >= req.limits.bytes {
                 continue;
@@ -282,7 +282,7 @@ impl MySource {
         self.conn
             .query_drop("COMMIT")
             .await
-            .map_err(|e| my_error(&e, &what))?;
+            .map_err(|e| my_error(e, &what))?;
         let complete = read == out.len();
         Ok(Chunk {
             rows: out,
@@ -339,7 +339,7 @@ impl MySource {
             .conn
             .exec(sql::keyless_scan(&t), (req.limits.rows as u64 + 1, offset))
             .await
-            .map_err(|e| my_error(&e, &what))?;
+            .map_err(|e| my_error(e, &what))?;
         let position = scan.position.clone();
         let complete = rows.len() <= req.limits.rows;
         let mut out = Vec::with_capacity(rows.len());
@@ -437,7 +437,7 @@ impl KeyClassifier for MySource {
             .conn
             .exec(&sql, params)
             .await
-            .map_err(|e| my_error(&e, "classifying keys"))?;
+            .map_err(|e| my_error(e, "classifying keys"))?;
         if rows.len() != keys.len() {
             return Err(SourceError::definite(
                 "classification returned the wrong number of rows",
@@ -526,8 +526,8 @@ async fn binlog_status(
         Err(mysql_async::Error::Server(e)) if e.code == 1064 && flavor == Flavor::MySql => conn
             .query_first(sql::LEGACY_BINLOG_STATUS)
             .await
-            .map_err(|e| my_error(&e, sql::LEGACY_BINLOG_STATUS))?,
-        other => other.map_err(|e| my_error(&e, statement))?,
+            .map_err(|e| my_error(e, sql::LEGACY_BINLOG_STATUS))?,
+        other => other.map_err(|e| my_error(e, statement))?,
     };
     let row = row.ok_or_else(|| {
         SourceError::definite(
@@ -556,7 +556,7 @@ impl MySource {
             .conn
             .exec_first(sql::GTID_STATE_AT, (at.file.as_str(), at.pos))
             .await
-            .map_err(|e| my_error(&e, "reading the GTID state of a binlog position"))?;
+            .map_err(|e| my_error(e, "reading the GTID state of a binlog position"))?;
         Ok(state.flatten())
     }
 
@@ -600,7 +600,7 @@ impl MySource {
             .conn
             .query(sql::BINARY_LOGS)
             .await
-            .map_err(|e| my_error(&e, "listing binary logs"))?;
+            .map_err(|e| my_error(e, "listing binary logs"))?;
         Ok(logs
             .iter()
             .any(|r| r.get::<String, _>(0).as_deref() == Some(file)))

@@ -143,7 +143,7 @@ impl MyStream {
         ] {
             conn.query_drop(setting)
                 .await
-                .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
+                .map_err(|e| my_error(e, "preparing the binlog connection"))?;
         }
         let gtids = at.gtids.as_deref().and_then(|g| match server.flavor {
             Flavor::MariaDb => GtidState::parse(g).map(Gtids::MariaDb),
@@ -164,7 +164,7 @@ impl MyStream {
             (Some(Gtids::MariaDb(state)), true) => {
                 conn.exec_drop("SET @slave_connect_state = ?", (state.to_string(),))
                     .await
-                    .map_err(|e| my_error(&e, "preparing the binlog connection"))?;
+                    .map_err(|e| my_error(e, "preparing the binlog connection"))?;
                 // The server finds the file; its first (fake) rotate names it.
                 (
                     request.with_filename(&b""[..]).with_pos(4u64),
@@ -179,7 +179,7 @@ impl MyStream {
         let stream = conn
             .get_binlog_stream(request)
             .await
-            .map_err(|e| my_error(&e, "starting the binlog stream"))?;
+            .map_err(|e| my_error(e, "starting the binlog stream"))?;
         let mysql_by_gtid = matches!(gtids, Some(Gtids::MySql(_))) && by_gtid;
         let mut this = Self {
             stream,
@@ -215,7 +215,7 @@ impl MyStream {
                     )
                 })?
                 .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
-                .map_err(|e| my_error(&e, "reading the binlog"))?;
+                .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
         }
         Ok(())
@@ -605,7 +605,7 @@ pub async fn binlog_setting_items(
     let row: Option<(String, String, String, String, String)> = conn
         .query_first(sql::binlog_settings(flavor))
         .await
-        .map_err(|e| my_error(&e, "reading the binlog settings"))?;
+        .map_err(|e| my_error(e, "reading the binlog settings"))?;
     let (log_bin, format, image, metadata, compressed) = row.unwrap_or_default();
     let on = |v: &str| v == "1" || v.eq_ignore_ascii_case("ON");
     let setting = |name: &str, value: &str, ok: bool, fix: &str| {
@@ -856,7 +856,7 @@ impl MyStream {
                 .next()
                 .await
                 .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
-                .map_err(|e| my_error(&e, "reading the binlog"))?;
+                .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
         }
     }

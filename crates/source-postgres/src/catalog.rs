@@ -123,7 +123,7 @@ impl CatalogTable for Table {
 /// The connector's own helper tables, hidden from discovery.
 pub const WATERMARK_TABLE: &str = "cdc_watermarks";
 
-fn db_err(e: &tokio_postgres::Error) -> SourceError {
+fn db_err(e: tokio_postgres::Error) -> SourceError {
     crate::conn::db_error(e, "reading the catalog")
 }
 
@@ -141,7 +141,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             &[],
         )
         .await
-        .map_err(|e| db_err(&e))?;
+        .map_err(db_err)?;
     let mut tables: Vec<Table> = rows
         .iter()
         .filter(|r| r.get::<_, String>(2) != WATERMARK_TABLE)
@@ -168,7 +168,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             &[&oids],
         )
         .await
-        .map_err(|e| db_err(&e))?;
+        .map_err(db_err)?;
     let index: HashMap<u32, usize> = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
     for r in &columns {
         if let Some(&i) = index.get(&r.get::<_, u32>(0)) {
@@ -199,7 +199,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             &[&oids],
         )
         .await
-        .map_err(|e| db_err(&e))?;
+        .map_err(db_err)?;
     for r in &keys {
         let Some(&i) = index.get(&r.get::<_, u32>(0)) else {
             continue;
@@ -227,7 +227,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             &[],
         )
         .await
-        .map_err(|e| db_err(&e))?
+        .map_err(db_err)?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -370,7 +370,7 @@ impl Types {
                 &[],
             )
             .await
-            .map_err(|e| db_err(&e))?;
+            .map_err(db_err)?;
         struct Raw {
             typtype: char,
             base: u32,

@@ -41,7 +41,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> 
         .await
         .map_err(|e| match e {
             ConnectError::Tls(text) => SourceError::definite(text),
-            ConnectError::Driver(e) => classify(&e, endpoint),
+            ConnectError::Driver(e) => classify(e, endpoint),
         })
 }
 
@@ -67,35 +67,40 @@ pub(crate) fn server_error(code: &str, message: &str, what: &str) -> SourceError
 
 /// A driver error on a query: the server's error by [`server_error`]; anything else (the
 /// connection closed or reset) is transient.
-pub(crate) fn db_error(e: &tokio_postgres::Error, what: &str) -> SourceError {
-    match e.as_db_error() {
+pub(crate) fn db_error(e: tokio_postgres::Error, what: &str) -> SourceError {
+    let error = match e.as_db_error() {
         Some(db) => server_error(db.code().code(), db.message(), what),
         None => SourceError::transient(format!("{what}: {e}")),
-    }
+    };
+    error.because(e)
 }
 
 /// Turns a connection error into a transient or definite source error with advice.
-pub(crate) fn classify(e: &tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
+pub(crate) fn classify(e: tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
     let target = format!(
         "{}:{}/{}",
         endpoint.login.host, endpoint.login.port, endpoint.database
     );
-    if let Some(db) = e.as_db_error() {
-        return server_error(
+    let error = if let Some(db) = e.as_db_error() {
+        server_error(
             db.code().code(),
             db.message(),
             &format!("connecting to {target} as {:?}", endpoint.login.user),
-        );
-    }
-    // Not from the server: TLS problems are configuration, everything else (refused,
-    // reset, timed out) may pass.
-    let chain = backfill_core::error::error_chain(e);
-    if postgres_conn::is_tls_failure(e) {
-        return SourceError::definite(format!(
-            "{target}: {chain}; check endpoint.login.tls (mode, root_cert) and the server's certificate and ssl setting"
-        ));
-    }
-    SourceError::transient(format!("{target}: {chain}"))
+        )
+    } else if postgres_conn::is_tls_failure(&e) {
+        // Not from the server: TLS problems are configuration, everything else (refused,
+        // reset, timed out) may pass.
+        SourceError::definite(format!(
+            "{target}: {}; check endpoint.tls (mode, root_cert) and the server's certificate and ssl setting",
+            backfill_core::error::error_chain(&e)
+        ))
+    } else {
+        SourceError::transient(format!(
+            "{target}: {}",
+            backfill_core::error::error_chain(&e)
+        ))
+    };
+    error.because(e)
 }
 
 #[cfg(test)]

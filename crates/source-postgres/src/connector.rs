@@ -108,7 +108,7 @@ impl Connector for PostgresConnector {
                 &[&endpoint.publication],
             )
             .await
-            .map_err(|e| crate::conn::db_error(&e, "reading pg_publication"))?;
+            .map_err(|e| crate::conn::db_error(e, "reading pg_publication"))?;
         let can_create: bool = client
             .query_one(
                 "SELECT has_database_privilege(current_database(), 'CREATE')",
@@ -157,7 +157,7 @@ impl Connector for PostgresConnector {
                 &[&endpoint.slot],
             )
             .await
-            .map_err(|e| crate::conn::db_error(&e, "reading pg_replication_slots"))?;
+            .map_err(|e| crate::conn::db_error(e, "reading pg_replication_slots"))?;
         items.push(match slot {
             Some(row) => CheckItem::new("slot", true, format!("{:?} exists{}", endpoint.slot, if row.get::<_, bool>(0) { " (in use)" } else { "" })),
             None if endpoint.advanced.read_only => CheckItem::new("slot", false, format!("{:?} does not exist: SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", endpoint.slot, endpoint.slot)),

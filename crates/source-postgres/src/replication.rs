@@ -103,15 +103,14 @@ impl ReplicationConn {
                 tcp.read_exact(&mut answer).await.map_err(io_err)?;
                 match answer[0] {
                     b'S' => {
-                        let name = rustls::pki_types::ServerName::try_from(
-                            endpoint.login.host.clone(),
-                        )
-                        .map_err(|e| {
-                            SourceError::definite(format!(
-                                "endpoint.login.host {:?} is not a valid TLS server name: {e}",
-                                endpoint.login.host
-                            ))
-                        })?;
+                        let name =
+                            rustls::pki_types::ServerName::try_from(endpoint.login.host.clone())
+                                .map_err(|e| {
+                                    SourceError::definite(format!(
+                                        "endpoint.host {:?} is not a valid TLS server name: {e}",
+                                        endpoint.login.host
+                                    ))
+                                })?;
                         let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
                             .connect(name, tcp)
                             .await
@@ -126,7 +125,7 @@ impl ReplicationConn {
                     _ if endpoint.login.tls.mode == TlsMode::Prefer => Box::new(tcp),
                     _ => {
                         return Err(SourceError::definite(format!(
-                            "{} does not accept TLS but endpoint.login.tls.mode requires it; enable ssl on the server or lower the mode",
+                            "{} does not accept TLS but endpoint.tls.mode requires it; enable ssl on the server or lower the mode",
                             endpoint.login.host
                         )));
                     }

@@ -96,7 +96,7 @@ impl PgSource {
         let version: i32 = client
             .query_one(sql::SERVER_VERSION, &[])
             .await
-            .map_err(|e| db_error(&e, "reading the server version"))?
+            .map_err(|e| db_error(e, "reading the server version"))?
             .get(0);
         let tables = catalog::tables(&client).await?;
         let types = Types::load(&client).await?;
@@ -131,7 +131,7 @@ impl PgSource {
         self.client
             .batch_execute(sql::WATERMARK)
             .await
-            .map_err(|e| db_error(&e, "emitting a watermark"))?;
+            .map_err(|e| db_error(e, "emitting a watermark"))?;
         Ok(())
     }
 
@@ -228,14 +228,14 @@ impl PgSource {
             .client
             .simple_query_raw(batch)
             .await
-            .map_err(|e| db_error(&e, what))?;
+            .map_err(|e| db_error(e, what))?;
         let mut stream = std::pin::pin!(stream);
         let mut plan = None;
         let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
         let (mut bytes, mut read, mut full) = (0, 0, false);
         let (mut statement, mut fenced) = (0, None);
         while let Some(message) = stream.next().await {
-            match message.map_err(|e| db_error(&e, what))? {
+            match message.map_err(|e| db_error(e, what))? {
                 SimpleQueryMessage::CommandComplete(_) => statement += 1,
                 SimpleQueryMessage::RowDescription(d) if statement == 1 => {
                     match rows::Plan::new(&d, 0, t, &self.types, ask) {
@@ -300,7 +300,7 @@ impl PgSource {
         let relpages: i64 = tx
             .query_one(&sql::relation_pages(&t.table), &[])
             .await
-            .map_err(|e| db_error(&e, &what))?
+            .map_err(|e| db_error(e, &what))?
             .get(0);
         let relpages = u64::try_from(relpages).unwrap_or(0);
         let mut start = after;
@@ -313,7 +313,7 @@ impl PgSource {
             for message in tx
                 .simple_query(&sql)
                 .await
-                .map_err(|e| db_error(&e, &what))?
+                .map_err(|e| db_error(e, &what))?
             {
                 match message {
                     SimpleQueryMessage::RowDescription(d) => {
@@ -341,7 +341,7 @@ impl PgSource {
             start = (end_page, 0);
         }
         let (fence, witness) = fence_and_witness(&tx, &what).await?;
-        tx.commit().await.map_err(|e| db_error(&e, &what))?;
+        tx.commit().await.map_err(|e| db_error(e, &what))?;
         self.emit_watermark().await?;
         found.sort_by_key(|(pos, _)| *pos);
         let truncated = found.len() > req.limits.rows;
@@ -378,7 +378,7 @@ async fn snapshot_transaction<'c>(
         .read_only(true)
         .start()
         .await
-        .map_err(|e| db_error(&e, what))
+        .map_err(|e| db_error(e, what))
 }
 
 /// A keyed chunk's rows, how many were read, its fence and its witness.
@@ -420,7 +420,7 @@ async fn fence_and_witness(
     let messages = tx
         .simple_query(sql::FENCE)
         .await
-        .map_err(|e| db_error(&e, what))?;
+        .map_err(|e| db_error(e, what))?;
     let row = messages
         .iter()
         .find_map(|m| match m {
@@ -507,13 +507,13 @@ impl KeyClassifier for PgSource {
             .client
             .query(&sql, &refs)
             .await
-            .map_err(|e| db_error(&e, "classifying keys"))?;
+            .map_err(|e| db_error(e, "classifying keys"))?;
         rows.iter()
             .map(|r| {
                 let above = |i: usize| {
                     r.try_get::<_, Option<bool>>(i)
                         .map(|b| b.unwrap_or(false))
-                        .map_err(|e| db_error(&e, "classifying keys"))
+                        .map_err(|e| db_error(e, "classifying keys"))
                 };
                 Ok(window.region_from(above(0)?, above(1)?))
             })
@@ -568,9 +568,7 @@ impl Source for PgSource {
                     self.client
                         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                         .await
-                        .map_err(|e| {
-                            db_error(&e, &format!("dropping replication slot {slot:?}"))
-                        })?;
+                        .map_err(|e| db_error(e, &format!("dropping replication slot {slot:?}")))?;
                 }
                 if read_only {
                     return Err(SourceError::definite(format!(
@@ -602,7 +600,7 @@ impl Source for PgSource {
             .client
             .query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[])
             .await
-            .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+            .map_err(|e| db_error(e, "reading the transaction horizon"))?
             .get(0);
         repl.start_replication(
             &slot,
@@ -639,7 +637,7 @@ impl Source for PgSource {
             .client
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
-            .map_err(|e| db_error(&e, "reading the WAL position"))?
+            .map_err(|e| db_error(e, "reading the WAL position"))?
             .get(0);
         self.emit_watermark().await?;
         Ok(PgPosition {
@@ -671,7 +669,7 @@ impl PgSource {
                 &[&slot],
             )
             .await
-            .map_err(|e| db_error(&e, "reading pg_replication_slots"))?;
+            .map_err(|e| db_error(e, "reading pg_replication_slots"))?;
         let Some(row) = row else { return Ok(None) };
         let plugin: Option<String> = row.get(2);
         let same_db: Option<bool> = row.get(3);
@@ -699,7 +697,7 @@ impl PgSource {
             .client
             .query_one("SELECT txid_snapshot_xmax(txid_current_snapshot())", &[])
             .await
-            .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+            .map_err(|e| db_error(e, "reading the transaction horizon"))?
             .get(0);
         let started = std::time::Instant::now();
         let mut warned = 0;
@@ -708,7 +706,7 @@ impl PgSource {
                 .client
                 .query_one("SELECT txid_snapshot_xmin(txid_current_snapshot())", &[])
                 .await
-                .map_err(|e| db_error(&e, "reading the transaction horizon"))?
+                .map_err(|e| db_error(e, "reading the transaction horizon"))?
                 .get(0);
             if xmin >= horizon {
                 return Ok(());
@@ -747,7 +745,7 @@ impl PgSource {
                 &[publication],
             )
             .await
-            .map_err(|e| db_error(&e, "reading pg_publication"))?;
+            .map_err(|e| db_error(e, "reading pg_publication"))?;
         let sql = sql::create_publication(publication, bindings.iter().map(|b| &b.table));
         match exists {
             None if read_only => Err(SourceError::definite(format!(
@@ -757,7 +755,7 @@ impl PgSource {
                 self.client
                     .batch_execute(&sql)
                     .await
-                    .map_err(|e| db_error(&e, &format!("creating publication {publication:?}")))?;
+                    .map_err(|e| db_error(e, &format!("creating publication {publication:?}")))?;
                 tracing::info!(publication = %publication, "created publication");
                 Ok(())
             }
@@ -767,7 +765,7 @@ impl PgSource {
                     .client
                     .query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1", &[publication])
                     .await
-                    .map_err(|e| db_error(&e, "reading pg_publication_tables"))?
+                    .map_err(|e| db_error(e, "reading pg_publication_tables"))?
                     .iter()
                     .map(|r| (r.get(0), r.get(1)))
                     .collect();
@@ -792,7 +790,7 @@ impl PgSource {
                     .batch_execute(&sql::add_to_publication(publication, &list))
                     .await
                     .map_err(|e| {
-                        db_error(&e, &format!("adding {list} to publication {publication:?}"))
+                        db_error(e, &format!("adding {list} to publication {publication:?}"))
                     })?;
                 Ok(())
             }

@@ -134,7 +134,7 @@ impl PgStream {
                 &[&text],
             )
             .await
-            .map_err(|e| crate::conn::db_error(&e, &format!("rendering a {name} value")))?;
+            .map_err(|e| crate::conn::db_error(e, &format!("rendering a {name} value")))?;
         value::push_server_json(row, column, server.get::<_, &str>(0))
             .map_err(|e| SourceError::definite(format!("{column} ({name}): {e}")))
     }

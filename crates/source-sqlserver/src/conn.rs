@@ -80,22 +80,22 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
         .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
     let mut client = Box::pin(tiberius::Client::connect(config, tcp.compat_write()))
         .await
-        .map_err(|e| classify(&e, &where_))?;
+        .map_err(|e| classify(e, &where_))?;
     client
         .simple_query(
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET XACT_ABORT ON; SET LOCK_TIMEOUT -1; SET DATEFORMAT ymd",
         )
         .await
-        .map_err(|e| classify(&e, "preparing the session"))?
+        .map_err(|e| classify(e, "preparing the session"))?
         .into_results()
         .await
-        .map_err(|e| classify(&e, "preparing the session"))?;
+        .map_err(|e| classify(e, "preparing the session"))?;
     Ok(client)
 }
 
 /// Transient (retry) or definite (stop, with the fix), by SQL Server error number.
-pub fn classify(e: &tiberius::error::Error, what: &str) -> SourceError {
-    match e {
+pub fn classify(e: tiberius::error::Error, what: &str) -> SourceError {
+    let error = match &e {
         tiberius::error::Error::Server(t) => {
             let text = format!("{what}: {} (error {})", t.message(), t.code());
             match t.code() {
@@ -128,7 +128,8 @@ pub fn classify(e: &tiberius::error::Error, what: &str) -> SourceError {
             "{what}: the server redirects to {host}:{port}; connect there"
         )),
         other => SourceError::transient(format!("{what}: {other}")),
-    }
+    };
+    error.because(e)
 }
 
 /// Runs `sql` with `params` and returns the first result set.
@@ -142,11 +143,11 @@ pub async fn query_rows(
     let stream = client
         .query(sql, &refs)
         .await
-        .map_err(|e| classify(&e, what))?;
+        .map_err(|e| classify(e, what))?;
     stream
         .into_first_result()
         .await
-        .map_err(|e| classify(&e, what))
+        .map_err(|e| classify(e, what))
 }
 
 /// Runs a statement (or batch) with `params`, discarding results.
@@ -161,7 +162,7 @@ pub async fn execute(
         .execute(sql, &refs)
         .await
         .map(|_| ())
-        .map_err(|e| classify(&e, what))
+        .map_err(|e| classify(e, what))
 }
 
 /// Column `i` as an integer (any integer width, or bit).
