@@ -176,8 +176,8 @@ pub fn compact_json(
     out: &mut Vec<u8>,
     number: impl FnMut(&str, &mut Vec<u8>) -> Result<(), String>,
 ) -> Result<bool, String> {
-    // The stacks are kept per thread: allocating two per value was a tenth of this
-    // function's cost. A nested call (a `number` that compacts) takes fresh ones.
+    // The stacks are kept per thread, not allocated per value. A nested call (a `number`
+    // that compacts) takes fresh ones.
     thread_local! {
         static STACKS: RefCell<Stacks> = const { RefCell::new((Vec::new(), Vec::new())) };
     }

@@ -13,8 +13,8 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 pub fn write_json_utf8(out: &mut Vec<u8>, b: &[u8]) {
     out.reserve(b.len() + 2);
     out.push(b'"');
-    // Short strings (column names, most keys and metadata) are checked byte by byte:
-    // padding them into a word took a `memcpy` call of its own.
+    // Short strings (column names, most keys and metadata) are checked byte by byte,
+    // without padding them into a word.
     if b.len() <= SHORT && b.iter().all(|&c| !needs_escape(c)) {
         out.extend_from_slice(b);
     } else {
@@ -133,8 +133,7 @@ pub fn write_u64(out: &mut Vec<u8>, v: u64) {
 pub fn decimal_digits(mut v: u64, width: usize) -> ([u8; 20], usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    // Two digits per division, as `itoa` does: a tenth of a MariaDB row's work was this
-    // loop taking one digit at a time.
+    // Two digits per division, as `itoa` does.
     while v >= 100 {
         let pair = usize::try_from(v % 100).unwrap_or(0) * 2;
         v /= 100;

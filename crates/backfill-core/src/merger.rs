@@ -423,8 +423,8 @@ struct ChunkInHand {
 
 impl ChunkInHand {
     /// The rows by key identity. Built when the first change falls in the window, not
-    /// when the chunk is taken: most chunks see no change at all, and hashing every
-    /// row's key for nothing was a twentieth of the backfill profiles.
+    /// when the chunk is taken: most chunks see no change at all, and their keys need
+    /// no hashing.
     fn index(&mut self) -> &mut HashMap<String, usize> {
         let rows = &self.rows;
         self.index.get_or_insert_with(|| {

@@ -25,11 +25,10 @@
 //!
 //! ## The next unit is built while the state is made durable
 //!
-//! Step 2's two fsyncs took from under a millisecond to 50 ms each here, the slow ones
-//! while the database's own writes were being flushed. A backfill commits once per chunk
-//! and a stream up to twice a second, and the connector used to wait for each (a MariaDB
-//! backfill of 300,000 rows: 0.45 s with the wait, 0.42 s without; BENCHMARKS.md). So
-//! step 2 runs beside the work that follows ([`Sink::persist_state`] starts it,
+//! Step 2's two fsyncs take from under a millisecond to tens of milliseconds each, the
+//! slow ones while the database's own writes are being flushed, and a backfill commits
+//! once per chunk and a stream up to twice a second. So step 2 runs beside the work that
+//! follows ([`Sink::persist_state`] starts it,
 //! [`Sink::persisted`] says when it is done), and the lines of the next unit are *held*
 //! in memory meanwhile:
 //!

@@ -10,10 +10,9 @@
 //!   output line:  {"binding":0,"doc":{ body ,"_meta":{...}}}
 //! ```
 //!
-//! It used to be a `serde_json` map: a `String` per column name, a `String` per number
-//! (`arbitrary_precision`), a tree per JSON value, a hash table per row, all built, then
-//! serialized, then freed: about 30 allocations per change and most of every profile
-//! (BENCHMARKS.md). A row is now two allocations however many columns it has.
+//! A row is two allocations however many columns it has, where a `serde_json` map takes
+//! a `String` per column name and per number (`arbitrary_precision`), a tree per JSON
+//! value and a hash table, all built, serialized and freed per change.
 //!
 //! Invariants: `body` is valid UTF-8 and is the comma-separated entries of a JSON
 //! object, each a JSON string (the name) and a JSON value, in insertion order; no two
@@ -21,9 +20,8 @@
 //! constructor keeps them: values are written by `serde_json` or checked
 //! ([`Row::push_raw`]), names are always escaped by `serde_json`.
 //!
-//! Equality is map equality (order-insensitive, values compared as their text), as it
-//! was for the map; numbers keep their source digits, so `1.50` and `1.5` differ, as
-//! they did with `arbitrary_precision`.
+//! Equality is map equality (order-insensitive, values compared as their text); numbers
+//! keep their source digits, so `1.50` and `1.5` differ, as with `arbitrary_precision`.
 
 use std::borrow::Cow;
 use std::fmt;

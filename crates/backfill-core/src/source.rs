@@ -184,8 +184,8 @@ pub struct ChunkLimits {
 
 /// What a row and its key cost while a chunk holds them: the row's text and spans
 /// ([`Row::heap_bytes`]) and each key value (a `serde_json::Value` with its own
-/// allocation). Rows used to be maps costing about ten times their text, which is why a
-/// chunk is bounded by this and not by rows alone.
+/// allocation). A chunk is bounded by this as well as by rows, since rows of one table
+/// can differ in size by orders of magnitude.
 pub fn buffered_bytes(row: &Row, key: &Key) -> usize {
     row.heap_bytes() + 48 * key.0.len() + 64
 }

@@ -1,12 +1,11 @@
 //! Rows of a binlog rows event, decoded in place.
 //!
-//! mysql_common's own row iterator builds a `BinlogRow` for every row image: a `Column`
-//! per column with the database, table and column names copied into it (some twice),
-//! the column's metadata found by a walk from the first column, and every value copied
-//! out of the event. In the bench's streaming profile (`cargo xtask bench --perf`) that
-//! was a quarter of the connector's time, most of it in malloc and free. This decoder
-//! reads the same layout with mysql_common's value parser, but looks each column up
-//! once per event (a [`ColumnPlan`]) and leaves values borrowing the event's bytes.
+//! This decoder reads the layout below with mysql_common's value parser, looks each
+//! column up once per event (a [`ColumnPlan`]) and leaves values borrowing the event's
+//! bytes. mysql_common's own row iterator instead builds a `BinlogRow` per row image: a
+//! `Column` per column with the names copied into it, the column's metadata found by a
+//! walk from the first column, and every value copied out of the event, an allocation
+//! or more per value on the streaming path.
 //!
 //! The layout of `rows_data`, row after row (MySQL's `log_event.h`, WL#2955):
 //!
@@ -83,10 +82,10 @@ pub fn plan<'a>(tme: &'a TableMapEvent<'a>) -> Result<Vec<ColumnPlan<'a>>, Strin
 pub enum Cell<'a> {
     /// As mysql_common's value parser reads it.
     Binlog(BinlogValue<'a>),
-    /// A TIMESTAMP(n) (`MYSQL_TYPE_TIMESTAMP2`), read here: mysql_common prints it as
-    /// text (`secs.micros`, through `format!`) that the renderer then parsed back, a
-    /// tenth of the streaming profile. Seconds are unsigned, as stored (MariaDB 11.5
-    /// stores timestamps past 2038); mysql_common reads them as `i32`.
+    /// A TIMESTAMP(n) (`MYSQL_TYPE_TIMESTAMP2`), read here as numbers: mysql_common
+    /// prints it as text (`secs.micros`) that would have to be parsed back. Seconds are
+    /// unsigned, as stored (MariaDB 11.5 stores timestamps past 2038); mysql_common reads
+    /// them as `i32`.
     Timestamp {
         /// Seconds since the epoch; 0 is the zero timestamp.
         secs: u32,
@@ -97,8 +96,7 @@ pub enum Cell<'a> {
     /// mysql_common's parser copies them into a `Vec` of their own.
     Bytes(Cow<'a, [u8]>),
     /// A DECIMAL (`MYSQL_TYPE_NEWDECIMAL`) in its binary form, printed by
-    /// [`write_decimal`]: mysql_common prints it through `Display` per digit group,
-    /// the next largest cost of the streaming profile after the TIMESTAMP.
+    /// [`write_decimal`] straight into the row (mysql_common formats it per digit group).
     Decimal {
         /// The stored bytes.
         bin: Cow<'a, [u8]>,
@@ -237,8 +235,7 @@ fn image<'a>(
             .get(n / 8)
             .is_none_or(|byte| byte & (1 << (n % 8)) != 0);
         let slot = &mut values[i];
-        // Each branch writes its slot itself: a cell built first and moved in was
-        // copied through the stack in pieces, slower than decoding it.
+        // Each branch writes its slot in place rather than building a cell to move in.
         if null {
             *slot = Some(Cell::Binlog(BinlogValue::Value(mysql_async::Value::NULL)));
             continue;

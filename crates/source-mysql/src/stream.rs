@@ -547,8 +547,7 @@ impl<'a> Images<'a> {
     }
 
     /// The change a row's images make; `None` for a row with neither. Each image is
-    /// rendered into a row made here (returning rows through nested results moved them
-    /// about in pieces).
+    /// rendered straight into the row the change carries.
     fn change(
         &self,
         binding: usize,
@@ -708,7 +707,7 @@ fn render(
     catalog: &[Option<&Column>],
     out: &mut Row,
 ) -> Result<bool, ColumnError> {
-    // By reference: moving each cell out of the image cost more than rendering some.
+    // By reference: the cells stay in the image.
     for (value, column) in image.iter().zip(catalog) {
         let Some(value) = value else { continue };
         let Some(c) = column else {

@@ -234,7 +234,8 @@ fn fraction(us: u32, fsp: usize) -> String {
 }
 
 /// (year, month, day, hour, minute, second, microsecond) as `YYYY-MM-DDTHH:MM:SS[.f]`.
-/// Written digit by digit: `format!` was a tenth of the MariaDB streaming profile.
+/// Written digit by digit, without the formatting machinery: it runs for every temporal
+/// value streamed.
 fn datetime(parts: DateParts, fsp: usize) -> String {
     DateText::new(parts, fsp, "").as_str().to_owned()
 }
@@ -305,8 +306,7 @@ impl DateText {
         self.len += n;
     }
 
-    /// Byte by byte: these are a few bytes each, and `push`'s `memcpy` call cost more
-    /// than the copy.
+    /// Byte by byte: these are a few bytes each, shorter than a `memcpy` call is worth.
     fn push_byte(&mut self, byte: u8) {
         if let Some(slot) = self.buf.get_mut(self.len) {
             *slot = byte;

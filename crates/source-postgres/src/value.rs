@@ -99,7 +99,7 @@ pub fn convert(kind: &Kind, text: &str) -> Result<Value, String> {
             "f" | "false" => Value::Bool(false),
             _ => return Err(format!("bad boolean {text:?}")),
         },
-        // The common case without the JSON number parser (a tenth of a backfill's time).
+        // The common case, without the JSON number parser.
         Kind::Int => Value::Number(match text.parse::<i64>() {
             Ok(i) => Number::from(i),
             Err(_) => number(text)?,
