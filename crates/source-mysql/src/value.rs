@@ -521,11 +521,29 @@ pub fn from_binlog(ty: &ColType, v: BinlogValue<'_>) -> Result<Value, String> {
     }
 }
 
-/// Renders one value of a column of type `ty`.
+/// Renders one value of a column of type `ty`: the general path, for the types the row
+/// renderer does not write directly (see [`render`]), and for keys.
 pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, String> {
     if matches!(v, MyValue::NULL) {
         return Ok(Value::Null);
     }
+    match ty {
+        ColType::Int
+        | ColType::Year
+        | ColType::Decimal { .. }
+        | ColType::Float
+        | ColType::Double
+        | ColType::Bit => numeric(ty, v),
+        ColType::Date
+        | ColType::DateTime { .. }
+        | ColType::Timestamp { .. }
+        | ColType::Time { .. } => temporal(ty, v),
+        _ => textual(ty, v, origin),
+    }
+}
+
+/// Integers, decimals (at the column's scale), floats at their stored precision, BIT.
+fn numeric(ty: &ColType, v: &MyValue) -> Result<Value, String> {
     let bad = || format!("unexpected {v:?} for a {ty:?} column");
     Ok(match ty {
         ColType::Int | ColType::Year => match v {
@@ -579,6 +597,14 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
             MyValue::UInt(u) => Value::from(*u),
             _ => return Err(bad()),
         },
+        _ => return Err(bad()),
+    })
+}
+
+/// Dates and times; the zero date is null, TIMESTAMP is UTC (`Z`).
+fn temporal(ty: &ColType, v: &MyValue) -> Result<Value, String> {
+    let bad = || format!("unexpected {v:?} for a {ty:?} column");
+    Ok(match ty {
         ColType::Date => match v {
             MyValue::Date(0, 0, 0, ..) => Value::Null,
             MyValue::Date(y, m, d, ..) => Value::String(format!("{y:04}-{m:02}-{d:02}")),
@@ -634,6 +660,14 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
             }
             _ => return Err(bad()),
         },
+        _ => return Err(bad()),
+    })
+}
+
+/// Text in its charset, binary as base64, addresses, ENUM and SET labels, JSON.
+fn textual(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, String> {
+    let bad = || format!("unexpected {v:?} for a {ty:?} column");
+    Ok(match ty {
         ColType::Address(kind) => match v {
             MyValue::Bytes(b) => match kind.render(b) {
                 Some(text) if origin == Origin::Binlog => Value::String(text),
@@ -709,6 +743,7 @@ pub fn to_json(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, Strin
             }
             _ => return Err(bad()),
         },
+        _ => return Err(bad()),
     })
 }
 
