@@ -356,18 +356,13 @@ impl JetStreamStore {
             return Ok(());
         };
         let (_, log, commits) = self.names(capture);
-        let ordered = |subject: String| OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: DeliverPolicy::All,
-            ..OrderedConfig::default()
-        };
-        let mut records = stream
-            .create_consumer(ordered(commits))
-            .await
-            .map_err(|e| unavailable("reading commit records")(&e))?
-            .messages()
-            .await
-            .map_err(|e| unavailable("reading commit records")(&e))?;
+        let mut records = read_subject(
+            &stream,
+            commits,
+            DeliverPolicy::All,
+            "reading commit records",
+        )
+        .await?;
         let mut lines = None;
         // Lines committed before the current record; units wholly before `from` are not
         // read at all (each record says how many lines the log held after it).
@@ -402,93 +397,143 @@ impl JetStreamStore {
                 }
                 continue;
             }
-            let mut skip = from.max(sent).saturating_sub(unit_start);
+            let skip = from.max(sent).saturating_sub(unit_start);
             if lines.is_none() {
-                let config = OrderedConfig {
-                    filter_subject: log.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: first,
-                    },
-                    ..OrderedConfig::default()
+                let from_first = DeliverPolicy::ByStartSequence {
+                    start_sequence: first,
                 };
-                lines = Some(
-                    stream
-                        .create_consumer(config)
-                        .await
-                        .map_err(|e| unavailable("reading the log")(&e))?
-                        .messages()
-                        .await
-                        .map_err(|e| unavailable("reading the log")(&e))?,
-                );
+                lines =
+                    Some(read_subject(&stream, log.clone(), from_first, "reading the log").await?);
             }
             let Some(reader) = lines.as_mut() else { break };
-            // A unit's messages carry its lines back to back, each ending in a newline;
-            // a message may end inside a line (see `JetStreamLog::append`).
-            let mut partial: Vec<u8> = Vec::new();
-            let mut next_seq = first;
-            let mut cursor = unit_start;
-            loop {
-                let Some(m) = reader.next().await else {
-                    return Err(Error::Damaged(format!(
-                        "the log of {capture} ends inside a committed unit"
-                    )));
-                };
-                let m = m.map_err(|e| unavailable("reading the log")(&e))?;
-                let at = m
-                    .info()
-                    .map_err(|e| unavailable("a line's sequence")(&e))?
-                    .stream_sequence;
-                if at < first {
-                    continue; // a discarded unit's line, or a base already read
-                }
-                if at != next_seq {
-                    // A compaction purged the messages this read was in.
-                    return Err(Error::Unavailable(format!(
-                        "the log of {capture} was compacted while it was read; reading it again"
-                    )));
-                }
-                next_seq += 1;
-                let mut rest: &[u8] = &m.payload;
-                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-                    partial.extend_from_slice(&rest[..end]);
-                    rest = &rest[end + 1..];
-                    let line = String::from_utf8(std::mem::take(&mut partial)).map_err(|e| {
-                        Error::Damaged(format!("a line of {capture} is not UTF-8 ({e})"))
-                    })?;
-                    // A run of lines a compaction dropped reads as that many empty lines.
-                    let gap = super::gap_length(&line)?;
-                    let lines = gap.unwrap_or(1);
-                    let skipped = lines.min(skip);
-                    skip -= skipped;
-                    cursor += lines;
-                    sent = sent.max(cursor);
-                    if gap.is_none() && skipped == 0 {
-                        if tx.send(Ok(line)).is_err() {
-                            return Ok(());
-                        }
-                    } else {
-                        for _ in skipped..gap.unwrap_or(0) {
-                            if tx.send(Ok(String::new())).is_err() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                partial.extend_from_slice(rest);
-                if at >= last {
-                    if !partial.is_empty() {
-                        return Err(Error::Damaged(format!(
-                            "a committed unit of {capture} ends inside a line"
-                        )));
-                    }
-                    break;
-                }
+            let mut delivery = Delivery {
+                capture,
+                tx,
+                skip,
+                cursor: unit_start,
+                sent,
+            };
+            let open = send_unit(reader, (first, last), &mut delivery).await?;
+            sent = delivery.sent;
+            if !open {
+                return Ok(());
             }
             if seq == last_record {
                 break;
             }
         }
         Ok(())
+    }
+}
+
+/// An ordered consumer's messages of `subject` from `deliver`.
+async fn read_subject(
+    stream: &Stream,
+    subject: String,
+    deliver: DeliverPolicy,
+    what: &str,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered> {
+    let config = OrderedConfig {
+        filter_subject: subject,
+        deliver_policy: deliver,
+        ..OrderedConfig::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| unavailable(what)(&e))?
+        .messages()
+        .await
+        .map_err(|e| unavailable(what)(&e))
+}
+
+/// Where a read of committed lines is: the lines still to skip (before the reader's
+/// `from`), the line the next one is, the lines sent through, and the reader.
+struct Delivery<'a> {
+    capture: &'a str,
+    tx: &'a std::sync::mpsc::SyncSender<Result<String>>,
+    skip: u64,
+    cursor: u64,
+    sent: u64,
+}
+
+impl Delivery<'_> {
+    /// One line of the log: a run of lines a compaction dropped (a gap line) reads as
+    /// that many empty lines. `false` when the reader has hung up.
+    fn line(&mut self, line: String) -> Result<bool> {
+        let gap = super::gap_length(&line)?;
+        let lines = gap.unwrap_or(1);
+        let skipped = lines.min(self.skip);
+        self.skip -= skipped;
+        self.cursor += lines;
+        self.sent = self.sent.max(self.cursor);
+        if gap.is_none() && skipped == 0 {
+            return Ok(self.tx.send(Ok(line)).is_ok());
+        }
+        for _ in skipped..gap.unwrap_or(0) {
+            if self.tx.send(Ok(String::new())).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Sends the lines of the unit in log messages `first..=last` from `reader`. A unit's
+/// messages carry its lines back to back, each ending in a newline; a message may end
+/// inside a line (see `JetStreamLog::append`). `false` when the reader has hung up.
+async fn send_unit<S, E>(
+    reader: &mut S,
+    (first, last): (u64, u64),
+    d: &mut Delivery<'_>,
+) -> Result<bool>
+where
+    S: futures_util::Stream<Item = std::result::Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let capture = d.capture;
+    let mut partial: Vec<u8> = Vec::new();
+    let mut next_seq = first;
+    loop {
+        let Some(m) = reader.next().await else {
+            return Err(Error::Damaged(format!(
+                "the log of {capture} ends inside a committed unit"
+            )));
+        };
+        let m = m.map_err(|e| unavailable("reading the log")(&e))?;
+        let at = m
+            .info()
+            .map_err(|e| unavailable("a line's sequence")(&e))?
+            .stream_sequence;
+        if at < first {
+            continue; // a discarded unit's line, or a base already read
+        }
+        if at != next_seq {
+            // A compaction purged the messages this read was in.
+            return Err(Error::Unavailable(format!(
+                "the log of {capture} was compacted while it was read; reading it again"
+            )));
+        }
+        next_seq += 1;
+        let mut rest: &[u8] = &m.payload;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            partial.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            let line = String::from_utf8(std::mem::take(&mut partial))
+                .map_err(|e| Error::Damaged(format!("a line of {capture} is not UTF-8 ({e})")))?;
+            if !d.line(line)? {
+                return Ok(false);
+            }
+        }
+        partial.extend_from_slice(rest);
+        if at >= last {
+            if !partial.is_empty() {
+                return Err(Error::Damaged(format!(
+                    "a committed unit of {capture} ends inside a line"
+                )));
+            }
+            return Ok(true);
+        }
     }
 }
 
