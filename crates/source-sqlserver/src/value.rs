@@ -227,25 +227,10 @@ fn shortest_f64(f: f64) -> Result<Value, String> {
 /// Renders one value of a column of type `ty`.
 pub fn to_json(ty: &SqlType, v: &ColumnData<'_>) -> Result<Value, String> {
     let bad = || format!("unexpected {v:?} for a {ty:?} column");
+    if is_null(v) {
+        return Ok(Value::Null);
+    }
     Ok(match v {
-        ColumnData::U8(None)
-        | ColumnData::I16(None)
-        | ColumnData::I32(None)
-        | ColumnData::I64(None)
-        | ColumnData::F32(None)
-        | ColumnData::F64(None)
-        | ColumnData::Bit(None)
-        | ColumnData::String(None)
-        | ColumnData::Guid(None)
-        | ColumnData::Binary(None)
-        | ColumnData::Numeric(None)
-        | ColumnData::Xml(None)
-        | ColumnData::DateTime(None)
-        | ColumnData::SmallDateTime(None)
-        | ColumnData::Time(None)
-        | ColumnData::Date(None)
-        | ColumnData::DateTime2(None)
-        | ColumnData::DateTimeOffset(None) => Value::Null,
         ColumnData::U8(Some(x)) => Value::from(*x),
         ColumnData::I16(Some(x)) => Value::from(*x),
         ColumnData::I32(Some(x)) => Value::from(*x),
@@ -253,27 +238,17 @@ pub fn to_json(ty: &SqlType, v: &ColumnData<'_>) -> Result<Value, String> {
         ColumnData::Bit(Some(b)) => Value::Bool(*b),
         ColumnData::F32(Some(f)) => {
             // Shortest digits at single precision, written as the f64 they denote.
-            let text = format!("{f}");
-            if !f.is_finite() {
-                return Err(bad());
-            }
-            match text.parse::<f64>().ok().and_then(shortest_float) {
+            match f
+                .is_finite()
+                .then(|| format!("{f}").parse::<f64>().ok())
+                .flatten()
+                .and_then(shortest_float)
+            {
                 Some(t) => number(&t)?,
                 None => return Err(bad()),
             }
         }
-        ColumnData::F64(Some(f)) => match ty {
-            // A real read through a float-typed path: back to single precision.
-            #[allow(clippy::cast_possible_truncation)]
-            SqlType::Real => {
-                let single = format!("{}", *f as f32);
-                shortest_f64(single.parse::<f64>().map_err(|_| bad())?)?
-            }
-            SqlType::Money { .. } => {
-                return Err("money must be selected as decimal (select_expr)".into());
-            }
-            _ => shortest_f64(*f)?,
-        },
+        ColumnData::F64(Some(f)) => double(ty, *f).map_err(|e| e.unwrap_or_else(bad))?,
         ColumnData::Numeric(Some(n)) => {
             let text = scaled_decimal(n.value(), u32::from(n.scale()));
             number(&text)?
@@ -282,28 +257,76 @@ pub fn to_json(ty: &SqlType, v: &ColumnData<'_>) -> Result<Value, String> {
         ColumnData::Xml(Some(x)) => Value::String(x.to_string()),
         ColumnData::Guid(Some(g)) => Value::String(g.hyphenated().to_string().to_uppercase()),
         ColumnData::Binary(Some(b)) => Value::String(base64(b)),
-        ColumnData::Date(Some(d)) => Value::String(ymd(i64::from(d.days()) - DAYS_0001_TO_1970)),
+        _ => Value::String(temporal(v).ok_or_else(bad)?),
+    })
+}
+
+/// Whether `v` is a NULL of any type.
+fn is_null(v: &ColumnData<'_>) -> bool {
+    matches!(
+        v,
+        ColumnData::U8(None)
+            | ColumnData::I16(None)
+            | ColumnData::I32(None)
+            | ColumnData::I64(None)
+            | ColumnData::F32(None)
+            | ColumnData::F64(None)
+            | ColumnData::Bit(None)
+            | ColumnData::String(None)
+            | ColumnData::Guid(None)
+            | ColumnData::Binary(None)
+            | ColumnData::Numeric(None)
+            | ColumnData::Xml(None)
+            | ColumnData::DateTime(None)
+            | ColumnData::SmallDateTime(None)
+            | ColumnData::Time(None)
+            | ColumnData::Date(None)
+            | ColumnData::DateTime2(None)
+            | ColumnData::DateTimeOffset(None)
+    )
+}
+
+/// A float column's value; a real read through a float-typed path goes back to single
+/// precision. `Err(None)` when the text does not parse back.
+fn double(ty: &SqlType, f: f64) -> Result<Value, Option<String>> {
+    match ty {
+        #[allow(clippy::cast_possible_truncation)]
+        SqlType::Real => {
+            let single = format!("{}", f as f32);
+            shortest_f64(single.parse::<f64>().map_err(|_| None)?).map_err(Some)
+        }
+        SqlType::Money { .. } => Err(Some(
+            "money must be selected as decimal (select_expr)".into(),
+        )),
+        _ => shortest_f64(f).map_err(Some),
+    }
+}
+
+/// A date or time value as ISO text; `None` for a value that is neither.
+fn temporal(v: &ColumnData<'_>) -> Option<String> {
+    Some(match v {
+        ColumnData::Date(Some(d)) => ymd(i64::from(d.days()) - DAYS_0001_TO_1970),
         ColumnData::Time(Some(t)) => {
             let (secs, frac, scale) = split_time(*t);
-            Value::String(clock(secs, frac, scale))
+            clock(secs, frac, scale)
         }
         ColumnData::DateTime2(Some(dt)) => {
             let (secs, frac, scale) = split_time(dt.time());
-            Value::String(format!(
+            format!(
                 "{}T{}",
                 ymd(i64::from(dt.date().days()) - DAYS_0001_TO_1970),
                 clock(secs, frac, scale)
-            ))
+            )
         }
         ColumnData::DateTimeOffset(Some(dto)) => {
             // TDS carries the UTC instant and the offset; the document holds the instant.
             let dt = dto.datetime2();
             let (secs, frac, scale) = split_time(dt.time());
-            Value::String(format!(
+            format!(
                 "{}T{}Z",
                 ymd(i64::from(dt.date().days()) - DAYS_0001_TO_1970),
                 clock(secs, frac, scale)
-            ))
+            )
         }
         ColumnData::DateTime(Some(dt)) => {
             // 1/300 s ticks; the server shows them rounded to milliseconds (.000/.003/.007).
@@ -312,16 +335,17 @@ pub fn to_json(ty: &SqlType, v: &ColumnData<'_>) -> Result<Value, String> {
             let (secs, ms) = (ms_total / 1000, ms_total % 1000);
             let days = i64::from(dt.days()) - DAYS_1900_TO_1970
                 + i64::try_from(secs / 86_400).unwrap_or(0);
-            Value::String(format!("{}T{}", ymd(days), clock(secs % 86_400, ms, 3)))
+            format!("{}T{}", ymd(days), clock(secs % 86_400, ms, 3))
         }
         ColumnData::SmallDateTime(Some(dt)) => {
             let minutes = u64::from(dt.seconds_fragments());
-            Value::String(format!(
+            format!(
                 "{}T{}",
                 ymd(i64::from(dt.days()) - DAYS_1900_TO_1970),
                 clock(minutes * 60, 0, 0)
-            ))
+            )
         }
+        _ => return None,
     })
 }
 
