@@ -163,6 +163,17 @@ pub fn json_number_as_parsed(text: &str, out: &mut Vec<u8>) -> Result<(), String
     Ok(())
 }
 
+/// A fraction of a second (or any fraction) as text: `.` and the first `keep` digits of
+/// `value` units of 10^-`digits`, zero-padded on the left to `digits` digits; empty
+/// when `keep` is 0. `fraction(1_500, 6, 3)` is `.001`, `fraction(7, 2, 2)` is `.07`.
+pub fn fraction(value: u64, digits: usize, keep: usize) -> String {
+    if keep == 0 {
+        return String::new();
+    }
+    let text = format!("{value:0digits$}");
+    format!(".{}", &text[..keep.min(text.len())])
+}
+
 /// Copies JSON text without the whitespace between tokens, each number through
 /// `number` (which writes it as the source's type spells it), each string escaped as
 /// `serde_json` escapes it: the bytes `serde_json` would print after parsing the text,
@@ -426,6 +437,15 @@ mod tests {
         let mut out = Vec::new();
         let whole = compact_json(text, &mut out, json_number_as_parsed).ok()?;
         whole.then(|| String::from_utf8(out).unwrap_or_default())
+    }
+
+    #[test]
+    fn fractions_are_zero_padded_then_cut() {
+        assert_eq!(fraction(1_500, 6, 3), ".001");
+        assert_eq!(fraction(123_456, 6, 2), ".12");
+        assert_eq!(fraction(7, 2, 2), ".07");
+        assert_eq!(fraction(5, 6, 0), "");
+        assert_eq!(fraction(123_456, 6, 9), ".123456");
     }
 
     #[test]

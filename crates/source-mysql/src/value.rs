@@ -225,12 +225,9 @@ fn text_of(v: &MyValue) -> Option<String> {
     }
 }
 
+/// Microseconds at a column's fractional-second precision.
 fn fraction(us: u32, fsp: usize) -> String {
-    if fsp == 0 {
-        return String::new();
-    }
-    let digits = format!("{us:06}");
-    format!(".{}", &digits[..fsp.min(6)])
+    backfill_core::encode::fraction(u64::from(us), 6, fsp)
 }
 
 /// (year, month, day, hour, minute, second, microsecond) as `YYYY-MM-DDTHH:MM:SS[.f]`.

@@ -187,11 +187,10 @@ impl SqlType {
     }
 }
 
+/// `increments` of 10^-`scale` seconds, at that scale.
 fn fraction(increments: u64, scale: u8) -> String {
-    if scale == 0 {
-        return String::new();
-    }
-    format!(".{increments:0width$}", width = usize::from(scale))
+    let scale = usize::from(scale);
+    backfill_core::encode::fraction(increments, scale, scale)
 }
 
 /// `seconds` since midnight plus `frac` at `scale` digits, as `HH:MM:SS[.f]`.
