@@ -42,13 +42,14 @@ pub struct BinlogPosition {
     pub file: String,
     /// Offset in the file: the end of the last event delivered.
     pub pos: u64,
-    /// The server's GTID state after the last event delivered (`@@gtid_binlog_pos` form),
-    /// where the server has GTIDs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gtids: Option<String>,
-    /// How the stream resumes from this position: `"gtid"` or `"file"`.
-    #[serde(default = "resume_by_file")]
-    pub resume_by: String,
+    /// The server's GTIDs after the last event delivered, where the server has GTIDs:
+    /// MariaDB's state (`@@gtid_binlog_pos` form) or MySQL's set (`@@gtid_executed`
+    /// form), stored as that text.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "gtids_text")]
+    pub gtids: Option<Gtids>,
+    /// How the stream resumes from this position.
+    #[serde(default)]
+    pub resume_by: ResumeBy,
     /// Added to the file's number for the order (see the module docs); 0 until a failover.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub file_base: u64,
@@ -57,8 +58,45 @@ pub struct BinlogPosition {
     _gtid: Option<serde::de::IgnoredAny>,
 }
 
-fn resume_by_file() -> String {
-    "file".into()
+/// How a stream resumes from a stored position (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeBy {
+    /// By binlog file and offset.
+    #[default]
+    File,
+    /// By the GTIDs the position carries.
+    Gtid,
+}
+
+/// The stored text of [`BinlogPosition::gtids`]: MySQL's set names source UUIDs
+/// (`uuid:1-5`), MariaDB's state does not (`0-1-7`); an empty text is the empty state or
+/// set, which the accessors read as either.
+mod gtids_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{GtidSet, GtidState, Gtids};
+
+    pub(super) fn serialize<S: Serializer>(gtids: &Option<Gtids>, s: S) -> Result<S::Ok, S::Error> {
+        match gtids {
+            Some(g) => s.collect_str(g),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Gtids>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let parsed = if text.contains(':') {
+            GtidSet::parse(&text).map(Gtids::MySql)
+        } else {
+            GtidState::parse(&text).map(Gtids::MariaDb)
+        };
+        parsed
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a GTID state or set: {text:?}")))
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -72,18 +110,37 @@ impl BinlogPosition {
             file: file.into(),
             pos,
             gtids: None,
-            resume_by: resume_by_file(),
+            resume_by: ResumeBy::File,
             file_base: 0,
             _gtid: None,
         }
     }
 
-    /// The same point with the GTID state there: it resumes by GTID.
+    /// The same point with the GTIDs there: it resumes by GTID.
     #[must_use]
-    pub fn with_gtids(mut self, gtids: String) -> Self {
+    pub fn with_gtids(mut self, gtids: Gtids) -> Self {
         self.gtids = Some(gtids);
-        self.resume_by = "gtid".into();
+        self.resume_by = ResumeBy::Gtid;
         self
+    }
+
+    /// The MariaDB GTID state this position carries (an empty text reads as the empty
+    /// state).
+    pub fn mariadb_state(&self) -> Option<GtidState> {
+        match &self.gtids {
+            Some(Gtids::MariaDb(state)) => Some(state.clone()),
+            Some(Gtids::MySql(set)) if set.is_empty() => Some(GtidState::default()),
+            _ => None,
+        }
+    }
+
+    /// The MySQL GTID set this position carries (an empty text reads as the empty set).
+    pub fn mysql_set(&self) -> Option<GtidSet> {
+        match &self.gtids {
+            Some(Gtids::MySql(set)) => Some(set.clone()),
+            Some(Gtids::MariaDb(state)) if state.is_empty() => Some(GtidSet::default()),
+            _ => None,
+        }
     }
 
     /// The file's number in the order (and in documents' `pos`): see the module docs.
@@ -176,6 +233,11 @@ impl GtidState {
         Some(state)
     }
 
+    /// Whether no domain has a GTID yet.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// A transaction of `gtid` was delivered: it is now its domain's last.
     pub fn record(&mut self, gtid: Gtid) {
         self.0.insert(gtid.domain, (gtid.server, gtid.seq));
@@ -222,6 +284,11 @@ impl GtidSet {
             }
         }
         Some(set)
+    }
+
+    /// Whether the set holds no transaction.
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(Vec::is_empty)
     }
 
     /// The transaction `uuid:gno` is in the set from now on.
@@ -346,12 +413,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stored_gtids_keep_their_text_and_their_type() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        for (text, mysql) in [
+            (format!("{uuid}:1-5:7"), true),
+            ("0-1-7,1-2-3".into(), false),
+        ] {
+            let json = format!(
+                r#"{{"file":"binlog.000003","pos":9,"gtids":"{text}","resume_by":"gtid"}}"#
+            );
+            let p: BinlogPosition = serde_json::from_str(&json).unwrap();
+            assert_eq!(matches!(p.gtids, Some(Gtids::MySql(_))), mysql, "{text}");
+            assert_eq!(p.resume_by, ResumeBy::Gtid);
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                json,
+                "the state file's text is kept"
+            );
+            assert_eq!(p.mysql_set().is_some(), mysql);
+            assert_eq!(p.mariadb_state().is_some(), !mysql);
+        }
+        let empty: BinlogPosition =
+            serde_json::from_str(r#"{"file":"b.000001","pos":4,"gtids":""}"#).unwrap();
+        assert!(
+            empty.mysql_set().is_some_and(|s| s.is_empty()),
+            "either server's empty form"
+        );
+        assert!(empty.mariadb_state().is_some_and(|s| s.is_empty()));
+        assert!(
+            serde_json::from_str::<BinlogPosition>(r#"{"file":"b.000001","pos":4,"gtids":"x:y"}"#)
+                .is_err(),
+            "text that is neither form is refused"
+        );
+    }
+
+    #[test]
     fn orders_by_file_sequence_then_offset() {
         let a = BinlogPosition::new("binlog.000009", 900);
         let b = BinlogPosition::new("binlog.000010", 4);
         assert!(a < b);
         assert!(BinlogPosition::new("binlog.000010", 4) < BinlogPosition::new("binlog.000010", 5));
-        let g = BinlogPosition::new("binlog.000010", 4).with_gtids("0-1-7".into());
+        let g = BinlogPosition::new("binlog.000010", 4)
+            .with_gtids(Gtids::MariaDb(GtidState::parse("0-1-7").unwrap()));
         assert_eq!(g, b, "the GTID state does not take part in the order");
         assert_eq!(
             serde_json::to_string(&g).unwrap(),
@@ -382,7 +485,7 @@ mod tests {
             r#"{"file":"binlog.000010","pos":4,"gtid":"0-1-7","resume_by":"file"}"#,
         )
         .unwrap();
-        assert_eq!((p.gtids.as_deref(), p.resume_by.as_str()), (None, "file"));
+        assert_eq!((p.gtids.as_ref(), p.resume_by), (None, ResumeBy::File));
         assert!(p._gtid.is_some());
         assert!(!serde_json::to_string(&p).unwrap().contains("gtid\""));
     }

@@ -57,7 +57,7 @@ use serde_json::Value;
 use crate::catalog::{Column, Table, load_tables};
 use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
-use crate::position::{BinlogPosition, GtidSet, GtidState};
+use crate::position::{BinlogPosition, GtidSet, GtidState, Gtids};
 use crate::sql;
 use crate::stream::{MyStream, ensure_binlog_settings};
 use crate::value::{ColType, Origin, key_value, render};
@@ -467,23 +467,23 @@ impl Source for MySource {
                     binlog_status(&mut self.conn, self.server.flavor, self.file_base).await?;
                 match self.server.flavor {
                     Flavor::MariaDb => match self.gtid_state_at(&end).await? {
-                        Some(gtids) => (end.with_gtids(gtids), false),
+                        Some(state) => (end.with_gtids(Gtids::MariaDb(state)), false),
                         None => (end, false),
                     },
                     // By GTID set from the start: see the stream's module docs.
-                    Flavor::MySql => match executed.filter(|_| self.server.gtid_mode) {
-                        Some(set) => (end.with_gtids(set), true),
+                    Flavor::MySql => match executed
+                        .filter(|_| self.server.gtid_mode)
+                        .as_deref()
+                        .and_then(GtidSet::parse)
+                    {
+                        Some(set) => (end.with_gtids(Gtids::MySql(set)), true),
                         None => (end, false),
                     },
                 }
             }
         };
         if self.server.flavor == Flavor::MySql {
-            let set = at
-                .gtids
-                .as_deref()
-                .and_then(GtidSet::parse)
-                .unwrap_or_default();
+            let set = at.mysql_set().unwrap_or_default();
             *self
                 .server
                 .read_through
@@ -551,13 +551,16 @@ async fn binlog_status(
 impl MySource {
     /// The server's GTID state at a file and offset of its binlog; `None` where the file
     /// is not in this server's binlog (or the server has no GTIDs).
-    async fn gtid_state_at(&mut self, at: &BinlogPosition) -> Result<Option<String>, SourceError> {
+    async fn gtid_state_at(
+        &mut self,
+        at: &BinlogPosition,
+    ) -> Result<Option<GtidState>, SourceError> {
         let state: Option<Option<String>> = self
             .conn
             .exec_first(sql::GTID_STATE_AT, (at.file.as_str(), at.pos))
             .await
             .map_err(|e| my_error(e, "reading the GTID state of a binlog position"))?;
-        Ok(state.flatten())
+        Ok(state.flatten().as_deref().and_then(GtidState::parse))
     }
 
     /// Where a stored position resumes, and whether by GTID (see [`crate::position`]): by
@@ -572,20 +575,20 @@ impl MySource {
         if self.server.flavor == Flavor::MySql {
             return self.mysql_resume_point(p).await;
         }
-        let Some(stored) = p.gtids.as_deref().and_then(GtidState::parse) else {
+        let Some(stored) = p.mariadb_state() else {
             if !self.holds_file(&p.file).await? {
                 return Err(purged(&p.file));
             }
             return Ok((p, false));
         };
         let here = self.gtid_state_at(&p).await?;
-        if here.as_deref().and_then(GtidState::parse) == Some(stored) {
+        if here == Some(stored) {
             return Ok((p, false));
         }
         tracing::info!(
             file = %p.file,
             pos = p.pos,
-            gtids = p.gtids.as_deref().unwrap_or(""),
+            gtids = %p.gtids.as_ref().map(ToString::to_string).unwrap_or_default(),
             "this server's binlog does not hold the stored file and offset as the same history (failover, or purged files): resuming by GTID"
         );
         self.file_base = p.logical_file();
@@ -616,8 +619,7 @@ impl MySource {
         p: BinlogPosition,
     ) -> Result<(BinlogPosition, bool), SourceError> {
         let holds = self.holds_file(&p.file).await?;
-        let by_gtid =
-            self.server.gtid_mode && p.gtids.as_deref().and_then(GtidSet::parse).is_some();
+        let by_gtid = self.server.gtid_mode && p.mysql_set().is_some();
         if !by_gtid {
             if !holds {
                 return Err(purged(&p.file));

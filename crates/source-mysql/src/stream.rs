@@ -45,7 +45,7 @@ use serde_json::Value;
 use crate::catalog::{Column, Table, load_tables};
 use crate::conn::{Flavor, Server, connect, my_error};
 use crate::endpoint::Endpoint;
-use crate::position::{BinlogPosition, Gtid, GtidSet, GtidState, Gtids, file_number, uuid_string};
+use crate::position::{BinlogPosition, Gtid, GtidSet, Gtids, file_number, uuid_string};
 use crate::rows::{Cell, ColumnPlan, Image, decode_each, plan};
 use crate::sql;
 use crate::value::{key_value, render_cell};
@@ -145,10 +145,10 @@ impl MyStream {
                 .await
                 .map_err(|e| my_error(e, "preparing the binlog connection"))?;
         }
-        let gtids = at.gtids.as_deref().and_then(|g| match server.flavor {
-            Flavor::MariaDb => GtidState::parse(g).map(Gtids::MariaDb),
-            Flavor::MySql => GtidSet::parse(g).map(Gtids::MySql),
-        });
+        let gtids = match server.flavor {
+            Flavor::MariaDb => at.mariadb_state().map(Gtids::MariaDb),
+            Flavor::MySql => at.mysql_set().map(Gtids::MySql),
+        };
         let request = BinlogStreamRequest::new(endpoint.server_id);
         let (request, file) = match (&gtids, by_gtid) {
             (Some(Gtids::MySql(set)), true) => (
@@ -238,7 +238,7 @@ impl MyStream {
         let mut p = BinlogPosition::new(self.file.clone(), pos);
         p.file_base = self.file_base;
         match &self.gtids {
-            Some(gtids) => p.with_gtids(gtids.to_string()),
+            Some(gtids) => p.with_gtids(gtids.clone()),
             None => p,
         }
     }
