@@ -573,32 +573,22 @@ mod tests {
     fn legacy_datetimes_round_as_the_server_shows_them() {
         // 1900-01-01 is day 0; ticks are 1/300 s.
         let at = |days, ticks| ColumnData::DateTime(Some(DateTime::new(days, ticks)));
-        assert_eq!(
-            render(&SqlType::DateTime, at(0, 0)),
-            "\"1900-01-01T00:00:00.000\""
-        );
-        assert_eq!(
-            render(&SqlType::DateTime, at(0, 1)),
-            "\"1900-01-01T00:00:00.003\""
-        );
-        assert_eq!(
-            render(&SqlType::DateTime, at(0, 2)),
-            "\"1900-01-01T00:00:00.007\""
-        );
-        assert_eq!(
-            render(&SqlType::DateTime, at(0, 300)),
-            "\"1900-01-01T00:00:01.000\""
-        );
-        // 23:59:59.997 is the last tick of a day.
-        assert_eq!(
-            render(&SqlType::DateTime, at(45_350, 25_919_999)),
-            "\"2024-03-01T23:59:59.997\""
-        );
-        // Before 1900 the day count is negative.
-        assert_eq!(
-            render(&SqlType::DateTime, at(-53_690, 0)),
-            "\"1753-01-01T00:00:00.000\""
-        );
+        for (days, ticks, shown) in [
+            (0, 0, "1900-01-01T00:00:00.000"),
+            (0, 1, "1900-01-01T00:00:00.003"),
+            (0, 2, "1900-01-01T00:00:00.007"),
+            (0, 300, "1900-01-01T00:00:01.000"),
+            // 23:59:59.997 is the last tick of a day.
+            (45_350, 25_919_999, "2024-03-01T23:59:59.997"),
+            // Before 1900 the day count is negative.
+            (-53_690, 0, "1753-01-01T00:00:00.000"),
+        ] {
+            assert_eq!(
+                render(&SqlType::DateTime, at(days, ticks)),
+                format!("\"{shown}\""),
+                "{days} days, {ticks} ticks"
+            );
+        }
         let small = ColumnData::SmallDateTime(Some(SmallDateTime::new(45_350, 61)));
         assert_eq!(
             render(&SqlType::SmallDateTime, small),
