@@ -76,7 +76,7 @@ pub fn select_list(columns: &[Column]) -> String {
 /// One chunk of a keyed table: rows after the cursor (parameters `@P1..@Pn` in key order
 /// when `after` is set), in key order, `limit` rows. `READCOMMITTEDLOCK` makes every read a
 /// locking read even where READ_COMMITTED_SNAPSHOT is on: the fence argument rests on it
-/// (see `source.rs`).
+/// (see `scan.rs`).
 pub fn scan_keyed(
     schema: &str,
     table: &str,
