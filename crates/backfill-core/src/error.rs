@@ -17,16 +17,52 @@ pub enum ErrorKind {
     Definite,
 }
 
-/// An error raised by a source (a database crate) through the core's traits: whether
-/// retrying can help, the message for the person who must act (it already says what the
-/// cause means and what to do), and the driver's error it came from, kept as the
-/// [`source`](std::error::Error::source) for logs and for code that inspects it.
-///
-/// Each database crate decides transient versus definite for its server's errors in one
-/// classifier (`conn`), which attaches the driver's error with [`Self::because`].
+/// Why a source failed. It decides whether retrying can help, here alone
+/// ([`Failure::kind`]): a database crate says why (its server errors sorted by its one
+/// classifier in `conn`), never what the core should do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection, the server or a wait was interrupted (a reset, a restart, a
+    /// failover, a timeout, a lock conflict): it may pass.
+    Interrupted,
+    /// Something the user must set up or change: credentials, permissions, a server
+    /// setting, the config. The message names the setting.
+    Setup,
+    /// The log position or a bound table is gone; the message names the backfill that
+    /// restores it.
+    Lost,
+    /// The server sent what the connector cannot read as its protocol or as the table's
+    /// values: stopping beats a misrendered document.
+    Malformed,
+}
+
+impl Failure {
+    /// Whether retrying can help.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            Failure::Interrupted => ErrorKind::Transient,
+            Failure::Setup | Failure::Lost | Failure::Malformed => ErrorKind::Definite,
+        }
+    }
+
+    /// The error of this failure, with the message for the person who must act.
+    pub fn error(self, message: impl Into<String>) -> SourceError {
+        SourceError {
+            failure: self,
+            message: message.into(),
+            cause: None,
+        }
+    }
+}
+
+/// An error raised by a source (a database crate) through the core's traits: why it
+/// failed (so whether retrying can help), the message for the person who must act (it
+/// already says what the cause means and what to do), and the driver's error it came
+/// from, kept as the [`source`](std::error::Error::source) for logs and for code that
+/// inspects it.
 #[derive(Debug)]
 pub struct SourceError {
-    kind: ErrorKind,
+    failure: Failure,
     message: String,
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -34,20 +70,17 @@ pub struct SourceError {
 impl SourceError {
     /// A failure that may pass: the core restarts from the last checkpoint after a backoff.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Transient,
-            message: message.into(),
-            cause: None,
-        }
+        Failure::Interrupted.error(message)
     }
 
     /// A failure the user must fix; the message must say what to do.
     pub fn definite(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Definite,
-            message: message.into(),
-            cause: None,
-        }
+        Failure::Setup.error(message)
+    }
+
+    /// Why it failed.
+    pub fn failure(&self) -> Failure {
+        self.failure
     }
 
     /// The same error, caused by `cause` (a driver's or the system's error).
@@ -59,7 +92,7 @@ impl SourceError {
 
     /// Whether retrying can help.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.failure.kind()
     }
 
     /// The message for the user.
@@ -158,6 +191,15 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             self.1.as_deref().map(|l| l as _)
         }
+    }
+
+    #[test]
+    fn only_an_interruption_is_retried() {
+        assert_eq!(Failure::Interrupted.kind(), ErrorKind::Transient);
+        for f in [Failure::Setup, Failure::Lost, Failure::Malformed] {
+            assert_eq!(f.error("x").kind(), ErrorKind::Definite, "{f:?}");
+        }
+        assert_eq!(SourceError::transient("x").failure(), Failure::Interrupted);
     }
 
     #[test]

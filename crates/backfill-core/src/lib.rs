@@ -40,4 +40,4 @@ pub mod source;
 pub mod state;
 pub mod terminal;
 
-pub use error::{Error, ErrorKind, Result, SourceError};
+pub use error::{Error, ErrorKind, Failure, Result, SourceError};

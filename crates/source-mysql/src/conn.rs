@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use backfill_core::SourceError;
 use backfill_core::endpoint::TlsMode;
+use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 
@@ -41,21 +41,21 @@ pub fn my_error(e: mysql_async::Error, what: &str) -> SourceError {
         mysql_async::Error::Server(s) => {
             let text = format!("{what}: {} (error {})", s.message, s.code);
             match s.code {
-                1045 => SourceError::definite(format!("{text}; check the user and password")),
+                1045 => Failure::Setup.error(format!("{text}; check the user and password")),
                 1142 | 1227 | 1044 => {
-                    SourceError::definite(format!("{text}; grant the user what `check` lists"))
+                    Failure::Setup.error(format!("{text}; grant the user what `check` lists"))
                 }
-                1146 => SourceError::definite(format!(
+                1146 => Failure::Lost.error(format!(
                     "{text}; the table was dropped or renamed: fix its binding"
                 )),
-                1236 => SourceError::definite(format!(
+                1236 => Failure::Lost.error(format!(
                     "{text}: the binlog position is lost (purged). Raise `backfill` for every binding to re-establish it"
                 )),
-                1205 | 1213 | 1040 | 1053 | 2006 | 2013 => SourceError::transient(text),
-                _ => SourceError::definite(text),
+                1205 | 1213 | 1040 | 1053 | 2006 | 2013 => Failure::Interrupted.error(text),
+                _ => Failure::Setup.error(text),
             }
         }
-        other => SourceError::transient(format!(
+        other => Failure::Interrupted.error(format!(
             "{what}: {}",
             backfill_core::error::error_chain(other)
         )),
@@ -81,7 +81,7 @@ impl Server {
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0);
             if major < 8 {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Setup.error(format!(
                     "server {version} is MySQL {major}; the connector captures MySQL 8.0+ and MariaDB 10.6+"
                 )));
             }
@@ -118,7 +118,11 @@ fn opts(endpoint: &Endpoint, tls: bool) -> Result<Opts, SourceError> {
         .ip_or_hostname(login.host.clone())
         .tcp_port(endpoint.login.port)
         .user(Some(login.user.clone()))
-        .pass(login.resolve_password().map_err(SourceError::definite)?)
+        .pass(
+            login
+                .resolve_password()
+                .map_err(|e| Failure::Setup.error(e))?,
+        )
         .prefer_socket(false)
         .init(vec!["SET time_zone = '+00:00'", "SET NAMES utf8mb4"]);
     if tls {
@@ -173,7 +177,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
                 .map_err(|e| my_error(e, &what))
         }
         Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer)) => {
-            Err(SourceError::definite(format!(
+            Err(Failure::Setup.error(format!(
                 "{what}: the server does not offer TLS, which endpoint.tls.mode requires; enable TLS on the server (ssl_cert, ssl_key) or lower the mode"
             )))
         }

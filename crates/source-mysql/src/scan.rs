@@ -43,13 +43,13 @@
 
 use std::cmp::Ordering;
 
-use backfill_core::SourceError;
 use backfill_core::catalog::{Catalog, CatalogTable};
 use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, buffered_bytes,
 };
+use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 use serde_json::Value;
@@ -63,7 +63,7 @@ use crate::stream::{MyStream, ensure_binlog_settings};
 use crate::value::{ColType, Origin, key_value, render};
 
 fn purged(file: &str) -> SourceError {
-    SourceError::definite(format!(
+    Failure::Lost.error(format!(
         "binlog file {file} was purged: the stream position is lost. Raise `backfill` for every binding to re-establish it (and keep binlogs longer: binlog_expire_logs_seconds)"
     ))
 }
@@ -130,7 +130,7 @@ impl MySource {
             return Ok(());
         }
         if !self.server.gtid_mode {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Setup.error(format!(
                 "{what}: a MySQL backfill needs gtid_mode=ON, the only way the connector can prove a chunk's snapshot sees every change already streamed. Set enforce_gtid_consistency=ON and gtid_mode=ON (online: OFF_PERMISSIVE, ON_PERMISSIVE, then ON), or give the binding `\"mode\": \"Only Changes\"`"
             )));
         }
@@ -146,7 +146,7 @@ impl MySource {
             .await
             .map_err(|e| my_error(e, what))?;
         if timed_out != Some(0) {
-            return Err(SourceError::transient(format!(
+            return Err(Failure::Interrupted.error(format!(
                 "{what}: the server did not commit, within 30 s, transactions its binlog already holds"
             )));
         }
@@ -158,7 +158,7 @@ impl MySource {
         let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
         for (c, v) in t.columns.iter().zip(values) {
             render(&c.ty, v, Origin::Query, &mut row, &c.quoted).map_err(|e| {
-                SourceError::definite(format!("{} column {}: {e}", t.table, c.name))
+                Failure::Malformed.error(format!("{} column {}: {e}", t.table, c.name))
             })?;
         }
         Ok(row)
@@ -210,7 +210,7 @@ impl MySource {
         let file = get("binlog_snapshot_file")
             .filter(|f| !f.is_empty())
             .ok_or_else(|| {
-                SourceError::definite(
+                Failure::Setup.error(
                     "the binlog is off: set log_bin (and binlog_format=ROW) and restart the server",
                 )
             })?;
@@ -331,10 +331,9 @@ impl MySource {
                 position,
             });
         }
-        let scan = self
-            .keyless
-            .as_mut()
-            .ok_or_else(|| SourceError::definite("keyless scan lost"))?;
+        let scan = self.keyless.as_mut().ok_or_else(|| {
+            Failure::Interrupted.error("the keyless scan in hand was lost; reading it again")
+        })?;
         let rows: Vec<mysql_async::Row> = scan
             .conn
             .exec(sql::keyless_scan(&t), (req.limits.rows as u64 + 1, offset))
@@ -420,7 +419,7 @@ impl KeyClassifier for MySource {
             .iter()
             .map(|k| t.column(k).cloned())
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| SourceError::definite("key column missing"))?;
+            .ok_or_else(|| Failure::Setup.error("key column missing"))?;
         let hi = match window.hi {
             Hi::Key(hi) => Some(hi),
             _ => None,
@@ -439,9 +438,9 @@ impl KeyClassifier for MySource {
             .await
             .map_err(|e| my_error(e, "classifying keys"))?;
         if rows.len() != keys.len() {
-            return Err(SourceError::definite(
-                "classification returned the wrong number of rows",
-            ));
+            return Err(
+                Failure::Malformed.error("classification returned the wrong number of rows")
+            );
         }
         Ok(rows
             .into_iter()
@@ -530,9 +529,8 @@ async fn binlog_status(
         other => other.map_err(|e| my_error(e, statement))?,
     };
     let row = row.ok_or_else(|| {
-        SourceError::definite(
-            "the binlog is off: set log_bin and binlog_format=ROW, then restart the server",
-        )
+        Failure::Setup
+            .error("the binlog is off: set log_bin and binlog_format=ROW, then restart the server")
     })?;
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(0);

@@ -26,13 +26,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backfill_core::SourceError;
 use backfill_core::catalog::CatalogTable as _;
 use backfill_core::cli::CheckItem;
 use backfill_core::key::Key;
 use backfill_core::source::{
     BindingSpec, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
 };
+use backfill_core::{Failure, SourceError};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, StreamExt};
@@ -210,11 +210,10 @@ impl MyStream {
             let event = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .map_err(|_| {
-                    SourceError::transient(
-                        "the binlog stream did not reach the start position within 60 s",
-                    )
+                    Failure::Interrupted
+                        .error("the binlog stream did not reach the start position within 60 s")
                 })?
-                .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
+                .ok_or_else(|| Failure::Interrupted.error("the server closed the binlog stream"))?
                 .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
         }
@@ -266,7 +265,7 @@ impl MyStream {
             return Ok(());
         }
         if COMPRESSED_EVENTS.contains(&kind) {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Setup.error(format!(
                 "compressed binlog event at {}:{end}: the server writes compressed events (log_bin_compress=ON), which the connector cannot read. SET GLOBAL log_bin_compress = OFF, then raise `backfill` for every binding whose table was written while it was on",
                 self.file
             )));
@@ -313,20 +312,20 @@ impl MyStream {
             }
             MYSQL_GTID_EVENT => {
                 let (uuid, gno) = mysql_gtid(event.data()).ok_or_else(|| {
-                    SourceError::definite(format!("malformed GTID event at {}:{end}", self.file))
+                    Failure::Malformed.error(format!("malformed GTID event at {}:{end}", self.file))
                 })?;
                 self.record_mysql(&uuid, gno);
                 self.gtid = Some(format!("{uuid}:{gno}"));
             }
             MYSQL_ANONYMOUS_GTID_EVENT => self.gtid = None,
             MYSQL_TAGGED_GTID_EVENT => {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Setup.error(format!(
                     "a tagged GTID at {}:{end}: the connector does not read tagged GTIDs yet; stop writing them (gtid_next with a tag)",
                     self.file
                 )));
             }
             MYSQL_TRANSACTION_PAYLOAD_EVENT => {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Setup.error(format!(
                     "compressed transaction at {}:{end}: the server compresses binlog transactions (binlog_transaction_compression=ON), which the connector cannot read. SET GLOBAL binlog_transaction_compression = OFF, then raise `backfill` for every binding whose table was written while it was on",
                     self.file
                 )));
@@ -352,7 +351,7 @@ impl MyStream {
         let ts_ms = i64::from(header.timestamp()) * 1000;
         let Some(data) = event
             .read_data()
-            .map_err(|e| SourceError::definite(format!("malformed binlog event: {e}")))?
+            .map_err(|e| Failure::Malformed.error(format!("malformed binlog event: {e}")))?
         else {
             return Ok(());
         };
@@ -413,7 +412,7 @@ impl MyStream {
         end: u64,
         ts_ms: i64,
     ) -> Result<(), SourceError> {
-        let no_map = || SourceError::definite("a rows event arrived before its table map");
+        let no_map = || Failure::Malformed.error("a rows event arrived before its table map");
         let tme = self.stream.get_tme(rows.table_id()).ok_or_else(no_map)?;
         let (db, table) = (
             tme.database_name().into_owned(),
@@ -422,8 +421,9 @@ impl MyStream {
         let Some(bound) = self.bindings.get(&db, &table).cloned() else {
             return Ok(());
         };
-        let undecodable =
-            |e: String| SourceError::definite(format!("{db}.{table}: undecodable rows event: {e}"));
+        let undecodable = |e: String| {
+            Failure::Malformed.error(format!("{db}.{table}: undecodable rows event: {e}"))
+        };
         let columns = plan(tme).map_err(undecodable)?;
         if !knows_columns(&self.tables, &db, &table, &columns) {
             // `columns` borrows the stream's table map, so only the tables are replaced.
@@ -672,7 +672,7 @@ pub async fn ensure_binlog_settings(
         .into_iter()
         .find(|i| !i.ok)
     {
-        Some(failed) => Err(SourceError::definite(failed.line())),
+        Some(failed) => Err(Failure::Setup.error(failed.line())),
         None => Ok(()),
     }
 }
@@ -686,7 +686,7 @@ async fn read_catalog(
     let tables = load_tables(&mut connect(endpoint).await?).await?;
     for bound in bindings.tables() {
         if find_table(&tables, &bound.namespace, &bound.stream).is_none() {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Lost.error(format!(
                 "{bound} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if the table was recreated)"
             )));
         }
@@ -730,7 +730,7 @@ struct ColumnError {
 
 impl ColumnError {
     fn context(self, db: &str, table: &str) -> SourceError {
-        SourceError::definite(format!("{db}.{table} column {}: {}", self.column, self.why))
+        Failure::Malformed.error(format!("{db}.{table} column {}: {}", self.column, self.why))
     }
 }
 
@@ -802,7 +802,7 @@ fn without_checksum<'n>(
 }
 
 fn unknown(db: &str, table: &str) -> SourceError {
-    SourceError::definite(format!(
+    Failure::Malformed.error(format!(
         "{db}.{table}: a row names a column the table no longer has (added and dropped again before the stream read it); refusing to emit misaligned columns. Raise `backfill` for every binding to re-read the tables from the log's end"
     ))
 }
@@ -826,7 +826,7 @@ impl ChangeStream for MyStream {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("no message");
-                Err(SourceError::definite(format!(
+                Err(Failure::Malformed.error(format!(
                     "the binlog stream could not decode an event after {}:{} ({why}); check the binlog on the server (mariadb-binlog), then run again",
                     self.file, self.last_end
                 )))
@@ -854,7 +854,7 @@ impl MyStream {
                 .stream
                 .next()
                 .await
-                .ok_or_else(|| SourceError::transient("the server closed the binlog stream"))?
+                .ok_or_else(|| Failure::Interrupted.error("the server closed the binlog stream"))?
                 .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
         }

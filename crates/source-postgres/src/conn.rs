@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use backfill_core::SourceError;
+use backfill_core::{Failure, SourceError};
 use postgres_conn::ConnectError;
 use rustls::ClientConfig;
 use tokio_postgres::{Client, Config};
@@ -20,7 +20,7 @@ pub(crate) const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY -
 
 /// The rustls client config for the endpoint's TLS mode; `None` when TLS is disabled.
 pub(crate) fn tls_config(endpoint: &Endpoint) -> Result<Option<Arc<ClientConfig>>, SourceError> {
-    postgres_conn::tls_config(&endpoint.login.tls).map_err(SourceError::definite)
+    postgres_conn::tls_config(&endpoint.login.tls).map_err(|e| Failure::Setup.error(e))
 }
 
 /// The tokio-postgres config of the endpoint.
@@ -32,7 +32,7 @@ pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
         options: SESSION_OPTIONS,
     }
     .config()
-    .map_err(SourceError::definite)
+    .map_err(|e| Failure::Setup.error(e))
 }
 
 /// Opens a query connection; its driver runs on a spawned task.
@@ -40,7 +40,7 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> 
     postgres_conn::connect(&pg_config(endpoint)?, &endpoint.login.tls)
         .await
         .map_err(|e| match e {
-            ConnectError::Tls(text) => SourceError::definite(text),
+            ConnectError::Tls(text) => Failure::Setup.error(text),
             ConnectError::Driver(e) => classify(e, endpoint),
         })
 }
@@ -52,9 +52,9 @@ pub(crate) use postgres_conn::sqlstate_is_transient;
 pub(crate) fn server_error(code: &str, message: &str, what: &str) -> SourceError {
     let text = format!("{what}: {message} (SQLSTATE {code})");
     if sqlstate_is_transient(code) {
-        return SourceError::transient(text);
+        return Failure::Interrupted.error(text);
     }
-    SourceError::definite(match code {
+    Failure::Setup.error(match code {
         "28P01" | "28000" => format!(
             "{text}; check the user and password (password, password_env or password_file), and that pg_hba.conf admits this connection"
         ),
@@ -70,7 +70,7 @@ pub(crate) fn server_error(code: &str, message: &str, what: &str) -> SourceError
 pub(crate) fn db_error(e: tokio_postgres::Error, what: &str) -> SourceError {
     let error = match e.as_db_error() {
         Some(db) => server_error(db.code().code(), db.message(), what),
-        None => SourceError::transient(format!("{what}: {e}")),
+        None => Failure::Interrupted.error(format!("{what}: {e}")),
     };
     error.because(e)
 }
@@ -90,12 +90,12 @@ pub(crate) fn classify(e: tokio_postgres::Error, endpoint: &Endpoint) -> SourceE
     } else if postgres_conn::is_tls_failure(&e) {
         // Not from the server: TLS problems are configuration, everything else (refused,
         // reset, timed out) may pass.
-        SourceError::definite(format!(
+        Failure::Setup.error(format!(
             "{target}: {}; check endpoint.tls (mode, root_cert) and the server's certificate and ssl setting",
             backfill_core::error::error_chain(&e)
         ))
     } else {
-        SourceError::transient(format!(
+        Failure::Interrupted.error(format!(
             "{target}: {}",
             backfill_core::error::error_chain(&e)
         ))

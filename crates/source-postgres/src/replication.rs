@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use backfill_core::SourceError;
+use backfill_core::{Failure, SourceError};
 use bytes::{Buf, BufMut, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
@@ -77,7 +77,7 @@ fn server_error(body: &[u8]) -> SourceError {
 
 #[allow(clippy::needless_pass_by_value)] // used as a `map_err` function
 fn io_err(e: std::io::Error) -> SourceError {
-    SourceError::transient(format!("replication connection: {e}"))
+    Failure::Interrupted.error(format!("replication connection: {e}"))
 }
 
 impl ReplicationConn {
@@ -86,7 +86,7 @@ impl ReplicationConn {
         let tcp = TcpStream::connect((endpoint.login.host.as_str(), endpoint.login.port))
             .await
             .map_err(|e| {
-                SourceError::transient(format!(
+                Failure::Interrupted.error(format!(
                     "cannot reach {}:{}: {e}",
                     endpoint.login.host, endpoint.login.port
                 ))
@@ -106,7 +106,7 @@ impl ReplicationConn {
                         let name =
                             rustls::pki_types::ServerName::try_from(endpoint.login.host.clone())
                                 .map_err(|e| {
-                                    SourceError::definite(format!(
+                                    Failure::Setup.error(format!(
                                         "endpoint.host {:?} is not a valid TLS server name: {e}",
                                         endpoint.login.host
                                     ))
@@ -115,7 +115,7 @@ impl ReplicationConn {
                             .connect(name, tcp)
                             .await
                             .map_err(|e| {
-                                SourceError::definite(format!(
+                                Failure::Setup.error(format!(
                                     "TLS handshake with {} failed: {e}",
                                     endpoint.login.host
                                 ))
@@ -124,7 +124,7 @@ impl ReplicationConn {
                     }
                     _ if endpoint.login.tls.mode == TlsMode::Prefer => Box::new(tcp),
                     _ => {
-                        return Err(SourceError::definite(format!(
+                        return Err(Failure::Setup.error(format!(
                             "{} does not accept TLS but endpoint.tls.mode requires it; enable ssl on the server or lower the mode",
                             endpoint.login.host
                         )));
@@ -155,9 +155,9 @@ impl ReplicationConn {
         let password = endpoint
             .login
             .resolve_password()
-            .map_err(SourceError::definite)?;
+            .map_err(|e| Failure::Setup.error(e))?;
         let need_password = || {
-            SourceError::definite(format!(
+            Failure::Setup.error(format!(
                 "the server asks a password for {:?}; set endpoint.password, password_env or password_file",
                 endpoint.login.user
             ))
@@ -169,7 +169,7 @@ impl ReplicationConn {
                 b'R' => {
                     let mut b = &body[..];
                     if b.len() < 4 {
-                        return Err(SourceError::definite("malformed authentication request"));
+                        return Err(Failure::Malformed.error("malformed authentication request"));
                     }
                     match b.get_i32() {
                         0 => {}
@@ -183,7 +183,7 @@ impl ReplicationConn {
                         5 => {
                             let p = password.as_deref().ok_or_else(need_password)?;
                             if b.len() < 4 {
-                                return Err(SourceError::definite("malformed MD5 request"));
+                                return Err(Failure::Malformed.error("malformed MD5 request"));
                             }
                             let salt = [b[0], b[1], b[2], b[3]];
                             let hash = postgres_protocol::authentication::md5_hash(
@@ -200,9 +200,8 @@ impl ReplicationConn {
                             let p = password.as_deref().ok_or_else(need_password)?;
                             let mechanisms = String::from_utf8_lossy(b);
                             if !mechanisms.split('\0').any(|m| m == "SCRAM-SHA-256") {
-                                return Err(SourceError::definite(format!(
-                                    "unsupported SASL mechanisms {mechanisms:?}"
-                                )));
+                                return Err(Failure::Setup
+                                    .error(format!("unsupported SASL mechanisms {mechanisms:?}")));
                             }
                             let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
                             self.out.clear();
@@ -217,25 +216,24 @@ impl ReplicationConn {
                         }
                         11 => {
                             let s = scram.as_mut().ok_or_else(|| {
-                                SourceError::definite("SASL continue without a start")
+                                Failure::Malformed.error("SASL continue without a start")
                             })?;
                             s.update(b)
-                                .map_err(|e| SourceError::definite(format!("SCRAM: {e}")))?;
+                                .map_err(|e| Failure::Setup.error(format!("SCRAM: {e}")))?;
                             self.out.clear();
                             frontend::sasl_response(s.message(), &mut self.out).map_err(io_err)?;
                             self.flush_out().await?;
                         }
                         12 => {
                             let s = scram.as_mut().ok_or_else(|| {
-                                SourceError::definite("SASL final without a start")
+                                Failure::Malformed.error("SASL final without a start")
                             })?;
                             s.finish(b)
-                                .map_err(|e| SourceError::definite(format!("SCRAM: {e}")))?;
+                                .map_err(|e| Failure::Setup.error(format!("SCRAM: {e}")))?;
                         }
                         other => {
-                            return Err(SourceError::definite(format!(
-                                "unsupported authentication method {other}"
-                            )));
+                            return Err(Failure::Setup
+                                .error(format!("unsupported authentication method {other}")));
                         }
                     }
                 }
@@ -255,9 +253,7 @@ impl ReplicationConn {
     pub async fn fill(&mut self) -> Result<(), SourceError> {
         let n = self.io.read_buf(&mut self.buf).await.map_err(io_err)?;
         if n == 0 {
-            return Err(SourceError::transient(
-                "the server closed the replication connection",
-            ));
+            return Err(Failure::Interrupted.error("the server closed the replication connection"));
         }
         Ok(())
     }
@@ -389,7 +385,7 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, Sourc
     let len = usize::try_from(len)
         .ok()
         .filter(|l| *l >= 4)
-        .ok_or_else(|| SourceError::definite(format!("malformed message length {len}")))?;
+        .ok_or_else(|| Failure::Malformed.error(format!("malformed message length {len}")))?;
     if buf.len() < 1 + len {
         buf.reserve(1 + len - buf.len());
         return Ok(None);
@@ -430,15 +426,13 @@ pub fn replication_message(
                     reply_requested,
                 }))
             }
-            Some(other) => Err(SourceError::definite(format!(
+            Some(other) => Err(Failure::Malformed.error(format!(
                 "unexpected replication message {:?}",
                 *other as char
             ))),
         },
         b'E' => Err(server_error(&body)),
-        b'c' => Err(SourceError::transient(
-            "the server ended the replication stream",
-        )),
+        b'c' => Err(Failure::Interrupted.error("the server ended the replication stream")),
         _ => Ok(None),
     }
 }

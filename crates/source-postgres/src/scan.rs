@@ -39,12 +39,12 @@
 
 use std::cmp::Ordering;
 
-use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, buffered_bytes,
 };
+use backfill_core::{Failure, SourceError};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
@@ -157,7 +157,7 @@ impl PgSource {
                 None => {}
             }
         }
-        Err(SourceError::transient(format!(
+        Err(Failure::Interrupted.error(format!(
             "{}: its columns changed twice during one chunk",
             req.binding.table
         )))
@@ -251,11 +251,11 @@ impl PgSource {
                         continue;
                     }
                     let plan = plan.as_ref().ok_or_else(|| {
-                        SourceError::definite(format!("{what}: a row before its description"))
+                        Failure::Malformed.error(format!("{what}: a row before its description"))
                     })?;
                     let row = plan
                         .row(&r, 0)
-                        .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
+                        .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
                     let k = Key(key
                         .iter()
                         .map(|c| row.get(c).unwrap_or(Value::Null))
@@ -268,14 +268,14 @@ impl PgSource {
                 }
                 SimpleQueryMessage::Row(r) if statement == 2 => {
                     fenced = Some(parse_fence(&r).map_err(|e| {
-                        SourceError::definite(format!("{what}: reading the fence: {e}"))
+                        Failure::Malformed.error(format!("{what}: reading the fence: {e}"))
                     })?);
                 }
                 _ => {}
             }
         }
         let (fence, witness) =
-            fenced.ok_or_else(|| SourceError::definite(format!("{what}: no fence read")))?;
+            fenced.ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
         Ok(Some((out, read, fence, witness)))
     }
 
@@ -289,7 +289,7 @@ impl PgSource {
         let what = format!("scanning {}", t.table);
         let after = match req.after.and_then(|k| k.0.first()).and_then(Value::as_str) {
             Some(c) => parse_ctid(c)
-                .ok_or_else(|| SourceError::definite(format!("{what}: bad cursor {c:?}")))?,
+                .ok_or_else(|| Failure::Malformed.error(format!("{what}: bad cursor {c:?}")))?,
             None => (0, 0),
         };
         let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
@@ -324,15 +324,16 @@ impl PgSource {
                     }
                     SimpleQueryMessage::Row(r) => {
                         let plan = plan.as_ref().ok_or_else(|| {
-                            SourceError::definite(format!("{what}: a row before its description"))
+                            Failure::Malformed
+                                .error(format!("{what}: a row before its description"))
                         })?;
                         let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
                         let pos = parse_ctid(ctid).ok_or_else(|| {
-                            SourceError::definite(format!("{what}: bad ctid {ctid:?}"))
+                            Failure::Malformed.error(format!("{what}: bad ctid {ctid:?}"))
                         })?;
                         let row = plan
                             .row(&r, 1)
-                            .map_err(|e| SourceError::definite(format!("{what}: {e}")))?;
+                            .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
                         found.push((pos, row));
                     }
                     _ => {}
@@ -354,7 +355,7 @@ impl PgSource {
             })
             .collect();
         if rows.is_empty() && !complete {
-            return Err(SourceError::transient(format!(
+            return Err(Failure::Interrupted.error(format!(
                 "{what}: empty page range before the end of the table"
             )));
         }
@@ -427,8 +428,9 @@ async fn fence_and_witness(
             SimpleQueryMessage::Row(r) => Some(r),
             _ => None,
         })
-        .ok_or_else(|| SourceError::definite(format!("{what}: no fence read")))?;
-    parse_fence(row).map_err(|e| SourceError::definite(format!("{what}: reading the fence: {e}")))
+        .ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
+    parse_fence(row)
+        .map_err(|e| Failure::Malformed.error(format!("{what}: reading the fence: {e}")))
 }
 
 /// `(12,3)` → (12, 3).
@@ -534,7 +536,7 @@ impl Source for PgSource {
         let existing = self.slot_state(&slot).await?;
         let read_only = self.endpoint.advanced.read_only;
         let lost = |why: String| {
-            SourceError::definite(format!(
+            Failure::Lost.error(format!(
                 "{why}: the stream position is lost. Raise `backfill` for every binding to re-establish it (and re-read the tables)"
             ))
         };
@@ -561,7 +563,7 @@ impl Source for PgSource {
             (StreamStart::Reset | StreamStart::Fresh, existing) => {
                 if existing.is_some() {
                     if read_only {
-                        return Err(SourceError::definite(format!(
+                        return Err(Failure::Setup.error(format!(
                             "every backfill counter was raised, which recreates slot {slot:?}, but endpoint.advanced.read_only is set; drop and recreate it by hand"
                         )));
                     }
@@ -571,7 +573,7 @@ impl Source for PgSource {
                         .map_err(|e| db_error(e, &format!("dropping replication slot {slot:?}")))?;
                 }
                 if read_only {
-                    return Err(SourceError::definite(format!(
+                    return Err(Failure::Setup.error(format!(
                         "replication slot {slot:?} does not exist and endpoint.advanced.read_only is set; create it: SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
                     )));
                 }
@@ -587,12 +589,11 @@ impl Source for PgSource {
                     .cloned()
                     .flatten()
                     .ok_or_else(|| {
-                        SourceError::definite(
-                            "CREATE_REPLICATION_SLOT returned no consistent point",
-                        )
+                        Failure::Malformed
+                            .error("CREATE_REPLICATION_SLOT returned no consistent point")
                     })?;
                 tracing::info!(slot = %slot, consistent_point = %point, "created replication slot");
-                point.parse().map_err(SourceError::definite)?
+                point.parse().map_err(|e| Failure::Setup.error(e))?
             }
         };
         self.wait_for_running_transactions().await?;
@@ -641,7 +642,7 @@ impl Source for PgSource {
             .get(0);
         self.emit_watermark().await?;
         Ok(PgPosition {
-            lsn: lsn.parse().map_err(SourceError::definite)?,
+            lsn: lsn.parse().map_err(|e| Failure::Setup.error(e))?,
         })
     }
 }
@@ -674,7 +675,7 @@ impl PgSource {
         let plugin: Option<String> = row.get(2);
         let same_db: Option<bool> = row.get(3);
         if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Setup.error(format!(
                 "replication slot {slot:?} exists but is not a pgoutput slot of this database; choose another endpoint.slot"
             )));
         }
@@ -685,7 +686,7 @@ impl PgSource {
                 .as_deref()
                 .unwrap_or("0/0")
                 .parse()
-                .map_err(SourceError::definite)?,
+                .map_err(|e| Failure::Setup.error(e))?,
             lost: status.as_deref() == Some("lost") || confirmed.is_none(),
         }))
     }
@@ -730,7 +731,7 @@ impl PgSource {
             if b.scans_physically() {
                 let t = self.table(&b.table)?;
                 if t.replica_identity != 'f' {
-                    return Err(SourceError::definite(format!(
+                    return Err(Failure::Setup.error(format!(
                         "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: {}",
                         b.table,
                         sql::replica_identity_full(&t.table)
@@ -748,7 +749,7 @@ impl PgSource {
             .map_err(|e| db_error(e, "reading pg_publication"))?;
         let sql = sql::create_publication(publication, bindings.iter().map(|b| &b.table));
         match exists {
-            None if read_only => Err(SourceError::definite(format!(
+            None if read_only => Err(Failure::Setup.error(format!(
                 "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: {sql}"
             ))),
             None => {
@@ -781,7 +782,7 @@ impl PgSource {
                 }
                 let list = missing.join(", ");
                 if read_only {
-                    return Err(SourceError::definite(format!(
+                    return Err(Failure::Setup.error(format!(
                         "publication {publication:?} lacks {list} and endpoint.advanced.read_only is set: {}",
                         sql::add_to_publication(publication, &list)
                     )));

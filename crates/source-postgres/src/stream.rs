@@ -20,11 +20,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backfill_core::SourceError;
 use backfill_core::key::Key;
 use backfill_core::source::{
     BindingSpec, BoundTables, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent,
 };
+use backfill_core::{Failure, SourceError};
 use serde_json::Value;
 use tokio_postgres::Client;
 
@@ -136,12 +136,12 @@ impl PgStream {
             .await
             .map_err(|e| crate::conn::db_error(e, &format!("rendering a {name} value")))?;
         value::push_server_json(row, column, server.get::<_, &str>(0))
-            .map_err(|e| SourceError::definite(format!("{column} ({name}): {e}")))
+            .map_err(|e| Failure::Malformed.error(format!("{column} ({name}): {e}")))
     }
 
     async fn row(&self, rel: &RelInfo, cells: &[Cell<'_>]) -> Result<Row, SourceError> {
         if cells.len() != rel.columns.len() {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Malformed.error(format!(
                 "{}.{}: a row has {} columns where the relation has {}; refusing to emit misaligned columns",
                 rel.namespace,
                 rel.name,
@@ -156,14 +156,12 @@ impl PgStream {
                 Cell::Unchanged => {}
                 Cell::Text(t) if !kind.needs_server() => value::render(kind, t, &mut row, name)
                     .map_err(|e| {
-                        SourceError::definite(format!(
-                            "{}.{} column {name}: {e}",
-                            rel.namespace, rel.name
-                        ))
+                        Failure::Malformed
+                            .error(format!("{}.{} column {name}: {e}", rel.namespace, rel.name))
                     })?,
                 Cell::Text(t) => self.render_by_server(&mut row, name, kind, *oid, t).await?,
                 Cell::Binary(_) => {
-                    return Err(SourceError::definite("binary tuple data was not requested"));
+                    return Err(Failure::Malformed.error("binary tuple data was not requested"));
                 }
             }
         }
@@ -182,7 +180,7 @@ impl PgStream {
         let txn = self
             .txn
             .as_mut()
-            .ok_or_else(|| SourceError::definite("a change arrived outside a transaction"))?;
+            .ok_or_else(|| Failure::Malformed.error("a change arrived outside a transaction"))?;
         let pos = vec![txn.final_lsn.0, txn.index];
         txn.index += 1;
         Ok(ChangeMeta {
@@ -195,7 +193,7 @@ impl PgStream {
     /// which become events in `pending`.
     async fn handle(&mut self, data: &[u8]) -> Result<(), SourceError> {
         let message = pgoutput::decode(data)
-            .map_err(|e| SourceError::definite(format!("malformed pgoutput message: {e}")))?;
+            .map_err(|e| Failure::Malformed.error(format!("malformed pgoutput message: {e}")))?;
         match message {
             Message::Begin {
                 final_lsn,
@@ -238,7 +236,7 @@ impl PgStream {
         let txn = self
             .txn
             .take()
-            .ok_or_else(|| SourceError::definite("commit outside a transaction"))?;
+            .ok_or_else(|| Failure::Malformed.error("commit outside a transaction"))?;
         self.progress = self.progress.max(end_lsn);
         self.pending.push_back(StreamEvent::Commit {
             position: PgPosition { lsn: end_lsn },
@@ -258,13 +256,13 @@ impl PgStream {
         let (binding, key) = match (self.bound_oids.get(&r.oid), by_name) {
             (Some(&i), Some((j, key))) if i == j => (Some(i), key),
             (Some(&i), _) => {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Lost.error(format!(
                     "the table of binding {i} was renamed to {}.{}; point the binding at the new name and raise its backfill counter",
                     r.namespace, r.name
                 )));
             }
             (None, Some((i, _))) => {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Lost.error(format!(
                     "{}.{} (binding {i}) was dropped and created again while captured; raise its backfill counter to read it afresh",
                     r.namespace, r.name
                 )));
@@ -414,7 +412,7 @@ impl PgStream {
 }
 
 fn unknown(rel: u32) -> SourceError {
-    SourceError::definite(format!(
+    Failure::Malformed.error(format!(
         "a change for relation {rel} arrived before its schema"
     ))
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backfill_core::SourceError;
+use backfill_core::{Failure, SourceError};
 use tiberius::{AuthMethod, ColumnData, Config, EncryptionLevel, Row, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
@@ -33,7 +33,7 @@ pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
     config.application_name("source-sqlserver");
     let password = login
         .resolve_password()
-        .map_err(SourceError::definite)?
+        .map_err(|e| Failure::Setup.error(e))?
         .unwrap_or_default();
     config.authentication(AuthMethod::sql_server(&login.user, password));
     // The shared TLS policy (backfill_core::endpoint) in tiberius's terms: the server
@@ -75,9 +75,9 @@ async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
     let where_ = format!("connecting to {}", endpoint.login.address());
     let tcp = TcpStream::connect(config.get_addr())
         .await
-        .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
+        .map_err(|e| Failure::Interrupted.error(format!("{where_}: {e}")))?;
     tcp.set_nodelay(true)
-        .map_err(|e| SourceError::transient(format!("{where_}: {e}")))?;
+        .map_err(|e| Failure::Interrupted.error(format!("{where_}: {e}")))?;
     let mut client = Box::pin(tiberius::Client::connect(config, tcp.compat_write()))
         .await
         .map_err(|e| classify(e, &where_))?;
@@ -99,35 +99,35 @@ pub fn classify(e: tiberius::error::Error, what: &str) -> SourceError {
         tiberius::error::Error::Server(t) => {
             let text = format!("{what}: {} (error {})", t.message(), t.code());
             match t.code() {
-                18456 => SourceError::definite(format!("{text}; check the user and password")),
-                4060 => SourceError::definite(format!(
+                18456 => Failure::Setup.error(format!("{text}; check the user and password")),
+                4060 => Failure::Setup.error(format!(
                     "{text}; check the database name and that the login has a user in it"
                 )),
                 229 | 230 | 262 | 297 | 300 | 916 | 15247 => {
-                    SourceError::definite(format!("{text}; grant the login what `check` lists"))
+                    Failure::Setup.error(format!("{text}; grant the login what `check` lists"))
                 }
-                208 => SourceError::definite(format!(
+                208 => Failure::Lost.error(format!(
                     "{text}; the table or its change table is gone: was it dropped, renamed, or CDC disabled on it?"
                 )),
-                313 => SourceError::definite(format!(
+                313 => Failure::Lost.error(format!(
                     "{text}: the change tables no longer hold the stream position (CDC cleanup ran past it). Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention"
                 )),
                 // Deadlock victim, lock or resource waits, database failing over or in
                 // recovery, connection-level errors: retry.
                 1205 | 1222 | 701 | 8645 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 | 4221
                 | 976 | 983 | 922 | 926 | 942 | 6005 | 233 | 10053 | 10054 | 10060 => {
-                    SourceError::transient(text)
+                    Failure::Interrupted.error(text)
                 }
-                _ => SourceError::definite(text),
+                _ => Failure::Setup.error(text),
             }
         }
-        tiberius::error::Error::Tls(m) => SourceError::definite(format!(
+        tiberius::error::Error::Tls(m) => Failure::Setup.error(format!(
             "{what}: TLS: {m}; for a self-signed server certificate set tls.root_cert to it, or tls.mode = \"require\""
         )),
-        tiberius::error::Error::Routing { host, port } => SourceError::definite(format!(
+        tiberius::error::Error::Routing { host, port } => Failure::Setup.error(format!(
             "{what}: the server redirects to {host}:{port}; connect there"
         )),
-        other => SourceError::transient(format!("{what}: {other}")),
+        other => Failure::Interrupted.error(format!("{what}: {other}")),
     };
     error.because(e)
 }

@@ -47,12 +47,12 @@
 use std::cmp::Ordering;
 use std::time::{Duration, Instant};
 
-use backfill_core::SourceError;
 use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart,
 };
+use backfill_core::{Failure, SourceError};
 use serde_json::Value;
 use tiberius::ColumnData;
 
@@ -131,7 +131,7 @@ impl SqlSource {
     /// CDC on the database and on every bound table; each failure names the statement to run.
     pub async fn ensure_cdc(&mut self, bindings: &[BindingSpec]) -> Result<(), SourceError> {
         if !catalog::cdc_enabled(&mut self.client.0).await? {
-            return Err(SourceError::definite(format!(
+            return Err(Failure::Setup.error(format!(
                 "CDC is not enabled on database {db}: run EXEC sys.sp_cdc_enable_db in it (as sysadmin)",
                 db = self.endpoint.database
             )));
@@ -139,7 +139,7 @@ impl SqlSource {
         for b in bindings {
             let t = self.table(&b.table)?;
             if t.instances.is_empty() {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Setup.error(format!(
                     "CDC is not enabled on {s}.{n}: EXEC sys.sp_cdc_enable_table @source_schema = N'{s}', @source_name = N'{n}', @role_name = NULL",
                     s = t.table.namespace,
                     n = t.table.stream
@@ -165,7 +165,7 @@ impl SqlSource {
         };
         match rows.first().and_then(|r| crate::conn::column_string(r, 0)) {
             Some(status) if !status.eq_ignore_ascii_case("Running") => {
-                Err(SourceError::definite(format!(
+                Err(Failure::Setup.error(format!(
                     "SQL Server Agent is {status}: CDC's capture job runs in it. Start it (Linux: MSSQL_AGENT_ENABLED=true, or mssql-conf set sqlagent.enabled true)"
                 )))
             }
@@ -183,7 +183,7 @@ impl SqlSource {
         execute(&mut self.client.0, &create, Vec::new(), "creating the watermark table")
             .await
             .map_err(|e| {
-                SourceError::definite(format!(
+                Failure::Setup.error(format!(
                     "{}; the connector needs a watermark table with CDC enabled. As db_owner, run: {create}",
                     e.message()
                 ))
@@ -225,7 +225,7 @@ impl SqlSource {
                 return Ok(SsPosition(lsn));
             }
             if started.elapsed() > WATERMARK_WAIT {
-                return Err(SourceError::transient(format!(
+                return Err(Failure::Interrupted.error(format!(
                     "the CDC capture job has not recorded a watermark in {} s: is SQL Server Agent running and the capture job started (EXEC sys.sp_cdc_help_jobs; EXEC sys.sp_cdc_start_job)?",
                     WATERMARK_WAIT.as_secs()
                 )));
@@ -269,7 +269,7 @@ impl SqlSource {
                 .iter()
                 .map(|k| {
                     t.column(k).cloned().ok_or_else(|| {
-                        SourceError::definite(format!("{name}: key column {k} not found"))
+                        Failure::Setup.error(format!("{name}: key column {k} not found"))
                     })
                 })
                 .collect::<Result<_, _>>()?;
@@ -378,7 +378,7 @@ impl KeyClassifier for SqlSource {
             .iter()
             .map(|k| t.column(k).cloned())
             .collect::<Option<_>>()
-            .ok_or_else(|| SourceError::definite("key column missing"))?;
+            .ok_or_else(|| Failure::Setup.error("key column missing"))?;
         let n = cols.len().max(1);
         let per_query = (2000 / n).saturating_sub(2).max(1);
         let hi = match window.hi {
@@ -401,9 +401,9 @@ impl KeyClassifier for SqlSource {
             let query = sql::classify(&cols, batch.len(), window.lo.is_some(), hi.is_some());
             let rows = query_rows(&mut self.client.0, &query, params, "classifying keys").await?;
             if rows.len() != batch.len() {
-                return Err(SourceError::definite(
-                    "classification returned the wrong number of rows",
-                ));
+                return Err(
+                    Failure::Malformed.error("classification returned the wrong number of rows")
+                );
             }
             for r in &rows {
                 let above_lo = crate::conn::column_i64(r, 1) == Some(1);
@@ -431,7 +431,7 @@ impl Source for SqlSource {
                 for b in bindings {
                     let t = self.table(&b.table)?;
                     if t.instance_for(p.0).is_none() {
-                        return Err(SourceError::definite(format!(
+                        return Err(Failure::Lost.error(format!(
                             "{}: no capture instance still holds changes after LSN {} (CDC cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding to re-establish it, and lengthen the cleanup job's retention (sys.sp_cdc_change_job @job_type = 'cleanup', @retention = …)",
                             t.table, p.0
                         )));

@@ -4,8 +4,8 @@
 //! Kept apart from the code that runs it so each shape (keyed, composite, keyless, the
 //! change reads with and without `__$command_id`) is unit-tested without a server.
 
-use backfill_core::SourceError;
 use backfill_core::encode::base64_decode;
+use backfill_core::{Failure, SourceError};
 use serde_json::Value;
 use tiberius::ColumnData;
 
@@ -279,7 +279,8 @@ pub fn find_watermark(schema: &str, table: &str) -> String {
 
 /// A key value as the parameter [`key_expr`] expects for its column.
 pub fn key_param(c: &Column, v: &Value) -> Result<ColumnData<'static>, SourceError> {
-    let bad = || SourceError::definite(format!("key column {}: cannot use {v} as a key", c.name));
+    let bad =
+        || Failure::Malformed.error(format!("key column {}: cannot use {v} as a key", c.name));
     Ok(match (&c.ty, v) {
         (SqlType::Int, Value::Number(n)) => ColumnData::I64(Some(n.as_i64().ok_or_else(bad)?)),
         (SqlType::Float | SqlType::Real, Value::Number(n)) => {

@@ -33,9 +33,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use backfill_core::SourceError;
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Change, ChangeMeta, ChangeStream, Op, Row, StreamEvent};
+use backfill_core::{Failure, SourceError};
 use serde_json::Value;
 use tiberius::ColumnData;
 
@@ -120,7 +120,7 @@ impl SsStream {
                         table,
                         key: b.key.clone(),
                     })
-                    .ok_or_else(|| SourceError::definite(format!("{}: table not found", b.table)))
+                    .ok_or_else(|| Failure::Lost.error(format!("{}: table not found", b.table)))
             })
             .collect::<Result<_, _>>()?;
         let (ws, wt) = endpoint.watermarks();
@@ -143,13 +143,13 @@ impl SsStream {
         for b in &self.bound {
             let old = &self.tables[b.table];
             let Some(new) = fresh.iter().find(|t| t.table == old.table) else {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Lost.error(format!(
                     "{} was dropped or renamed while being captured: fix its binding (and raise its `backfill` if it was recreated)",
                     old.table
                 )));
             };
             if new.instances.is_empty() {
-                return Err(SourceError::definite(format!(
+                return Err(Failure::Setup.error(format!(
                     "CDC was disabled on {} while being captured: enable it again and raise its `backfill`",
                     old.table
                 )));
@@ -174,7 +174,7 @@ impl SsStream {
         for (i, b) in self.bound.iter().enumerate() {
             let t = &self.tables[b.table];
             let ci = t.instance_for(self.position).ok_or_else(|| {
-                SourceError::definite(format!(
+                Failure::Lost.error(format!(
                     "{}: no capture instance holds changes after LSN {} any more (cleanup ran past it, or the instance was dropped): the stream position is lost. Raise `backfill` for every binding",
                     t.table, self.position
                 ))
@@ -242,9 +242,7 @@ impl SsStream {
             let lsn = column_lsn(r, 0);
             let seqval = column_lsn(r, 1);
             let (Some(lsn), Some(seqval)) = (lsn, seqval) else {
-                return Err(SourceError::definite(format!(
-                    "{what}: a row without an LSN"
-                )));
+                return Err(Failure::Malformed.error(format!("{what}: a row without an LSN")));
             };
             out.push(ChangeRow {
                 lsn,
@@ -439,7 +437,7 @@ fn events(
         for r in txn {
             let Some(binding) = r.binding else { continue };
             let shape = shapes.iter().find(|s| s.index == binding).ok_or_else(|| {
-                SourceError::definite(format!("a change for unknown binding {binding}"))
+                Failure::Malformed.error(format!("a change for unknown binding {binding}"))
             })?;
             let op = match r.op {
                 1 => Op::Delete,
@@ -450,9 +448,8 @@ fn events(
                 }
                 4 => Op::Update,
                 other => {
-                    return Err(SourceError::definite(format!(
-                        "unknown CDC operation {other} at LSN {lsn}"
-                    )));
+                    return Err(Failure::Malformed
+                        .error(format!("unknown CDC operation {other} at LSN {lsn}")));
                 }
             };
             let mut fields = Row::new();

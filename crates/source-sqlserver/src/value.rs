@@ -33,8 +33,8 @@ use backfill_core::encode::{base64, civil_from_days, number, scaled_decimal, sho
 use serde_json::Value;
 use tiberius::ColumnData;
 
-use backfill_core::SourceError;
 use backfill_core::source::Row;
+use backfill_core::{Failure, SourceError};
 
 /// Days from 0001-01-01 to 1970-01-01.
 const DAYS_0001_TO_1970: i64 = 719_162;
@@ -358,10 +358,10 @@ pub fn render<C: Typed>(
     let mut out = Row::with_capacity(columns.len(), 256 + 16 * columns.len());
     for (i, c) in columns.iter().enumerate() {
         let data = row.get_column_data(offset + i).map_err(|e| {
-            SourceError::definite(format!("{table}: reading column {}: {e}", c.name()))
+            Failure::Malformed.error(format!("{table}: reading column {}: {e}", c.name()))
         })?;
         let v = to_json(c.sql_type(), data)
-            .map_err(|e| SourceError::definite(format!("{table} column {}: {e}", c.name())))?;
+            .map_err(|e| Failure::Malformed.error(format!("{table} column {}: {e}", c.name())))?;
         out.push(c.name(), &v);
     }
     Ok(out)
