@@ -118,12 +118,18 @@ pub fn state_key(namespace: &str, stream: &str, counter: u32) -> String {
     }
 }
 
-impl<E: DeserializeOwned> Config<E> {
-    /// Parses and validates a config document.
+impl<E: DeserializeOwned + JsonSchema> Config<E> {
+    /// Parses and validates a config document. An unknown field is named with the
+    /// accepted one it is closest to (a flattened endpoint block leaves serde's own message
+    /// without the list of fields).
     pub fn parse(text: &str) -> Result<Self> {
         let config: Config<E> = serde_json::from_str(text).map_err(|e| {
+            let hint = unknown_field(&e.to_string())
+                .and_then(closest_field::<Self>)
+                .map(|known| format!(" (did you mean `{known}`?)"))
+                .unwrap_or_default();
             Error::Config(format!(
-                "config is not valid: {e}; see `spec` for the accepted shape"
+                "config is not valid: {e}{hint}; see `spec` for the accepted shape"
             ))
         })?;
         config.validate()?;
@@ -137,6 +143,55 @@ impl<E: DeserializeOwned> Config<E> {
         })?;
         Self::parse(&text)
     }
+}
+
+/// The field serde's "unknown field `x`" message names.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(field, _)| field)
+}
+
+/// The field of `T`'s schema (at any depth) spelled closest to `field`, when it is at
+/// most two edits away.
+fn closest_field<T: JsonSchema>(field: &str) -> Option<String> {
+    fn names(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| names(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| names(v, out)),
+            _ => {}
+        }
+    }
+    let mut known = Vec::new();
+    names(&serde_json::to_value(schemars::schema_for!(T)).ok()?, &mut known);
+    known
+        .into_iter()
+        .map(|k| (edits(field, &k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, by characters.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 impl<E> Config<E> {
@@ -165,6 +220,33 @@ mod tests {
     use super::*;
 
     type Cfg = Config<serde_json::Value>;
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only its shape is used
+    struct Endpoint {
+        #[serde(flatten)]
+        login: crate::endpoint::Login<5432>,
+        #[serde(default)]
+        slot: Option<String>,
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_one_it_is_closest_to() {
+        let bindings = r#""bindings": [{"resource": {"namespace": "a", "stream": "b"}, "target": "t"}]"#;
+        let typo = format!(r#"{{"endpoint": {{"host": "h", "user": "u", "pasword": "x"}}, {bindings}}}"#);
+        let e = Config::<Endpoint>::parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("`pasword`") && e.contains("did you mean `password`?"), "{e}");
+        let nested = format!(
+            r#"{{"endpoint": {{"host": "h", "user": "u", "tls": {{"root_crt": "x"}}}}, {bindings}}}"#
+        );
+        let e = Config::<Endpoint>::parse(&nested).unwrap_err().to_string();
+        assert!(e.contains("did you mean `root_cert`?"), "{e}");
+        let far = format!(r#"{{"endpoint": {{"host": "h", "user": "u", "zzzzzz": 1}}, {bindings}}}"#);
+        let e = Config::<Endpoint>::parse(&far).unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "no guess when nothing is close: {e}");
+        assert_eq!(edits("slto", "slot"), 2);
+    }
 
     #[test]
     fn parses_the_documented_example() {
