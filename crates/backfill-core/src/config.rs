@@ -167,7 +167,10 @@ fn closest_field<T: JsonSchema>(field: &str) -> Option<String> {
         }
     }
     let mut known = Vec::new();
-    names(&serde_json::to_value(schemars::schema_for!(T)).ok()?, &mut known);
+    names(
+        &serde_json::to_value(schemars::schema_for!(T)).ok()?,
+        &mut known,
+    );
     known
         .into_iter()
         .map(|k| (edits(field, &k), k))
@@ -233,18 +236,27 @@ mod tests {
 
     #[test]
     fn an_unknown_field_is_named_with_the_one_it_is_closest_to() {
-        let bindings = r#""bindings": [{"resource": {"namespace": "a", "stream": "b"}, "target": "t"}]"#;
-        let typo = format!(r#"{{"endpoint": {{"host": "h", "user": "u", "pasword": "x"}}, {bindings}}}"#);
+        let bindings =
+            r#""bindings": [{"resource": {"namespace": "a", "stream": "b"}, "target": "t"}]"#;
+        let typo =
+            format!(r#"{{"endpoint": {{"host": "h", "user": "u", "pasword": "x"}}, {bindings}}}"#);
         let e = Config::<Endpoint>::parse(&typo).unwrap_err().to_string();
-        assert!(e.contains("`pasword`") && e.contains("did you mean `password`?"), "{e}");
+        assert!(
+            e.contains("`pasword`") && e.contains("did you mean `password`?"),
+            "{e}"
+        );
         let nested = format!(
             r#"{{"endpoint": {{"host": "h", "user": "u", "tls": {{"root_crt": "x"}}}}, {bindings}}}"#
         );
         let e = Config::<Endpoint>::parse(&nested).unwrap_err().to_string();
         assert!(e.contains("did you mean `root_cert`?"), "{e}");
-        let far = format!(r#"{{"endpoint": {{"host": "h", "user": "u", "zzzzzz": 1}}, {bindings}}}"#);
+        let far =
+            format!(r#"{{"endpoint": {{"host": "h", "user": "u", "zzzzzz": 1}}, {bindings}}}"#);
         let e = Config::<Endpoint>::parse(&far).unwrap_err().to_string();
-        assert!(!e.contains("did you mean"), "no guess when nothing is close: {e}");
+        assert!(
+            !e.contains("did you mean"),
+            "no guess when nothing is close: {e}"
+        );
         assert_eq!(edits("slto", "slot"), 2);
     }
 

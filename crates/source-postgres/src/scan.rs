@@ -309,35 +309,12 @@ impl PgSource {
         while found.is_empty() && end_page <= relpages {
             end_page = start.0 + pages_per_chunk;
             let sql = sql::page_scan(&t.table, &select, start, end_page, &xmin_filter);
-            let mut plan = None;
-            for message in tx
+            let messages = tx
                 .simple_query(&sql)
                 .await
-                .map_err(|e| db_error(e, &what))?
-            {
-                match message {
-                    SimpleQueryMessage::RowDescription(d) => {
-                        match rows::Plan::new(&d, 1, &t, types, &ask) {
-                            Some(p) => plan = Some(p),
-                            None => return Ok(None),
-                        }
-                    }
-                    SimpleQueryMessage::Row(r) => {
-                        let plan = plan.as_ref().ok_or_else(|| {
-                            Failure::Malformed
-                                .error(format!("{what}: a row before its description"))
-                        })?;
-                        let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
-                        let pos = parse_ctid(ctid).ok_or_else(|| {
-                            Failure::Malformed.error(format!("{what}: bad ctid {ctid:?}"))
-                        })?;
-                        let row = plan
-                            .row(&r, 1)
-                            .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
-                        found.push((pos, row));
-                    }
-                    _ => {}
-                }
+                .map_err(|e| db_error(e, &what))?;
+            if !page_rows(messages, (&t, types, &ask), &what, &mut found)? {
+                return Ok(None);
             }
             start = (end_page, 0);
         }
@@ -366,6 +343,40 @@ impl PgSource {
             witness,
         }))
     }
+}
+
+/// The rows of a page-range query (each with its ctid first) into `found`; `false` when
+/// the table's columns are not the catalog's.
+fn page_rows(
+    messages: Vec<SimpleQueryMessage>,
+    (t, types, ask): (&Table, &Types, &[String]),
+    what: &str,
+    found: &mut Vec<((u64, u64), Row)>,
+) -> Result<bool, SourceError> {
+    let mut plan = None;
+    for message in messages {
+        match message {
+            SimpleQueryMessage::RowDescription(d) => match rows::Plan::new(&d, 1, t, types, ask) {
+                Some(p) => plan = Some(p),
+                None => return Ok(false),
+            },
+            SimpleQueryMessage::Row(r) => {
+                let plan = plan.as_ref().ok_or_else(|| {
+                    Failure::Malformed.error(format!("{what}: a row before its description"))
+                })?;
+                let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
+                let pos = parse_ctid(ctid).ok_or_else(|| {
+                    Failure::Malformed.error(format!("{what}: bad ctid {ctid:?}"))
+                })?;
+                let row = plan
+                    .row(&r, 1)
+                    .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
+                found.push((pos, row));
+            }
+            _ => {}
+        }
+    }
+    Ok(true)
 }
 
 /// A chunk's transaction: one snapshot for the rows, the fence and the witness.

@@ -439,28 +439,11 @@ fn events(
             let shape = shapes.iter().find(|s| s.index == binding).ok_or_else(|| {
                 Failure::Malformed.error(format!("a change for unknown binding {binding}"))
             })?;
-            let op = match r.op {
-                1 => Op::Delete,
-                2 => Op::Insert,
-                3 => {
-                    before = Some(r);
-                    continue;
-                }
-                4 => Op::Update,
-                other => {
-                    return Err(Failure::Malformed
-                        .error(format!("unknown CDC operation {other} at LSN {lsn}")));
-                }
+            let Some(op) = cdc_op(r.op, lsn)? else {
+                before = Some(r);
+                continue;
             };
-            let mut fields = Row::new();
-            fields.push_str("lsn", &lsn.to_string());
-            fields.push_str("seqval", &r.seqval.to_string());
-            if !txid.is_empty() {
-                fields.push_str("txid", &txid);
-            }
-            if let Some(ts) = ts_ms {
-                fields.push("ts_ms", &Value::from(ts));
-            }
+            let fields = source_fields(lsn, &r, &txid, ts_ms);
             let [hi, lo] = lsn.pos_parts();
             let (row, prior) = match op {
                 Op::Update => {
@@ -498,6 +481,35 @@ fn events(
         });
     }
     Ok(out)
+}
+
+/// A change row's `__$operation`: 1 delete, 2 insert, 4 an update's after image; `None`
+/// for 3, an update's before image (it pairs with the 4 that follows).
+fn cdc_op(code: i64, lsn: Lsn) -> Result<Option<Op>, SourceError> {
+    match code {
+        1 => Ok(Some(Op::Delete)),
+        2 => Ok(Some(Op::Insert)),
+        3 => Ok(None),
+        4 => Ok(Some(Op::Update)),
+        other => {
+            Err(Failure::Malformed.error(format!("unknown CDC operation {other} at LSN {lsn}")))
+        }
+    }
+}
+
+/// A change's `_meta.source` fields: its LSN and sequence value, the transaction's id and
+/// commit time where the LSN-to-time map has them.
+fn source_fields(lsn: Lsn, r: &ChangeRow, txid: &str, ts_ms: Option<i64>) -> Row {
+    let mut fields = Row::new();
+    fields.push_str("lsn", &lsn.to_string());
+    fields.push_str("seqval", &r.seqval.to_string());
+    if !txid.is_empty() {
+        fields.push_str("txid", txid);
+    }
+    if let Some(ts) = ts_ms {
+        fields.push("ts_ms", &Value::from(ts));
+    }
+    fields
 }
 
 fn lsn_param(l: Lsn) -> ColumnData<'static> {
