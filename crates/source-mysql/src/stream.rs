@@ -418,7 +418,7 @@ impl MyStream {
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
-        let Some(bound) = self.bindings.get(&db, &table).cloned() else {
+        let Some(bound) = self.bindings.get(&db, &table) else {
             return Ok(());
         };
         let undecodable = |e: String| {
