@@ -308,7 +308,11 @@ fn a_cancelled_backfill_streams_on_and_status_marks_the_table_partial() {
         .unwrap_or(0)
         < 500
     {
-        assert!(Instant::now() < deadline, "the backfill does not start");
+        assert!(
+            Instant::now() < deadline,
+            "the backfill does not start: {}",
+            status(&pipeline)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     backfill(&pipeline, &["cancel", "--binding", "big"]);
