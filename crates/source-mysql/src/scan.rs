@@ -68,12 +68,51 @@ fn purged(file: &str) -> SourceError {
     ))
 }
 
-/// A keyless table read in one consistent snapshot, chunk by chunk.
+/// A keyless table read in one consistent snapshot, chunk by chunk: one query over the
+/// whole table, whose rows a task streams to the scanner through a bounded channel. (A
+/// query per chunk paged by OFFSET would read every earlier row again: quadratic.)
 #[derive(Debug)]
 struct KeylessScan {
     binding: usize,
-    conn: Conn,
     position: BinlogPosition,
+    rows: tokio::sync::mpsc::Receiver<Result<mysql_async::Row, SourceError>>,
+    /// The row received to learn that the last chunk was not the table's end.
+    peeked: Option<mysql_async::Row>,
+    /// Rows handed out so far: the next row's ordinal (its key) is this + 1.
+    read: u64,
+}
+
+/// Rows a keyless scan's task reads ahead of the scanner, at most.
+const KEYLESS_AHEAD: usize = 1024;
+
+/// The task of a keyless scan: streams the rows of `query` (run on `conn`, inside its
+/// snapshot) into `tx` until the table ends, a read fails, or the scanner hangs up.
+async fn stream_keyless(
+    mut conn: Conn,
+    query: String,
+    tx: tokio::sync::mpsc::Sender<Result<mysql_async::Row, SourceError>>,
+    what: String,
+) {
+    // A prepared statement, like the keyed scan's: the binary protocol is the one the
+    // value table renders from.
+    let mut result = match conn.exec_iter(query.as_str(), ()).await {
+        Ok(result) => result,
+        Err(e) => {
+            let _ = tx.send(Err(my_error(e, &what))).await;
+            return;
+        }
+    };
+    loop {
+        let next = match result.next().await {
+            Ok(Some(row)) => Ok(row),
+            Ok(None) => return,
+            Err(e) => Err(my_error(e, &what)),
+        };
+        let failed = next.is_err();
+        if tx.send(next).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// The MariaDB and MySQL source.
@@ -307,11 +346,18 @@ impl MySource {
             .and_then(|k| k.0.first())
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let fresh =
-            !matches!(&self.keyless, Some(k) if k.binding == req.binding.index) || offset == 0;
+        // The scan in hand goes on only from where it is; anything else (another binding,
+        // a restart, a new backfill) takes a new snapshot and reads up to the cursor.
+        let fresh = !matches!(&self.keyless,
+            Some(k) if k.binding == req.binding.index && k.read == offset && offset > 0);
         if fresh {
+            self.keyless = None;
             self.before_snapshot(&what).await?;
             let mut conn = connect(&self.endpoint).await?;
+            // Between chunks the scanner does not read, and the server waits to write.
+            conn.query_drop(sql::PATIENT_WRITES)
+                .await
+                .map_err(|e| my_error(e, &what))?;
             // MySQL: the binlog's end, read after the snapshot, is its fence (the wait
             // above proved the ordering).
             let position =
@@ -325,27 +371,51 @@ impl MySource {
                             .0
                     }
                 };
-            self.keyless = Some(KeylessScan {
-                binding: req.binding.index,
+            let (tx, rows) = tokio::sync::mpsc::channel(KEYLESS_AHEAD);
+            tokio::spawn(stream_keyless(
                 conn,
+                sql::keyless_scan(&t),
+                tx,
+                what.clone(),
+            ));
+            let mut scan = KeylessScan {
+                binding: req.binding.index,
                 position,
-            });
+                rows,
+                peeked: None,
+                read: 0,
+            };
+            // A new snapshot resumes at the cursor by position in the table.
+            while scan.read < offset && scan.rows.recv().await.transpose()?.is_some() {
+                scan.read += 1;
+            }
+            self.keyless = Some(scan);
         }
         let scan = self.keyless.as_mut().ok_or_else(|| {
             Failure::Interrupted.error("the keyless scan in hand was lost; reading it again")
         })?;
-        let rows: Vec<mysql_async::Row> = scan
-            .conn
-            .exec(sql::keyless_scan(&t), (req.limits.rows as u64 + 1, offset))
-            .await
-            .map_err(|e| my_error(e, &what))?;
-        let position = scan.position.clone();
-        let complete = rows.len() <= req.limits.rows;
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, r) in rows.into_iter().take(req.limits.rows).enumerate() {
-            let row = Self::row_from(&t, &r.unwrap())?;
-            out.push((Key(vec![Value::from(offset + i as u64 + 1)]), row));
+        let mut out = Vec::with_capacity(req.limits.rows.min(KEYLESS_AHEAD));
+        while out.len() < req.limits.rows {
+            let next = match scan.peeked.take() {
+                Some(row) => Some(row),
+                None => scan.rows.recv().await.transpose()?,
+            };
+            let Some(r) = next else { break };
+            scan.read += 1;
+            out.push((
+                Key(vec![Value::from(scan.read)]),
+                Self::row_from(&t, &r.unwrap())?,
+            ));
         }
+        let complete = out.len() < req.limits.rows
+            || match scan.rows.recv().await.transpose()? {
+                Some(row) => {
+                    scan.peeked = Some(row);
+                    false
+                }
+                None => true,
+            };
+        let position = scan.position.clone();
         if complete {
             self.keyless = None;
         }

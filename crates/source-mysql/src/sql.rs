@@ -87,15 +87,14 @@ pub fn keyed_scan(t: &Table, key: &[String], after: bool, rows: usize) -> String
     sql
 }
 
-/// A keyless chunk inside one snapshot: parameters `LIMIT ? OFFSET ?`. Prepared, like the
-/// keyed scan, so rows come in the binary protocol the value table renders from.
+/// A keyless table's every row, read once inside one snapshot.
 pub fn keyless_scan(t: &Table) -> String {
-    format!(
-        "SELECT {} FROM {} LIMIT ? OFFSET ?",
-        select_list(t),
-        qualified(&t.table)
-    )
+    format!("SELECT {} FROM {}", select_list(t), qualified(&t.table))
 }
+
+/// A keyless scan's connection waits for its reader between chunks: the server must wait
+/// to write rather than drop it (`net_write_timeout` is 60 s by default).
+pub const PATIENT_WRITES: &str = "SET SESSION net_write_timeout = 31536000";
 
 /// Where each of `keys` key tuples falls against a window: one row per key of
 /// `(above lo, above hi)` as 0/1. Parameters per key: the key then `lo` (when `has_lo`),
@@ -204,7 +203,7 @@ mod tests {
         );
         assert_eq!(
             keyless_scan(&t),
-            "SELECT `id`, `name` FROM `shop`.`or``ders` LIMIT ? OFFSET ?"
+            "SELECT `id`, `name` FROM `shop`.`or``ders`"
         );
     }
 
