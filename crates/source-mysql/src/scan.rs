@@ -82,6 +82,39 @@ struct KeylessScan {
     read: u64,
 }
 
+impl KeylessScan {
+    /// The next `limit` rows of `t` at most, keyed by their ordinal, and whether they end
+    /// the table.
+    async fn next_chunk(
+        &mut self,
+        t: &Table,
+        limit: usize,
+    ) -> Result<(Vec<(Key, Row)>, bool), SourceError> {
+        let mut out = Vec::with_capacity(limit.min(KEYLESS_AHEAD));
+        while out.len() < limit {
+            let next = match self.peeked.take() {
+                Some(row) => Some(row),
+                None => self.rows.recv().await.transpose()?,
+            };
+            let Some(r) = next else { break };
+            self.read += 1;
+            out.push((
+                Key(vec![Value::from(self.read)]),
+                MySource::row_from(t, &r.unwrap())?,
+            ));
+        }
+        let complete = out.len() < limit
+            || match self.rows.recv().await.transpose()? {
+                Some(row) => {
+                    self.peeked = Some(row);
+                    false
+                }
+                None => true,
+            };
+        Ok((out, complete))
+    }
+}
+
 /// Rows a keyless scan's task reads ahead of the scanner, at most.
 const KEYLESS_AHEAD: usize = 1024;
 
@@ -331,6 +364,52 @@ impl MySource {
         })
     }
 
+    /// A keyless scan of `t` in a new snapshot, read up to the cursor (`offset` rows).
+    async fn open_keyless(
+        &mut self,
+        t: &Table,
+        binding: usize,
+        offset: u64,
+        what: &str,
+    ) -> Result<KeylessScan, SourceError> {
+        self.before_snapshot(what).await?;
+        let mut conn = connect(&self.endpoint).await?;
+        // Between chunks the scanner does not read, and the server waits to write.
+        conn.query_drop(sql::PATIENT_WRITES)
+            .await
+            .map_err(|e| my_error(e, what))?;
+        // MySQL: the binlog's end, read after the snapshot, is its fence (the wait in
+        // `before_snapshot` proved the ordering).
+        let flavor = self.server.flavor;
+        let position = match Self::start_snapshot(&mut conn, flavor, self.file_base, what).await? {
+            Some(seen_through) => seen_through,
+            None => {
+                binlog_status(&mut conn, Flavor::MySql, self.file_base)
+                    .await?
+                    .0
+            }
+        };
+        let (tx, rows) = tokio::sync::mpsc::channel(KEYLESS_AHEAD);
+        tokio::spawn(stream_keyless(
+            conn,
+            sql::keyless_scan(t),
+            tx,
+            what.to_string(),
+        ));
+        let mut scan = KeylessScan {
+            binding,
+            position,
+            rows,
+            peeked: None,
+            read: 0,
+        };
+        // A new snapshot resumes at the cursor by position in the table.
+        while scan.read < offset && scan.rows.recv().await.transpose()?.is_some() {
+            scan.read += 1;
+        }
+        Ok(scan)
+    }
+
     /// Keyless tables: one consistent snapshot held open across chunks, paged by offset
     /// inside it (stable, since the snapshot does not move). Its guarantee ("exact when the
     /// table is not written during its backfill") does not rest on the fence ordering, so
@@ -352,69 +431,15 @@ impl MySource {
             Some(k) if k.binding == req.binding.index && k.read == offset && offset > 0);
         if fresh {
             self.keyless = None;
-            self.before_snapshot(&what).await?;
-            let mut conn = connect(&self.endpoint).await?;
-            // Between chunks the scanner does not read, and the server waits to write.
-            conn.query_drop(sql::PATIENT_WRITES)
-                .await
-                .map_err(|e| my_error(e, &what))?;
-            // MySQL: the binlog's end, read after the snapshot, is its fence (the wait
-            // above proved the ordering).
-            let position =
-                match Self::start_snapshot(&mut conn, self.server.flavor, self.file_base, &what)
-                    .await?
-                {
-                    Some(seen_through) => seen_through,
-                    None => {
-                        binlog_status(&mut conn, Flavor::MySql, self.file_base)
-                            .await?
-                            .0
-                    }
-                };
-            let (tx, rows) = tokio::sync::mpsc::channel(KEYLESS_AHEAD);
-            tokio::spawn(stream_keyless(
-                conn,
-                sql::keyless_scan(&t),
-                tx,
-                what.clone(),
-            ));
-            let mut scan = KeylessScan {
-                binding: req.binding.index,
-                position,
-                rows,
-                peeked: None,
-                read: 0,
-            };
-            // A new snapshot resumes at the cursor by position in the table.
-            while scan.read < offset && scan.rows.recv().await.transpose()?.is_some() {
-                scan.read += 1;
-            }
+            let scan = self
+                .open_keyless(&t, req.binding.index, offset, &what)
+                .await?;
             self.keyless = Some(scan);
         }
         let scan = self.keyless.as_mut().ok_or_else(|| {
             Failure::Interrupted.error("the keyless scan in hand was lost; reading it again")
         })?;
-        let mut out = Vec::with_capacity(req.limits.rows.min(KEYLESS_AHEAD));
-        while out.len() < req.limits.rows {
-            let next = match scan.peeked.take() {
-                Some(row) => Some(row),
-                None => scan.rows.recv().await.transpose()?,
-            };
-            let Some(r) = next else { break };
-            scan.read += 1;
-            out.push((
-                Key(vec![Value::from(scan.read)]),
-                Self::row_from(&t, &r.unwrap())?,
-            ));
-        }
-        let complete = out.len() < req.limits.rows
-            || match scan.rows.recv().await.transpose()? {
-                Some(row) => {
-                    scan.peeked = Some(row);
-                    false
-                }
-                None => true,
-            };
+        let (out, complete) = scan.next_chunk(&t, req.limits.rows).await?;
         let position = scan.position.clone();
         if complete {
             self.keyless = None;
