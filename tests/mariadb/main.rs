@@ -652,11 +652,40 @@ fn chunks_stop_at_their_memory_bound_and_lose_nothing((binary, db): (PathBuf, Ma
     );
 }
 
+/// A `capture` of the config in `dir` SIGKILLed after `ms` milliseconds.
+fn killed_run(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    ms: u64,
+) -> testkit::checker::RunOutput {
+    let lines = testkit::live::capture(
+        binary,
+        &dir.join("config.json"),
+        &dir.join("state.json"),
+        false,
+        Some(std::time::Duration::from_millis(ms)),
+    );
+    testkit::checker::RunOutput {
+        lines,
+        counters: vec![0],
+    }
+}
+
+/// A `capture --until-caught-up` of the config in `dir`, which must succeed.
+fn caught_up_run(binary: &std::path::Path, dir: &std::path::Path) -> testkit::checker::RunOutput {
+    let last = capture(binary, dir);
+    assert!(last.ok, "{}", last.stderr);
+    testkit::checker::RunOutput {
+        lines: last.lines,
+        counters: vec![0],
+    }
+}
+
 /// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
 /// column's collation) and keeps its guarantees under writes and SIGKILLs.
 fn collated_text_key_is_precise_under_writes_and_kills((binary, db): (PathBuf, MariaDbServer)) {
     use backfill_core::mode::ResolvedMode;
-    use testkit::checker::{self, BindingExpect, RunOutput};
+    use testkit::checker::{self, BindingExpect};
     db.sql("CREATE TABLE test.names (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)").unwrap();
     let words = [
         "apple", "Banana", "cherry", "Éclair", "eclairs", "zebra", "Zulu", "ab", "a b", "a-b", "ß",
@@ -688,24 +717,9 @@ fn collated_text_key_is_precise_under_writes_and_kills((binary, db): (PathBuf, M
             };
             db.sql(&format!("SET NAMES utf8mb4; {sql}")).unwrap();
         }
-        let lines = testkit::live::capture(
-            &binary,
-            &dir.join("config.json"),
-            &dir.join("state.json"),
-            false,
-            Some(std::time::Duration::from_millis(200 + 100 * round)),
-        );
-        runs.push(RunOutput {
-            lines,
-            counters: vec![0],
-        });
+        runs.push(killed_run(&binary, &dir, 200 + 100 * round));
     }
-    let last = capture(&binary, &dir);
-    assert!(last.ok, "{}", last.stderr);
-    runs.push(RunOutput {
-        lines: last.lines,
-        counters: vec![0],
-    });
+    runs.push(caught_up_run(&binary, &dir));
     let expect = [BindingExpect {
         mode: ResolvedMode::Precise,
         key: vec!["name".into()],
@@ -724,7 +738,7 @@ fn a_keyless_backfill_killed_and_resumed_reads_each_row_once(
     (binary, db): (PathBuf, MariaDbServer),
 ) {
     use backfill_core::mode::ResolvedMode;
-    use testkit::checker::{self, BindingExpect, RunOutput};
+    use testkit::checker::{self, BindingExpect};
     let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
                   SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
                   SELECT 8 UNION ALL SELECT 9)";
@@ -740,26 +754,10 @@ fn a_keyless_backfill_killed_and_resumed_reads_each_row_once(
     let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 100}},
                         "bindings": [{"resource": {"namespace": "test", "stream": "heap"}, "target": "h"}]});
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut runs = Vec::new();
-    for round in 0..5u64 {
-        let lines = testkit::live::capture(
-            &binary,
-            &dir.join("config.json"),
-            &dir.join("state.json"),
-            false,
-            Some(std::time::Duration::from_millis(300 + 150 * round)),
-        );
-        runs.push(RunOutput {
-            lines,
-            counters: vec![0],
-        });
-    }
-    let last = capture(&binary, &dir);
-    assert!(last.ok, "{}", last.stderr);
-    runs.push(RunOutput {
-        lines: last.lines,
-        counters: vec![0],
-    });
+    let mut runs: Vec<_> = (0..5u64)
+        .map(|round| killed_run(&binary, &dir, 300 + 150 * round))
+        .collect();
+    runs.push(caught_up_run(&binary, &dir));
     let expect = [BindingExpect {
         mode: ResolvedMode::WithoutPrimaryKey,
         key: Vec::new(),
