@@ -15,6 +15,8 @@ use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
 use testkit::live::{Capture, docs, strip_meta};
 use testkit::servers::{PgServer, skip};
 
+mod replica;
+
 /// A connector binary and a server, or why not.
 fn setup() -> Option<(PathBuf, PgServer)> {
     Some((

@@ -733,11 +733,18 @@ impl<S: Source, K: Sink> Engine<S, K> {
             return Ok(None);
         };
         let spec = self.specs[b].clone();
-        let scan = source.scan(ScanRequest {
-            binding: &spec,
-            after: Some(&after),
-            limits: self.limits_for(b),
-        });
+        let delivered = self.delivered.clone();
+        let limits = self.limits_for(b);
+        let scan = async {
+            source.await_visible(&delivered).await?;
+            source
+                .scan(ScanRequest {
+                    binding: &spec,
+                    after: Some(&after),
+                    limits,
+                })
+                .await
+        };
         let (scanned, committed) = tokio::join!(scan, self.commit_cycle(chunks));
         committed?;
         Ok(Some(Ahead {
@@ -773,6 +780,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
             let chunk = match scanned.take() {
                 Some(a) if cursor.as_ref() == Some(&a.after) => a.chunk,
                 _ => {
+                    source.await_visible(&self.delivered).await?;
                     source
                         .scan(ScanRequest {
                             binding: &self.specs[b],

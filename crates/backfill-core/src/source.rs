@@ -260,6 +260,17 @@ pub trait ChunkScanner {
     async fn estimate_rows(&mut self, _binding: &BindingSpec) -> Option<u64> {
         None
     }
+
+    /// Waits until a scan started now would see every transaction the stream has
+    /// `delivered`. The core calls it before every scan. A source whose scans read the
+    /// server the stream reads has nothing to wait for (the default); one that scans a
+    /// replica, which applies the log later than the stream reads it, waits here until the
+    /// replica has applied `delivered`, saying now and then what it waits for. It is an
+    /// economy, not the proof: the core still checks every chunk's witness, and without
+    /// this wait it would rescan until the witness passed.
+    async fn await_visible(&mut self, _delivered: &Self::Position) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// Says where keys fall against a binding's window.

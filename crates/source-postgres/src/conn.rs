@@ -13,7 +13,7 @@ use postgres_conn::ConnectError;
 use rustls::ClientConfig;
 use tokio_postgres::{Client, Config};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, PgLogin};
 
 /// Startup `options` of every connection.
 pub(crate) const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
@@ -23,10 +23,11 @@ pub(crate) fn tls_config(endpoint: &Endpoint) -> Result<Option<Arc<ClientConfig>
     postgres_conn::tls_config(&endpoint.login.tls).map_err(|e| Failure::Setup.error(e))
 }
 
-/// The tokio-postgres config of the endpoint.
-pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
+/// The tokio-postgres config of the endpoint's database on the server `login` names (the
+/// primary's or the replica's).
+pub(crate) fn pg_config(endpoint: &Endpoint, login: &PgLogin) -> Result<Config, SourceError> {
     postgres_conn::Target {
-        login: &endpoint.login,
+        login,
         database: &endpoint.database,
         application: "source-postgres",
         options: SESSION_OPTIONS,
@@ -35,13 +36,21 @@ pub(crate) fn pg_config(endpoint: &Endpoint) -> Result<Config, SourceError> {
     .map_err(|e| Failure::Setup.error(e))
 }
 
-/// Opens a query connection; its driver runs on a spawned task.
+/// Opens a query connection to the primary; its driver runs on a spawned task.
 pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> {
-    postgres_conn::connect(&pg_config(endpoint)?, &endpoint.login.tls)
+    connect_to(endpoint, &endpoint.login).await
+}
+
+/// Opens a query connection to the server `login` names.
+pub(crate) async fn connect_to(
+    endpoint: &Endpoint,
+    login: &PgLogin,
+) -> Result<Client, SourceError> {
+    postgres_conn::connect(&pg_config(endpoint, login)?, &login.tls)
         .await
         .map_err(|e| match e {
             ConnectError::Tls(text) => Failure::Setup.error(text),
-            ConnectError::Driver(e) => classify(e, endpoint),
+            ConnectError::Driver(e) => classify(e, login, &endpoint.database),
         })
 }
 
@@ -76,16 +85,13 @@ pub(crate) fn db_error(e: tokio_postgres::Error, what: &str) -> SourceError {
 }
 
 /// Turns a connection error into a transient or definite source error with advice.
-pub(crate) fn classify(e: tokio_postgres::Error, endpoint: &Endpoint) -> SourceError {
-    let target = format!(
-        "{}:{}/{}",
-        endpoint.login.host, endpoint.login.port, endpoint.database
-    );
+pub(crate) fn classify(e: tokio_postgres::Error, login: &PgLogin, database: &str) -> SourceError {
+    let target = format!("{}:{}/{database}", login.host, login.port);
     let error = if let Some(db) = e.as_db_error() {
         server_error(
             db.code().code(),
             db.message(),
-            &format!("connecting to {target} as {:?}", endpoint.login.user),
+            &format!("connecting to {target} as {:?}", login.user),
         )
     } else if postgres_conn::is_tls_failure(&e) {
         // Not from the server: TLS problems are configuration, everything else (refused,

@@ -63,6 +63,7 @@ impl Connector for PostgresConnector {
                 ),
             )),
         }
+        items.extend(replica_items(endpoint, source).await);
         let tables = catalog_tables(source).await?;
         let user = quote(&endpoint.login.user);
         let mut toasted = Vec::new();
@@ -180,6 +181,45 @@ impl Connector for PostgresConnector {
 
 async fn catalog_tables(source: &PgSource) -> Result<Vec<crate::catalog::Table>, SourceError> {
     crate::catalog::tables(source.client()).await
+}
+
+/// The replica chunks are scanned on, when one is set: connecting already proved it a
+/// standby of the primary (or failed with the remedy); these say how far behind it is and
+/// whether its settings let long chunks finish.
+async fn replica_items(endpoint: &Endpoint, source: &PgSource) -> Vec<CheckItem> {
+    let (Some(replica), Some(client)) = (&endpoint.replica, source.replica_client()) else {
+        return Vec::new();
+    };
+    let status = client
+        .query_one(sql::REPLICA_STATUS, &[])
+        .await
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+    let (replayed, feedback) = match status {
+        Ok(status) => status,
+        Err(e) => {
+            let detail = format!("{}: {e}", replica.login.address());
+            return vec![CheckItem::new("replica", false, detail)];
+        }
+    };
+    let standby = CheckItem::new(
+        "replica",
+        true,
+        format!(
+            "{} is a standby of the primary, replayed to {replayed}; chunks are scanned there",
+            replica.login.address()
+        ),
+    );
+    let feedback = if feedback == "on" {
+        CheckItem::new("hot_standby_feedback", true, "on")
+    } else {
+        CheckItem::warning(
+            "hot_standby_feedback",
+            format!(
+                "is {feedback:?}: a vacuum on the primary can cancel a chunk on the replica (it is scanned again, but a long chunk may never finish); on the replica: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();"
+            ),
+        )
+    };
+    vec![standby, feedback]
 }
 
 /// The server settings and the privilege a capture cannot run without: `check` prints

@@ -27,9 +27,24 @@ pub struct Endpoint {
     /// Publication; created when missing and tables added to it (unless read-only).
     #[serde(default = "default_publication")]
     pub publication: String,
+    /// A hot standby of this server to scan backfill chunks on, while the change stream
+    /// stays on the primary: the same fields as the primary's login (host, port, user,
+    /// password, TLS); the database is the primary's. The standby must replicate this
+    /// server physically and should run with `hot_standby_feedback = on` (`check` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Replica>,
     /// Advanced options.
     #[serde(default)]
     pub advanced: Advanced,
+}
+
+/// A hot standby to scan on (see `Endpoint::replica`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Host, port, user (it needs SELECT on the tables), password and TLS.
+    #[serde(flatten)]
+    pub login: PgLogin,
 }
 
 /// Advanced options.
@@ -123,5 +138,27 @@ mod tests {
                 .unwrap_err()
                 .contains("NO_SUCH_VAR_X")
         );
+    }
+
+    #[test]
+    fn a_replica_takes_the_primarys_login_fields_and_refuses_others() {
+        let e: Endpoint = serde_json::from_str(
+            r#"{"host": "p", "user": "u", "replica": {"host": "r", "port": 5433, "user": "ro", "password": "s3cret", "tls": {"mode": "require"}}}"#,
+        )
+        .unwrap();
+        let replica = e.replica.as_ref().unwrap();
+        assert_eq!(
+            (
+                replica.login.host.as_str(),
+                replica.login.port,
+                replica.login.user.as_str()
+            ),
+            ("r", 5433, "ro")
+        );
+        assert_eq!(replica.login.tls.mode, TlsMode::Require);
+        assert!(!format!("{e:?}").contains("s3cret"));
+        let typo =
+            r#"{"host": "p", "user": "u", "replica": {"host": "r", "user": "u", "databse": "x"}}"#;
+        assert!(serde_json::from_str::<Endpoint>(typo).is_err());
     }
 }

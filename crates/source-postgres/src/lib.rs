@@ -6,6 +6,7 @@ pub mod connector;
 pub mod endpoint;
 pub mod pgoutput;
 pub mod position;
+pub mod replica;
 pub mod replication;
 pub mod rows;
 pub mod scan;

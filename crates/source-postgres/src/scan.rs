@@ -52,6 +52,7 @@ use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
 use crate::catalog::{self, Table, Types};
 use crate::endpoint::Endpoint;
 use crate::position::{Lsn, PgPosition};
+use crate::replica::Standby;
 use crate::replication::ReplicationConn;
 use crate::rows;
 use crate::sql;
@@ -66,6 +67,30 @@ pub struct PgSource {
     tables: Vec<Table>,
     types: Types,
     server_version: u32,
+    /// The hot standby chunks are scanned on, when `endpoint.replica` names one.
+    replica: Option<Standby>,
+}
+
+/// Where a chunk's snapshot is taken, which decides how its fence and witness are read.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    /// The primary: the WAL insert position, and the snapshot's own `xmax` and in-progress
+    /// list (module docs).
+    Primary,
+    /// A hot standby that had replayed `before` when the snapshot was taken: the witness is
+    /// `SeesThrough(before)` and the fence the replay position after the rows (see
+    /// [`crate::replica`]). `None` only when a test sabotages the proof.
+    Standby { before: Option<Lsn> },
+}
+
+impl Side {
+    /// The statement, inside the chunk's transaction after its rows, that reads the fence.
+    fn fence_sql(self) -> &'static str {
+        match self {
+            Side::Primary => sql::FENCE,
+            Side::Standby { .. } => sql::REPLAYED,
+        }
+    }
 }
 
 /// The tables read at connect (again when a chunk finds a table changed).
@@ -100,18 +125,45 @@ impl PgSource {
             .get(0);
         let tables = catalog::tables(&client).await?;
         let types = Types::load(&client).await?;
+        let replica = Standby::connect(endpoint, &client).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
             client,
             tables,
             types,
             server_version: u32::try_from(version).unwrap_or(0),
+            replica,
         })
     }
 
     /// The query connection, for `check`.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The replica's query connection, when chunks are scanned on a hot standby.
+    pub fn replica_client(&self) -> Option<&Client> {
+        self.replica.as_ref().map(Standby::query_client)
+    }
+
+    /// Where the next chunk's snapshot is taken: on a standby, its replay position is read
+    /// first, before the snapshot (see [`crate::replica`]).
+    async fn side(&self) -> Result<Side, SourceError> {
+        Ok(match &self.replica {
+            None => Side::Primary,
+            Some(_) if crate::replica::sabotaged() => Side::Standby { before: None },
+            Some(r) => Side::Standby {
+                before: Some(r.replayed().await?),
+            },
+        })
+    }
+
+    /// The connection chunks are scanned on.
+    fn scan_client(&mut self) -> &mut Client {
+        match &mut self.replica {
+            Some(r) => r.client(),
+            None => &mut self.client,
+        }
     }
 
     /// The server's version number (150004 for 15.4).
@@ -187,23 +239,37 @@ impl PgSource {
             req.limits.rows,
         );
         let what = format!("scanning {}", t.table);
+        let side = self.side().await?;
         // One round trip (see the module docs): the transaction, the rows, the fence and
-        // witness read inside it after them, the commit, and the watermark.
-        let mut batch = format!("{}; {sql}; {}; COMMIT", sql::START_SNAPSHOT, sql::FENCE);
-        if !self.endpoint.advanced.read_only {
+        // witness read inside it after them, the commit, and the watermark (on the primary,
+        // which a standby's chunk reaches in a round trip of its own).
+        let mut batch = format!(
+            "{}; {sql}; {}; COMMIT",
+            sql::START_SNAPSHOT,
+            side.fence_sql()
+        );
+        let watermark = !self.endpoint.advanced.read_only;
+        if watermark && matches!(side, Side::Primary) {
             batch.push_str("; ");
             batch.push_str(sql::WATERMARK);
         }
-        let scanned = self.read_chunk(&batch, &t, &ask, req, &what).await;
+        let client = match &self.replica {
+            Some(r) => r.query_client(),
+            None => &self.client,
+        };
+        let scanned = read_chunk(client, &batch, (&t, &self.types, &ask), (req, side), &what).await;
         if scanned.is_err() {
             // A statement failed: the server skipped the rest, leaving the transaction
             // open and aborted. The run ends with the error; this leaves the session clean
             // for anything that still uses it.
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            let _ = self.scan_client().batch_execute("ROLLBACK").await;
         }
         let Some((out, read, fence, witness)) = scanned? else {
             return Ok(None);
         };
+        if watermark && !matches!(side, Side::Primary) {
+            self.emit_watermark().await?;
+        }
         Ok(Some(Chunk {
             complete: read == out.len(),
             rows: out,
@@ -211,74 +277,74 @@ impl PgSource {
             witness,
         }))
     }
+}
 
-    /// Reads a keyed chunk's batch: its rows (statement 1, after the transaction's start)
-    /// and its fence and witness (statement 2). `None` when the table's columns are not
-    /// the catalog's; the rows read and the rows kept.
-    async fn read_chunk(
-        &self,
-        batch: &str,
-        t: &Table,
-        ask: &[String],
-        req: ScanRequest<'_>,
-        what: &str,
-    ) -> Result<Option<ScannedRows>, SourceError> {
-        let key = &req.binding.key;
-        let stream = self
-            .client
-            .simple_query_raw(batch)
-            .await
-            .map_err(|e| db_error(e, what))?;
-        let mut stream = std::pin::pin!(stream);
-        let mut plan = None;
-        let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
-        let (mut bytes, mut read, mut full) = (0, 0, false);
-        let (mut statement, mut fenced) = (0, None);
-        while let Some(message) = stream.next().await {
-            match message.map_err(|e| db_error(e, what))? {
-                SimpleQueryMessage::CommandComplete(_) => statement += 1,
-                SimpleQueryMessage::RowDescription(d) if statement == 1 => {
-                    match rows::Plan::new(&d, 0, t, &self.types, ask) {
-                        Some(p) => plan = Some(p),
-                        None => return Ok(None),
-                    }
+/// Reads a keyed chunk's batch: its rows (statement 1, after the transaction's start) and
+/// its fence and witness (statement 2). `None` when the table's columns are not the
+/// catalog's; the rows read and the rows kept.
+async fn read_chunk(
+    client: &Client,
+    batch: &str,
+    (t, types, ask): (&Table, &Types, &[String]),
+    (req, side): (ScanRequest<'_>, Side),
+    what: &str,
+) -> Result<Option<ScannedRows>, SourceError> {
+    let key = &req.binding.key;
+    let stream = client
+        .simple_query_raw(batch)
+        .await
+        .map_err(|e| db_error(e, what))?;
+    let mut stream = std::pin::pin!(stream);
+    let mut plan = None;
+    let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
+    let (mut bytes, mut read, mut full) = (0, 0, false);
+    let (mut statement, mut fenced) = (0, None);
+    while let Some(message) = stream.next().await {
+        match message.map_err(|e| db_error(e, what))? {
+            SimpleQueryMessage::CommandComplete(_) => statement += 1,
+            SimpleQueryMessage::RowDescription(d) if statement == 1 => {
+                match rows::Plan::new(&d, 0, t, types, ask) {
+                    Some(p) => plan = Some(p),
+                    None => return Ok(None),
                 }
-                SimpleQueryMessage::Row(r) if statement == 1 => {
-                    read += 1;
-                    // Past the limits: counted, not rendered (it only says "not complete").
-                    if full || read > req.limits.rows {
-                        full = true;
-                        continue;
-                    }
-                    let plan = plan.as_ref().ok_or_else(|| {
-                        Failure::Malformed.error(format!("{what}: a row before its description"))
-                    })?;
-                    let row = plan
-                        .row(&r, 0)
-                        .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
-                    let k = Key(key
-                        .iter()
-                        .map(|c| row.get(c).unwrap_or(Value::Null))
-                        .collect());
-                    bytes += buffered_bytes(&row, &k);
-                    out.push((k, row));
-                    if bytes >= req.limits.bytes {
-                        full = true;
-                    }
-                }
-                SimpleQueryMessage::Row(r) if statement == 2 => {
-                    fenced = Some(parse_fence(&r).map_err(|e| {
-                        Failure::Malformed.error(format!("{what}: reading the fence: {e}"))
-                    })?);
-                }
-                _ => {}
             }
+            SimpleQueryMessage::Row(r) if statement == 1 => {
+                read += 1;
+                // Past the limits: counted, not rendered (it only says "not complete").
+                if full || read > req.limits.rows {
+                    full = true;
+                    continue;
+                }
+                let plan = plan.as_ref().ok_or_else(|| {
+                    Failure::Malformed.error(format!("{what}: a row before its description"))
+                })?;
+                let row = plan
+                    .row(&r, 0)
+                    .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
+                let k = Key(key
+                    .iter()
+                    .map(|c| row.get(c).unwrap_or(Value::Null))
+                    .collect());
+                bytes += buffered_bytes(&row, &k);
+                out.push((k, row));
+                if bytes >= req.limits.bytes {
+                    full = true;
+                }
+            }
+            SimpleQueryMessage::Row(r) if statement == 2 => {
+                fenced = Some(parse_fence(&r, side).map_err(|e| {
+                    Failure::Malformed.error(format!("{what}: reading the fence: {e}"))
+                })?);
+            }
+            _ => {}
         }
-        let (fence, witness) =
-            fenced.ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
-        Ok(Some((out, read, fence, witness)))
     }
+    let (fence, witness) =
+        fenced.ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
+    Ok(Some((out, read, fence, witness)))
+}
 
+impl PgSource {
     /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`.
     /// `None` when the table's columns are not the catalog's.
     async fn scan_physical(
@@ -295,8 +361,13 @@ impl PgSource {
         let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
         let xmin_filter = self.xmin_filter();
         let (select, ask) = rows::select_list(&t, &self.types);
+        let side = self.side().await?;
         let types = &self.types;
-        let tx = snapshot_transaction(&mut self.client, &what).await?;
+        let client = match &mut self.replica {
+            Some(r) => r.client(),
+            None => &mut self.client,
+        };
+        let tx = snapshot_transaction(client, &what).await?;
         let relpages: i64 = tx
             .query_one(&sql::relation_pages(&t.table), &[])
             .await
@@ -318,7 +389,7 @@ impl PgSource {
             }
             start = (end_page, 0);
         }
-        let (fence, witness) = fence_and_witness(&tx, &what).await?;
+        let (fence, witness) = fence_and_witness(&tx, side, &what).await?;
         tx.commit().await.map_err(|e| db_error(e, &what))?;
         self.emit_watermark().await?;
         found.sort_by_key(|(pos, _)| *pos);
@@ -401,9 +472,10 @@ type ScannedRows = (
     SnapshotWitness<PgPosition>,
 );
 
-/// The fence and witness from the row of [`sql::FENCE`].
+/// The fence and witness from the row of the side's fence statement.
 fn parse_fence(
     row: &tokio_postgres::SimpleQueryRow,
+    side: Side,
 ) -> Result<(PgPosition, SnapshotWitness<PgPosition>), String> {
     let field = |i: usize| -> Result<&str, String> {
         row.try_get(i)
@@ -411,6 +483,12 @@ fn parse_fence(
             .ok_or_else(|| format!("column {i} is null"))
     };
     let lsn: Lsn = field(0)?.parse()?;
+    if let Side::Standby { before } = side {
+        let witness = before.map_or(SnapshotWitness::Proven, |lsn| {
+            SnapshotWitness::SeesThrough(PgPosition { lsn })
+        });
+        return Ok((PgPosition { lsn }, witness));
+    }
     let xmax = field(1)?;
     let xmax: u64 = xmax.parse().map_err(|e| format!("xmax {xmax:?}: {e}"))?;
     let in_progress = field(2)?
@@ -424,13 +502,14 @@ fn parse_fence(
     ))
 }
 
-/// [`sql::FENCE`] in a transaction of its own making (the keyless scan's).
+/// The fence and witness in a transaction of its own making (the keyless scan's).
 async fn fence_and_witness(
     tx: &tokio_postgres::Transaction<'_>,
+    side: Side,
     what: &str,
 ) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
     let messages = tx
-        .simple_query(sql::FENCE)
+        .simple_query(side.fence_sql())
         .await
         .map_err(|e| db_error(e, what))?;
     let row = messages
@@ -440,7 +519,7 @@ async fn fence_and_witness(
             _ => None,
         })
         .ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
-    parse_fence(row)
+    parse_fence(row, side)
         .map_err(|e| Failure::Malformed.error(format!("{what}: reading the fence: {e}")))
 }
 
@@ -453,8 +532,36 @@ pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
 impl ChunkScanner for PgSource {
     type Position = PgPosition;
 
+    /// On a standby, a chunk cancelled by a recovery conflict is scanned again (see
+    /// [`crate::replica`]).
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<PgPosition>, SourceError> {
-        self.scan_fresh(req).await
+        let mut conflicts = 0;
+        loop {
+            match self.scan_fresh(req).await {
+                Err(e) if self.replica.is_some() && crate::replica::is_recovery_conflict(&e) => {
+                    conflicts += 1;
+                    if conflicts > crate::replica::CONFLICT_RETRIES {
+                        return Err(e);
+                    }
+                    tracing::warn!(table = %req.binding.table, conflicts, "a chunk was cancelled on the replica ({e}); scanning it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        100 * u64::from(conflicts),
+                    ))
+                    .await;
+                }
+                scanned => return scanned,
+            }
+        }
+    }
+
+    /// On a standby, waits until it has replayed what the stream delivered.
+    async fn await_visible(&mut self, delivered: &PgPosition) -> Result<(), SourceError> {
+        match &mut self.replica {
+            Some(r) if !crate::replica::sabotaged() => {
+                r.await_replayed(delivered.lsn).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {

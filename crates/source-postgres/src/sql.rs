@@ -178,6 +178,18 @@ pub const START_SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE R
 pub const FENCE: &str = "SELECT pg_current_wal_insert_lsn()::text, txid_snapshot_xmax(txid_current_snapshot())::text, \
      array_to_string(ARRAY(SELECT txid_snapshot_xip(txid_current_snapshot())), ',')";
 
+/// On a hot standby: the end of the last WAL record replayed, as text (see
+/// [`crate::replica`]: read before a chunk's snapshot it is the witness, inside the chunk's
+/// transaction after the rows it is the fence). Null on a server not in recovery.
+pub const REPLAYED: &str = "SELECT pg_last_wal_replay_lsn()::text";
+
+/// A standby's replay position and its `hot_standby_feedback`, for `check`.
+pub const REPLICA_STATUS: &str =
+    "SELECT pg_last_wal_replay_lsn()::text, current_setting('hot_standby_feedback')";
+
+/// The cluster's system identifier: a standby has its primary's.
+pub const SYSTEM_IDENTIFIER: &str = "SELECT system_identifier FROM pg_control_system()";
+
 /// The watermark after a fence: a transactional logical message committed with a flush.
 /// The walsender sends (and reports in keepalives) only flushed WAL, so the commit waits
 /// for the flush instead of leaving the stream to wait for the WAL writer

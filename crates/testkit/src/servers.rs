@@ -433,6 +433,73 @@ impl PgServer {
         }
     }
 
+    /// Starts a hot standby of this throwaway server, stopped by PID like it: a base backup
+    /// streamed by `pg_basebackup -R` (which writes `standby.signal` and
+    /// `primary_conninfo`), started with `hot_standby_feedback = on` and `settings`. A
+    /// standby needs a primary the harness started; for an external one it is an error.
+    pub fn start_standby(&self, settings: &[(&str, &str)]) -> Result<Self> {
+        let Some(primary) = self.local.as_ref() else {
+            return Err(err(
+                "a standby needs a throwaway primary (TEST_POSTGRES_URL names an external one)",
+            ));
+        };
+        let user = primary.process.user;
+        let process = Process::new(
+            "postgres standby",
+            temp_dir("testkit-pg-standby", user)?,
+            user,
+            "INT",
+            "server.log",
+        );
+        run(
+            as_user(
+                Command::new(primary.bindir.join("pg_basebackup"))
+                    .arg("-d")
+                    .arg(&self.url)
+                    .arg("-D")
+                    .arg(process.dir.join("data"))
+                    .args(["-R", "-X", "stream", "--no-sync"]),
+                user,
+            ),
+            "pg_basebackup",
+        )?;
+        let port = free_port()?;
+        let defaults = [("hot_standby", "on"), ("hot_standby_feedback", "on")];
+        let mut standby = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            local: Some(PgLocal {
+                bindir: primary.bindir.clone(),
+                settings: defaults
+                    .iter()
+                    .chain(settings)
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+                process,
+            }),
+            #[cfg(feature = "docker-tests")]
+            _container: None,
+        };
+        standby.launch()?;
+        Ok(standby)
+    }
+
+    /// Waits until this standby has replayed everything its primary has written so far.
+    pub fn await_replay_of(&self, primary: &Self) -> Result<()> {
+        let target = primary.sql("SELECT pg_current_wal_insert_lsn()")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+        while self.sql(&caught_up)? != "t" {
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "the standby did not replay {target} within 60 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     fn launch(&mut self) -> Result<()> {
         let Some(local) = self.local.as_mut() else {
             return Ok(());
