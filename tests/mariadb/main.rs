@@ -14,6 +14,8 @@ use std::process::Command;
 use testkit::live::{Capture, Outcome};
 use testkit::servers::MariaDbServer;
 
+mod replica;
+
 fn setup() -> Option<(PathBuf, MariaDbServer)> {
     Some((
         testkit::live::binary_or_skip("source-mysql")?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
-use testkit::live::{Capture, LiveDb, Report, Scenario, docs};
+use testkit::live::{Capture, LiveDb, Report, Sabotaged, Scenario, docs};
 use testkit::servers::{PgServer, skip};
 
 use super::{binding, endpoint, setup};
@@ -87,7 +87,7 @@ fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica() {
     let report = scenario_on(&pg, &standby, "delayed", modes(), 150);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 
-    let blind = Blind::new(&pg);
+    let blind = Sabotaged::new(&pg, "SOURCE_POSTGRES_SABOTAGE=replica-visibility");
     let sabotaged = scenario_on(&blind, &standby, "blind", modes(), 150);
     assert!(
         !sabotaged.violations.is_empty(),
@@ -193,60 +193,4 @@ fn a_replica_of_another_server_is_refused_and_check_describes_the_standby_from_r
         "{}",
         out.stderr
     );
-}
-
-/// The primary, with the connector run through a script that turns on the debug build's
-/// sabotage switch: no wait for the standby, and every standby snapshot taken on trust.
-struct Blind<'a> {
-    pg: &'a PgServer,
-    script: std::path::PathBuf,
-}
-
-impl<'a> Blind<'a> {
-    fn new(pg: &'a PgServer) -> Self {
-        use std::os::unix::fs::PermissionsExt;
-        let binary = pg.connector().unwrap();
-        let script =
-            std::env::temp_dir().join(format!("blind-source-postgres-{}", std::process::id()));
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nSOURCE_POSTGRES_SABOTAGE=replica-visibility exec {} \"$@\"\n",
-                binary.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self { pg, script }
-    }
-}
-
-impl LiveDb for Blind<'_> {
-    fn name(&self) -> &'static str {
-        "postgres (blind to the standby's lag)"
-    }
-    fn connector(&self) -> Result<std::path::PathBuf, String> {
-        Ok(self.script.clone())
-    }
-    fn endpoint(&self) -> Value {
-        self.pg.endpoint()
-    }
-    fn namespace(&self) -> &'static str {
-        self.pg.namespace()
-    }
-    fn exec(&self, sql: &str) -> Result<String, String> {
-        self.pg.exec(sql)
-    }
-    fn create_table(&self, table: &str, keyed: bool) -> String {
-        self.pg.create_table(table, keyed)
-    }
-    fn rows(&self, table: &str) -> Result<Vec<testkit::checker::Row>, String> {
-        self.pg.rows(table)
-    }
-}
-
-impl Drop for Blind<'_> {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.script);
-    }
 }

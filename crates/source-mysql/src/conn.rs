@@ -10,7 +10,7 @@ use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, MyLogin};
 use crate::position::GtidSet;
 
 /// Which server the connector talks to: the two differ in how a snapshot meets the
@@ -105,18 +105,17 @@ impl Server {
     }
 }
 
-/// Connection options for the endpoint; `tls` says whether this connection asks for TLS
-/// (under `prefer`, [`connect`] asks first and falls back).
-fn opts(endpoint: &Endpoint, tls: bool) -> Result<Opts, SourceError> {
+/// Connection options for the server `login` names; `tls` says whether this connection
+/// asks for TLS (under `prefer`, [`connect`] asks first and falls back).
+fn opts(login: &MyLogin, tls: bool) -> Result<Opts, SourceError> {
     // mysql_async builds its TLS config from the process-wide rustls provider, which
     // rustls picks by itself only when one provider is compiled in: a build that also
     // compiles the SQL Server connector (tiberius) links a second. The workspace uses
     // ring everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let login = &endpoint.login;
     let mut b = OptsBuilder::default()
         .ip_or_hostname(login.host.clone())
-        .tcp_port(endpoint.login.port)
+        .tcp_port(login.port)
         .user(Some(login.user.clone()))
         .pass(
             login
@@ -145,11 +144,17 @@ fn opts(endpoint: &Endpoint, tls: bool) -> Result<Opts, SourceError> {
 /// skip the TLS attempt (a backfill opens connections often).
 static WITHOUT_TLS: Mutex<Option<HashSet<(String, u16)>>> = Mutex::new(None);
 
-/// Connects with the endpoint's TLS mode. Under `prefer` a server that does not offer
-/// TLS gets a plain connection, as the MySQL client's own default (`PREFERRED`) does.
+/// Connects to the primary with the endpoint's TLS mode. Under `prefer` a server that does
+/// not offer TLS gets a plain connection, as the MySQL client's own default (`PREFERRED`)
+/// does.
 pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
-    let what = format!("connecting to {}", endpoint.login.address());
-    let server = (endpoint.login.host.clone(), endpoint.login.port);
+    connect_to(&endpoint.login).await
+}
+
+/// Connects to the server `login` names (the primary's or the replica's), as [`connect`].
+pub async fn connect_to(login: &MyLogin) -> Result<Conn, SourceError> {
+    let what = format!("connecting to {}", login.address());
+    let server = (login.host.clone(), login.port);
     let known_plain = || {
         WITHOUT_TLS
             .lock()
@@ -157,14 +162,14 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
             .as_ref()
             .is_some_and(|s| s.contains(&server))
     };
-    let tls = match endpoint.login.tls.mode {
+    let tls = match login.tls.mode {
         TlsMode::Disable => false,
         TlsMode::Prefer => !known_plain(),
         TlsMode::Require | TlsMode::VerifyFull => true,
     };
-    match Conn::new(opts(endpoint, tls)?).await {
+    match Conn::new(opts(login, tls)?).await {
         Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))
-            if endpoint.login.tls.mode == TlsMode::Prefer =>
+            if login.tls.mode == TlsMode::Prefer =>
         {
             tracing::debug!("{what}: the server offers no TLS; connecting without");
             WITHOUT_TLS
@@ -172,7 +177,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, SourceError> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .get_or_insert_with(HashSet::new)
                 .insert(server);
-            Conn::new(opts(endpoint, false)?)
+            Conn::new(opts(login, false)?)
                 .await
                 .map_err(|e| my_error(e, &what))
         }

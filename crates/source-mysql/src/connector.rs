@@ -43,6 +43,7 @@ impl Connector for MysqlConnector {
         if source.server().flavor == Flavor::MySql {
             mysql_items(source, bindings, &mut items).await;
         }
+        items.extend(replica_items(endpoint, source).await);
         let conn = source.conn();
         let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
         let all = grants.join(" ").to_ascii_uppercase();
@@ -123,4 +124,37 @@ async fn mysql_items(source: &mut MySource, bindings: &[Binding], items: &mut Ve
             "is not ON; MySQL backfills need it: SET GLOBAL enforce_gtid_consistency = ON, then gtid_mode = OFF_PERMISSIVE, ON_PERMISSIVE, ON (and in the server options); Only Changes bindings work without".to_string()
         },
     ));
+}
+
+/// The replica chunks are scanned on, when one is set: connecting already proved it a
+/// direct replica of the primary (or failed with the remedy); these say whether it applies
+/// and whether it is read-only.
+async fn replica_items(endpoint: &Endpoint, source: &mut MySource) -> Vec<CheckItem> {
+    let (Some(replica), Some(conn)) = (&endpoint.replica, source.replica_conn()) else {
+        return Vec::new();
+    };
+    let address = replica.login.address();
+    let status: Result<Option<(u8, String)>, _> =
+        conn.query_first("SELECT @@read_only, @@version").await;
+    let Ok(Some((read_only, version))) = status else {
+        return vec![CheckItem::new(
+            "replica",
+            false,
+            format!("{address}: cannot read @@read_only"),
+        )];
+    };
+    let mut items = vec![CheckItem::new(
+        "replica",
+        true,
+        format!("{address} ({version}) replicates the primary; chunks are scanned there"),
+    )];
+    items.push(if read_only == 1 {
+        CheckItem::new("replica read_only", true, "ON")
+    } else {
+        CheckItem::warning(
+            "replica read_only",
+            "is OFF: a write made on the replica alone is never in the primary's binlog, so the backfill and the stream disagree about it; on the replica: SET GLOBAL read_only = ON (and in its options)",
+        )
+    });
+    items
 }

@@ -14,13 +14,32 @@ pub struct Endpoint {
     /// Host, port, user (it needs REPLICATION SLAVE, REPLICATION CLIENT and SELECT), password
     /// and TLS.
     #[serde(flatten)]
-    pub login: Login<3306>,
+    pub login: MyLogin,
     /// Server id of the replica connection; unique among the server's replicas.
     #[serde(default = "default_server_id")]
     pub server_id: u32,
+    /// A replica of this server to scan backfill chunks on, while the binlog stream stays
+    /// on the primary: the same fields as the primary's login (host, port, user, password,
+    /// TLS). It must replicate this server directly, with GTIDs (MariaDB
+    /// `MASTER_USE_GTID`, MySQL `gtid_mode=ON`), and should be `read_only` (`check` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Replica>,
     /// Advanced options.
     #[serde(default)]
     pub advanced: Advanced,
+}
+
+/// The login block of a MySQL or MariaDB server (port 3306 by default).
+pub type MyLogin = Login<3306>;
+
+/// A replica to scan on (see `Endpoint::replica`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Host, port, user (it needs SELECT, and REPLICATION CLIENT or SLAVE MONITOR to show
+    /// its replication status), password and TLS.
+    #[serde(flatten)]
+    pub login: MyLogin,
 }
 
 /// Advanced options.
@@ -66,6 +85,19 @@ mod tests {
             )
             .is_err(),
             "a misspelt advanced option is refused"
+        );
+        let replica: Endpoint = serde_json::from_str(
+            r#"{"host": "h", "user": "u", "replica": {"host": "r", "user": "ro", "password_env": "X"}}"#,
+        )
+        .unwrap();
+        let login = &replica.replica.as_ref().unwrap().login;
+        assert_eq!((login.host.as_str(), login.port), ("r", 3306));
+        assert!(
+            serde_json::from_str::<Endpoint>(
+                r#"{"host": "h", "user": "u", "replica": {"host": "r", "user": "u", "server_id": 2}}"#
+            )
+            .is_err(),
+            "the replica takes login fields only"
         );
     }
 }

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod connector;
 pub mod endpoint;
 pub mod position;
+pub mod replica;
 pub mod rows;
 pub mod scan;
 pub mod sql;

@@ -55,9 +55,10 @@ use mysql_async::{Conn, Value as MyValue};
 use serde_json::Value;
 
 use crate::catalog::{Column, Table, load_tables};
-use crate::conn::{Flavor, Server, connect, my_error};
+use crate::conn::{Flavor, Server, connect, connect_to, my_error};
 use crate::endpoint::Endpoint;
 use crate::position::{BinlogPosition, GtidSet, GtidState, Gtids};
+use crate::replica::Replica;
 use crate::sql;
 use crate::stream::{MyStream, ensure_binlog_settings};
 use crate::value::{ColType, Origin, key_value, render};
@@ -158,6 +159,11 @@ pub struct MySource {
     keyless: Option<KeylessScan>,
     /// The binlog history's `file_base` (see [`crate::position`]), set when the stream opens.
     file_base: u64,
+    /// The replica chunks are scanned on, when `endpoint.replica` names one.
+    replica: Option<Replica>,
+    /// What the stream had delivered when the core last asked for a scan, for the
+    /// replica's wait (see [`crate::replica`]).
+    awaited: Option<BinlogPosition>,
 }
 
 /// The tables read at connect (again when a chunk finds a table changed).
@@ -175,6 +181,7 @@ impl MySource {
         let mut conn = connect(endpoint).await?;
         let server = Server::probe(&mut conn).await?;
         let tables = load_tables(&mut conn).await?;
+        let replica = Replica::connect(endpoint, &mut conn, server.flavor).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
             server,
@@ -182,6 +189,8 @@ impl MySource {
             tables,
             keyless: None,
             file_base: 0,
+            replica,
+            awaited: None,
         })
     }
 
@@ -195,23 +204,27 @@ impl MySource {
         &self.server
     }
 
+    /// The replica's query connection, when chunks are scanned on a replica.
+    pub fn replica_conn(&mut self) -> Option<&mut Conn> {
+        self.replica.as_mut().map(Replica::conn)
+    }
+
     /// MySQL: makes every transaction the stream has read visible to a snapshot taken
-    /// next (see the module docs); a backfill without GTIDs stops with the setting.
+    /// next (see the module docs); a backfill without GTIDs stops with the setting. On a
+    /// replica, both flavors wait there for what the stream delivered ([`crate::replica`]).
     async fn before_snapshot(&mut self, what: &str) -> Result<(), SourceError> {
-        if self.server.flavor == Flavor::MariaDb {
-            return Ok(());
-        }
-        if !self.server.gtid_mode {
+        if self.server.flavor == Flavor::MySql && !self.server.gtid_mode {
             return Err(Failure::Setup.error(format!(
                 "{what}: a MySQL backfill needs gtid_mode=ON, the only way the connector can prove a chunk's snapshot sees every change already streamed. Set enforce_gtid_consistency=ON and gtid_mode=ON (online: OFF_PERMISSIVE, ON_PERMISSIVE, then ON), or give the binding `\"mode\": \"Only Changes\"`"
             )));
         }
-        let set = self
-            .server
-            .read_through
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .to_string();
+        if self.replica.is_some() {
+            return self.await_replica(what).await;
+        }
+        if self.server.flavor == Flavor::MariaDb {
+            return Ok(());
+        }
+        let set = self.read_through();
         let timed_out: Option<i64> = self
             .conn
             .exec_first(sql::WAIT_FOR_GTIDS, (set,))
@@ -225,6 +238,47 @@ impl MySource {
         Ok(())
     }
 
+    /// Every GTID the stream has read (MySQL).
+    fn read_through(&self) -> String {
+        self.server
+            .read_through
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .to_string()
+    }
+
+    /// Waits until the replica has committed what the stream delivered: MariaDB's GTID
+    /// state of that position, MySQL's GTIDs read so far (see [`crate::replica`]).
+    async fn await_replica(&mut self, what: &str) -> Result<(), SourceError> {
+        if crate::replica::sabotaged() {
+            return Ok(());
+        }
+        let flavor = self.server.flavor;
+        let gtids = match flavor {
+            Flavor::MySql => self.read_through(),
+            Flavor::MariaDb => {
+                let delivered = self.awaited.take().ok_or_else(|| {
+                    Failure::Malformed.error(format!(
+                        "{what}: a scan on the replica before the core said what the stream delivered"
+                    ))
+                })?;
+                match delivered.mariadb_state() {
+                    Some(state) => state.to_string(),
+                    None => self
+                        .conn
+                        .exec_first(sql::GTID_STATE_AT, (&delivered.file, delivered.pos))
+                        .await
+                        .map_err(|e| my_error(e, what))?
+                        .unwrap_or_default(),
+                }
+            }
+        };
+        match &mut self.replica {
+            Some(r) => r.await_applied(flavor, &gtids).await,
+            None => Ok(()),
+        }
+    }
+
     /// A row of `values` selected as `t.columns`, in order (both scans select them so).
     fn row_from(t: &Table, values: &[MyValue]) -> Result<Row, SourceError> {
         let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
@@ -236,24 +290,31 @@ impl MySource {
         Ok(row)
     }
 
-    /// Starts a consistent snapshot on `conn`. On MariaDB, returns the binlog position it
-    /// sees exactly (`binlog_snapshot_file` and `_position`), read in the same round
-    /// trip: a chunk's snapshot starts while the last chunk is emitted, and every round
-    /// trip before its rows is time the server spends idle.
+    /// Whether a chunk's snapshot names the binlog position it sees exactly: MariaDB's
+    /// does, on the primary the stream reads (a replica's names its own binlog).
+    fn snapshot_names_position(&self) -> bool {
+        self.server.flavor == Flavor::MariaDb && self.replica.is_none()
+    }
+
+    /// Starts a consistent snapshot on `conn`. With `exact` (see
+    /// [`Self::snapshot_names_position`]), returns the binlog position it sees exactly
+    /// (`binlog_snapshot_file` and `_position`), read in the same round trip: a chunk's
+    /// snapshot starts while the last chunk is emitted, and every round trip before its
+    /// rows is time the server spends idle.
     async fn start_snapshot(
         conn: &mut Conn,
-        flavor: Flavor,
+        exact: bool,
         file_base: u64,
         what: &str,
     ) -> Result<Option<BinlogPosition>, SourceError> {
-        if flavor == Flavor::MySql {
-            conn.query_drop(sql::start_snapshot(flavor))
+        if !exact {
+            conn.query_drop(sql::start_snapshot(false))
                 .await
                 .map_err(|e| my_error(e, what))?;
             return Ok(None);
         }
         let mut result = conn
-            .query_iter(sql::start_snapshot(flavor))
+            .query_iter(sql::start_snapshot(true))
             .await
             .map_err(|e| my_error(e, what))?;
         // Two result sets: the START's (no rows), then the status rows.
@@ -306,8 +367,13 @@ impl MySource {
             .unwrap_or_default();
         let what = format!("scanning {}", t.table);
         self.before_snapshot(&what).await?;
-        let seen_through =
-            Self::start_snapshot(&mut self.conn, self.server.flavor, self.file_base, &what).await?;
+        let (exact, file_base) = (self.snapshot_names_position(), self.file_base);
+        // The rows come from the replica when there is one; the fence from the primary.
+        let conn = match &mut self.replica {
+            Some(r) => r.conn(),
+            None => &mut self.conn,
+        };
+        let seen_through = Self::start_snapshot(conn, exact, file_base, &what).await?;
         // Each key column's place among the selected ones, for [`key_value`].
         let key_at: Vec<Option<(usize, &Column)>> = req
             .binding
@@ -319,8 +385,7 @@ impl MySource {
         // dropped (they only say the chunk is not complete).
         let mut out = Vec::new();
         let (mut read, mut bytes) = (0, 0);
-        let mut result = self
-            .conn
+        let mut result = conn
             .exec_iter(&sql, params)
             .await
             .map_err(|e| my_error(e, &what))?;
@@ -347,14 +412,15 @@ impl MySource {
             out.push((key, row));
         }
         drop(result);
+        conn.query_drop("COMMIT")
+            .await
+            .map_err(|e| my_error(e, &what))?;
+        // Without the snapshot's own position, the primary's binlog end read after the
+        // scan: every transaction the snapshot saw was in that binlog before it.
         let (fence, witness) = match seen_through {
             Some(p) => (p.clone(), SnapshotWitness::SeesThrough(p)),
             None => (self.end_position().await?, SnapshotWitness::Proven),
         };
-        self.conn
-            .query_drop("COMMIT")
-            .await
-            .map_err(|e| my_error(e, &what))?;
         let complete = read == out.len();
         Ok(Chunk {
             rows: out,
@@ -373,18 +439,22 @@ impl MySource {
         what: &str,
     ) -> Result<KeylessScan, SourceError> {
         self.before_snapshot(what).await?;
-        let mut conn = connect(&self.endpoint).await?;
+        let login = self
+            .replica
+            .as_ref()
+            .map_or(&self.endpoint.login, Replica::login);
+        let mut conn = connect_to(login).await?;
         // Between chunks the scanner does not read, and the server waits to write.
         conn.query_drop(sql::PATIENT_WRITES)
             .await
             .map_err(|e| my_error(e, what))?;
-        // MySQL: the binlog's end, read after the snapshot, is its fence (the wait in
-        // `before_snapshot` proved the ordering).
-        let flavor = self.server.flavor;
-        let position = match Self::start_snapshot(&mut conn, flavor, self.file_base, what).await? {
+        // MySQL or a replica: the primary's binlog end, read after the snapshot, is its
+        // fence (the wait in `before_snapshot` proved the ordering).
+        let exact = self.snapshot_names_position();
+        let position = match Self::start_snapshot(&mut conn, exact, self.file_base, what).await? {
             Some(seen_through) => seen_through,
             None => {
-                binlog_status(&mut conn, Flavor::MySql, self.file_base)
+                binlog_status(&mut self.conn, self.server.flavor, self.file_base)
                     .await?
                     .0
             }
@@ -448,7 +518,7 @@ impl MySource {
             rows: out,
             complete,
             fence: position.clone(),
-            witness: if fresh && self.server.flavor == Flavor::MariaDb {
+            witness: if fresh && self.snapshot_names_position() {
                 SnapshotWitness::SeesThrough(position)
             } else {
                 SnapshotWitness::Proven
@@ -466,6 +536,14 @@ impl ChunkScanner for MySource {
         } else {
             self.scan_keyed(req).await
         }
+    }
+
+    /// On a replica, remembers what the stream delivered for the scan's wait.
+    async fn await_visible(&mut self, delivered: &BinlogPosition) -> Result<(), SourceError> {
+        if self.replica.is_some() {
+            self.awaited = Some(delivered.clone());
+        }
+        Ok(())
     }
 
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {

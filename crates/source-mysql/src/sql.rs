@@ -110,14 +110,47 @@ pub fn classify(cols: &[Column], keys: usize, has_lo: bool, has_hi: bool) -> Str
 /// MySQL: waits until every transaction of the GTID set parameter has committed.
 pub const WAIT_FOR_GTIDS: &str = "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, 30)";
 
-/// Starts a consistent snapshot; on MariaDB it reads, in the same round trip, the binlog
-/// position the snapshot sees (two result sets: the START's, then the status rows).
-pub fn start_snapshot(flavor: Flavor) -> &'static str {
+/// A replica's replication status (one row naming its source, or none).
+pub fn replica_status(flavor: Flavor) -> &'static str {
     match flavor {
-        Flavor::MariaDb => {
-            "START TRANSACTION WITH CONSISTENT SNAPSHOT; SHOW STATUS LIKE 'binlog_snapshot_%'"
-        }
-        Flavor::MySql => "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+        Flavor::MariaDb => "SHOW SLAVE STATUS",
+        Flavor::MySql => "SHOW REPLICA STATUS",
+    }
+}
+
+/// On a replica: waits until the GTIDs of the first parameter are committed there, for at
+/// most the second's seconds; 0 when they are (MariaDB returns -1 on a timeout, MySQL 1).
+pub fn replica_wait(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => "SELECT MASTER_GTID_WAIT(?, ?)",
+        Flavor::MySql => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+    }
+}
+
+/// The GTIDs a replica has applied, as text.
+pub fn applied_gtids(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => "SELECT @@gtid_slave_pos",
+        Flavor::MySql => "SELECT @@gtid_executed",
+    }
+}
+
+/// The server's `server_id`, and its `server_uuid` where it has one (MySQL).
+pub fn server_identity(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => "SELECT @@server_id, NULL",
+        Flavor::MySql => "SELECT @@server_id, @@server_uuid",
+    }
+}
+
+/// Starts a consistent snapshot; `with_position` (MariaDB's primary) reads, in the same
+/// round trip, the binlog position the snapshot sees (two result sets: the START's, then
+/// the status rows).
+pub fn start_snapshot(with_position: bool) -> &'static str {
+    if with_position {
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT; SHOW STATUS LIKE 'binlog_snapshot_%'"
+    } else {
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT"
     }
 }
 
@@ -219,8 +252,8 @@ mod tests {
 
     #[test]
     fn statements_differ_by_flavor_where_the_servers_do() {
-        assert!(start_snapshot(Flavor::MariaDb).contains("binlog_snapshot_%"));
-        assert!(!start_snapshot(Flavor::MySql).contains("SHOW"));
+        assert!(start_snapshot(true).contains("binlog_snapshot_%"));
+        assert!(!start_snapshot(false).contains("SHOW"));
         assert_eq!(binlog_status(Flavor::MySql), "SHOW BINARY LOG STATUS");
         assert!(binlog_settings(Flavor::MariaDb).ends_with("@@log_bin_compress"));
         assert!(binlog_settings(Flavor::MySql).ends_with("@@binlog_transaction_compression"));

@@ -64,6 +64,73 @@ pub fn binary_or_skip(name: &str) -> Option<PathBuf> {
         .ok()
 }
 
+/// A database whose connector runs with a debug build's sabotage switch set (`VAR=value`
+/// in its environment), through a script that sets it and execs the binary: a scenario
+/// run through it shows that the checker catches what the switch breaks.
+pub struct Sabotaged<'a> {
+    db: &'a dyn LiveDb,
+    script: PathBuf,
+}
+
+impl<'a> Sabotaged<'a> {
+    /// `db`'s connector with `switch` (`VAR=value`) in its environment.
+    pub fn new(db: &'a dyn LiveDb, switch: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let binary = db.connector().expect("the connector is built");
+        let script =
+            std::env::temp_dir().join(format!("sabotaged-{}-{}", db.name(), std::process::id()));
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\n{switch} exec {} \"$@\"\n", binary.display()),
+        )
+        .expect("the sabotage script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("the sabotage script");
+        Self { db, script }
+    }
+}
+
+impl std::fmt::Debug for Sabotaged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Sabotaged({}, {})",
+            self.db.name(),
+            self.script.display()
+        )
+    }
+}
+
+impl LiveDb for Sabotaged<'_> {
+    fn name(&self) -> &'static str {
+        self.db.name()
+    }
+    fn connector(&self) -> Result<PathBuf, String> {
+        Ok(self.script.clone())
+    }
+    fn endpoint(&self) -> Value {
+        self.db.endpoint()
+    }
+    fn namespace(&self) -> &'static str {
+        self.db.namespace()
+    }
+    fn exec(&self, sql: &str) -> Result<String, String> {
+        self.db.exec(sql)
+    }
+    fn create_table(&self, table: &str, keyed: bool) -> String {
+        self.db.create_table(table, keyed)
+    }
+    fn rows(&self, table: &str) -> Result<Vec<Row>, String> {
+        self.db.rows(table)
+    }
+}
+
+impl Drop for Sabotaged<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
+
 /// How a scenario runs.
 #[derive(Clone, Debug)]
 pub struct Scenario {

@@ -688,6 +688,11 @@ impl MariaDbServer {
                 "mariadb-install-db not found (install mariadb-server, set TEST_MYSQL_URL, or enable the docker-tests feature where Docker runs)",
             ));
         };
+        Self::launch_new(Self::init_mariadb(&install)?, None, Vec::new())
+    }
+
+    /// A new MariaDB data directory, initialized by `install` (`mariadb-install-db`).
+    fn init_mariadb(install: &Path) -> Result<Process> {
         find_binary(&["mariadbd", "mysqld"])
             .ok_or_else(|| err("mariadbd not found (install mariadb-server)"))?;
         let user = server_user("mysql")?;
@@ -706,18 +711,23 @@ impl MariaDbServer {
             cmd.arg("--user=mysql");
         }
         run(&mut cmd, "mariadb-install-db")?;
-        Self::launch_new(process, None)
+        Ok(process)
     }
 
-    /// Starts the server initialized in `process`'s directory on a free port, with root
-    /// reachable over TCP from 127.0.0.1 as the connectors connect, and a `test` database.
-    fn launch_new(process: Process, mysql_root: Option<PathBuf>) -> Result<Self> {
+    /// Starts the server initialized in `process`'s directory on a free port with extra
+    /// `settings`, with root reachable over TCP from 127.0.0.1 as the connectors connect,
+    /// and a `test` database.
+    fn launch_new(
+        process: Process,
+        mysql_root: Option<PathBuf>,
+        settings: Vec<String>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let mut server = Self {
             url: format!("mysql://root@127.0.0.1:{port}/"),
             port,
             local: Some(MariaLocal {
-                settings: Vec::new(),
+                settings,
                 process,
                 mysql_root,
             }),
@@ -751,6 +761,11 @@ impl MariaDbServer {
                 root.display()
             )));
         }
+        Self::launch_new(Self::init_mysql(&root)?, Some(root), Vec::new())
+    }
+
+    /// A new MySQL data directory, initialized by the root file system's `mysqld`.
+    fn init_mysql(root: &Path) -> Result<Process> {
         let user = server_user("mysql")?;
         let process = Process::new(
             "mysqld",
@@ -759,7 +774,7 @@ impl MariaDbServer {
             "TERM",
             "error.log",
         );
-        let mut cmd = mysql_command(&root, "usr/sbin/mysqld");
+        let mut cmd = mysql_command(root, "usr/sbin/mysqld");
         cmd.arg("--no-defaults")
             .arg("--initialize-insecure")
             .arg(format!("--datadir={}", process.dir.join("data").display()))
@@ -776,7 +791,60 @@ impl MariaDbServer {
             cmd.arg("--user=mysql");
         }
         run(&mut cmd, "mysqld --initialize-insecure")?;
-        Self::launch_new(process, Some(root))
+        Ok(process)
+    }
+
+    /// Starts a replica of this throwaway server, stopped by PID like it: a new server of
+    /// the same kind (`server_id` 2, `read_only`) replicating from this one's first
+    /// transaction by GTID (MariaDB `MASTER_USE_GTID=slave_pos`, MySQL
+    /// `SOURCE_AUTO_POSITION`). A replica needs a primary the harness started.
+    pub fn start_replica(&self) -> Result<Self> {
+        let Some(primary) = self.local.as_ref() else {
+            return Err(err(
+                "a replica needs a throwaway primary (TEST_MYSQL_URL names an external one)",
+            ));
+        };
+        let settings = vec!["--server-id=2".to_string(), "--read-only=ON".to_string()];
+        let port = self.port;
+        let (replica, start) = match &primary.mysql_root {
+            Some(root) => (
+                Self::launch_new(Self::init_mysql(root)?, Some(root.clone()), settings)?,
+                format!(
+                    "RESET BINARY LOGS AND GTIDS; CHANGE REPLICATION SOURCE TO SOURCE_HOST='127.0.0.1', SOURCE_PORT={port}, SOURCE_USER='root', SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1; START REPLICA"
+                ),
+            ),
+            None => {
+                let install = find_binary(&["mariadb-install-db", "mysql_install_db"])
+                    .ok_or_else(|| err("mariadb-install-db not found"))?;
+                (
+                    Self::launch_new(Self::init_mariadb(&install)?, None, settings)?,
+                    format!(
+                        "RESET MASTER; SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE"
+                    ),
+                )
+            }
+        };
+        replica.sql_socket(&start)?;
+        Ok(replica)
+    }
+
+    /// Waits until this replica has applied everything `primary` has committed so far.
+    pub fn await_replay_of(&self, primary: &Self) -> Result<()> {
+        let wait = if self.is_mysql() {
+            let executed = primary
+                .sql("SELECT @@gtid_executed")?
+                .replace(['\n', ' '], "");
+            format!("SELECT WAIT_FOR_EXECUTED_GTID_SET('{executed}', 60)")
+        } else {
+            let pos = primary.sql("SELECT @@gtid_binlog_pos")?;
+            format!("SELECT MASTER_GTID_WAIT('{pos}', 60)")
+        };
+        match self.sql(&wait)?.as_str() {
+            "0" => Ok(()),
+            other => Err(err(format!(
+                "the replica did not catch up within 60 s ({other})"
+            ))),
+        }
     }
 
     /// Whether this is MySQL (not MariaDB).

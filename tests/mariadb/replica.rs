@@ -1,0 +1,159 @@
+//! Backfill chunks scanned on a replica while the binlog stream reads the primary
+//! (`endpoint.replica`; the argument is in `source_mysql::replica`). The harness starts
+//! the replica beside its primary (a server of the same kind replicating by GTID), stopped
+//! by PID like it.
+
+use backfill_core::mode::ResolvedMode;
+use serde_json::{Value, json};
+use testkit::live::{Capture, LiveDb, Report, Sabotaged, Scenario};
+use testkit::servers::{MariaDbServer, skip};
+
+/// A primary of the kind `start` makes and a replica of it, or why not (printed).
+fn primary_and_replica(
+    start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>,
+) -> Option<(std::path::PathBuf, MariaDbServer, MariaDbServer)> {
+    let (binary, primary) = start()?;
+    match primary.start_replica() {
+        Ok(replica) => Some((binary, primary, replica)),
+        Err(e) => {
+            skip(&format!("a replica: {e}"));
+            None
+        }
+    }
+}
+
+fn replica_endpoint(replica: &MariaDbServer) -> Value {
+    json!({"host": "127.0.0.1", "port": replica.port, "user": "root"})
+}
+
+/// The shared live scenario with every chunk scanned on `replica`.
+fn scenario_on(
+    db: &dyn LiveDb,
+    replica: &MariaDbServer,
+    name: &str,
+    modes: Vec<ResolvedMode>,
+    chunk_size: usize,
+) -> Report {
+    let scenario = Scenario {
+        modes,
+        initial_rows: 150,
+        txns: 200,
+        kills: 3,
+        endpoint_extra: json!({"replica": replica_endpoint(replica), "advanced": {"chunk_size": chunk_size}}),
+    };
+    let report = testkit::live::run(db, name, &scenario)
+        .expect("scenario setup")
+        .expect("the connector is built");
+    eprintln!(
+        "{name}: {} runs, {} kills, {} lines",
+        report.runs, report.kills, report.lines
+    );
+    report
+}
+
+/// Every mode under concurrent writes, tiny chunks and SIGKILLs, each chunk scanned on the
+/// replica: DESIGN.md §6 holds as it does on the primary.
+fn live_scenario_from_replica(start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>) {
+    let Some((_, primary, replica)) = primary_and_replica(start) else {
+        return;
+    };
+    let modes = vec![
+        ResolvedMode::Precise,
+        ResolvedMode::Normal,
+        ResolvedMode::OnlyChanges,
+        ResolvedMode::WithoutPrimaryKey,
+    ];
+    let report = scenario_on(&primary, &replica, "modes", modes, 7);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// The replica applies every transaction a second late (`MASTER_DELAY` / `SOURCE_DELAY`)
+/// while the primary takes writes, so a chunk scanned at once would miss changes the
+/// stream has already delivered. The connector waits on the replica for the stream's
+/// GTIDs before each snapshot: nothing is lost. With the wait turned off (a debug build's
+/// sabotage switch) the same scenario must fail, or the test proves nothing.
+fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica(
+    start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>,
+) {
+    let Some((_, primary, replica)) = primary_and_replica(start) else {
+        return;
+    };
+    replica
+        .sql(if replica.is_mysql() {
+            "STOP REPLICA; CHANGE REPLICATION SOURCE TO SOURCE_DELAY = 1; START REPLICA"
+        } else {
+            "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 1; START SLAVE"
+        })
+        .unwrap();
+    let modes = || vec![ResolvedMode::Precise, ResolvedMode::Precise];
+    let report = scenario_on(&primary, &replica, "delayed", modes(), 25);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    let blind = Sabotaged::new(&primary, "SOURCE_MYSQL_SABOTAGE=replica-visibility");
+    let sabotaged = scenario_on(&blind, &replica, "blind", modes(), 25);
+    assert!(
+        !sabotaged.violations.is_empty(),
+        "scanning the delayed replica without the wait lost nothing: the test cannot tell"
+    );
+}
+
+macro_rules! on_both_servers_from_replica {
+    ($($name:ident),* $(,)?) => {
+        mod mariadb {
+            $(#[test]
+            fn $name() {
+                super::$name(crate::setup);
+            })*
+        }
+        mod mysql {
+            $(#[test]
+            fn $name() {
+                super::$name(crate::setup_mysql);
+            })*
+        }
+    };
+}
+
+on_both_servers_from_replica!(
+    live_scenario_from_replica,
+    a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica,
+);
+
+/// `check` names the replica and its `read_only`; a replica that replicates nothing (here:
+/// an independent server) stops the capture at once with the remedy.
+#[test]
+fn a_server_replicating_nothing_is_refused_and_check_describes_the_replica_from_replica() {
+    let Some((binary, primary, replica)) = primary_and_replica(crate::setup) else {
+        return;
+    };
+    primary
+        .sql("CREATE TABLE test.t (id INT PRIMARY KEY)")
+        .unwrap();
+    let cap = Capture::new(&binary, "maria-replica-check");
+    let config = |replica: &MariaDbServer| {
+        json!({"endpoint": {"host": "127.0.0.1", "port": primary.port, "user": "root", "replica": replica_endpoint(replica)},
+               "bindings": [{"resource": {"namespace": "test", "stream": "t", "mode": "Precise"}, "target": "t"}]})
+    };
+    cap.config(&config(&replica));
+    let check = cap.run(&["check"]);
+    assert!(check.ok, "{}", check.stderr);
+    let text = format!("{}\n{}", check.lines.join("\n"), check.stderr);
+    assert!(
+        text.contains("replicates the primary") && text.contains("replica read_only"),
+        "{text}"
+    );
+
+    let Some(other) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    cap.config(&config(&other));
+    let out = cap.capture();
+    assert!(
+        !out.ok,
+        "a capture scanning an unrelated server must not run"
+    );
+    assert!(
+        out.stderr.contains("replicates nothing") && out.stderr.contains("CHANGE MASTER TO"),
+        "{}",
+        out.stderr
+    );
+}
