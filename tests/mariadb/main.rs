@@ -490,39 +490,16 @@ fn purged_binlog_stops_with_the_remedy((binary, db): (PathBuf, MariaDbServer)) {
 fn resumes_by_gtid_on_a_promoted_replica((binary, primary): (PathBuf, MariaDbServer)) {
     use backfill_core::mode::ResolvedMode;
     use testkit::checker::{self, BindingExpect, RunOutput};
-    let mysql = primary.is_mysql();
-    let replica = if mysql {
-        MariaDbServer::start_mysql_or_skip()
+    let replica = match primary.start_replica() {
+        Ok(replica) => replica,
+        Err(e) => return testkit::servers::skip(&format!("a replica: {e}")),
+    };
+    // Each flavor's spelling of: promote.
+    let promote = if primary.is_mysql() {
+        "STOP REPLICA; RESET REPLICA ALL"
     } else {
-        MariaDbServer::start_or_skip()
+        "STOP SLAVE; RESET SLAVE ALL"
     };
-    let Some(mut replica) = replica else {
-        return;
-    };
-    replica.restart_with(&["--server-id=2"]).unwrap();
-    // Each flavor's spelling of: replicate by GTID, wait for a GTID state, promote.
-    let (follow, executed, wait, promote) = if mysql {
-        (
-            "RESET BINARY LOGS AND GTIDS;
-             CHANGE REPLICATION SOURCE TO SOURCE_HOST = '127.0.0.1', SOURCE_PORT = {port}, SOURCE_USER = 'root', SOURCE_AUTO_POSITION = 1, GET_SOURCE_PUBLIC_KEY = 1;
-             START REPLICA",
-            "SELECT REPLACE(@@gtid_executed, '\\n', '')",
-            "SELECT WAIT_FOR_EXECUTED_GTID_SET('{pos}', 60)",
-            "STOP REPLICA; RESET REPLICA ALL",
-        )
-    } else {
-        (
-            "RESET MASTER; SET GLOBAL gtid_slave_pos = '';
-             CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {port}, MASTER_USER = 'root', MASTER_USE_GTID = slave_pos;
-             START SLAVE",
-            "SELECT @@gtid_binlog_pos",
-            "SELECT MASTER_GTID_WAIT('{pos}', 60)",
-            "STOP SLAVE; RESET SLAVE ALL",
-        )
-    };
-    replica
-        .sql(&follow.replace("{port}", &primary.port.to_string()))
-        .unwrap();
     let mut v = 0;
     let mut write = |db: &MariaDbServer, n: i32| {
         for _ in 0..n {
@@ -564,15 +541,7 @@ fn resumes_by_gtid_on_a_promoted_replica((binary, primary): (PathBuf, MariaDbSer
         serde_json::from_str(&std::fs::read_to_string(cap.state()).unwrap()).unwrap();
     // Written on the primary, delivered only through the replica.
     write(&primary, 40);
-    let pos = primary.sql(executed).unwrap();
-    assert_eq!(
-        replica
-            .sql(&wait.replace("{pos}", pos.trim()))
-            .unwrap()
-            .trim(),
-        "0",
-        "the replica caught up"
-    );
+    replica.await_replay_of(&primary).unwrap();
     drop(primary);
     replica.sql(promote).unwrap();
     write(&replica, 40);
