@@ -66,6 +66,49 @@ fn mariadb_random_workload_under_kills_and_faults() {
     }
 }
 
+/// The random workload with every backfill chunk scanned on a hot standby (DESIGN.md §7's
+/// fence ordering across two servers; see `source_postgres::replica`): the primary is
+/// restarted, crashed and cut off as above, and the standby follows it.
+#[test]
+fn postgres_random_workload_from_replica() {
+    let Some(mut pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    let standby = match pg.start_standby(&[("wal_retrieve_retry_interval", "200ms")]) {
+        Ok(standby) => standby,
+        Err(e) => return testkit::servers::skip(&format!("a standby: {e}")),
+    };
+    let replica =
+        serde_json::json!({"host": "127.0.0.1", "port": standby.port, "user": "postgres"});
+    let mut victim = torture::ScannedOnReplica {
+        primary: &mut pg,
+        replica,
+    };
+    if let Some(f) = torture::random_workload(&mut victim, &Settings::small(seed())).unwrap() {
+        assert_clean(&f, &Fault::ALL);
+    }
+}
+
+/// The same with a MariaDB replica replicating by GTID.
+#[test]
+fn mariadb_random_workload_from_replica() {
+    let Some(mut maria) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let replica = match maria.start_replica() {
+        Ok(replica) => replica,
+        Err(e) => return testkit::servers::skip(&format!("a replica: {e}")),
+    };
+    let endpoint = serde_json::json!({"host": "127.0.0.1", "port": replica.port, "user": "root"});
+    let mut victim = torture::ScannedOnReplica {
+        primary: &mut maria,
+        replica: endpoint,
+    };
+    if let Some(f) = torture::random_workload(&mut victim, &Settings::small(seed())).unwrap() {
+        assert_clean(&f, &Fault::ALL);
+    }
+}
+
 #[test]
 fn postgres_under_pgbench() {
     let Some(mut pg) = PgServer::start_or_skip() else {

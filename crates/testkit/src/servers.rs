@@ -797,7 +797,8 @@ impl MariaDbServer {
     /// Starts a replica of this throwaway server, stopped by PID like it: a new server of
     /// the same kind (`server_id` 2, `read_only`) replicating from this one's first
     /// transaction by GTID (MariaDB `MASTER_USE_GTID=slave_pos`, MySQL
-    /// `SOURCE_AUTO_POSITION`). A replica needs a primary the harness started.
+    /// `SOURCE_AUTO_POSITION`), reconnecting every second when the primary goes away. A
+    /// replica needs a primary the harness started.
     pub fn start_replica(&self) -> Result<Self> {
         let Some(primary) = self.local.as_ref() else {
             return Err(err(
@@ -810,7 +811,7 @@ impl MariaDbServer {
             Some(root) => (
                 Self::launch_new(Self::init_mysql(root)?, Some(root.clone()), settings)?,
                 format!(
-                    "RESET BINARY LOGS AND GTIDS; CHANGE REPLICATION SOURCE TO SOURCE_HOST='127.0.0.1', SOURCE_PORT={port}, SOURCE_USER='root', SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1; START REPLICA"
+                    "RESET BINARY LOGS AND GTIDS; CHANGE REPLICATION SOURCE TO SOURCE_HOST='127.0.0.1', SOURCE_PORT={port}, SOURCE_USER='root', SOURCE_AUTO_POSITION=1, GET_SOURCE_PUBLIC_KEY=1, SOURCE_CONNECT_RETRY=1; START REPLICA"
                 ),
             ),
             None => {
@@ -819,7 +820,7 @@ impl MariaDbServer {
                 (
                     Self::launch_new(Self::init_mariadb(&install)?, None, settings)?,
                     format!(
-                        "RESET MASTER; SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='root', MASTER_USE_GTID=slave_pos; START SLAVE"
+                        "RESET MASTER; SET GLOBAL gtid_slave_pos = ''; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={port}, MASTER_USER='root', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1; START SLAVE"
                     ),
                 )
             }

@@ -160,6 +160,74 @@ pub trait Victim: LiveDb {
     fn lose_log(&mut self) -> Result<&'static str, String>;
 }
 
+/// A victim whose connector scans its backfill chunks on a replica (`endpoint.replica`,
+/// the replica's own endpoint), while its stream and every fault stay on the primary.
+pub struct ScannedOnReplica<'a> {
+    /// The primary.
+    pub primary: &'a mut dyn Victim,
+    /// The replica's login fields.
+    pub replica: Value,
+}
+
+impl std::fmt::Debug for ScannedOnReplica<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} scanned on {}", self.primary.name(), self.replica)
+    }
+}
+
+impl LiveDb for ScannedOnReplica<'_> {
+    fn name(&self) -> &'static str {
+        self.primary.name()
+    }
+    fn connector(&self) -> Result<PathBuf, String> {
+        self.primary.connector()
+    }
+    fn endpoint(&self) -> Value {
+        self.endpoint_at(self.port())
+    }
+    fn namespace(&self) -> &'static str {
+        self.primary.namespace()
+    }
+    fn exec(&self, sql: &str) -> Result<String, String> {
+        self.primary.exec(sql)
+    }
+    fn create_table(&self, table: &str, keyed: bool) -> String {
+        self.primary.create_table(table, keyed)
+    }
+    fn rows(&self, table: &str) -> Result<Vec<Row>, String> {
+        self.primary.rows(table)
+    }
+}
+
+impl Victim for ScannedOnReplica<'_> {
+    fn port(&self) -> u16 {
+        self.primary.port()
+    }
+    fn endpoint_at(&self, port: u16) -> Value {
+        let mut endpoint = self.primary.endpoint_at(port);
+        endpoint["replica"] = self.replica.clone();
+        endpoint
+    }
+    fn dialect(&self) -> Dialect {
+        self.primary.dialect()
+    }
+    fn client(&self) -> ClientFactory {
+        self.primary.client()
+    }
+    fn ddl(&self, t: &TableSpec) -> String {
+        self.primary.ddl(t)
+    }
+    fn rows_of(&self, table: &str, columns: &[&str]) -> Result<Vec<Row>, String> {
+        self.primary.rows_of(table, columns)
+    }
+    fn inject(&mut self, fault: Fault) -> Result<(), String> {
+        self.primary.inject(fault)
+    }
+    fn lose_log(&mut self) -> Result<&'static str, String> {
+        self.primary.lose_log()
+    }
+}
+
 /// The shape of a workload table's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyShape {
