@@ -194,3 +194,88 @@ fn a_replica_of_another_server_is_refused_and_check_describes_the_standby_from_r
         out.stderr
     );
 }
+
+/// Read-only end to end: with the chunks on the standby and `advanced.read_only`, the
+/// connector sends the primary nothing that writes (no watermark, no slot, publication or
+/// table of its own; the slot's confirmed position is its only trace). The primary logs
+/// every statement by application name; the same capture without `read_only` does emit
+/// its watermarks there, so the log would show a write.
+#[test]
+fn read_only_writes_nothing_to_either_server_from_replica() {
+    use testkit::servers::Throwaway as _;
+    let Some((binary, mut pg)) = setup() else {
+        return;
+    };
+    if pg.dir().is_none() {
+        return skip("read-only check: the primary's log needs a throwaway server");
+    }
+    pg.restart_with(&[("log_statement", "all"), ("log_line_prefix", "%a|")])
+        .unwrap();
+    let standby = match pg.start_standby(&[]) {
+        Ok(standby) => standby,
+        Err(e) => return skip(&format!("a PostgreSQL standby: {e}")),
+    };
+    pg.sql("CREATE TABLE ro (id int PRIMARY KEY, v text); INSERT INTO ro SELECT g, 'v' || g FROM generate_series(1, 500) g;
+            CREATE PUBLICATION ro_pub FOR TABLE ro")
+        .unwrap();
+    pg.sql("SELECT pg_create_logical_replication_slot('ro_slot', 'pgoutput')")
+        .unwrap();
+    let log = pg.dir().unwrap().join("server.log");
+    // The server writes its log at its own offset: what a run adds is read from the length
+    // before it.
+    let writes_logged_after = |start: usize| {
+        let text = std::fs::read(&log).unwrap();
+        String::from_utf8_lossy(&text[start..])
+            .lines()
+            .filter(|l| l.starts_with("source-postgres|"))
+            .filter(|l| {
+                let upper = l.to_ascii_uppercase();
+                [
+                    "PG_LOGICAL_EMIT_MESSAGE",
+                    "CREATE ",
+                    "INSERT ",
+                    "UPDATE ",
+                    "DELETE ",
+                    "ALTER ",
+                    "DROP ",
+                ]
+                .iter()
+                .any(|w| upper.contains(w))
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let cap = Capture::new(&binary, "pg-replica-read-only");
+    for read_only in [false, true] {
+        let start = std::fs::metadata(&log).unwrap().len() as usize;
+        let _ = std::fs::remove_file(cap.state());
+        cap.config(&json!({
+            "endpoint": endpoint(&pg, json!({"slot": "ro_slot", "publication": "ro_pub", "replica": replica(&standby),
+                                             "advanced": {"read_only": read_only, "chunk_size": 50}})),
+            "bindings": [binding("ro", "Precise", 0)],
+        }));
+        pg.sql("UPDATE ro SET v = v || '+' WHERE id % 7 = 0")
+            .unwrap();
+        let out = cap.capture();
+        assert!(out.ok, "read_only = {read_only}: {}", out.stderr);
+        let mut ids: Vec<i64> = docs(&out.lines, 0)
+            .iter()
+            .map(|d| d["id"].as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 500, "read_only = {read_only}");
+        let writes = writes_logged_after(start);
+        if read_only {
+            assert!(
+                writes.is_empty(),
+                "a read-only capture wrote to the primary: {writes:#?}"
+            );
+        } else {
+            assert!(
+                !writes.is_empty(),
+                "the log shows no watermark of a writing capture: the check sees nothing"
+            );
+        }
+    }
+}
