@@ -247,7 +247,7 @@ fn read_only_writes_nothing_to_either_server_from_replica() {
     };
     let cap = Capture::new(&binary, "pg-replica-read-only");
     for read_only in [false, true] {
-        let start = std::fs::metadata(&log).unwrap().len() as usize;
+        let start = usize::try_from(std::fs::metadata(&log).unwrap().len()).unwrap();
         let _ = std::fs::remove_file(cap.state());
         cap.config(&json!({
             "endpoint": endpoint(&pg, json!({"slot": "ro_slot", "publication": "ro_pub", "replica": replica(&standby),
