@@ -717,6 +717,30 @@ fn postgres(
         "COPY binary via psql",
         0.8,
     ));
+    // The same backfill with every chunk scanned on a hot standby (`endpoint.replica`),
+    // against the same reference on the primary.
+    {
+        let standby = pg.start_standby(&[]).map_err(|e| e.to_string())?;
+        standby.await_replay_of(&pg).map_err(|e| e.to_string())?;
+        let mut endpoint = pg_endpoint(10_000);
+        endpoint["replica"] = json!({"host": "127.0.0.1", "port": standby.port, "user": "postgres", "tls": {"mode": "disable"}});
+        let dir = capture_dir(
+            work,
+            "pg-backfill-standby",
+            &endpoint,
+            "public",
+            "bench",
+            "Precise",
+        )?;
+        let pairs = paired(run, pg_bin, &dir, copy)?;
+        results.push(figure(
+            "  scanned on a hot standby",
+            rows,
+            &pairs,
+            "COPY binary via psql",
+            0.8,
+        ));
+    }
     // What Precise costs over Normal, and the chunk size: the same table, the same reference.
     for (mode, chunk) in [("Normal", 10_000), ("Precise", 1_000), ("Precise", 50_000)] {
         let dir = capture_dir(
@@ -858,6 +882,30 @@ fn mariadb(
         "mariadb-dump --quick --single-transaction",
         0.9,
     ));
+    // The same backfill with every chunk scanned on a replica (`endpoint.replica`),
+    // against the same reference on the primary.
+    {
+        let replica = db.start_replica().map_err(|e| e.to_string())?;
+        replica.await_replay_of(&db).map_err(|e| e.to_string())?;
+        let mut endpoint = my_endpoint.clone();
+        endpoint["replica"] = json!({"host": "127.0.0.1", "port": replica.port, "user": "root"});
+        let dir = capture_dir(
+            work,
+            "maria-backfill-replica",
+            &endpoint,
+            "test",
+            "bench",
+            "Precise",
+        )?;
+        let pairs = paired(run, my_bin, &dir, dump)?;
+        results.push(figure(
+            "  scanned on a replica",
+            rows,
+            &pairs,
+            "mariadb-dump --quick --single-transaction",
+            0.9,
+        ));
+    }
     maria_materialize_figure(run, my_bin, &db, &my_endpoint, results)?;
 
     // MariaDB streaming: the change workload read by the connector and by mariadb-binlog,

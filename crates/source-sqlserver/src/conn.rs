@@ -8,7 +8,7 @@ use tiberius::{AuthMethod, ColumnData, Config, EncryptionLevel, Row, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use crate::endpoint::{Endpoint, TlsMode};
+use crate::endpoint::{Endpoint, SsLogin, TlsMode};
 use crate::position::Lsn;
 
 /// A query connection.
@@ -23,12 +23,23 @@ impl std::fmt::Debug for ClientBox {
     }
 }
 
-/// The tiberius config for `endpoint`.
+/// The tiberius config for `endpoint`'s primary.
 pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
+    config_for(endpoint, &endpoint.login, false)
+}
+
+/// The tiberius config for the endpoint's database on the server `login` names; `readonly`
+/// declares a read-only intent (`ApplicationIntent=ReadOnly`), which an availability
+/// group's listener routes to a readable secondary.
+pub fn config_for(
+    endpoint: &Endpoint,
+    login: &SsLogin,
+    readonly: bool,
+) -> Result<Config, SourceError> {
     let mut config = Config::new();
-    let login = &endpoint.login;
     config.host(&login.host);
-    config.port(endpoint.login.port);
+    config.port(login.port);
+    config.readonly(readonly);
     config.database(&endpoint.database);
     config.application_name("source-sqlserver");
     let password = login
@@ -64,15 +75,22 @@ pub fn config(endpoint: &Endpoint) -> Result<Config, SourceError> {
 
 /// Connects and prepares the session (READ COMMITTED, UTC-independent settings).
 pub async fn connect(endpoint: &Endpoint) -> Result<Client, SourceError> {
-    Box::pin(connect_inner(endpoint)).await
+    Box::pin(connect_inner(config(endpoint)?, &endpoint.login)).await
 }
 
-async fn connect_inner(endpoint: &Endpoint) -> Result<Client, SourceError> {
+/// Connects to a readable secondary `login` names, with a read-only intent.
+pub async fn connect_secondary(
+    endpoint: &Endpoint,
+    login: &SsLogin,
+) -> Result<Client, SourceError> {
+    Box::pin(connect_inner(config_for(endpoint, login, true)?, login)).await
+}
+
+async fn connect_inner(config: Config, login: &SsLogin) -> Result<Client, SourceError> {
     // tiberius builds its TLS config from the process-wide rustls provider when one is
     // installed; the workspace uses ring everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = config(endpoint)?;
-    let where_ = format!("connecting to {}", endpoint.login.address());
+    let where_ = format!("connecting to {}", login.address());
     let tcp = TcpStream::connect(config.get_addr())
         .await
         .map_err(|e| Failure::Interrupted.error(format!("{where_}: {e}")))?;
@@ -114,8 +132,11 @@ pub fn classify(e: tiberius::error::Error, what: &str) -> SourceError {
                 )),
                 // Deadlock victim, lock or resource waits, database failing over or in
                 // recovery, connection-level errors: retry.
+                // 3948 and 3961: a readable secondary's snapshot ended by a replica state
+                // change or by DDL replayed under it.
                 1205 | 1222 | 701 | 8645 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 | 4221
-                | 976 | 983 | 922 | 926 | 942 | 6005 | 233 | 10053 | 10054 | 10060 => {
+                | 976 | 983 | 922 | 926 | 942 | 6005 | 233 | 10053 | 10054 | 10060 | 3948
+                | 3961 => {
                     Failure::Interrupted.error(text)
                 }
                 _ => Failure::Setup.error(text),

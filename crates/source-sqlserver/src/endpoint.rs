@@ -15,15 +15,34 @@ pub struct Endpoint {
     /// `check`), password and TLS. SQL Server always encrypts the login; with `disable`
     /// nothing else is encrypted.
     #[serde(flatten)]
-    pub login: Login<1433>,
+    pub login: SsLogin,
     /// Database whose tables are captured (CDC enabled with `sys.sp_cdc_enable_db`).
     pub database: String,
     /// Milliseconds between polls of the change tables when there is nothing new.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A readable secondary of an availability group to scan backfill chunks on, while the
+    /// change tables are read on the primary: the same fields as the primary's login. The
+    /// database is the primary's; the connection declares a read-only intent, so an AG
+    /// listener may be named too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Replica>,
     /// Advanced options.
     #[serde(default)]
     pub advanced: Advanced,
+}
+
+/// The login block of a SQL Server (port 1433 by default).
+pub type SsLogin = Login<1433>;
+
+/// A readable secondary to scan on (see `Endpoint::replica`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Host, port, SQL login (it needs SELECT on the captured tables and VIEW SERVER STATE
+    /// for the replica's redo position), password and TLS.
+    #[serde(flatten)]
+    pub login: SsLogin,
 }
 
 /// Advanced options.

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod connector;
 pub mod endpoint;
 pub mod position;
+pub mod replica;
 pub mod scan;
 pub mod sql;
 pub mod stream;

@@ -61,6 +61,23 @@ impl Lsn {
         Self(b)
     }
 
+    /// From the decimal form the availability-group views use (`numeric(25,0)`, as in
+    /// `sys.dm_hadr_database_replica_states.last_redone_lsn`): the virtual log file
+    /// times 10^15, plus the block offset times 10^5, plus the slot, so
+    /// `0000001B:00000188:0001` is `27000000039200001`. `None` for text that is not such a
+    /// number or a part that does not fit its field.
+    pub fn from_decimal(text: &str) -> Option<Self> {
+        let n: u128 = text.trim().parse().ok()?;
+        let vlf = u32::try_from(n / 1_000_000_000_000_000).ok()?;
+        let block = u32::try_from((n / 100_000) % 10_000_000_000).ok()?;
+        let slot = u16::try_from(n % 100_000).ok()?;
+        let mut b = [0u8; 10];
+        b[..4].copy_from_slice(&vlf.to_be_bytes());
+        b[4..8].copy_from_slice(&block.to_be_bytes());
+        b[8..].copy_from_slice(&slot.to_be_bytes());
+        Some(Self(b))
+    }
+
     /// The LSN as two integers that order as it does: the first eight bytes and the last
     /// two, for `_meta.source.pos`.
     pub fn pos_parts(self) -> [u64; 2] {
@@ -172,6 +189,26 @@ mod tests {
 
     fn lsn(s: &str) -> Lsn {
         s.parse().expect("valid LSN")
+    }
+
+    #[test]
+    fn the_availability_groups_decimal_lsn_reads_as_the_same_lsn() {
+        assert_eq!(
+            Lsn::from_decimal("27000000039200001"),
+            Some(lsn("0000001B:00000188:0001"))
+        );
+        assert_eq!(Lsn::from_decimal(" 0 "), Some(Lsn::ZERO));
+        // The largest of each field, and one past each.
+        assert_eq!(
+            Lsn::from_decimal("4294967295429496729565535"),
+            Some(lsn("FFFFFFFF:FFFFFFFF:FFFF"))
+        );
+        assert_eq!(Lsn::from_decimal("4294967296000000000000000"), None);
+        assert_eq!(Lsn::from_decimal("65536"), None);
+        assert_eq!(Lsn::from_decimal("12.5"), None);
+        // The decimal order is the log's order.
+        let (a, b) = ("27000000039200001", "27000000039300000");
+        assert!(Lsn::from_decimal(a) < Lsn::from_decimal(b));
     }
 
     #[test]

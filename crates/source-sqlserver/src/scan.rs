@@ -60,6 +60,7 @@ use crate::catalog::{self, Column, Table, readable};
 use crate::conn::{Client, ClientBox, column_bytes, column_lsn, connect, execute, query_rows};
 use crate::endpoint::Endpoint;
 use crate::position::{Lsn, SsPosition};
+use crate::replica::Secondary;
 use crate::sql;
 use crate::stream::SsStream;
 use crate::value::render;
@@ -90,6 +91,8 @@ pub struct SqlSource {
     watermarks_ready: bool,
     last_fence: Lsn,
     marks: u64,
+    /// The readable secondary chunks are scanned on, when `endpoint.replica` names one.
+    replica: Option<Secondary>,
 }
 
 /// The tables read at connect (again when a chunk finds a table changed).
@@ -107,6 +110,7 @@ impl SqlSource {
         let mut client = connect(endpoint).await?;
         let watermarks = endpoint.watermarks();
         let tables = catalog::load(&mut client, &watermarks).await?;
+        let replica = Secondary::connect(endpoint, &mut client).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
             client: ClientBox(client),
@@ -115,6 +119,7 @@ impl SqlSource {
             watermarks_ready: false,
             last_fence: Lsn::ZERO,
             marks: 0,
+            replica,
         })
     }
 
@@ -244,6 +249,11 @@ impl SqlSource {
         let limit = req.limits.rows + 1;
         let name = t.table.to_string();
         let physical = req.binding.scans_physically();
+        let reads = if self.replica.is_some() {
+            sql::Reads::Snapshot
+        } else {
+            sql::Reads::Locking
+        };
         let (query, params) = if physical {
             let after = req
                 .after
@@ -252,11 +262,11 @@ impl SqlSource {
                 .and_then(unhex);
             (
                 sql::scan_physical(
-                    &t.table.namespace,
-                    &t.table.stream,
+                    (&t.table.namespace, &t.table.stream),
                     &columns,
                     after.is_some(),
                     limit,
+                    reads,
                 ),
                 after
                     .map(|b| vec![ColumnData::Binary(Some(b.into()))])
@@ -281,23 +291,21 @@ impl SqlSource {
             }
             (
                 sql::scan_keyed(
-                    &t.table.namespace,
-                    &t.table.stream,
+                    (&t.table.namespace, &t.table.stream),
                     &columns,
                     &key,
                     req.after.is_some(),
                     limit,
+                    reads,
                 ),
                 params,
             )
         };
-        let rows = query_rows(
-            &mut self.client.0,
-            &query,
-            params,
-            &format!("scanning {name}"),
-        )
-        .await?;
+        let client = match &mut self.replica {
+            Some(r) => r.client(),
+            None => &mut self.client.0,
+        };
+        let rows = query_rows(client, &query, params, &format!("scanning {name}")).await?;
         let complete = rows.len() <= req.limits.rows;
         let mut out = Vec::with_capacity(rows.len().min(req.limits.rows));
         for r in rows.iter().take(req.limits.rows) {
@@ -323,15 +331,31 @@ impl SqlSource {
 impl ChunkScanner for SqlSource {
     type Position = SsPosition;
 
+    /// On a secondary, the redo position read before the chunk's snapshot is its witness
+    /// (see [`crate::replica`]); on the primary, locking reads prove the ordering.
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<SsPosition>, SourceError> {
+        let redone = match &mut self.replica {
+            Some(r) => Some(r.redone().await?),
+            None => None,
+        };
         let (rows, complete) = self.scan_rows(req).await?;
         let fence = self.fence().await?;
         Ok(Chunk {
             rows,
             complete,
             fence,
-            witness: SnapshotWitness::Proven,
+            witness: redone.map_or(SnapshotWitness::Proven, |lsn| {
+                SnapshotWitness::SeesThrough(SsPosition(lsn))
+            }),
         })
+    }
+
+    /// On a secondary, waits until it has redone what the stream delivered.
+    async fn await_visible(&mut self, delivered: &SsPosition) -> Result<(), SourceError> {
+        if let Some(r) = &mut self.replica {
+            r.await_redone(delivered.0).await?;
+        }
+        Ok(())
     }
 
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {

@@ -73,22 +73,52 @@ pub fn select_list(columns: &[Column]) -> String {
         .join(", ")
 }
 
+/// On a readable secondary: the last log record redone there, in the availability group's
+/// decimal LSN form (see `Lsn::from_decimal`), and whether this replica is the primary.
+/// No row when the database is in no availability group.
+pub const REDONE: &str = "SELECT CAST(last_redone_lsn AS varchar(30)), is_primary_replica \
+     FROM sys.dm_hadr_database_replica_states WHERE is_local = 1 AND database_id = DB_ID()";
+
+/// The database's availability-group identity: the same on every replica of it.
+pub const GROUP_DATABASE_ID: &str =
+    "SELECT CAST(group_database_id AS varchar(36)) FROM sys.databases WHERE database_id = DB_ID()";
+
+/// How a chunk reads its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// Locking reads on the primary: `READCOMMITTEDLOCK` makes every read a locking read
+    /// even where READ_COMMITTED_SNAPSHOT is on; the fence argument rests on it (see
+    /// `scan.rs`).
+    Locking,
+    /// One statement's snapshot on a readable secondary, which maps every read to snapshot
+    /// isolation (see `replica.rs`): no hint.
+    Snapshot,
+}
+
+impl Reads {
+    fn hint(self) -> &'static str {
+        match self {
+            Reads::Locking => " WITH (READCOMMITTEDLOCK)",
+            Reads::Snapshot => "",
+        }
+    }
+}
+
 /// One chunk of a keyed table: rows after the cursor (parameters `@P1..@Pn` in key order
-/// when `after` is set), in key order, `limit` rows. `READCOMMITTEDLOCK` makes every read a
-/// locking read even where READ_COMMITTED_SNAPSHOT is on: the fence argument rests on it
-/// (see `scan.rs`).
+/// when `after` is set), in key order, `limit` rows, read as `reads` says.
 pub fn scan_keyed(
-    schema: &str,
-    table: &str,
+    (schema, table): (&str, &str),
     columns: &[Column],
     key: &[Column],
     after: bool,
     limit: usize,
+    reads: Reads,
 ) -> String {
     let mut sql = format!(
-        "SELECT TOP ({limit}) {} FROM {} WITH (READCOMMITTEDLOCK)",
+        "SELECT TOP ({limit}) {} FROM {}{}",
         select_list(columns),
-        qualified(schema, table)
+        qualified(schema, table),
+        reads.hint()
     );
     if after {
         let lhs: Vec<String> = key.iter().map(|k| quote(&k.name)).collect();
@@ -109,17 +139,18 @@ pub const PHYSLOC: &str = "__physloc";
 
 /// One chunk of a keyless table, in `%%physloc%%` order (file, page, slot as binary(8)).
 pub fn scan_physical(
-    schema: &str,
-    table: &str,
+    (schema, table): (&str, &str),
     columns: &[Column],
     after: bool,
     limit: usize,
+    reads: Reads,
 ) -> String {
     format!(
-        "SELECT TOP ({limit}) %%physloc%% AS {}, {} FROM {} WITH (READCOMMITTEDLOCK){} ORDER BY %%physloc%%",
+        "SELECT TOP ({limit}) %%physloc%% AS {}, {} FROM {}{}{} ORDER BY %%physloc%%",
         quote(PHYSLOC),
         select_list(columns),
         qualified(schema, table),
+        reads.hint(),
         if after {
             " WHERE %%physloc%% > @P1"
         } else {
@@ -389,16 +420,23 @@ mod tests {
             col("m", SqlType::Money { small: false }, "money"),
         ];
         assert_eq!(
-            scan_keyed("dbo", "t", &cols, &[id()], false, 101),
+            scan_keyed(("dbo", "t"), &cols, &[id()], false, 101, Reads::Locking),
             "SELECT TOP (101) [id] AS [id], [na]]me] AS [na]]me], CAST([m] AS decimal(19,4)) AS [m] \
              FROM [dbo].[t] WITH (READCOMMITTEDLOCK) ORDER BY [id]"
         );
         assert_eq!(
-            scan_keyed("dbo", "t", &cols, &[id()], true, 11),
+            scan_keyed(("dbo", "t"), &cols, &[id()], true, 11, Reads::Locking),
             "SELECT TOP (11) [id] AS [id], [na]]me] AS [na]]me], CAST([m] AS decimal(19,4)) AS [m] \
              FROM [dbo].[t] WITH (READCOMMITTEDLOCK) WHERE [id] > @P1 ORDER BY [id]"
         );
-        let sql = scan_keyed("s", "t", &cols, &[name_ci(), id()], true, 5);
+        let sql = scan_keyed(
+            ("s", "t"),
+            &cols,
+            &[name_ci(), id()],
+            true,
+            5,
+            Reads::Locking,
+        );
         assert!(
             sql.ends_with(
                 "WHERE ([na]]me] > CAST(@P1 AS nvarchar(50)) COLLATE Latin1_General_CI_AS OR \
@@ -425,9 +463,21 @@ mod tests {
     #[test]
     fn keyless_scans_order_by_physical_locator() {
         assert_eq!(
-            scan_physical("dbo", "h", &[id()], true, 3),
+            scan_physical(("dbo", "h"), &[id()], true, 3, Reads::Locking),
             "SELECT TOP (3) %%physloc%% AS [__physloc], [id] AS [id] FROM [dbo].[h] \
              WITH (READCOMMITTEDLOCK) WHERE %%physloc%% > @P1 ORDER BY %%physloc%%"
+        );
+    }
+
+    #[test]
+    fn a_secondarys_scans_carry_no_locking_hint() {
+        assert_eq!(
+            scan_keyed(("dbo", "t"), &[id()], &[id()], true, 11, Reads::Snapshot),
+            "SELECT TOP (11) [id] AS [id] FROM [dbo].[t] WHERE [id] > @P1 ORDER BY [id]"
+        );
+        assert_eq!(
+            scan_physical(("dbo", "h"), &[id()], false, 3, Reads::Snapshot),
+            "SELECT TOP (3) %%physloc%% AS [__physloc], [id] AS [id] FROM [dbo].[h] ORDER BY %%physloc%%"
         );
     }
 
