@@ -279,3 +279,52 @@ fn read_only_writes_nothing_to_either_server_from_replica() {
         }
     }
 }
+
+/// A standby whose replay is paused makes every chunk wait, and the log says why every
+/// few seconds; once replay resumes the backfill finishes with every row.
+#[test]
+fn a_paused_replay_makes_chunks_wait_and_says_why_from_replica() {
+    let Some((binary, pg, standby)) = primary_and_standby(&[]) else {
+        return;
+    };
+    pg.sql("CREATE TABLE paused (id int PRIMARY KEY, v text); INSERT INTO paused SELECT g, 'v' || g FROM generate_series(1, 100) g")
+        .unwrap();
+    standby.await_replay_of(&pg).unwrap();
+    standby.sql("SELECT pg_wal_replay_pause()").unwrap();
+    pg.sql("UPDATE paused SET v = 'changed' WHERE id <= 50")
+        .unwrap();
+    let cap = Capture::new(&binary, "pg-replica-paused");
+    cap.config(&json!({
+        "endpoint": endpoint(&pg, json!({"replica": replica(&standby), "advanced": {"chunk_size": 10}})),
+        "bindings": [binding("paused", "Precise", 0)],
+    }));
+    let state = cap.state();
+    let args = [
+        "capture",
+        "--until-caught-up",
+        "--log-level",
+        "info",
+        "--state",
+        state.to_str().unwrap(),
+    ];
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs(7));
+            standby.sql("SELECT pg_wal_replay_resume()").unwrap();
+        });
+        cap.run(&args)
+    });
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the backfill waits for the replica"),
+        "the wait is said: {}",
+        out.stderr
+    );
+    let rows = docs(&out.lines, 0);
+    let changed = rows.iter().filter(|d| d["v"] == "changed").count();
+    assert_eq!(
+        (rows.len(), changed),
+        (100, 50),
+        "each row once, as the primary has it"
+    );
+}
