@@ -95,14 +95,8 @@ fn mariadb_starts_with_the_row_binlog() {
 /// mode under concurrent writes, tiny chunks and repeated SIGKILL restarts, checked by
 /// merge-apply. Until the connector exists the scenario prints SKIPPED.
 fn every_mode_under_writes_and_kills(db: &dyn testkit::live::LiveDb) {
-    use backfill_core::mode::ResolvedMode;
     let scenario = testkit::live::Scenario {
-        modes: vec![
-            ResolvedMode::Precise,
-            ResolvedMode::Normal,
-            ResolvedMode::OnlyChanges,
-            ResolvedMode::WithoutPrimaryKey,
-        ],
+        modes: testkit::live::EVERY_MODE.to_vec(),
         initial_rows: 200,
         txns: 400,
         kills: 6,

@@ -57,12 +57,7 @@ fn live_scenario_from_replica(start: fn() -> Option<(std::path::PathBuf, MariaDb
     let Some((_, primary, replica)) = primary_and_replica(start) else {
         return;
     };
-    let modes = vec![
-        ResolvedMode::Precise,
-        ResolvedMode::Normal,
-        ResolvedMode::OnlyChanges,
-        ResolvedMode::WithoutPrimaryKey,
-    ];
+    let modes = testkit::live::EVERY_MODE.to_vec();
     let report = scenario_on(&primary, &replica, "modes", modes, 7);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }

@@ -61,12 +61,7 @@ fn live_scenario_from_replica() {
     let Some((_, pg, standby)) = primary_and_standby(&[]) else {
         return;
     };
-    let modes = vec![
-        ResolvedMode::Precise,
-        ResolvedMode::Normal,
-        ResolvedMode::OnlyChanges,
-        ResolvedMode::WithoutPrimaryKey,
-    ];
+    let modes = testkit::live::EVERY_MODE.to_vec();
     let report = scenario_on(&pg, &standby, "modes", modes, 400);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }

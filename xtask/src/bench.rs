@@ -701,64 +701,39 @@ fn postgres(
         ]))
     };
     let pg_endpoint = |chunk: u64| json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk}});
-    let dir = capture_dir(
-        work,
+    // A backfill of `bench` against `COPY binary` in the same run.
+    let backfill = |name: &str, endpoint: &Value, mode: &str, what: &str| {
+        let dir = capture_dir(work, name, endpoint, "public", "bench", mode)?;
+        let pairs = paired(run, pg_bin, &dir, copy)?;
+        Ok::<_, String>(figure(what, rows, &pairs, "COPY binary via psql", 0.8))
+    };
+    results.push(backfill(
         "pg-backfill",
         &pg_endpoint(10_000),
-        "public",
-        "bench",
         "Precise",
-    )?;
-    let pairs = paired(run, pg_bin, &dir, copy)?;
-    results.push(figure(
         "PostgreSQL backfill",
-        rows,
-        &pairs,
-        "COPY binary via psql",
-        0.8,
-    ));
-    // The same backfill with every chunk scanned on a hot standby (`endpoint.replica`),
-    // against the same reference on the primary.
+    )?);
+    // The same backfill with every chunk scanned on a hot standby (`endpoint.replica`).
     {
         let standby = pg.start_standby(&[]).map_err(|e| e.to_string())?;
         standby.await_replay_of(&pg).map_err(|e| e.to_string())?;
         let mut endpoint = pg_endpoint(10_000);
         endpoint["replica"] = json!({"host": "127.0.0.1", "port": standby.port, "user": "postgres", "tls": {"mode": "disable"}});
-        let dir = capture_dir(
-            work,
+        results.push(backfill(
             "pg-backfill-standby",
             &endpoint,
-            "public",
-            "bench",
             "Precise",
-        )?;
-        let pairs = paired(run, pg_bin, &dir, copy)?;
-        results.push(figure(
             "  scanned on a hot standby",
-            rows,
-            &pairs,
-            "COPY binary via psql",
-            0.8,
-        ));
+        )?);
     }
     // What Precise costs over Normal, and the chunk size: the same table, the same reference.
     for (mode, chunk) in [("Normal", 10_000), ("Precise", 1_000), ("Precise", 50_000)] {
-        let dir = capture_dir(
-            work,
+        results.push(backfill(
             &format!("pg-{mode}-{chunk}"),
             &pg_endpoint(chunk),
-            "public",
-            "bench",
             mode,
-        )?;
-        let pairs = paired(run, pg_bin, &dir, copy)?;
-        results.push(figure(
             &format!("  {mode}, chunks of {chunk}"),
-            rows,
-            &pairs,
-            "COPY binary via psql",
-            0.8,
-        ));
+        )?);
     }
 
     runtime_figures(run, pg_bin, &pg_endpoint(10_000), results)?;

@@ -131,6 +131,14 @@ impl Drop for Sabotaged<'_> {
     }
 }
 
+/// Every resolved mode, for the scenarios that run them all at once.
+pub const EVERY_MODE: [ResolvedMode; 4] = [
+    ResolvedMode::Precise,
+    ResolvedMode::Normal,
+    ResolvedMode::OnlyChanges,
+    ResolvedMode::WithoutPrimaryKey,
+];
+
 /// How a scenario runs.
 #[derive(Clone, Debug)]
 pub struct Scenario {
