@@ -198,6 +198,17 @@ pub(crate) fn is_recovery_conflict(e: &SourceError) -> bool {
         })
 }
 
+/// Whether a scan error on the standby is a table it does not have yet: a binding added
+/// while the capture was stopped resumes from a position before the table's creation, so
+/// the wait does not cover it. Transient there (the standby replays the creation soon);
+/// the primary's catalog, which the binding was checked against, has the table.
+pub(crate) fn lacks_a_table_yet(e: &SourceError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| *c == SqlState::UNDEFINED_TABLE)
+}
+
 /// Tests prove the witness and the wait are needed by turning both off: the scan then
 /// trusts the standby's snapshot blindly. Debug builds only, never in a release.
 pub(crate) fn sabotaged() -> bool {

@@ -549,6 +549,11 @@ impl ChunkScanner for PgSource {
                     ))
                     .await;
                 }
+                Err(e) if self.replica.is_some() && crate::replica::lacks_a_table_yet(&e) => {
+                    let text =
+                        format!("{e}; the replica has not replayed the table's creation yet");
+                    return Err(Failure::Interrupted.error(text).because(e));
+                }
                 scanned => return scanned,
             }
         }
