@@ -152,3 +152,51 @@ fn a_server_replicating_nothing_is_refused_and_check_describes_the_replica_from_
         out.stderr
     );
 }
+
+/// A binding added while the capture was stopped, for a table the replica has not applied
+/// yet (its applier stopped): the scan's "no such table" there is ridden out as transient,
+/// and once the applier runs again every row arrives.
+#[test]
+fn a_table_the_replica_lacks_yet_is_waited_for_from_replica() {
+    let Some((binary, primary, replica)) = primary_and_replica(crate::setup) else {
+        return;
+    };
+    primary
+        .sql("CREATE TABLE test.first (id INT PRIMARY KEY)")
+        .unwrap();
+    let cap = Capture::new(&binary, "maria-replica-new-table");
+    let binding = |t: &str| json!({"resource": {"namespace": "test", "stream": t, "mode": "Precise"}, "target": t});
+    let config = |bindings: Vec<Value>| {
+        json!({"endpoint": {"host": "127.0.0.1", "port": primary.port, "user": "root", "replica": replica_endpoint(&replica)},
+               "bindings": bindings})
+    };
+    cap.config(&config(vec![binding("first")]));
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    replica.await_replay_of(&primary).unwrap();
+    replica.sql("STOP SLAVE SQL_THREAD").unwrap();
+    primary
+        .sql("CREATE TABLE test.later (id INT PRIMARY KEY); INSERT INTO test.later SELECT seq FROM test.seq_1_to_30")
+        .unwrap();
+    cap.config(&config(vec![binding("first"), binding("later")]));
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            replica.sql("START SLAVE SQL_THREAD").unwrap();
+        });
+        cap.capture()
+    });
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("has not applied the table's creation yet"),
+        "{}",
+        out.stderr
+    );
+    let mut ids: Vec<i64> = testkit::live::docs(&out.lines, 1)
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=30).collect::<Vec<_>>());
+}

@@ -200,6 +200,15 @@ impl Replica {
     }
 }
 
+/// Whether a scan error on the replica is a table it does not have yet (error 1146): a
+/// binding added while the capture was stopped resumes from a position before the table's
+/// creation, so the wait does not cover it. Transient there; the primary has the table.
+pub(crate) fn lacks_a_table_yet(e: &SourceError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|c| c.downcast_ref::<mysql_async::Error>())
+        .is_some_and(|c| matches!(c, mysql_async::Error::Server(s) if s.code == 1146))
+}
+
 /// Tests prove the wait is needed by turning it off: the scan then trusts the replica's
 /// snapshot blindly. Debug builds only, never in a release.
 pub(crate) fn sabotaged() -> bool {

@@ -531,10 +531,17 @@ impl ChunkScanner for MySource {
     type Position = BinlogPosition;
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
-        if req.binding.scans_physically() {
+        let scanned = if req.binding.scans_physically() {
             self.scan_keyless(req).await
         } else {
             self.scan_keyed(req).await
+        };
+        match scanned {
+            Err(e) if self.replica.is_some() && crate::replica::lacks_a_table_yet(&e) => {
+                let text = format!("{e}; the replica has not applied the table's creation yet");
+                Err(Failure::Interrupted.error(text).because(e))
+            }
+            scanned => scanned,
         }
     }
 
