@@ -1267,3 +1267,53 @@ fn with_acks_on_stdin_the_slot_advances_only_as_far_as_acknowledged() {
             .ok();
     }
 }
+
+/// A column added while the backfill runs, between two chunks: the next chunk's rows do
+/// not match the catalog, so it is read again and the chunk runs again, in place. Every
+/// row arrives once, the last ones with the column, and nothing fails.
+#[test]
+fn a_column_added_mid_backfill_is_in_the_rows_after_it() {
+    use std::io::BufRead;
+    let Some((binary, pg)) = setup() else { return };
+    let rows = 3000;
+    pg.sql(&format!("CREATE TABLE grows_mid (id int PRIMARY KEY, v text); INSERT INTO grows_mid SELECT g, 'v' || g FROM generate_series(1, {rows}) g"))
+        .unwrap();
+    let cap = Capture::new(&binary, "pg-grows-mid");
+    cap.config(
+        &json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 10}})),
+                "bindings": [binding("grows_mid", "Precise", 0)]}),
+    );
+    let mut child = cap.spawn();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut ids, mut altered, mut last) = (std::collections::BTreeSet::new(), false, Value::Null);
+    for line in stdout.lines() {
+        let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let Some(doc) = line.get("doc") else { continue };
+        if !altered {
+            pg.sql("ALTER TABLE grows_mid ADD COLUMN extra int DEFAULT 7")
+                .unwrap();
+            altered = true;
+        }
+        assert!(
+            ids.insert(doc["id"].as_i64().unwrap()),
+            "a row twice: {doc}"
+        );
+        last = doc.clone();
+        if ids.len() == rows {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(ids.len(), rows, "{stderr}");
+    assert_eq!(
+        last["extra"],
+        json!(7),
+        "the rows after the change carry the column: {last}"
+    );
+    assert!(
+        !stderr.contains("transient") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
