@@ -41,14 +41,7 @@ fn scenario_on(
         kills: 3,
         endpoint_extra: json!({"replica": replica_endpoint(replica), "advanced": {"chunk_size": chunk_size}}),
     };
-    let report = testkit::live::run(db, name, &scenario)
-        .expect("scenario setup")
-        .expect("the connector is built");
-    eprintln!(
-        "{name}: {} runs, {} kills, {} lines",
-        report.runs, report.kills, report.lines
-    );
-    report
+    testkit::live::run_reported(db, name, &scenario)
 }
 
 /// Every mode under concurrent writes, tiny chunks and SIGKILLs, each chunk scanned on the
@@ -179,12 +172,8 @@ fn a_table_the_replica_lacks_yet_is_waited_for_from_replica() {
         .sql("CREATE TABLE test.later (id INT PRIMARY KEY); INSERT INTO test.later SELECT seq FROM test.seq_1_to_30")
         .unwrap();
     cap.config(&config(vec![binding("first"), binding("later")]));
-    let out = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            std::thread::sleep(std::time::Duration::from_secs(3));
-            replica.sql("START SLAVE SQL_THREAD").unwrap();
-        });
-        cap.capture()
+    let out = cap.capture_while("warn", std::time::Duration::from_secs(3), || {
+        replica.sql("START SLAVE SQL_THREAD").unwrap();
     });
     assert!(out.ok, "{}", out.stderr);
     assert!(
@@ -193,10 +182,8 @@ fn a_table_the_replica_lacks_yet_is_waited_for_from_replica() {
         "{}",
         out.stderr
     );
-    let mut ids: Vec<i64> = testkit::live::docs(&out.lines, 1)
-        .iter()
-        .map(|d| d["id"].as_i64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=30).collect::<Vec<_>>());
+    assert_eq!(
+        testkit::live::sorted_ids(&out.lines, 1),
+        (1..=30).collect::<Vec<_>>()
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backfill_core::mode::ResolvedMode;
 use serde_json::{Value, json};
-use testkit::live::{Capture, LiveDb, Report, Sabotaged, Scenario, docs};
+use testkit::live::{Capture, LiveDb, Report, Sabotaged, Scenario, docs, sorted_ids};
 use testkit::servers::{PgServer, skip};
 
 use super::{binding, endpoint, setup};
@@ -44,14 +44,7 @@ fn scenario_on(
         kills: 4,
         endpoint_extra: json!({"replica": replica(standby), "advanced": {"chunk_size": 7}}),
     };
-    let report = testkit::live::run(pg, name, &scenario)
-        .expect("scenario setup")
-        .expect("the connector is built");
-    eprintln!(
-        "{name}: {} runs, {} kills, {} lines",
-        report.runs, report.kills, report.lines
-    );
-    report
+    testkit::live::run_reported(pg, name, &scenario)
 }
 
 /// Every mode under concurrent writes, tiny chunks and SIGKILLs, each chunk scanned on
@@ -293,21 +286,8 @@ fn a_paused_replay_makes_chunks_wait_and_says_why_from_replica() {
         "endpoint": endpoint(&pg, json!({"replica": replica(&standby), "advanced": {"chunk_size": 10}})),
         "bindings": [binding("paused", "Precise", 0)],
     }));
-    let state = cap.state();
-    let args = [
-        "capture",
-        "--until-caught-up",
-        "--log-level",
-        "info",
-        "--state",
-        state.to_str().unwrap(),
-    ];
-    let out = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            std::thread::sleep(Duration::from_secs(7));
-            standby.sql("SELECT pg_wal_replay_resume()").unwrap();
-        });
-        cap.run(&args)
+    let out = cap.capture_while("info", Duration::from_secs(7), || {
+        standby.sql("SELECT pg_wal_replay_resume()").unwrap();
     });
     assert!(out.ok, "{}", out.stderr);
     assert!(
@@ -349,12 +329,8 @@ fn a_table_the_standby_lacks_yet_is_waited_for_from_replica() {
         binding("first", "Precise", 0),
         binding("later", "Precise", 0),
     ]));
-    let out = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            std::thread::sleep(Duration::from_secs(3));
-            standby.sql("SELECT pg_wal_replay_resume()").unwrap();
-        });
-        cap.capture()
+    let out = cap.capture_while("warn", Duration::from_secs(3), || {
+        standby.sql("SELECT pg_wal_replay_resume()").unwrap();
     });
     assert!(out.ok, "{}", out.stderr);
     assert!(
@@ -363,10 +339,5 @@ fn a_table_the_standby_lacks_yet_is_waited_for_from_replica() {
         "{}",
         out.stderr
     );
-    let mut ids: Vec<i64> = docs(&out.lines, 1)
-        .iter()
-        .map(|d| d["id"].as_i64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    assert_eq!(ids, (1..=30).collect::<Vec<_>>());
+    assert_eq!(sorted_ids(&out.lines, 1), (1..=30).collect::<Vec<_>>());
 }

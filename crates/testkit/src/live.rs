@@ -247,6 +247,19 @@ pub fn run(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Result<Option<Re
     })
 }
 
+/// [`run`] for a test that has already checked the connector is built: the report, its
+/// figures printed for the test's log.
+pub fn run_reported(db: &dyn LiveDb, name: &str, scenario: &Scenario) -> Report {
+    let report = run(db, name, scenario)
+        .expect("scenario setup")
+        .expect("the connector is built");
+    eprintln!(
+        "{name}: {} runs, {} kills, {} lines",
+        report.runs, report.kills, report.lines
+    );
+    report
+}
+
 /// Makes a scenario's [`Driver`] from the connector binary, its config and a directory;
 /// `Ok(None)` when what it needs is missing (the scenario is skipped).
 pub type MakeDriver<'a> =
@@ -736,17 +749,49 @@ impl Capture {
             .expect("test capture")
     }
 
-    /// `capture --until-caught-up` against the state file.
-    pub fn capture(&self) -> Outcome {
+    /// `run` with `args`, while another thread waits `after` and then does `then` (resumes a
+    /// replica, say): what a capture does when the world changes under it.
+    pub fn run_while(&self, args: &[&str], after: Duration, then: impl FnOnce() + Send) -> Outcome {
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                std::thread::sleep(after);
+                then();
+            });
+            self.run(args)
+        })
+    }
+
+    /// `capture --until-caught-up` against the state file, with `--log-level`.
+    pub fn capture_logging(&self, level: &str) -> Outcome {
         let state = self.state();
-        self.run(&[
+        self.run(&self.capture_args(level, &state))
+    }
+
+    fn capture_args<'a>(&self, level: &'a str, state: &'a Path) -> [&'a str; 6] {
+        [
             "capture",
             "--until-caught-up",
             "--log-level",
-            "warn",
+            level,
             "--state",
             state.to_str().expect("test capture"),
-        ])
+        ]
+    }
+
+    /// [`Capture::capture_logging`] while another thread waits `after`, then does `then`.
+    pub fn capture_while(
+        &self,
+        level: &str,
+        after: Duration,
+        then: impl FnOnce() + Send,
+    ) -> Outcome {
+        let state = self.state();
+        self.run_while(&self.capture_args(level, &state), after, then)
+    }
+
+    /// `capture --until-caught-up` against the state file.
+    pub fn capture(&self) -> Outcome {
+        self.capture_logging("warn")
     }
 }
 
@@ -786,6 +831,16 @@ pub fn docs(lines: &[String], binding: usize) -> Vec<Value> {
         .filter(|v| v["binding"] == binding && v.get("doc").is_some())
         .map(|v| v["doc"].clone())
         .collect()
+}
+
+/// The ids (an integer `id` column) of `binding`'s documents in `lines`, sorted.
+pub fn sorted_ids(lines: &[String], binding: usize) -> Vec<i64> {
+    let mut ids: Vec<i64> = docs(lines, binding)
+        .iter()
+        .filter_map(|d| d["id"].as_i64())
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// The one `error:` line a failed run printed on stderr; panics (failing the test) unless
