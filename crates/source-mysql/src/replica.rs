@@ -65,13 +65,13 @@ pub(crate) struct Replica {
 
 /// What the replica's replication status says about its source.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Lineage {
+struct Lineage {
     /// `Master_Server_Id` / `Source_Server_Id`.
-    pub server_id: u64,
+    server_id: u64,
     /// MySQL's `Source_UUID`.
-    pub uuid: Option<String>,
+    uuid: Option<String>,
     /// Whether the applier runs.
-    pub applying: bool,
+    applying: bool,
 }
 
 impl Replica {
@@ -104,11 +104,11 @@ impl Replica {
     }
 
     /// Fails, with the remedy, unless the replica replicates the primary directly.
-    pub(crate) async fn ensure_replicates(
+    async fn ensure_replicates(
         &mut self,
         primary: &mut Conn,
         flavor: Flavor,
-    ) -> Result<Lineage, SourceError> {
+    ) -> Result<(), SourceError> {
         let address = self.login.address();
         let (id, uuid): (u64, Option<String>) = primary
             .query_first(sql::server_identity(flavor))
@@ -128,7 +128,7 @@ impl Replica {
                 lineage.uuid.as_deref().unwrap_or("MariaDB")
             )));
         }
-        Ok(lineage)
+        Ok(())
     }
 
     /// The replica's source, from its replication status; `None` when it replicates

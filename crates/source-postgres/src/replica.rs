@@ -103,7 +103,7 @@ impl Standby {
 
     /// Fails unless the replica is in recovery and replicates the primary (the same system
     /// identifier): an independent copy's LSNs name nothing on the primary's log.
-    pub(crate) async fn ensure_replicates(&self, primary: &Client) -> Result<(), SourceError> {
+    async fn ensure_replicates(&self, primary: &Client) -> Result<(), SourceError> {
         let (ours, theirs) = (
             system_identifier(primary, "reading the primary's system identifier").await?,
             system_identifier(&self.client, "reading the replica's system identifier").await?,
@@ -139,12 +139,12 @@ impl Standby {
 
     /// Waits until the standby has replayed `target`, saying every few seconds how far
     /// behind it is.
-    pub(crate) async fn await_replayed(&mut self, target: Lsn) -> Result<Lsn, SourceError> {
+    pub(crate) async fn await_replayed(&mut self, target: Lsn) -> Result<(), SourceError> {
         let started = Instant::now();
         loop {
             let at = self.replayed().await?;
             if at >= target {
-                return Ok(at);
+                return Ok(());
             }
             if self.said.is_none_or(|s| s.elapsed() >= SAY_EVERY) && started.elapsed() >= SAY_EVERY
             {
@@ -190,12 +190,9 @@ fn replayed_lsn(text: Option<String>, login: &PgLogin) -> Result<Lsn, SourceErro
 /// when the replay waited on a buffer pin; a read-only repeatable-read transaction meets
 /// neither otherwise.
 pub(crate) fn is_recovery_conflict(e: &SourceError) -> bool {
-    std::error::Error::source(e)
-        .and_then(|c| c.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|c| {
-            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
-        })
+    sqlstate(e).is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
 }
 
 /// Whether a scan error on the standby is a table it does not have yet: a binding added
@@ -203,10 +200,14 @@ pub(crate) fn is_recovery_conflict(e: &SourceError) -> bool {
 /// the wait does not cover it. Transient there (the standby replays the creation soon);
 /// the primary's catalog, which the binding was checked against, has the table.
 pub(crate) fn lacks_a_table_yet(e: &SourceError) -> bool {
+    sqlstate(e).is_some_and(|c| *c == SqlState::UNDEFINED_TABLE)
+}
+
+/// The server's SQLSTATE behind a source error, when the server raised it.
+fn sqlstate(e: &SourceError) -> Option<&SqlState> {
     std::error::Error::source(e)
         .and_then(|c| c.downcast_ref::<tokio_postgres::Error>())
         .and_then(tokio_postgres::Error::code)
-        .is_some_and(|c| *c == SqlState::UNDEFINED_TABLE)
 }
 
 /// Tests prove the witness and the wait are needed by turning both off: the scan then

@@ -562,9 +562,7 @@ impl ChunkScanner for PgSource {
     /// On a standby, waits until it has replayed what the stream delivered.
     async fn await_visible(&mut self, delivered: &PgPosition) -> Result<(), SourceError> {
         match &mut self.replica {
-            Some(r) if !crate::replica::sabotaged() => {
-                r.await_replayed(delivered.lsn).await.map(|_| ())
-            }
+            Some(r) if !crate::replica::sabotaged() => r.await_replayed(delivered.lsn).await,
             _ => Ok(()),
         }
     }

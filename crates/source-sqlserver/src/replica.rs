@@ -116,13 +116,13 @@ impl Secondary {
 
     /// Waits until the secondary has redone `target`, saying every few seconds how far
     /// behind it is.
-    pub(crate) async fn await_redone(&mut self, target: Lsn) -> Result<Lsn, SourceError> {
+    pub(crate) async fn await_redone(&mut self, target: Lsn) -> Result<(), SourceError> {
         let started = Instant::now();
         let mut said = started;
         loop {
             let at = self.redone().await?;
             if at >= target {
-                return Ok(at);
+                return Ok(());
             }
             if said.elapsed() >= SAY_EVERY {
                 said = Instant::now();

@@ -751,7 +751,7 @@ impl Capture {
 
     /// `run` with `args`, while another thread waits `after` and then does `then` (resumes a
     /// replica, say): what a capture does when the world changes under it.
-    pub fn run_while(&self, args: &[&str], after: Duration, then: impl FnOnce() + Send) -> Outcome {
+    fn run_while(&self, args: &[&str], after: Duration, then: impl FnOnce() + Send) -> Outcome {
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 std::thread::sleep(after);
