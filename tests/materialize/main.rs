@@ -217,3 +217,27 @@ fn mariadb_materializes_exactly_once_from_jetstream_under_kills() {
     };
     end_to_end_under_kills(&db, "matjs", Some(format!("{}/m1", nats.url)));
 }
+
+/// Every process that opens a destination (`cdc run`, `cdc status` beside it) creates its
+/// checkpoint table if missing. Two such creations at once must both succeed: a bare
+/// `CREATE TABLE IF NOT EXISTS` raced into "duplicate key value violates unique constraint
+/// pg_type_typname_nsp_index" and stopped a run. Many schemas, six openers each at once.
+#[test]
+fn destinations_opened_at_once_create_their_checkpoint_table_once() {
+    let Some(pg) = PgServer::start_or_skip() else {
+        return;
+    };
+    for round in 0..15 {
+        let schema = format!("race_{round}");
+        pg.sql(&format!("CREATE SCHEMA {schema}")).unwrap();
+        let create = materialize_postgres::sql::create_checkpoints(&schema);
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let openers: Vec<_> = (0..6).map(|_| scope.spawn(|| pg.sql(&create))).collect();
+            openers
+                .into_iter()
+                .filter_map(|o| o.join().unwrap().err().map(|e| e.to_string()))
+                .collect()
+        });
+        assert!(failures.is_empty(), "round {round}: {failures:#?}");
+    }
+}

@@ -349,9 +349,18 @@ pub const COPY_STAGE: &str = "COPY cdc_stage (d, line, op, pos, ts) FROM STDIN (
 pub const CLEAR_STAGE: &str = "TRUNCATE cdc_stage";
 
 /// The checkpoint table of `schema`: each materialization binding's read position.
+///
+/// Every process that opens the destination runs this (`cdc run`, and `cdc status` beside
+/// it), and two `CREATE TABLE IF NOT EXISTS` of one table at once can both pass the check
+/// and the second fail on the catalog's unique index (SQLSTATE 23505). So the statement
+/// runs after a transaction-level advisory lock on the schema's checkpoint table, in the
+/// one implicit transaction of a multi-statement query: the second waits, then finds the
+/// table.
 pub fn create_checkpoints(schema: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {}.cdc_checkpoints (materialization text NOT NULL, target text NOT NULL, line bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (materialization, target))",
+        "SELECT pg_advisory_xact_lock(hashtext('cdc_checkpoints'), hashtext({0})); \
+         CREATE TABLE IF NOT EXISTS {1}.cdc_checkpoints (materialization text NOT NULL, target text NOT NULL, line bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (materialization, target))",
+        literal(schema),
         ident(schema)
     )
 }
