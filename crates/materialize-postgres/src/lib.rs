@@ -257,7 +257,7 @@ impl PgDestination {
             })?;
         }
         if existing.is_empty() {
-            let create = shape.create() + ";" + &shape.reread_index().unwrap_or_default();
+            let create = shape.create_once() + ";" + &shape.reread_index().unwrap_or_default();
             tracing::info!(table = %qualified, "creating the table");
             return self.run("creating a table", |client, _| async move {
                 client.batch_execute(&create).await

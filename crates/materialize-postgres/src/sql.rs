@@ -136,6 +136,19 @@ impl Shape {
         format!("CREATE TABLE {} ({})", self.qualified(), defs.join(", "))
     }
 
+    /// [`Shape::create`] for a preparer that may run beside another (a restarted
+    /// materializer, `cdc status`): `IF NOT EXISTS`, behind a transaction-level advisory
+    /// lock on the table's name, for the reason [`create_checkpoints`] gives. Run as one
+    /// multi-statement query, so the lock holds until the creation commits.
+    pub fn create_once(&self) -> String {
+        format!(
+            "SELECT pg_advisory_xact_lock(hashtext('cdc_table'), hashtext({})); {}",
+            literal(&self.qualified()),
+            self.create()
+                .replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+        )
+    }
+
     /// `ALTER TABLE ... ADD COLUMN` for a column the collection gained.
     pub fn add_column(&self, column: &Column) -> String {
         format!(
@@ -441,6 +454,16 @@ mod tests {
     fn keyless_and_delta_tables_have_no_key() {
         let keyless = shape(&[], false);
         assert!(!keyless.create().contains("PRIMARY KEY"));
+        assert!(
+            keyless
+                .create_once()
+                .starts_with("SELECT pg_advisory_xact_lock(")
+                && keyless
+                    .create_once()
+                    .contains("; CREATE TABLE IF NOT EXISTS "),
+            "{}",
+            keyless.create_once()
+        );
         assert!(!keyless.insert().contains("NOT EXISTS"));
         assert!(
             keyless.remove_one().contains("IS NOT DISTINCT FROM")
