@@ -15,10 +15,23 @@ use testkit::servers::PgServer;
 
 const TABLES: [(&str, &str); 3] = [("customers", "id"), ("products", "sku"), ("orders", "id")];
 
-struct Demo {
-    pg: PgServer,
-    cdc: std::path::PathBuf,
-    pipeline: std::path::PathBuf,
+/// The shop's big table for the browser tests: its backfill runs long enough to be watched
+/// and cancelled.
+pub(crate) const VISITS: (&str, &str) = ("visits", "id");
+
+/// The shop on its throwaway server, the warehouse beside it, and the pipeline between.
+pub(crate) struct Demo {
+    pub(crate) pg: PgServer,
+    pub(crate) cdc: std::path::PathBuf,
+    pub(crate) pipeline: std::path::PathBuf,
+    tables: Vec<(&'static str, &'static str)>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Demo {
@@ -40,7 +53,7 @@ impl Demo {
 
     /// Tables that differ between the shop and the warehouse.
     fn differing(&self) -> Vec<&'static str> {
-        TABLES
+        self.tables
             .iter()
             .filter(|(t, k)| {
                 self.rows("postgres", "shop", t, k) != self.rows("warehouse", "public", t, k)
@@ -50,7 +63,7 @@ impl Demo {
     }
 
     /// Waits until the warehouse equals the shop.
-    fn converge(&self, what: &str) -> Result<(), String> {
+    pub(crate) fn converge(&self, what: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let differing = self.differing();
@@ -105,7 +118,7 @@ impl Demo {
     }
 
     /// One write of the shop's ongoing business.
-    fn write(&self, n: usize) -> Result<(), String> {
+    pub(crate) fn write(&self, n: usize) -> Result<(), String> {
         let sql = match n % 3 {
             0 => format!(
                 "INSERT INTO shop.orders VALUES ({}, {}, 12.50, 'placed', now())",
@@ -137,15 +150,20 @@ fn build() -> Result<(), String> {
     }
 }
 
-fn write_pipeline(dir: &Path, pg: &PgServer) -> Result<std::path::PathBuf, String> {
+fn write_pipeline(
+    dir: &Path,
+    pg: &PgServer,
+    tables: &[(&str, &str)],
+    chunk_size: u32,
+) -> Result<std::path::PathBuf, String> {
     let config = json!({
         "endpoint": {"host": "127.0.0.1", "port": pg.port, "user": "postgres", "database": "postgres",
-                      "tls": {"mode": "disable"}, "advanced": {"chunk_size": 250}},
-        "bindings": TABLES.iter().map(|(t, _)| json!({"resource": {"namespace": "shop", "stream": t}, "target": format!("shop/{t}")})).collect::<Vec<_>>(),
+                      "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk_size}},
+        "bindings": tables.iter().map(|(t, _)| json!({"resource": {"namespace": "shop", "stream": t}, "target": format!("shop/{t}")})).collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("shop-postgres.json"), config.to_string())
         .map_err(|e| e.to_string())?;
-    let mut bindings: Vec<Value> = TABLES
+    let mut bindings: Vec<Value> = tables
         .iter()
         .map(|(t, _)| json!({"source": format!("shop/{t}"), "target": t}))
         .collect();
@@ -172,35 +190,59 @@ fn write_pipeline(dir: &Path, pg: &PgServer) -> Result<std::path::PathBuf, Strin
     Ok(path)
 }
 
-pub(crate) fn run() -> Result<(), String> {
-    if testkit::servers::postgres_bindir().is_none() {
-        return Err("the demo needs PostgreSQL's server binaries: on Debian/Ubuntu `sudo apt-get install postgresql` (the demo starts its own throwaway instance; nothing is installed as a service)".into());
-    }
-    println!("building source-postgres and cdc ...");
-    build()?;
-    let cdc = testkit::live::workspace_binary("cdc")?;
-    println!("starting a throwaway PostgreSQL (wal_level=logical) ...");
-    let pg = PgServer::start().map_err(|e| e.to_string())?;
-    pg.sql(
-        "CREATE SCHEMA shop;
-         CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
-         CREATE TABLE shop.products (sku text COLLATE \"C\" PRIMARY KEY, title text, price numeric(10,2));
-         CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer_id int, total numeric(12,2), status text, placed_at timestamptz);
-         INSERT INTO shop.customers SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 500) g;
-         INSERT INTO shop.products SELECT 'SKU-' || lpad(g::text, 4, '0'), 'product ' || g, (g % 97) + 0.99 FROM generate_series(1, 300) g;
-         INSERT INTO shop.orders SELECT g, 1 + g % 500, (g % 1000) / 3.0, 'placed', now() - (g || ' minutes')::interval FROM generate_series(1, 5000) g;",
-    )
-    .map_err(|e| e.to_string())?;
-    pg.sql("CREATE DATABASE warehouse")
+impl Demo {
+    /// Builds the binaries, starts the shop's server and writes the pipeline; with
+    /// `visits`, the shop has its big table too (chunks of 100 rows, so it backfills slowly).
+    pub(crate) fn start(visits: Option<u32>) -> Result<Self, String> {
+        if testkit::servers::postgres_bindir().is_none() {
+            return Err("the demo needs PostgreSQL's server binaries: on Debian/Ubuntu `sudo apt-get install postgresql` (the demo starts its own throwaway instance; nothing is installed as a service)".into());
+        }
+        println!("building source-postgres and cdc ...");
+        build()?;
+        let cdc = testkit::live::workspace_binary("cdc")?;
+        println!("starting a throwaway PostgreSQL (wal_level=logical) ...");
+        let pg = PgServer::start().map_err(|e| e.to_string())?;
+        pg.sql(
+            "CREATE SCHEMA shop;
+             CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
+             CREATE TABLE shop.products (sku text COLLATE \"C\" PRIMARY KEY, title text, price numeric(10,2));
+             CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer_id int, total numeric(12,2), status text, placed_at timestamptz);
+             INSERT INTO shop.customers SELECT g, 'customer ' || g, 'c' || g || '@example.com' FROM generate_series(1, 500) g;
+             INSERT INTO shop.products SELECT 'SKU-' || lpad(g::text, 4, '0'), 'product ' || g, (g % 97) + 0.99 FROM generate_series(1, 300) g;
+             INSERT INTO shop.orders SELECT g, 1 + g % 500, (g % 1000) / 3.0, 'placed', now() - (g || ' minutes')::interval FROM generate_series(1, 5000) g;",
+        )
         .map_err(|e| e.to_string())?;
-    println!(
-        "shop: 500 customers, 300 products, 5000 orders; an empty warehouse database beside it\n"
-    );
-    let dir = std::env::temp_dir().join(format!("cdc-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let pipeline = write_pipeline(&dir, &pg)?;
-    let demo = Demo { pg, cdc, pipeline };
+        let mut tables = TABLES.to_vec();
+        if let Some(rows) = visits {
+            pg.sql(&format!(
+                "CREATE TABLE shop.visits (id bigint PRIMARY KEY, customer_id int, page text, at timestamptz);
+                 INSERT INTO shop.visits SELECT g, 1 + g % 500, '/product/' || (g % 300), now() FROM generate_series(1, {rows}) g;"
+            ))
+            .map_err(|e| e.to_string())?;
+            tables.push(VISITS);
+        }
+        pg.sql("CREATE DATABASE warehouse")
+            .map_err(|e| e.to_string())?;
+        println!(
+            "shop: 500 customers, 300 products, 5000 orders{}; an empty warehouse database beside it\n",
+            visits.map_or(String::new(), |v| format!(", {v} visits"))
+        );
+        let dir = std::env::temp_dir().join(format!("cdc-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let chunk_size = if visits.is_some() { 100 } else { 250 };
+        let pipeline = write_pipeline(&dir, &pg, &tables, chunk_size)?;
+        Ok(Self {
+            pg,
+            cdc,
+            pipeline,
+            tables,
+            dir,
+        })
+    }
+}
 
+pub(crate) fn run() -> Result<(), String> {
+    let demo = Demo::start(None)?;
     println!("\n$ cdc run pipeline.json   (in the background)");
     let mut run: Child = Command::new(&demo.cdc)
         .args(["--log-level", "warn", "run"])
@@ -255,6 +297,5 @@ pub(crate) fn run() -> Result<(), String> {
         .arg(run.id().to_string())
         .status();
     let _ = run.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -6,9 +6,11 @@
 //!   and stop them on SIGINT or SIGTERM (stdin may be closed);
 //! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`;
 //! * `bench`: throughput against the physical limits, as ratios in one run;
-//! * `torture`: long runs of the torture and fault suite (`--minutes N`, `--seed S`).
+//! * `torture`: long runs of the torture and fault suite (`--minutes N`, `--seed S`);
+//! * `browser-test`: the web console in headless Chromium, driven by Playwright.
 
 mod bench;
+mod browser;
 mod demo;
 mod torture;
 
@@ -24,9 +26,10 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("torture") => torture::run(&args[1..]),
+        Some("browser-test") => browser::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | dbs | demo | bench [--rows N] [--smoke] | torture [--minutes N] [--seed S] [--only postgres|mariadb]>\n  torture  connectors under load, SIGKILLs and faults, checked; then the decoder fuzz\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+                "usage: cargo xtask <ci | dbs | demo | browser-test | bench [--rows N] [--smoke] | torture [--minutes N] [--seed S] [--only postgres|mariadb]>\n  browser-test  the web console in headless Chromium (Playwright), against a live pipeline\n  torture  connectors under load, SIGKILLs and faults, checked; then the decoder fuzz\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
             );
             return ExitCode::from(2);
         }

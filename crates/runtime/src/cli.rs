@@ -3,11 +3,14 @@
 //! ```text
 //! cdc spec                              JSON Schema of the pipeline spec
 //! cdc check  PIPELINE                   validate the spec, then each connector's `check`
-//! cdc run    PIPELINE [--until-caught-up]
+//! cdc run    PIPELINE [--until-caught-up] [--console [ADDR]]
 //! cdc status PIPELINE [--json]          per binding phase, rows, %, rows/s, ETA; lag
+//! cdc backfill PIPELINE KIND [...]      request a backfill (PIPELINE.md §5)
+//! cdc console PIPELINE [--addr ADDR]    the web console, from the store
 //! cdc read   PIPELINE COLLECTION        the collection's committed documents, one per line
 //! ```
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command as Process, ExitCode};
 use std::sync::Arc;
@@ -20,14 +23,14 @@ use backfill_core::terminal::Bars;
 use clap::{Parser, Subcommand};
 
 use crate::capture::{self, RunOptions};
-use crate::destination::DestinationKind;
+use crate::console;
+use crate::destination::{self, DestinationKind};
 use crate::error::{Error, Result};
 use crate::materialize::{self, MaterializeOptions};
+use crate::request::wanted::{self, Wanted};
 use crate::spec::{Pipeline, PipelineSpec, StoreLocation};
 use crate::status;
 use crate::store::{EmbeddedStore, JetStreamStore, Store};
-
-mod backfill;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +58,18 @@ enum Command {
         /// Stop once every capture has caught up (each connector's --until-caught-up).
         #[arg(long)]
         until_caught_up: bool,
+        /// Serve the web console and the Prometheus page (/metrics) at ADDR (127.0.0.1:8642
+        /// when no ADDR is given). Any address but loopback needs CDC_CONSOLE_TOKEN.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = console::DEFAULT_ADDR)]
+        console: Option<SocketAddr>,
+    },
+    /// Serve the web console of a pipeline that runs elsewhere (or not at all), from its
+    /// store. Any address but loopback needs CDC_CONSOLE_TOKEN.
+    Console {
+        pipeline: PathBuf,
+        /// Where to serve it.
+        #[arg(long, default_value = console::DEFAULT_ADDR)]
+        addr: SocketAddr,
     },
     /// Show each binding's progress and each capture's lag, read from the store.
     Status {
@@ -67,7 +82,7 @@ enum Command {
     Backfill {
         pipeline: PathBuf,
         #[command(flatten)]
-        wanted: backfill::Wanted,
+        wanted: Wanted,
     },
     /// Print a collection's committed documents (and truncates), one per line.
     Read {
@@ -117,26 +132,12 @@ fn open_store(pipeline: &Pipeline, create: bool) -> Result<Arc<dyn Store>> {
 fn load(path: &std::path::Path, destinations: &[Box<dyn DestinationKind>]) -> Result<Pipeline> {
     let pipeline = Pipeline::load(path)?;
     for (i, m) in pipeline.spec.materializations.iter().enumerate() {
-        let kind = destination_kind(destinations, &m.destination)
+        let kind = destination::kind(destinations, &m.destination)
             .map_err(|e| Error::Spec(format!("materializations[{i}].destination: {e}")))?;
         kind.validate(&m.endpoint)
             .map_err(|e| Error::Spec(format!("materializations[{i}].endpoint: {e}")))?;
     }
     Ok(pipeline)
-}
-
-fn destination_kind<'a>(
-    destinations: &'a [Box<dyn DestinationKind>],
-    name: &str,
-) -> std::result::Result<&'a dyn DestinationKind, String> {
-    destinations
-        .iter()
-        .find(|d| d.name() == name)
-        .map(|d| &**d)
-        .ok_or_else(|| {
-            let known: Vec<&str> = destinations.iter().map(|d| d.name()).collect();
-            format!("{name:?} is not a destination this cdc knows; use one of {known:?}")
-        })
 }
 
 fn run_command(
@@ -157,25 +158,37 @@ fn run_command(
         Command::Run {
             pipeline,
             until_caught_up,
+            console,
         } => {
+            let pipeline = load(&pipeline, destinations)?;
+            let console = console
+                .map(|addr| console::Bound::bind(addr, console_token()))
+                .transpose()?;
             run(
-                &load(&pipeline, destinations)?,
-                until_caught_up,
+                &pipeline,
+                RunWith {
+                    until_caught_up,
+                    log_level,
+                    console,
+                },
                 bars,
                 destinations,
-                log_level,
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Console { pipeline, addr } => {
+            let pipeline = load(&pipeline, destinations)?;
+            let bound = console::Bound::bind(addr, console_token())?;
+            let store = open_store(&pipeline, false)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            on_stop_signals(Arc::clone(&stop));
+            bound.serve(&pipeline, &*store, destinations, &stop)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { pipeline, json } => {
             let pipeline = load(&pipeline, destinations)?;
             let store = open_store(&pipeline, false)?;
-            let captures = status::read(&pipeline, &*store)?;
-            let status = status::PipelineStatus {
-                materializations: materialization_status(&pipeline, &captures, destinations),
-                requests: status::shown_requests(&*store)?,
-                captures,
-            };
+            let status = status::Watcher::new(&pipeline, destinations).read(&*store)?;
             print(&if json {
                 serde_json::to_string_pretty(&status).unwrap_or_default()
             } else {
@@ -186,7 +199,7 @@ fn run_command(
         Command::Backfill { pipeline, wanted } => {
             let pipeline = load(&pipeline, destinations)?;
             let store = open_store(&pipeline, true)?;
-            for request in backfill::requests(&pipeline, &wanted)? {
+            for request in wanted::requests(&pipeline, &wanted)? {
                 store.put_request(&request)?;
                 print(&format!("requested: {}", request.line()));
             }
@@ -201,58 +214,6 @@ fn run_command(
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Each materialization binding's position, read from its destination, against its
-/// capture's committed lines.
-fn materialization_status(
-    pipeline: &Pipeline,
-    captures: &[status::CaptureStatus],
-    destinations: &[Box<dyn DestinationKind>],
-) -> Vec<status::MaterializationStatus> {
-    pipeline
-        .spec
-        .materializations
-        .iter()
-        .map(|m| {
-            let positions = destination_kind(destinations, &m.destination)
-                .map_err(Error::Spec)
-                .and_then(|kind| {
-                    let bindings = materialize::table_bindings(m, pipeline)?;
-                    let mut d = kind.open(&m.name, &m.endpoint)?;
-                    d.prepare(&bindings, &[])?;
-                    d.positions()
-                });
-            let (positions, error) = match positions {
-                Ok(p) => (p, None),
-                Err(e) => (Default::default(), Some(e.to_string())),
-            };
-            let tables = m
-                .bindings
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let committed = pipeline
-                        .collection(&b.source)
-                        .and_then(|(c, _)| captures.iter().find(|s| s.capture == c.name))
-                        .map_or(0, |s| s.documents);
-                    let position = positions.get(&i).copied().unwrap_or(0);
-                    status::TableStatus {
-                        collection: b.source.clone(),
-                        table: b.target.clone(),
-                        position,
-                        committed,
-                        lag_lines: committed.saturating_sub(position),
-                    }
-                })
-                .collect();
-            status::MaterializationStatus {
-                materialization: m.name.clone(),
-                tables,
-                error,
-            }
-        })
-        .collect()
 }
 
 /// Each capture connector's `check`, its lines prefixed with the capture's name.
@@ -283,15 +244,33 @@ fn check(pipeline: &Pipeline) -> Result<ExitCode> {
     })
 }
 
+/// How `cdc run` was asked to run.
+#[derive(Debug)]
+struct RunWith {
+    until_caught_up: bool,
+    log_level: tracing::Level,
+    /// The console, bound at start.
+    console: Option<console::Bound>,
+}
+
+/// The console's token, from its environment variable.
+fn console_token() -> Option<String> {
+    std::env::var(console::TOKEN_ENV).ok()
+}
+
 /// Runs every capture and every materialization on a thread of its own until each ends;
 /// the first error stops the others.
 fn run(
     pipeline: &Pipeline,
-    until_caught_up: bool,
+    with: RunWith,
     bars: Option<Bars>,
     destinations: &[Box<dyn DestinationKind>],
-    log_level: tracing::Level,
 ) -> Result<()> {
+    let RunWith {
+        until_caught_up,
+        log_level,
+        console,
+    } = with;
     let store = open_store(pipeline, true)?;
     let stop = Arc::new(AtomicBool::new(false));
     on_stop_signals(Arc::clone(&stop));
@@ -324,60 +303,74 @@ fn run(
         committed: Arc::clone(&options.committed),
     };
     let captures_running = Arc::new(std::sync::atomic::AtomicUsize::new(pipeline.captures.len()));
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let mut handles: Vec<_> = pipeline
-            .captures
-            .iter()
-            .map(|c| {
+    // The console serves until the captures and materializations have ended.
+    let console_stop = AtomicBool::new(false);
+    let results: Vec<Result<()>> =
+        std::thread::scope(|s| {
+            let mut handles: Vec<_> = pipeline
+                .captures
+                .iter()
+                .map(|c| {
+                    let (store, options, stop) =
+                        (Arc::clone(&store), options.clone(), Arc::clone(&stop));
+                    let (running, done) = (
+                        Arc::clone(&captures_running),
+                        Arc::clone(&materialize.captures_done),
+                    );
+                    s.spawn(move || {
+                        let result = capture::run(c, &*store, &options);
+                        if result.is_err() {
+                            stop.store(true, Ordering::SeqCst);
+                            capture::forward_stop();
+                        }
+                        if running.fetch_sub(1, Ordering::SeqCst) == 1 && until_caught_up {
+                            done.store(true, Ordering::SeqCst);
+                        }
+                        result
+                    })
+                })
+                .collect();
+            for m in &pipeline.spec.materializations {
+                let kind = destination::kind(destinations, &m.destination).map_err(Error::Spec);
                 let (store, options, stop) =
-                    (Arc::clone(&store), options.clone(), Arc::clone(&stop));
-                let (running, done) = (
-                    Arc::clone(&captures_running),
-                    Arc::clone(&materialize.captures_done),
-                );
-                s.spawn(move || {
-                    let result = capture::run(c, &*store, &options);
+                    (Arc::clone(&store), materialize.clone(), Arc::clone(&stop));
+                handles.push(s.spawn(move || {
+                    let result = kind.and_then(|kind| {
+                        materialize::Job {
+                            m,
+                            pipeline,
+                            store: &*store,
+                            kind,
+                            options: &options,
+                        }
+                        .run()
+                    });
                     if result.is_err() {
                         stop.store(true, Ordering::SeqCst);
                         capture::forward_stop();
                     }
-                    if running.fetch_sub(1, Ordering::SeqCst) == 1 && until_caught_up {
-                        done.store(true, Ordering::SeqCst);
-                    }
                     result
+                }));
+            }
+            let console = console.map(|bound| {
+                let (store, console_stop) = (Arc::clone(&store), &console_stop);
+                s.spawn(move || bound.serve(pipeline, &*store, destinations, console_stop))
+            });
+            let mut results: Vec<Result<()>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Damaged("a capture thread panicked".into())))
                 })
-            })
-            .collect();
-        for m in &pipeline.spec.materializations {
-            let kind = destination_kind(destinations, &m.destination).map_err(Error::Spec);
-            let (store, options, stop) =
-                (Arc::clone(&store), materialize.clone(), Arc::clone(&stop));
-            handles.push(s.spawn(move || {
-                let result = kind.and_then(|kind| {
-                    materialize::Job {
-                        m,
-                        pipeline,
-                        store: &*store,
-                        kind,
-                        options: &options,
-                    }
-                    .run()
-                });
-                if result.is_err() {
-                    stop.store(true, Ordering::SeqCst);
-                    capture::forward_stop();
-                }
-                result
-            }));
-        }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Damaged("a capture thread panicked".into())))
-            })
-            .collect()
-    });
+                .collect();
+            console_stop.store(true, Ordering::SeqCst);
+            if let Some(console) = console {
+                results.push(console.join().unwrap_or_else(|_| {
+                    Err(Error::Damaged("the console's thread panicked".into()))
+                }));
+            }
+            results
+        });
     let _ = std::fs::remove_dir_all(&work_dir);
     results.into_iter().collect()
 }

@@ -226,3 +226,18 @@ pub trait DestinationKind: Send + Sync {
     /// Opens a destination for materialization `materialization` at `endpoint`.
     fn open(&self, materialization: &str, endpoint: &Value) -> Result<Box<dyn Destination>>;
 }
+
+/// The kind called `name` among `kinds`; the error lists the known ones.
+pub fn kind<'a>(
+    kinds: &'a [Box<dyn DestinationKind>],
+    name: &str,
+) -> std::result::Result<&'a dyn DestinationKind, String> {
+    kinds
+        .iter()
+        .find(|d| d.name() == name)
+        .map(|d| &**d)
+        .ok_or_else(|| {
+            let known: Vec<&str> = kinds.iter().map(|d| d.name()).collect();
+            format!("{name:?} is not a destination this cdc knows; use one of {known:?}")
+        })
+}

@@ -17,11 +17,13 @@
 //! * [`materialize`]: one materialization's loop, with its exactly-once argument;
 //! * [`request`]: backfill requests, durable in the store until carried out;
 //! * [`status`]: progress read back from the store;
-//! * [`cli`]: `cdc spec | check | run | status | read`.
+//! * [`console`]: the web console and the runtime's Prometheus page, on one HTTP server;
+//! * [`cli`]: `cdc spec | check | run | status | backfill | console | read`.
 
 pub mod capture;
 pub mod cli;
 pub mod compaction;
+pub mod console;
 pub mod destination;
 pub mod discovery;
 pub mod error;

@@ -26,6 +26,8 @@
 //! (for a capture's backfill: every selected binding active again at its new counter),
 //! then `done`. Each step is idempotent, so a crash in between repeats it harmlessly.
 
+pub mod wanted;
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;

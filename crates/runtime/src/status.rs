@@ -14,6 +14,7 @@ use backfill_core::terminal::Bars;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::destination::{Destination, DestinationKind};
 use crate::error::Result;
 use crate::spec::{Capture, Pipeline};
 use crate::store::Store;
@@ -210,7 +211,7 @@ pub fn read(pipeline: &Pipeline, store: &dyn Store) -> Result<Vec<CaptureStatus>
                         .and_then(|p| p["rows_per_second"][&key].as_f64())
                         .filter(|_| phase == "backfilling");
                     let eta_seconds = match (rows_per_second, estimated_rows) {
-                        (Some(rate), Some(total)) if rate > 0.0 => {
+                        (Some(rate), Some(total)) if rate > 0.0 && total > rows => {
                             Some(total.saturating_sub(rows) as f64 / rate)
                         }
                         _ => None,
@@ -280,6 +281,107 @@ pub struct PipelineStatus {
     pub materializations: Vec<MaterializationStatus>,
     /// Backfill requests not done yet, and those done in the last hour.
     pub requests: Vec<crate::request::Request>,
+}
+
+/// Reads a pipeline's whole status again and again (`cdc status` once, the console every
+/// second), keeping each materialization's destination open between reads: a destination
+/// is opened on the first read, and again on the read after one that failed.
+pub struct Watcher<'a> {
+    pipeline: &'a Pipeline,
+    kinds: &'a [Box<dyn DestinationKind>],
+    /// Per materialization: its destination, while open.
+    open: Vec<Option<Box<dyn Destination>>>,
+}
+
+impl std::fmt::Debug for Watcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Watcher<'a> {
+    /// A watcher of `pipeline`, whose materializations' destinations are of `kinds`.
+    pub fn new(pipeline: &'a Pipeline, kinds: &'a [Box<dyn DestinationKind>]) -> Self {
+        Self {
+            pipeline,
+            kinds,
+            open: pipeline
+                .spec
+                .materializations
+                .iter()
+                .map(|_| None)
+                .collect(),
+        }
+    }
+
+    /// Everything `cdc status` shows, read now.
+    pub fn read(&mut self, store: &dyn Store) -> Result<PipelineStatus> {
+        let captures = read(self.pipeline, store)?;
+        let materializations = (0..self.open.len())
+            .map(|i| self.materialization(i, &captures))
+            .collect();
+        Ok(PipelineStatus {
+            captures,
+            materializations,
+            requests: shown_requests(store)?,
+        })
+    }
+
+    /// Materialization `i`'s bindings: each one's position, read from its destination,
+    /// against its capture's committed lines.
+    fn materialization(&mut self, i: usize, captures: &[CaptureStatus]) -> MaterializationStatus {
+        let m = &self.pipeline.spec.materializations[i];
+        let positions = self.positions(i);
+        let (positions, error) = match positions {
+            Ok(p) => (p, None),
+            Err(e) => {
+                self.open[i] = None;
+                (Default::default(), Some(e.to_string()))
+            }
+        };
+        let tables = m
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(b_index, b)| {
+                let committed = self
+                    .pipeline
+                    .collection(&b.source)
+                    .and_then(|(c, _)| captures.iter().find(|s| s.capture == c.name))
+                    .map_or(0, |s| s.documents);
+                let position = positions.get(&b_index).copied().unwrap_or(0);
+                TableStatus {
+                    collection: b.source.clone(),
+                    table: b.target.clone(),
+                    position,
+                    committed,
+                    lag_lines: committed.saturating_sub(position),
+                }
+            })
+            .collect();
+        MaterializationStatus {
+            materialization: m.name.clone(),
+            tables,
+            error,
+        }
+    }
+
+    /// Materialization `i`'s positions, opening its destination first where it is not open.
+    fn positions(&mut self, i: usize) -> Result<std::collections::HashMap<usize, u64>> {
+        let m = &self.pipeline.spec.materializations[i];
+        if self.open[i].is_none() {
+            let kind =
+                crate::destination::kind(self.kinds, &m.destination).map_err(crate::Error::Spec)?;
+            let bindings = crate::materialize::table_bindings(m, self.pipeline)?;
+            let mut d = kind.open(&m.name, &m.endpoint)?;
+            d.prepare(&bindings, &[])?;
+            self.open[i] = Some(d);
+        }
+        match &mut self.open[i] {
+            Some(d) => d.positions(),
+            None => Ok(Default::default()),
+        }
+    }
 }
 
 /// The backfill requests `cdc status` shows: open ones, and those done within the hour.

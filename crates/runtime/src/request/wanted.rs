@@ -1,5 +1,6 @@
-//! `cdc backfill`: turns what the user asked for into durable requests, one per capture or
-//! materialization it touches, each naming its collections, counters and table action.
+//! What a user asks for (`cdc backfill`'s arguments, or the console's backfill dialog),
+//! turned into durable requests, one per capture or materialization it touches, each naming
+//! its collections, counters and table action. Both front ends share this one validation.
 
 use std::collections::BTreeMap;
 
@@ -10,31 +11,38 @@ use crate::request::{Kind, Phase, Request, TableAction};
 use crate::spec::Pipeline;
 use crate::status::now_ms;
 
-/// What the user asked for: `cdc backfill`'s arguments after the pipeline.
-#[derive(Debug, clap::Args)]
-pub(super) struct Wanted {
+/// What the user asked for: `cdc backfill`'s arguments after the pipeline, or the JSON the
+/// console's dialog posts (the same fields, `bindings` and `endpoint_set` as lists).
+#[derive(Debug, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wanted {
     /// incremental: re-read source tables; materialization: rebuild destination tables
     /// from their collections; reset: re-read every table of the captures and rebuild
     /// downstream; cancel: stop a running capture backfill.
-    pub(super) kind: Kind,
+    pub kind: Kind,
     /// A collection (or a destination table, for a materialization backfill); repeat
     /// for several; all when not given.
     #[arg(long = "binding")]
-    pub(super) bindings: Vec<String>,
+    #[serde(default)]
+    pub bindings: Vec<String>,
     /// Incremental: the backfill mode for the re-read (only-changes jumps ahead).
     #[arg(long)]
-    pub(super) mode: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
     /// What happens to destination tables: keep (incremental's default), truncate,
     /// drop, rebuild (zero downtime; the default of materialization and reset).
     #[arg(long)]
-    pub(super) table: Option<TableAction>,
+    #[serde(default)]
+    pub table: Option<TableAction>,
     /// Only this materialization (materialization backfills).
     #[arg(long)]
-    pub(super) materialization: Option<String>,
+    #[serde(default)]
+    pub materialization: Option<String>,
     /// Reset: an endpoint setting of the connector config, `path=JSON` (for example
     /// `advanced.min_backfill_xid=1234`); repeatable.
     #[arg(long = "endpoint-set")]
-    pub(super) endpoint_set: Vec<String>,
+    #[serde(default)]
+    pub endpoint_set: Vec<String>,
 }
 
 /// The mode as the config spells it: `only-changes` and `Only Changes` alike.
@@ -58,7 +66,7 @@ fn mode(given: &str) -> Result<String> {
 }
 
 /// The requests for `wanted`, validated against the pipeline.
-pub(super) fn requests(pipeline: &Pipeline, wanted: &Wanted) -> Result<Vec<Request>> {
+pub fn requests(pipeline: &Pipeline, wanted: &Wanted) -> Result<Vec<Request>> {
     let created_at_ms = now_ms();
     let id = |n: usize| format!("r{created_at_ms}-{n}");
     let mode = wanted.mode.as_deref().map(mode).transpose()?;
