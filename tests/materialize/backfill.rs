@@ -15,15 +15,28 @@ use testkit::servers::PgServer;
 
 use crate::types::pipeline;
 
-/// `cdc run` in the background, stopped (SIGTERM) when dropped.
-pub(crate) struct Running(Child);
+/// `cdc run` (or another long-running `cdc` command) in the background, killed when
+/// dropped.
+pub(crate) struct Running(pub(crate) Child);
 
 impl Running {
     pub(crate) fn start(pipeline: &Path) -> Self {
+        Self::command("run", pipeline, &[], &[])
+    }
+
+    /// `cdc <command> PIPELINE <args>` with `env` set.
+    pub(crate) fn command(
+        command: &str,
+        pipeline: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         Self(
             Command::new(workspace_binary("cdc").unwrap())
-                .args(["--log-level", "warn", "run"])
+                .args(["--log-level", "warn", command])
                 .arg(pipeline)
+                .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .spawn()
@@ -48,7 +61,7 @@ impl Drop for Running {
 }
 
 /// `cdc status --json`, or null while the store does not exist yet.
-fn status(pipeline: &Path) -> Value {
+pub(crate) fn status(pipeline: &Path) -> Value {
     let out = Command::new(workspace_binary("cdc").unwrap())
         .args(["--log-level", "warn", "status", "--json"])
         .arg(pipeline)
@@ -91,7 +104,7 @@ pub(crate) fn backfill(pipeline: &Path, args: &[&str]) {
 }
 
 /// Rows of `table` as `id|v|pad` lines, sorted.
-fn rows(server: &PgServer, table: &str) -> Vec<String> {
+pub(crate) fn rows(server: &PgServer, table: &str) -> Vec<String> {
     sorted_rows(server, &format!("SELECT id, v, pad FROM {table}"))
 }
 
@@ -108,7 +121,7 @@ pub(crate) fn sorted_rows(server: &PgServer, query: &str) -> Vec<String> {
 }
 
 /// Waits until the destination table equals the source table.
-fn converges(src: &PgServer, dest: &PgServer, table: &str, what: &str) {
+pub(crate) fn converges(src: &PgServer, dest: &PgServer, table: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (want, got) = (rows(src, table), rows(dest, table));

@@ -22,6 +22,7 @@ use testkit::servers::{MariaDbServer, NatsServer, PgServer};
 
 mod backfill;
 mod compaction;
+mod console;
 mod types;
 
 /// The `postgres` destination endpoint of a throwaway server.

@@ -62,7 +62,7 @@ pub(crate) fn run() -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let driver_dir = root.join("browser");
     install_driver(&driver_dir)?;
-    let shots = root.join("..").join("target").join("console");
+    let shots = root.parent().unwrap_or(root).join("target").join("console");
     std::fs::create_dir_all(&shots).map_err(|e| e.to_string())?;
 
     let demo = Demo::start(Some(VISITS))?;

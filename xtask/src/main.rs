@@ -1,7 +1,7 @@
 //! Project automation, run as `cargo xtask <command>`:
 //!
 //! * `ci`: what CI runs: `cargo fmt --check`, clippy with warnings denied, every test
-//!   (cargo-nextest when installed, `cargo test` otherwise);
+//!   (cargo-nextest when installed, `cargo test` otherwise), then the browser tests;
 //! * `dbs`: start a throwaway PostgreSQL and MariaDB configured for CDC, print their URLs,
 //!   and stop them on SIGINT or SIGTERM (stdin may be closed);
 //! * `demo`: a throwaway PostgreSQL shop captured live by `source-postgres`;
@@ -88,9 +88,12 @@ fn ci() -> Result<(), String> {
             "never",
             "--failure-output",
             "final",
-        ])
+        ])?;
+        // The console in a real browser, against a live pipeline.
+        browser::run()
     } else {
-        cargo(&["test", "--workspace", "--no-fail-fast"])
+        cargo(&["test", "--workspace", "--no-fail-fast"])?;
+        browser::run()
     }
 }
 

@@ -5,6 +5,7 @@
 //! ([`tls`]) and seeded random numbers ([`rng`]).
 
 pub mod checker;
+pub mod http;
 pub mod live;
 pub mod pipeline;
 pub mod proxy;

@@ -1,0 +1,363 @@
+//! The console's HTTP API without a browser (the browser tests are `cargo xtask
+//! browser-test`): the status a live pipeline shows, a backfill requested through it and
+//! carried out, and every refusal of the safe defaults: another origin, another host name,
+//! a form's body, a missing or wrong token, a public address without a token. No endpoint
+//! secret ever leaves the console.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::http::{Response, exchange};
+use testkit::servers::{PgServer, free_port};
+
+use crate::backfill::{Running, converges, status};
+use crate::types::{cdc, pipeline};
+
+/// A secret put in both endpoints: no answer of the console may carry it.
+const SECRET: &str = "s3cret-never-shown";
+
+/// GET `path` from the console at `addr`.
+fn get(addr: &str, path: &str) -> Response {
+    exchange(addr, "GET", path, &[], "", None).unwrap()
+}
+
+/// POST `body` to `/api/backfill` as the console's own page does.
+fn post(addr: &str, body: &Value) -> Response {
+    let origin = format!("http://{addr}");
+    exchange(
+        addr,
+        "POST",
+        "/api/backfill",
+        &[
+            ("Origin", &origin),
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Content-Type", "application/json"),
+        ],
+        &body.to_string(),
+        None,
+    )
+    .unwrap()
+}
+
+/// Waits until the console answers `/api/status` with a status satisfying `ok`.
+fn wait_for(addr: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = exchange(addr, "GET", "/api/status", &[], "", None);
+        if let Ok(r) = &answer
+            && r.status == 200
+            && ok(&r.json())
+        {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "{what}: {answer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A source table `t` of 3,000 rows, a pipeline to `dest`, and a secret in both endpoints.
+fn setup(src: &PgServer, dest: &PgServer, name: &str) -> std::path::PathBuf {
+    src.sql("CREATE TABLE t (id int PRIMARY KEY, v int, pad text); INSERT INTO t SELECT g, g, 'initial' FROM generate_series(1, 3000) g").unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-console-{name}-{}", std::process::id()));
+    let path = pipeline(src, dest, &dir, &["t"]);
+    // Trust authentication ignores the passwords; the console must not show them anyway.
+    for (file, pointer) in [
+        ("config.json", "/endpoint"),
+        ("pipeline.json", "/materializations/0/endpoint"),
+    ] {
+        let file = dir.join(file);
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        v.pointer_mut(pointer).unwrap()["password"] = json!(SECRET);
+        std::fs::write(&file, v.to_string()).unwrap();
+    }
+    path
+}
+
+fn no_secret_in(answers: &[&Response]) {
+    for a in answers {
+        assert!(
+            !a.body.contains(SECRET),
+            "a secret left the console: {}",
+            a.body
+        );
+    }
+}
+
+#[test]
+fn the_console_shows_a_live_pipeline_and_carries_out_a_backfill_from_its_api() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    let pipeline = setup(&src, &dest, "live");
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let run = Running::command("run", &pipeline, &[&format!("--console={addr}")], &[]);
+
+    // The backfill reaches 100% and the destination catches up, as the page shows it.
+    let shown = wait_for(&addr, "the backfill does not complete", |s| {
+        s["status"]["captures"][0]["bindings"][0]["percent"] == 100.0
+            && s["status"]["materializations"][0]["tables"][0]["lag_lines"] == 0
+            && s["status"]["materializations"][0]["tables"][0]["position"].as_u64() > Some(0)
+    });
+    assert_eq!(
+        shown["pipeline"]["captures"][0]["collections"],
+        json!(["t"])
+    );
+    assert_eq!(
+        shown["pipeline"]["materializations"][0]["bindings"][0]["target"],
+        "t"
+    );
+    converges(&src, &dest, "t", "the initial backfill");
+
+    let page = get(&addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("<title>cdc console</title>"),
+        "{}",
+        page.body
+    );
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    for asset in ["/console.js", "/console.css"] {
+        assert_eq!(get(&addr, asset).status, 200, "{asset}");
+    }
+    // Live updates: server-sent events, the status as the first one.
+    let events = exchange(&addr, "GET", "/api/events", &[], "", Some(2048)).unwrap();
+    assert_eq!(events.header("content-type"), Some("text/event-stream"));
+    assert!(events.body.contains("event: status"), "{}", events.body);
+    assert!(events.body.contains("\"captures\""), "{}", events.body);
+    // The runtime's Prometheus page on the same server.
+    let metrics = get(&addr, "/metrics");
+    assert!(
+        metrics
+            .body
+            .contains("cdc_capture_documents_total{capture=\"c\"}"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("cdc_materialization_behind_lines{materialization=\"m\",table=\"t\"} 0"),
+        "{}",
+        metrics.body
+    );
+    let history = get(&addr, "/api/history");
+    assert!(
+        !history.json().as_array().unwrap().is_empty(),
+        "{}",
+        history.body
+    );
+
+    // What cdc backfill refuses, the console refuses, with the same words.
+    let keep = post(&addr, &json!({"kind": "materialization", "table": "keep"}));
+    assert_eq!(keep.status, 400, "{}", keep.body);
+    assert!(
+        keep.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--table keep"),
+        "{}",
+        keep.body
+    );
+    let unknown = post(&addr, &json!({"kind": "incremental", "bindings": ["nope"]}));
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    let misspelt = post(&addr, &json!({"kind": "materialization", "tabel": "drop"}));
+    assert_eq!(misspelt.status, 400, "{}", misspelt.body);
+
+    // A materialization backfill under writes, requested through the API.
+    let asked = post(
+        &addr,
+        &json!({"kind": "materialization", "bindings": ["t"], "table": "rebuild"}),
+    );
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let lines = asked.json()["requested"].as_array().unwrap().clone();
+    assert_eq!(lines.len(), 1, "{}", asked.body);
+    assert!(
+        lines[0]
+            .as_str()
+            .unwrap()
+            .contains("materialization of m [t] tables: rebuild")
+    );
+    src.sql("UPDATE t SET v = v + 1 WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0")
+        .unwrap();
+    let done = wait_for(&addr, "the materialization backfill is not done", |s| {
+        s["status"]["requests"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["phase"] == "done")
+    });
+    assert_eq!(done["status"]["requests"][0]["kind"], "materialization");
+    // The request is the store's: cdc status shows the same one.
+    assert_eq!(
+        status(&pipeline)["requests"][0]["id"],
+        done["status"]["requests"][0]["id"]
+    );
+    converges(
+        &src,
+        &dest,
+        "t",
+        "a materialization backfill from the console",
+    );
+
+    no_secret_in(&[
+        &get(&addr, "/"),
+        &get(&addr, "/api/status"),
+        &get(&addr, "/api/history"),
+        &get(&addr, "/metrics"),
+        &events,
+    ]);
+    run.stop();
+    let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
+}
+
+#[test]
+fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    let pipeline = setup(&src, &dest, "refusals");
+    // The pipeline ran once; the console then runs alone against its store.
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let console =
+        |env: &[(&str, &str)]| Running::command("console", &pipeline, &["--addr", &addr], env);
+    let served = console(&[]);
+    wait_for(&addr, "the console does not serve", |_| true);
+
+    let own = format!("http://{addr}");
+    let body = json!({"kind": "reset"}).to_string();
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let attempts: [(&str, Headers<'_>, u16); 4] = [
+        (
+            "another origin",
+            vec![
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "application/json"),
+            ],
+            403,
+        ),
+        (
+            "a cross-site fetch without an Origin",
+            vec![
+                ("Sec-Fetch-Site", "cross-site"),
+                ("Content-Type", "application/json"),
+            ],
+            403,
+        ),
+        (
+            "a form's body from the console's own origin",
+            vec![("Origin", &own), ("Content-Type", "text/plain")],
+            415,
+        ),
+        (
+            "a host name rebound to loopback",
+            vec![
+                ("Host", "evil.example"),
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "application/json"),
+            ],
+            403,
+        ),
+    ];
+    for (what, headers, code) in &attempts {
+        let r = exchange(&addr, "POST", "/api/backfill", headers, &body, None).unwrap();
+        assert_eq!(r.status, *code, "{what}: {}", r.body);
+    }
+    let foreign_read = exchange(
+        &addr,
+        "GET",
+        "/api/status",
+        &[("Host", "evil.example:80")],
+        "",
+        None,
+    )
+    .unwrap();
+    assert_eq!(foreign_read.status, 403, "{}", foreign_read.body);
+    assert_eq!(
+        wait_for(&addr, "status", |_| true)["status"]["requests"],
+        json!([]),
+        "a refused request was written"
+    );
+
+    // A request the console takes is durable: shown after the console restarts, and by
+    // cdc status, pending until a cdc run carries it out.
+    let asked = post(&addr, &json!({"kind": "incremental", "bindings": ["t"]}));
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    drop(served);
+    let served = console(&[]);
+    let shown = wait_for(&addr, "the request after a restart", |s| {
+        s["status"]["requests"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
+    assert_eq!(shown["status"]["requests"][0]["kind"], "incremental");
+    assert_eq!(shown["status"]["requests"][0]["phase"], "pending");
+    assert_eq!(status(&pipeline)["requests"][0]["phase"], "pending");
+    drop(served);
+
+    // A public address needs a token.
+    let public = format!("0.0.0.0:{}", free_port().unwrap());
+    let out = std::process::Command::new(testkit::live::workspace_binary("cdc").unwrap())
+        .args(["console"])
+        .arg(&pipeline)
+        .args(["--addr", &public])
+        .env_remove("CDC_CONSOLE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "served {public} without a token");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CDC_CONSOLE_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With a token, every route wants it; opening /?token= once keeps it in a cookie.
+    let _served = console(&[("CDC_CONSOLE_TOKEN", "let-me-in")]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exchange(&addr, "GET", "/api/status", &[], "", None).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the console with a token does not serve"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for path in ["/", "/api/status", "/api/events", "/metrics"] {
+        assert_eq!(get(&addr, path).status, 401, "{path} without the token");
+    }
+    let wrong = exchange(
+        &addr,
+        "GET",
+        "/api/status",
+        &[("Authorization", "Bearer let-me-In")],
+        "",
+        None,
+    )
+    .unwrap();
+    assert_eq!(wrong.status, 401);
+    let bearer = exchange(
+        &addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer let-me-in")],
+        "",
+        None,
+    )
+    .unwrap();
+    assert_eq!(bearer.status, 200, "{}", bearer.body);
+    let opened = get(&addr, "/?token=let-me-in");
+    assert_eq!(opened.status, 303);
+    assert_eq!(opened.header("location"), Some("/"));
+    let cookie = opened.header("set-cookie").unwrap_or_default().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let page = exchange(&addr, "GET", "/", &[("Cookie", pair)], "", None).unwrap();
+    assert_eq!(page.status, 200);
+    let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
+}
