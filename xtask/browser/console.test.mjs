@@ -55,13 +55,18 @@ try {
     await page.getByRole('heading', { name: 'cdc console' }).waitFor();
     await page.getByText('Live: updated every second').waitFor();
     await page.locator('#captures table').first().waitFor();
-    await page.screenshot({ path: `${shots}/overview-backfilling.png`, fullPage: true });
   });
 
   await step('every progress bar advances to 100%', async () => {
     // Each binding's bar is labelled for screen readers; the big table's is seen moving.
     const visits = page.getByRole('progressbar', { name: 'Backfill of shop/visits' });
     await visits.waitFor();
+    // The big table's bar is seen part way (its estimate known), then full.
+    await page.waitForFunction(() => {
+      const bar = document.querySelector('td[data-binding="shop/visits"] progress');
+      return bar && bar.hasAttribute('value') && Number(bar.value) > 0 && Number(bar.value) < 100;
+    });
+    await page.screenshot({ path: `${shots}/overview-backfilling.png`, fullPage: true });
     await page.waitForFunction(() => {
       const bars = [...document.querySelectorAll('#captures progress')];
       return bars.length === 4 && bars.every((b) => b.hasAttribute('value') && Number(b.value) === 100);

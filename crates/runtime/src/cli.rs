@@ -60,7 +60,7 @@ enum Command {
         until_caught_up: bool,
         /// Serve the web console and the Prometheus page (/metrics) at ADDR (127.0.0.1:8642
         /// when no ADDR is given). Any address but loopback needs CDC_CONSOLE_TOKEN.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = console::DEFAULT_ADDR)]
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = console::DEFAULT_ADDR, value_parser = console_addr)]
         console: Option<SocketAddr>,
     },
     /// Serve the web console of a pipeline that runs elsewhere (or not at all), from its
@@ -68,7 +68,7 @@ enum Command {
     Console {
         pipeline: PathBuf,
         /// Where to serve it.
-        #[arg(long, default_value = console::DEFAULT_ADDR)]
+        #[arg(long, default_value = console::DEFAULT_ADDR, value_parser = console_addr)]
         addr: SocketAddr,
     },
     /// Show each binding's progress and each capture's lag, read from the store.
@@ -251,6 +251,21 @@ struct RunWith {
     log_level: tracing::Level,
     /// The console, bound at start.
     console: Option<console::Bound>,
+}
+
+/// A console address: `HOST:PORT` (a name such as `localhost` is looked up).
+fn console_addr(given: &str) -> std::result::Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    given
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            format!(
+                "{given:?} is no address: write HOST:PORT, like {}; for that default, put --console after the pipeline",
+                console::DEFAULT_ADDR
+            )
+        })
 }
 
 /// The console's token, from its environment variable.

@@ -34,7 +34,7 @@ function duration(seconds) {
   if (seconds === null || seconds === undefined) return '–';
   const s = Math.max(0, Math.round(seconds));
   if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
@@ -143,7 +143,7 @@ function renderMaterializations(snapshot) {
         el('td', { class: 'num', text: count(t.committed) }),
         el('td', { class: 'num behind', text: `${count(t.lag_lines)} lines` }));
     });
-    root.append(el('table', {}, el('caption', { class: 'summary', text: `Tables of ${m.materialization}` }),
+    root.append(el('table', {}, el('caption', { class: 'summary', text: `Tables of ${m.materialization} (positions in lines of the capture's log)` }),
       el('thead', {}, head), el('tbody', {}, ...rows)));
   }
 }
