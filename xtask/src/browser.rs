@@ -3,8 +3,8 @@
 //! `cdc run --console` while the shop keeps writing; `xtask/browser/console.test.mjs`
 //! drives Debian's Chromium through Playwright's driver (`playwright-core`; no browser is
 //! downloaded): the page loads, every progress bar reaches 100%, a materialization backfill
-//! from the dialog completes, a cancel stops a capture backfill, and requests from another
-//! origin are refused. Then the writes stop and the warehouse must equal the shop, value
+//! from the dialog completes, a cancel stops a capture backfill, a dataflow reset completes,
+//! and requests from another origin are refused. Then the writes stop and the warehouse must equal the shop, value
 //! for value. Screenshots land in `target/console/`.
 
 #![allow(clippy::print_stdout)] // the test speaks on stdout
