@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testkit::http::{Response, exchange};
-use testkit::servers::{PgServer, free_port};
+use testkit::servers::{PgServer, Throwaway as _, free_port};
 
 use crate::backfill::{Running, converges, status};
 use crate::types::{cdc, pipeline};
@@ -359,5 +359,43 @@ fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token(
     let pair = cookie.split(';').next().unwrap();
     let page = exchange(&addr, "GET", "/", &[("Cookie", pair)], "", None).unwrap();
     assert_eq!(page.status, 200);
+    let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
+}
+
+#[test]
+fn a_destination_that_is_down_is_shown_unreadable_and_read_again_once_it_is_back() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(mut dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    if dest.pid().is_none() {
+        println!(
+            "SKIPPED: the destination is not a server the harness started, so it cannot be stopped"
+        );
+        return;
+    }
+    let pipeline = setup(&src, &dest, "down");
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let _served = Running::command("console", &pipeline, &["--addr", &addr], &[]);
+    wait_for(&addr, "the destination's position", |s| {
+        s["status"]["materializations"][0]["tables"][0]["position"].as_u64() > Some(0)
+    });
+    if let Some(p) = dest.process_mut() {
+        p.kill();
+    }
+    // The page lives on: the captures as before, the destination named unreadable.
+    let down = wait_for(&addr, "the destination is not shown down", |s| {
+        s["status"]["materializations"][0]["error"].is_string()
+    });
+    assert_eq!(down["status"]["captures"][0]["capture"], "c");
+    dest.launch().unwrap();
+    let back = wait_for(&addr, "the destination is not read again", |s| {
+        s["status"]["materializations"][0]["error"].is_null()
+            && s["status"]["materializations"][0]["tables"][0]["lag_lines"] == 0
+    });
+    assert!(back["status"]["materializations"][0]["tables"][0]["position"].as_u64() > Some(0));
     let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
 }

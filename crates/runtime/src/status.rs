@@ -285,13 +285,19 @@ pub struct PipelineStatus {
 
 /// Reads a pipeline's whole status again and again (`cdc status` once, the console every
 /// second), keeping each materialization's destination open between reads: a destination
-/// is opened on the first read, and again on the read after one that failed.
+/// is opened on the first read, and again after a failure, no sooner than [`REOPEN_AFTER`]
+/// (opening one discovers its collections' schemas through the connectors).
 pub struct Watcher<'a> {
     pipeline: &'a Pipeline,
     kinds: &'a [Box<dyn DestinationKind>],
     /// Per materialization: its destination, while open.
     open: Vec<Option<Box<dyn Destination>>>,
+    /// Per materialization: its last failure, and when it happened, while not open.
+    failed: Vec<Option<(String, Instant)>>,
 }
+
+/// How long a watcher leaves a destination that failed before it opens it again.
+pub const REOPEN_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Watcher<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -302,15 +308,12 @@ impl std::fmt::Debug for Watcher<'_> {
 impl<'a> Watcher<'a> {
     /// A watcher of `pipeline`, whose materializations' destinations are of `kinds`.
     pub fn new(pipeline: &'a Pipeline, kinds: &'a [Box<dyn DestinationKind>]) -> Self {
+        let n = pipeline.spec.materializations.len();
         Self {
             pipeline,
             kinds,
-            open: pipeline
-                .spec
-                .materializations
-                .iter()
-                .map(|_| None)
-                .collect(),
+            failed: (0..n).map(|_| None).collect(),
+            open: (0..n).map(|_| None).collect(),
         }
     }
 
@@ -331,13 +334,19 @@ impl<'a> Watcher<'a> {
     /// against its capture's committed lines.
     fn materialization(&mut self, i: usize, captures: &[CaptureStatus]) -> MaterializationStatus {
         let m = &self.pipeline.spec.materializations[i];
-        let positions = self.positions(i);
-        let (positions, error) = match positions {
-            Ok(p) => (p, None),
-            Err(e) => {
-                self.open[i] = None;
-                (Default::default(), Some(e.to_string()))
-            }
+        let (positions, error) = match &self.failed[i] {
+            Some((e, at)) if at.elapsed() < REOPEN_AFTER => (Default::default(), Some(e.clone())),
+            _ => match self.positions(i) {
+                Ok(p) => {
+                    self.failed[i] = None;
+                    (p, None)
+                }
+                Err(e) => {
+                    self.open[i] = None;
+                    self.failed[i] = Some((e.to_string(), Instant::now()));
+                    (Default::default(), Some(e.to_string()))
+                }
+            },
         };
         let tables = m
             .bindings

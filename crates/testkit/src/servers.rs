@@ -287,8 +287,9 @@ impl Process {
         }
     }
 
-    /// SIGKILL: a crash.
-    fn kill(&mut self) {
+    /// SIGKILL: a crash. The server stays down until its `launch` (a test that needs it
+    /// gone for a while).
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             send_signal(child.id(), "KILL");
             wait_exit(&mut child, Duration::from_secs(30));
