@@ -55,6 +55,11 @@ fn wait_for(addr: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// A source server and a destination server (`None` once one printed `SKIPPED:`).
+fn servers() -> Option<(PgServer, PgServer)> {
+    Some((PgServer::start_or_skip()?, PgServer::start_or_skip()?))
+}
+
 /// A source table `t` of 3,000 rows, a pipeline to `dest`, and a secret in both endpoints.
 fn setup(src: &PgServer, dest: &PgServer, name: &str) -> std::path::PathBuf {
     src.sql("CREATE TABLE t (id int PRIMARY KEY, v int, pad text); INSERT INTO t SELECT g, g, 'initial' FROM generate_series(1, 3000) g").unwrap();
@@ -85,10 +90,7 @@ fn no_secret_in(answers: &[&Response]) {
 
 #[test]
 fn the_console_shows_a_live_pipeline_and_carries_out_a_backfill_from_its_api() {
-    let Some(src) = PgServer::start_or_skip() else {
-        return;
-    };
-    let Some(dest) = PgServer::start_or_skip() else {
+    let Some((src, dest)) = servers() else {
         return;
     };
     let pipeline = setup(&src, &dest, "live");
@@ -214,10 +216,7 @@ fn the_console_shows_a_live_pipeline_and_carries_out_a_backfill_from_its_api() {
 
 #[test]
 fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token() {
-    let Some(src) = PgServer::start_or_skip() else {
-        return;
-    };
-    let Some(dest) = PgServer::start_or_skip() else {
+    let Some((src, dest)) = servers() else {
         return;
     };
     let pipeline = setup(&src, &dest, "refusals");
@@ -364,10 +363,7 @@ fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token(
 
 #[test]
 fn a_destination_that_is_down_is_shown_unreadable_and_read_again_once_it_is_back() {
-    let Some(src) = PgServer::start_or_skip() else {
-        return;
-    };
-    let Some(mut dest) = PgServer::start_or_skip() else {
+    let Some((src, mut dest)) = servers() else {
         return;
     };
     if dest.pid().is_none() {
