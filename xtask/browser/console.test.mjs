@@ -4,6 +4,9 @@
 import { chromium } from 'playwright-core';
 import http from 'node:http';
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+
+const axePath = createRequire(import.meta.url).resolve('axe-core');
 
 const url = process.env.CONSOLE_URL;
 const shots = process.env.SHOTS;
@@ -76,6 +79,27 @@ try {
     }
     await page.locator('#materializations td.behind').first().waitFor();
     await page.screenshot({ path: `${shots}/overview.png`, fullPage: true });
+  });
+
+  await step('the overview and the dialog pass the accessibility rules (axe-core)', async () => {
+    // The console's CSP refuses injected scripts: this one page bypasses it to run axe.
+    const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1280, height: 1000 } });
+    const checked = await context.newPage();
+    await checked.goto(url);
+    await checked.locator('#captures table').first().waitFor();
+    await checked.addScriptTag({ path: axePath });
+    const audit = async (what) => {
+      const result = await checked.evaluate(() => window.axe.run(document, {
+        runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+      }));
+      const found = result.violations.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join('; ')})`);
+      assert.deepEqual(found, [], `${what}: accessibility violations`);
+    };
+    await audit('the overview');
+    await checked.getByRole('button', { name: 'Backfill…' }).click();
+    await checked.getByRole('dialog', { name: 'Backfill' }).waitFor();
+    await audit('the dialog');
+    await context.close();
   });
 
   await step('a materialization backfill from the dialog completes', async () => {
