@@ -988,6 +988,43 @@ fn a_backend_terminated_during_a_catalog_read_or_a_chunk_scan_is_ridden_out() {
     }
 }
 
+/// A table never analyzed (just created and loaded; autovacuum off here, so it stays so)
+/// still gets an estimate near its size, from its pages and the rows on its first pages,
+/// so its progress has a percent and an ETA.
+#[test]
+fn a_table_never_analyzed_is_estimated_from_its_pages() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE fresh (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false); INSERT INTO fresh SELECT g, 'value ' || g FROM generate_series(1, 20000) g")
+        .unwrap();
+    assert_eq!(
+        pg.sql("SELECT reltuples FROM pg_class WHERE relname = 'fresh'")
+            .unwrap()
+            .trim(),
+        "-1",
+        "the table was analyzed: the test would not see the fallback"
+    );
+    let cap = Capture::new(&binary, "pg-fresh");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 5000}})), "bindings": [binding("fresh", "", 0)]}));
+    let run = cap.run(&[
+        "capture",
+        "--until-caught-up",
+        "--state",
+        cap.state().to_str().unwrap(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let estimate: u64 = run
+        .stderr
+        .split("estimated_rows=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate: {}", run.stderr));
+    assert!(
+        (16_000..=24_000).contains(&estimate),
+        "estimated {estimate} rows of 20,000"
+    );
+}
+
 /// What a person sees: at a terminal, a live bar per table with rows, percent, rate and
 /// ETA, and colour unless `NO_COLOR` is set; in a file or a pipe, plain lines without a
 /// colour code, a line when a backfill starts (with the estimate). `--version` names the

@@ -216,8 +216,7 @@ impl Demo {
         if let Some(rows) = visits {
             pg.sql(&format!(
                 "CREATE TABLE shop.visits (id bigint PRIMARY KEY, customer_id int, page text, at timestamptz);
-                 INSERT INTO shop.visits SELECT g, 1 + g % 500, '/product/' || (g % 300), now() FROM generate_series(1, {rows}) g;
-                 ANALYZE shop.visits;"
+                 INSERT INTO shop.visits SELECT g, 1 + g % 500, '/product/' || (g % 300), now() FROM generate_series(1, {rows}) g;"
             ))
             .map_err(|e| e.to_string())?;
             tables.push(VISITS);

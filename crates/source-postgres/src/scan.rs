@@ -567,6 +567,9 @@ impl ChunkScanner for PgSource {
         }
     }
 
+    /// The planner's row count (`reltuples`); for a table never analyzed (a table just
+    /// created and loaded, before autovacuum's analyze), its pages times the rows on its
+    /// first pages, which a TID range scan reads alone (PostgreSQL 14+).
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
         let t = self.table(&binding.table).ok()?;
         let row = self
@@ -574,7 +577,24 @@ impl ChunkScanner for PgSource {
             .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
             .await
             .ok()?;
-        u64::try_from(row.get::<_, i64>(0)).ok()
+        let (analyzed, pages): (Option<i64>, i64) = (row.get(0), row.get(1));
+        if let Some(rows) = analyzed {
+            return u64::try_from(rows).ok();
+        }
+        if pages == 0 {
+            return Some(0);
+        }
+        if self.server_version < 140_000 {
+            return None;
+        }
+        let sampled = pages.min(sql::SAMPLED_PAGES);
+        let counted: i64 = self
+            .client
+            .query_one(&sql::rows_on_first_pages(&t.table, sampled), &[])
+            .await
+            .ok()?
+            .get(0);
+        u64::try_from(counted.saturating_mul(pages) / sampled).ok()
     }
 }
 

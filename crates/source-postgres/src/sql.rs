@@ -200,8 +200,20 @@ pub const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::int";
 
 /// The planner's row estimate of a relation (parameter: its OID).
-pub const ESTIMATE_ROWS: &str =
-    "SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = $1";
+pub const ESTIMATE_ROWS: &str = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END, \
+     pg_relation_size(oid) / current_setting('block_size')::bigint FROM pg_class WHERE oid = $1";
+
+/// Pages of a never-analyzed table sampled for its rows per page (a TID range scan reads
+/// only them, PostgreSQL 14+).
+pub const SAMPLED_PAGES: i64 = 32;
+
+/// The rows on the first `pages` pages of `table` (PostgreSQL 14+: a TID range scan).
+pub fn rows_on_first_pages(table: &TableRef, pages: i64) -> String {
+    format!(
+        "SELECT count(*) FROM {} WHERE ctid < '({pages},0)'::tid",
+        qualified(table)
+    )
+}
 
 /// The statement that creates the publication for these tables (all tables when none).
 pub fn create_publication<'a>(
