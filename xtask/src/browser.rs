@@ -10,7 +10,7 @@
 #![allow(clippy::print_stdout)] // the test speaks on stdout
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -66,16 +66,7 @@ pub(crate) fn run() -> Result<(), String> {
     std::fs::create_dir_all(&shots).map_err(|e| e.to_string())?;
 
     let demo = Demo::start(Some(VISITS))?;
-    let port = testkit::servers::free_port().map_err(|e| e.to_string())?;
-    let url = format!("http://127.0.0.1:{port}/");
-    println!("$ cdc run pipeline.json --console 127.0.0.1:{port}   (in the background)");
-    let mut run = Command::new(&demo.cdc)
-        .args(["--log-level", "warn", "run"])
-        .arg(&demo.pipeline)
-        .arg(format!("--console=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start cdc: {e}"))?;
+    let (mut run, url) = demo.run_with_console()?;
     let writing = AtomicBool::new(true);
     let result = std::thread::scope(|s| {
         let writer = s.spawn(|| {

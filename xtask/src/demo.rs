@@ -191,6 +191,21 @@ fn write_pipeline(
 }
 
 impl Demo {
+    /// `cdc run pipeline.json --console=127.0.0.1:PORT` in the background, and the
+    /// console's address.
+    pub(crate) fn run_with_console(&self) -> Result<(Child, String), String> {
+        let port = testkit::servers::free_port().map_err(|e| e.to_string())?;
+        println!("\n$ cdc run pipeline.json --console=127.0.0.1:{port}   (in the background)");
+        let run = Command::new(&self.cdc)
+            .args(["--log-level", "warn", "run"])
+            .arg(&self.pipeline)
+            .arg(format!("--console=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start cdc: {e}"))?;
+        Ok((run, format!("http://127.0.0.1:{port}/")))
+    }
+
     /// Builds the binaries, starts the shop's server and writes the pipeline; with
     /// `visits`, the shop has its big table too (chunks of 100 rows, so it backfills slowly).
     pub(crate) fn start(visits: Option<u32>) -> Result<Self, String> {
@@ -243,13 +258,8 @@ impl Demo {
 
 pub(crate) fn run() -> Result<(), String> {
     let demo = Demo::start(None)?;
-    println!("\n$ cdc run pipeline.json   (in the background)");
-    let mut run: Child = Command::new(&demo.cdc)
-        .args(["--log-level", "warn", "run"])
-        .arg(&demo.pipeline)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start cdc: {e}"))?;
+    let (mut run, url) = demo.run_with_console()?;
+    println!("  the console shows it all while the demo runs: {url}");
     let result = (|| {
         // Live changes while the backfill runs.
         std::thread::sleep(Duration::from_millis(300));
