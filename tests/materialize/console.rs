@@ -4,6 +4,7 @@
 //! a form's body, a missing or wrong token, a public address without a token. No endpoint
 //! secret ever leaves the console.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -394,4 +395,120 @@ fn a_destination_that_is_down_is_shown_unreadable_and_read_again_once_it_is_back
     });
     assert!(back["status"]["materializations"][0]["tables"][0]["position"].as_u64() > Some(0));
     let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
+}
+
+/// `curl` against the console over HTTPS, trusting `root`: the status code and the headers.
+fn curl(url: &str, root: Option<&Path>, headers: &[&str]) -> (String, String) {
+    let mut command = std::process::Command::new("curl");
+    command.args([
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    if let Some(root) = root {
+        command.arg("--cacert").arg(root);
+    }
+    for h in headers {
+        command.args(["-H", h]);
+    }
+    let out = command.arg(url).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = text.lines().last().unwrap_or_default().to_string();
+    (code, text)
+}
+
+#[test]
+fn the_console_serves_https_with_its_certificate_and_refuses_a_bad_one_at_start() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: no curl to speak HTTPS with");
+        return;
+    }
+    let Some((src, dest)) = servers() else {
+        return;
+    };
+    let pipeline = setup(&src, &dest, "https");
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let dir = pipeline.parent().unwrap();
+    let certs = match testkit::tls::make(dir, None) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: no test certificates: {e}");
+            return;
+        }
+    };
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+
+    // A key that is not one stops the console at start, naming the file.
+    let bad = std::process::Command::new(testkit::live::workspace_binary("cdc").unwrap())
+        .arg("console")
+        .arg(&pipeline)
+        .args(["--addr", &format!("127.0.0.1:{}", free_port().unwrap())])
+        .args(["--console-cert", cert, "--console-key", cert])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success(),
+        "served with a certificate as its key"
+    );
+    assert!(
+        stderr.contains("--console-key") && stderr.contains("no private key"),
+        "{stderr}"
+    );
+
+    let port = free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _served = Running::command(
+        "console",
+        &pipeline,
+        &[
+            "--addr",
+            &addr,
+            "--console-cert",
+            cert,
+            "--console-key",
+            key,
+        ],
+        &[("CDC_CONSOLE_TOKEN", "over-tls")],
+    );
+    let url = format!("https://localhost:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, _) = curl(
+            &format!("{url}/metrics"),
+            Some(&certs.root),
+            &["Authorization: Bearer over-tls"],
+        );
+        if code == "200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no HTTPS answer: {code}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The token's cookie is Secure over HTTPS.
+    let (code, headers) = curl(&format!("{url}/?token=over-tls"), Some(&certs.root), &[]);
+    assert_eq!(code, "303", "{headers}");
+    assert!(
+        headers.to_ascii_lowercase().contains("; secure"),
+        "{headers}"
+    );
+    // A client that does not trust the certificate gets nothing; plain HTTP gets no page.
+    let (untrusted, _) = curl(&format!("{url}/"), None, &[]);
+    assert_eq!(untrusted, "000");
+    let plain = exchange(&addr, "GET", "/", &[], "", None);
+    assert!(
+        plain.map_or(true, |r| r.status == 0),
+        "plain HTTP was served"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -62,6 +62,8 @@ enum Command {
         /// when no ADDR is given). Any address but loopback needs CDC_CONSOLE_TOKEN.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = console::DEFAULT_ADDR, value_parser = console_addr)]
         console: Option<SocketAddr>,
+        #[command(flatten)]
+        console_tls: console::TlsFiles,
     },
     /// Serve the web console of a pipeline that runs elsewhere (or not at all), from its
     /// store. Any address but loopback needs CDC_CONSOLE_TOKEN.
@@ -70,6 +72,8 @@ enum Command {
         /// Where to serve it.
         #[arg(long, default_value = console::DEFAULT_ADDR, value_parser = console_addr)]
         addr: SocketAddr,
+        #[command(flatten)]
+        tls: console::TlsFiles,
     },
     /// Show each binding's progress and each capture's lag, read from the store.
     Status {
@@ -159,10 +163,16 @@ fn run_command(
             pipeline,
             until_caught_up,
             console,
+            console_tls,
         } => {
             let pipeline = load(&pipeline, destinations)?;
+            if console.is_none() && console_tls.cert.is_some() {
+                return Err(Error::Spec(
+                    "--console-cert serves the console over HTTPS: add --console".into(),
+                ));
+            }
             let console = console
-                .map(|addr| console::Bound::bind(addr, console_token()))
+                .map(|addr| console::Bound::bind(addr, console_token(), &console_tls))
                 .transpose()?;
             run(
                 &pipeline,
@@ -176,9 +186,13 @@ fn run_command(
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Console { pipeline, addr } => {
+        Command::Console {
+            pipeline,
+            addr,
+            tls,
+        } => {
             let pipeline = load(&pipeline, destinations)?;
-            let bound = console::Bound::bind(addr, console_token())?;
+            let bound = console::Bound::bind(addr, console_token(), &tls)?;
             let store = open_store(&pipeline, false)?;
             let stop = Arc::new(AtomicBool::new(false));
             on_stop_signals(Arc::clone(&stop));

@@ -35,9 +35,14 @@
 //!   must name the console, `Sec-Fetch-Site` must not be cross-site, and the body must be
 //!   `application/json`, which no cross-site form can send.
 //! * Every response forbids framing and scripts from elsewhere (`Content-Security-Policy`).
+//! * HTTPS with `--console-cert` and `--console-key` ([`tls`]); the token's cookie is then
+//!   `Secure`.
 
 mod history;
 mod metrics;
+mod tls;
+
+pub use tls::TlsFiles;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -78,15 +83,26 @@ const COOKIE: &str = "cdc_console_token";
 
 /// A console bound to its address, not serving yet: binding first reports a taken or
 /// forbidden address at start, before any capture runs.
-#[derive(Debug)]
 pub struct Bound {
     listener: std::net::TcpListener,
     token: Option<String>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bound {
-    /// Binds `addr`. `token` is required unless `addr` is a loopback address.
-    pub fn bind(addr: SocketAddr, token: Option<String>) -> Result<Self> {
+    /// Binds `addr`, serving HTTPS when `tls` names a certificate. `token` is required
+    /// unless `addr` is a loopback address.
+    pub fn bind(addr: SocketAddr, token: Option<String>, tls: &TlsFiles) -> Result<Self> {
+        let tls = tls.acceptor()?;
         let token = token.filter(|t| !t.is_empty());
         if !addr.ip().is_loopback() && token.is_none() {
             return Err(Error::Spec(format!(
@@ -96,7 +112,11 @@ impl Bound {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::Spec(format!("--console {addr}: cannot listen there: {e}")))?;
-        Ok(Self { listener, token })
+        Ok(Self {
+            listener,
+            token,
+            tls,
+        })
     }
 
     /// The address it listens on.
@@ -124,14 +144,16 @@ impl Bound {
             actions,
             token: self.token,
             loopback: addr.ip().is_loopback(),
+            secure: self.tls.is_some(),
         });
-        let listener = self.listener;
+        let (listener, tls) = (self.listener, self.tls);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || http(listener, server))
+            .spawn(move || http(listener, tls, server))
             .map_err(|e| Error::Spec(format!("cannot start the console's thread: {e}")))?;
-        tracing::info!("console at http://{addr}/");
+        tracing::info!("console at {scheme}://{addr}/");
 
         let overview = overview(pipeline);
         let mut watcher = Watcher::new(pipeline, kinds);
@@ -239,10 +261,16 @@ struct Shared {
     actions: mpsc::Sender<Action>,
     token: Option<String>,
     loopback: bool,
+    /// Served over HTTPS: the token's cookie is `Secure`.
+    secure: bool,
 }
 
 /// The HTTP server, on a runtime of its own, until the process ends.
-fn http(listener: std::net::TcpListener, shared: Arc<Shared>) {
+fn http(
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -258,7 +286,18 @@ fn http(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 return;
             }
         };
-        if let Err(e) = axum::serve(listener, router(shared)).await {
+        let served = match tls {
+            Some(acceptor) => {
+                let listener = tls::TlsListener {
+                    tcp: listener,
+                    acceptor,
+                    handshakes: tokio::task::JoinSet::new(),
+                };
+                axum::serve(listener, router(shared)).await
+            }
+            None => axum::serve(listener, router(shared)).await,
+        };
+        if let Err(e) = served {
             tracing::warn!(error = %e, "the console stopped");
         }
     });
@@ -284,13 +323,11 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The page; opened as `/?token=...`, it sets the token's cookie and sends the browser
 /// back to `/`.
-async fn page(request: Request) -> Response {
-    if query_token(&request).is_some() {
+async fn page(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if let Some(token) = query_token(&request) {
         // The guard checked the token: keep it in a cookie only.
-        let cookie = format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            query_token(&request).unwrap_or_default()
-        );
+        let secure = if shared.secure { "; Secure" } else { "" };
+        let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
         return (
             StatusCode::SEE_OTHER,
             [
@@ -552,7 +589,11 @@ mod tests {
 
     #[test]
     fn a_non_loopback_console_without_a_token_is_refused_with_the_remedy() {
-        let Err(e) = Bound::bind(SocketAddr::from(([0, 0, 0, 0], 0)), None) else {
+        let Err(e) = Bound::bind(
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            None,
+            &TlsFiles::default(),
+        ) else {
             panic!("bound without a token")
         };
         assert!(e.to_string().contains(TOKEN_ENV), "{e}");
