@@ -167,6 +167,8 @@ struct Run<'a> {
     latency_seconds: u64,
     /// Pairs per rerunnable figure (`--repeat`; see [`paired`]).
     repeat: usize,
+    /// Also time a backfill of ten times the rows (`--linear`).
+    linear: bool,
 }
 
 /// The rate at which commit-to-stdout latency is measured (changes per second).
@@ -242,6 +244,92 @@ fn paired(
             .push(run_capture(binary, dir, run.perf && i == 0)?);
     }
     Ok(pairs)
+}
+
+/// A keyless backfill (Without Primary Key: PostgreSQL's ctid pages, MySQL's one streamed
+/// query) of `bench` against the keyed (Precise) backfill of the same rows, pair by pair.
+fn keyless_against_keyed(
+    run: &Run<'_>,
+    binary: &std::path::Path,
+    endpoint: &Value,
+    namespace: &str,
+    prefix: &str,
+) -> Result<Value, String> {
+    let dir = |name: &str, mode: &str| {
+        capture_dir(
+            run.work,
+            &format!("{prefix}-{name}"),
+            endpoint,
+            namespace,
+            "bench",
+            mode,
+        )
+    };
+    let (keyed, keyless) = (
+        dir("keyed", "Precise")?,
+        dir("keyless", "Without Primary Key")?,
+    );
+    let pairs = paired(run, binary, &keyless, || {
+        let _ = std::fs::remove_file(keyed.join("state.json"));
+        run_capture(binary, &keyed, false)
+    })?;
+    Ok(figure(
+        "  keyless (Without Primary Key)",
+        run.rows,
+        &pairs,
+        "the keyed (Precise) backfill of the same rows",
+        0.9,
+    ))
+}
+
+/// Whether a backfill's cost grows linearly: `bench` (N rows) against `bench_x10` (10 N
+/// rows, the same rows ten times over), Precise, one run each; the reference is ten times
+/// the N-row time, so the ratio is at least 0.91 when ten times the rows cost at most 1.1
+/// times ten times as long.
+fn linear_figure(
+    run: &Run<'_>,
+    binary: &std::path::Path,
+    pg: &PgServer,
+    endpoint: &Value,
+) -> Result<Value, String> {
+    eprintln!("loading {} rows for the linear figure ...", run.rows * 10);
+    pg.sql(&format!(
+        "CREATE TABLE bench_x10 (LIKE bench INCLUDING ALL);
+         INSERT INTO bench_x10 SELECT id + k * {rows}, a, b, c, d, e FROM bench, generate_series(0, 9) k;",
+        rows = run.rows
+    ))
+    .map_err(|e| e.to_string())?;
+    pg.sql("VACUUM ANALYZE bench_x10")
+        .map_err(|e| e.to_string())?;
+    let one = capture_dir(
+        run.work,
+        "pg-linear-1",
+        endpoint,
+        "public",
+        "bench",
+        "Precise",
+    )?;
+    let ten = capture_dir(
+        run.work,
+        "pg-linear-10",
+        endpoint,
+        "public",
+        "bench_x10",
+        "Precise",
+    )?;
+    let small = run_capture(binary, &one, false)?;
+    let big = run_capture(binary, &ten, false)?;
+    let reference = Timed {
+        seconds: small.seconds * 10.0,
+        ..small
+    };
+    Ok(figure(
+        "  10x the rows, Precise",
+        run.rows * 10,
+        &Pairs::one(big, reference),
+        "10x the time of the N-row backfill",
+        0.91,
+    ))
 }
 
 /// The `cdc` runtime (PIPELINE.md §3): the PostgreSQL backfill landed by `cdc run` in the
@@ -617,6 +705,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .find(|w| w[0] == "--repeat")
             .and_then(|w| w[1].parse().ok())
             .unwrap_or(if smoke { 1 } else { 3 }),
+        linear: args.iter().any(|a| a == "--linear"),
     };
     if with_pg {
         postgres(&pg_bin, &run, &mut results)?;
@@ -734,6 +823,22 @@ fn postgres(
             mode,
             &format!("  {mode}, chunks of {chunk}"),
         )?);
+    }
+
+    // Read as keyless, a table's updates and deletes must carry the old row.
+    pg.sql("ALTER TABLE bench REPLICA IDENTITY FULL")
+        .map_err(|e| e.to_string())?;
+    results.push(keyless_against_keyed(
+        run,
+        pg_bin,
+        &pg_endpoint(10_000),
+        "public",
+        "pg",
+    )?);
+    pg.sql("ALTER TABLE bench REPLICA IDENTITY DEFAULT")
+        .map_err(|e| e.to_string())?;
+    if run.linear {
+        results.push(linear_figure(run, pg_bin, &pg, &pg_endpoint(10_000))?);
     }
 
     runtime_figures(run, pg_bin, &pg_endpoint(10_000), results)?;
@@ -881,6 +986,13 @@ fn mariadb(
             0.9,
         ));
     }
+    results.push(keyless_against_keyed(
+        run,
+        my_bin,
+        &my_endpoint,
+        "test",
+        "maria",
+    )?);
     maria_materialize_figure(run, my_bin, &db, &my_endpoint, results)?;
 
     // MariaDB streaming: the change workload read by the connector and by mariadb-binlog,

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Some("browser-test") => browser::run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | dbs | demo | browser-test | bench [--rows N] [--smoke] | torture [--minutes N] [--seed S] [--only postgres|mariadb]>\n  browser-test  the web console in headless Chromium (Playwright), against a live pipeline\n  torture  connectors under load, SIGKILLs and faults, checked; then the decoder fuzz\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
+                "usage: cargo xtask <ci | dbs | demo | browser-test | bench [--rows N] [--smoke] [--linear] | torture [--minutes N] [--seed S] [--only postgres|mariadb]>\n  browser-test  the web console in headless Chromium (Playwright), against a live pipeline\n  torture  connectors under load, SIGKILLs and faults, checked; then the decoder fuzz\n  bench connector throughput as ratios to COPY, pg_recvlogical, mariadb-dump\n  demo a live capture of a throwaway PostgreSQL shop\n  ci   fmt check, clippy -D warnings, all tests\n  dbs  start throwaway PostgreSQL and MariaDB and print their URLs"
             );
             return ExitCode::from(2);
         }
