@@ -358,7 +358,6 @@ impl PgSource {
                 .ok_or_else(|| Failure::Malformed.error(format!("{what}: bad cursor {c:?}")))?,
             None => (0, 0),
         };
-        let pages_per_chunk = u64::try_from(req.limits.rows / 32).unwrap_or(1).max(1);
         let xmin_filter = self.xmin_filter();
         let (select, ask) = rows::select_list(&t, &self.types);
         let side = self.side().await?;
@@ -368,12 +367,12 @@ impl PgSource {
             None => &mut self.client,
         };
         let tx = snapshot_transaction(client, &what).await?;
-        let relpages: i64 = tx
+        let pages = tx
             .query_one(&sql::relation_pages(&t.table), &[])
             .await
-            .map_err(|e| db_error(e, &what))?
-            .get(0);
-        let relpages = u64::try_from(relpages).unwrap_or(0);
+            .map_err(|e| db_error(e, &what))?;
+        let relpages = u64::try_from(pages.get::<_, i64>(0)).unwrap_or(0);
+        let pages_per_chunk = pages_for(req.limits.rows, pages.get(1));
         let mut start = after;
         let mut found: Vec<((u64, u64), Row)> = Vec::new();
         let mut end_page = after.0;
@@ -414,6 +413,18 @@ impl PgSource {
             witness,
         }))
     }
+}
+
+/// Pages a physical chunk reads for about `rows` rows, at the planner's rows per page (32
+/// for a table never analyzed). A little under: rows past the chunk's bound are read for
+/// nothing (the next chunk reads them again), and at a guess of 32 rows a page a table of
+/// 45 read two rows in five twice, which made keyless backfills half as fast as keyed ones.
+fn pages_for(rows: usize, rows_per_page: Option<f64>) -> u64 {
+    let density = rows_per_page.filter(|d| *d > 0.0).unwrap_or(32.0);
+    // At most a chunk's rows, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let pages = (rows as f64 * 0.9 / density).floor() as u64;
+    pages.max(1)
 }
 
 /// The rows of a page-range query (each with its ctid first) into `found`; `false` when
@@ -937,5 +948,22 @@ impl PgSource {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pages_for;
+
+    #[test]
+    fn a_physical_chunk_reads_pages_for_a_little_under_its_rows() {
+        // 45 rows a page: 200 pages hold 9,000 rows, none read twice.
+        assert_eq!(pages_for(10_000, Some(45.0)), 200);
+        // Never analyzed: the old guess of 32 rows a page.
+        assert_eq!(pages_for(10_000, None), 281);
+        // Sparse pages (dead rows, wide rows): more of them.
+        assert_eq!(pages_for(1_000, Some(0.5)), 1_800);
+        // At least one page.
+        assert_eq!(pages_for(10, Some(500.0)), 1);
     }
 }

@@ -102,9 +102,11 @@ pub fn keyed_scan(
 
 /// The table's size in heap pages.
 pub fn relation_pages(table: &TableRef) -> String {
+    let table = literal(&qualified(table));
     format!(
-        "SELECT (pg_relation_size({}::regclass) / current_setting('block_size')::int)::bigint",
-        literal(&qualified(table))
+        "SELECT (pg_relation_size({table}::regclass) / current_setting('block_size')::int)::bigint, \
+         CASE WHEN relpages > 0 AND reltuples > 0 THEN (reltuples / relpages)::float8 END \
+         FROM pg_class WHERE oid = {table}::regclass"
     )
 }
 
