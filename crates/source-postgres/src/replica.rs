@@ -117,11 +117,6 @@ impl Standby {
         self.replayed().await.map(|_| ())
     }
 
-    /// The query connection, for scans in a transaction of their own making.
-    pub(crate) fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
-
     /// The query connection, for scans sent as one batch.
     pub(crate) fn query_client(&self) -> &Client {
         &self.client

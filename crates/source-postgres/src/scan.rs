@@ -20,8 +20,9 @@
 //! It took six round trips before (the transaction's start, the rows, the fence's prepare
 //! and execute, the commit, the watermark), about a millisecond a chunk on a loaded
 //! machine, in which the server sat idle. A statement that fails makes the server skip
-//! the rest, so the scan then rolls back before it returns the error. Keyless scans,
-//! which read page ranges until one has rows, keep a transaction of their own making.
+//! the rest, so the scan then rolls back before it returns the error. Keyless scans send
+//! the same batch with a range of heap pages for the rows, and the table's pages after
+//! them.
 //!
 //! The insert LSN is read *after* the rows, inside the transaction: a transaction visible in
 //! S has inserted its commit record before S was taken (an asynchronous commit is visible
@@ -47,7 +48,7 @@ use backfill_core::source::{
 use backfill_core::{Failure, SourceError};
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_postgres::{Client, IsolationLevel, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::catalog::{self, Table, Types};
 use crate::endpoint::Endpoint;
@@ -158,14 +159,6 @@ impl PgSource {
         })
     }
 
-    /// The connection chunks are scanned on.
-    fn scan_client(&mut self) -> &mut Client {
-        match &mut self.replica {
-            Some(r) => r.client(),
-            None => &mut self.client,
-        }
-    }
-
     /// The server's version number (150004 for 15.4).
     pub fn server_version(&self) -> u32 {
         self.server_version
@@ -240,56 +233,113 @@ impl PgSource {
         );
         let what = format!("scanning {}", t.table);
         let side = self.side().await?;
-        // One round trip (see the module docs): the transaction, the rows, the fence and
-        // witness read inside it after them, the commit, and the watermark (on the primary,
-        // which a standby's chunk reaches in a round trip of its own).
-        let mut batch = format!(
-            "{}; {sql}; {}; COMMIT",
-            sql::START_SNAPSHOT,
-            side.fence_sql()
-        );
-        let watermark = !self.endpoint.advanced.read_only;
-        if watermark && matches!(side, Side::Primary) {
-            batch.push_str("; ");
-            batch.push_str(sql::WATERMARK);
-        }
+        // One round trip (see the module docs).
+        let batch = self.batch(&sql, side);
+        let Some(scanned) = self
+            .read_batch(&batch, (&t, &ask), (req, side, Layout::Keyed), &what)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Chunk {
+            complete: scanned.read == scanned.rows.len(),
+            rows: scanned.rows,
+            fence: scanned.fence,
+            witness: scanned.witness,
+        }))
+    }
+
+    /// A chunk's batch on the scanning connection ([`read_chunk`]), then the watermark on
+    /// the primary when the chunk was read on a standby.
+    async fn read_batch(
+        &self,
+        batch: &str,
+        (t, ask): (&Table, &[String]),
+        (req, side, layout): (ScanRequest<'_>, Side, Layout),
+        what: &str,
+    ) -> Result<Option<Scanned>, SourceError> {
         let client = match &self.replica {
             Some(r) => r.query_client(),
             None => &self.client,
         };
-        let scanned = read_chunk(client, &batch, (&t, &self.types, &ask), (req, side), &what).await;
+        let scanned = read_chunk(
+            client,
+            batch,
+            (t, &self.types, ask),
+            (req, side, layout),
+            what,
+        )
+        .await;
         if scanned.is_err() {
             // A statement failed: the server skipped the rest, leaving the transaction
             // open and aborted. The run ends with the error; this leaves the session clean
             // for anything that still uses it.
-            let _ = self.scan_client().batch_execute("ROLLBACK").await;
+            let _ = client.batch_execute("ROLLBACK").await;
         }
-        let Some((out, read, fence, witness)) = scanned? else {
-            return Ok(None);
-        };
-        if watermark && !matches!(side, Side::Primary) {
+        let scanned = scanned?;
+        if scanned.is_some() && !self.endpoint.advanced.read_only && !matches!(side, Side::Primary)
+        {
             self.emit_watermark().await?;
         }
-        Ok(Some(Chunk {
-            complete: read == out.len(),
-            rows: out,
-            fence,
-            witness,
-        }))
+        Ok(scanned)
+    }
+
+    /// A chunk's batch: the transaction, `statements` (rows first), the fence and witness
+    /// read inside it after them, the commit, and the watermark (on the primary, which a
+    /// standby's chunk reaches in a round trip of its own, [`Self::read_batch`]).
+    fn batch(&self, statements: &str, side: Side) -> String {
+        let mut batch = format!(
+            "{}; {statements}; {}; COMMIT",
+            sql::START_SNAPSHOT,
+            side.fence_sql()
+        );
+        if !self.endpoint.advanced.read_only && matches!(side, Side::Primary) {
+            batch.push_str("; ");
+            batch.push_str(sql::WATERMARK);
+        }
+        batch
     }
 }
 
-/// Reads a keyed chunk's batch: its rows (statement 1, after the transaction's start) and
-/// its fence and witness (statement 2). `None` when the table's columns are not the
-/// catalog's; the rows read and the rows kept.
+/// How a chunk's batch lays out its statements and its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `START; rows; fence; COMMIT`: rows in key order, their key read from their columns;
+    /// rows past the limits are counted, not rendered.
+    Keyed,
+    /// `START; ctid, rows; pages; fence; COMMIT`: a page range's rows, keyed by `ctid`,
+    /// all kept (the caller sorts and cuts them: a plan other than a TID range scan need
+    /// not return them in page order), and the table's pages in the same snapshot.
+    Physical,
+}
+
+/// What a chunk's batch read.
+#[derive(Debug)]
+struct Scanned {
+    rows: Vec<(Key, Row)>,
+    /// Rows the server sent (more than `rows` when the limits cut them).
+    read: usize,
+    fence: PgPosition,
+    witness: SnapshotWitness<PgPosition>,
+    /// The table's pages ([`Layout::Physical`]).
+    pages: Option<u64>,
+}
+
+/// Sends a chunk's batch as one simple query and reads the answer as it streams in, so the
+/// rows are rendered while the server is still reading; `None` when the table's columns
+/// are not the catalog's.
 async fn read_chunk(
     client: &Client,
     batch: &str,
     (t, types, ask): (&Table, &Types, &[String]),
-    (req, side): (ScanRequest<'_>, Side),
+    (req, side, layout): (ScanRequest<'_>, Side, Layout),
     what: &str,
-) -> Result<Option<ScannedRows>, SourceError> {
+) -> Result<Option<Scanned>, SourceError> {
     let key = &req.binding.key;
+    let (first, fence_at) = match layout {
+        Layout::Keyed => (0, 2),
+        Layout::Physical => (1, 3),
+    };
     let stream = client
         .simple_query_raw(batch)
         .await
@@ -298,12 +348,12 @@ async fn read_chunk(
     let mut plan = None;
     let mut out = Vec::with_capacity(req.limits.rows.min(16_384));
     let (mut bytes, mut read, mut full) = (0, 0, false);
-    let (mut statement, mut fenced) = (0, None);
+    let (mut statement, mut fenced, mut pages) = (0, None, None);
     while let Some(message) = stream.next().await {
         match message.map_err(|e| db_error(e, what))? {
             SimpleQueryMessage::CommandComplete(_) => statement += 1,
             SimpleQueryMessage::RowDescription(d) if statement == 1 => {
-                match rows::Plan::new(&d, 0, t, types, ask) {
+                match rows::Plan::new(&d, first, t, types, ask) {
                     Some(p) => plan = Some(p),
                     None => return Ok(None),
                 }
@@ -311,7 +361,7 @@ async fn read_chunk(
             SimpleQueryMessage::Row(r) if statement == 1 => {
                 read += 1;
                 // Past the limits: counted, not rendered (it only says "not complete").
-                if full || read > req.limits.rows {
+                if full || (layout == Layout::Keyed && read > req.limits.rows) {
                     full = true;
                     continue;
                 }
@@ -319,19 +369,32 @@ async fn read_chunk(
                     Failure::Malformed.error(format!("{what}: a row before its description"))
                 })?;
                 let row = plan
-                    .row(&r, 0)
+                    .row(&r, first)
                     .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
-                let k = Key(key
-                    .iter()
-                    .map(|c| row.get(c).unwrap_or(Value::Null))
-                    .collect());
+                let k = match layout {
+                    Layout::Keyed => Key(key
+                        .iter()
+                        .map(|c| row.get(c).unwrap_or(Value::Null))
+                        .collect()),
+                    Layout::Physical => {
+                        let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
+                        Key(vec![Value::String(ctid.to_string())])
+                    }
+                };
                 bytes += buffered_bytes(&row, &k);
                 out.push((k, row));
-                if bytes >= req.limits.bytes {
+                if layout == Layout::Keyed && bytes >= req.limits.bytes {
                     full = true;
                 }
             }
-            SimpleQueryMessage::Row(r) if statement == 2 => {
+            SimpleQueryMessage::Row(r) if layout == Layout::Physical && statement == 2 => {
+                pages = r
+                    .try_get(0)
+                    .ok()
+                    .flatten()
+                    .and_then(|p: &str| p.parse().ok());
+            }
+            SimpleQueryMessage::Row(r) if statement == fence_at => {
                 fenced = Some(parse_fence(&r, side).map_err(|e| {
                     Failure::Malformed.error(format!("{what}: reading the fence: {e}"))
                 })?);
@@ -341,12 +404,20 @@ async fn read_chunk(
     }
     let (fence, witness) =
         fenced.ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
-    Ok(Some((out, read, fence, witness)))
+    Ok(Some(Scanned {
+        rows: out,
+        read,
+        fence,
+        witness,
+        pages,
+    }))
 }
 
 impl PgSource {
-    /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`.
-    /// `None` when the table's columns are not the catalog's.
+    /// Keyless tables: ranges of heap pages in physical order; the key is the `ctid`. One
+    /// round trip a range, like a keyed chunk's, with the table's pages read in the same
+    /// snapshot after the rows; a range with no rows before the table's end (pages of dead
+    /// rows) is followed by the next. `None` when the table's columns are not the catalog's.
     async fn scan_physical(
         &mut self,
         req: ScanRequest<'_>,
@@ -358,60 +429,54 @@ impl PgSource {
                 .ok_or_else(|| Failure::Malformed.error(format!("{what}: bad cursor {c:?}")))?,
             None => (0, 0),
         };
+        let density: Option<f64> = self
+            .client
+            .query_one(&sql::rows_per_page(&t.table), &[])
+            .await
+            .map_err(|e| db_error(e, &what))?
+            .get(0);
+        let pages_per_chunk = pages_for(req.limits.rows, density);
         let xmin_filter = self.xmin_filter();
         let (select, ask) = rows::select_list(&t, &self.types);
-        let side = self.side().await?;
-        let types = &self.types;
-        let client = match &mut self.replica {
-            Some(r) => r.client(),
-            None => &mut self.client,
-        };
-        let tx = snapshot_transaction(client, &what).await?;
-        let pages = tx
-            .query_one(&sql::relation_pages(&t.table), &[])
-            .await
-            .map_err(|e| db_error(e, &what))?;
-        let relpages = u64::try_from(pages.get::<_, i64>(0)).unwrap_or(0);
-        let pages_per_chunk = pages_for(req.limits.rows, pages.get(1));
         let mut start = after;
-        let mut found: Vec<((u64, u64), Row)> = Vec::new();
-        let mut end_page = after.0;
-        while found.is_empty() && end_page <= relpages {
-            end_page = start.0 + pages_per_chunk;
-            let sql = sql::page_scan(&t.table, &select, start, end_page, &xmin_filter);
-            let messages = tx
-                .simple_query(&sql)
-                .await
-                .map_err(|e| db_error(e, &what))?;
-            if !page_rows(messages, (&t, types, &ask), &what, &mut found)? {
+        loop {
+            let end_page = start.0 + pages_per_chunk;
+            let side = self.side().await?;
+            let statements = format!(
+                "{}; {}",
+                sql::page_scan(&t.table, &select, start, end_page, &xmin_filter),
+                sql::relation_pages(&t.table)
+            );
+            let batch = self.batch(&statements, side);
+            let Some(mut scanned) = self
+                .read_batch(&batch, (&t, &ask), (req, side, Layout::Physical), &what)
+                .await?
+            else {
                 return Ok(None);
+            };
+            let relpages = scanned.pages.ok_or_else(|| {
+                Failure::Malformed.error(format!("{what}: the table's pages were not read"))
+            })?;
+            if scanned.rows.is_empty() && end_page < relpages {
+                start = (end_page, 0);
+                continue;
             }
-            start = (end_page, 0);
+            let at = |k: &Key| {
+                k.0.first()
+                    .and_then(Value::as_str)
+                    .and_then(parse_ctid)
+                    .unwrap_or_default()
+            };
+            scanned.rows.sort_by_key(|(k, _)| at(k));
+            let truncated = scanned.rows.len() > req.limits.rows;
+            scanned.rows.truncate(req.limits.rows);
+            return Ok(Some(Chunk {
+                rows: scanned.rows,
+                complete: !truncated && end_page >= relpages,
+                fence: scanned.fence,
+                witness: scanned.witness,
+            }));
         }
-        let (fence, witness) = fence_and_witness(&tx, side, &what).await?;
-        tx.commit().await.map_err(|e| db_error(e, &what))?;
-        self.emit_watermark().await?;
-        found.sort_by_key(|(pos, _)| *pos);
-        let truncated = found.len() > req.limits.rows;
-        found.truncate(req.limits.rows);
-        let complete = !truncated && end_page >= relpages;
-        let rows: Vec<(Key, Row)> = found
-            .into_iter()
-            .map(|((page, tuple), row)| {
-                (Key(vec![Value::String(format!("({page},{tuple})"))]), row)
-            })
-            .collect();
-        if rows.is_empty() && !complete {
-            return Err(Failure::Interrupted.error(format!(
-                "{what}: empty page range before the end of the table"
-            )));
-        }
-        Ok(Some(Chunk {
-            rows,
-            complete,
-            fence,
-            witness,
-        }))
     }
 }
 
@@ -426,62 +491,6 @@ fn pages_for(rows: usize, rows_per_page: Option<f64>) -> u64 {
     let pages = (rows as f64 * 0.9 / density).floor() as u64;
     pages.max(1)
 }
-
-/// The rows of a page-range query (each with its ctid first) into `found`; `false` when
-/// the table's columns are not the catalog's.
-fn page_rows(
-    messages: Vec<SimpleQueryMessage>,
-    (t, types, ask): (&Table, &Types, &[String]),
-    what: &str,
-    found: &mut Vec<((u64, u64), Row)>,
-) -> Result<bool, SourceError> {
-    let mut plan = None;
-    for message in messages {
-        match message {
-            SimpleQueryMessage::RowDescription(d) => match rows::Plan::new(&d, 1, t, types, ask) {
-                Some(p) => plan = Some(p),
-                None => return Ok(false),
-            },
-            SimpleQueryMessage::Row(r) => {
-                let plan = plan.as_ref().ok_or_else(|| {
-                    Failure::Malformed.error(format!("{what}: a row before its description"))
-                })?;
-                let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
-                let pos = parse_ctid(ctid).ok_or_else(|| {
-                    Failure::Malformed.error(format!("{what}: bad ctid {ctid:?}"))
-                })?;
-                let row = plan
-                    .row(&r, 1)
-                    .map_err(|e| Failure::Malformed.error(format!("{what}: {e}")))?;
-                found.push((pos, row));
-            }
-            _ => {}
-        }
-    }
-    Ok(true)
-}
-
-/// A chunk's transaction: one snapshot for the rows, the fence and the witness.
-async fn snapshot_transaction<'c>(
-    client: &'c mut Client,
-    what: &str,
-) -> Result<tokio_postgres::Transaction<'c>, SourceError> {
-    client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| db_error(e, what))
-}
-
-/// A keyed chunk's rows, how many were read, its fence and its witness.
-type ScannedRows = (
-    Vec<(Key, Row)>,
-    usize,
-    PgPosition,
-    SnapshotWitness<PgPosition>,
-);
 
 /// The fence and witness from the row of the side's fence statement.
 fn parse_fence(
@@ -511,27 +520,6 @@ fn parse_fence(
         PgPosition { lsn },
         SnapshotWitness::Mvcc { xmax, in_progress },
     ))
-}
-
-/// The fence and witness in a transaction of its own making (the keyless scan's).
-async fn fence_and_witness(
-    tx: &tokio_postgres::Transaction<'_>,
-    side: Side,
-    what: &str,
-) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
-    let messages = tx
-        .simple_query(side.fence_sql())
-        .await
-        .map_err(|e| db_error(e, what))?;
-    let row = messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
-    parse_fence(row, side)
-        .map_err(|e| Failure::Malformed.error(format!("{what}: reading the fence: {e}")))
 }
 
 /// `(12,3)` → (12, 3).

@@ -102,11 +102,18 @@ pub fn keyed_scan(
 
 /// The table's size in heap pages.
 pub fn relation_pages(table: &TableRef) -> String {
-    let table = literal(&qualified(table));
     format!(
-        "SELECT (pg_relation_size({table}::regclass) / current_setting('block_size')::int)::bigint, \
-         CASE WHEN relpages > 0 AND reltuples > 0 THEN (reltuples / relpages)::float8 END \
-         FROM pg_class WHERE oid = {table}::regclass"
+        "SELECT (pg_relation_size({}::regclass) / current_setting('block_size')::int)::bigint",
+        literal(&qualified(table))
+    )
+}
+
+/// The planner's rows per page of a table; null before it was first analyzed.
+pub fn rows_per_page(table: &TableRef) -> String {
+    format!(
+        "SELECT CASE WHEN relpages > 0 AND reltuples > 0 THEN (reltuples / relpages)::float8 END \
+         FROM pg_class WHERE oid = {}::regclass",
+        literal(&qualified(table))
     )
 }
 
