@@ -19,7 +19,12 @@ const SECRET: &str = "s3cret-never-shown";
 
 /// GET `path` from the console at `addr`.
 fn get(addr: &str, path: &str) -> Response {
-    exchange(addr, "GET", path, &[], "", None).unwrap()
+    get_with(addr, path, &[])
+}
+
+/// GET `path` with `headers`.
+fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    exchange(addr, "GET", path, headers, "", None).unwrap()
 }
 
 /// POST `body` to `/api/backfill` as the console's own page does.
@@ -268,15 +273,7 @@ fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token(
         let r = exchange(&addr, "POST", "/api/backfill", headers, &body, None).unwrap();
         assert_eq!(r.status, *code, "{what}: {}", r.body);
     }
-    let foreign_read = exchange(
-        &addr,
-        "GET",
-        "/api/status",
-        &[("Host", "evil.example:80")],
-        "",
-        None,
-    )
-    .unwrap();
+    let foreign_read = get_with(&addr, "/api/status", &[("Host", "evil.example:80")]);
     assert_eq!(foreign_read.status, 403, "{}", foreign_read.body);
     assert_eq!(
         wait_for(&addr, "status", |_| true)["status"]["requests"],
@@ -328,25 +325,13 @@ fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token(
     for path in ["/", "/api/status", "/api/events", "/metrics"] {
         assert_eq!(get(&addr, path).status, 401, "{path} without the token");
     }
-    let wrong = exchange(
+    let wrong = get_with(
         &addr,
-        "GET",
         "/api/status",
         &[("Authorization", "Bearer let-me-In")],
-        "",
-        None,
-    )
-    .unwrap();
+    );
     assert_eq!(wrong.status, 401);
-    let bearer = exchange(
-        &addr,
-        "GET",
-        "/metrics",
-        &[("Authorization", "Bearer let-me-in")],
-        "",
-        None,
-    )
-    .unwrap();
+    let bearer = get_with(&addr, "/metrics", &[("Authorization", "Bearer let-me-in")]);
     assert_eq!(bearer.status, 200, "{}", bearer.body);
     let opened = get(&addr, "/?token=let-me-in");
     assert_eq!(opened.status, 303);
@@ -357,7 +342,7 @@ fn the_console_refuses_other_origins_other_hosts_and_requests_without_its_token(
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap();
-    let page = exchange(&addr, "GET", "/", &[("Cookie", pair)], "", None).unwrap();
+    let page = get_with(&addr, "/", &[("Cookie", pair)]);
     assert_eq!(page.status, 200);
     let _ = std::fs::remove_dir_all(pipeline.parent().unwrap());
 }

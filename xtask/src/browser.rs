@@ -36,16 +36,12 @@ fn install_driver(dir: &Path) -> Result<(), String> {
         return Ok(());
     }
     println!("installing playwright-core (the driver only) with npm ci ...");
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("npm ci in {} failed ({status})", dir.display()))
-    }
+    crate::succeed(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir),
+        &format!("npm ci in {}", dir.display()),
+    )
 }
 
 pub(crate) fn run() -> Result<(), String> {

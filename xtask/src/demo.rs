@@ -139,15 +139,17 @@ impl Demo {
 }
 
 fn build() -> Result<(), String> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "-p", "source-postgres-bin", "-p", "cdc"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("building source-postgres and cdc failed".into())
-    }
+    crate::succeed(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "build",
+            "--quiet",
+            "-p",
+            "source-postgres-bin",
+            "-p",
+            "cdc",
+        ]),
+        "building source-postgres and cdc",
+    )
 }
 
 fn write_pipeline(

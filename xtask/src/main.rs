@@ -45,14 +45,21 @@ fn main() -> ExitCode {
 
 fn cargo(args: &[&str]) -> Result<(), String> {
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
+    succeed(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args),
+        &format!("`cargo {}`", args.join(" ")),
+    )
+}
+
+/// Runs `command` to its end; `what` names it when it cannot start or fails.
+pub(crate) fn succeed(command: &mut Command, what: &str) -> Result<(), String> {
+    let status = command
         .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+        Err(format!("{what} failed ({status})"))
     }
 }
 
