@@ -103,6 +103,22 @@ impl Bound {
     /// unless `addr` is a loopback address.
     pub fn bind(addr: SocketAddr, token: Option<String>, tls: &TlsFiles) -> Result<Self> {
         let tls = tls.acceptor()?;
+        if let Some(t) = &token {
+            // It travels in a URL and a cookie, unescaped.
+            if !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+            {
+                return Err(Error::Spec(format!(
+                    "{TOKEN_ENV}: use letters, digits, '-', '_', '.' and '~' only (the token travels in a URL and a cookie)"
+                )));
+            }
+            if t.len() < 16 {
+                tracing::warn!(
+                    "{TOKEN_ENV} is shorter than 16 characters: a short token can be guessed"
+                );
+            }
+        }
         let token = token.filter(|t| !t.is_empty());
         if !addr.ip().is_loopback() && token.is_none() {
             return Err(Error::Spec(format!(
@@ -585,6 +601,16 @@ mod tests {
         assert!(!same(b"secret", b"secreT"));
         assert!(!same(b"secret", b"secret2"));
         assert!(!same(b"", b"x"));
+    }
+
+    #[test]
+    fn a_token_that_cannot_travel_in_a_url_is_refused_at_start() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let Err(e) = Bound::bind(loopback, Some("a b;c".into()), &TlsFiles::default()) else {
+            panic!("bound with a token a cookie cannot carry")
+        };
+        assert!(e.to_string().contains("letters, digits"), "{e}");
+        assert!(Bound::bind(loopback, Some("Abc-123_x.y~z".into()), &TlsFiles::default()).is_ok());
     }
 
     #[test]
