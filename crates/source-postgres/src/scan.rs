@@ -467,7 +467,10 @@ impl PgSource {
                     .and_then(parse_ctid)
                     .unwrap_or_default()
             };
-            scanned.rows.sort_by_key(|(k, _)| at(k));
+            // A TID range scan returns page order: checked once, sorted only otherwise.
+            if !scanned.rows.is_sorted_by_key(|(k, _)| at(k)) {
+                scanned.rows.sort_by_cached_key(|(k, _)| at(k));
+            }
             let truncated = scanned.rows.len() > req.limits.rows;
             scanned.rows.truncate(req.limits.rows);
             return Ok(Some(Chunk {
