@@ -571,31 +571,41 @@ impl ChunkScanner for PgSource {
 
     /// The planner's row count (`reltuples`); for a table never analyzed (a table just
     /// created and loaded, before autovacuum's analyze), its pages times the rows on its
-    /// first pages, which a TID range scan reads alone (PostgreSQL 14+).
+    /// first pages, which a TID range scan reads alone (PostgreSQL 14+). Those two take
+    /// the table's lock: they give up after [`sql::ESTIMATE_LOCK_TIMEOUT`] (no estimate)
+    /// rather than hold the backfill, whose scan then waits for the lock itself.
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
-        let t = self.table(&binding.table).ok()?;
-        let row = self
+        let t = self.table(&binding.table).ok()?.clone();
+        let analyzed: Option<i64> = self
             .client
             .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
             .await
-            .ok()?;
-        let (analyzed, pages): (Option<i64>, i64) = (row.get(0), row.get(1));
+            .ok()?
+            .get(0);
         if let Some(rows) = analyzed {
             return u64::try_from(rows).ok();
-        }
-        if pages == 0 {
-            return Some(0);
         }
         if self.server_version < 140_000 {
             return None;
         }
+        // Dropped without a commit on any error: rolled back.
+        let tx = self.client.transaction().await.ok()?;
+        tx.batch_execute(sql::ESTIMATE_LOCK_TIMEOUT).await.ok()?;
+        let pages: i64 = tx
+            .query_one(sql::RELATION_PAGES_BY_OID, &[&t.oid])
+            .await
+            .ok()?
+            .get(0);
+        if pages == 0 {
+            return Some(0);
+        }
         let sampled = pages.min(sql::SAMPLED_PAGES);
-        let counted: i64 = self
-            .client
+        let counted: i64 = tx
             .query_one(&sql::rows_on_first_pages(&t.table, sampled), &[])
             .await
             .ok()?
             .get(0);
+        tx.commit().await.ok()?;
         u64::try_from(counted.saturating_mul(pages) / sampled).ok()
     }
 }

@@ -209,8 +209,16 @@ pub const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::int";
 
 /// The planner's row estimate of a relation (parameter: its OID).
-pub const ESTIMATE_ROWS: &str = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END, \
-     pg_relation_size(oid) / current_setting('block_size')::bigint FROM pg_class WHERE oid = $1";
+pub const ESTIMATE_ROWS: &str =
+    "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1";
+
+/// A relation's pages (parameter: its OID). It takes the relation's lock, so a table held
+/// locked makes it wait: it runs under [`ESTIMATE_LOCK_TIMEOUT`].
+pub const RELATION_PAGES_BY_OID: &str =
+    "SELECT pg_relation_size($1::oid::regclass) / current_setting('block_size')::bigint";
+
+/// How long an estimate waits for a table's lock before it gives up (the scan waits).
+pub const ESTIMATE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
 
 /// Pages of a never-analyzed table sampled for its rows per page (a TID range scan reads
 /// only them, PostgreSQL 14+).
