@@ -378,6 +378,11 @@ async fn read_chunk(
                         .collect()),
                     Layout::Physical => {
                         let ctid = r.try_get(0).ok().flatten().unwrap_or_default();
+                        if parse_ctid(ctid).is_none() {
+                            return Err(
+                                Failure::Malformed.error(format!("{what}: bad ctid {ctid:?}"))
+                            );
+                        }
                         Key(vec![Value::String(ctid.to_string())])
                     }
                 };
