@@ -1005,12 +1005,7 @@ fn a_table_never_analyzed_is_estimated_from_its_pages() {
     );
     let cap = Capture::new(&binary, "pg-fresh");
     cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 5000}})), "bindings": [binding("fresh", "", 0)]}));
-    let run = cap.run(&[
-        "capture",
-        "--until-caught-up",
-        "--state",
-        cap.state().to_str().unwrap(),
-    ]);
+    let run = cap.capture_logging("info");
     assert!(run.ok, "{}", run.stderr);
     let estimate: u64 = run
         .stderr
