@@ -126,6 +126,7 @@ fn run_case(
             bytes: 1 << 20,
         },
         concurrency: rng.range(1, 4) as usize,
+        ranges: 1,
         batch_events: rng.range(1, 10) as usize,
         checkpoint_interval: std::time::Duration::ZERO,
         until_caught_up: true,
@@ -175,11 +176,7 @@ fn run_case(
             .enumerate()
             .map(|(i, &mode)| ResolvedBinding {
                 binding: Binding::new(
-                    Resource {
-                        namespace: "s".into(),
-                        stream: format!("t{i}"),
-                        mode: mode.as_requested(),
-                    },
+                    Resource::new("s", format!("t{i}"), mode.as_requested()),
                     "",
                     counters[i],
                 ),
@@ -459,11 +456,7 @@ fn documents_are_flushed_when_the_stream_waits_not_at_the_next_checkpoint() {
     };
     let bindings = vec![ResolvedBinding {
         binding: Binding::new(
-            Resource {
-                namespace: "s".into(),
-                stream: "t0".into(),
-                mode: ResolvedMode::Normal.as_requested(),
-            },
+            Resource::new("s", "t0", ResolvedMode::Normal.as_requested()),
             "",
             0,
         ),

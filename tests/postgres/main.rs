@@ -15,6 +15,7 @@ use testkit::checker::{self, BindingExpect, Oracle, Row, RunOutput};
 use testkit::live::{Capture, docs, strip_meta};
 use testkit::servers::{PgServer, skip};
 
+mod ranges;
 mod replica;
 
 /// A connector binary and a server, or why not.
@@ -135,13 +136,25 @@ fn assert_precise(
     version: Option<&str>,
     runs: &[RunOutput],
 ) {
+    let violations = precise_violations(pg, table, key, version, runs);
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// What breaks DESIGN.md §6 for a Precise binding of `table` in `runs`.
+fn precise_violations(
+    pg: &PgServer,
+    table: &str,
+    key: &[&str],
+    version: Option<&str>,
+    runs: &[RunOutput],
+) -> Vec<String> {
     let expect = [BindingExpect {
         mode: ResolvedMode::Precise,
         key: key.iter().map(|k| (*k).to_string()).collect(),
         table: format!("public.{table}"),
         version_column: version.map(str::to_string),
     }];
-    let violations = checker::check(
+    checker::check(
         &expect,
         runs,
         &PgOracle {
@@ -149,8 +162,7 @@ fn assert_precise(
             tables: vec![table],
             key: &key.join(", "),
         },
-    );
-    assert!(violations.is_empty(), "{violations:#?}");
+    )
 }
 
 /// A text key under an ICU collation (whose order is not byte order) gets Precise, and
@@ -833,6 +845,7 @@ fn server_classification_of_open_windows() {
             },
             mode: ResolvedMode::Precise,
             key: vec!["name".into()],
+            ranges: 1,
         };
         let k = |s: &str| Key(vec![json!(s)]);
         // In English order apple < Banana < zebra (in bytes, Banana sorts first).

@@ -805,10 +805,13 @@ fn postgres(
     };
     let pg_endpoint = |chunk: u64| json!({"host": "127.0.0.1", "port": pg.port, "user": "postgres", "tls": {"mode": "disable"}, "advanced": {"chunk_size": chunk}});
     // A backfill of `bench` against `COPY binary` in the same run.
-    let backfill = |name: &str, endpoint: &Value, mode: &str, what: &str| {
+    let backfill_to = |name: &str, endpoint: &Value, mode: &str, what: &str, target: f64| {
         let dir = capture_dir(work, name, endpoint, "public", "bench", mode)?;
         let pairs = paired(run, pg_bin, &dir, copy)?;
-        Ok::<_, String>(figure(what, rows, &pairs, "COPY binary via psql", 0.8))
+        Ok::<_, String>(figure(what, rows, &pairs, "COPY binary via psql", target))
+    };
+    let backfill = |name: &str, endpoint: &Value, mode: &str, what: &str| {
+        backfill_to(name, endpoint, mode, what, 0.8)
     };
     results.push(backfill(
         "pg-backfill",
@@ -816,6 +819,18 @@ fn postgres(
         "Precise",
         "PostgreSQL backfill",
     )?);
+    // Each chunk read by 2 and 4 connections in its one snapshot (`backfill_ranges`).
+    for ranges in [2, 4] {
+        let mut endpoint = pg_endpoint(10_000);
+        endpoint["advanced"]["backfill_ranges"] = json!(ranges);
+        results.push(backfill_to(
+            &format!("pg-backfill-ranges-{ranges}"),
+            &endpoint,
+            "Precise",
+            &format!("  in {ranges} key ranges at once"),
+            1.2,
+        )?);
+    }
     // The same backfill with every chunk scanned on a hot standby (`endpoint.replica`).
     {
         let standby = pg.start_standby(&[]).map_err(|e| e.to_string())?;

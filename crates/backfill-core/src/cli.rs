@@ -304,11 +304,11 @@ pub fn discover_json(tables: &[TableInfo]) -> Value {
         .map(|t| {
             let (mode, reason) = select_mode(&t.facts);
             Entry {
-                resource: Resource {
-                    namespace: t.table.namespace.clone(),
-                    stream: t.table.stream.clone(),
-                    mode: mode.as_requested(),
-                },
+                resource: Resource::new(
+                    t.table.namespace.clone(),
+                    t.table.stream.clone(),
+                    mode.as_requested(),
+                ),
                 target: format!("{}/{}", t.table.namespace, t.table.stream),
                 backfill: 0,
                 key: t.facts.key.iter().map(|c| c.name.as_str()).collect(),
@@ -628,15 +628,7 @@ mod tests {
     fn resolving_names_the_binding_and_the_fix() {
         let tables = [table("orders", &["id"]), table("log", &[])];
         let b = |stream: &str, mode: BackfillMode| {
-            Binding::new(
-                Resource {
-                    namespace: "public".into(),
-                    stream: stream.into(),
-                    mode,
-                },
-                "",
-                0,
-            )
+            Binding::new(Resource::new("public", stream, mode), "", 0)
         };
         let ok = resolve_bindings(
             &[

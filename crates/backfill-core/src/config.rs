@@ -64,9 +64,27 @@ pub struct Resource {
     /// Backfill mode; absent or empty means Automatic.
     #[serde(default)]
     pub mode: BackfillMode,
+    /// Connections that read one chunk of this table at once (`advanced.backfill_ranges`
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<usize>,
 }
 
 impl Resource {
+    /// `namespace.stream` backfilled in `mode`, with the endpoint's ranges.
+    pub fn new(
+        namespace: impl Into<String>,
+        stream: impl Into<String>,
+        mode: BackfillMode,
+    ) -> Self {
+        Self {
+            namespace: namespace.into(),
+            stream: stream.into(),
+            mode,
+            ranges: None,
+        }
+    }
+
     /// The table this resource names.
     pub fn table(&self) -> crate::source::TableRef {
         crate::source::TableRef::new(&self.namespace, &self.stream)

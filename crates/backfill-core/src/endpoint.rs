@@ -135,6 +135,11 @@ pub struct Backfill {
     /// Bindings backfilled at once.
     #[serde(default = "default_concurrency")]
     pub backfill_concurrency: usize,
+    /// Connections that read one chunk of a binding at once, each a key range of it in
+    /// the chunk's one snapshot (a binding's `resource.ranges` overrides it). Sources that
+    /// cannot share a snapshot between connections read every chunk on one and say so.
+    #[serde(default = "default_ranges")]
+    pub backfill_ranges: usize,
 }
 
 fn default_chunk_size() -> usize {
@@ -143,12 +148,16 @@ fn default_chunk_size() -> usize {
 fn default_concurrency() -> usize {
     1
 }
+fn default_ranges() -> usize {
+    1
+}
 
 impl Default for Backfill {
     fn default() -> Self {
         Self {
             chunk_size: default_chunk_size(),
             backfill_concurrency: default_concurrency(),
+            backfill_ranges: default_ranges(),
         }
     }
 }
@@ -156,7 +165,10 @@ impl Default for Backfill {
 impl Backfill {
     /// The merger's options for these settings.
     pub fn engine_options(&self) -> crate::merger::EngineOptions {
-        crate::merger::EngineOptions::for_backfill(self.chunk_size, self.backfill_concurrency)
+        crate::merger::EngineOptions {
+            ranges: self.backfill_ranges.max(1),
+            ..crate::merger::EngineOptions::for_backfill(self.chunk_size, self.backfill_concurrency)
+        }
     }
 }
 

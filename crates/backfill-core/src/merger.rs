@@ -92,7 +92,7 @@ use crate::mode::ResolvedMode;
 use crate::output::{Doc, Output, Sink, SourceTable};
 use crate::source::{
     BindingSpec, Change, ChangeMeta, ChangeStream, Chunk, ChunkLimits, Op, Position, Row,
-    ScanRequest, SnapshotWitness, Source, StreamEvent, StreamStart, TableRef, buffered_bytes,
+    ScanRequest, SnapshotWitness, Source, StreamEvent, StreamStart, buffered_bytes,
 };
 use crate::state::{Phase, Reconciled, ResolvedBinding, State};
 
@@ -134,6 +134,9 @@ pub struct EngineOptions {
     pub limits: ChunkLimits,
     /// Bindings backfilled at once (in config order); at least 1.
     pub concurrency: usize,
+    /// Connections reading one chunk at once, for a binding without its own
+    /// `resource.ranges`; at least 1 ([`BindingSpec::ranges`]).
+    pub ranges: usize,
     /// Stream events classified and routed as one batch (one classification query per
     /// binding per batch).
     pub batch_events: usize,
@@ -176,6 +179,7 @@ impl Default for EngineOptions {
                 bytes: 8 << 20,
             },
             concurrency: 1,
+            ranges: 1,
             batch_events: 4096,
             checkpoint_interval: Duration::from_millis(500),
             until_caught_up: false,
@@ -282,19 +286,23 @@ pub async fn run<S: Source, K: Sink>(
     let reconciled = State::reconcile(loaded, bindings);
     log_start(bindings, &reconciled, resuming);
     let mut state = reconciled.state;
+    let shares = source.shares_snapshots();
     let specs: Vec<BindingSpec> = bindings
         .iter()
         .enumerate()
         .map(|(index, b)| {
             let entry = &state.bindings[&b.binding.state_key()];
+            let table = b.binding.resource.table();
+            let ranges = b.binding.resource.ranges.unwrap_or(options.ranges).max(1);
+            if ranges > 1 && !shares {
+                tracing::warn!(%table, ranges, "this database cannot share one snapshot between connections: each chunk is read on one connection (ranges 1)");
+            }
             BindingSpec {
                 index,
-                table: TableRef {
-                    namespace: b.binding.resource.namespace.clone(),
-                    stream: b.binding.resource.stream.clone(),
-                },
+                table,
                 mode: entry.mode,
                 key: b.key.clone(),
+                ranges: if shares { ranges } else { 1 },
             }
         })
         .collect();

@@ -80,6 +80,10 @@ pub struct BindingSpec {
     pub mode: ResolvedMode,
     /// Key columns in key order; empty for a keyless table.
     pub key: Vec<String>,
+    /// Connections that read one chunk at once, each a key range of it inside the chunk's
+    /// one snapshot; 1 where the source cannot share a snapshot
+    /// ([`ChunkScanner::shares_snapshots`]).
+    pub ranges: usize,
 }
 
 /// A bound table as a change stream delivers it: the binding's index and its key columns.
@@ -255,6 +259,15 @@ pub trait ChunkScanner {
 
     /// Scans the next chunk.
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<Self::Position>, SourceError>;
+
+    /// Whether the source can read one chunk on several connections inside one snapshot
+    /// (PostgreSQL's exported snapshots), which is what [`BindingSpec::ranges`] above 1
+    /// asks for. The chunk stays one chunk of one snapshot, so the guarantees above hold
+    /// unchanged. A source that cannot (the default) gets `ranges` 1, and the core says so
+    /// at start.
+    fn shares_snapshots(&self) -> bool {
+        false
+    }
 
     /// An estimate of the table's row count, for progress reporting.
     async fn estimate_rows(&mut self, _binding: &BindingSpec) -> Option<u64> {
@@ -512,6 +525,7 @@ mod tests {
 
     fn spec(index: usize, namespace: &str, stream: &str, key: &[&str]) -> BindingSpec {
         BindingSpec {
+            ranges: 1,
             index,
             table: TableRef::new(namespace, stream),
             mode: ResolvedMode::Normal,

@@ -316,11 +316,7 @@ mod tests {
     fn rb(stream: &str, counter: u32, mode: ResolvedMode) -> ResolvedBinding {
         ResolvedBinding {
             binding: Binding::new(
-                Resource {
-                    namespace: "s".into(),
-                    stream: stream.into(),
-                    mode: BackfillMode::Automatic,
-                },
+                Resource::new("s", stream, BackfillMode::Automatic),
                 "",
                 counter,
             ),

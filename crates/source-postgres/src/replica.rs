@@ -117,6 +117,11 @@ impl Standby {
         self.replayed().await.map(|_| ())
     }
 
+    /// The standby's login, for the connections that read a chunk's other key ranges.
+    pub(crate) fn login(&self) -> &PgLogin {
+        &self.login
+    }
+
     /// The query connection, for scans sent as one batch.
     pub(crate) fn query_client(&self) -> &Client {
         &self.client

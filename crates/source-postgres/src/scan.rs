@@ -60,6 +60,8 @@ use crate::sql;
 use crate::stream::PgStream;
 use backfill_core::catalog::Catalog;
 
+mod ranges;
+
 /// The PostgreSQL source.
 #[derive(Debug)]
 pub struct PgSource {
@@ -70,6 +72,9 @@ pub struct PgSource {
     server_version: u32,
     /// The hot standby chunks are scanned on, when `endpoint.replica` names one.
     replica: Option<Standby>,
+    /// Connections to the scanning server that read a chunk's other key ranges
+    /// ([`ranges`]), opened at the first chunk that asks for them.
+    helpers: Vec<Client>,
 }
 
 /// Where a chunk's snapshot is taken, which decides how its fence and witness are read.
@@ -134,6 +139,7 @@ impl PgSource {
             types,
             server_version: u32::try_from(version).unwrap_or(0),
             replica,
+            helpers: Vec::new(),
         })
     }
 
@@ -223,6 +229,13 @@ impl PgSource {
                 .map(|(ty, v)| sql::typed(&sql::literal(&param_text(v)), ty))
                 .collect()
         });
+        let what = format!("scanning {}", t.table);
+        let parts = self.parts(req);
+        if parts > 1 {
+            return self
+                .scan_ranges(req, parts, (&t, &select, &ask), after.as_deref(), &what)
+                .await;
+        }
         let sql = sql::keyed_scan(
             &t.table,
             &select,
@@ -231,7 +244,6 @@ impl PgSource {
             &self.xmin_filter(),
             req.limits.rows,
         );
-        let what = format!("scanning {}", t.table);
         let side = self.side().await?;
         // One round trip (see the module docs).
         let batch = self.batch(&sql, side);
@@ -241,12 +253,21 @@ impl PgSource {
         else {
             return Ok(None);
         };
+        let (fence, witness) = scanned.fence(&what)?;
         Ok(Some(Chunk {
             complete: scanned.read == scanned.rows.len(),
             rows: scanned.rows,
-            fence: scanned.fence,
-            witness: scanned.witness,
+            fence,
+            witness,
         }))
+    }
+
+    /// The connection chunks are read on: the standby's when there is one.
+    fn scanning_client(&self) -> &Client {
+        match &self.replica {
+            Some(r) => r.query_client(),
+            None => &self.client,
+        }
     }
 
     /// A chunk's batch on the scanning connection ([`read_chunk`]), then the watermark on
@@ -258,13 +279,10 @@ impl PgSource {
         (req, side, layout): (ScanRequest<'_>, Side, Layout),
         what: &str,
     ) -> Result<Option<Scanned>, SourceError> {
-        let client = match &self.replica {
-            Some(r) => r.query_client(),
-            None => &self.client,
-        };
+        let client = self.scanning_client();
         let scanned = read_chunk(
             client,
-            batch,
+            (batch, At::whole(layout), None),
             (t, &self.types, ask),
             (req, side, layout),
             what,
@@ -319,26 +337,69 @@ struct Scanned {
     rows: Vec<(Key, Row)>,
     /// Rows the server sent (more than `rows` when the limits cut them).
     read: usize,
-    fence: PgPosition,
-    witness: SnapshotWitness<PgPosition>,
+    /// The fence and witness, where the batch reads them ([`At::fence`]).
+    fenced: Option<(PgPosition, SnapshotWitness<PgPosition>)>,
     /// The table's pages ([`Layout::Physical`]).
     pages: Option<u64>,
 }
 
+impl Scanned {
+    /// The fence and witness a chunk's batch must have read.
+    fn fence(&self, what: &str) -> Result<(PgPosition, SnapshotWitness<PgPosition>), SourceError> {
+        self.fenced
+            .clone()
+            .ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))
+    }
+}
+
+/// Which statement of a batch (counted from 0, `START` first) answers what.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    /// The rows.
+    rows: usize,
+    /// `pg_export_snapshot()`, whose answer is handed on as soon as it arrives.
+    export: Option<usize>,
+    /// The table's pages ([`Layout::Physical`]).
+    pages: Option<usize>,
+    /// The fence and witness.
+    fence: Option<usize>,
+}
+
+impl At {
+    /// `START; rows; [pages;] fence; COMMIT`: a chunk's whole batch.
+    fn whole(layout: Layout) -> Self {
+        match layout {
+            Layout::Keyed => Self {
+                rows: 1,
+                export: None,
+                pages: None,
+                fence: Some(2),
+            },
+            Layout::Physical => Self {
+                rows: 1,
+                export: None,
+                pages: Some(2),
+                fence: Some(3),
+            },
+        }
+    }
+}
+
 /// Sends a chunk's batch as one simple query and reads the answer as it streams in, so the
 /// rows are rendered while the server is still reading; `None` when the table's columns
-/// are not the catalog's.
+/// are not the catalog's. The exported snapshot's name, when `at.export` asks for one, goes
+/// to `export` the moment it arrives, while the rows after it are still being read.
 async fn read_chunk(
     client: &Client,
-    batch: &str,
+    (batch, at, mut export): (&str, At, Option<tokio::sync::oneshot::Sender<String>>),
     (t, types, ask): (&Table, &Types, &[String]),
     (req, side, layout): (ScanRequest<'_>, Side, Layout),
     what: &str,
 ) -> Result<Option<Scanned>, SourceError> {
     let key = &req.binding.key;
-    let (first, fence_at) = match layout {
-        Layout::Keyed => (0, 2),
-        Layout::Physical => (1, 3),
+    let first = match layout {
+        Layout::Keyed => 0,
+        Layout::Physical => 1,
     };
     let stream = client
         .simple_query_raw(batch)
@@ -352,13 +413,13 @@ async fn read_chunk(
     while let Some(message) = stream.next().await {
         match message.map_err(|e| db_error(e, what))? {
             SimpleQueryMessage::CommandComplete(_) => statement += 1,
-            SimpleQueryMessage::RowDescription(d) if statement == 1 => {
+            SimpleQueryMessage::RowDescription(d) if statement == at.rows => {
                 match rows::Plan::new(&d, first, t, types, ask) {
                     Some(p) => plan = Some(p),
                     None => return Ok(None),
                 }
             }
-            SimpleQueryMessage::Row(r) if statement == 1 => {
+            SimpleQueryMessage::Row(r) if statement == at.rows => {
                 read += 1;
                 // Past the limits: counted, not rendered (it only says "not complete").
                 if full || (layout == Layout::Keyed && read > req.limits.rows) {
@@ -392,14 +453,21 @@ async fn read_chunk(
                     full = true;
                 }
             }
-            SimpleQueryMessage::Row(r) if layout == Layout::Physical && statement == 2 => {
+            SimpleQueryMessage::Row(r) if Some(statement) == at.export => {
+                let name: Option<&str> = r.try_get(0).ok().flatten();
+                if let (Some(name), Some(to)) = (name, export.take()) {
+                    // A receiver gone has failed, and says so itself.
+                    let _ = to.send(name.to_string());
+                }
+            }
+            SimpleQueryMessage::Row(r) if Some(statement) == at.pages => {
                 pages = r
                     .try_get(0)
                     .ok()
                     .flatten()
                     .and_then(|p: &str| p.parse().ok());
             }
-            SimpleQueryMessage::Row(r) if statement == fence_at => {
+            SimpleQueryMessage::Row(r) if Some(statement) == at.fence => {
                 fenced = Some(parse_fence(&r, side).map_err(|e| {
                     Failure::Malformed.error(format!("{what}: reading the fence: {e}"))
                 })?);
@@ -407,13 +475,10 @@ async fn read_chunk(
             _ => {}
         }
     }
-    let (fence, witness) =
-        fenced.ok_or_else(|| Failure::Malformed.error(format!("{what}: no fence read")))?;
     Ok(Some(Scanned {
         rows: out,
         read,
-        fence,
-        witness,
+        fenced,
         pages,
     }))
 }
@@ -478,11 +543,12 @@ impl PgSource {
             }
             let truncated = scanned.rows.len() > req.limits.rows;
             scanned.rows.truncate(req.limits.rows);
+            let (fence, witness) = scanned.fence(&what)?;
             return Ok(Some(Chunk {
                 rows: scanned.rows,
                 complete: !truncated && end_page >= relpages,
-                fence: scanned.fence,
-                witness: scanned.witness,
+                fence,
+                witness,
             }));
         }
     }
@@ -538,6 +604,11 @@ pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
 
 impl ChunkScanner for PgSource {
     type Position = PgPosition;
+
+    /// Exported snapshots ([`ranges`]).
+    fn shares_snapshots(&self) -> bool {
+        true
+    }
 
     /// On a standby, a chunk cancelled by a recovery conflict is scanned again (see
     /// [`crate::replica`]).

@@ -83,11 +83,21 @@ pub fn keyed_scan(
     filter: &str,
     rows: usize,
 ) -> String {
-    let cols = key
-        .iter()
-        .map(|k| format!("t.{}", quote(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    keyed_range(table, select, key, (after, None), filter, rows + 1)
+}
+
+/// The rows of one key range of a chunk read on several connections (`scan::ranges`):
+/// those after `after` and, with `skip`, after the key `skip` rows past `after` too (read
+/// in the same snapshot by an index scan of the key alone), in key order, at most `limit`.
+pub fn keyed_range(
+    table: &TableRef,
+    select: &str,
+    key: &[String],
+    (after, skip): (Option<&[String]>, Option<usize>),
+    filter: &str,
+    limit: usize,
+) -> String {
+    let cols = key_columns("t", key);
     let mut sql = format!(
         "SELECT {select} FROM ONLY {} t WHERE true",
         qualified(table)
@@ -95,9 +105,28 @@ pub fn keyed_scan(
     if let Some(after) = after {
         sql.push_str(&format!(" AND ({cols}) > ({})", after.join(", ")));
     }
+    if let Some(skip) = skip {
+        let probe = key_columns("p", key);
+        sql.push_str(&format!(
+            " AND ({cols}) > (SELECT {probe} FROM ONLY {} p WHERE true",
+            qualified(table)
+        ));
+        if let Some(after) = after {
+            sql.push_str(&format!(" AND ({probe}) > ({})", after.join(", ")));
+        }
+        sql.push_str(&format!(" ORDER BY {probe} OFFSET {skip} LIMIT 1)"));
+    }
     sql.push_str(filter);
-    sql.push_str(&format!(" ORDER BY {cols} LIMIT {}", rows + 1));
+    sql.push_str(&format!(" ORDER BY {cols} LIMIT {limit}"));
     sql
+}
+
+/// `alias."k1", alias."k2"`.
+fn key_columns(alias: &str, key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("{alias}.{}", quote(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The table's size in heap pages.
@@ -180,6 +209,18 @@ pub fn classify(key: &[KeyType<'_>], has_lo: bool, has_hi: bool) -> String {
 
 /// Starts a chunk's transaction: one snapshot for the rows, the fence and the witness.
 pub const START_SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Names the transaction's snapshot so that other connections can read in it while the
+/// transaction stays open (`SET TRANSACTION SNAPSHOT`).
+pub const EXPORT_SNAPSHOT: &str = "SELECT pg_export_snapshot()";
+
+/// A transaction of another connection that reads in the snapshot `name` exported.
+pub fn start_in_snapshot(name: &str) -> String {
+    format!(
+        "{START_SNAPSHOT}; SET TRANSACTION SNAPSHOT {}",
+        literal(name)
+    )
+}
 
 /// Inside a scan's repeatable-read transaction, after its rows: the fence (the WAL insert
 /// position, at or after every commit visible in the snapshot) and the snapshot itself

@@ -1,0 +1,297 @@
+//! One keyed chunk read on several connections at once, each a key range of it, all in the
+//! chunk's one snapshot (`advanced.backfill_ranges`, a binding's `resource.ranges`).
+//!
+//! ## Why the chunk is still one chunk
+//!
+//! The first connection starts the chunk's repeatable-read transaction and names its
+//! snapshot with `pg_export_snapshot()`; each other connection starts its own transaction
+//! with `SET TRANSACTION SNAPSHOT` on that name, which makes its snapshot *the same*: the
+//! same transactions visible, the same rows. The exporting transaction stays open until
+//! every other part has read (a snapshot can be imported only while its exporter runs).
+//! The fence and witness are read on the first connection, after its rows, exactly as for
+//! a chunk read on one. So the core receives what [`ChunkScanner`] promises, one snapshot's
+//! rows with its fence and witness, and the merger's argument (DESIGN.md §7) does not know
+//! how many connections read them.
+//!
+//! ## Why the parts cover the chunk without a gap or an overlap
+//!
+//! With `n` rows a chunk and `p` parts of `h = n / p` rows, part `j` reads, in key order,
+//!
+//! ```text
+//! part 0:  key > cursor                                   LIMIT h
+//! part j:  key > (the key h·j - 1 rows past the cursor)   LIMIT h      (0 < j < p - 1)
+//! last:    key > (the key h·j - 1 rows past the cursor)   LIMIT rest + 1
+//! ```
+//!
+//! where "the key `h·j - 1` rows past the cursor" is a sub-select on the key index, in the
+//! same snapshot, in the same key order (the columns' own collations). Part `j` therefore
+//! starts right after the last row part `j - 1` can hold, and the parts concatenated are
+//! the first `n` rows after the cursor: what one connection's `LIMIT n` would have read.
+//! When there are fewer rows, the sub-select finds none, and the later parts read nothing.
+//!
+//! The chunk is assembled in part order and stops at the first part that did not read
+//! everything it could: one cut by its share of the chunk's memory bound (the chunk ends
+//! at its last row; later parts' rows are dropped, read again by the next chunk), or one
+//! with fewer than `h` rows (the table ends there). The chunk is `complete` when the
+//! table ended inside it, as for one connection. The rows are therefore a key-ordered
+//! prefix of what the snapshot holds after the cursor, with nothing skipped, and each
+//! part is held to `1 / p` of the chunk's memory bound. A sabotaged run that skips the
+//! row at each boundary (`SOURCE_POSTGRES_SABOTAGE=range-gap`) loses rows, and the test
+//! of this module fails.
+//!
+//! ## When one connection reads
+//!
+//! A chunk has at most one part a row. A backfill limited by transaction ids (`min_backfill_xid`, `max_backfill_xid`) reads on
+//! one: the sub-select counts rows the filter would drop, so the parts would not meet.
+//! Keyless (physical) chunks read on one connection too.
+//!
+//! [`ChunkScanner`]: backfill_core::source::ChunkScanner
+
+use backfill_core::source::{Chunk, ChunkLimits, ScanRequest};
+use backfill_core::{Failure, SourceError};
+
+use super::{At, Layout, PgSource, Scanned, Side, read_chunk};
+use crate::catalog::Table;
+use crate::conn::db_error;
+use crate::position::PgPosition;
+use crate::sql;
+
+/// One part's statement and bounds.
+struct Part {
+    sql: String,
+    limits: ChunkLimits,
+}
+
+impl PgSource {
+    /// How many connections read the next chunk of `req`'s binding.
+    pub(super) fn parts(&self, req: ScanRequest<'_>) -> usize {
+        if req.binding.ranges <= 1 || !self.xmin_filter().is_empty() {
+            return 1;
+        }
+        req.binding.ranges.min(req.limits.rows).max(1)
+    }
+
+    /// Opens the connections that read the other parts, up to `n`, to the server chunks
+    /// are read on.
+    async fn ensure_helpers(&mut self, n: usize) -> Result<(), SourceError> {
+        while self.helpers.len() < n {
+            let login = self
+                .replica
+                .as_ref()
+                .map_or(&self.endpoint.login, |r| r.login());
+            let client = crate::conn::connect_to(&self.endpoint, login).await?;
+            self.helpers.push(client);
+        }
+        Ok(())
+    }
+
+    /// One keyed chunk in `parts` key ranges, one connection each (module docs); `None`
+    /// when the table's columns are not the catalog's.
+    pub(super) async fn scan_ranges(
+        &mut self,
+        req: ScanRequest<'_>,
+        parts: usize,
+        (t, select, ask): (&Table, &str, &[String]),
+        after: Option<&[String]>,
+        what: &str,
+    ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
+        self.ensure_helpers(parts - 1).await?;
+        let side = self.side().await?;
+        let planned = plan(req, parts, (t, select), after);
+        let read = self.read_parts(req, &planned, side, (t, ask), what).await;
+        let scanned = match read {
+            Ok(Some(scanned)) => scanned,
+            Ok(None) => {
+                self.end_parts("ROLLBACK").await;
+                return Ok(None);
+            }
+            Err(e) => {
+                self.end_parts("ROLLBACK").await;
+                // A connection that failed may be gone: open them again next time.
+                self.helpers.clear();
+                return Err(e);
+            }
+        };
+        // The exporter's transaction ends once every part has read in its snapshot.
+        let end = if matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
+            format!("COMMIT; {}", sql::WATERMARK)
+        } else {
+            "COMMIT".to_string()
+        };
+        self.scanning_client()
+            .batch_execute(&end)
+            .await
+            .map_err(|e| db_error(e, what))?;
+        if !matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
+            self.emit_watermark().await?;
+        }
+        let (fence, witness) = scanned[0].fence(what)?;
+        let (rows, complete) = assemble(scanned, &planned);
+        Ok(Some(Chunk {
+            rows,
+            complete,
+            fence,
+            witness,
+        }))
+    }
+
+    /// Reads every part at once: the first on the scanning connection, exporting its
+    /// snapshot, the others in that snapshot as soon as its name arrives. The first
+    /// part's transaction is left open.
+    async fn read_parts(
+        &self,
+        req: ScanRequest<'_>,
+        planned: &[Part],
+        side: Side,
+        (t, ask): (&Table, &[String]),
+        what: &str,
+    ) -> Result<Option<Vec<Scanned>>, SourceError> {
+        let (named, name) = tokio::sync::oneshot::channel();
+        let first = format!(
+            "{}; {}; {}; {}",
+            sql::START_SNAPSHOT,
+            sql::EXPORT_SNAPSHOT,
+            planned[0].sql,
+            side.fence_sql()
+        );
+        let at_first = At {
+            rows: 2,
+            export: Some(1),
+            pages: None,
+            fence: Some(3),
+        };
+        let exporter = read_chunk(
+            self.scanning_client(),
+            (&first, at_first, Some(named)),
+            (t, &self.types, ask),
+            (part_request(req, &planned[0]), side, Layout::Keyed),
+            what,
+        );
+        let others = async {
+            let Ok(name) = name.await else {
+                // The first part failed before naming its snapshot; its error says why.
+                return Ok(Vec::new());
+            };
+            let start = sql::start_in_snapshot(&name);
+            let reads = self
+                .helpers
+                .iter()
+                .zip(&planned[1..])
+                .map(|(client, part)| {
+                    let batch = format!("{start}; {}; COMMIT", part.sql);
+                    let at = At {
+                        rows: 2,
+                        export: None,
+                        pages: None,
+                        fence: None,
+                    };
+                    async move {
+                        read_chunk(
+                            client,
+                            (&batch, at, None),
+                            (t, &self.types, ask),
+                            (part_request(req, part), side, Layout::Keyed),
+                            what,
+                        )
+                        .await
+                    }
+                });
+            futures_util::future::try_join_all(reads).await
+        };
+        let (first, others) = futures_util::future::join(exporter, others).await;
+        let Some(first) = first? else {
+            return Ok(None);
+        };
+        let others = others?;
+        if others.len() + 1 != planned.len() {
+            return Err(
+                Failure::Malformed.error(format!("{what}: the chunk's snapshot was not named"))
+            );
+        }
+        let mut all = Vec::with_capacity(planned.len());
+        all.push(first);
+        for part in others {
+            let Some(part) = part else {
+                return Ok(None);
+            };
+            all.push(part);
+        }
+        Ok(Some(all))
+    }
+
+    /// Ends whatever the parts left open (after a failure: each part's connection may be
+    /// inside its transaction).
+    async fn end_parts(&self, how: &str) {
+        let _ = self.scanning_client().batch_execute(how).await;
+        for client in &self.helpers {
+            let _ = client.batch_execute(how).await;
+        }
+    }
+}
+
+/// The statements and bounds of `parts` parts of the chunk after `after` (module docs).
+fn plan(
+    req: ScanRequest<'_>,
+    parts: usize,
+    (t, select): (&Table, &str),
+    after: Option<&[String]>,
+) -> Vec<Part> {
+    let n = req.limits.rows;
+    let h = n / parts;
+    let bytes = (req.limits.bytes / parts).max(1);
+    let gap = usize::from(sabotaged());
+    (0..parts)
+        .map(|j| {
+            let last = j + 1 == parts;
+            let rows = if last { n - h * (parts - 1) } else { h };
+            let skip = (j > 0).then(|| h * j - 1 + gap);
+            // The last part reads one row more, which only says whether the table goes on.
+            let limit = if last { rows + 1 } else { rows };
+            Part {
+                sql: sql::keyed_range(&t.table, select, &req.binding.key, (after, skip), "", limit),
+                limits: ChunkLimits { rows, bytes },
+            }
+        })
+        .collect()
+}
+
+/// The scan request of one part: the chunk's, with the part's bounds.
+fn part_request<'a>(req: ScanRequest<'a>, part: &Part) -> ScanRequest<'a> {
+    ScanRequest {
+        limits: part.limits,
+        ..req
+    }
+}
+
+/// The chunk's rows, the parts in order up to the first that did not read all it could,
+/// and whether the table ended inside them (module docs).
+fn assemble(
+    scanned: Vec<Scanned>,
+    planned: &[Part],
+) -> (
+    Vec<(backfill_core::key::Key, backfill_core::source::Row)>,
+    bool,
+) {
+    let total = scanned.iter().map(|s| s.rows.len()).sum();
+    let mut rows = Vec::with_capacity(total);
+    let last = planned.len() - 1;
+    for (j, (part, plan)) in scanned.into_iter().zip(planned).enumerate() {
+        let cut = part.read > part.rows.len();
+        let short = part.rows.len() < plan.limits.rows;
+        rows.extend(part.rows);
+        if j == last || cut {
+            return (rows, !cut);
+        }
+        if short {
+            return (rows, true);
+        }
+    }
+    (rows, true)
+}
+
+/// Tests prove the parts must meet by skipping the row at each boundary. Debug builds
+/// only, never in a release.
+fn sabotaged() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var("SOURCE_POSTGRES_SABOTAGE").is_ok_and(|v| v == "range-gap")
+}
