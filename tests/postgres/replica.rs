@@ -59,6 +59,24 @@ fn live_scenario_from_replica() {
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
+/// Each chunk read by three connections on the standby, in the snapshot the first one
+/// exports there (PostgreSQL 10+ exports snapshots during recovery): every mode holds.
+#[test]
+fn live_scenario_in_key_ranges_from_replica() {
+    let Some((_, pg, standby)) = primary_and_standby(&[]) else {
+        return;
+    };
+    let scenario = Scenario {
+        modes: testkit::live::EVERY_MODE.to_vec(),
+        initial_rows: 200,
+        txns: 300,
+        kills: 3,
+        endpoint_extra: json!({"replica": replica(&standby), "advanced": {"chunk_size": 9, "backfill_ranges": 3}}),
+    };
+    let report = testkit::live::run_reported(&pg, "ranges", &scenario);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 /// The standby applies every commit 300 ms late while the primary takes writes, so a
 /// chunk scanned at once would miss changes the stream has already delivered, and emit
 /// their rows' older images after them. The connector waits for the standby to replay what

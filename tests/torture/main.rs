@@ -117,6 +117,7 @@ fn postgres_under_pgbench() {
     let settings = Settings {
         duration: std::time::Duration::from_secs(25),
         chunk_size: 2_000,
+        ranges: 4,
         ..Settings::small(seed())
     };
     if let Some(f) = torture::pgbench(&mut pg, &settings).unwrap() {

@@ -65,6 +65,9 @@ pub struct Settings {
     pub initial_rows: usize,
     /// The connector's chunk size (tiny, so that backfills take many chunks).
     pub chunk_size: u64,
+    /// Connections reading one chunk (`advanced.backfill_ranges`; where the database can
+    /// share a snapshot).
+    pub ranges: u64,
     /// A writer's pause between transactions.
     pub pause: Duration,
     /// Rows of each very large transaction (0: none).
@@ -82,6 +85,8 @@ impl Settings {
             writers: 3,
             initial_rows: 300,
             chunk_size: 16,
+            // One, two or three connections a chunk, by the seed.
+            ranges: 1 + seed % 3,
             pause: Duration::from_millis(15),
             big_txn_rows: 3_000,
             faults: true,
@@ -814,7 +819,8 @@ impl Torture {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let proxy = Proxy::start(victim.port()).map_err(|e| e.to_string())?;
         let mut endpoint = victim.endpoint_at(proxy.port);
-        endpoint["advanced"] = json!({"chunk_size": settings.chunk_size});
+        endpoint["advanced"] =
+            json!({"chunk_size": settings.chunk_size, "backfill_ranges": settings.ranges});
         let config = write_config(
             &dir,
             &endpoint,
