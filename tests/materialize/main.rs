@@ -242,3 +242,47 @@ fn destinations_opened_at_once_create_their_checkpoint_table_once() {
         assert!(failures.is_empty(), "round {round}: {failures:#?}");
     }
 }
+
+/// `cdc status` reads a destination without writing to it: with the destination's table
+/// and checkpoint table dropped after a run, status shows the table at position 0 and
+/// neither table comes back (the materialization's next run creates them).
+#[test]
+fn status_reads_a_destination_without_creating_anything() {
+    let (Some(src), Some(dest)) = (PgServer::start_or_skip(), PgServer::start_or_skip()) else {
+        return;
+    };
+    src.sql("CREATE TABLE t (id int PRIMARY KEY, v int, pad text); INSERT INTO t SELECT g, g, 'x' FROM generate_series(1, 50) g")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-status-{}", std::process::id()));
+    let path = types::pipeline(&src, &dest, &dir, &["t"]);
+    types::cdc(&["run", "--until-caught-up"], &path);
+    let exists = |name: &str| {
+        dest.sql(&format!("SELECT to_regclass('{name}') IS NOT NULL"))
+            .unwrap()
+    };
+    assert_eq!(
+        (exists("public.t"), exists("public.cdc_checkpoints")),
+        ("t".to_string(), "t".to_string()),
+        "the run created both"
+    );
+    let before = backfill::status(&path);
+    assert!(
+        before["materializations"][0]["tables"][0]["position"].as_u64() > Some(0),
+        "{before}"
+    );
+
+    dest.sql("DROP TABLE public.t; DROP TABLE public.cdc_checkpoints")
+        .unwrap();
+    let after = backfill::status(&path);
+    assert_eq!(
+        after["materializations"][0]["tables"][0]["position"], 0,
+        "{after}"
+    );
+    assert!(after["materializations"][0]["error"].is_null(), "{after}");
+    assert_eq!(
+        (exists("public.t"), exists("public.cdc_checkpoints")),
+        ("f".to_string(), "f".to_string()),
+        "cdc status created a table"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,25 +88,14 @@ impl DestinationKind for Postgres {
                     &e,
                 ),
             })?;
-        let mut destination = PgDestination {
+        Ok(Box::new(PgDestination {
             runtime,
             client: Some(client),
             in_flight: None,
             materialization: materialization.to_string(),
             schema: endpoint.schema,
             tables: Vec::new(),
-        };
-        destination.run(
-            "creating the staging and checkpoint tables",
-            |client, schema| {
-                let checkpoints = sql::create_checkpoints(schema);
-                async move {
-                    client.batch_execute(sql::CREATE_STAGE).await?;
-                    client.batch_execute(&checkpoints).await
-                }
-            },
-        )?;
-        Ok(Box::new(destination))
+        }))
     }
 }
 
@@ -153,6 +142,43 @@ pub struct PgDestination {
 type InFlight = tokio::task::JoinHandle<(Client, std::result::Result<(), tokio_postgres::Error>)>;
 
 impl PgDestination {
+    /// The positions of the tables named `targets` (by index), from the checkpoint table;
+    /// with `if_exists`, none when that table does not exist (a destination never
+    /// prepared), which is asked without creating it.
+    fn read_positions(
+        &mut self,
+        targets: &[String],
+        if_exists: bool,
+    ) -> Result<HashMap<usize, u64>> {
+        let materialization = self.materialization.clone();
+        let rows: Vec<(String, i64)> = self.run("reading the checkpoints", |client, schema| {
+            let exists = sql::checkpoints_exist(schema);
+            let statement = sql::read_checkpoints(schema);
+            async move {
+                if if_exists
+                    && client
+                        .query_one(&exists, &[])
+                        .await?
+                        .get::<_, Option<String>>(0)
+                        .is_none()
+                {
+                    return Ok(Vec::new());
+                }
+                let rows = client.query(&statement, &[&materialization]).await?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+        })?;
+        Ok(targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, target)| {
+                rows.iter()
+                    .find(|(t, _)| t == target)
+                    .map(|(_, line)| (i, u64::try_from(*line).unwrap_or(0)))
+            })
+            .collect())
+    }
+
     /// Waits for the batch in flight; its error, if it failed.
     fn settle(&mut self) -> Result<()> {
         let Some(handle) = self.in_flight.take() else {
@@ -532,27 +558,26 @@ fn binding_of(step: &Step) -> usize {
 
 impl Destination for PgDestination {
     fn positions(&mut self) -> Result<HashMap<usize, u64>> {
-        let materialization = self.materialization.clone();
-        let rows: Vec<(String, i64)> = self.run("reading the checkpoints", |client, schema| {
-            let statement = sql::read_checkpoints(schema);
-            async move {
-                let rows = client.query(&statement, &[&materialization]).await?;
-                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-            }
-        })?;
-        Ok(self
-            .tables
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, target))| {
-                rows.iter()
-                    .find(|(t, _)| t == target)
-                    .map(|(_, line)| (i, u64::try_from(*line).unwrap_or(0)))
-            })
-            .collect())
+        let targets: Vec<String> = self.tables.iter().map(|(_, t)| t.clone()).collect();
+        self.read_positions(&targets, false)
+    }
+
+    fn observe(&mut self, bindings: &[TableBinding]) -> Result<HashMap<usize, u64>> {
+        let targets: Vec<String> = bindings.iter().map(|b| b.table.clone()).collect();
+        self.read_positions(&targets, true)
     }
 
     fn prepare(&mut self, bindings: &[TableBinding], recreate: &[usize]) -> Result<()> {
+        self.run(
+            "creating the staging and checkpoint tables",
+            |client, schema| {
+                let checkpoints = sql::create_checkpoints(schema);
+                async move {
+                    client.batch_execute(sql::CREATE_STAGE).await?;
+                    client.batch_execute(&checkpoints).await
+                }
+            },
+        )?;
         let mut tables = Vec::new();
         for (i, binding) in bindings.iter().enumerate() {
             let shape = self.shape(binding)?;

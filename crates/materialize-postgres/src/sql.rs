@@ -378,6 +378,15 @@ pub fn create_checkpoints(schema: &str) -> String {
     )
 }
 
+/// The checkpoint table's name when it exists, null when it does not (asked without
+/// creating it).
+pub fn checkpoints_exist(schema: &str) -> String {
+    format!(
+        "SELECT to_regclass({})::text",
+        literal(&format!("{}.cdc_checkpoints", ident(schema)))
+    )
+}
+
 /// Reads a materialization's positions: `$1` the materialization.
 pub fn read_checkpoints(schema: &str) -> String {
     format!(

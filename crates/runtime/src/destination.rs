@@ -189,6 +189,11 @@ pub trait Destination: Send {
     /// Each binding's read position (lines of its capture's log applied), as the last
     /// applied batch left it; absent for a binding never applied.
     fn positions(&mut self) -> Result<HashMap<usize, u64>>;
+    /// Each of `bindings`' read positions as the destination holds them, read without
+    /// writing anything: no table and no checkpoint table is created, nothing is altered
+    /// (what `cdc status` and the console show, beside a running pipeline or instead of
+    /// one). A destination never prepared holds none.
+    fn observe(&mut self, bindings: &[TableBinding]) -> Result<HashMap<usize, u64>>;
     /// Creates each binding's table if missing, adds the columns the collection gained, and
     /// refuses a change it cannot follow (a key or a type change) with the remedy; the
     /// tables of `recreate` are dropped and created again from the schema instead (a
@@ -223,7 +228,8 @@ pub trait DestinationKind: Send + Sync {
     fn name(&self) -> &'static str;
     /// Validates an endpoint config; the error names the field.
     fn validate(&self, endpoint: &Value) -> std::result::Result<(), String>;
-    /// Opens a destination for materialization `materialization` at `endpoint`.
+    /// Opens a destination for materialization `materialization` at `endpoint`: connects,
+    /// and creates nothing ([`Destination::prepare`] does).
     fn open(&self, materialization: &str, endpoint: &Value) -> Result<Box<dyn Destination>>;
 }
 

@@ -375,19 +375,20 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// Materialization `i`'s positions, opening its destination first where it is not open.
+    /// Materialization `i`'s positions, opening its destination first where it is not
+    /// open; read only ([`Destination::observe`]).
+    ///
+    /// [`Destination::observe`]: crate::destination::Destination::observe
     fn positions(&mut self, i: usize) -> Result<std::collections::HashMap<usize, u64>> {
         let m = &self.pipeline.spec.materializations[i];
+        let bindings = crate::materialize::table_bindings(m, self.pipeline)?;
         if self.open[i].is_none() {
             let kind =
                 crate::destination::kind(self.kinds, &m.destination).map_err(crate::Error::Spec)?;
-            let bindings = crate::materialize::table_bindings(m, self.pipeline)?;
-            let mut d = kind.open(&m.name, &m.endpoint)?;
-            d.prepare(&bindings, &[])?;
-            self.open[i] = Some(d);
+            self.open[i] = Some(kind.open(&m.name, &m.endpoint)?);
         }
         match &mut self.open[i] {
-            Some(d) => d.positions(),
+            Some(d) => d.observe(&bindings),
             None => Ok(Default::default()),
         }
     }
