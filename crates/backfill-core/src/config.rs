@@ -64,10 +64,35 @@ pub struct Resource {
     /// Backfill mode; absent or empty means Automatic.
     #[serde(default)]
     pub mode: BackfillMode,
-    /// Connections that read one chunk of this table at once (`advanced.backfill_ranges`
-    /// when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Connections that read one chunk of this table at once, 1 to 64
+    /// (`advanced.backfill_ranges` when absent).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_ranges"
+    )]
     pub ranges: Option<usize>,
+}
+
+/// The most connections one chunk may be read by: each is a backend on the source server.
+pub const MAX_RANGES: usize = 64;
+
+/// A count of ranges, refused outside 1 to [`MAX_RANGES`] with the bounds named.
+pub fn ranges<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if (1..=MAX_RANGES).contains(&n) {
+        Ok(n)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "ranges must be between 1 and {MAX_RANGES} (connections that read one chunk), not {n}"
+        )))
+    }
+}
+
+fn some_ranges<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<usize>, D::Error> {
+    ranges(d).map(Some)
 }
 
 impl Resource {
@@ -276,6 +301,27 @@ mod tests {
             "no guess when nothing is close: {e}"
         );
         assert_eq!(edits("slto", "slot"), 2);
+    }
+
+    #[test]
+    fn ranges_are_refused_outside_their_bounds_with_the_bounds_named() {
+        let with = |r: &str| {
+            Cfg::parse(&format!(
+                r#"{{"endpoint": {{}}, "bindings": [{{"resource": {{"namespace": "a", "stream": "b", "ranges": {r}}}}}]}}"#
+            ))
+        };
+        assert_eq!(with("4").unwrap().bindings[0].resource.ranges, Some(4));
+        for bad in ["0", "65"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("between 1 and 64"), "{e}");
+        }
+        let advanced: crate::endpoint::Backfill =
+            serde_json::from_str(r#"{"backfill_ranges": 3}"#).unwrap();
+        assert_eq!(advanced.backfill_ranges, 3);
+        let e = serde_json::from_str::<crate::endpoint::Backfill>(r#"{"backfill_ranges": 0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("between 1 and 64"), "{e}");
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub struct Backfill {
     /// Connections that read one chunk of a binding at once, each a key range of it in
     /// the chunk's one snapshot (a binding's `resource.ranges` overrides it). Sources that
     /// cannot share a snapshot between connections read every chunk on one and say so.
-    #[serde(default = "default_ranges")]
+    #[serde(default = "default_ranges", deserialize_with = "crate::config::ranges")]
     pub backfill_ranges: usize,
 }
 
