@@ -68,13 +68,14 @@ pub struct PgSource {
     endpoint: Endpoint,
     client: Client,
     tables: Vec<Table>,
-    types: Types,
+    /// Shared with the threads that read a chunk's other key ranges ([`ranges`]).
+    types: std::sync::Arc<Types>,
     server_version: u32,
     /// The hot standby chunks are scanned on, when `endpoint.replica` names one.
     replica: Option<Standby>,
-    /// Connections to the scanning server that read a chunk's other key ranges
-    /// ([`ranges`]), opened at the first chunk that asks for them.
-    helpers: Vec<Client>,
+    /// Connections to the scanning server that read a chunk's other key ranges, each on
+    /// a thread of its own ([`ranges`]), opened at the first chunk that asks for them.
+    helpers: Vec<ranges::Helper>,
 }
 
 /// Where a chunk's snapshot is taken, which decides how its fence and witness are read.
@@ -130,7 +131,7 @@ impl PgSource {
             .map_err(|e| db_error(e, "reading the server version"))?
             .get(0);
         let tables = catalog::tables(&client).await?;
-        let types = Types::load(&client).await?;
+        let types = std::sync::Arc::new(Types::load(&client).await?);
         let replica = Standby::connect(endpoint, &client).await?;
         Ok(Self {
             endpoint: endpoint.clone(),
@@ -189,7 +190,7 @@ impl PgSource {
     /// Reads the catalog and the types again: a chunk found the table's columns changed.
     async fn reload_catalog(&mut self) -> Result<(), SourceError> {
         self.tables = catalog::tables(&self.client).await?;
-        self.types = Types::load(&self.client).await?;
+        self.types = std::sync::Arc::new(Types::load(&self.client).await?);
         Ok(())
     }
 
@@ -844,7 +845,7 @@ impl Source for PgSource {
         let stream = PgStream::new(
             repl,
             crate::conn::connect(&self.endpoint).await?,
-            self.types.clone(),
+            (*self.types).clone(),
             bindings,
             bindings
                 .iter()

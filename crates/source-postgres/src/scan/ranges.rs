@@ -39,6 +39,14 @@
 //! row at each boundary (`SOURCE_POSTGRES_SABOTAGE=range-gap`) loses rows, and the test
 //! of this module fails.
 //!
+//! ## Where the rows are rendered
+//!
+//! The first part is read and rendered on the connector's thread, as a chunk read on one
+//! connection is. Each other part is read by a [`Helper`]: a connection driven by a thread
+//! of its own, which renders the part's rows there and hands them back whole. So the
+//! rendering, most of the connector's work per row, is split the way the server's work
+//! is, and the connector's own thread keeps the first part, the merge and the output.
+//!
 //! ## When one connection reads
 //!
 //! A chunk has at most one part a row. A backfill limited by transaction ids (`min_backfill_xid`, `max_backfill_xid`) reads on
@@ -47,12 +55,17 @@
 //!
 //! [`ChunkScanner`]: backfill_core::source::ChunkScanner
 
-use backfill_core::source::{Chunk, ChunkLimits, ScanRequest};
+use std::sync::Arc;
+
+use backfill_core::key::Key;
+use backfill_core::source::{BindingSpec, Chunk, ChunkLimits, ScanRequest};
 use backfill_core::{Failure, SourceError};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{At, Layout, PgSource, Scanned, Side, read_chunk};
-use crate::catalog::Table;
+use crate::catalog::{Table, Types};
 use crate::conn::db_error;
+use crate::endpoint::{Endpoint, PgLogin};
 use crate::position::PgPosition;
 use crate::sql;
 
@@ -60,6 +73,125 @@ use crate::sql;
 struct Part {
     sql: String,
     limits: ChunkLimits,
+}
+
+/// What a part's rows are read and rendered against, shared with the helpers' threads.
+#[derive(Clone, Debug)]
+struct Plan {
+    table: Arc<Table>,
+    types: Arc<Types>,
+    ask: Arc<[String]>,
+    binding: BindingSpec,
+    after: Option<Key>,
+    side: Side,
+    what: Arc<str>,
+}
+
+/// A part for a helper to read: its batch and bounds, and where the rows go.
+struct Job {
+    batch: String,
+    limits: ChunkLimits,
+    plan: Plan,
+    reply: oneshot::Sender<Result<Option<Scanned>, SourceError>>,
+}
+
+/// A connection that reads a chunk's other key ranges, and renders their rows, on a
+/// thread of its own: the parts of a chunk are then rendered at once, on as many cores as
+/// there are parts, not one after another on the connector's thread. Dropping it ends the
+/// thread and closes the connection.
+#[derive(Debug)]
+pub(crate) struct Helper {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Helper {
+    /// Starts the thread and connects it to the server `login` names.
+    async fn start(endpoint: &Endpoint, login: &PgLogin) -> Result<Self, SourceError> {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let (connected, ready) = oneshot::channel();
+        let (endpoint, login) = (endpoint.clone(), login.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Setup.error(format!("a scan thread's runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("scan-range".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let client = match crate::conn::connect_to(&endpoint, &login).await {
+                        Ok(client) => {
+                            let _ = connected.send(Ok(()));
+                            client
+                        }
+                        Err(e) => {
+                            let _ = connected.send(Err(e));
+                            return;
+                        }
+                    };
+                    while let Some(job) = queue.recv().await {
+                        let read = job.read(&client).await;
+                        if read.is_err() {
+                            // The server skipped the rest of the batch, its COMMIT too.
+                            let _ = client.batch_execute("ROLLBACK").await;
+                        }
+                        let _ = job.reply.send(read);
+                    }
+                });
+            })
+            .map_err(|e| Failure::Setup.error(format!("a scan thread: {e}")))?;
+        match ready.await {
+            Ok(Ok(())) => Ok(Self { jobs }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Failure::Interrupted.error("a scan thread ended while connecting")),
+        }
+    }
+
+    /// Reads `batch` on the thread; the rows come back rendered.
+    async fn read(
+        &self,
+        batch: String,
+        limits: ChunkLimits,
+        plan: Plan,
+    ) -> Result<Option<Scanned>, SourceError> {
+        let (reply, answer) = oneshot::channel();
+        let what = plan.what.clone();
+        let gone = || Failure::Interrupted.error(format!("{what}: a scan thread ended"));
+        self.jobs
+            .send(Job {
+                batch,
+                limits,
+                plan,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+impl Job {
+    /// Reads the part on the helper's connection.
+    async fn read(&self, client: &tokio_postgres::Client) -> Result<Option<Scanned>, SourceError> {
+        let plan = &self.plan;
+        let at = At {
+            rows: 2,
+            export: None,
+            pages: None,
+            fence: None,
+        };
+        let req = ScanRequest {
+            binding: &plan.binding,
+            after: plan.after.as_ref(),
+            limits: self.limits,
+        };
+        read_chunk(
+            client,
+            (&self.batch, at, None),
+            (&plan.table, &plan.types, &plan.ask),
+            (req, plan.side, Layout::Keyed),
+            &plan.what,
+        )
+        .await
+    }
 }
 
 impl PgSource {
@@ -79,8 +211,8 @@ impl PgSource {
                 .replica
                 .as_ref()
                 .map_or(&self.endpoint.login, |r| r.login());
-            let client = crate::conn::connect_to(&self.endpoint, login).await?;
-            self.helpers.push(client);
+            let helper = Helper::start(&self.endpoint, login).await?;
+            self.helpers.push(helper);
         }
         Ok(())
     }
@@ -102,11 +234,11 @@ impl PgSource {
         let scanned = match read {
             Ok(Some(scanned)) => scanned,
             Ok(None) => {
-                self.end_parts("ROLLBACK").await;
+                self.end_first().await;
                 return Ok(None);
             }
             Err(e) => {
-                self.end_parts("ROLLBACK").await;
+                self.end_first().await;
                 // A connection that failed may be gone: open them again next time.
                 self.helpers.clear();
                 return Err(e);
@@ -167,6 +299,15 @@ impl PgSource {
             (part_request(req, &planned[0]), side, Layout::Keyed),
             what,
         );
+        let plan = Plan {
+            table: Arc::new(t.clone()),
+            types: Arc::clone(&self.types),
+            ask: ask.into(),
+            binding: req.binding.clone(),
+            after: req.after.cloned(),
+            side,
+            what: what.into(),
+        };
         let others = async {
             let Ok(name) = name.await else {
                 // The first part failed before naming its snapshot; its error says why.
@@ -177,24 +318,9 @@ impl PgSource {
                 .helpers
                 .iter()
                 .zip(&planned[1..])
-                .map(|(client, part)| {
+                .map(|(helper, part)| {
                     let batch = format!("{start}; {}; COMMIT", part.sql);
-                    let at = At {
-                        rows: 2,
-                        export: None,
-                        pages: None,
-                        fence: None,
-                    };
-                    async move {
-                        read_chunk(
-                            client,
-                            (&batch, at, None),
-                            (t, &self.types, ask),
-                            (part_request(req, part), side, Layout::Keyed),
-                            what,
-                        )
-                        .await
-                    }
+                    helper.read(batch, part.limits, plan.clone())
                 });
             futures_util::future::try_join_all(reads).await
         };
@@ -219,13 +345,10 @@ impl PgSource {
         Ok(Some(all))
     }
 
-    /// Ends whatever the parts left open (after a failure: each part's connection may be
-    /// inside its transaction).
-    async fn end_parts(&self, how: &str) {
-        let _ = self.scanning_client().batch_execute(how).await;
-        for client in &self.helpers {
-            let _ = client.batch_execute(how).await;
-        }
+    /// Ends the first part's transaction, left open by a failure or a changed table (each
+    /// helper ends its own: its batch commits, or its thread rolls back).
+    async fn end_first(&self) {
+        let _ = self.scanning_client().batch_execute("ROLLBACK").await;
     }
 }
 
