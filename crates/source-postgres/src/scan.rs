@@ -231,7 +231,7 @@ impl PgSource {
                 .collect()
         });
         let what = format!("scanning {}", t.table);
-        let parts = self.parts(req);
+        let parts = self.keyed_parts(req);
         if parts > 1 {
             return self
                 .scan_ranges(req, parts, (&t, &select, &ask), after.as_deref(), &what)
@@ -509,20 +509,29 @@ impl PgSource {
         let pages_per_chunk = pages_for(req.limits.rows, density);
         let xmin_filter = self.xmin_filter();
         let (select, ask) = rows::select_list(&t, &self.types);
+        // Ranges of pages at once: at most one a page ([`ranges`]).
+        let parts = usize::try_from(pages_per_chunk)
+            .unwrap_or(usize::MAX)
+            .min(req.binding.ranges)
+            .max(1);
         let mut start = after;
         loop {
             let end_page = start.0 + pages_per_chunk;
-            let side = self.side().await?;
-            let statements = format!(
-                "{}; {}",
-                sql::page_scan(&t.table, &select, start, end_page, &xmin_filter),
-                sql::relation_pages(&t.table)
-            );
-            let batch = self.batch(&statements, side);
-            let Some(mut scanned) = self
-                .read_batch(&batch, (&t, &ask), (req, side, Layout::Physical), &what)
-                .await?
-            else {
+            let scanned = if parts > 1 {
+                self.read_pages_in_ranges(req, parts, (&t, &select, &ask), (start, end_page), &what)
+                    .await?
+            } else {
+                let side = self.side().await?;
+                let statements = format!(
+                    "{}; {}",
+                    sql::page_scan(&t.table, &select, start, end_page, &xmin_filter),
+                    sql::relation_pages(&t.table)
+                );
+                let batch = self.batch(&statements, side);
+                self.read_batch(&batch, (&t, &ask), (req, side, Layout::Physical), &what)
+                    .await?
+            };
+            let Some(mut scanned) = scanned else {
                 return Ok(None);
             };
             let relpages = scanned.pages.ok_or_else(|| {

@@ -47,11 +47,19 @@
 //! rendering, most of the connector's work per row, is split the way the server's work
 //! is, and the connector's own thread keeps the first part, the merge and the output.
 //!
+//! ## Keyless tables: ranges of pages
+//!
+//! A keyless (Without Primary Key) chunk is a range of heap pages. Its parts are that
+//! range cut into `p` ranges of pages, `ctid` bounds that meet exactly and need no
+//! sub-select; the first part also reads the table's page count, and the rows come back
+//! in page order, as one connection's would. The chunk is cut to its bound afterwards, as
+//! before.
+//!
 //! ## When one connection reads
 //!
-//! A chunk has at most one part a row. A backfill limited by transaction ids (`min_backfill_xid`, `max_backfill_xid`) reads on
-//! one: the sub-select counts rows the filter would drop, so the parts would not meet.
-//! Keyless (physical) chunks read on one connection too.
+//! A chunk has at most one part a row (a page, keyless). A keyed backfill limited by
+//! transaction ids (`min_backfill_xid`, `max_backfill_xid`) reads on one: the sub-select
+//! counts rows the filter would drop, so the parts would not meet.
 //!
 //! [`ChunkScanner`]: backfill_core::source::ChunkScanner
 
@@ -84,6 +92,7 @@ struct Plan {
     binding: BindingSpec,
     after: Option<Key>,
     side: Side,
+    layout: Layout,
     what: Arc<str>,
 }
 
@@ -187,7 +196,7 @@ impl Job {
             client,
             (&self.batch, at, None),
             (&plan.table, &plan.types, &plan.ask),
-            (req, plan.side, Layout::Keyed),
+            (req, plan.side, plan.layout),
             &plan.what,
         )
         .await
@@ -195,8 +204,8 @@ impl Job {
 }
 
 impl PgSource {
-    /// How many connections read the next chunk of `req`'s binding.
-    pub(super) fn parts(&self, req: ScanRequest<'_>) -> usize {
+    /// How many connections read the next keyed chunk of `req`'s binding.
+    pub(super) fn keyed_parts(&self, req: ScanRequest<'_>) -> usize {
         if req.binding.ranges <= 1 || !self.xmin_filter().is_empty() {
             return 1;
         }
@@ -227,10 +236,84 @@ impl PgSource {
         after: Option<&[String]>,
         what: &str,
     ) -> Result<Option<Chunk<PgPosition>>, SourceError> {
-        self.ensure_helpers(parts - 1).await?;
-        let side = self.side().await?;
         let planned = plan(req, parts, (t, select), after);
-        let read = self.read_parts(req, &planned, side, (t, ask), what).await;
+        let Some(scanned) = self
+            .run_parts(req, &planned, Layout::Keyed, (t, ask), what)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (fence, witness) = scanned[0].fence(what)?;
+        let (rows, complete) = assemble(scanned, &planned);
+        Ok(Some(Chunk {
+            rows,
+            complete,
+            fence,
+            witness,
+        }))
+    }
+
+    /// The rows of the heap pages from `from` to `end_page` of a keyless table, read in
+    /// `parts` ranges of pages at once, one connection each, in one snapshot (module
+    /// docs): what [`read_chunk`] reads from one connection for the whole range, the
+    /// parts' rows in page order. `None` when the table's columns are not the catalog's.
+    pub(super) async fn read_pages_in_ranges(
+        &mut self,
+        req: ScanRequest<'_>,
+        parts: usize,
+        (t, select, ask): (&Table, &str, &[String]),
+        (from, end_page): ((u64, u64), u64),
+        what: &str,
+    ) -> Result<Option<Scanned>, SourceError> {
+        let filter = self.xmin_filter();
+        let span = end_page - from.0;
+        let gap = u64::from(sabotaged());
+        let planned: Vec<Part> = (0..parts as u64)
+            .map(|j| {
+                let (lo, hi) = (
+                    from.0 + span * j / parts as u64,
+                    from.0 + span * (j + 1) / parts as u64,
+                );
+                let start = if j == 0 { from } else { (lo, gap) };
+                Part {
+                    sql: sql::page_scan(&t.table, select, start, hi, &filter),
+                    limits: req.limits,
+                }
+            })
+            .collect();
+        let Some(scanned) = self
+            .run_parts(req, &planned, Layout::Physical, (t, ask), what)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut parts = scanned.into_iter();
+        let Some(mut whole) = parts.next() else {
+            return Ok(None);
+        };
+        for part in parts {
+            whole.read += part.read;
+            whole.rows.extend(part.rows);
+        }
+        Ok(Some(whole))
+    }
+
+    /// Reads `planned` on the scanning connection and the helpers, and ends the first
+    /// part's transaction (with the watermark on the primary) once every part has read in
+    /// its snapshot. `None` when the table's columns are not the catalog's.
+    async fn run_parts(
+        &mut self,
+        req: ScanRequest<'_>,
+        planned: &[Part],
+        layout: Layout,
+        (t, ask): (&Table, &[String]),
+        what: &str,
+    ) -> Result<Option<Vec<Scanned>>, SourceError> {
+        self.ensure_helpers(planned.len() - 1).await?;
+        let side = self.side().await?;
+        let read = self
+            .read_parts(req, planned, (side, layout), (t, ask), what)
+            .await;
         let scanned = match read {
             Ok(Some(scanned)) => scanned,
             Ok(None) => {
@@ -244,7 +327,6 @@ impl PgSource {
                 return Err(e);
             }
         };
-        // The exporter's transaction ends once every part has read in its snapshot.
         let end = if matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
             format!("COMMIT; {}", sql::WATERMARK)
         } else {
@@ -257,14 +339,7 @@ impl PgSource {
         if !matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
             self.emit_watermark().await?;
         }
-        let (fence, witness) = scanned[0].fence(what)?;
-        let (rows, complete) = assemble(scanned, &planned);
-        Ok(Some(Chunk {
-            rows,
-            complete,
-            fence,
-            witness,
-        }))
+        Ok(Some(scanned))
     }
 
     /// Reads every part at once: the first on the scanning connection, exporting its
@@ -274,29 +349,50 @@ impl PgSource {
         &self,
         req: ScanRequest<'_>,
         planned: &[Part],
-        side: Side,
+        (side, layout): (Side, Layout),
         (t, ask): (&Table, &[String]),
         what: &str,
     ) -> Result<Option<Vec<Scanned>>, SourceError> {
         let (named, name) = tokio::sync::oneshot::channel();
-        let first = format!(
-            "{}; {}; {}; {}",
-            sql::START_SNAPSHOT,
-            sql::EXPORT_SNAPSHOT,
-            planned[0].sql,
-            side.fence_sql()
-        );
-        let at_first = At {
-            rows: 2,
-            export: Some(1),
-            pages: None,
-            fence: Some(3),
+        // A keyless range reads the table's pages in the same snapshot, after its rows.
+        let (first, at_first) = match layout {
+            Layout::Keyed => (
+                format!(
+                    "{}; {}; {}; {}",
+                    sql::START_SNAPSHOT,
+                    sql::EXPORT_SNAPSHOT,
+                    planned[0].sql,
+                    side.fence_sql()
+                ),
+                At {
+                    rows: 2,
+                    export: Some(1),
+                    pages: None,
+                    fence: Some(3),
+                },
+            ),
+            Layout::Physical => (
+                format!(
+                    "{}; {}; {}; {}; {}",
+                    sql::START_SNAPSHOT,
+                    sql::EXPORT_SNAPSHOT,
+                    planned[0].sql,
+                    sql::relation_pages(&t.table),
+                    side.fence_sql()
+                ),
+                At {
+                    rows: 2,
+                    export: Some(1),
+                    pages: Some(3),
+                    fence: Some(4),
+                },
+            ),
         };
         let exporter = read_chunk(
             self.scanning_client(),
             (&first, at_first, Some(named)),
             (t, &self.types, ask),
-            (part_request(req, &planned[0]), side, Layout::Keyed),
+            (part_request(req, &planned[0]), side, layout),
             what,
         );
         let plan = Plan {
@@ -306,6 +402,7 @@ impl PgSource {
             binding: req.binding.clone(),
             after: req.after.cloned(),
             side,
+            layout,
             what: what.into(),
         };
         let others = async {
