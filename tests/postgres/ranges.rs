@@ -137,3 +137,40 @@ fn keyless_chunks_read_in_page_ranges_hold_and_a_gap_between_them_is_caught() {
         "page ranges that skip a row at their boundary lost nothing: the test cannot tell"
     );
 }
+
+/// `check` says whether the server has a connection free for each range after the first:
+/// 4 ranges on a server with many free is fine, 64 on a server of 20 connections is a
+/// warning that names both remedies.
+#[test]
+fn check_counts_the_connections_the_ranges_need() {
+    let Some((binary, mut pg)) = setup() else {
+        return;
+    };
+    pg.sql("CREATE TABLE k (id int PRIMARY KEY)").unwrap();
+    let cap = Capture::new(&binary, "ranges-check");
+    // The server keeps its port across the restart below.
+    let server = endpoint(&pg, json!({}));
+    let check = |ranges: usize| {
+        let mut e = server.clone();
+        e["advanced"] = json!({"backfill_ranges": ranges});
+        cap.config(&json!({"endpoint": e, "bindings": [binding("k", "", 0)]}));
+        cap.run(&["check"]).lines.join("\n")
+    };
+    let roomy = check(4);
+    assert!(
+        roomy.contains("ok   connections: backfill ranges up to 4 open 3 more"),
+        "{roomy}"
+    );
+    pg.restart_with(&[("max_connections", "20")]).unwrap();
+    let tight = check(64);
+    assert!(
+        tight.contains("warn connections: backfill ranges up to 64 open 63 more")
+            && tight.contains("lower backfill_ranges")
+            && tight.contains("raise max_connections"),
+        "{tight}"
+    );
+    assert!(
+        !check(1).contains("connections:"),
+        "one range needs no extra connection"
+    );
+}

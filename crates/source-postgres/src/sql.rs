@@ -246,6 +246,10 @@ pub const SYSTEM_IDENTIFIER: &str = "SELECT system_identifier FROM pg_control_sy
 /// (`wal_writer_delay`) before it can reach the fence.
 pub const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
 
+/// Connections a regular user can still open: `max_connections` less the superusers'
+/// reserve and the client backends already connected.
+pub const FREE_CONNECTIONS: &str = "SELECT (current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'))::bigint";
+
 /// The server's version number (150004 for 15.4).
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::int";
 
