@@ -277,7 +277,12 @@ impl PgSource {
                 let start = if j == 0 { from } else { (lo, gap) };
                 Part {
                     sql: sql::page_scan(&t.table, select, start, hi, &filter),
-                    limits: req.limits,
+                    // A page range's rows are all kept and cut by the caller; this only
+                    // sizes the part's buffer.
+                    limits: ChunkLimits {
+                        rows: req.limits.rows.div_ceil(parts),
+                        ..req.limits
+                    },
                 }
             })
             .collect();
