@@ -317,6 +317,33 @@ fn a_table_dropped_mid_capture_stops_clearly((binary, db): (PathBuf, MariaDbServ
 
 /// TLS: `require` encrypts without verifying; `verify-full` checks the certificate against
 /// the given root and the host name, and refuses a certificate it cannot verify.
+/// MariaDB cannot share a snapshot between connections, so asked for backfill ranges it
+/// reads each chunk on one connection, says so once per binding, and backfills every row.
+#[test]
+fn ranges_are_refused_politely_and_every_row_arrives() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql("CREATE TABLE test.r (id INT PRIMARY KEY, v INT); INSERT INTO test.r SELECT seq, seq FROM test.seq_1_to_500")
+        .unwrap();
+    let cap = Capture::new(&binary, "maria-ranges");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
+                                     "advanced": {"chunk_size": 50, "backfill_ranges": 4}},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "r", "ranges": 3}, "target": "r"}]}));
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(docs(&out.lines).len(), 500);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("cannot share one snapshot between connections"))
+        .collect();
+    assert_eq!(said.len(), 1, "{}", out.stderr);
+    assert!(
+        said[0].contains("test.r") && said[0].contains("ranges=3"),
+        "{}",
+        said[0]
+    );
+}
+
 #[test]
 fn tls_require_and_verify_full() {
     let Some((binary, mut db)) = setup() else {
