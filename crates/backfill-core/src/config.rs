@@ -77,22 +77,30 @@ pub struct Resource {
 /// The most connections one chunk may be read by: each is a backend on the source server.
 pub const MAX_RANGES: usize = 64;
 
-/// A count of ranges, refused outside 1 to [`MAX_RANGES`] with the bounds named.
+/// `advanced.backfill_ranges`, refused outside 1 to [`MAX_RANGES`] with the bounds named.
 pub fn ranges<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    ranges_of("advanced.backfill_ranges", d)
+}
+
+/// A binding's `resource.ranges`, refused as [`ranges`] is.
+fn some_ranges<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<usize>, D::Error> {
+    ranges_of("resource.ranges", d).map(Some)
+}
+
+fn ranges_of<'de, D: serde::Deserializer<'de>>(
+    field: &str,
+    d: D,
+) -> std::result::Result<usize, D::Error> {
     let n = usize::deserialize(d)?;
     if (1..=MAX_RANGES).contains(&n) {
         Ok(n)
     } else {
         Err(serde::de::Error::custom(format!(
-            "ranges must be between 1 and {MAX_RANGES} (connections that read one chunk), not {n}"
+            "{field} must be between 1 and {MAX_RANGES} (connections that read one chunk), not {n}"
         )))
     }
-}
-
-fn some_ranges<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<usize>, D::Error> {
-    ranges(d).map(Some)
 }
 
 impl Resource {
@@ -313,7 +321,10 @@ mod tests {
         assert_eq!(with("4").unwrap().bindings[0].resource.ranges, Some(4));
         for bad in ["0", "65"] {
             let e = with(bad).unwrap_err().to_string();
-            assert!(e.contains("between 1 and 64"), "{e}");
+            assert!(
+                e.contains("resource.ranges must be between 1 and 64"),
+                "{e}"
+            );
         }
         let advanced: crate::endpoint::Backfill =
             serde_json::from_str(r#"{"backfill_ranges": 3}"#).unwrap();
@@ -321,7 +332,10 @@ mod tests {
         let e = serde_json::from_str::<crate::endpoint::Backfill>(r#"{"backfill_ranges": 0}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("between 1 and 64"), "{e}");
+        assert!(
+            e.contains("advanced.backfill_ranges must be between 1 and 64"),
+            "{e}"
+        );
     }
 
     #[test]
