@@ -296,27 +296,40 @@ impl PgSource {
             let _ = client.batch_execute("ROLLBACK").await;
         }
         let scanned = scanned?;
-        if scanned.is_some() && !self.endpoint.advanced.read_only && !matches!(side, Side::Primary)
-        {
-            self.emit_watermark().await?;
+        if scanned.is_some() {
+            self.watermark_after(side).await?;
         }
         Ok(scanned)
     }
 
     /// A chunk's batch: the transaction, `statements` (rows first), the fence and witness
-    /// read inside it after them, the commit, and the watermark (on the primary, which a
-    /// standby's chunk reaches in a round trip of its own, [`Self::read_batch`]).
+    /// read inside it after them, and its end ([`Self::commit_sql`]).
     fn batch(&self, statements: &str, side: Side) -> String {
-        let mut batch = format!(
-            "{}; {statements}; {}; COMMIT",
+        format!(
+            "{}; {statements}; {}; {}",
             sql::START_SNAPSHOT,
-            side.fence_sql()
-        );
+            side.fence_sql(),
+            self.commit_sql(side)
+        )
+    }
+
+    /// What ends a chunk's transaction: the commit and, on the primary, the watermark in
+    /// the same round trip (not in read-only mode).
+    fn commit_sql(&self, side: Side) -> String {
         if !self.endpoint.advanced.read_only && matches!(side, Side::Primary) {
-            batch.push_str("; ");
-            batch.push_str(sql::WATERMARK);
+            format!("COMMIT; {}", sql::WATERMARK)
+        } else {
+            "COMMIT".to_string()
         }
-        batch
+    }
+
+    /// After a chunk read on a standby, the watermark on the primary, in a round trip of
+    /// its own (a primary's chunk wrote it in its batch, [`Self::commit_sql`]).
+    async fn watermark_after(&self, side: Side) -> Result<(), SourceError> {
+        if matches!(side, Side::Primary) {
+            return Ok(());
+        }
+        self.emit_watermark().await
     }
 }
 

@@ -332,18 +332,11 @@ impl PgSource {
                 return Err(e);
             }
         };
-        let end = if matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
-            format!("COMMIT; {}", sql::WATERMARK)
-        } else {
-            "COMMIT".to_string()
-        };
         self.scanning_client()
-            .batch_execute(&end)
+            .batch_execute(&self.commit_sql(side))
             .await
             .map_err(|e| db_error(e, what))?;
-        if !matches!(side, Side::Primary) && !self.endpoint.advanced.read_only {
-            self.emit_watermark().await?;
-        }
+        self.watermark_after(side).await?;
         Ok(Some(scanned))
     }
 
