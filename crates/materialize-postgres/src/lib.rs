@@ -562,9 +562,8 @@ impl Destination for PgDestination {
         self.read_positions(&targets, false)
     }
 
-    fn observe(&mut self, bindings: &[TableBinding]) -> Result<HashMap<usize, u64>> {
-        let targets: Vec<String> = bindings.iter().map(|b| b.table.clone()).collect();
-        self.read_positions(&targets, true)
+    fn observe(&mut self, targets: &[String]) -> Result<HashMap<usize, u64>> {
+        self.read_positions(targets, true)
     }
 
     fn prepare(&mut self, bindings: &[TableBinding], recreate: &[usize]) -> Result<()> {

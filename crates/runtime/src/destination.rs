@@ -189,11 +189,12 @@ pub trait Destination: Send {
     /// Each binding's read position (lines of its capture's log applied), as the last
     /// applied batch left it; absent for a binding never applied.
     fn positions(&mut self) -> Result<HashMap<usize, u64>>;
-    /// Each of `bindings`' read positions as the destination holds them, read without
-    /// writing anything: no table and no checkpoint table is created, nothing is altered
-    /// (what `cdc status` and the console show, beside a running pipeline or instead of
-    /// one). A destination never prepared holds none.
-    fn observe(&mut self, bindings: &[TableBinding]) -> Result<HashMap<usize, u64>>;
+    /// The read positions of the bindings whose destination tables are `targets` (as
+    /// [`TableBinding::table`] names them), by index, read without writing anything: no
+    /// table and no checkpoint table is created, nothing is altered, and nothing about the
+    /// collections is needed (what `cdc status` and the console show, beside a running
+    /// pipeline or instead of one). A destination never prepared holds none.
+    fn observe(&mut self, targets: &[String]) -> Result<HashMap<usize, u64>>;
     /// Creates each binding's table if missing, adds the columns the collection gained, and
     /// refuses a change it cannot follow (a key or a type change) with the remedy; the
     /// tables of `recreate` are dropped and created again from the schema instead (a
