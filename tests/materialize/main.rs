@@ -286,3 +286,54 @@ fn status_reads_a_destination_without_creating_anything() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A destination table whose statistics were taken while it held one row is analyzed
+/// once the stream has written far more: its batches are then planned as probes of the
+/// key index, not as a loop reading the whole table per staged row (`materialize-postgres`'s
+/// `statistics`). Autovacuum is off for the table, so only the materialization can have
+/// brought its statistics up.
+#[test]
+fn a_table_analyzed_while_tiny_gets_statistics_that_follow_its_rows() {
+    let (Some(src), Some(dest)) = (PgServer::start_or_skip(), PgServer::start_or_skip()) else {
+        return;
+    };
+    src.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int, pad text); INSERT INTO t VALUES (0, 0, 'x')",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-statistics-{}", std::process::id()));
+    let path = types::pipeline(&src, &dest, &dir, &["t"]);
+    types::cdc(&["run", "--until-caught-up"], &path);
+    dest.sql("ALTER TABLE t SET (autovacuum_enabled = false); ANALYZE t")
+        .unwrap();
+    let tuples = || -> f64 {
+        dest.sql("SELECT reltuples FROM pg_class WHERE oid = 'public.t'::regclass")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert!(tuples() <= 1.0, "one row analyzed: {}", tuples());
+    let inserts: String = (0..50)
+        .map(|k| {
+            format!(
+                "BEGIN; INSERT INTO t SELECT g, g, 'x' FROM generate_series({}, {}) g; COMMIT;",
+                1 + k * 100,
+                (k + 1) * 100
+            )
+        })
+        .collect();
+    src.sql(&inserts).unwrap();
+    types::cdc(&["run", "--until-caught-up"], &path);
+    assert_eq!(
+        dest.sql("SELECT count(*) FROM t").unwrap().trim(),
+        "5001",
+        "every row landed"
+    );
+    assert!(
+        tuples() >= 1_000.0,
+        "after 5,000 rows the table's statistics still count {} rows",
+        tuples()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,8 @@
 //! * [`endpoint`]: the connection settings (secrets never logged, TLS as libpq);
 //! * [`types`]: the documented mapping from each source's types to PostgreSQL's;
 //! * [`sql`]: every statement, built from a table's shape;
-//! * [`stage`]: the binary `COPY` encoding of staged rows.
+//! * [`stage`]: the binary `COPY` encoding of staged rows;
+//! * [`statistics`]: the planner's statistics of tables the stream grows.
 //!
 //! ## Exactly once
 //!
@@ -17,6 +18,7 @@
 pub mod endpoint;
 pub mod sql;
 pub mod stage;
+pub mod statistics;
 pub mod typed;
 pub mod types;
 
@@ -95,6 +97,7 @@ impl DestinationKind for Postgres {
             materialization: materialization.to_string(),
             schema: endpoint.schema,
             tables: Vec::new(),
+            written: statistics::Written::default(),
         }))
     }
 }
@@ -136,6 +139,8 @@ pub struct PgDestination {
     schema: String,
     /// Per binding index: its table, and the target name its checkpoint row is kept under.
     tables: Vec<(Shape, String)>,
+    /// Rows written to each table, for its statistics ([`statistics`]).
+    written: statistics::Written,
 }
 
 /// A batch applied on the runtime's worker: the connection comes back with its result.
@@ -547,6 +552,20 @@ async fn apply_batch(
     tx.commit().await
 }
 
+/// Rows `step` may add to its table.
+fn rows_written(step: &Step) -> u64 {
+    let rows = match step {
+        Step::Merge { upserts, .. } => upserts.len(),
+        Step::Multiset { ops, .. } => ops
+            .iter()
+            .filter(|op| matches!(op, MultisetOp::Insert(_)))
+            .count(),
+        Step::Append { rows, .. } => rows.len(),
+        Step::Truncate { .. } => 0,
+    };
+    rows as u64
+}
+
 fn binding_of(step: &Step) -> usize {
     match step {
         Step::Merge { binding, .. }
@@ -619,6 +638,15 @@ impl Destination for PgDestination {
             })
             .collect();
         let shapes: Vec<Shape> = self.tables.iter().map(|(s, _)| s.clone()).collect();
+        let grown: Vec<(String, u64)> = batch
+            .steps
+            .iter()
+            .filter_map(|step| {
+                let table = shapes[binding_of(step)].qualified();
+                let written = self.written.add(&table, rows_written(step))?;
+                Some((table, written))
+            })
+            .collect();
         let (materialization, schema) = (self.materialization.clone(), self.schema.clone());
         self.in_flight = Some(self.runtime.spawn(async move {
             let result = apply_batch(
@@ -631,6 +659,15 @@ impl Destination for PgDestination {
                 checkpoints,
             )
             .await;
+            if result.is_ok() {
+                for (table, written) in grown {
+                    match statistics::refresh_if_stale(&client, &table, written).await {
+                        Ok(true) => tracing::debug!(%table, written, "its statistics counted far fewer rows than were written: analyzed"),
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!(%table, "analyzing put off: {e}"),
+                    }
+                }
+            }
             (client, result)
         }));
         Ok(())
