@@ -628,6 +628,16 @@ fn destination_latency(
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
+        // Each change's source stamp (µs since the epoch) and latency (ms), in commit
+        // order, kept beside the config: when a stall lifts the p99, this says when it
+        // came, to set beside what else the machine was doing then.
+        let timeline = dest
+            .sql(&format!(
+                "SELECT t, (landed - t) / 1000.0 FROM landing WHERE landed IS NOT NULL AND id > {} ORDER BY id",
+                warm_up * per_tick
+            ))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("latencies.txt"), timeline).map_err(|e| e.to_string())?;
         let at = |percent: usize| ages[(ages.len() - 1) * percent / 100];
         Ok(Latency {
             n: ages.len(),
