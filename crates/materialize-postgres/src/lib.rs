@@ -5,6 +5,8 @@
 //! * [`types`]: the documented mapping from each source's types to PostgreSQL's;
 //! * [`sql`]: every statement, built from a table's shape;
 //! * [`stage`]: the binary `COPY` encoding of staged rows;
+//! * [`typed`], [`binary`]: whole rows as `COPY` of the table's own columns, in binary
+//!   where every column has a binary form;
 //! * [`statistics`]: the planner's statistics of tables the stream grows.
 //!
 //! ## Exactly once
@@ -15,6 +17,7 @@
 //! start the runtime reads the checkpoint rows back and reads each collection on from
 //! there (`cdc_runtime::materialize`).
 
+pub mod binary;
 pub mod endpoint;
 pub mod sql;
 pub mod stage;
@@ -33,7 +36,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::endpoint::Endpoint;
-use crate::sql::{Column, Shape};
+use crate::sql::{Column, CopyFormat, Shape};
 use crate::stage::{Encoder, Json, StageRow};
 
 /// Startup options of the destination session. Values are converted in UTC with ISO
@@ -375,8 +378,8 @@ async fn stage<'r>(
     Ok(())
 }
 
-/// Sends COPY text rows.
-async fn copy_text(
+/// Sends a COPY's data.
+async fn copy_data(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &str,
     text: &bytes::Bytes,
@@ -403,10 +406,13 @@ fn doc_row(d: &Value) -> StageRow<'_> {
 
 /// A merge step's whole rows as typed COPY text, and the upserts left for the `jsonb`
 /// path (see `typed`): written by the thread that hands the batch over, while the batch
-/// before it is still being applied, so the server is not kept waiting for it.
+/// before it is still being applied, so the server is not kept waiting for it. A table
+/// whose every column has a binary form gets its rows in binary (`binary`), each row that
+/// one of its values keeps out of it in text.
 #[derive(Debug, Default)]
 struct TypedRows {
-    text: bytes::Bytes,
+    binary: Option<bytes::Bytes>,
+    text: Option<bytes::Bytes>,
     rest: Vec<usize>,
 }
 
@@ -415,18 +421,41 @@ impl TypedRows {
         let Step::Merge { upserts, .. } = step else {
             return Self::default();
         };
+        if upserts.len() < typed::MIN_ROWS {
+            return Self {
+                rest: (0..upserts.len()).collect(),
+                ..Self::default()
+            };
+        }
+        let mut binary = typed::BinaryRows::of(shape);
         let mut text = String::new();
-        let typed_ok = upserts.len() >= typed::MIN_ROWS;
         let rest = upserts
             .iter()
             .enumerate()
-            .filter(|(_, doc)| !(typed_ok && typed::row(&mut text, shape, doc)))
+            .filter(|(_, doc)| {
+                let written = binary.as_mut().is_some_and(|b| typed::row(b, shape, doc))
+                    || typed::row(&mut text, shape, doc);
+                !written
+            })
             .map(|(i, _)| i)
             .collect();
         Self {
-            text: bytes::Bytes::from(text),
+            binary: binary
+                .filter(|b| b.rows() > 0)
+                .map(|b| bytes::Bytes::from(b.finish())),
+            text: (!text.is_empty()).then(|| bytes::Bytes::from(text)),
             rest,
         }
+    }
+
+    /// The rows' `COPY` data, each with its format.
+    fn copies(&self) -> impl Iterator<Item = (CopyFormat, &bytes::Bytes)> {
+        let binary = self.binary.iter().map(|b| (CopyFormat::Binary, b));
+        binary.chain(self.text.iter().map(|t| (CopyFormat::Text, t)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.binary.is_none() && self.text.is_none()
     }
 }
 
@@ -445,21 +474,29 @@ async fn apply_step(
                 tx.execute(&shape.delete_keys(), &[]).await?;
             }
             // Whole rows by the typed path, the rest through jsonb.
-            let text = &typed.text;
             let rest: Vec<&Image> = typed.rest.iter().map(|&i| &upserts[i]).collect();
-            if !text.is_empty() {
+            if !typed.is_empty() {
                 // Keys new to the table (an initial load) go straight in, as pg_dump's
                 // output would; a key already stored fails the COPY at once, and the rows
                 // are upserted from a staging table instead.
                 tx.batch_execute("SAVEPOINT cdc_direct").await?;
-                match copy_text(tx, &shape.copy_into_table(), text).await {
+                let mut direct = Ok(());
+                for (format, data) in typed.copies() {
+                    direct = copy_data(tx, &shape.copy_into_table(format), data).await;
+                    if direct.is_err() {
+                        break;
+                    }
+                }
+                match direct {
                     Ok(()) => tx.batch_execute("RELEASE SAVEPOINT cdc_direct").await?,
                     Err(e)
                         if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
                     {
                         tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_direct").await?;
                         tx.batch_execute(&shape.create_typed_stage()).await?;
-                        copy_text(tx, &shape.copy_typed_stage(), text).await?;
+                        for (format, data) in typed.copies() {
+                            copy_data(tx, &shape.copy_typed_stage(format), data).await?;
+                        }
                         tx.execute(&shape.upsert_typed(), &[]).await?;
                     }
                     Err(e) => return Err(e),

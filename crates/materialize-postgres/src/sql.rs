@@ -305,18 +305,23 @@ impl Shape {
         )
     }
 
-    /// Loads whole rows straight into the table (COPY text format).
-    pub fn copy_into_table(&self) -> String {
+    /// Loads whole rows straight into the table (COPY text or binary format).
+    pub fn copy_into_table(&self, format: CopyFormat) -> String {
         format!(
-            "COPY {} ({}) FROM STDIN",
+            "COPY {} ({}) FROM STDIN{}",
             self.qualified(),
-            self.column_list()
+            self.column_list(),
+            format.option()
         )
     }
 
-    /// Loads the typed staging table (COPY text format, columns in table order).
-    pub fn copy_typed_stage(&self) -> String {
-        format!("COPY cdc_typed_stage ({}) FROM STDIN", self.column_list())
+    /// Loads the typed staging table (columns in table order).
+    pub fn copy_typed_stage(&self, format: CopyFormat) -> String {
+        format!(
+            "COPY cdc_typed_stage ({}) FROM STDIN{}",
+            self.column_list(),
+            format.option()
+        )
     }
 
     /// Upserts the typed staging table's whole rows: each replaces its key's stored row.
@@ -355,6 +360,22 @@ impl Shape {
 }
 
 /// The session's staging table.
+/// The format of a typed `COPY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Binary,
+}
+
+impl CopyFormat {
+    fn option(self) -> &'static str {
+        match self {
+            CopyFormat::Text => "",
+            CopyFormat::Binary => " (FORMAT binary)",
+        }
+    }
+}
+
 pub const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS cdc_stage (d jsonb, line bigint, op text, pos jsonb, ts bigint)";
 /// Loads the staging table.
 pub const COPY_STAGE: &str = "COPY cdc_stage (d, line, op, pos, ts) FROM STDIN (FORMAT binary)";

@@ -16,7 +16,8 @@ use backfill_core::consumer::Fields;
 use cdc_runtime::destination::Image;
 use serde_json::Value;
 
-use crate::sql::Shape;
+use crate::binary::Binary;
+use crate::sql::{Column, Shape};
 use crate::types::Conversion;
 
 /// Rows of whole documents below which the `jsonb` path is used (the typed path's
@@ -41,7 +42,8 @@ fn escape(out: &mut String, text: &str) {
 }
 
 /// A value as the typed path sees it, from a document's text or from merged values.
-enum Cell<'a> {
+#[derive(Debug)]
+pub enum Cell<'a> {
     Null,
     /// A JSON string's content.
     Str(Cow<'a, str>),
@@ -74,7 +76,7 @@ impl<'a> Cell<'a> {
     }
 
     /// Its JSON text, for json and jsonb columns.
-    fn json(&self) -> Cow<'_, str> {
+    pub fn json(&self) -> Cow<'_, str> {
         match self {
             Cell::Null => Cow::Borrowed("null"),
             Cell::Str(s) => Cow::Owned(Value::String(s.to_string()).to_string()),
@@ -83,9 +85,135 @@ impl<'a> Cell<'a> {
     }
 }
 
-/// Appends `doc` as one COPY text row of `shape`'s columns, or returns `false` (leaving
-/// `out` as it was) when a value cannot be typed here or a column is absent.
-pub fn row(out: &mut String, shape: &Shape, doc: &Image) -> bool {
+/// Where typed rows are written: `COPY` text (a `String`) or binary ([`BinaryRows`]).
+pub trait Rows {
+    /// Where the row being written started, to go back to when it is refused.
+    fn mark(&self) -> usize;
+    /// Drops what was written after `mark`.
+    fn undo(&mut self, mark: usize);
+    /// Starts a row of `columns` values.
+    fn begin(&mut self, columns: usize);
+    /// Appends column `i`'s value; `false` refuses the row.
+    fn cell(&mut self, i: usize, column: &Column, value: &Cell<'_>) -> bool;
+    /// Ends the row.
+    fn end(&mut self);
+}
+
+impl Rows for String {
+    fn mark(&self) -> usize {
+        self.len()
+    }
+
+    fn undo(&mut self, mark: usize) {
+        self.truncate(mark);
+    }
+
+    fn begin(&mut self, _: usize) {}
+
+    fn cell(&mut self, i: usize, column: &Column, value: &Cell<'_>) -> bool {
+        if i > 0 {
+            self.push('\t');
+        }
+        match (column.mapped.conversion, value) {
+            (_, Cell::Null) => {
+                self.push_str("\\N");
+                true
+            }
+            (Conversion::Text, Cell::Str(s)) => {
+                escape(self, s);
+                true
+            }
+            (Conversion::Text, Cell::Scalar(t)) => {
+                self.push_str(t);
+                true
+            }
+            (Conversion::Json, v) => {
+                escape(self, &v.json());
+                true
+            }
+            (Conversion::Base64, Cell::Str(s)) => match base64_hex(s) {
+                Some(hex) => {
+                    self.push_str("\\\\x");
+                    self.push_str(&hex);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn end(&mut self) {
+        self.push('\n');
+    }
+}
+
+/// Whole rows in `COPY`'s binary format ([`crate::binary`]): the header, a tuple per row,
+/// and the trailer once finished.
+#[derive(Debug)]
+pub struct BinaryRows {
+    buf: Vec<u8>,
+    kinds: Vec<Binary>,
+    rows: usize,
+}
+
+impl BinaryRows {
+    /// Rows of `shape`, when every one of its columns has a binary form.
+    pub fn of(shape: &Shape) -> Option<Self> {
+        let kinds = shape
+            .columns
+            .iter()
+            .map(|c| Binary::of(&c.mapped.pg_type, c.mapped.conversion))
+            .collect::<Option<Vec<_>>>()?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        Some(Self {
+            buf,
+            kinds,
+            rows: 0,
+        })
+    }
+
+    /// Rows written.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The whole `COPY` data, trailer included.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.buf
+    }
+}
+
+impl Rows for BinaryRows {
+    fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn undo(&mut self, mark: usize) {
+        self.buf.truncate(mark);
+    }
+
+    fn begin(&mut self, columns: usize) {
+        let count = i16::try_from(columns).unwrap_or(i16::MAX);
+        self.buf.extend_from_slice(&count.to_be_bytes());
+    }
+
+    fn cell(&mut self, i: usize, _: &Column, value: &Cell<'_>) -> bool {
+        self.kinds[i].field(&mut self.buf, value)
+    }
+
+    fn end(&mut self) {
+        self.rows += 1;
+    }
+}
+
+/// Appends `doc` as one row of `shape`'s columns, or returns `false` (leaving `out` as it
+/// was) when a value cannot be typed here or a column is absent.
+pub fn row(out: &mut impl Rows, shape: &Shape, doc: &Image) -> bool {
     match doc {
         Image::Text(text) => {
             let Ok(fields) = Fields::parse(text) else {
@@ -107,52 +235,20 @@ pub fn row(out: &mut String, shape: &Shape, doc: &Image) -> bool {
 }
 
 fn write_row<'a>(
-    out: &mut String,
+    out: &mut impl Rows,
     shape: &Shape,
     cell: impl Fn(usize, &str) -> Option<Cell<'a>>,
 ) -> bool {
-    let start = out.len();
+    let start = out.mark();
+    out.begin(shape.columns.len());
     for (i, column) in shape.columns.iter().enumerate() {
-        if i > 0 {
-            out.push('\t');
-        }
-        let Some(value) = cell(i, &column.name) else {
-            out.truncate(start);
-            return false;
-        };
-        let ok = match (column.mapped.conversion, &value) {
-            (_, Cell::Null) => {
-                out.push_str("\\N");
-                true
-            }
-            (Conversion::Text, Cell::Str(s)) => {
-                escape(out, s);
-                true
-            }
-            (Conversion::Text, Cell::Scalar(t)) => {
-                out.push_str(t);
-                true
-            }
-            (Conversion::Json, v) => {
-                escape(out, &v.json());
-                true
-            }
-            (Conversion::Base64, Cell::Str(s)) => match base64_hex(s) {
-                Some(hex) => {
-                    out.push_str("\\\\x");
-                    out.push_str(&hex);
-                    true
-                }
-                None => false,
-            },
-            _ => false,
-        };
+        let ok = cell(i, &column.name).is_some_and(|value| out.cell(i, column, &value));
         if !ok {
-            out.truncate(start);
+            out.undo(start);
             return false;
         }
     }
-    out.push('\n');
+    out.end();
     true
 }
 
