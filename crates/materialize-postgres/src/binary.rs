@@ -17,7 +17,7 @@
 //! server's own input function decides. The materialize suite loads the same values both
 //! ways into two tables and compares them.
 
-use crate::typed::Cell;
+use crate::cell::Cell;
 use crate::types::Conversion;
 
 /// How one column's values are written in binary.

@@ -18,6 +18,7 @@
 //! there (`cdc_runtime::materialize`).
 
 pub mod binary;
+pub mod cell;
 pub mod endpoint;
 pub mod sql;
 pub mod stage;

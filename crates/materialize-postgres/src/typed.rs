@@ -1,22 +1,23 @@
 //! The fast path for whole rows: documents holding every column of a keyed standard table
-//! (inserts, backfilled rows, updates with nothing left out) are written as `COPY` text
-//! rows of the table's own columns into a typed staging table, then upserted in one
-//! statement. The server parses each value once, with the column's input function, as it
-//! does for `pg_dump`'s output; the `jsonb` path (a document staged whole, each column
-//! extracted) stays for deletes, partial rows and small batches.
+//! (inserts, backfilled rows, updates with nothing left out) are written as `COPY` rows
+//! of the table's own columns, straight into the table or into a typed staging table then
+//! upserted in one statement. Where every column has a binary form ([`crate::binary`])
+//! they are written in binary, read by the server's receive functions; otherwise, and for
+//! a row with a value in a form the binary encoders do not take, as text, which the server
+//! parses once with the column's input function, as it does `pg_dump`'s output. The
+//! `jsonb` path (a document staged whole, each column extracted) stays for deletes,
+//! partial rows and small batches.
 //!
-//! A value is typed here only where its text is the column's input: a JSON string's
+//! A value is typed as text only where its text is the column's input: a JSON string's
 //! content, a number's digits, a boolean, a JSON document for json and jsonb columns,
 //! base64 decoded to `\\x` hex for bytea. Anything else (an array, a composite, a JSON
 //! value in a text column) sends the row down the `jsonb` path.
 
-use std::borrow::Cow;
-
 use backfill_core::consumer::Fields;
 use cdc_runtime::destination::Image;
-use serde_json::Value;
 
 use crate::binary::Binary;
+use crate::cell::Cell;
 use crate::sql::{Column, Shape};
 use crate::types::Conversion;
 
@@ -39,50 +40,6 @@ fn escape(out: &mut String, text: &str) {
         rest = &rest[at + 1..];
     }
     out.push_str(rest);
-}
-
-/// A value as the typed path sees it, from a document's text or from merged values.
-#[derive(Debug)]
-pub enum Cell<'a> {
-    Null,
-    /// A JSON string's content.
-    Str(Cow<'a, str>),
-    /// A number's digits, or `true` / `false`.
-    Scalar(Cow<'a, str>),
-    /// An object or array, as JSON text.
-    Composite(Cow<'a, str>),
-}
-
-impl<'a> Cell<'a> {
-    /// A value from its JSON text (as written: no re-parse where there is no escape).
-    fn from_text(raw: &'a str) -> Option<Self> {
-        Some(match raw.as_bytes().first()? {
-            b'n' => Cell::Null,
-            b'"' if !raw.contains('\\') => Cell::Str(Cow::Borrowed(&raw[1..raw.len() - 1])),
-            b'"' => Cell::Str(Cow::Owned(serde_json::from_str(raw).ok()?)),
-            b'{' | b'[' => Cell::Composite(Cow::Borrowed(raw)),
-            _ => Cell::Scalar(Cow::Borrowed(raw)),
-        })
-    }
-
-    fn from_value(value: &'a Value) -> Self {
-        match value {
-            Value::Null => Cell::Null,
-            Value::String(s) => Cell::Str(Cow::Borrowed(s)),
-            Value::Number(n) => Cell::Scalar(Cow::Owned(n.to_string())),
-            Value::Bool(b) => Cell::Scalar(Cow::Borrowed(if *b { "true" } else { "false" })),
-            other => Cell::Composite(Cow::Owned(other.to_string())),
-        }
-    }
-
-    /// Its JSON text, for json and jsonb columns.
-    pub fn json(&self) -> Cow<'_, str> {
-        match self {
-            Cell::Null => Cow::Borrowed("null"),
-            Cell::Str(s) => Cow::Owned(Value::String(s.to_string()).to_string()),
-            Cell::Scalar(t) | Cell::Composite(t) => Cow::Borrowed(t),
-        }
-    }
 }
 
 /// Where typed rows are written: `COPY` text (a `String`) or binary ([`BinaryRows`]).
