@@ -700,7 +700,7 @@ impl Destination for PgDestination {
             if result.is_ok() {
                 for (table, written) in grown {
                     match statistics::refresh_if_stale(&client, &table, written).await {
-                        Ok(true) => tracing::debug!(%table, written, "its statistics counted far fewer rows than were written: analyzed"),
+                        Ok(true) => tracing::info!(%table, written, "analyzed the table: its planner statistics counted under a quarter of the rows written to it"),
                         Ok(false) => {}
                         Err(e) => tracing::debug!(%table, "analyzing put off: {e}"),
                     }
