@@ -221,9 +221,14 @@ fn numeric(out: &mut Vec<u8>, text: &str) -> bool {
     {
         return false;
     }
+    // The largest scale the format carries (`NUMERIC_DSCALE_MASK`); beyond it the
+    // server's text input decides.
     let Ok(dscale) = u16::try_from(frac.len()) else {
         return false;
     };
+    if dscale > 0x3FFF {
+        return false;
+    }
     let int = int.trim_start_matches('0');
     // Digits grouped by four from the decimal point: the integer part padded on the left,
     // the fraction on the right.
@@ -303,7 +308,7 @@ fn date(text: &str) -> Option<i32> {
 /// `YYYY-MM-DD` as days from 1970-01-01, checked.
 fn civil_days(text: &str) -> Option<i64> {
     let b = text.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    if !text.is_ascii() || b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
     let (y, m, d) = (
@@ -329,7 +334,8 @@ fn civil_days(text: &str) -> Option<i64> {
 /// (`Z`, `±HH`, `±HH:MM`, `±HH:MM:SS`), as microseconds from 2000-01-01 00:00:00 (UTC
 /// when zoned).
 fn timestamp(text: &str, zoned: bool) -> Option<i64> {
-    if text.len() < 19 || !matches!(text.as_bytes()[10], b'T' | b' ') {
+    // ASCII only: every slice below is then at a character boundary.
+    if !text.is_ascii() || text.len() < 19 || !matches!(text.as_bytes()[10], b'T' | b' ') {
         return None;
     }
     let days = civil_days(&text[..10])?;
@@ -369,6 +375,9 @@ fn timestamp(text: &str, zoned: bool) -> Option<i64> {
 
 /// A zone's offset east of UTC in seconds.
 fn zone(text: &str) -> Option<i64> {
+    if !text.is_ascii() {
+        return None;
+    }
     if text == "Z" {
         return Some(0);
     }
@@ -476,6 +485,8 @@ mod tests {
             assert_eq!(n(refused), None, "{refused}");
         }
         assert_eq!(bytes(Binary::Numeric, &string("1")), None);
+        let long = format!("0.{}", "1".repeat(0x4000));
+        assert_eq!(n(&long), None, "a scale past the format's");
     }
 
     #[test]
@@ -507,6 +518,17 @@ mod tests {
             assert_eq!(timestamp(refused, true), None, "{refused}");
         }
         assert_eq!(timestamp("2000-01-01T00:00:00Z", false), None);
+        // Not ASCII: refused, never sliced inside a character.
+        for refused in [
+            "2000-01-01T12:34:5é",
+            "2000-01-01T00:00:00+1é1",
+            "2000-01-01T00:00:00.1é",
+            "2é00-01-01T00:00:00Z",
+        ] {
+            assert_eq!(timestamp(refused, true), None, "{refused}");
+        }
+        assert_eq!(date("2é0-01-01"), None);
+        assert_eq!(zone("+é"), None);
     }
 
     #[test]
