@@ -409,6 +409,10 @@ fn uuid(text: &str) -> Option<[u8; 16]> {
         return None;
     }
     let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
+    // Hex digits only (`from_str_radix` would also take a sign).
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     let mut out = [0u8; 16];
     for (i, pair) in hex.chunks(2).enumerate() {
         let text = std::str::from_utf8(pair).ok()?;
@@ -564,6 +568,13 @@ mod tests {
         );
         assert_eq!(
             bytes(Binary::Uuid, &string("a0eebc999c0b4ef8bb6d6bb9bd380a11")),
+            None
+        );
+        assert_eq!(
+            bytes(
+                Binary::Uuid,
+                &string("+0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+            ),
             None
         );
         let mut out = Vec::new();
