@@ -97,6 +97,19 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// (year, month, day) in the proleptic Gregorian calendar → days since 1970-01-01: the
+/// inverse of [`civil_from_days`].
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let (m, d) = (i64::from(m), i64::from(d));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// A JSON document's text as the source prints it: [`compact_json`] where that gives
 /// the bytes, else parsed and written back (a repeated key keeps its last value, in its
 /// first place), numbers through `number` either way.
@@ -582,5 +595,9 @@ mod tests {
         assert_eq!(civil_from_days(-719_162), (1, 1, 1));
         assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        for days in (-719_162..=2_932_896).step_by(997) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
     }
 }

@@ -17,6 +17,8 @@
 //! server's own input function decides. The materialize suite loads the same values both
 //! ways into two tables and compares them.
 
+use backfill_core::encode::days_from_civil;
+
 use crate::cell::Cell;
 use crate::types::Conversion;
 
@@ -278,17 +280,6 @@ fn numeric(out: &mut Vec<u8>, text: &str) -> bool {
     true
 }
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// 2000-01-01, PostgreSQL's epoch, in days from 1970-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
 
@@ -327,7 +318,11 @@ fn civil_days(text: &str) -> Option<i64> {
     if y < 1 || d < 1 || d > month_days {
         return None;
     }
-    Some(days_from_civil(y, m, d))
+    Some(days_from_civil(
+        y,
+        u32::try_from(m).ok()?,
+        u32::try_from(d).ok()?,
+    ))
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.ffffff]` (a space for the `T` too), with a zone when `zoned`
