@@ -232,51 +232,50 @@ fn numeric(out: &mut Vec<u8>, text: &str) -> bool {
         return false;
     }
     let int = int.trim_start_matches('0');
-    // Digits grouped by four from the decimal point: the integer part padded on the left,
-    // the fraction on the right.
+    // Digits grouped by four from the decimal point (the integer part padded on the left,
+    // the fraction on the right), written straight after the header's place; the zero
+    // groups at either end are then cut, so no buffer of its own is needed per value.
     let lead = (4 - int.len() % 4) % 4;
-    let int_groups = (int.len() + lead) / 4;
-    let mut digits: Vec<i16> = Vec::with_capacity(int_groups + frac.len().div_ceil(4));
+    let Ok(int_groups) = i16::try_from((int.len() + lead) / 4) else {
+        return false;
+    };
+    let header = out.len();
+    out.extend_from_slice(&[0; 8]);
+    let body = out.len();
+    let (mut group, mut filled) = (0i16, 0);
     let padded = std::iter::repeat_n(b'0', lead)
         .chain(int.bytes())
         .chain(frac.bytes())
-        .chain(std::iter::repeat_n(b'0', (4 - frac.len() % 4) % 4))
-        .collect::<Vec<u8>>();
-    for group in padded.chunks(4) {
-        let value = group
-            .iter()
-            .fold(0i16, |acc, b| acc * 10 + i16::from(b - b'0'));
-        digits.push(value);
+        .chain(std::iter::repeat_n(b'0', (4 - frac.len() % 4) % 4));
+    for b in padded {
+        group = group * 10 + i16::from(b - b'0');
+        filled += 1;
+        if filled == 4 {
+            out.extend_from_slice(&group.to_be_bytes());
+            (group, filled) = (0, 0);
+        }
     }
-    let Ok(mut weight) = i16::try_from(int_groups) else {
-        return false;
-    };
-    weight -= 1;
-    let first = digits.iter().position(|&d| d != 0);
-    let Some(first) = first else {
+    let nonzero = |pair: &[u8]| pair != [0, 0];
+    let first = out[body..].chunks(2).position(nonzero);
+    let last = out[body..].chunks(2).rposition(nonzero);
+    let (Some(first), Some(last)) = (first, last) else {
         // Zero: no digits, positive, the scale written.
-        out.extend_from_slice(&0i16.to_be_bytes());
-        out.extend_from_slice(&0i16.to_be_bytes());
-        out.extend_from_slice(&0u16.to_be_bytes());
-        out.extend_from_slice(&dscale.to_be_bytes());
+        out.truncate(body);
+        out[header + 6..header + 8].copy_from_slice(&dscale.to_be_bytes());
         return true;
     };
-    let Ok(skipped) = i16::try_from(first) else {
+    let (Ok(skipped), Ok(ndigits)) = (i16::try_from(first), i16::try_from(last + 1 - first)) else {
+        out.truncate(header);
         return false;
     };
-    weight -= skipped;
-    let last = digits.iter().rposition(|&d| d != 0).unwrap_or(first);
-    let kept = &digits[first..=last];
-    let Ok(ndigits) = i16::try_from(kept.len()) else {
-        return false;
-    };
-    out.extend_from_slice(&ndigits.to_be_bytes());
-    out.extend_from_slice(&weight.to_be_bytes());
-    out.extend_from_slice(&(if negative { 0x4000u16 } else { 0 }).to_be_bytes());
-    out.extend_from_slice(&dscale.to_be_bytes());
-    for d in kept {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
+    out.truncate(body + 2 * (last + 1));
+    out.drain(body..body + 2 * first);
+    let weight = int_groups - 1 - skipped;
+    let sign: u16 = if negative { 0x4000 } else { 0 };
+    out[header..header + 2].copy_from_slice(&ndigits.to_be_bytes());
+    out[header + 2..header + 4].copy_from_slice(&weight.to_be_bytes());
+    out[header + 4..header + 6].copy_from_slice(&sign.to_be_bytes());
+    out[header + 6..header + 8].copy_from_slice(&dscale.to_be_bytes());
     true
 }
 
