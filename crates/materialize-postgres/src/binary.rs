@@ -402,15 +402,16 @@ fn uuid(text: &str) -> Option<[u8; 16]> {
     if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
         return None;
     }
-    let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
-    // Hex digits only (`from_str_radix` would also take a sign).
-    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
+    // Hex digits only, read by hand (`from_str_radix` would also take a sign).
+    let nibble = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|v| u8::try_from(v).ok())
+    };
+    let mut hex = b.iter().copied().filter(|&c| c != b'-');
     let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
+    for byte in &mut out {
+        *byte = (nibble(hex.next()?)? << 4) | nibble(hex.next()?)?;
     }
     Some(out)
 }
