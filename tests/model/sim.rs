@@ -99,6 +99,14 @@ pub(crate) enum Reads {
     /// A defect, for the sensitivity test: the same, but the reads do not wait, so a
     /// transaction in the commit-before-visible gap is not seen.
     LockingWithoutWaiting,
+    /// MySQL's and MariaDB's parallel read: the chunk cut into this many key ranges at
+    /// keys found first, each range read in a snapshot of its own, taken in any order with
+    /// writes committing between them; the witness is the earliest snapshot's (visibility
+    /// only grows, so it sees least) and the fence the log's end after the last.
+    Parts(usize),
+    /// A defect, for the sensitivity test: the same, but the witness is the *latest*
+    /// snapshot's, so an earlier part may miss a delivered transaction unchecked.
+    PartsWitnessOfLatest(usize),
 }
 
 /// The database: tables as the log defines them, which commits are visible, and the
@@ -502,6 +510,88 @@ impl SimDb {
         })
     }
 
+    /// A chunk read in key ranges, each in its own snapshot ([`Reads::Parts`]). The
+    /// ranges meet at keys read before any part's snapshot, so they tile the chunk
+    /// whatever the snapshots see; a range whose snapshot holds more rows than its share
+    /// ends the chunk at its share, and the ranges after it are dropped.
+    fn scan_in_parts(
+        &mut self,
+        req: ScanRequest<'_>,
+        parts: usize,
+        witness_of_latest: bool,
+    ) -> Result<Chunk<Seq>, SourceError> {
+        let t = req.binding.index;
+        let after = req
+            .after
+            .and_then(|k| k.0.first())
+            .and_then(Value::as_i64)
+            .unwrap_or(i64::MIN);
+        let n = req.limits.rows;
+        let parts = parts.clamp(1, n.max(1));
+        let share = (n / parts).max(1);
+        let keys: Vec<i64> = self.snapshot()[t]
+            .range(after.saturating_add(1)..)
+            .take(n)
+            .map(|(id, _)| *id)
+            .collect();
+        // Part j reads (bounds[j - 1], bounds[j]]; the last has no upper bound.
+        let bounds: Vec<i64> = (1..parts)
+            .filter_map(|j| keys.get(j * share - 1).copied())
+            .collect();
+        let count = bounds.len() + 1;
+        let mut order: Vec<usize> = (0..count).collect();
+        for i in (1..count).rev() {
+            order.swap(i, self.rng.index(i + 1));
+        }
+        let mut read: Vec<Vec<(i64, Row)>> = vec![Vec::new(); count];
+        let mut witnesses = Vec::with_capacity(count);
+        for &j in &order {
+            // The parts' snapshots start at different moments: time passes between them.
+            for _ in 0..self.rng.range(0, 4) {
+                self.step()?;
+            }
+            // ...and commits in the gap become visible meanwhile, the moment the defect
+            // of [`Reads::PartsWitnessOfLatest`] needs.
+            for _ in 0..self.rng.range(0, 12) {
+                self.tick();
+            }
+            let lo = if j == 0 { after } else { bounds[j - 1] };
+            let cap = if j + 1 == count { n - share * bounds.len() } else { share };
+            let snapshot = self.snapshot().swap_remove(t);
+            read[j] = snapshot
+                .range(lo.saturating_add(1)..)
+                .take_while(|(id, _)| bounds.get(j).is_none_or(|hi| **id <= *hi))
+                .take(cap + 1)
+                .map(|(id, row)| (*id, row.clone()))
+                .collect();
+            witnesses.push(self.witness());
+        }
+        let witness = if witness_of_latest {
+            witnesses.pop()
+        } else {
+            witnesses.into_iter().next()
+        };
+        let mut rows = Vec::new();
+        let mut complete = true;
+        for (j, part) in read.into_iter().enumerate() {
+            let cap = if j + 1 == count { n - share * bounds.len() } else { share };
+            let cut = part.len() > cap;
+            rows.extend(part.into_iter().take(cap).map(|(id, row)| (Key(vec![json!(id)]), row)));
+            if cut {
+                complete = false;
+                break;
+            }
+        }
+        Ok(Chunk {
+            rows,
+            complete,
+            fence: Seq {
+                seq: self.log_end(),
+            },
+            witness: witness.expect("a chunk has a part"),
+        })
+    }
+
     fn witness(&self) -> SnapshotWitness<Seq> {
         if self.layout.mvcc_witness {
             let xmax = self
@@ -695,8 +785,12 @@ impl ChunkScanner for SimSource {
         let mut db = self.db.borrow_mut();
         db.step()?;
         let t = req.binding.index;
-        if db.layout.reads != Reads::Snapshot && !db.keyless(t) {
-            return db.scan_row_by_row(req);
+        match db.layout.reads {
+            _ if db.keyless(t) => {}
+            Reads::Snapshot => {}
+            Reads::Parts(n) => return db.scan_in_parts(req, n, false),
+            Reads::PartsWitnessOfLatest(n) => return db.scan_in_parts(req, n, true),
+            Reads::Locking | Reads::LockingWithoutWaiting => return db.scan_row_by_row(req),
         }
         let snapshot = db.snapshot().swap_remove(t);
         let after = req
