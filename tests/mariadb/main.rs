@@ -59,6 +59,8 @@ on_both_servers!(
     purged_binlog_stops_with_the_remedy,
     chunks_stop_at_their_memory_bound_and_lose_nothing,
     collated_text_key_is_precise_under_writes_and_kills,
+    a_chunk_read_in_key_ranges_is_precise_and_a_gap_between_them_is_caught,
+    live_scenario_in_key_ranges,
     a_keyless_backfill_killed_and_resumed_reads_each_row_once,
     alter_table_mid_stream_is_followed,
     survives_a_killed_dump_thread_and_a_server_restart,
@@ -76,7 +78,7 @@ fn docs(lines: &[String]) -> Vec<Value> {
 }
 
 /// The checker's oracle: a table's key and `v` columns as the server has them now.
-struct Table<'a>(&'a MariaDbServer, &'static str, &'static str);
+struct Table<'a>(&'a MariaDbServer, &'a str, &'static str);
 
 impl testkit::checker::Oracle for Table<'_> {
     fn final_rows(&self, _: usize) -> Vec<testkit::checker::Row> {
@@ -317,33 +319,6 @@ fn a_table_dropped_mid_capture_stops_clearly((binary, db): (PathBuf, MariaDbServ
 
 /// TLS: `require` encrypts without verifying; `verify-full` checks the certificate against
 /// the given root and the host name, and refuses a certificate it cannot verify.
-/// MariaDB cannot share a snapshot between connections, so asked for backfill ranges it
-/// reads each chunk on one connection, says so once per binding, and backfills every row.
-#[test]
-fn ranges_are_refused_politely_and_every_row_arrives() {
-    let Some((binary, db)) = setup() else { return };
-    db.sql("CREATE TABLE test.r (id INT PRIMARY KEY, v INT); INSERT INTO test.r SELECT seq, seq FROM test.seq_1_to_500")
-        .unwrap();
-    let cap = Capture::new(&binary, "maria-ranges");
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
-                                     "advanced": {"chunk_size": 50, "backfill_ranges": 4}},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "r", "ranges": 3}, "target": "r"}]}));
-    let out = cap.capture();
-    assert!(out.ok, "{}", out.stderr);
-    assert_eq!(docs(&out.lines).len(), 500);
-    let said: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains("cannot share one snapshot between connections"))
-        .collect();
-    assert_eq!(said.len(), 1, "{}", out.stderr);
-    assert!(
-        said[0].contains("test.r") && said[0].contains("ranges=3"),
-        "{}",
-        said[0]
-    );
-}
-
 #[test]
 fn tls_require_and_verify_full() {
     let Some((binary, mut db)) = setup() else {
@@ -682,24 +657,39 @@ fn caught_up_run(binary: &std::path::Path, dir: &std::path::Path) -> testkit::ch
 /// A case- and accent-insensitive text key gets Precise (the server classifies keys in the
 /// column's collation) and keeps its guarantees under writes and SIGKILLs.
 fn collated_text_key_is_precise_under_writes_and_kills((binary, db): (PathBuf, MariaDbServer)) {
+    let violations = collated_violations(&binary, &db, "names", (2, 1));
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// A table keyed by collated text (utf8mb4_unicode_ci: an order the client cannot
+/// reproduce), read in chunks of `chunk_size` by `ranges` connections each, under writes
+/// that update, delete and re-insert keys, through SIGKILLed runs: what Precise's checker
+/// finds wrong in the runs of `binary`.
+fn collated_violations(
+    binary: &std::path::Path,
+    db: &MariaDbServer,
+    table: &'static str,
+    (chunk_size, ranges): (usize, usize),
+) -> Vec<String> {
     use backfill_core::mode::ResolvedMode;
     use testkit::checker::{self, BindingExpect};
-    db.sql("CREATE TABLE test.names (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)").unwrap();
+    db.sql(&format!("CREATE TABLE test.{table} (name VARCHAR(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v BIGINT)")).unwrap();
     let words = [
         "apple", "Banana", "cherry", "Éclair", "eclairs", "zebra", "Zulu", "ab", "a b", "a-b", "ß",
         "st",
     ];
     for (i, w) in words.iter().enumerate() {
         db.sql(&format!(
-            "SET NAMES utf8mb4; INSERT INTO test.names VALUES ('{w}', {i})"
+            "SET NAMES utf8mb4; INSERT INTO test.{table} VALUES ('{w}', {i})"
         ))
         .unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("maria-collated-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("maria-{table}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"chunk_size": 2}},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "names"}, "target": "n"}]});
+    let config = json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
+                                     "advanced": {"chunk_size": chunk_size, "backfill_ranges": ranges}},
+                        "bindings": [{"resource": {"namespace": "test", "stream": table}, "target": "n"}]});
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let mut runs = Vec::new();
     let mut v = 100;
@@ -707,26 +697,60 @@ fn collated_text_key_is_precise_under_writes_and_kills((binary, db): (PathBuf, M
         for (i, w) in words.iter().enumerate() {
             v += 1;
             let sql = match (usize::try_from(round).unwrap() + i) % 3 {
-                0 => format!("UPDATE test.names SET v = {v} WHERE name = '{w}'"),
-                1 => format!("DELETE FROM test.names WHERE name = '{w}'"),
+                0 => format!("UPDATE test.{table} SET v = {v} WHERE name = '{w}'"),
+                1 => format!("DELETE FROM test.{table} WHERE name = '{w}'"),
                 _ => format!(
-                    "INSERT INTO test.names VALUES ('{w}', {v}) ON DUPLICATE KEY UPDATE v = {v}"
+                    "INSERT INTO test.{table} VALUES ('{w}', {v}) ON DUPLICATE KEY UPDATE v = {v}"
                 ),
             };
             db.sql(&format!("SET NAMES utf8mb4; {sql}")).unwrap();
         }
-        runs.push(killed_run(&binary, &dir, 200 + 100 * round));
+        runs.push(killed_run(binary, &dir, 200 + 100 * round));
     }
-    runs.push(caught_up_run(&binary, &dir));
+    runs.push(caught_up_run(binary, &dir));
     let expect = [BindingExpect {
         mode: ResolvedMode::Precise,
         key: vec!["name".into()],
-        table: "test.names".into(),
+        table: format!("test.{table}"),
         version_column: Some("v".into()),
     }];
-    let violations = checker::check(&expect, &runs, &Table(&db, "test.names", "name"));
-    assert!(violations.is_empty(), "{violations:#?}");
+    let qualified = format!("test.{table}");
+    let violations = checker::check(&expect, &runs, &Table(db, &qualified, "name"));
     let _ = std::fs::remove_dir_all(&dir);
+    violations
+}
+
+/// Each chunk read by three connections, each key range in a snapshot of its own
+/// (`source_mysql::scan::ranges`): Precise holds under writes and kills with a collated
+/// key, the cuts compared in the key's collation. With the row at each cut lost (a debug
+/// build's sabotage switch), the same runs fail, or the test proves nothing.
+fn a_chunk_read_in_key_ranges_is_precise_and_a_gap_between_them_is_caught(
+    (binary, db): (PathBuf, MariaDbServer),
+) {
+    let violations = collated_violations(&binary, &db, "ranged", (6, 3));
+    assert!(violations.is_empty(), "{violations:#?}");
+    use testkit::live::LiveDb as _;
+    let gap = testkit::live::Sabotaged::new(&db, "SOURCE_MYSQL_SABOTAGE=range-gap");
+    let gapped = gap.connector().unwrap();
+    let violations = collated_violations(&gapped, &db, "gapped", (6, 3));
+    assert!(
+        !violations.is_empty(),
+        "ranges that lose the row at their cut lost nothing: the test cannot tell"
+    );
+}
+
+/// The shared live scenario, every mode, chunks of 9 read by 4 connections, with
+/// SIGKILLs: DESIGN.md §6 holds as with one.
+fn live_scenario_in_key_ranges((_, db): (PathBuf, MariaDbServer)) {
+    let scenario = testkit::live::Scenario {
+        modes: testkit::live::EVERY_MODE.to_vec(),
+        initial_rows: 200,
+        txns: 400,
+        kills: 4,
+        endpoint_extra: json!({"advanced": {"chunk_size": 9, "backfill_ranges": 4}}),
+    };
+    let report = testkit::live::run_reported(&db, "ranges", &scenario);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
 /// A keyless table is read in one snapshot, chunk by chunk. A capture killed mid-backfill

@@ -14,6 +14,7 @@
 //! | [`output`] | the JSONL protocol and its commit protocol (§4) |
 //! | [`merger`] | the chunk / fence / patch cycle and its correctness argument (§7) |
 //! | [`metrics`] | progress, lag, Prometheus endpoint |
+//! | [`worker`] | a connection on a thread of its own, for a chunk's parts read at once |
 //! | [`cli`] | the shared command line: `spec`, `check`, `discover`, `capture` (§3) |
 //!
 //! Nothing here names a database: a new database is a crate that implements
@@ -39,5 +40,6 @@ pub mod row;
 pub mod source;
 pub mod state;
 pub mod terminal;
+pub mod worker;
 
 pub use error::{Error, ErrorKind, Failure, Result, SourceError};

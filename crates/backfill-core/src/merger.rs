@@ -27,6 +27,12 @@
 //! key now at or below the cursor are emitted by the stream. Keys above `hi` are dropped:
 //! their next chunk's snapshot sees them by the same invariant.
 //!
+//! The argument is per key. A chunk read in key ranges, each in a snapshot of its own
+//! ([`crate::source::ChunkScanner::reads_in_parts`]), keeps it: each key lies in one range,
+//! whose snapshot satisfies both points when the chunk's witness is the earliest
+//! snapshot's (visibility only grows, so every later one sees at least as much) and its
+//! fence the latest.
+//!
 //! Normal and Without Primary Key emit the chunk at scan time, *before* streaming to `F`,
 //! and every change: any change newer than the snapshot follows the chunk row, so the last
 //! document of each key is its current state (convergence), at the cost of duplicates.
@@ -286,7 +292,7 @@ pub async fn run<S: Source, K: Sink>(
     let reconciled = State::reconcile(loaded, bindings);
     log_start(bindings, &reconciled, resuming);
     let mut state = reconciled.state;
-    let shares = source.shares_snapshots();
+    let in_parts = source.reads_in_parts();
     let specs: Vec<BindingSpec> = bindings
         .iter()
         .enumerate()
@@ -294,15 +300,15 @@ pub async fn run<S: Source, K: Sink>(
             let entry = &state.bindings[&b.binding.state_key()];
             let table = b.binding.resource.table();
             let ranges = b.binding.resource.ranges.unwrap_or(options.ranges).max(1);
-            if ranges > 1 && !shares {
-                tracing::warn!(%table, ranges, "this database cannot share one snapshot between connections: each chunk is read on one connection (ranges 1)");
+            if ranges > 1 && !in_parts {
+                tracing::warn!(%table, ranges, "this source reads each chunk on one connection: ranges 1");
             }
             BindingSpec {
                 index,
                 table,
                 mode: entry.mode,
                 key: b.key.clone(),
-                ranges: if shares { ranges } else { 1 },
+                ranges: if in_parts { ranges } else { 1 },
             }
         })
         .collect();

@@ -80,9 +80,8 @@ pub struct BindingSpec {
     pub mode: ResolvedMode,
     /// Key columns in key order; empty for a keyless table.
     pub key: Vec<String>,
-    /// Connections that read one chunk at once, each a key range of it inside the chunk's
-    /// one snapshot; 1 where the source cannot share a snapshot
-    /// ([`ChunkScanner::shares_snapshots`]).
+    /// Connections that read one chunk at once, each a key range of it; 1 where the source
+    /// reads a chunk on one connection only ([`ChunkScanner::reads_in_parts`]).
     pub ranges: usize,
 }
 
@@ -248,6 +247,14 @@ pub struct ScanRequest<'a> {
 ///   in the log before it, such as a locking read: a transaction committing during the scan
 ///   then falls between the previous fence and this one and is patched in like any other
 ///   (the model suite runs the merger against both kinds of scanner);
+/// * or, for a chunk read in parts ([`ChunkScanner::reads_in_parts`]), each part from a
+///   consistent snapshot of its own, the parts being key ranges that tile the chunk's
+///   window (fixed before any part's snapshot, so what a snapshot sees cannot move a
+///   boundary); `fence` is then at or after every part's, and `witness` the weakest
+///   part's, the earliest snapshot's (a later one sees at least as much). The merger's
+///   argument is per key, and each key lies in exactly one part, so it holds for every
+///   part's rows as for one snapshot's (the model suite runs this scanner too, and
+///   catches the witness of the latest snapshot);
 /// * they are strictly after `after` and strictly increasing in the database's key order;
 /// * `fence` is at or after the commit position of every transaction visible in that
 ///   snapshot (read *after* the scan, inside the snapshot's transaction where the
@@ -260,12 +267,12 @@ pub trait ChunkScanner {
     /// Scans the next chunk.
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<Self::Position>, SourceError>;
 
-    /// Whether the source can read one chunk on several connections inside one snapshot
-    /// (PostgreSQL's exported snapshots), which is what [`BindingSpec::ranges`] above 1
-    /// asks for. The chunk stays one chunk of one snapshot, so the guarantees above hold
-    /// unchanged. A source that cannot (the default) gets `ranges` 1, and the core says so
-    /// at start.
-    fn shares_snapshots(&self) -> bool {
+    /// Whether the source can read one chunk on several connections at once, which is
+    /// what [`BindingSpec::ranges`] above 1 asks for: inside one shared snapshot
+    /// (PostgreSQL's exported snapshots), or each key range in a snapshot of its own with
+    /// the fence and witness the guarantees above ask of such a chunk (MySQL, MariaDB). A
+    /// source that cannot (the default) gets `ranges` 1, and the core says so at start.
+    fn reads_in_parts(&self) -> bool {
         false
     }
 

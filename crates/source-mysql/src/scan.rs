@@ -46,7 +46,7 @@ use std::cmp::Ordering;
 use backfill_core::catalog::{Catalog, CatalogTable};
 use backfill_core::key::{Hi, Key, Region};
 use backfill_core::source::{
-    BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
+    BindingSpec, Chunk, ChunkLimits, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, buffered_bytes,
 };
 use backfill_core::{Failure, SourceError};
@@ -62,6 +62,8 @@ use crate::replica::Replica;
 use crate::sql;
 use crate::stream::{MyStream, ensure_binlog_settings};
 use crate::value::{ColType, Origin, key_value, render};
+
+mod ranges;
 
 fn purged(file: &str) -> SourceError {
     Failure::Lost.error(format!(
@@ -149,6 +151,71 @@ async fn stream_keyless(
     }
 }
 
+/// What one keyed read returned: its rows up to the limits, how many the server sent
+/// (more than `rows` when the limits cut the read), and the snapshot's own binlog position
+/// where it names one.
+#[derive(Debug)]
+pub(crate) struct KeyedRead {
+    rows: Vec<(Key, Row)>,
+    read: usize,
+    seen_through: Option<BinlogPosition>,
+}
+
+/// Reads `statement` in a consistent snapshot of its own on `conn` (`start`: whether it
+/// names its binlog position, and the history's `file_base`), renders the rows of `t` as
+/// they arrive, up to `limits` (any after them are read and dropped: they only say the
+/// read was cut), and commits.
+pub(crate) async fn read_keyed(
+    conn: &mut Conn,
+    (exact, file_base): (bool, u64),
+    (statement, params): (&str, Vec<MyValue>),
+    (t, key): (&Table, &[String]),
+    limits: ChunkLimits,
+    what: &str,
+) -> Result<KeyedRead, SourceError> {
+    let seen_through = MySource::start_snapshot(conn, exact, file_base, what).await?;
+    // Each key column's place among the selected ones, for [`key_value`].
+    let key_at: Vec<Option<(usize, &Column)>> = key
+        .iter()
+        .map(|k| Some((t.columns.iter().position(|c| &c.name == k)?, t.column(k)?)))
+        .collect();
+    let mut rows = Vec::new();
+    let (mut read, mut bytes) = (0, 0);
+    let mut result = conn
+        .exec_iter(statement, params)
+        .await
+        .map_err(|e| my_error(e, what))?;
+    while let Some(r) = result.next().await.map_err(|e| my_error(e, what))? {
+        read += 1;
+        if read > limits.rows || bytes >= limits.bytes {
+            continue;
+        }
+        let values = r.unwrap();
+        let row = MySource::row_from(t, &values)?;
+        let key = Key(key
+            .iter()
+            .zip(&key_at)
+            .map(|(k, at)| {
+                let read = at.and_then(|(i, c)| key_value(&c.ty, values.get(i)?));
+                // Debug builds (the suites') check the shortcut against the text.
+                debug_assert!(read.is_none() || read == row.get(k));
+                read.or_else(|| row.get(k)).unwrap_or(Value::Null)
+            })
+            .collect());
+        bytes += buffered_bytes(&row, &key);
+        rows.push((key, row));
+    }
+    drop(result);
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(|e| my_error(e, what))?;
+    Ok(KeyedRead {
+        rows,
+        read,
+        seen_through,
+    })
+}
+
 /// The MariaDB and MySQL source.
 #[derive(Debug)]
 pub struct MySource {
@@ -164,6 +231,8 @@ pub struct MySource {
     /// What the stream had delivered when the core last asked for a scan, for the
     /// replica's wait (see [`crate::replica`]).
     awaited: Option<BinlogPosition>,
+    /// The connections that read a chunk's other key ranges ([`ranges`]).
+    helpers: Vec<backfill_core::worker::Worker<Conn>>,
 }
 
 /// The tables read at connect (again when a chunk finds a table changed).
@@ -191,6 +260,7 @@ impl MySource {
             file_base: 0,
             replica,
             awaited: None,
+            helpers: Vec::new(),
         })
     }
 
@@ -360,70 +430,33 @@ impl MySource {
         req: ScanRequest<'_>,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
         let t = self.table(&req.binding.table)?.clone();
+        let what = format!("scanning {}", t.table);
+        self.before_snapshot(&what).await?;
+        let parts = ranges::parts(req);
+        if parts > 1 {
+            return self.scan_ranges(req, t, parts, &what).await;
+        }
         let sql = sql::keyed_scan(&t, &req.binding.key, req.after.is_some(), req.limits.rows);
         let params: Vec<MyValue> = req
             .after
             .map(|after| after.0.iter().map(sql::key_param).collect())
             .unwrap_or_default();
-        let what = format!("scanning {}", t.table);
-        self.before_snapshot(&what).await?;
-        let (exact, file_base) = (self.snapshot_names_position(), self.file_base);
+        let start = (self.snapshot_names_position(), self.file_base);
         // The rows come from the replica when there is one; the fence from the primary.
         let conn = match &mut self.replica {
             Some(r) => r.conn(),
             None => &mut self.conn,
         };
-        let seen_through = Self::start_snapshot(conn, exact, file_base, &what).await?;
-        // Each key column's place among the selected ones, for [`key_value`].
-        let key_at: Vec<Option<(usize, &Column)>> = req
-            .binding
-            .key
-            .iter()
-            .map(|k| Some((t.columns.iter().position(|c| &c.name == k)?, t.column(k)?)))
-            .collect();
-        // Rows are rendered as they arrive, up to the limits; any after them are read and
-        // dropped (they only say the chunk is not complete).
-        let mut out = Vec::new();
-        let (mut read, mut bytes) = (0, 0);
-        let mut result = conn
-            .exec_iter(&sql, params)
-            .await
-            .map_err(|e| my_error(e, &what))?;
-        while let Some(r) = result.next().await.map_err(|e| my_error(e, &what))? {
-            read += 1;
-            if read > req.limits.rows || bytes >= req.limits.bytes {
-                continue;
-            }
-            let values = r.unwrap();
-            let row = Self::row_from(&t, &values)?;
-            let key = Key(req
-                .binding
-                .key
-                .iter()
-                .zip(&key_at)
-                .map(|(k, at)| {
-                    let read = at.and_then(|(i, c)| key_value(&c.ty, values.get(i)?));
-                    // Debug builds (the suites') check the shortcut against the text.
-                    debug_assert!(read.is_none() || read == row.get(k));
-                    read.or_else(|| row.get(k)).unwrap_or(Value::Null)
-                })
-                .collect());
-            bytes += buffered_bytes(&row, &key);
-            out.push((key, row));
-        }
-        drop(result);
-        conn.query_drop("COMMIT")
-            .await
-            .map_err(|e| my_error(e, &what))?;
+        let part = read_keyed(conn, start, (&sql, params), (&t, &req.binding.key), req.limits, &what).await?;
         // Without the snapshot's own position, the primary's binlog end read after the
         // scan: every transaction the snapshot saw was in that binlog before it.
-        let (fence, witness) = match seen_through {
+        let (fence, witness) = match part.seen_through {
             Some(p) => (p.clone(), SnapshotWitness::SeesThrough(p)),
             None => (self.end_position().await?, SnapshotWitness::Proven),
         };
-        let complete = read == out.len();
+        let complete = part.read == part.rows.len();
         Ok(Chunk {
-            rows: out,
+            rows: part.rows,
             complete,
             fence,
             witness,
@@ -529,6 +562,11 @@ impl MySource {
 
 impl ChunkScanner for MySource {
     type Position = BinlogPosition;
+
+    /// Each key range in a snapshot of its own ([`ranges`]).
+    fn reads_in_parts(&self) -> bool {
+        true
+    }
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
         let scanned = if req.binding.scans_physically() {

@@ -73,18 +73,61 @@ pub fn select_list(t: &Table) -> String {
 /// A keyed chunk: the next `rows + 1` rows in key order, after the cursor when `after`
 /// (its key values are the parameters, one per key column).
 pub fn keyed_scan(t: &Table, key: &[String], after: bool, rows: usize) -> String {
+    keyed_range(t, key, (after, false), rows)
+}
+
+/// The key columns as a row constructor, and as many parameters, each read in its
+/// column's collation.
+fn key_tuples(t: &Table, key: &[String]) -> (String, String) {
     let keys = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
+    let exprs = key
+        .iter()
+        .map(|k| t.column(k).map_or_else(|| "?".into(), key_expr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (keys, exprs)
+}
+
+/// The rows of one key range, in key order: after a key (`lower`: its parameters first)
+/// and up to and including another (`upper`: its parameters next), at most `rows + 1`.
+pub fn keyed_range(t: &Table, key: &[String], (lower, upper): (bool, bool), rows: usize) -> String {
+    let (keys, exprs) = key_tuples(t, key);
     let mut sql = format!("SELECT {} FROM {}", select_list(t), qualified(&t.table));
-    if after {
-        let exprs = key
-            .iter()
-            .map(|k| t.column(k).map_or_else(|| "?".into(), key_expr))
-            .collect::<Vec<_>>()
-            .join(", ");
-        sql.push_str(&format!(" WHERE ({keys}) > ({exprs})"));
+    let bounds: Vec<String> = [
+        lower.then(|| format!("({keys}) > ({exprs})")),
+        upper.then(|| format!("({keys}) <= ({exprs})")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !bounds.is_empty() {
+        sql.push_str(&format!(" WHERE {}", bounds.join(" AND ")));
     }
     sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", rows + 1));
     sql
+}
+
+/// Where a chunk read in `parts` key ranges is cut: the keys `share`, `2·share`, ...
+/// `(parts - 1)·share` rows after the cursor (`after`: its parameters, once per part
+/// after the first), one row `(part, key...)` each, in one round trip; a cut past the
+/// table's end is absent. Each is an index-only read of the key.
+pub fn range_cuts(t: &Table, key: &[String], after: bool, share: usize, parts: usize) -> String {
+    let (keys, exprs) = key_tuples(t, key);
+    let filter = if after {
+        format!(" WHERE ({keys}) > ({exprs})")
+    } else {
+        String::new()
+    };
+    (1..parts)
+        .map(|j| {
+            format!(
+                "(SELECT {j} AS cdc_part, {keys} FROM {}{filter} ORDER BY {keys} LIMIT {}, 1)",
+                qualified(&t.table),
+                j * share - 1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// A keyless table's every row, read once inside one snapshot.
@@ -233,6 +276,14 @@ mod tests {
         assert_eq!(
             keyed_scan(&t, &t.key, true, 10),
             "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE (`id`, `name`) > (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) ORDER BY `id`, `name` LIMIT 11"
+        );
+        assert_eq!(
+            keyed_range(&t, &t.key, (true, true), 4),
+            "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE (`id`, `name`) > (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) AND (`id`, `name`) <= (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) ORDER BY `id`, `name` LIMIT 5"
+        );
+        assert_eq!(
+            range_cuts(&t, &t.key, false, 10, 3),
+            "(SELECT 1 AS cdc_part, `id`, `name` FROM `shop`.`or``ders` ORDER BY `id`, `name` LIMIT 9, 1) UNION ALL (SELECT 2 AS cdc_part, `id`, `name` FROM `shop`.`or``ders` ORDER BY `id`, `name` LIMIT 19, 1)"
         );
         assert_eq!(
             keyless_scan(&t),

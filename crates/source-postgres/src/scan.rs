@@ -629,7 +629,7 @@ impl ChunkScanner for PgSource {
     type Position = PgPosition;
 
     /// Exported snapshots ([`ranges`]).
-    fn shares_snapshots(&self) -> bool {
+    fn reads_in_parts(&self) -> bool {
         true
     }
 
