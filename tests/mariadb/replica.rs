@@ -26,39 +26,41 @@ fn replica_endpoint(replica: &MariaDbServer) -> Value {
     json!({"host": "127.0.0.1", "port": replica.port, "user": "root"})
 }
 
-/// The shared live scenario with every chunk scanned on `replica`.
+/// The shared live scenario with every chunk scanned on `replica`, in chunks of
+/// `chunk_size` read by `ranges` connections each.
 fn scenario_on(
     db: &dyn LiveDb,
     replica: &MariaDbServer,
     name: &str,
     modes: Vec<ResolvedMode>,
-    chunk_size: usize,
+    (chunk_size, ranges): (usize, usize),
 ) -> Report {
     let scenario = Scenario {
         modes,
         initial_rows: 150,
         txns: 200,
         kills: 3,
-        endpoint_extra: json!({"replica": replica_endpoint(replica), "advanced": {"chunk_size": chunk_size}}),
+        endpoint_extra: json!({"replica": replica_endpoint(replica), "advanced": {"chunk_size": chunk_size, "backfill_ranges": ranges}}),
     };
     testkit::live::run_reported(db, name, &scenario)
 }
 
 /// Every mode under concurrent writes, tiny chunks and SIGKILLs, each chunk scanned on the
-/// replica: DESIGN.md §6 holds as it does on the primary.
+/// replica (by three connections, each key range in its own snapshot there): DESIGN.md §6
+/// holds as it does on the primary.
 fn live_scenario_from_replica(start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>) {
     let Some((_, primary, replica)) = primary_and_replica(start) else {
         return;
     };
     let modes = testkit::live::EVERY_MODE.to_vec();
-    let report = scenario_on(&primary, &replica, "modes", modes, 7);
+    let report = scenario_on(&primary, &replica, "modes", modes, (9, 3));
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
 }
 
 /// The replica applies every transaction a second late (`MASTER_DELAY` / `SOURCE_DELAY`)
-/// while the primary takes writes, so a chunk scanned at once would miss changes the
-/// stream has already delivered. The connector waits on the replica for the stream's
-/// GTIDs before each snapshot: nothing is lost. With the wait turned off (a debug build's
+/// while the primary takes writes, so a chunk scanned at once (here by three connections)
+/// would miss changes the stream has already delivered. The connector waits on the replica
+/// for the stream's GTIDs once, before every part's snapshot: nothing is lost. With the wait turned off (a debug build's
 /// sabotage switch) the same scenario must fail, or the test proves nothing.
 fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica(
     start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>,
@@ -74,10 +76,10 @@ fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica(
         })
         .unwrap();
     let modes = || vec![ResolvedMode::Precise, ResolvedMode::Precise];
-    let report = scenario_on(&primary, &replica, "delayed", modes(), 25);
+    let report = scenario_on(&primary, &replica, "delayed", modes(), (24, 3));
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     let blind = Sabotaged::new(&primary, "SOURCE_MYSQL_SABOTAGE=replica-visibility");
-    let sabotaged = scenario_on(&blind, &replica, "blind", modes(), 25);
+    let sabotaged = scenario_on(&blind, &replica, "blind", modes(), (24, 3));
     assert!(
         !sabotaged.violations.is_empty(),
         "scanning the delayed replica without the wait lost nothing: the test cannot tell"

@@ -556,7 +556,11 @@ impl SimDb {
                 self.tick();
             }
             let lo = if j == 0 { after } else { bounds[j - 1] };
-            let cap = if j + 1 == count { n - share * bounds.len() } else { share };
+            let cap = if j + 1 == count {
+                n - share * bounds.len()
+            } else {
+                share
+            };
             let snapshot = self.snapshot().swap_remove(t);
             read[j] = snapshot
                 .range(lo.saturating_add(1)..)
@@ -574,9 +578,17 @@ impl SimDb {
         let mut rows = Vec::new();
         let mut complete = true;
         for (j, part) in read.into_iter().enumerate() {
-            let cap = if j + 1 == count { n - share * bounds.len() } else { share };
+            let cap = if j + 1 == count {
+                n - share * bounds.len()
+            } else {
+                share
+            };
             let cut = part.len() > cap;
-            rows.extend(part.into_iter().take(cap).map(|(id, row)| (Key(vec![json!(id)]), row)));
+            rows.extend(
+                part.into_iter()
+                    .take(cap)
+                    .map(|(id, row)| (Key(vec![json!(id)]), row)),
+            );
             if cut {
                 complete = false;
                 break;

@@ -69,7 +69,9 @@ impl<C: 'static> Worker<C> {
         match ready.await {
             Ok(Ok(())) => Ok(Self { jobs, name }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(Failure::Interrupted.error(format!("a {name} thread ended while connecting"))),
+            Err(_) => {
+                Err(Failure::Interrupted.error(format!("a {name} thread ended while connecting")))
+            }
         }
     }
 
@@ -123,7 +125,10 @@ mod tests {
             .await
             .unwrap();
         let after = worker.run(|c: Vec<u32>| async { (Some(c), ()) }).await;
-        assert!(after.is_err(), "a worker whose job dropped its connection ended");
+        assert!(
+            after.is_err(),
+            "a worker whose job dropped its connection ended"
+        );
     }
 
     #[tokio::test]

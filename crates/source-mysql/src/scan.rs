@@ -447,7 +447,15 @@ impl MySource {
             Some(r) => r.conn(),
             None => &mut self.conn,
         };
-        let part = read_keyed(conn, start, (&sql, params), (&t, &req.binding.key), req.limits, &what).await?;
+        let part = read_keyed(
+            conn,
+            start,
+            (&sql, params),
+            (&t, &req.binding.key),
+            req.limits,
+            &what,
+        )
+        .await?;
         // Without the snapshot's own position, the primary's binlog end read after the
         // scan: every transaction the snapshot saw was in that binlog before it.
         let (fence, witness) = match part.seen_through {

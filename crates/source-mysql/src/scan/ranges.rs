@@ -110,11 +110,15 @@ impl MySource {
                 return Err(e);
             }
         };
-        let seen: Vec<&BinlogPosition> = reads.iter().filter_map(|r| r.seen_through.as_ref()).collect();
+        let seen: Vec<&BinlogPosition> = reads
+            .iter()
+            .filter_map(|r| r.seen_through.as_ref())
+            .collect();
         let (fence, witness) = match (seen.iter().min(), seen.iter().max()) {
-            (Some(&lowest), Some(&highest)) if seen.len() == reads.len() => {
-                (highest.clone(), SnapshotWitness::SeesThrough(lowest.clone()))
-            }
+            (Some(&lowest), Some(&highest)) if seen.len() == reads.len() => (
+                highest.clone(),
+                SnapshotWitness::SeesThrough(lowest.clone()),
+            ),
             _ => (self.end_position().await?, SnapshotWitness::Proven),
         };
         let (rows, complete) = assemble(reads);
@@ -170,7 +174,11 @@ impl MySource {
                 .as_ref()
                 .map_or(&self.endpoint.login, Replica::login)
                 .clone();
-            let worker = Worker::start("scan-range", move || async move { connect_to(&login).await }).await?;
+            let worker = Worker::start(
+                "scan-range",
+                move || async move { connect_to(&login).await },
+            )
+            .await?;
             self.helpers.push(worker);
         }
         Ok(())
@@ -195,9 +203,15 @@ impl MySource {
             worker.run(move |mut conn: Conn| async move {
                 let (t, key, what) = &*shared;
                 let limits = part.limits;
-                let read =
-                    read_keyed(&mut conn, start, (&part.statement, part.params), (t, key), limits, what)
-                        .await;
+                let read = read_keyed(
+                    &mut conn,
+                    start,
+                    (&part.statement, part.params),
+                    (t, key),
+                    limits,
+                    what,
+                )
+                .await;
                 (read.is_ok().then_some(conn), read)
             })
         });
@@ -205,7 +219,14 @@ impl MySource {
             Some(r) => r.conn(),
             None => &mut self.conn,
         };
-        let first = read_keyed(conn, start, (&first.statement, first.params), (t, key), first.limits, what);
+        let first = read_keyed(
+            conn,
+            start,
+            (&first.statement, first.params),
+            (t, key),
+            first.limits,
+            what,
+        );
         let (first, others) =
             futures_util::future::join(first, futures_util::future::join_all(others)).await;
         let mut reads = Vec::with_capacity(others.len() + 1);
@@ -239,8 +260,12 @@ fn plan(
             } else {
                 share
             };
-            let mut statement =
-                sql::keyed_range(t, &req.binding.key, (lower.is_some(), upper.is_some()), rows);
+            let mut statement = sql::keyed_range(
+                t,
+                &req.binding.key,
+                (lower.is_some(), upper.is_some()),
+                rows,
+            );
             if sabotaged() {
                 statement = statement.replace(") <= (", ") < (");
             }
@@ -255,7 +280,12 @@ fn plan(
 
 /// The chunk's rows, the parts in key order up to the first whose range held more than it
 /// could take, and whether the table ended inside them (module docs).
-fn assemble(reads: Vec<KeyedRead>) -> (Vec<(backfill_core::key::Key, backfill_core::source::Row)>, bool) {
+fn assemble(
+    reads: Vec<KeyedRead>,
+) -> (
+    Vec<(backfill_core::key::Key, backfill_core::source::Row)>,
+    bool,
+) {
     let mut rows = Vec::with_capacity(reads.iter().map(|r| r.rows.len()).sum());
     for read in reads {
         let cut = read.read > read.rows.len();
