@@ -1001,6 +1001,22 @@ fn mariadb(
         "mariadb-dump --quick --single-transaction",
         0.9,
     ));
+    // Each chunk read by 2 and 4 connections, each key range in its own snapshot
+    // (`backfill_ranges`).
+    for ranges in [2, 4] {
+        let mut endpoint = my_endpoint.clone();
+        endpoint["advanced"]["backfill_ranges"] = json!(ranges);
+        let name = format!("maria-backfill-ranges-{ranges}");
+        let dir = capture_dir(work, &name, &endpoint, "test", "bench", "Precise")?;
+        let pairs = paired(run, my_bin, &dir, dump)?;
+        results.push(figure(
+            &format!("  in {ranges} key ranges at once"),
+            rows,
+            &pairs,
+            "mariadb-dump --quick --single-transaction",
+            1.3,
+        ));
+    }
     // The same backfill with every chunk scanned on a replica (`endpoint.replica`),
     // against the same reference on the primary.
     {

@@ -135,9 +135,10 @@ pub struct Backfill {
     /// Bindings backfilled at once.
     #[serde(default = "default_concurrency")]
     pub backfill_concurrency: usize,
-    /// Connections that read one chunk of a binding at once, each a key range of it in
-    /// the chunk's one snapshot (a binding's `resource.ranges` overrides it). Sources that
-    /// cannot share a snapshot between connections read every chunk on one and say so.
+    /// Connections that read one chunk of a binding at once, each a key range of it (a
+    /// binding's `resource.ranges` overrides it). Sources that cannot read a chunk in
+    /// parts ([`crate::source::ChunkScanner::reads_in_parts`]) read every chunk on one and
+    /// say so.
     #[serde(default = "default_ranges", deserialize_with = "crate::config::ranges")]
     pub backfill_ranges: usize,
 }
