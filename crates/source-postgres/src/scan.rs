@@ -75,7 +75,7 @@ pub struct PgSource {
     replica: Option<Standby>,
     /// Connections to the scanning server that read a chunk's other key ranges, each on
     /// a thread of its own ([`ranges`]), opened at the first chunk that asks for them.
-    helpers: Vec<ranges::Helper>,
+    helpers: Vec<backfill_core::worker::Worker<tokio_postgres::Client>>,
 }
 
 /// Where a chunk's snapshot is taken, which decides how its fence and witness are read.

@@ -42,7 +42,7 @@
 //! ## Where the rows are rendered
 //!
 //! The first part is read and rendered on the connector's thread, as a chunk read on one
-//! connection is. Each other part is read by a [`Helper`]: a connection driven by a thread
+//! connection is. Each other part is read by a [`Worker`]: a connection driven by a thread
 //! of its own, which renders the part's rows there and hands them back whole. So the
 //! rendering, most of the connector's work per row, is split the way the server's work
 //! is, and the connector's own thread keeps the first part, the merge and the output.
@@ -67,13 +67,12 @@ use std::sync::Arc;
 
 use backfill_core::key::Key;
 use backfill_core::source::{BindingSpec, Chunk, ChunkLimits, ScanRequest};
+use backfill_core::worker::Worker;
 use backfill_core::{Failure, SourceError};
-use tokio::sync::{mpsc, oneshot};
 
 use super::{At, Layout, PgSource, Scanned, Side, read_chunk};
 use crate::catalog::{Table, Types};
 use crate::conn::db_error;
-use crate::endpoint::{Endpoint, PgLogin};
 use crate::position::PgPosition;
 use crate::sql;
 
@@ -83,7 +82,7 @@ struct Part {
     limits: ChunkLimits,
 }
 
-/// What a part's rows are read and rendered against, shared with the helpers' threads.
+/// What a part's rows are read and rendered against, shared with the workers' threads.
 #[derive(Clone, Debug)]
 struct Plan {
     table: Arc<Table>,
@@ -96,111 +95,32 @@ struct Plan {
     what: Arc<str>,
 }
 
-/// A part for a helper to read: its batch and bounds, and where the rows go.
-struct Job {
-    batch: String,
+/// Reads a part's `batch` on a worker's connection (`client`), its rows rendered there.
+async fn read_on_worker(
+    client: &tokio_postgres::Client,
+    batch: &str,
     limits: ChunkLimits,
-    plan: Plan,
-    reply: oneshot::Sender<Result<Option<Scanned>, SourceError>>,
-}
-
-/// A connection that reads a chunk's other key ranges, and renders their rows, on a
-/// thread of its own: the parts of a chunk are then rendered at once, on as many cores as
-/// there are parts, not one after another on the connector's thread. Dropping it ends the
-/// thread and closes the connection.
-#[derive(Debug)]
-pub(crate) struct Helper {
-    jobs: mpsc::UnboundedSender<Job>,
-}
-
-impl Helper {
-    /// Starts the thread and connects it to the server `login` names.
-    async fn start(endpoint: &Endpoint, login: &PgLogin) -> Result<Self, SourceError> {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let (connected, ready) = oneshot::channel();
-        let (endpoint, login) = (endpoint.clone(), login.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Failure::Setup.error(format!("a scan thread's runtime: {e}")))?;
-        std::thread::Builder::new()
-            .name("scan-range".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let client = match crate::conn::connect_to(&endpoint, &login).await {
-                        Ok(client) => {
-                            let _ = connected.send(Ok(()));
-                            client
-                        }
-                        Err(e) => {
-                            let _ = connected.send(Err(e));
-                            return;
-                        }
-                    };
-                    while let Some(job) = queue.recv().await {
-                        let read = job.read(&client).await;
-                        if read.is_err() {
-                            // The server skipped the rest of the batch, its COMMIT too.
-                            let _ = client.batch_execute("ROLLBACK").await;
-                        }
-                        let _ = job.reply.send(read);
-                    }
-                });
-            })
-            .map_err(|e| Failure::Setup.error(format!("a scan thread: {e}")))?;
-        match ready.await {
-            Ok(Ok(())) => Ok(Self { jobs }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Failure::Interrupted.error("a scan thread ended while connecting")),
-        }
-    }
-
-    /// Reads `batch` on the thread; the rows come back rendered.
-    async fn read(
-        &self,
-        batch: String,
-        limits: ChunkLimits,
-        plan: Plan,
-    ) -> Result<Option<Scanned>, SourceError> {
-        let (reply, answer) = oneshot::channel();
-        let what = plan.what.clone();
-        let gone = || Failure::Interrupted.error(format!("{what}: a scan thread ended"));
-        self.jobs
-            .send(Job {
-                batch,
-                limits,
-                plan,
-                reply,
-            })
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
-    }
-}
-
-impl Job {
-    /// Reads the part on the helper's connection.
-    async fn read(&self, client: &tokio_postgres::Client) -> Result<Option<Scanned>, SourceError> {
-        let plan = &self.plan;
-        let at = At {
-            rows: 2,
-            export: None,
-            pages: None,
-            fence: None,
-        };
-        let req = ScanRequest {
-            binding: &plan.binding,
-            after: plan.after.as_ref(),
-            limits: self.limits,
-        };
-        read_chunk(
-            client,
-            (&self.batch, at, None),
-            (&plan.table, &plan.types, &plan.ask),
-            (req, plan.side, plan.layout),
-            &plan.what,
-        )
-        .await
-    }
+    plan: &Plan,
+) -> Result<Option<Scanned>, SourceError> {
+    let at = At {
+        rows: 2,
+        export: None,
+        pages: None,
+        fence: None,
+    };
+    let req = ScanRequest {
+        binding: &plan.binding,
+        after: plan.after.as_ref(),
+        limits,
+    };
+    read_chunk(
+        client,
+        (batch, at, None),
+        (&plan.table, &plan.types, &plan.ask),
+        (req, plan.side, plan.layout),
+        &plan.what,
+    )
+    .await
 }
 
 impl PgSource {
@@ -213,15 +133,20 @@ impl PgSource {
     }
 
     /// Opens the connections that read the other parts, up to `n`, to the server chunks
-    /// are read on.
+    /// are read on, each on a thread of its own.
     async fn ensure_helpers(&mut self, n: usize) -> Result<(), SourceError> {
         while self.helpers.len() < n {
             let login = self
                 .replica
                 .as_ref()
-                .map_or(&self.endpoint.login, |r| r.login());
-            let helper = Helper::start(&self.endpoint, login).await?;
-            self.helpers.push(helper);
+                .map_or(&self.endpoint.login, |r| r.login())
+                .clone();
+            let endpoint = self.endpoint.clone();
+            let worker = Worker::start("scan-range", move || async move {
+                crate::conn::connect_to(&endpoint, &login).await
+            })
+            .await?;
+            self.helpers.push(worker);
         }
         Ok(())
     }
@@ -413,9 +338,19 @@ impl PgSource {
                 .helpers
                 .iter()
                 .zip(&planned[1..])
-                .map(|(helper, part)| {
+                .map(|(worker, part)| {
                     let batch = format!("{start}; {}; COMMIT", part.sql);
-                    helper.read(batch, part.limits, plan.clone())
+                    let (limits, plan) = (part.limits, plan.clone());
+                    async move {
+                        worker
+                            .run(move |client: tokio_postgres::Client| async move {
+                                let read = read_on_worker(&client, &batch, limits, &plan).await;
+                                // A failed batch may have left its transaction open: the
+                                // connection is closed, and opened again next time.
+                                (read.is_ok().then_some(client), read)
+                            })
+                            .await?
+                    }
                 });
             futures_util::future::try_join_all(reads).await
         };
@@ -441,7 +376,7 @@ impl PgSource {
     }
 
     /// Ends the first part's transaction, left open by a failure or a changed table (each
-    /// helper ends its own: its batch commits, or its thread rolls back).
+    /// worker ends its own: its batch commits, or its connection is closed).
     async fn end_first(&self) {
         let _ = self.scanning_client().batch_execute("ROLLBACK").await;
     }
