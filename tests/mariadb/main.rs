@@ -61,6 +61,7 @@ on_both_servers!(
     collated_text_key_is_precise_under_writes_and_kills,
     a_chunk_read_in_key_ranges_is_precise_and_a_gap_between_them_is_caught,
     live_scenario_in_key_ranges,
+    check_counts_the_connections_the_ranges_need,
     a_keyless_backfill_killed_and_resumed_reads_each_row_once,
     alter_table_mid_stream_is_followed,
     survives_a_killed_dump_thread_and_a_server_restart,
@@ -736,6 +737,38 @@ fn a_chunk_read_in_key_ranges_is_precise_and_a_gap_between_them_is_caught(
     assert!(
         !violations.is_empty(),
         "ranges that lose the row at their cut lost nothing: the test cannot tell"
+    );
+}
+
+/// `check` says whether the server has a connection free for each range after the first:
+/// 4 ranges on a server with many free is fine, 64 on a server of 20 connections is a
+/// warning that names both remedies.
+fn check_counts_the_connections_the_ranges_need((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql("CREATE TABLE test.k (id INT PRIMARY KEY)").unwrap();
+    let cap = Capture::new(&binary, "maria-ranges-check");
+    let check = |ranges: usize| {
+        cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
+                                         "advanced": {"backfill_ranges": ranges}},
+                           "bindings": [{"resource": {"namespace": "test", "stream": "k"}, "target": "k"}]}));
+        cap.run(&["check"]).lines.join("\n")
+    };
+    let roomy = check(4);
+    assert!(
+        roomy.contains("ok   connections: backfill ranges up to 4 open 3 more"),
+        "{roomy}"
+    );
+    db.sql("SET GLOBAL max_connections = 20").unwrap();
+    let tight = check(64);
+    db.sql("SET GLOBAL max_connections = 151").unwrap();
+    assert!(
+        tight.contains("warn connections: backfill ranges up to 64 open 63 more")
+            && tight.contains("lower backfill_ranges")
+            && tight.contains("raise max_connections"),
+        "{tight}"
+    );
+    assert!(
+        !check(1).contains("connections:"),
+        "one range needs no extra connection"
     );
 }
 

@@ -47,6 +47,38 @@ pub struct CheckItem {
 }
 
 impl CheckItem {
+    /// With any binding's chunks read in more than one range (its `resource.ranges`, or
+    /// `default`, the endpoint's `advanced.backfill_ranges`), whether the server chunks are
+    /// read on has a free connection for each range after the first, `free` as the source
+    /// counts them: a range's connection refused for "too many" connections would make the
+    /// capture retry until one frees up. A warning, since the count moves. `None` when every
+    /// binding reads on one connection.
+    pub fn range_connections(
+        default: usize,
+        bindings: &[crate::config::Binding],
+        free: i64,
+    ) -> Option<Self> {
+        let ranges = bindings
+            .iter()
+            .map(|b| b.resource.ranges.unwrap_or(default))
+            .max()
+            .filter(|r| *r > 1)?;
+        let more = i64::try_from(ranges - 1).unwrap_or(i64::MAX);
+        let detail = format!(
+            "backfill ranges up to {ranges} open {more} more connection(s) to the server that chunks are read on, which has {free} free"
+        );
+        Some(if free >= more {
+            Self::new("connections", true, detail)
+        } else {
+            Self::warning(
+                "connections",
+                format!(
+                    "{detail}: lower backfill_ranges (or a binding's ranges), or raise max_connections"
+                ),
+            )
+        })
+    }
+
     /// A check's result.
     pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Self {
         Self {

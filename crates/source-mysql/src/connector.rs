@@ -44,6 +44,7 @@ impl Connector for MysqlConnector {
             mysql_items(source, bindings, &mut items).await;
         }
         items.extend(replica_items(endpoint, source).await);
+        items.extend(range_connections(endpoint, bindings, source).await);
         let conn = source.conn();
         let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
         let all = grants.join(" ").to_ascii_uppercase();
@@ -107,6 +108,30 @@ impl Connector for MysqlConnector {
     fn engine_options(endpoint: &Endpoint) -> EngineOptions {
         endpoint.advanced.backfill.engine_options()
     }
+}
+
+/// [`CheckItem::range_connections`], with the free connections of the server chunks are
+/// read on (`max_connections` less `Threads_connected`; a status variable every user may
+/// read).
+async fn range_connections(
+    endpoint: &Endpoint,
+    bindings: &[Binding],
+    source: &mut MySource,
+) -> Option<CheckItem> {
+    let conn = match source.replica_conn() {
+        Some(conn) => conn,
+        None => source.conn(),
+    };
+    let max: i64 = conn.query_first("SELECT @@max_connections").await.ok()??;
+    let (_, connected): (String, i64) = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+        .await
+        .ok()??;
+    CheckItem::range_connections(
+        endpoint.advanced.backfill.backfill_ranges,
+        bindings,
+        max - connected,
+    )
 }
 
 /// MySQL's own item: GTIDs (what a backfill's snapshot ordering rests on).

@@ -223,43 +223,20 @@ async fn replica_items(endpoint: &Endpoint, source: &PgSource) -> Vec<CheckItem>
     vec![standby, feedback]
 }
 
-/// With `backfill_ranges` above 1, whether the server chunks are read on has a free
-/// connection for each range after the first: a helper refused with "too many clients"
-/// would make the capture retry until one frees up. A warning, since the count moves.
+/// [`CheckItem::range_connections`], with the free connections of the server chunks are
+/// read on.
 async fn range_connections(
     endpoint: &Endpoint,
     bindings: &[Binding],
     source: &PgSource,
 ) -> Option<CheckItem> {
-    let ranges = bindings
-        .iter()
-        .map(|b| {
-            b.resource
-                .ranges
-                .unwrap_or(endpoint.advanced.backfill.backfill_ranges)
-        })
-        .max()
-        .filter(|r| *r > 1)?;
     let client = source.replica_client().unwrap_or(source.client());
     let free: i64 = client
         .query_one(sql::FREE_CONNECTIONS, &[])
         .await
         .map(|r| r.get(0))
         .ok()?;
-    let more = i64::try_from(ranges - 1).unwrap_or(i64::MAX);
-    let detail = format!(
-        "backfill ranges up to {ranges} open {more} more connection(s) to the server that chunks are read on, which has {free} free"
-    );
-    Some(if free >= more {
-        CheckItem::new("connections", true, detail)
-    } else {
-        CheckItem::warning(
-            "connections",
-            format!(
-                "{detail}: lower backfill_ranges (or a binding's ranges), or raise max_connections"
-            ),
-        )
-    })
+    CheckItem::range_connections(endpoint.advanced.backfill.backfill_ranges, bindings, free)
 }
 
 /// The server settings and the privilege a capture cannot run without: `check` prints
