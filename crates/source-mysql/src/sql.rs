@@ -107,27 +107,22 @@ pub fn keyed_range(t: &Table, key: &[String], (lower, upper): (bool, bool), rows
     sql
 }
 
-/// Where a chunk read in `parts` key ranges is cut: the keys `share`, `2·share`, ...
-/// `(parts - 1)·share` rows after the cursor (`after`: its parameters, once per part
-/// after the first), one row `(part, key...)` each, in one round trip; a cut past the
-/// table's end is absent. Each is an index-only read of the key.
-pub fn range_cuts(t: &Table, key: &[String], after: bool, share: usize, parts: usize) -> String {
+/// Where the next key range of a chunk ends: the key `share` rows after a key (`after`:
+/// its parameters) or after the table's start, an index-only read of `share` keys; no
+/// row past the table's end. Each cut is read from the one before it, so the cuts of a
+/// chunk cost one read of its keys, whatever the number of ranges.
+pub fn range_cut(t: &Table, key: &[String], after: bool, share: usize) -> String {
     let (keys, exprs) = key_tuples(t, key);
     let filter = if after {
         format!(" WHERE ({keys}) > ({exprs})")
     } else {
         String::new()
     };
-    (1..parts)
-        .map(|j| {
-            format!(
-                "(SELECT {j} AS cdc_part, {keys} FROM {}{filter} ORDER BY {keys} LIMIT {}, 1)",
-                qualified(&t.table),
-                j * share - 1
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
+    format!(
+        "SELECT {keys} FROM {}{filter} ORDER BY {keys} LIMIT {}, 1",
+        qualified(&t.table),
+        share.max(1) - 1
+    )
 }
 
 /// A keyless table's every row, read once inside one snapshot.
@@ -282,8 +277,8 @@ mod tests {
             "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE (`id`, `name`) > (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) AND (`id`, `name`) <= (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) ORDER BY `id`, `name` LIMIT 5"
         );
         assert_eq!(
-            range_cuts(&t, &t.key, false, 10, 3),
-            "(SELECT 1 AS cdc_part, `id`, `name` FROM `shop`.`or``ders` ORDER BY `id`, `name` LIMIT 9, 1) UNION ALL (SELECT 2 AS cdc_part, `id`, `name` FROM `shop`.`or``ders` ORDER BY `id`, `name` LIMIT 19, 1)"
+            range_cut(&t, &t.key, false, 10),
+            "SELECT `id`, `name` FROM `shop`.`or``ders` ORDER BY `id`, `name` LIMIT 9, 1"
         );
         assert_eq!(
             keyless_scan(&t),

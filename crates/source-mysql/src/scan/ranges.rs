@@ -24,9 +24,11 @@
 //!
 //! ## Why the parts cover the chunk without a gap or an overlap
 //!
-//! With `n` rows a chunk and `p` parts of `h = n / p` rows, one query finds the *cuts*
-//! first, before any part's snapshot: the keys `h`, `2h`, ... `(p - 1)·h` rows after the
-//! cursor, each an index-only read (`sql::range_cuts`). Part `j` then reads the keys in
+//! With `n` rows a chunk and `p` parts of `h = n / p` rows, the *cuts* are found first,
+//! before any part's snapshot: the keys `h`, `2h`, ... `(p - 1)·h` rows after the cursor,
+//! each read `h` keys past the one before it (`sql::range_cut`), so finding them reads
+//! the chunk's keys once whatever `p` is (one query with every offset from the cursor
+//! would read `(p - 1)·n / 2`). Part `j` then reads the keys in
 //! `(cut j, cut j+1]` (the first from the cursor, the last with no upper end), at most
 //! `h` rows (the last `n - h·(p - 1)`), each bound compared in the key columns'
 //! collations. The cuts are fixed values, so the ranges meet exactly whatever each
@@ -55,9 +57,9 @@
 
 use std::sync::Arc;
 
+use backfill_core::SourceError;
 use backfill_core::source::{Chunk, ChunkLimits, ScanRequest, SnapshotWitness, Source};
 use backfill_core::worker::Worker;
-use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 
@@ -130,8 +132,8 @@ impl MySource {
         })
     }
 
-    /// The keys the ranges meet at, read before any part's snapshot; fewer than
-    /// `parts - 1` where the table ends first.
+    /// The keys the ranges meet at, read before any part's snapshot, each from the one
+    /// before it; fewer than `parts - 1` where the table ends first.
     async fn cuts(
         &mut self,
         t: &Table,
@@ -141,28 +143,24 @@ impl MySource {
         parts: usize,
         what: &str,
     ) -> Result<Vec<Vec<MyValue>>, SourceError> {
-        let statement = sql::range_cuts(t, key, !after.is_empty(), share, parts);
-        let params: Vec<MyValue> = (1..parts).flat_map(|_| after.iter().cloned()).collect();
         let conn = match &mut self.replica {
             Some(r) => r.conn(),
             None => &mut self.conn,
         };
-        let rows: Vec<mysql_async::Row> = conn
-            .exec(statement, params)
-            .await
-            .map_err(|e| my_error(e, what))?;
-        let mut cuts: Vec<(u64, Vec<MyValue>)> = rows
-            .into_iter()
-            .map(|row| {
-                let mut values = row.unwrap();
-                let part = mysql_async::from_value_opt::<u64>(values.remove(0)).map_err(|e| {
-                    Failure::Malformed.error(format!("{what}: a range's number: {e}"))
-                })?;
-                Ok((part, values))
-            })
-            .collect::<Result<_, SourceError>>()?;
-        cuts.sort_by_key(|(part, _)| *part);
-        Ok(cuts.into_iter().map(|(_, values)| values).collect())
+        let mut cuts: Vec<Vec<MyValue>> = Vec::with_capacity(parts - 1);
+        while cuts.len() + 1 < parts {
+            let from = cuts.last().map_or(after, Vec::as_slice);
+            let statement = sql::range_cut(t, key, !from.is_empty(), share);
+            let cut: Option<mysql_async::Row> = conn
+                .exec_first(statement, from.to_vec())
+                .await
+                .map_err(|e| my_error(e, what))?;
+            match cut {
+                Some(row) => cuts.push(row.unwrap()),
+                None => break,
+            }
+        }
+        Ok(cuts)
     }
 
     /// Opens the workers that read the other parts, up to `n`, to the server chunks are
