@@ -565,7 +565,13 @@ fn binary_rows_store_what_text_rows_store_type_by_type() {
                 format!("\"{n}\":{value}")
             })
             .collect();
-        let image = Image::Text(format!("{{\"id\":{k},{}}}", fields.join(",")));
+        let image = Image::Text(
+            backfill_core::consumer::Document::read(&format!(
+                "{{\"id\":{k},{}}}",
+                fields.join(",")
+            ))
+            .unwrap(),
+        );
         assert!(row(&mut text, &text_shape, &image), "text row {k}");
         assert!(
             row(&mut binary, &binary_shape, &image),
@@ -627,7 +633,10 @@ fn binary_rows_store_what_text_rows_store_type_by_type() {
                 format!("\"{n}\":{value}")
             })
             .collect();
-        let image = Image::Text(format!("{{\"id\":1,{}}}", fields.join(",")));
+        let image = Image::Text(
+            backfill_core::consumer::Document::read(&format!("{{\"id\":1,{}}}", fields.join(",")))
+                .unwrap(),
+        );
         let mut binary = BinaryRows::of(&binary_shape).unwrap();
         assert!(
             !row(&mut binary, &binary_shape, &image),

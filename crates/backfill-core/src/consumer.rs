@@ -157,6 +157,93 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A document's text kept with where each of its top-level fields lies in it: [`Fields`]
+/// read once and kept as offsets. A consumer that reads a document's key and op and hands
+/// the document on, and one that later types its values, then read its text once between
+/// them (an initial load reads a million documents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    text: String,
+    /// Per field, the byte ranges of its name and of its value's JSON text in `text`;
+    /// `None` when a name holds an escape (the fields are then read again from the text).
+    spans: Option<Vec<[u32; 4]>>,
+}
+
+impl Document {
+    /// Keeps `text` with `fields`, which must have been read from `text` itself.
+    pub fn new(text: &str, fields: &Fields<'_>) -> Self {
+        let base = text.as_ptr() as usize;
+        let span = |part: &str| -> Option<[u32; 2]> {
+            let start = (part.as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(part.len())?;
+            (end <= text.len()).then_some([u32::try_from(start).ok()?, u32::try_from(end).ok()?])
+        };
+        let spans = fields
+            .0
+            .iter()
+            .map(|(name, raw)| match name {
+                Cow::Borrowed(name) => {
+                    let ([ns, ne], [vs, ve]) = (span(name)?, span(raw.get())?);
+                    Some([ns, ne, vs, ve])
+                }
+                Cow::Owned(_) => None,
+            })
+            .collect();
+        Self {
+            text: text.to_string(),
+            spans,
+        }
+    }
+
+    /// Reads `text`, a JSON object's text.
+    pub fn read(text: &str) -> Result<Self, String> {
+        Ok(Self::new(text, &Fields::parse(text)?))
+    }
+
+    /// The document's text, as it was read.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The document's text, kept.
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
+    /// Its fields without reading the text again, or `None` when a name holds an escape
+    /// (read [`Fields`] from [`Self::text`] then).
+    pub fn fields(&self) -> Option<DocumentFields<'_>> {
+        Some(DocumentFields {
+            text: &self.text,
+            spans: self.spans.as_deref()?,
+        })
+    }
+}
+
+/// A [`Document`]'s fields, as names and their values' JSON text.
+#[derive(Clone, Copy, Debug)]
+pub struct DocumentFields<'a> {
+    text: &'a str,
+    spans: &'a [[u32; 4]],
+}
+
+impl<'a> DocumentFields<'a> {
+    /// The `i`th field (in the document's order): its name and its value's JSON text.
+    pub fn at(&self, i: usize) -> Option<(&'a str, &'a str)> {
+        let [ns, ne, vs, ve] = *self.spans.get(i)?;
+        let part = |s: u32, e: u32| self.text.get(s as usize..e as usize);
+        Some((part(ns, ne)?, part(vs, ve)?))
+    }
+
+    /// The JSON text of field `name`'s value, if present.
+    pub fn get(&self, name: &str) -> Option<&'a str> {
+        (0..self.spans.len())
+            .filter_map(|i| self.at(i))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+}
+
 /// A document's kind (`_meta.op`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -270,6 +357,25 @@ mod tests {
         assert_eq!(f.op(), Ok(Op::Update));
         assert_eq!(Fields::parse(r#"{"id":1}"#).unwrap().op(), Ok(Op::Create));
         assert!(Fields::parse("[1]").is_err());
+    }
+
+    #[test]
+    fn a_document_read_once_gives_the_fields_a_second_read_would() {
+        let text = r#"{"id":7,"t":"a\"b","ü":{"x":[1, 2]},"n":null,"_meta":{"op":"c"}}"#;
+        let doc = Document::read(text).unwrap();
+        let fields = doc.fields().expect("no name holds an escape");
+        let again = Fields::parse(doc.text()).unwrap();
+        assert_eq!(again.0.len(), 5);
+        for (i, (name, raw)) in again.0.iter().enumerate() {
+            assert_eq!(fields.at(i), Some((name.as_ref(), raw.get())));
+            assert_eq!(fields.get(name), Some(raw.get()));
+        }
+        assert_eq!(fields.at(5), None);
+        assert_eq!(fields.get("absent"), None);
+        // A name with an escape is not the text's: the fields are read again instead.
+        let escaped = Document::read(r#"{"a\u0062":1}"#).unwrap();
+        assert!(escaped.fields().is_none());
+        assert_eq!(escaped.into_text(), r#"{"a\u0062":1}"#);
     }
 
     #[test]

@@ -508,7 +508,7 @@ async fn apply_step(
                     tx,
                     rest.into_iter().map(|image| StageRow {
                         d: Some(match image {
-                            Image::Text(text) => Json::Text(text),
+                            Image::Text(doc) => Json::Text(doc.text()),
                             Image::Merged(fields) => Json::Map(fields),
                         }),
                         ..StageRow::default()

@@ -13,6 +13,8 @@
 //! base64 decoded to `\\x` hex for bytea. Anything else (an array, a composite, a JSON
 //! value in a text column) sends the row down the `jsonb` path.
 
+#[cfg(test)]
+use backfill_core::consumer::Document;
 use backfill_core::consumer::Fields;
 use cdc_runtime::destination::Image;
 
@@ -172,19 +174,29 @@ impl Rows for BinaryRows {
 /// was) when a value cannot be typed here or a column is absent.
 pub fn row(out: &mut impl Rows, shape: &Shape, doc: &Image) -> bool {
     match doc {
-        Image::Text(text) => {
-            let Ok(fields) = Fields::parse(text) else {
-                return false;
-            };
-            // The connector writes columns in table order: look there first.
-            write_row(out, shape, |i, name| {
-                let raw = match fields.0.get(i) {
-                    Some((n, raw)) if n == name => *raw,
+        // The connector writes columns in table order: look there first.
+        Image::Text(doc) => match doc.fields() {
+            Some(fields) => write_row(out, shape, |i, name| {
+                let raw = match fields.at(i) {
+                    Some((n, raw)) if n == name => raw,
                     _ => fields.get(name)?,
                 };
-                Cell::from_text(raw.get())
-            })
-        }
+                Cell::from_text(raw)
+            }),
+            // A name with an escape: read the fields again from the text.
+            None => {
+                let Ok(fields) = Fields::parse(doc.text()) else {
+                    return false;
+                };
+                write_row(out, shape, |i, name| {
+                    let raw = match fields.0.get(i) {
+                        Some((n, raw)) if n == name => *raw,
+                        _ => fields.get(name)?,
+                    };
+                    Cell::from_text(raw.get())
+                })
+            }
+        },
         Image::Merged(fields) => {
             write_row(out, shape, |_, name| fields.get(name).map(Cell::from_value))
         }
@@ -261,7 +273,10 @@ mod tests {
         let doc = json!({"id": 12345678901234567890_u64, "t": "a\tb\\c\nd", "j": {"k": [1, "x\ty"]}, "b": "AP8Q", "n": null, "_meta": {"op": "c"}});
         let mut fields = doc.as_object().cloned().unwrap();
         fields.remove("_meta");
-        for image in [Image::Text(doc.to_string()), Image::Merged(fields)] {
+        for image in [
+            Image::Text(Document::read(&doc.to_string()).unwrap()),
+            Image::Merged(fields),
+        ] {
             let mut out = String::new();
             assert!(row(&mut out, &s, &image));
             assert_eq!(
@@ -277,7 +292,11 @@ mod tests {
             json!({"id": 1, "t": "x", "j": 1, "b": "AA=="}),
             json!({"id": 1, "t": [1], "j": 1, "b": "AA==", "n": 1}),
         ] {
-            assert!(!row(&mut out, &s, &Image::Text(refused.to_string())));
+            assert!(!row(
+                &mut out,
+                &s,
+                &Image::Text(Document::read(&refused.to_string()).unwrap())
+            ));
             let fields = refused.as_object().cloned().unwrap();
             assert!(!row(&mut out, &s, &Image::Merged(fields)));
         }
@@ -285,7 +304,11 @@ mod tests {
         // Columns in another order than the table's are found by name.
         let mut out = String::new();
         let text = r#"{"n":2,"b":"AA==","j":"s","t":"\u00e9","id":1}"#;
-        assert!(row(&mut out, &s, &Image::Text(text.into())));
+        assert!(row(
+            &mut out,
+            &s,
+            &Image::Text(Document::read(text).unwrap())
+        ));
         assert_eq!(out, "1\té\t\"s\"\t\\\\x00\t2\n");
         assert_eq!(base64_hex("AQID").as_deref(), Some("010203"));
         assert_eq!(base64_hex("/w==").as_deref(), Some("ff"));

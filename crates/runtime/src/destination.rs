@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 
+use backfill_core::consumer::Document;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -93,9 +94,10 @@ pub struct DeltaRow {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Image {
     /// The one document of its key in the batch, as the connector wrote it (`_meta`
-    /// included, which a destination ignores): typed by the destination field by field
-    /// ([`backfill_core::consumer::Fields`]), never parsed into values on the way.
-    Text(String),
+    /// included, which a destination ignores), with where each field lies in it (read
+    /// once, by the runtime for the key and op): typed by the destination field by field,
+    /// never parsed into values on the way.
+    Text(Document),
     /// Several documents of the key merged by DESIGN.md §6's rule, `_meta` left out.
     Merged(Map<String, Value>),
 }
@@ -105,8 +107,8 @@ impl Image {
     pub fn fields(&self) -> Result<Map<String, Value>> {
         match self {
             Image::Merged(fields) => Ok(fields.clone()),
-            Image::Text(text) => {
-                let Value::Object(mut fields) = serde_json::from_str(text)
+            Image::Text(doc) => {
+                let Value::Object(mut fields) = serde_json::from_str(doc.text())
                     .map_err(|e| crate::Error::Damaged(format!("a document is not JSON ({e})")))?
                 else {
                     return Err(crate::Error::Damaged("a document is not an object".into()));

@@ -25,16 +25,17 @@
 //! transaction for a moment). Documents of a keyed standard binding are reduced by key
 //! (DESIGN.md §6's merge: later columns over earlier ones, a delete clears what came
 //! before), so a row changed many times in a batch is written once. A key's only
-//! document in a batch is passed on as its text ([`Image::Text`]): only its key and op
-//! are read here, and the destination types its fields straight from the text, so an
-//! initial load never builds a tree of values per row.
+//! document in a batch is passed on as its text ([`Image::Text`]) with where each field
+//! lies in it: its fields are read here once, for its key and op, and the destination
+//! types them straight from the text without reading it again, so an initial load never
+//! builds a tree of values per row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backfill_core::consumer::{Fields, Line, Op};
+use backfill_core::consumer::{Document, Fields, Line, Op};
 use serde_json::{Map, Value};
 
 use crate::destination::TableReset;
@@ -579,7 +580,7 @@ impl<'a> BatchBuilder<'a> {
         } else {
             // One document of the key is kept as its text; a second one merges.
             state.upsert = Some(match state.upsert.take() {
-                None => Image::Text(doc.to_string()),
+                None => Image::Text(Document::new(doc, &fields)),
                 Some(image) => {
                     let mut merged = match image {
                         Image::Merged(fields) => fields,
@@ -808,7 +809,7 @@ mod tests {
         };
         assert_eq!(
             upserts[2],
-            Image::Text(docs[6].to_string()),
+            Image::Text(Document::read(&docs[6].to_string()).unwrap()),
             "a key's one document is passed on as written"
         );
         assert_eq!(
