@@ -192,16 +192,7 @@ pub(crate) async fn read_keyed(
         }
         let values = r.unwrap();
         let row = MySource::row_from(t, &values)?;
-        let key = Key(key
-            .iter()
-            .zip(&key_at)
-            .map(|(k, at)| {
-                let read = at.and_then(|(i, c)| key_value(&c.ty, values.get(i)?));
-                // Debug builds (the suites') check the shortcut against the text.
-                debug_assert!(read.is_none() || read == row.get(k));
-                read.or_else(|| row.get(k)).unwrap_or(Value::Null)
-            })
-            .collect());
+        let key = key_of(key, &key_at, &values, &row);
         bytes += buffered_bytes(&row, &key);
         rows.push((key, row));
     }
@@ -214,6 +205,41 @@ pub(crate) async fn read_keyed(
         read,
         seen_through,
     })
+}
+
+/// A row of `values` selected as `columns` of `t`, in order.
+pub(crate) fn render_columns<'a>(
+    t: &Table,
+    columns: impl IntoIterator<Item = &'a Column>,
+    values: &[MyValue],
+) -> Result<Row, SourceError> {
+    let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
+    for (c, v) in columns.into_iter().zip(values) {
+        render(&c.ty, v, Origin::Query, &mut row, &c.quoted)
+            .map_err(|e| Failure::Malformed.error(format!("{} column {}: {e}", t.table, c.name)))?;
+    }
+    Ok(row)
+}
+
+/// The key of a row read as `values` and rendered as `row`: each key column's value read
+/// from `values` where that is exact ([`key_value`], at its place `key_at`), its rendered
+/// text otherwise.
+pub(crate) fn key_of(
+    key: &[String],
+    key_at: &[Option<(usize, &Column)>],
+    values: &[MyValue],
+    row: &Row,
+) -> Key {
+    Key(key
+        .iter()
+        .zip(key_at)
+        .map(|(k, at)| {
+            let read = at.and_then(|(i, c)| key_value(&c.ty, values.get(i)?));
+            // Debug builds (the suites') check the shortcut against the text.
+            debug_assert!(read.is_none() || read == row.get(k));
+            read.or_else(|| row.get(k)).unwrap_or(Value::Null)
+        })
+        .collect())
 }
 
 /// The MariaDB and MySQL source.
@@ -351,13 +377,7 @@ impl MySource {
 
     /// A row of `values` selected as `t.columns`, in order (both scans select them so).
     fn row_from(t: &Table, values: &[MyValue]) -> Result<Row, SourceError> {
-        let mut row = Row::with_capacity(values.len(), 256 + 16 * values.len());
-        for (c, v) in t.columns.iter().zip(values) {
-            render(&c.ty, v, Origin::Query, &mut row, &c.quoted).map_err(|e| {
-                Failure::Malformed.error(format!("{} column {}: {e}", t.table, c.name))
-            })?;
-        }
-        Ok(row)
+        render_columns(t, &t.columns, values)
     }
 
     /// Whether a chunk's snapshot names the binlog position it sees exactly: MariaDB's
@@ -439,7 +459,7 @@ impl MySource {
         let sql = sql::keyed_scan(&t, &req.binding.key, req.after.is_some(), req.limits.rows);
         let params: Vec<MyValue> = req
             .after
-            .map(|after| after.0.iter().map(sql::key_param).collect())
+            .map(|after| sql::bound_params(&after.0.iter().map(sql::key_param).collect::<Vec<_>>()))
             .unwrap_or_default();
         let start = (self.snapshot_names_position(), self.file_base);
         // The rows come from the replica when there is one; the fence from the primary.

@@ -76,26 +76,71 @@ pub fn keyed_scan(t: &Table, key: &[String], after: bool, rows: usize) -> String
     keyed_range(t, key, (after, false), rows)
 }
 
-/// The key columns as a row constructor, and as many parameters, each read in its
-/// column's collation.
-fn key_tuples(t: &Table, key: &[String]) -> (String, String) {
-    let keys = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
-    let exprs = key
-        .iter()
-        .map(|k| t.column(k).map_or_else(|| "?".into(), key_expr))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (keys, exprs)
+/// Which keys a bound keeps: those after a key, or those up to and including one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// `> key`.
+    After,
+    /// `<= key`.
+    UpTo,
 }
 
-/// The rows of one key range, in key order: after a key (`lower`: its parameters first)
-/// and up to and including another (`upper`: its parameters next), at most `rows + 1`.
+/// The key columns compared with a key, in the lexicographic form
+/// `k1 > p1 OR (k1 = p1 AND k2 > p2) OR ...` (for [`Bound::UpTo`]: `<` and a last `<=`),
+/// each parameter read as its column ([`key_expr`]); its parameters are
+/// [`bound_params`]. Not the row constructor `(k1, k2) > (p1, p2)`, which means the same
+/// but which MariaDB's optimizer does not take as a range: each chunk of a composite key
+/// read the index from its start, and a backfill cost the square of the table.
+fn key_bound(t: &Table, key: &[String], bound: Bound) -> String {
+    let term = |i: usize, k: &String| {
+        let expr = t.column(k).map_or_else(|| "?".into(), key_expr);
+        let op = match (bound, i + 1 == key.len()) {
+            (Bound::After, _) => ">",
+            (Bound::UpTo, true) => "<=",
+            (Bound::UpTo, false) => "<",
+        };
+        let mut parts: Vec<String> = key[..i]
+            .iter()
+            .map(|e| {
+                let expr = t.column(e).map_or_else(|| "?".into(), key_expr);
+                format!("{} = {expr}", quote(e))
+            })
+            .collect();
+        parts.push(format!("{} {op} {expr}", quote(k)));
+        parts.join(" AND ")
+    };
+    let terms: Vec<String> = key.iter().enumerate().map(|(i, k)| term(i, k)).collect();
+    if terms.len() == 1 {
+        terms.concat()
+    } else {
+        format!(
+            "({})",
+            terms
+                .iter()
+                .map(|t| format!("({t})"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        )
+    }
+}
+
+/// The parameters of a [`key_bound`] on the key `values`: each term's, in order (the key's
+/// first `i` values, then its `i`th).
+pub fn bound_params(values: &[MyValue]) -> Vec<MyValue> {
+    (0..values.len())
+        .flat_map(|i| values[..=i].iter().cloned())
+        .collect()
+}
+
+/// The rows of one key range, in key order: after a key (`lower`: its [`bound_params`]
+/// first) and up to and including another (`upper`: its parameters next), at most
+/// `rows + 1`.
 pub fn keyed_range(t: &Table, key: &[String], (lower, upper): (bool, bool), rows: usize) -> String {
-    let (keys, exprs) = key_tuples(t, key);
+    let keys = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
     let mut sql = format!("SELECT {} FROM {}", select_list(t), qualified(&t.table));
     let bounds: Vec<String> = [
-        lower.then(|| format!("({keys}) > ({exprs})")),
-        upper.then(|| format!("({keys}) <= ({exprs})")),
+        lower.then(|| key_bound(t, key, Bound::After)),
+        upper.then(|| key_bound(t, key, Bound::UpTo)),
     ]
     .into_iter()
     .flatten()
@@ -108,13 +153,13 @@ pub fn keyed_range(t: &Table, key: &[String], (lower, upper): (bool, bool), rows
 }
 
 /// Where the next key range of a chunk ends: the key `share` rows after a key (`after`:
-/// its parameters) or after the table's start, an index-only read of `share` keys; no
-/// row past the table's end. Each cut is read from the one before it, so the cuts of a
+/// its [`bound_params`]) or after the table's start, an index-only read of `share` keys;
+/// no row past the table's end. Each cut is read from the one before it, so the cuts of a
 /// chunk cost one read of its keys, whatever the number of ranges.
 pub fn range_cut(t: &Table, key: &[String], after: bool, share: usize) -> String {
-    let (keys, exprs) = key_tuples(t, key);
+    let keys = key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ");
     let filter = if after {
-        format!(" WHERE ({keys}) > ({exprs})")
+        format!(" WHERE {}", key_bound(t, key, Bound::After))
     } else {
         String::new()
     };
@@ -270,11 +315,15 @@ mod tests {
         );
         assert_eq!(
             keyed_scan(&t, &t.key, true, 10),
-            "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE (`id`, `name`) > (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) ORDER BY `id`, `name` LIMIT 11"
+            "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE ((`id` > ?) OR (`id` = ? AND `name` > CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin)) ORDER BY `id`, `name` LIMIT 11"
         );
         assert_eq!(
             keyed_range(&t, &t.key, (true, true), 4),
-            "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE (`id`, `name`) > (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) AND (`id`, `name`) <= (?, CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin) ORDER BY `id`, `name` LIMIT 5"
+            "SELECT `id`, `name` FROM `shop`.`or``ders` WHERE ((`id` > ?) OR (`id` = ? AND `name` > CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin)) AND ((`id` < ?) OR (`id` = ? AND `name` <= CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin)) ORDER BY `id`, `name` LIMIT 5"
+        );
+        assert_eq!(
+            bound_params(&[MyValue::Int(1), MyValue::Int(2), MyValue::Int(3)]),
+            [1, 1, 2, 1, 2, 3].map(MyValue::Int)
         );
         assert_eq!(
             range_cut(&t, &t.key, false, 10),

@@ -57,14 +57,16 @@
 
 use std::sync::Arc;
 
-use backfill_core::SourceError;
+use backfill_core::catalog::CatalogTable as _;
+use backfill_core::key::Key;
 use backfill_core::source::{Chunk, ChunkLimits, ScanRequest, SnapshotWitness, Source};
 use backfill_core::worker::Worker;
+use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 
-use super::{KeyedRead, MySource, read_keyed};
-use crate::catalog::Table;
+use super::{KeyedRead, MySource, key_of, read_keyed, render_columns};
+use crate::catalog::{Column, Table};
 use crate::conn::{connect_to, my_error};
 use crate::position::BinlogPosition;
 use crate::replica::Replica;
@@ -95,13 +97,9 @@ impl MySource {
         what: &str,
     ) -> Result<Chunk<BinlogPosition>, SourceError> {
         let key = &req.binding.key;
-        let after: Vec<MyValue> = req
-            .after
-            .map(|a| a.0.iter().map(sql::key_param).collect())
-            .unwrap_or_default();
         let share = req.limits.rows / parts;
-        let cuts = self.cuts(&t, key, &after, share, parts, what).await?;
-        let planned = plan(req, &t, (&after, &cuts), share);
+        let cuts = self.cuts(&t, key, req.after, share, parts, what).await?;
+        let planned = plan(req, &t, &cuts, share);
         let start = (self.snapshot_names_position(), self.file_base);
         let read = self.read_parts(start, planned, &t, key, what).await;
         let reads = match read {
@@ -133,32 +131,46 @@ impl MySource {
     }
 
     /// The keys the ranges meet at, read before any part's snapshot, each from the one
-    /// before it; fewer than `parts - 1` where the table ends first.
+    /// before it; fewer than `parts - 1` where the table ends first. Each is read as a
+    /// chunk row's key is (rendered, then bound as a parameter the same way), so a cut
+    /// and a cursor are one kind of value.
     async fn cuts(
         &mut self,
         t: &Table,
         key: &[String],
-        after: &[MyValue],
+        after: Option<&Key>,
         share: usize,
         parts: usize,
         what: &str,
-    ) -> Result<Vec<Vec<MyValue>>, SourceError> {
+    ) -> Result<Vec<Key>, SourceError> {
+        let columns: Vec<&Column> = key.iter().filter_map(|k| t.column(k)).collect();
+        if columns.len() != key.len() {
+            return Err(
+                Failure::Malformed.error(format!("{what}: a key column is not the table's"))
+            );
+        }
+        let key_at: Vec<Option<(usize, &Column)>> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Some((i, *c)))
+            .collect();
         let conn = match &mut self.replica {
             Some(r) => r.conn(),
             None => &mut self.conn,
         };
-        let mut cuts: Vec<Vec<MyValue>> = Vec::with_capacity(parts - 1);
+        let mut cuts: Vec<Key> = Vec::with_capacity(parts - 1);
         while cuts.len() + 1 < parts {
-            let from = cuts.last().map_or(after, Vec::as_slice);
-            let statement = sql::range_cut(t, key, !from.is_empty(), share);
+            let from = cuts.last().or(after);
+            let statement = sql::range_cut(t, key, from.is_some(), share);
+            let params = from.map_or_else(Vec::new, key_params);
             let cut: Option<mysql_async::Row> = conn
-                .exec_first(statement, from.to_vec())
+                .exec_first(statement, params)
                 .await
                 .map_err(|e| my_error(e, what))?;
-            match cut {
-                Some(row) => cuts.push(row.unwrap()),
-                None => break,
-            }
+            let Some(cut) = cut else { break };
+            let values = cut.unwrap();
+            let row = render_columns(t, columns.iter().copied(), &values)?;
+            cuts.push(key_of(key, &key_at, &values, &row));
         }
         Ok(cuts)
     }
@@ -236,23 +248,23 @@ impl MySource {
     }
 }
 
-/// The statements of the parts between `cuts`, after `after` (module docs).
-fn plan(
-    req: ScanRequest<'_>,
-    t: &Table,
-    (after, cuts): (&[MyValue], &[Vec<MyValue>]),
-    share: usize,
-) -> Vec<Part> {
+/// A key's values as the parameters of a bound on it.
+fn key_params(key: &Key) -> Vec<MyValue> {
+    sql::bound_params(&key.0.iter().map(sql::key_param).collect::<Vec<_>>())
+}
+
+/// The statements of the parts between `cuts`, after the request's cursor (module docs).
+fn plan(req: ScanRequest<'_>, t: &Table, cuts: &[Key], share: usize) -> Vec<Part> {
     let count = cuts.len() + 1;
     let bytes = (req.limits.bytes / count).max(1);
     (0..count)
         .map(|j| {
             let lower = if j == 0 {
-                (!after.is_empty()).then_some(after)
+                req.after
             } else {
-                Some(cuts[j - 1].as_slice())
+                Some(&cuts[j - 1])
             };
-            let upper = cuts.get(j).map(Vec::as_slice);
+            let upper = cuts.get(j);
             let rows = if j + 1 == count {
                 req.limits.rows - share * cuts.len()
             } else {
@@ -265,11 +277,15 @@ fn plan(
                 rows,
             );
             if sabotaged() {
-                statement = statement.replace(") <= (", ") < (");
+                statement = statement.replace(" <= ", " < ");
             }
             Part {
                 statement,
-                params: lower.into_iter().chain(upper).flatten().cloned().collect(),
+                params: lower
+                    .into_iter()
+                    .chain(upper)
+                    .flat_map(key_params)
+                    .collect(),
                 limits: ChunkLimits { rows, bytes },
             }
         })
