@@ -822,14 +822,32 @@ fn a_composite_key_backfill_reads_each_row_about_once((binary, db): (PathBuf, Ma
 /// server as parameters the way a cursor does (rendered, then cast as the column): for
 /// every kind of key column a cast applies to, and a composite key of two of them, chunks
 /// of 7 rows in 3 ranges hold each of 100 rows exactly once.
-fn chunks_cut_at_keys_of_every_kind_lose_and_repeat_nothing((binary, db): (PathBuf, MariaDbServer)) {
+fn chunks_cut_at_keys_of_every_kind_lose_and_repeat_nothing(
+    (binary, db): (PathBuf, MariaDbServer),
+) {
     let kinds = [
-        ("k_dt", "k DATETIME(6)", "'2020-01-01' + INTERVAL n * 1001 MICROSECOND"),
-        ("k_ts", "k TIMESTAMP(6)", "'2021-03-01' + INTERVAL n * 37 MINUTE"),
+        (
+            "k_dt",
+            "k DATETIME(6)",
+            "'2020-01-01' + INTERVAL n * 1001 MICROSECOND",
+        ),
+        (
+            "k_ts",
+            "k TIMESTAMP(6)",
+            "'2021-03-01' + INTERVAL n * 37 MINUTE",
+        ),
         ("k_dec", "k DECIMAL(10,3)", "n * 1.125 - 50"),
-        ("k_bin", "k VARBINARY(16)", "UNHEX(CONCAT(LPAD(HEX(n), 4, '0'), 'ff00'))"),
+        (
+            "k_bin",
+            "k VARBINARY(16)",
+            "UNHEX(CONCAT(LPAD(HEX(n), 4, '0'), 'ff00'))",
+        ),
         ("k_date", "k DATE", "'1999-12-01' + INTERVAL n DAY"),
-        ("k_text", "k VARCHAR(20) COLLATE utf8mb4_unicode_ci", "CONCAT(IF(n % 2, 'É', 'e'), n)"),
+        (
+            "k_text",
+            "k VARCHAR(20) COLLATE utf8mb4_unicode_ci",
+            "CONCAT(IF(n % 2, 'É', 'e'), n)",
+        ),
     ];
     let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL \
                   SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL \
@@ -849,14 +867,19 @@ fn chunks_cut_at_keys_of_every_kind_lose_and_repeat_nothing((binary, db): (PathB
          INSERT INTO test.k_pair SELECT UNHEX(LPAD(HEX(n % 7), 2, '0')), '2020-01-01' + INTERVAL n SECOND, n FROM {numbers}"
     ))
     .unwrap();
-    bindings.push(json!({"resource": {"namespace": "test", "stream": "k_pair"}, "target": "k_pair"}));
+    bindings
+        .push(json!({"resource": {"namespace": "test", "stream": "k_pair"}, "target": "k_pair"}));
     let cap = Capture::new(&binary, "maria-cut-kinds");
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
+    cap.config(
+        &json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root",
                                      "advanced": {"chunk_size": 7, "backfill_ranges": 3}},
-                       "bindings": bindings}));
+                       "bindings": bindings}),
+    );
     let out = cap.capture();
     assert!(out.ok, "{}", out.stderr);
-    let tables = ["k_dt", "k_ts", "k_dec", "k_bin", "k_date", "k_text", "k_pair"];
+    let tables = [
+        "k_dt", "k_ts", "k_dec", "k_bin", "k_date", "k_text", "k_pair",
+    ];
     for (i, table) in tables.iter().enumerate() {
         let vs: Vec<i64> = testkit::live::docs(&out.lines, i)
             .iter()
