@@ -156,21 +156,7 @@ fn check_counts_the_connections_the_ranges_need() {
         cap.config(&json!({"endpoint": e, "bindings": [binding("k", "", 0)]}));
         cap.run(&["check"]).lines.join("\n")
     };
-    let roomy = check(4);
-    assert!(
-        roomy.contains("ok   connections: backfill ranges up to 4 open 3 more"),
-        "{roomy}"
-    );
-    pg.restart_with(&[("max_connections", "20")]).unwrap();
-    let tight = check(64);
-    assert!(
-        tight.contains("warn connections: backfill ranges up to 64 open 63 more")
-            && tight.contains("lower backfill_ranges")
-            && tight.contains("raise max_connections"),
-        "{tight}"
-    );
-    assert!(
-        !check(1).contains("connections:"),
-        "one range needs no extra connection"
-    );
+    testkit::live::assert_checks_range_connections(check, || {
+        pg.restart_with(&[("max_connections", "20")]).unwrap();
+    });
 }

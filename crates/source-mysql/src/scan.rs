@@ -207,6 +207,19 @@ pub(crate) async fn read_keyed(
     })
 }
 
+/// The connection chunks are read on: the replica's when there is one, else `primary`.
+/// (Fields, not `&mut self`: the chunk's other ranges are read on workers borrowed beside
+/// it.)
+pub(crate) fn scanning<'a>(
+    replica: &'a mut Option<Replica>,
+    primary: &'a mut Conn,
+) -> &'a mut Conn {
+    match replica {
+        Some(r) => r.conn(),
+        None => primary,
+    }
+}
+
 /// A row of `values` selected as `columns` of `t`, in order.
 pub(crate) fn render_columns<'a>(
     t: &Table,
@@ -463,10 +476,7 @@ impl MySource {
             .unwrap_or_default();
         let start = (self.snapshot_names_position(), self.file_base);
         // The rows come from the replica when there is one; the fence from the primary.
-        let conn = match &mut self.replica {
-            Some(r) => r.conn(),
-            None => &mut self.conn,
-        };
+        let conn = scanning(&mut self.replica, &mut self.conn);
         let part = read_keyed(
             conn,
             start,

@@ -860,6 +860,30 @@ pub fn strip_meta(doc: &Value) -> Value {
     d
 }
 
+/// `check`'s connections item for backfill ranges, as every source prints it: `check(n)`
+/// runs `check` with `n` ranges and returns its output; `tighten` leaves the server 20
+/// connections. 4 ranges on a roomy server are fine, 64 on a tight one are a warning that
+/// names both remedies, and 1 range needs no item.
+pub fn assert_checks_range_connections(check: impl Fn(usize) -> String, tighten: impl FnOnce()) {
+    let roomy = check(4);
+    assert!(
+        roomy.contains("ok   connections: backfill ranges up to 4 open 3 more"),
+        "{roomy}"
+    );
+    tighten();
+    let tight = check(64);
+    assert!(
+        tight.contains("warn connections: backfill ranges up to 64 open 63 more")
+            && tight.contains("lower backfill_ranges")
+            && tight.contains("raise max_connections"),
+        "{tight}"
+    );
+    assert!(
+        !check(1).contains("connections:"),
+        "one range needs no extra connection"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::read_lines;

@@ -65,7 +65,7 @@ use backfill_core::{Failure, SourceError};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 
-use super::{KeyedRead, MySource, key_of, read_keyed, render_columns};
+use super::{KeyedRead, MySource, key_of, read_keyed, render_columns, scanning};
 use crate::catalog::{Column, Table};
 use crate::conn::{connect_to, my_error};
 use crate::position::BinlogPosition;
@@ -154,10 +154,7 @@ impl MySource {
             .enumerate()
             .map(|(i, c)| Some((i, *c)))
             .collect();
-        let conn = match &mut self.replica {
-            Some(r) => r.conn(),
-            None => &mut self.conn,
-        };
+        let conn = scanning(&mut self.replica, &mut self.conn);
         let mut cuts: Vec<Key> = Vec::with_capacity(parts - 1);
         while cuts.len() + 1 < parts {
             let from = cuts.last().or(after);
@@ -225,10 +222,7 @@ impl MySource {
                 (read.is_ok().then_some(conn), read)
             })
         });
-        let conn = match &mut self.replica {
-            Some(r) => r.conn(),
-            None => &mut self.conn,
-        };
+        let conn = scanning(&mut self.replica, &mut self.conn);
         let first = read_keyed(
             conn,
             start,
