@@ -205,11 +205,6 @@ impl Document {
         &self.text
     }
 
-    /// The document's text, kept.
-    pub fn into_text(self) -> String {
-        self.text
-    }
-
     /// Its fields without reading the text again, or `None` when a name holds an escape
     /// (read [`Fields`] from [`Self::text`] then).
     pub fn fields(&self) -> Option<DocumentFields<'_>> {
@@ -375,7 +370,7 @@ mod tests {
         // A name with an escape is not the text's: the fields are read again instead.
         let escaped = Document::read(r#"{"a\u0062":1}"#).unwrap();
         assert!(escaped.fields().is_none());
-        assert_eq!(escaped.into_text(), r#"{"a\u0062":1}"#);
+        assert_eq!(escaped.text(), r#"{"a\u0062":1}"#);
     }
 
     #[test]

@@ -174,33 +174,42 @@ impl Rows for BinaryRows {
 /// was) when a value cannot be typed here or a column is absent.
 pub fn row(out: &mut impl Rows, shape: &Shape, doc: &Image) -> bool {
     match doc {
-        // The connector writes columns in table order: look there first.
         Image::Text(doc) => match doc.fields() {
-            Some(fields) => write_row(out, shape, |i, name| {
-                let raw = match fields.at(i) {
-                    Some((n, raw)) if n == name => raw,
-                    _ => fields.get(name)?,
-                };
-                Cell::from_text(raw)
-            }),
+            Some(fields) => write_text_fields(out, shape, |i| fields.at(i), |n| fields.get(n)),
             // A name with an escape: read the fields again from the text.
             None => {
                 let Ok(fields) = Fields::parse(doc.text()) else {
                     return false;
                 };
-                write_row(out, shape, |i, name| {
-                    let raw = match fields.0.get(i) {
-                        Some((n, raw)) if n == name => *raw,
-                        _ => fields.get(name)?,
-                    };
-                    Cell::from_text(raw.get())
-                })
+                write_text_fields(
+                    out,
+                    shape,
+                    |i| fields.0.get(i).map(|(n, raw)| (n.as_ref(), raw.get())),
+                    |n| fields.get(n).map(|raw| raw.get()),
+                )
             }
         },
         Image::Merged(fields) => {
             write_row(out, shape, |_, name| fields.get(name).map(Cell::from_value))
         }
     }
+}
+
+/// A row of fields given as JSON text: the `i`th field by `at`, any by name by `get`. The
+/// connector writes columns in table order, so each column is looked for there first.
+fn write_text_fields<'a>(
+    out: &mut impl Rows,
+    shape: &Shape,
+    at: impl Fn(usize) -> Option<(&'a str, &'a str)>,
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
+    write_row(out, shape, |i, name| {
+        let raw = match at(i) {
+            Some((n, raw)) if n == name => raw,
+            _ => get(name)?,
+        };
+        Cell::from_text(raw)
+    })
 }
 
 fn write_row<'a>(
@@ -310,6 +319,13 @@ mod tests {
             &Image::Text(Document::read(text).unwrap())
         ));
         assert_eq!(out, "1\té\t\"s\"\t\\\\x00\t2\n");
+        // A name written with an escape is read again from the text, to the same row.
+        let mut again = String::new();
+        let escaped = r#"{"\u006e":2,"b":"AA==","j":"s","t":"\u00e9","id":1}"#;
+        let doc = Document::read(escaped).unwrap();
+        assert!(doc.fields().is_none());
+        assert!(row(&mut again, &s, &Image::Text(doc)));
+        assert_eq!(again, out);
         assert_eq!(base64_hex("AQID").as_deref(), Some("010203"));
         assert_eq!(base64_hex("/w==").as_deref(), Some("ff"));
     }
