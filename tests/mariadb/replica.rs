@@ -60,9 +60,11 @@ fn live_scenario_from_replica(start: fn() -> Option<(std::path::PathBuf, MariaDb
 /// The replica applies every transaction a second late (`MASTER_DELAY` / `SOURCE_DELAY`)
 /// while the primary takes writes, so a chunk scanned at once (here by three connections)
 /// would miss changes the stream has already delivered. The connector waits on the replica
-/// for the stream's GTIDs once, before every part's snapshot: nothing is lost. With the wait turned off (a debug build's
-/// sabotage switch) the same scenario must fail, or the test proves nothing.
-fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica(
+/// for the stream's GTIDs once, before every part's snapshot: nothing is lost. Whether a
+/// scan without the wait loses rows here depends on timing, so the proof that the
+/// guarantee rests on the wait is the stopped-applier test below, where it loses them
+/// every time.
+fn a_delayed_replica_loses_nothing_from_replica(
     start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>,
 ) {
     let Some((_, primary, replica)) = primary_and_replica(start) else {
@@ -75,15 +77,76 @@ fn a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica(
             "STOP SLAVE; CHANGE MASTER TO MASTER_DELAY = 1; START SLAVE"
         })
         .unwrap();
-    let modes = || vec![ResolvedMode::Precise, ResolvedMode::Precise];
-    let report = scenario_on(&primary, &replica, "delayed", modes(), (24, 3));
+    let modes = vec![ResolvedMode::Precise, ResolvedMode::Precise];
+    let report = scenario_on(&primary, &replica, "delayed", modes, (24, 3));
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
+/// A replica whose applier is stopped makes every chunk (here read by three connections)
+/// wait, and the log says why; once it applies again the backfill finishes with every row
+/// as the primary has it.
+///
+/// The same capture with the wait off (a debug build's sabotage switch) must lose the
+/// update, and does every time: its stream starts at the primary's binlog end, after the
+/// update committed, while its chunks read the stopped replica from before it.
+fn a_stopped_applier_makes_chunks_wait_and_fails_without_the_wait_from_replica(
+    start: fn() -> Option<(std::path::PathBuf, MariaDbServer)>,
+) {
+    let Some((binary, primary, replica)) = primary_and_replica(start) else {
+        return;
+    };
+    let (stop, go) = if replica.is_mysql() {
+        ("STOP REPLICA SQL_THREAD", "START REPLICA SQL_THREAD")
+    } else {
+        ("STOP SLAVE SQL_THREAD", "START SLAVE SQL_THREAD")
+    };
     let blind = Sabotaged::new(&primary, "SOURCE_MYSQL_SABOTAGE=replica-visibility");
-    let sabotaged = scenario_on(&blind, &replica, "blind", modes(), (24, 3));
-    assert!(
-        !sabotaged.violations.is_empty(),
-        "scanning the delayed replica without the wait lost nothing: the test cannot tell"
-    );
+    let blind = blind.connector().unwrap();
+    for (name, binary) in [("stopped", &binary), ("blind", &blind)] {
+        primary
+            .sql(&format!("CREATE TABLE test.{name} (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO test.{name} SELECT seq, CONCAT('v', seq) FROM (WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < 100) SELECT seq FROM s) s"))
+            .unwrap();
+        replica.await_replay_of(&primary).unwrap();
+        replica.sql(stop).unwrap();
+        primary
+            .sql(&format!(
+                "UPDATE test.{name} SET v = 'changed' WHERE id <= 50"
+            ))
+            .unwrap();
+        let cap = Capture::new(binary, &format!("maria-replica-{name}"));
+        cap.config(&json!({
+            "endpoint": {"host": "127.0.0.1", "port": primary.port, "user": "root", "replica": replica_endpoint(&replica),
+                         "advanced": {"chunk_size": 10, "backfill_ranges": 3}},
+            "bindings": [{"resource": {"namespace": "test", "stream": name, "mode": "Precise"}, "target": name}],
+        }));
+        // The blind capture does not wait: the applier runs again once it is over (or
+        // after 30 s if it waits after all, and then it reads the update and fails below).
+        let after = std::time::Duration::from_secs(if name == "blind" { 30 } else { 7 });
+        let out = cap.capture_while("info", after, || {
+            replica.sql(go).unwrap();
+        });
+        assert!(out.ok, "{}", out.stderr);
+        let rows = testkit::live::docs(&out.lines, 0);
+        let changed = rows.iter().filter(|d| d["v"] == "changed").count();
+        if name == "blind" {
+            assert_eq!(
+                (rows.len(), changed),
+                (100, 0),
+                "scanning the stopped replica without the wait must read every row from before the update: the test cannot tell"
+            );
+            continue;
+        }
+        assert!(
+            out.stderr.contains("the backfill waits for the replica"),
+            "the wait is said: {}",
+            out.stderr
+        );
+        assert_eq!(
+            (rows.len(), changed),
+            (100, 50),
+            "each row once, as the primary has it"
+        );
+    }
 }
 
 macro_rules! on_both_servers_from_replica {
@@ -105,7 +168,8 @@ macro_rules! on_both_servers_from_replica {
 
 on_both_servers_from_replica!(
     live_scenario_from_replica,
-    a_delayed_replica_loses_nothing_and_fails_without_the_wait_from_replica,
+    a_delayed_replica_loses_nothing_from_replica,
+    a_stopped_applier_makes_chunks_wait_and_fails_without_the_wait_from_replica,
 );
 
 /// `check` names the replica and its `read_only`; a replica that replicates nothing (here:

@@ -755,15 +755,21 @@ impl Capture {
             .expect("test capture")
     }
 
-    /// `run` with `args`, while another thread waits `after` and then does `then` (resumes a
-    /// replica, say): what a capture does when the world changes under it.
+    /// `run` with `args`, while another thread does `then` (resumes a replica, say) after
+    /// `after`, or as soon as the run is over if that is sooner: what a capture does when
+    /// the world changes under it. A run that waits for `then` gets it after `after`; a run
+    /// that should not wait, and does, gets it too, so a test asserting on what it read
+    /// fails instead of hanging.
     fn run_while(&self, args: &[&str], after: Duration, then: impl FnOnce() + Send) -> Outcome {
+        let (over, told) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                std::thread::sleep(after);
+                let _ = told.recv_timeout(after);
                 then();
             });
-            self.run(args)
+            let out = self.run(args);
+            let _ = over.send(());
+            out
         })
     }
 
@@ -784,7 +790,8 @@ impl Capture {
         ]
     }
 
-    /// [`Capture::capture_logging`] while another thread waits `after`, then does `then`.
+    /// [`Capture::capture_logging`] while another thread does `then` after `after`, or
+    /// once the capture is over if that is sooner.
     pub fn capture_while(
         &self,
         level: &str,
