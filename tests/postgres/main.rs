@@ -1033,6 +1033,45 @@ fn a_table_never_analyzed_is_estimated_from_its_pages() {
     );
 }
 
+/// A keyless table never analyzed (autovacuum off here, so it stays so) has no rows per
+/// page for its chunks' page ranges but the guess of 32: at about 180 a page, a chunk of
+/// 1,000 rows read some 5,000 and the next chunk read 4,000 of them again, 97,000 rows
+/// for a table of 20,000. Its first chunk now takes the rows per page the backfill's
+/// estimate counted on the table's first 32 pages (which the server reads once more), and
+/// each later one what the chunk before it found.
+#[test]
+fn a_keyless_table_never_analyzed_reads_each_row_about_once() {
+    let Some((binary, pg)) = setup() else { return };
+    let rows = 20_000;
+    pg.sql(&format!("CREATE TABLE loose (id int, v text) WITH (autovacuum_enabled = false); ALTER TABLE loose REPLICA IDENTITY FULL; INSERT INTO loose SELECT g, 'value ' || g FROM generate_series(1, {rows}) g"))
+        .unwrap();
+    let read = || -> u64 {
+        pg.sql("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'loose'")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = read();
+    let cap = Capture::new(&binary, "pg-loose");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 1000}})), "bindings": [binding("loose", "Without Primary Key", 0)]}));
+    let run = cap.capture();
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(docs(&run.lines, 0).len(), rows, "each row once");
+    // The connector's sessions report their counts as they end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut scanned = read() - before;
+    while scanned < rows as u64 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        scanned = read() - before;
+    }
+    eprintln!("the server read {scanned} rows to back up a table of {rows}");
+    assert!(
+        scanned >= rows as u64 && scanned <= rows as u64 * 7 / 5,
+        "the server read {scanned} rows to back up a table of {rows}"
+    );
+}
+
 /// What a person sees: at a terminal, a live bar per table with rows, percent, rate and
 /// ETA, and colour unless `NO_COLOR` is set; in a file or a pipe, plain lines without a
 /// colour code, a line when a backfill starts (with the estimate). `--version` names the

@@ -116,10 +116,9 @@ fn live_scenario_in_key_ranges() {
 
 /// Keyless tables read in ranges of pages: the shared live scenario with 3,000 rows in
 /// chunks of 900 read by 3 connections holds DESIGN.md §6; with a row skipped at each
-/// boundary between the ranges (the sabotage switch), it must fail. A chunk must span at
-/// least 3 pages whether or not autovacuum has counted the table's rows per page before
-/// the first chunk (about 170 here, or the guess of 32): at 300 rows a chunk, a counted
-/// table read one page a chunk, so on one connection, and the sabotage could not bite.
+/// boundary between the ranges (the sabotage switch), it must fail. A chunk spans 5 pages
+/// or so (about 170 rows a page here): at 300 rows a chunk it read one page, so on one
+/// connection, and the sabotage could not bite.
 #[test]
 fn keyless_chunks_read_in_page_ranges_hold_and_a_gap_between_them_is_caught() {
     let Some((_, pg)) = setup() else { return };

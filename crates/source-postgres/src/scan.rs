@@ -76,6 +76,11 @@ pub struct PgSource {
     /// Connections to the scanning server that read a chunk's other key ranges, each on
     /// a thread of its own ([`ranges`]), opened at the first chunk that asks for them.
     helpers: Vec<backfill_core::worker::Worker<tokio_postgres::Client>>,
+    /// Rows per page each keyless table's last chunk found, which sizes its next chunk
+    /// ([`pages_for`]). A table's first chunk of a run takes the planner's figure
+    /// (`pg_class`), or for a table never analyzed the rows on its first pages that the
+    /// backfill's estimate counted (`estimate_rows`).
+    densities: std::collections::HashMap<backfill_core::source::TableRef, f64>,
 }
 
 /// Where a chunk's snapshot is taken, which decides how its fence and witness are read.
@@ -141,6 +146,7 @@ impl PgSource {
             server_version: u32::try_from(version).unwrap_or(0),
             replica,
             helpers: Vec::new(),
+            densities: std::collections::HashMap::new(),
         })
     }
 
@@ -513,12 +519,15 @@ impl PgSource {
                 .ok_or_else(|| Failure::Malformed.error(format!("{what}: bad cursor {c:?}")))?,
             None => (0, 0),
         };
-        let density: Option<f64> = self
-            .client
-            .query_one(&sql::rows_per_page(&t.table), &[])
-            .await
-            .map_err(|e| db_error(e, &what))?
-            .get(0);
+        let density: Option<f64> = match self.densities.get(&t.table) {
+            Some(found) => Some(*found),
+            None => self
+                .client
+                .query_one(&sql::rows_per_page(&t.table), &[])
+                .await
+                .map_err(|e| db_error(e, &what))?
+                .get(0),
+        };
         let pages_per_chunk = pages_for(req.limits.rows, density);
         let xmin_filter = self.xmin_filter();
         let (select, ask) = rows::select_list(&t, &self.types);
@@ -554,6 +563,9 @@ impl PgSource {
                 start = (end_page, 0);
                 continue;
             }
+            if let Some(found) = observed_density(scanned.read, start, end_page.min(relpages)) {
+                self.densities.insert(t.table.clone(), found);
+            }
             let at = |k: &Key| {
                 k.0.first()
                     .and_then(Value::as_str)
@@ -587,6 +599,17 @@ fn pages_for(rows: usize, rows_per_page: Option<f64>) -> u64 {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let pages = (rows as f64 * 0.9 / density).floor() as u64;
     pages.max(1)
+}
+
+/// Rows per page a physical chunk found: `read` rows from tuple `start` up to page `end`.
+/// `None` for a chunk too small to say (under a page or no rows): the last figure stays.
+/// The first page counts whole although the chunk read only its tuples after `start`, so
+/// the figure errs low, the side [`pages_for`] wants.
+fn observed_density(read: usize, start: (u64, u64), end: u64) -> Option<f64> {
+    let pages = end.checked_sub(start.0).filter(|p| *p > 0)?;
+    // Counts far under 2^52: exact as floats.
+    #[allow(clippy::cast_precision_loss)]
+    (read > 0).then(|| read as f64 / pages as f64)
 }
 
 /// The fence and witness from the row of the side's fence statement.
@@ -705,6 +728,12 @@ impl ChunkScanner for PgSource {
             .ok()?
             .get(0);
         tx.commit().await.ok()?;
+        if binding.scans_physically() && counted > 0 {
+            // The same sample sizes the first chunk's pages (see `densities`).
+            #[allow(clippy::cast_precision_loss)]
+            self.densities
+                .insert(t.table.clone(), counted as f64 / sampled as f64);
+        }
         u64::try_from(counted.saturating_mul(pages) / sampled).ok()
     }
 }
@@ -1053,7 +1082,18 @@ impl PgSource {
 
 #[cfg(test)]
 mod tests {
-    use super::pages_for;
+    use super::{observed_density, pages_for};
+
+    #[test]
+    fn a_physical_chunk_learns_its_tables_rows_per_page() {
+        // 5,000 rows from pages 10 to 38.
+        assert_eq!(observed_density(5_000, (10, 0), 38), Some(5_000.0 / 28.0));
+        // From inside page 10: the page counts whole, the figure errs low.
+        assert_eq!(observed_density(100, (10, 7), 11), Some(100.0));
+        // Nothing to learn from no rows (dead pages) or no whole page.
+        assert_eq!(observed_density(0, (10, 0), 38), None);
+        assert_eq!(observed_density(5, (10, 3), 10), None);
+    }
 
     #[test]
     fn a_physical_chunk_reads_pages_for_a_little_under_its_rows() {

@@ -303,12 +303,6 @@ pub fn run_with(
                 values.join(", ")
             ))?;
         }
-        // A keyless table's chunks are sized by its counted rows per page: count them now,
-        // not whenever autovacuum happens to (PostgreSQL's statement; elsewhere it fails
-        // and nothing depends on it).
-        if *mode == ResolvedMode::WithoutPrimaryKey {
-            let _ = db.exec(&format!("ANALYZE {ns}.{t}"));
-        }
     }
     let dir =
         std::env::temp_dir().join(format!("live-{}-{name}-{}", db.name(), std::process::id()));
