@@ -589,8 +589,8 @@ impl PgSource {
     }
 }
 
-/// Pages a physical chunk reads for about `rows` rows, at the planner's rows per page (32
-/// for a table never analyzed). A little under: rows past the chunk's bound are read for
+/// Pages a physical chunk reads for about `rows` rows, at the table's rows per page as
+/// last found (`PgSource::densities`; 32 when nothing is known). A little under: rows past the chunk's bound are read for
 /// nothing (the next chunk reads them again), and at a guess of 32 rows a page a table of
 /// 45 read two rows in five twice, which made keyless backfills half as fast as keyed ones.
 fn pages_for(rows: usize, rows_per_page: Option<f64>) -> u64 {
