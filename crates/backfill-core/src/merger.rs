@@ -33,9 +33,12 @@
 //! snapshot's (visibility only grows, so every later one sees at least as much) and its
 //! fence the latest.
 //!
-//! Normal and Without Primary Key emit the chunk at scan time, *before* streaming to `F`,
+//! Normal and Without Primary Key emit the chunk before any change read after its scan,
 //! and every change: any change newer than the snapshot follows the chunk row, so the last
 //! document of each key is its current state (convergence), at the cost of duplicates.
+//! The chunk is emitted when streaming to `F` first brings a change (or truncate), or at
+//! the commit when it brings none, as in a backfill of a table nobody writes: its rows are
+//! then rendered while the next chunk is scanned, as Precise's are.
 //!
 //! ## Scanning ahead
 //!
@@ -424,7 +427,8 @@ const YIELD_EVERY: usize = 256;
 #[derive(Debug)]
 struct ChunkInHand {
     binding: usize,
-    /// Precise only: rows by position; `None` once deleted by a patch.
+    /// Rows by position; `None` once deleted by a patch (Precise only). In the other
+    /// modes, emitted and drained before the first change the stream brings.
     rows: Vec<Option<(Key, Row)>>,
     /// Precise only: key identity to index in `rows`, built by the first patch
     /// ([`ChunkInHand::index`]).
@@ -909,14 +913,27 @@ impl<S: Source, K: Sink> Engine<S, K> {
             complete: chunk.complete,
             scanned,
         };
-        if self.specs[b].mode == ResolvedMode::Precise {
-            hand.rows = chunk.rows.into_iter().map(Some).collect();
-        } else {
-            for (_, row) in chunk.rows {
-                self.emit_snapshot(b, &row)?;
+        // Every mode keeps the rows in hand: Precise to patch them, the others only until
+        // the stream brings a change ([`Engine::emit_unpatched`]) or the cycle commits.
+        hand.rows = chunk.rows.into_iter().map(Some).collect();
+        Ok(hand)
+    }
+
+    /// Emits the rows of the chunks in hand that are not patched (every mode but Precise).
+    /// Such a chunk's rows must precede every change read after its scan, so the stream
+    /// calls this before it emits one; when the stream brings none (no writes during the
+    /// cycle) the rows wait for the commit, and are rendered while the next scan runs
+    /// ("Scanning ahead" in the module docs) instead of before it.
+    fn emit_unpatched(&mut self, chunks: &mut [ChunkInHand]) -> Result<()> {
+        for hand in chunks.iter_mut() {
+            if self.specs[hand.binding].mode == ResolvedMode::Precise {
+                continue;
+            }
+            for (_, row) in hand.rows.drain(..).flatten() {
+                self.emit_snapshot(hand.binding, &row)?;
             }
         }
-        Ok(hand)
+        Ok(())
     }
 
     async fn finish_chunk(&mut self, hand: ChunkInHand) -> Result<()> {
@@ -1073,6 +1090,12 @@ impl<S: Source, K: Sink> Engine<S, K> {
         batch: &mut Vec<StreamEvent<S::Position>>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
+        if batch
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Change(_) | StreamEvent::Truncate { .. }))
+        {
+            self.emit_unpatched(chunks)?;
+        }
         if !self.any_precise_backfilling() {
             for event in batch.iter() {
                 match event {
