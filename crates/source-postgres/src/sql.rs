@@ -156,7 +156,7 @@ pub fn page_scan(
     filter: &str,
 ) -> String {
     format!(
-        "SELECT ctid::text, {select} FROM ONLY {} t WHERE ctid > '({},{})'::tid AND ctid < '({end_page},0)'::tid{filter}",
+        "SELECT ctid, {select} FROM ONLY {} t WHERE ctid > '({},{})'::tid AND ctid < '({end_page},0)'::tid{filter}",
         qualified(table),
         from.0,
         from.1,
@@ -356,7 +356,7 @@ mod tests {
     fn keyless_scans_read_page_ranges() {
         assert_eq!(
             page_scan(&orders(), "t.*", (3, 4), 35, ""),
-            "SELECT ctid::text, t.* FROM ONLY \"sh\"\"op\".\"orders\" t WHERE ctid > '(3,4)'::tid AND ctid < '(35,0)'::tid"
+            "SELECT ctid, t.* FROM ONLY \"sh\"\"op\".\"orders\" t WHERE ctid > '(3,4)'::tid AND ctid < '(35,0)'::tid"
         );
         assert_eq!(
             relation_pages(&TableRef::new("a", "it's")),
