@@ -174,15 +174,27 @@ impl<E: DeserializeOwned + JsonSchema> Config<E> {
     /// accepted one it is closest to (a flattened endpoint block leaves serde's own message
     /// without the list of fields).
     pub fn parse(text: &str) -> Result<Self> {
-        let config: Config<E> = serde_json::from_str(text).map_err(|e| {
+        let invalid = |at: String, e: serde_json::Error| {
             let hint = unknown_field(&e.to_string())
                 .and_then(closest_field::<Self>)
                 .map(|known| format!(" (did you mean `{known}`?)"))
                 .unwrap_or_default();
             Error::Config(format!(
-                "config is not valid: {e}{hint}; see `spec` for the accepted shape"
+                "config is not valid{at}: {e}{hint}; see `spec` for the accepted shape"
             ))
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Config<E> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            // `.` is the whole document: nothing worth naming.
+            let path = e.path().to_string();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(" at `{path}`")
+            };
+            invalid(at, e.into_inner())
         })?;
+        de.end().map_err(|e| invalid(String::new(), e))?;
         config.validate()?;
         Ok(config)
     }
@@ -283,6 +295,24 @@ mod tests {
         login: crate::endpoint::Login<5432>,
         #[serde(default)]
         slot: Option<String>,
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_path() {
+        let e = Config::<Endpoint>::parse(
+            r#"{"endpoint": {"host": "h", "user": "u"}, "bindings": [{"resource": {"namespace": "a", "stream": "b"}, "target": "t", "backfill": "1"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("at `bindings[0].backfill`") && e.contains("invalid type: string"),
+            "{e}"
+        );
+        let e = Config::<Endpoint>::parse(r#"{"endpoint": {"host": "h", "user": "u"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `bindings`"), "{e}");
+        assert!(!e.contains(" at `"), "the whole document is not named: {e}");
     }
 
     #[test]
