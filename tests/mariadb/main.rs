@@ -896,7 +896,8 @@ fn live_scenario_in_key_ranges((_, db): (PathBuf, MariaDbServer)) {
 
 /// A keyless table is read in one snapshot, chunk by chunk. A capture killed mid-backfill
 /// resumes in a new snapshot at the cursor, counted in rows: with the table unwritten, the
-/// documents of all runs hold each row exactly once.
+/// documents of all runs hold each row exactly once. A keyless binding that asks for
+/// ranges is told it reads on one connection.
 fn a_keyless_backfill_killed_and_resumed_reads_each_row_once(
     (binary, db): (PathBuf, MariaDbServer),
 ) {
@@ -930,6 +931,19 @@ fn a_keyless_backfill_killed_and_resumed_reads_each_row_once(
     let violations = checker::check(&expect, &runs, &Table(&db, "test.heap", "id"));
     assert!(violations.is_empty(), "{violations:#?}");
     let _ = std::fs::remove_dir_all(&dir);
+
+    // Ranges asked of a keyless table are not silently ignored.
+    let cap = Capture::new(&binary, "maria-keyless-ranges");
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root", "advanced": {"backfill_ranges": 3}},
+                       "bindings": [{"resource": {"namespace": "test", "stream": "heap"}, "target": "h"}]}));
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(docs(&out.lines).len(), 20_000, "every row, once");
+    assert!(
+        out.stderr.contains("read by one query in one snapshot"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// ALTER TABLE while streaming: rows after it are decoded with the new columns, never

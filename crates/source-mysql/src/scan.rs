@@ -629,7 +629,16 @@ impl ChunkScanner for MySource {
         Ok(())
     }
 
+    /// Called once as each binding's backfill starts, which is also when a keyless one
+    /// that asked for ranges is told it reads on one connection.
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
+        if binding.scans_physically() && binding.ranges > 1 {
+            tracing::warn!(
+                table = %binding.table,
+                ranges = binding.ranges,
+                "a table without a key is read by one query in one snapshot: its ranges apply only to tables with a key"
+            );
+        }
         self.conn
             .exec_first(
                 sql::ESTIMATE_ROWS,
