@@ -1072,6 +1072,38 @@ fn a_keyless_table_never_analyzed_reads_each_row_about_once() {
     );
 }
 
+/// A chunk's watermark (a logical message committed with a WAL flush) is there so the
+/// stream reaches the chunk's fence. In a backfill of a table nobody writes, the stream has
+/// already delivered everything up to the fence from the second chunk on, and the
+/// watermark is written only for the first: the backfill of 200 chunks writes a few
+/// hundred bytes of WAL, not one message and one flush a chunk (about 24 KB before).
+#[test]
+fn a_backfill_of_a_table_nobody_writes_flushes_no_watermark_a_chunk() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE TABLE quiet (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false); INSERT INTO quiet SELECT g, 'v' || g FROM generate_series(1, 20000) g")
+        .unwrap();
+    let lsn = || {
+        pg.sql("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+            .unwrap()
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let before = lsn();
+    let cap = Capture::new(&binary, "pg-quiet");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 100}})), "bindings": [binding("quiet", "", 0)]}));
+    let run = cap.capture();
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(docs(&run.lines, 0).len(), 20_000, "each row once");
+    // The publication and the slot are created in the same run: a few kilobytes.
+    let written = lsn() - before;
+    eprintln!("a backfill of 200 chunks wrote {written} bytes of WAL");
+    assert!(
+        written < 5_000.0,
+        "a backfill of 200 chunks wrote {written} bytes of WAL"
+    );
+}
+
 /// What a person sees: at a terminal, a live bar per table with rows, percent, rate and
 /// ETA, and colour unless `NO_COLOR` is set; in a file or a pipe, plain lines without a
 /// colour code, a line when a backfill starts (with the estimate). `--version` names the

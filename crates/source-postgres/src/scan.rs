@@ -14,6 +14,7 @@
 //! COMMIT
 //! BEGIN; SET LOCAL synchronous_commit = on                                -- unless read-only
 //!   SELECT pg_logical_emit_message(true, 'source-postgres', '')
+//!     WHERE pg_current_wal_insert_lsn() > 'D'                            -- D: delivered
 //! COMMIT
 //! ```
 //!
@@ -31,6 +32,14 @@
 //! S itself, so its `xmax` and in-progress list are the witness the core checks against the
 //! transaction ids the stream delivered. The logical message after the fence gives an idle
 //! database a WAL record past the fence, so the walsender's keepalive position reaches it.
+//!
+//! The message is written only when the server's insert position has passed `D`, what the
+//! stream had delivered when the chunk was asked for ([`ChunkScanner::await_visible`]):
+//! otherwise the fence, read before it, is at or before `D`, the merger's stream to the
+//! fence has nothing to read, and the message would cost a WAL flush for nothing. In a
+//! backfill of a table nobody writes, every chunk but the first is so: the last message
+//! delivered is the last WAL record. A message not written leaves its transaction without
+//! a transaction id, and its commit writes nothing.
 //!
 //! Rows come in the text protocol and are rendered by the stream's converter (`rows`), so
 //! backfilled and streamed values are one function's output; the cursor is inlined as an
@@ -76,6 +85,9 @@ pub struct PgSource {
     /// Connections to the scanning server that read a chunk's other key ranges, each on
     /// a thread of its own ([`ranges`]), opened at the first chunk that asks for them.
     helpers: Vec<backfill_core::worker::Worker<tokio_postgres::Client>>,
+    /// What the stream had delivered when the core last asked for a chunk
+    /// ([`ChunkScanner::await_visible`]): a chunk's watermark is written only past it.
+    delivered: Option<Lsn>,
     /// Rows per page each keyless table's last chunk found, which sizes its next chunk
     /// ([`pages_for`]). A table's first chunk of a run takes the planner's figure
     /// (`pg_class`), or for a table never analyzed the rows on its first pages that the
@@ -146,6 +158,7 @@ impl PgSource {
             server_version: u32::try_from(version).unwrap_or(0),
             replica,
             helpers: Vec::new(),
+            delivered: None,
             densities: std::collections::HashMap::new(),
         })
     }
@@ -323,7 +336,10 @@ impl PgSource {
     /// the same round trip (not in read-only mode).
     fn commit_sql(&self, side: Side) -> String {
         if !self.endpoint.advanced.read_only && matches!(side, Side::Primary) {
-            format!("COMMIT; {}", sql::WATERMARK)
+            match self.delivered {
+                Some(delivered) => format!("COMMIT; {}", sql::watermark_past(delivered)),
+                None => format!("COMMIT; {}", sql::WATERMARK),
+            }
         } else {
             "COMMIT".to_string()
         }
@@ -685,6 +701,7 @@ impl ChunkScanner for PgSource {
 
     /// On a standby, waits until it has replayed what the stream delivered.
     async fn await_visible(&mut self, delivered: &PgPosition) -> Result<(), SourceError> {
+        self.delivered = Some(delivered.lsn);
         match &mut self.replica {
             Some(r) if !crate::replica::sabotaged() => r.await_replayed(delivered.lsn).await,
             _ => Ok(()),

@@ -6,6 +6,7 @@
 //! index does. Builders take names and type spellings, not catalog types: the catalog
 //! room itself quotes through this one.
 
+use crate::position::Lsn;
 use backfill_core::source::TableRef;
 
 /// Quotes an identifier: the one place this crate quotes one.
@@ -245,6 +246,14 @@ pub const SYSTEM_IDENTIFIER: &str = "SELECT system_identifier FROM pg_control_sy
 /// for the flush instead of leaving the stream to wait for the WAL writer
 /// (`wal_writer_delay`) before it can reach the fence.
 pub const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
+
+/// [`WATERMARK`] only when the server's WAL has passed `delivered` (see `scan`'s module
+/// docs): a transaction that writes nothing commits without a flush.
+pub fn watermark_past(delivered: Lsn) -> String {
+    format!(
+        "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', '') WHERE pg_current_wal_insert_lsn() > '{delivered}'::pg_lsn; COMMIT"
+    )
+}
 
 /// Connections a regular user can still open: `max_connections` less the superusers'
 /// reserve and the client backends already connected.
