@@ -896,6 +896,35 @@ pub fn assert_checks_range_connections(check: impl Fn(usize) -> String, tighten:
     );
 }
 
+/// The verdict on a capture of a 100-row table whose rows 1 to 50 had `v` set to
+/// `'changed'` on the primary while the replica it scans stood still (replay paused, or
+/// the applier stopped). Waiting for the replica, the capture says so and reads the
+/// primary's rows. `blind` (a sabotage switch turned the wait off), it must read every row
+/// from before the change, or the test proves nothing.
+pub fn assert_replica_wait(out: &Outcome, blind: bool) {
+    assert!(out.ok, "{}", out.stderr);
+    let rows = docs(&out.lines, 0);
+    let changed = rows.iter().filter(|d| d["v"] == "changed").count();
+    if blind {
+        assert_eq!(
+            (rows.len(), changed),
+            (100, 0),
+            "scanning the replica without the wait must read every row from before the update: the test cannot tell"
+        );
+        return;
+    }
+    assert!(
+        out.stderr.contains("the backfill waits for the replica"),
+        "the wait is said: {}",
+        out.stderr
+    );
+    assert_eq!(
+        (rows.len(), changed),
+        (100, 50),
+        "each row once, as the primary has it"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::read_lines;
