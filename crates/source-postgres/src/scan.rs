@@ -662,7 +662,7 @@ fn parse_fence(
 ///
 /// By hand over the bytes: a keyless backfill parses every row's `ctid` a few times (its
 /// check, the page order, the merger's key order), and `split_once` and `str::parse` took
-/// an eighth of the connector's time there.
+/// 8% of the connector's samples there.
 pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
     let inner = s.as_bytes().strip_prefix(b"(")?.strip_suffix(b")")?;
     let comma = inner.iter().position(|&b| b == b',')?;
