@@ -1090,9 +1090,11 @@ impl<S: Source, K: Sink> Engine<S, K> {
         batch: &mut Vec<StreamEvent<S::Position>>,
         chunks: &mut [ChunkInHand],
     ) -> Result<()> {
-        if batch
-            .iter()
-            .any(|e| matches!(e, StreamEvent::Change(_) | StreamEvent::Truncate { .. }))
+        // Outside a chunk cycle (a capture streaming) there is nothing to look for.
+        if !chunks.is_empty()
+            && batch
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Change(_) | StreamEvent::Truncate { .. }))
         {
             self.emit_unpatched(chunks)?;
         }

@@ -580,7 +580,12 @@ impl PgSource {
                 continue;
             }
             if let Some(found) = observed_density(scanned.read, start, end_page.min(relpages)) {
-                self.densities.insert(t.table.clone(), found);
+                match self.densities.get_mut(&t.table) {
+                    Some(known) => *known = found,
+                    None => {
+                        self.densities.insert(t.table.clone(), found);
+                    }
+                }
             }
             let at = |k: &Key| {
                 k.0.first()
