@@ -940,7 +940,8 @@ fn a_keyless_backfill_killed_and_resumed_reads_each_row_once(
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(docs(&out.lines).len(), 20_000, "every row, once");
     assert!(
-        out.stderr.contains("read by one query in one snapshot"),
+        out.stderr
+            .contains("the source reads this table's chunks on one connection"),
         "{}",
         out.stderr
     );

@@ -295,24 +295,23 @@ pub async fn run<S: Source, K: Sink>(
     let reconciled = State::reconcile(loaded, bindings);
     log_start(bindings, &reconciled, resuming);
     let mut state = reconciled.state;
-    let in_parts = source.reads_in_parts();
     let specs: Vec<BindingSpec> = bindings
         .iter()
         .enumerate()
         .map(|(index, b)| {
             let entry = &state.bindings[&b.binding.state_key()];
-            let table = b.binding.resource.table();
-            let ranges = b.binding.resource.ranges.unwrap_or(options.ranges).max(1);
-            if ranges > 1 && !in_parts {
-                tracing::warn!(%table, ranges, "this source reads each chunk on one connection: ranges 1");
-            }
-            BindingSpec {
+            let mut spec = BindingSpec {
                 index,
-                table,
+                table: b.binding.resource.table(),
                 mode: entry.mode,
                 key: b.key.clone(),
-                ranges: if in_parts { ranges } else { 1 },
+                ranges: b.binding.resource.ranges.unwrap_or(options.ranges).max(1),
+            };
+            if spec.ranges > 1 && !source.reads_in_parts(&spec) {
+                tracing::warn!(table = %spec.table, ranges = spec.ranges, "the source reads this table's chunks on one connection: ranges 1");
+                spec.ranges = 1;
             }
+            spec
         })
         .collect();
     let mut source = source;

@@ -267,12 +267,13 @@ pub trait ChunkScanner {
     /// Scans the next chunk.
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<Self::Position>, SourceError>;
 
-    /// Whether the source can read one chunk on several connections at once, which is
-    /// what [`BindingSpec::ranges`] above 1 asks for: inside one shared snapshot
-    /// (PostgreSQL's exported snapshots), or each key range in a snapshot of its own with
-    /// the fence and witness the guarantees above ask of such a chunk (MySQL, MariaDB). A
-    /// source that cannot (the default) gets `ranges` 1, and the core says so at start.
-    fn reads_in_parts(&self) -> bool {
+    /// Whether the source can read one of `binding`'s chunks on several connections at
+    /// once, which is what [`BindingSpec::ranges`] above 1 asks for: inside one shared
+    /// snapshot (PostgreSQL's exported snapshots), or each key range in a snapshot of its
+    /// own with the fence and witness the guarantees above ask of such a chunk (MySQL,
+    /// MariaDB, tables with a key). A binding it cannot (the default: none) gets `ranges`
+    /// 1, and the core says so at start.
+    fn reads_in_parts(&self, _binding: &BindingSpec) -> bool {
         false
     }
 

@@ -601,9 +601,10 @@ impl MySource {
 impl ChunkScanner for MySource {
     type Position = BinlogPosition;
 
-    /// Each key range in a snapshot of its own ([`ranges`]).
-    fn reads_in_parts(&self) -> bool {
-        true
+    /// Each key range in a snapshot of its own ([`ranges`]); a keyless table is read by
+    /// one query in one snapshot.
+    fn reads_in_parts(&self, binding: &BindingSpec) -> bool {
+        !binding.scans_physically()
     }
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
@@ -629,16 +630,7 @@ impl ChunkScanner for MySource {
         Ok(())
     }
 
-    /// Called once as each binding's backfill starts, which is also when a keyless one
-    /// that asked for ranges is told it reads on one connection.
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
-        if binding.scans_physically() && binding.ranges > 1 {
-            tracing::warn!(
-                table = %binding.table,
-                ranges = binding.ranges,
-                "a table without a key is read by one query in one snapshot: its ranges apply only to tables with a key"
-            );
-        }
         self.conn
             .exec_first(
                 sql::ESTIMATE_ROWS,

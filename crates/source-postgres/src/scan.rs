@@ -686,8 +686,8 @@ pub(crate) fn parse_ctid(s: &str) -> Option<(u64, u64)> {
 impl ChunkScanner for PgSource {
     type Position = PgPosition;
 
-    /// Exported snapshots ([`ranges`]).
-    fn reads_in_parts(&self) -> bool {
+    /// Exported snapshots ([`ranges`]), keyed and keyless tables alike.
+    fn reads_in_parts(&self, _binding: &BindingSpec) -> bool {
         true
     }
 
