@@ -200,7 +200,7 @@ impl PgSource {
             return Ok(());
         }
         self.client
-            .batch_execute(sql::WATERMARK)
+            .batch_execute(&sql::watermark(None))
             .await
             .map_err(|e| db_error(e, "emitting a watermark"))?;
         Ok(())
@@ -336,10 +336,7 @@ impl PgSource {
     /// the same round trip (not in read-only mode).
     fn commit_sql(&self, side: Side) -> String {
         if !self.endpoint.advanced.read_only && matches!(side, Side::Primary) {
-            match self.delivered {
-                Some(delivered) => format!("COMMIT; {}", sql::watermark_past(delivered)),
-                None => format!("COMMIT; {}", sql::WATERMARK),
-            }
+            format!("COMMIT; {}", sql::watermark(self.delivered))
         } else {
             "COMMIT".to_string()
         }
@@ -611,9 +608,10 @@ impl PgSource {
 }
 
 /// Pages a physical chunk reads for about `rows` rows, at the table's rows per page as
-/// last found (`PgSource::densities`; 32 when nothing is known). A little under: rows past the chunk's bound are read for
-/// nothing (the next chunk reads them again), and at a guess of 32 rows a page a table of
-/// 45 read two rows in five twice, which made keyless backfills half as fast as keyed ones.
+/// last found (`PgSource::densities`; 32 when nothing is known). A little under: rows past
+/// the chunk's bound are read for nothing (the next chunk reads them again), and at a
+/// guess of 32 rows a page a table of 45 read two rows in five twice, which made keyless
+/// backfills half as fast as keyed ones.
 fn pages_for(rows: usize, rows_per_page: Option<f64>) -> u64 {
     let density = rows_per_page.filter(|d| *d > 0.0).unwrap_or(32.0);
     // At most a chunk's rows, so the cast cannot truncate.

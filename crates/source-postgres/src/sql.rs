@@ -244,14 +244,15 @@ pub const SYSTEM_IDENTIFIER: &str = "SELECT system_identifier FROM pg_control_sy
 /// The watermark after a fence: a transactional logical message committed with a flush.
 /// The walsender sends (and reports in keepalives) only flushed WAL, so the commit waits
 /// for the flush instead of leaving the stream to wait for the WAL writer
-/// (`wal_writer_delay`) before it can reach the fence.
-pub const WATERMARK: &str = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
-
-/// [`WATERMARK`] only when the server's WAL has passed `delivered` (see `scan`'s module
-/// docs): a transaction that writes nothing commits without a flush.
-pub fn watermark_past(delivered: Lsn) -> String {
+/// (`wal_writer_delay`) before it can reach the fence. With `past`, only when the
+/// server's WAL has passed that position (see `scan`'s module docs): a transaction that
+/// writes nothing commits without a flush.
+pub fn watermark(past: Option<Lsn>) -> String {
+    let only_past = past
+        .map(|lsn| format!(" WHERE pg_current_wal_insert_lsn() > '{lsn}'::pg_lsn"))
+        .unwrap_or_default();
     format!(
-        "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', '') WHERE pg_current_wal_insert_lsn() > '{delivered}'::pg_lsn; COMMIT"
+        "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''){only_past}; COMMIT"
     )
 }
 
@@ -359,6 +360,19 @@ mod tests {
         );
         assert_eq!(xmin_filter(None, None), "");
         assert!(xmin_filter(None, Some(9)).contains("((9 - t.xmin"));
+    }
+
+    #[test]
+    fn the_watermark_is_written_only_past_what_was_delivered_when_one_is_named() {
+        let always = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'source-postgres', ''); COMMIT";
+        assert_eq!(watermark(None), always);
+        assert_eq!(
+            watermark(Some("1/A0".parse().unwrap())),
+            always.replace(
+                "''); COMMIT",
+                "'') WHERE pg_current_wal_insert_lsn() > '1/A0'::pg_lsn; COMMIT"
+            )
+        );
     }
 
     #[test]
