@@ -150,14 +150,14 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
         "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
            bi BIGINT, bu BIGINT UNSIGNED, d DECIMAL(10,2),
            f FLOAT, db DOUBLE, b1 TINYINT(1), bt BIT(5), y YEAR, dt DATE, dtm DATETIME(3), ts TIMESTAMP(6) NULL,
-           tm TIME(3), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1, bn BINARY(3),
+           tm TIME(3), t1 TIME(1), t2 TIME(2), t6 TIME(6), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1, bn BINARY(3),
            vb VARBINARY(5), bl BLOB, e ENUM('a','b c'), st SET('x','y','z'), j JSON);
          SET NAMES utf8mb4; SET SESSION sql_mode = '';
          INSERT INTO test.v VALUES
           (1, -128, 255, -32768, -8388608, 16777215, -9223372036854775808, 18446744073709551615, 1.5, 0.1, 2.5e-300, 1, b'10101', 2024, '2020-02-29', '2020-01-02 03:04:05.678',
-           '2020-01-02 03:04:05.123456', '-26:03:04.5', 'ab', 'héllo', 'long text', 'café', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
+           '2020-01-02 03:04:05.123456', '-26:03:04.5', '-00:00:00.5', '-838:59:58.99', '-00:00:01.000001', 'ab', 'héllo', 'long text', 'café', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
            '{\"a\": [1, 2.5, null], \"b\": \"s\"}'),
-          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL,
+          (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL, NULL, NULL, NULL,
            NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL)",
     )
     .unwrap();
@@ -206,6 +206,11 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     assert_eq!(row1["dtm"], json!("2020-01-02T03:04:05.678"));
     assert_eq!(row1["ts"], json!("2020-01-02T03:04:05.123456Z"));
     assert_eq!(row1["tm"], json!("-26:03:04.500"));
+    // Negative times with a fraction below TIME(3): their binlog form stores the
+    // fraction as a complement (`rows::time2`).
+    assert_eq!(row1["t1"], json!("-00:00:00.5"));
+    assert_eq!(row1["t2"], json!("-838:59:58.99"));
+    assert_eq!(row1["t6"], json!("-00:00:01.000001"));
     assert_eq!(row1["l1"], json!("café"));
     assert_eq!(row1["bl"], json!("YmxvYg=="));
     assert_eq!(row1["e"], json!("b c"));
@@ -213,8 +218,8 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     assert_eq!(row1["j"], json!({"a": [1, 2.5, null], "b": "s"}));
     assert_eq!(backfilled[1]["dt"], Value::Null, "zero dates are null");
     // The same rows again, streamed.
-    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
-    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.vk SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.vk WHERE id < 100").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.v").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.vk SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, bn, vb, bl, e, st, j FROM test.vk WHERE id < 100").unwrap();
     let second = capture(&binary, &dir);
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines);
