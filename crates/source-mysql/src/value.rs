@@ -438,11 +438,16 @@ pub fn render_binlog<N: ColumnName + ?Sized>(
 ) -> Result<(), String> {
     match v {
         BinlogValue::Value(v) => render(ty, v, Origin::Binlog, row, name),
-        // MySQL's binary JSON: its parts borrow the event, so the copy is shallow.
-        other => {
-            row.push(name, &from_binlog(ty, other.clone())?);
-            Ok(())
-        }
+        // MySQL's binary JSON, printed as the server prints it, then as a backfilled
+        // JSON value is.
+        BinlogValue::Jsonb(j) => render(
+            ty,
+            &MyValue::Bytes(json_text(j)?.into_bytes()),
+            Origin::Binlog,
+            row,
+            name,
+        ),
+        BinlogValue::JsonDiff(_) => Err(PARTIAL_JSON.into()),
     }
 }
 
@@ -502,20 +507,146 @@ pub fn render_cell<N: ColumnName + ?Sized>(
     }
 }
 
-/// Renders one value of a binlog rows event (`Err` describes what was malformed; the
-/// stream turns it into a definite error, never a misrendered document).
-pub fn from_binlog(ty: &ColType, v: BinlogValue<'_>) -> Result<Value, String> {
-    match v {
-        BinlogValue::Value(v) => to_json(ty, &v, Origin::Binlog),
-        BinlogValue::Jsonb(j) => match Value::try_from(j) {
-            Ok(v) if *ty == ColType::Json => Ok(v),
-            Ok(v) => Ok(Value::String(v.to_string())),
-            Err(e) => Err(format!("bad JSON value: {e}")),
-        },
-        BinlogValue::JsonDiff(_) => {
-            Err("partial JSON updates are not supported: set binlog_row_value_options=''".into())
+const PARTIAL_JSON: &str =
+    "partial JSON updates are not supported: set binlog_row_value_options=''";
+
+/// MySQL's binary JSON (a JSON column in the binlog) as the text the server prints for it,
+/// which is what a backfill reads: object members in their stored order, numbers as
+/// [`json_double`] prints a double, and the values SQL put in as their own types (a JSON
+/// document built with `JSON_OBJECT('price', price)` holds a DECIMAL, not a number) as
+/// MySQL's `Json_wrapper` prints them: DECIMAL as a number with its scale (`1.50`), DATE
+/// `"YYYY-MM-DD"`, TIME `"[-]HH:MM:SS.ffffff"`, DATETIME and TIMESTAMP
+/// `"YYYY-MM-DD HH:MM:SS.ffffff"`, any other type `"base64:type<N>:<bytes>"`.
+///
+/// mysql_common's conversion to a `serde_json::Value` refuses those typed values, which
+/// stopped the stream at the first such row; its `JsonDom` sorts members and writes a
+/// DECIMAL as a string.
+pub fn json_text(j: &mysql_common::binlog::jsonb::Value<'_>) -> Result<String, String> {
+    let mut out = String::new();
+    write_json(j, &mut out).map_err(|e| format!("bad JSON value: {e}"))?;
+    Ok(out)
+}
+
+fn write_json(j: &mysql_common::binlog::jsonb::Value<'_>, out: &mut String) -> Result<(), String> {
+    use mysql_common::binlog::jsonb::Value as J;
+    use std::fmt::Write as _;
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map_err(|e| e.to_string())
+            .map(str::to_owned)
+    };
+    let quoted = |out: &mut String, s: &str| {
+        out.push_str(&serde_json::to_string(s).map_err(|e| e.to_string())?);
+        Ok::<_, String>(())
+    };
+    let e = |e: std::io::Error| e.to_string();
+    match j {
+        J::Null => out.push_str("null"),
+        J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        J::I16(v) => out.push_str(&v.to_string()),
+        J::U16(v) => out.push_str(&v.to_string()),
+        J::I32(v) => out.push_str(&v.to_string()),
+        J::U32(v) => out.push_str(&v.to_string()),
+        J::I64(v) => out.push_str(&v.to_string()),
+        J::U64(v) => out.push_str(&v.to_string()),
+        J::F64(v) => json_double(*v, out)?,
+        J::String(s) => quoted(out, &utf8(s.str_raw())?)?,
+        J::SmallArray(a) => write_elements("[]", a.iter().map(|v| v.map(|v| (None, v))), out)?,
+        J::LargeArray(a) => write_elements("[]", a.iter().map(|v| v.map(|v| (None, v))), out)?,
+        J::SmallObject(o) => {
+            write_elements("{}", o.iter().map(|m| m.map(|(k, v)| (Some(k), v))), out)?;
+        }
+        J::LargeObject(o) => {
+            write_elements("{}", o.iter().map(|m| m.map(|(k, v)| (Some(k), v))), out)?;
+        }
+        J::Opaque(o) => {
+            use mysql_async::consts::ColumnType as T;
+            use mysql_common::binlog::time::MysqlTime;
+            let packed = || {
+                o.data_raw()
+                    .first_chunk::<8>()
+                    .map(|b| i64::from_le_bytes(*b))
+                    .ok_or_else(|| {
+                        format!("a {:?} of {} bytes", o.value_type(), o.data_raw().len())
+                    })
+            };
+            let text = match o.value_type() {
+                T::MYSQL_TYPE_NEWDECIMAL => {
+                    let d =
+                        mysql_common::binlog::decimal::Decimal::read_packed(o.data_raw(), false)
+                            .map_err(e)?;
+                    let _ = write!(out, "{d}");
+                    return Ok(());
+                }
+                T::MYSQL_TYPE_DATE => format!("{}", MysqlTime::from_int64_date_packed(packed()?)),
+                T::MYSQL_TYPE_TIME => {
+                    format!("{:.6}", MysqlTime::from_int64_time_packed(packed()?))
+                }
+                T::MYSQL_TYPE_DATETIME | T::MYSQL_TYPE_TIMESTAMP => {
+                    format!("{:.6}", MysqlTime::from_int64_datetime_packed(packed()?))
+                }
+                other => format!("base64:type{}:{}", other as u8, base64(o.data_raw())),
+            };
+            quoted(out, &text)?;
         }
     }
+    Ok(())
+}
+
+/// A JSON array's elements or an object's members, in their stored order, between the
+/// two characters of `brackets`.
+fn write_elements<'k, 'v>(
+    brackets: &str,
+    items: impl Iterator<
+        Item = std::io::Result<(
+            Option<mysql_common::binlog::jsonb::ObjectKey<'k>>,
+            mysql_common::binlog::jsonb::Value<'v>,
+        )>,
+    >,
+    out: &mut String,
+) -> Result<(), String> {
+    out.push_str(&brackets[..1]);
+    for (i, item) in items.enumerate() {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        if i > 0 {
+            out.push(',');
+        }
+        if let Some(key) = key {
+            let key = std::str::from_utf8(key.value_raw()).map_err(|e| e.to_string())?;
+            out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
+            out.push(':');
+        }
+        write_json(&value, out)?;
+    }
+    out.push_str(&brackets[1..]);
+    Ok(())
+}
+
+/// A double in a JSON document as MySQL prints it (`my_gcvt`): the shortest digits that
+/// read back as the same double, in plain notation when the decimal point falls within
+/// 15 places of the first digit (a whole number with `.0`), else with an exponent. The
+/// values suite compares these with the server's own printing across the range.
+fn json_double(v: f64, out: &mut String) -> Result<(), String> {
+    if !v.is_finite() {
+        return Err(format!("a JSON double {v}"));
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').ok_or("a double without an exponent")?;
+    let exp: i32 = exp.parse().map_err(|_| "a double's exponent")?;
+    let digits = mantissa.bytes().filter(u8::is_ascii_digit).count();
+    let point = exp + 1;
+    let plain = (-14..=15).contains(&point) || usize::try_from(point).is_ok_and(|p| digits > p);
+    if plain {
+        let text = format!("{v}");
+        out.push_str(&text);
+        // A whole number keeps a fraction, so that it reads back as a double.
+        if !text.contains('.') {
+            out.push_str(".0");
+        }
+    } else {
+        out.push_str(&sci);
+    }
+    Ok(())
 }
 
 /// Renders one value of a column of type `ty`: the general path, for the types the row
