@@ -150,17 +150,19 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
         "CREATE TABLE test.v (id INT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, mi MEDIUMINT, mu MEDIUMINT UNSIGNED,
            bi BIGINT, bu BIGINT UNSIGNED, d DECIMAL(10,2),
            f FLOAT, db DOUBLE, b1 TINYINT(1), bt BIT(5), y YEAR, dt DATE, dtm DATETIME(3), ts TIMESTAMP(6) NULL,
-           tm TIME(3), t1 TIME(1), t2 TIME(2), t6 TIME(6), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1, bn BINARY(3),
+           tm TIME(3), t1 TIME(1), t2 TIME(2), t6 TIME(6), c CHAR(3), vc VARCHAR(20), tx TEXT, l1 VARCHAR(10) CHARACTER SET latin1,
+           l2 VARCHAR(20) CHARACTER SET latin1, u16 VARCHAR(10) CHARACTER SET utf16, u32 VARCHAR(10) CHARACTER SET utf32,
+           u2 CHAR(4) CHARACTER SET ucs2, gb VARCHAR(10) CHARACTER SET gbk, cy VARCHAR(10) CHARACTER SET cp1251, sj VARCHAR(10) CHARACTER SET sjis, bn BINARY(3),
            vb VARBINARY(5), bl BLOB, e ENUM('a','b c'), st SET('x','y','z'), j JSON, j2 JSON);
          SET NAMES utf8mb4; SET SESSION sql_mode = '';
          INSERT INTO test.v VALUES
           (1, -128, 255, -32768, -8388608, 16777215, -9223372036854775808, 18446744073709551615, 1.5, 0.1, 2.5e-300, 1, b'10101', 2024, '2020-02-29', '2020-01-02 03:04:05.678',
-           '2020-01-02 03:04:05.123456', '-26:03:04.5', '-00:00:00.5', '-838:59:58.99', '-00:00:01.000001', 'ab', 'héllo', 'long text', 'café', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
+           '2020-01-02 03:04:05.123456', '-26:03:04.5', '-00:00:00.5', '-838:59:58.99', '-00:00:01.000001', 'ab', 'héllo', 'long text', 'café', '€ “q” – … ™', 'añ🙂', 'añ🙂', 'añ', '中文', 'Привет', '日本', 'ab', 'x\\0y', 'blob', 'b c', 'x,z',
            '{\"a\": [1, 2.5, null], \"b\": \"s\"}',
            JSON_OBJECT('d', CAST(1.50 AS DECIMAL(4,2)), 't', CAST('2020-01-02 03:04:05.5' AS DATETIME(1)), 'dt', CAST('2020-01-02' AS DATE), 'tm', CAST('-01:02:03.25' AS TIME(2)), 'u', 18446744073709551615, 'n', -9223372036854775808, 'f', 0.1e0, 'big', 1e300, 'esc', 'é\"\\\\ \t', 'emoji', '🙂', 'nested', JSON_ARRAY(JSON_OBJECT(), JSON_ARRAY(), true, false, NULL),
              'doubles', JSON_ARRAY(1e20, 1e15, 1e16, 1.5e-7, 1e-4, 1e-5, 1e-14, 1e-15, 1.2345678901234568e20, 1234567890123456.7e0, -0.0e0, 5e-324, 1.7976931348623157e308, 1e2, 12345.678e0, -2.5e-300, 1e14, 1.5e-16, 1e-16, 1234567890123456e0, 123456789012345.6e0, 9007199254740993e0, -1e-15, 3e-5))),
           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0000-00-00', '0000-00-00 00:00:00', NULL, NULL, NULL, NULL, NULL, NULL,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL)",
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL)",
     )
     .unwrap();
     let dir = std::env::temp_dir().join(format!("maria-values-{}", std::process::id()));
@@ -214,14 +216,22 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
     assert_eq!(row1["t2"], json!("-838:59:58.99"));
     assert_eq!(row1["t6"], json!("-00:00:01.000001"));
     assert_eq!(row1["l1"], json!("café"));
+    // Binlog text arrives in the column's charset; MySQL's latin1 is windows-1252.
+    assert_eq!(row1["l2"], json!("€ “q” – … ™"));
+    assert_eq!(row1["u16"], json!("añ🙂"));
+    assert_eq!(row1["u32"], json!("añ🙂"));
+    assert_eq!(row1["u2"], json!("añ"));
+    assert_eq!(row1["gb"], json!("中文"));
+    assert_eq!(row1["cy"], json!("Привет"));
+    assert_eq!(row1["sj"], json!("日本"));
     assert_eq!(row1["bl"], json!("YmxvYg=="));
     assert_eq!(row1["e"], json!("b c"));
     assert_eq!(row1["st"], json!("x,z"));
     assert_eq!(row1["j"], json!({"a": [1, 2.5, null], "b": "s"}));
     assert_eq!(backfilled[1]["dt"], Value::Null, "zero dates are null");
     // The same rows again, streamed.
-    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, bn, vb, bl, e, st, j, j2 FROM test.v").unwrap();
-    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.vk SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, bn, vb, bl, e, st, j, j2 FROM test.vk WHERE id < 100").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.v SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, l2, u16, u32, u2, gb, cy, sj, bn, vb, bl, e, st, j, j2 FROM test.v").unwrap();
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.vk SELECT id + 100, ti, tu, si, mi, mu, bi, bu, d, f, db, b1, bt, y, dt, dtm, ts, tm, t1, t2, t6, c, vc, tx, l1, l2, u16, u32, u2, gb, cy, sj, bn, vb, bl, e, st, j, j2 FROM test.vk WHERE id < 100").unwrap();
     let second = capture(&binary, &dir);
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines);
@@ -242,6 +252,29 @@ fn values_render_the_same_backfilled_and_streamed((binary, db): (PathBuf, MariaD
         streamed[0]["j2"].to_string(),
         backfilled[0]["j2"].to_string()
     );
+    // A charset the stream does not decode: `check` warns with the remedy, ASCII streams,
+    // and another byte stops the stream with the column named instead of guessing.
+    db.sql("CREATE TABLE test.d8 (id INT PRIMARY KEY, t VARCHAR(10) CHARACTER SET dec8)")
+        .unwrap();
+    let cap = Capture::new(&binary, &format!("values-d8-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "d8"}, "target": "d8"}]}));
+    let check = cap.run(&["check"]);
+    let report = check.lines.join("\n");
+    assert!(
+        report.contains("t (dec8)") && report.contains("CONVERT TO CHARACTER SET utf8mb4"),
+        "{report}"
+    );
+    assert!(cap.capture().ok);
+    db.sql("INSERT INTO test.d8 VALUES (1, 'plain')").unwrap();
+    db.sql("SET NAMES utf8mb4; INSERT INTO test.d8 VALUES (2, 'é')")
+        .unwrap();
+    let out = cap.capture();
+    assert_eq!(
+        docs(&out.lines).first().map(|d| d["t"].clone()),
+        Some(json!("plain"))
+    );
+    assert!(!out.ok && out.stderr.contains("dec8"), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

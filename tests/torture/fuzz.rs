@@ -27,7 +27,7 @@ use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::EventData;
 use source_mysql::rows::{Cell as BinlogCell, decode, plan};
 use source_mysql::stream::{MARIADB_GTID_EVENT, parsed_by_the_stream};
-use source_mysql::value::{AddressKind, ColType, render_cell};
+use source_mysql::value::{AddressKind, Charset, ColType, render_cell};
 use source_postgres::pgoutput::{self, Cell, Message};
 use source_postgres::replication::{ReplMessage, replication_message, split_message};
 use source_postgres::value::{Kind, convert};
@@ -235,8 +235,24 @@ fn col_types() -> Vec<ColType> {
         ColType::DateTime { fsp: 6 },
         ColType::Timestamp { fsp: 3 },
         ColType::Time { fsp: 6 },
-        ColType::Text { latin1: false },
-        ColType::Text { latin1: true },
+        ColType::Text {
+            charset: Charset::Utf8,
+        },
+        ColType::Text {
+            charset: Charset::named("latin1"),
+        },
+        ColType::Text {
+            charset: Charset::named("utf16"),
+        },
+        ColType::Text {
+            charset: Charset::named("utf32"),
+        },
+        ColType::Text {
+            charset: Charset::named("gbk"),
+        },
+        ColType::Text {
+            charset: Charset::named("dec8"),
+        },
         ColType::Binary { pad_to: Some(4) },
         ColType::Binary { pad_to: None },
         ColType::Address(AddressKind::Uuid),

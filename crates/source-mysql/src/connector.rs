@@ -38,6 +38,7 @@ impl Connector for MysqlConnector {
             .iter()
             .map(|t| (t.table.namespace.clone(), t.table.stream.clone()))
             .collect();
+        items.extend(charset_items(bindings, source.tables()));
         let flavor = source.server().flavor;
         items.extend(binlog_setting_items(source.conn(), flavor).await?);
         if source.server().flavor == Flavor::MySql {
@@ -149,6 +150,42 @@ async fn mysql_items(source: &mut MySource, bindings: &[Binding], items: &mut Ve
             "is not ON; MySQL backfills need it: SET GLOBAL enforce_gtid_consistency = ON, then gtid_mode = OFF_PERMISSIVE, ON_PERMISSIVE, ON (and in the server options); Only Changes bindings work without".to_string()
         },
     ));
+}
+
+/// A warning for each bound table with text in a charset the stream cannot decode beyond
+/// ASCII (`value::Charset::Unknown`): such a value stops the stream with the column named.
+fn charset_items(bindings: &[Binding], tables: &[crate::catalog::Table]) -> Vec<CheckItem> {
+    tables
+        .iter()
+        .filter(|t| {
+            bindings.iter().any(|b| {
+                b.resource.namespace == t.table.namespace && b.resource.stream == t.table.stream
+            })
+        })
+        .filter_map(|t| {
+            let odd: Vec<String> = t
+                .columns
+                .iter()
+                .filter_map(|c| match c.ty {
+                    crate::value::ColType::Text {
+                        charset: crate::value::Charset::Unknown(name),
+                    } => Some(format!("{} ({name})", c.name)),
+                    _ => None,
+                })
+                .collect();
+            (!odd.is_empty()).then(|| {
+                CheckItem::warning(
+                    &format!("charset {}.{}", t.table.namespace, t.table.stream),
+                    format!(
+                        "{}: the stream reads these charsets only as far as ASCII and stops at another byte; ALTER TABLE `{}`.`{}` CONVERT TO CHARACTER SET utf8mb4",
+                        odd.join(", "),
+                        t.table.namespace,
+                        t.table.stream
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The replica chunks are scanned on, when one is set: connecting already proved it a

@@ -71,8 +71,8 @@ pub enum ColType {
     },
     /// Character data.
     Text {
-        /// Whether the charset is latin1 (binlog values arrive in the column's charset).
-        latin1: bool,
+        /// The column's charset, which binlog values arrive in.
+        charset: Charset,
     },
     /// Byte strings; `BINARY(n)` values are padded with zero bytes to `n`, which the
     /// binlog strips.
@@ -135,6 +135,105 @@ impl AddressKind {
     }
 }
 
+/// The charset of a text column, which its binlog values arrive in (query results arrive
+/// in the connection's, utf8mb4, converted by the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Charset {
+    /// utf8mb4, utf8mb3, ascii: the bytes are the text.
+    Utf8,
+    /// utf32: four big-endian bytes a character (a form `encoding_rs` does not read).
+    Utf32,
+    /// A charset `encoding_rs` decodes as MySQL does. MySQL's `latin1` is windows-1252
+    /// (`0x80` is the euro sign), not ISO 8859-1; `ucs2` and `utf16` are UTF-16 big-endian.
+    Decoded(&'static encoding_rs::Encoding),
+    /// A charset read here only as far as ASCII goes (dec8, hp8, swe7, armscii8, ...):
+    /// other bytes are refused rather than guessed at.
+    Unknown(&'static str),
+}
+
+impl Charset {
+    /// The charset MySQL names `name` (information_schema's `CHARACTER_SET_NAME`).
+    pub fn named(name: &str) -> Self {
+        use encoding_rs as e;
+        Charset::Decoded(match name {
+            "utf8mb4" | "utf8mb3" | "utf8" | "ascii" => return Charset::Utf8,
+            "utf32" => return Charset::Utf32,
+            "latin1" => e::WINDOWS_1252,
+            "latin2" => e::ISO_8859_2,
+            "latin5" => e::WINDOWS_1254,
+            "latin7" => e::ISO_8859_13,
+            "cp1250" => e::WINDOWS_1250,
+            "cp1251" => e::WINDOWS_1251,
+            "cp1256" => e::WINDOWS_1256,
+            "cp1257" => e::WINDOWS_1257,
+            "cp866" => e::IBM866,
+            "koi8r" => e::KOI8_R,
+            "koi8u" => e::KOI8_U,
+            "greek" => e::ISO_8859_7,
+            "hebrew" => e::ISO_8859_8,
+            "macroman" => e::MACINTOSH,
+            "tis620" => e::WINDOWS_874,
+            "gbk" | "gb2312" => e::GBK,
+            "gb18030" => e::GB18030,
+            "big5" => e::BIG5,
+            "sjis" | "cp932" => e::SHIFT_JIS,
+            "ujis" | "eucjpms" => e::EUC_JP,
+            "euckr" => e::EUC_KR,
+            "ucs2" | "utf16" => e::UTF_16BE,
+            "utf16le" => e::UTF_16LE,
+            other => {
+                return Charset::Unknown(match other {
+                    "dec8" => "dec8",
+                    "hp8" => "hp8",
+                    "swe7" => "swe7",
+                    "keybcs2" => "keybcs2",
+                    "armscii8" => "armscii8",
+                    "geostd8" => "geostd8",
+                    "cp850" => "cp850",
+                    "cp852" => "cp852",
+                    "macce" => "macce",
+                    _ => "an unknown charset",
+                });
+            }
+        })
+    }
+
+    /// A binlog value's bytes as text; `Err` for bytes that are not text in the charset.
+    pub fn decode<'b>(&self, b: &'b [u8]) -> Result<std::borrow::Cow<'b, str>, String> {
+        let bad = |what: &str| format!("text that is not {what}: {}", base64(b));
+        match self {
+            Charset::Utf8 => std::str::from_utf8(b)
+                .map(std::borrow::Cow::Borrowed)
+                .map_err(|_| bad("UTF-8")),
+            Charset::Utf32 => b
+                .chunks(4)
+                .map(|c| {
+                    <[u8; 4]>::try_from(c)
+                        .ok()
+                        .and_then(|c| char::from_u32(u32::from_be_bytes(c)))
+                })
+                .collect::<Option<String>>()
+                .map(std::borrow::Cow::Owned)
+                .ok_or_else(|| bad("UTF-32")),
+            Charset::Decoded(encoding) => {
+                let (text, malformed) = encoding.decode_without_bom_handling(b);
+                if malformed {
+                    Err(bad(encoding.name()))
+                } else {
+                    Ok(text)
+                }
+            }
+            Charset::Unknown(name) => match std::str::from_utf8(b) {
+                Ok(text) if b.is_ascii() => Ok(std::borrow::Cow::Borrowed(text)),
+                _ => Err(format!(
+                    "text in {name} outside ASCII, which the connector does not decode: {}",
+                    base64(b)
+                )),
+            },
+        }
+    }
+}
+
 impl ColType {
     /// From information_schema's `DATA_TYPE` and `COLUMN_TYPE`.
     pub fn from_catalog(
@@ -174,7 +273,7 @@ impl ColType {
             "json" => ColType::Json,
             "longtext" if json_checked => ColType::Json,
             "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => ColType::Text {
-                latin1: charset == Some("latin1"),
+                charset: Charset::named(charset.unwrap_or("utf8mb4")),
             },
             "enum" => ColType::Enum(labels(column_type)),
             "set" => ColType::Set(labels(column_type)),
@@ -396,7 +495,7 @@ pub fn render_bytes<N: ColumnName + ?Sized>(
     name: &N,
 ) -> Result<(), String> {
     match ty {
-        ColType::Text { latin1 } if !(*latin1 && origin == Origin::Binlog) => row
+        ColType::Text { charset } if *charset == Charset::Utf8 || origin == Origin::Query => row
             .push_utf8(name, b)
             .map_err(|_| format!("text that is not UTF-8: {}", base64(b)))?,
         // The common decimal: its text already has the column's scale.
@@ -806,11 +905,11 @@ fn textual(ty: &ColType, v: &MyValue, origin: Origin) -> Result<Value, String> {
             },
             _ => return Err(bad()),
         },
-        ColType::Text { latin1 } => match v {
+        ColType::Text { charset } => match v {
             // Binlog values are in the column's charset; query results in the connection's
             // (utf8mb4).
-            MyValue::Bytes(b) if *latin1 && origin == Origin::Binlog => {
-                Value::String(b.iter().map(|&c| char::from(c)).collect())
+            MyValue::Bytes(b) if origin == Origin::Binlog => {
+                Value::String(charset.decode(b)?.into_owned())
             }
             MyValue::Bytes(b) => match std::str::from_utf8(b) {
                 Ok(s) => Value::String(s.to_string()),
@@ -929,10 +1028,17 @@ mod tests {
             (ColType::Int, MyValue::UInt(u64::MAX)),
             (ColType::Int, MyValue::Bytes(b"-12".to_vec())),
             (
-                ColType::Text { latin1: false },
+                ColType::Text {
+                    charset: Charset::Utf8,
+                },
                 MyValue::Bytes("q\"é\n".as_bytes().to_vec()),
             ),
-            (ColType::Text { latin1: true }, MyValue::Bytes(vec![0xe9])),
+            (
+                ColType::Text {
+                    charset: Charset::named("latin1"),
+                },
+                MyValue::Bytes(vec![0xe9]),
+            ),
             (
                 ColType::Decimal { scale: 4 },
                 MyValue::Bytes(b"-12.3400".to_vec()),
@@ -972,7 +1078,9 @@ mod tests {
         let bad = MyValue::Bytes(vec![0xff]);
         assert!(
             render(
-                &ColType::Text { latin1: false },
+                &ColType::Text {
+                    charset: Charset::Utf8
+                },
                 &bad,
                 Origin::Query,
                 &mut row,
