@@ -55,6 +55,7 @@ macro_rules! on_both_servers {
 
 on_both_servers!(
     values_render_the_same_backfilled_and_streamed,
+    generated_invisible_and_zero_values_render_the_same_on_both_paths,
     a_table_dropped_mid_capture_stops_clearly,
     purged_binlog_stops_with_the_remedy,
     chunks_stop_at_their_memory_bound_and_lose_nothing,
@@ -1383,4 +1384,63 @@ fn mysql_a_start_amid_a_logged_uncommitted_transaction_loses_nothing() {
     }];
     let violations = checker::check(&expect, &runs, &Table(&db, "test.s", "id"));
     assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Columns a table's `*` and its binlog images may treat differently (generated virtual
+/// and stored, invisible), zero and odd values (the zero YEAR, partly zero dates, a full
+/// BIT(64), the empty ENUM and SET), and MySQL's VECTOR: each the same backfilled and
+/// streamed.
+fn generated_invisible_and_zero_values_render_the_same_on_both_paths(
+    (binary, db): (PathBuf, MariaDbServer),
+) {
+    let mysql = !db
+        .sql("SELECT VERSION()")
+        .unwrap()
+        .to_lowercase()
+        .contains("maria");
+    db.sql(
+        "SET SESSION sql_mode = '';
+         CREATE TABLE test.p (id INT PRIMARY KEY, a INT, gv INT AS (a * 2) VIRTUAL, gs INT AS (a * 3) STORED,
+            inv INT INVISIBLE DEFAULT 7, dz DATE, dtz DATETIME, b64 BIT(64), b1 BIT(1), y YEAR, e ENUM('x','y'),
+            s SET('p','q'), tsz TIMESTAMP NULL, ch CHAR(5), bn BINARY(4));
+         INSERT INTO test.p (id, a, inv, dz, dtz, b64, b1, y, e, s, tsz, ch, bn) VALUES
+           (1, 5, 9, '2020-00-00', '2020-01-00 10:00:00', b'1111111111111111111111111111111111111111111111111111111111111111',
+            b'1', 0, '', '', '0000-00-00 00:00:00', 'ab  ', 'a\\0'),
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, 2155, 'y', 'p,q', NULL, NULL, NULL)",
+    )
+    .unwrap();
+    let mut bindings =
+        vec![json!({"resource": {"namespace": "test", "stream": "p"}, "target": "p"})];
+    if mysql {
+        db.sql("CREATE TABLE test.vec (id INT PRIMARY KEY, v VECTOR(3)); INSERT INTO test.vec VALUES (1, STRING_TO_VECTOR('[1.5, 2, -3]'))")
+            .unwrap();
+        bindings.push(json!({"resource": {"namespace": "test", "stream": "vec"}, "target": "vec"}));
+    }
+    let cap = Capture::new(&binary, &format!("odd-values-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"}, "bindings": bindings}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines);
+    assert_eq!(backfilled.len(), 2, "{:?}", first.lines);
+    let row1 = &backfilled[0];
+    assert_eq!(
+        (row1["gv"].clone(), row1["gs"].clone(), row1["inv"].clone()),
+        (json!(10), json!(15), json!(9))
+    );
+    assert_eq!(row1["y"], json!(0), "the zero year");
+    assert_eq!(row1["b64"].to_string(), "18446744073709551615");
+    db.sql("SET SESSION sql_mode = ''; INSERT INTO test.p (id, a, inv, dz, dtz, b64, b1, y, e, s, tsz, ch, bn) SELECT id + 100, a, inv, dz, dtz, b64, b1, y, e, s, tsz, ch, bn FROM test.p")
+        .unwrap();
+    if mysql {
+        db.sql("INSERT INTO test.vec SELECT id + 100, v FROM test.vec")
+            .unwrap();
+    }
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    same_but_id(&backfilled, &docs(&second.lines));
+    if mysql {
+        let vectors = |lines: &[String]| testkit::live::docs(lines, 1);
+        assert_eq!(vectors(&first.lines).len(), 1);
+        same_but_id(&vectors(&first.lines), &vectors(&second.lines));
+    }
 }

@@ -244,6 +244,11 @@ fn image<'a>(
         let at = |e: String| format!("column {}: {e}", i + 1);
         if c.ty == ColumnType::MYSQL_TYPE_TIMESTAMP2 {
             *slot = Some(timestamp2(buf, c.meta).map_err(at)?);
+        } else if c.ty == ColumnType::MYSQL_TYPE_YEAR {
+            let byte = buf
+                .checked_eat(1)
+                .ok_or_else(|| at("a YEAR without its byte".into()))?;
+            *slot = Some(Cell::Binlog(BinlogValue::Value(year(byte[0]))));
         } else if c.ty == ColumnType::MYSQL_TYPE_TIME2 {
             *slot = Some(Cell::Binlog(BinlogValue::Value(
                 time2(buf, c.meta).map_err(at)?,
@@ -354,6 +359,12 @@ fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, Strin
         secs: be(&bytes[..4]),
         micros,
     })
+}
+
+/// A `MYSQL_TYPE_YEAR` value: one byte, the years after 1900, except that 0 is the zero
+/// year `0000` (YEAR's range is 1901 to 2155, and 0000). mysql_common reads 0 as 1900.
+fn year(byte: u8) -> MyValue {
+    MyValue::Int(if byte == 0 { 0 } else { 1900 + i64::from(byte) })
 }
 
 /// A `MYSQL_TYPE_TIME2` value (`meta` is `[n]` for TIME(n)), as MySQL's
@@ -780,6 +791,19 @@ mod tests {
             _ => out = (packed + (0x80_0000 << 24)).to_be_bytes()[2..].to_vec(),
         }
         out
+    }
+
+    #[test]
+    fn the_zero_year_is_zero_not_1900() {
+        assert_eq!(year(0), MyValue::Int(0));
+        assert_eq!(year(1), MyValue::Int(1901));
+        assert_eq!(year(124), MyValue::Int(2024));
+        assert_eq!(year(255), MyValue::Int(2155));
+        // Why it is read here: mysql_common's reading of the zero year.
+        assert_eq!(
+            mysql_commons(&[0], ColumnType::MYSQL_TYPE_YEAR, &[]),
+            Cell::Binlog(BinlogValue::Value(MyValue::Bytes(b"1900".to_vec())))
+        );
     }
 
     #[test]
