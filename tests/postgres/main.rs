@@ -1433,3 +1433,54 @@ fn a_column_added_mid_backfill_is_in_the_rows_after_it() {
         "{stderr}"
     );
 }
+
+/// The rarer types (multiranges, geometry, int2vector, pg_lsn, tsquery, arrays of enums,
+/// ranges and intervals) and the extremes of dates and timestamps: backfilled and streamed,
+/// each equals `to_jsonb` of the row.
+#[test]
+fn rarer_types_and_extremes_equal_to_jsonb_backfilled_and_streamed() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TYPE mood2 AS ENUM ('ok', 'sad');
+         CREATE TABLE types2 (id bigint PRIMARY KEY, mr int4multirange, ts timestamp, tstz timestamptz, n numeric,
+           fa float8[], bx box, ci circle, ln line, pg polygon, m8 macaddr8, lsn pg_lsn, tq tsquery, ch \"char\",
+           nm name, iv2 int2vector, ov oidvector, j json, ea mood2[], d date, ia interval[], ra int4range[],
+           bpa char(3)[], tt time[], xa xml[], ba bytea[], ua uuid[])",
+    )
+    .unwrap();
+    let values = [
+        "1, '{[1,3),[5,8)}', '10000-01-01 00:00:00', '10000-01-01 00:00:00+00', '1e-100', '{Infinity,-Infinity,NaN,1e300,-0}', '((1,2),(3,4))', '<(1,2),3>', '{1,2,3}', '((0,0),(1,1),(1,0))', '08:00:2b:01:02:03:04:05', '16/B374D848', 'fat & (rat | cat)', 'x', 'nm', '1 2 3', '4000000000 7', '{\"a\": 1, \"a\": 2,  \"b\" : [1.0, 2e3]}', '{ok,sad,NULL}', '5874897-12-31', '{\"1 day\",\"-00:00:01\"}', '{\"[1,2)\",empty}', '{\"a\",\"ab \"}', '{\"12:00:00.5\"}', '{<a/>}', '{\"\\\\x00\",NULL}', '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'",
+        "2, '{}', '4713-01-01 00:00:00 BC', '294276-12-31 23:59:59.999999+00', '-0', '{}', NULL, NULL, NULL, NULL, NULL, '0/0', '', '\\\\', '', '', '', '\"\\\\u00e9\"', '{}', '4713-01-01 BC', '{}', '{}', '{}', '{}', '{}', '{}', '{}'",
+    ];
+    for v in values {
+        pg.sql(&format!("INSERT INTO types2 VALUES ({v})")).unwrap();
+    }
+    let cap = Capture::new(&binary, "types2");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 1}})), "bindings": [binding("types2", "", 0)]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines, 0);
+    assert_eq!(backfilled.len(), 2);
+    for doc in &backfilled {
+        let id = doc["id"].as_i64().unwrap();
+        assert_eq!(
+            strip_meta(doc),
+            to_jsonb(&pg, "types2", id),
+            "backfilled row {id}"
+        );
+    }
+    pg.sql("INSERT INTO types2 SELECT id + 100, mr, ts, tstz, n, fa, bx, ci, ln, pg, m8, lsn, tq, ch, nm, iv2, ov, j, ea, d, ia, ra, bpa, tt, xa, ba, ua FROM types2")
+        .unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let streamed = docs(&second.lines, 0);
+    assert_eq!(streamed.len(), 2);
+    for doc in &streamed {
+        let id = doc["id"].as_i64().unwrap();
+        assert_eq!(
+            strip_meta(doc),
+            to_jsonb(&pg, "types2", id),
+            "streamed row {id}"
+        );
+    }
+}

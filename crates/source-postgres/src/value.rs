@@ -64,6 +64,8 @@ impl Kind {
             1082 => Kind::Date,
             1114 => Kind::Timestamp,
             1184 => Kind::Timestamptz,
+            // int2vector and oidvector: arrays to `to_jsonb`, space-separated in their text.
+            22 | 30 => Kind::AskServer,
             1000 => Kind::Array(Box::new(Kind::Bool)),
             1005 | 1007 | 1016 => Kind::Array(Box::new(Kind::Int)),
             1021 | 1022 => Kind::Array(Box::new(Kind::Float)),
