@@ -61,9 +61,15 @@ impl Binary {
                 Conversion::Text,
             ) => Self::Text,
             ("numeric" | "decimal", Conversion::Text) => Self::Numeric,
-            ("date", Conversion::Text) => Self::Date,
-            ("timestamp" | "timestamp without time zone", Conversion::Text) => Self::Timestamp,
-            ("timestamptz" | "timestamp with time zone", Conversion::Text) => Self::Timestamptz,
+            ("date", Conversion::Text | Conversion::MysqlDate) => Self::Date,
+            (
+                "timestamp" | "timestamp without time zone",
+                Conversion::Text | Conversion::MysqlDate,
+            ) => Self::Timestamp,
+            (
+                "timestamptz" | "timestamp with time zone",
+                Conversion::Text | Conversion::MysqlDate,
+            ) => Self::Timestamptz,
             ("json", Conversion::Json) => Self::Json,
             ("jsonb", Conversion::Json) => Self::Jsonb,
             ("bytea", Conversion::Base64) => Self::Bytea,

@@ -109,7 +109,13 @@ impl DestinationKind for Postgres {
 /// A server error: transient (the work is retried from the checkpoints) or definite.
 fn classify(materialization: &str, what: &str, e: &tokio_postgres::Error) -> Error {
     let text = match e.as_db_error() {
-        Some(db) => format!("{what}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        // The server's context names the table, line and column of a `COPY` it refused.
+        Some(db) => format!(
+            "{what}: {} (SQLSTATE {}{})",
+            db.message(),
+            db.code().code(),
+            db.where_().map(|w| format!("; {w}")).unwrap_or_default()
+        ),
         None => format!("{what}: {}", backfill_core::error::error_chain(e)),
     };
     if postgres_conn::is_transient(e) {
@@ -122,6 +128,9 @@ fn classify(materialization: &str, what: &str, e: &tokio_postgres::Error) -> Err
             Some("28P01" | "28000") => "; check the endpoint's user and password, and pg_hba.conf",
             Some("3D000") => "; check endpoint.database",
             Some("3F000") => "; create the schema, or fix endpoint.schema",
+            Some(code) if code.starts_with("22") => {
+                "; a value of the collection that the destination column's type cannot hold (the context names the table and column)"
+            }
             _ => "",
         };
         Error::Destination {

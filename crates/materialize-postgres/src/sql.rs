@@ -69,6 +69,10 @@ impl Shape {
         let (field, ty) = (literal(&column.name), &column.mapped.pg_type);
         match column.mapped.conversion {
             Conversion::Text => format!("({d}->>{field})::{ty}"),
+            // `types::zero_in_date`, in SQL.
+            Conversion::MysqlDate => format!(
+                "CASE WHEN {d}->>{field} ~ '^[0-9]{{4}}-(00-|[0-9]{{2}}-00)' THEN NULL ELSE ({d}->>{field})::{ty} END"
+            ),
             Conversion::Json => format!("nullif({d}->{field}, 'null'::jsonb)::{ty}"),
             Conversion::Base64 => format!("decode({d}->>{field}, 'base64')"),
             Conversion::Record => format!(

@@ -21,7 +21,7 @@ use cdc_runtime::destination::Image;
 use crate::binary::Binary;
 use crate::cell::Cell;
 use crate::sql::{Column, Shape};
-use crate::types::Conversion;
+use crate::types::{Conversion, zero_in_date};
 
 /// Rows of whole documents below which the `jsonb` path is used (the typed path's
 /// staging table is recreated per batch).
@@ -78,11 +78,11 @@ impl Rows for String {
                 self.push_str("\\N");
                 true
             }
-            (Conversion::Text, Cell::Str(s)) => {
+            (Conversion::Text | Conversion::MysqlDate, Cell::Str(s)) => {
                 escape(self, s);
                 true
             }
-            (Conversion::Text, Cell::Scalar(t)) => {
+            (Conversion::Text | Conversion::MysqlDate, Cell::Scalar(t)) => {
                 self.push_str(t);
                 true
             }
@@ -220,7 +220,17 @@ fn write_row<'a>(
     let start = out.mark();
     out.begin(shape.columns.len());
     for (i, column) in shape.columns.iter().enumerate() {
-        let ok = cell(i, &column.name).is_some_and(|value| out.cell(i, column, &value));
+        let ok = cell(i, &column.name).is_some_and(|value| {
+            let value = match value {
+                Cell::Str(s)
+                    if column.mapped.conversion == Conversion::MysqlDate && zero_in_date(&s) =>
+                {
+                    Cell::Null
+                }
+                value => value,
+            };
+            out.cell(i, column, &value)
+        });
         if !ok {
             out.undo(start);
             return false;

@@ -12,8 +12,8 @@
 //! | | DECIMAL(p,s) | numeric(p,s) | number, every digit |
 //! | | FLOAT, DOUBLE | double precision | shortest round-trip number |
 //! | | YEAR | smallint | number |
-//! | | DATE | date | `YYYY-MM-DD` |
-//! | | DATETIME(n) | timestamp(n) | no zone |
+//! | | DATE | date | `YYYY-MM-DD`; a zero month or day (`2020-00-00`) NULL |
+//! | | DATETIME(n) | timestamp(n) | no zone; a zero month or day NULL |
 //! | | TIMESTAMP(n) | timestamptz(n) | UTC |
 //! | | TIME(n) | interval | `[-]HHH:MM:SS[.f]`: TIME's range (±838 h) does not fit `time` |
 //! | | CHAR, VARCHAR(n) | varchar(n) (CHAR: text, since CHAR drops trailing spaces) | string |
@@ -30,7 +30,9 @@
 //! | | UNIQUEIDENTIFIER | uuid | string |
 //! | any | anything else | jsonb, with a warning | the JSON value, kept whole |
 //!
-//! Nothing is lost: each PostgreSQL type holds every value of its source type.
+//! Nothing is lost: each PostgreSQL type holds every value of its source type, except
+//! MySQL's dates with a zero month or day, which no PostgreSQL type holds: they land as
+//! NULL (the collection keeps them as written).
 
 /// How a document's JSON value becomes the column's value (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,17 @@ pub enum Conversion {
     Record,
     /// A base64 string decoded to bytes.
     Base64,
+    /// [`Conversion::Text`] for a MySQL/MariaDB date or time stamp, except that a value
+    /// with a zero month or day (`2020-00-00`, which MySQL keeps without `NO_ZERO_IN_DATE`
+    /// and no PostgreSQL type holds) is NULL, as the zero date is at the source. The
+    /// collection keeps the value as the source wrote it.
+    MysqlDate,
+}
+
+/// Whether a date's text (`YYYY-MM-DD...`) has a zero month or day.
+pub fn zero_in_date(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && (&b[5..7] == b"00" || &b[8..10] == b"00")
 }
 
 /// A destination column's type and conversion.
@@ -128,7 +141,7 @@ fn parts(t: &str) -> (&str, Option<&str>, bool) {
 }
 
 fn map_mysql(t: &str) -> Option<Mapped> {
-    use Conversion::{Base64, Json, Text};
+    use Conversion::{Base64, Json, MysqlDate, Text};
     let (name, args, unsigned) = parts(t);
     let fraction = |base: &str| match args {
         Some(n) if !n.is_empty() => format!("{base}({n})"),
@@ -146,9 +159,9 @@ fn map_mysql(t: &str) -> Option<Mapped> {
         "decimal" | "numeric" | "dec" | "fixed" => mapped(&fraction("numeric"), Text),
         "float" | "double" | "real" => mapped("double precision", Text),
         "year" => mapped("smallint", Text),
-        "date" => mapped("date", Text),
-        "datetime" => mapped(&fraction("timestamp"), Text),
-        "timestamp" => mapped(&fraction("timestamptz"), Text),
+        "date" => mapped("date", MysqlDate),
+        "datetime" => mapped(&fraction("timestamp"), MysqlDate),
+        "timestamp" => mapped(&fraction("timestamptz"), MysqlDate),
         "time" => mapped("interval", Text),
         "varchar" => mapped(&fraction("varchar"), Text),
         "char" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
@@ -197,6 +210,28 @@ mod tests {
 
     fn pg(connector: &str, t: &str) -> String {
         map(connector, t, true).pg_type
+    }
+
+    #[test]
+    fn dates_with_a_zero_month_or_day_are_found() {
+        for zero in [
+            "2020-00-00",
+            "2020-00-15",
+            "2020-01-00",
+            "2020-01-00 10:00:00.5",
+        ] {
+            assert!(zero_in_date(zero), "{zero}");
+        }
+        for fine in [
+            "2020-01-01",
+            "2020-10-10 00:00:00",
+            "0000",
+            "",
+            "2020-1-0",
+            "20200-01-01",
+        ] {
+            assert!(!zero_in_date(fine), "{fine}");
+        }
     }
 
     #[test]
