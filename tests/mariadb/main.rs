@@ -1444,3 +1444,37 @@ fn generated_invisible_and_zero_values_render_the_same_on_both_paths(
         same_but_id(&vectors(&first.lines), &vectors(&second.lines));
     }
 }
+
+/// MariaDB's temporal columns made before 10.1 (`mysql56_temporal_format=OFF`, still on
+/// long-lived servers): their catalog type reads `datetime(3) /* mariadb-5.3 */`, and
+/// their binlog form is the old type with no metadata (`rows::mariadb_hires`). Fractions
+/// backfill, and the same values stream.
+#[test]
+fn mariadbs_pre_10_1_temporal_columns_render_the_same_on_both_paths() {
+    let Some((binary, db)) = setup() else { return };
+    db.sql(
+        "SET GLOBAL mysql56_temporal_format = OFF;
+         CREATE TABLE test.o (id INT PRIMARY KEY, t0 TIME, t3 TIME(3), t6 TIME(6), d0 DATETIME, d3 DATETIME(3), d6 DATETIME(6), s0 TIMESTAMP NULL, s3 TIMESTAMP(3) NULL, s6 TIMESTAMP(6) NULL, t1 TIME(1), d1 DATETIME(1), v VARCHAR(300));
+         SET GLOBAL mysql56_temporal_format = ON;
+         INSERT INTO test.o VALUES (1, '-838:59:59', '-01:02:03.5', '12:34:56.123456', '2020-01-02 03:04:05', '2020-01-02 03:04:05.123', '2020-01-02 03:04:05.123456', '2020-01-02 03:04:05', '2020-01-02 03:04:05.5', '2038-01-19 03:14:07.999999', '-00:00:00.1', '2020-02-29 23:59:59.9', 'after'),
+           (2, '00:00:00', '-00:00:00.001', '-838:59:58.999999', '1000-01-01 00:00:00', '9999-12-31 23:59:59.999', NULL, NULL, NULL, '1970-01-01 00:00:01.000001', '838:59:59.9', '1000-01-01 00:00:00.1', NULL)",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, &format!("old-temporal-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"}, "bindings": [{"resource": {"namespace": "test", "stream": "o"}, "target": "o"}]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    let backfilled = docs(&first.lines);
+    assert_eq!(backfilled.len(), 2);
+    let row1 = &backfilled[0];
+    assert_eq!(row1["t0"], json!("-838:59:59"));
+    assert_eq!(row1["t3"], json!("-01:02:03.500"));
+    assert_eq!(row1["d3"], json!("2020-01-02T03:04:05.123"));
+    assert_eq!(row1["s3"], json!("2020-01-02T03:04:05.500Z"));
+    assert_eq!(row1["v"], json!("after"));
+    db.sql("INSERT INTO test.o SELECT id + 100, t0, t3, t6, d0, d3, d6, s0, s3, s6, t1, d1, v FROM test.o")
+        .unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    same_but_id(&backfilled, &docs(&second.lines));
+}

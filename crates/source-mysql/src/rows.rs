@@ -44,6 +44,11 @@ pub struct ColumnPlan<'a> {
     pub unsigned: bool,
     /// The column's name, where the table map carries names (`binlog_row_metadata=FULL`).
     pub name: Option<String>,
+    /// For MariaDB's pre-10.1 TIME(n), DATETIME(n) and TIMESTAMP(n) with n > 0 (tables
+    /// made with `mysql56_temporal_format=OFF`): n, from the catalog. Their binlog type is
+    /// the old one and carries no metadata, so only the catalog says how long a value is
+    /// and how to read it ([`mariadb_hires`]).
+    pub hires: Option<u8>,
 }
 
 /// The columns of a table map event, in table order.
@@ -72,6 +77,7 @@ pub fn plan<'a>(tme: &'a TableMapEvent<'a>) -> Result<Vec<ColumnPlan<'a>>, Strin
             meta,
             unsigned,
             name,
+            hires: None,
         });
     }
     Ok(columns)
@@ -242,8 +248,17 @@ fn image<'a>(
         }
         let c = &plan[i];
         let at = |e: String| format!("column {}: {e}", i + 1);
-        if c.ty == ColumnType::MYSQL_TYPE_TIMESTAMP2 {
+        if let Some(n) = c.hires {
+            *slot = Some(mariadb_hires(buf, c.ty, n).map_err(at)?);
+        } else if c.ty == ColumnType::MYSQL_TYPE_TIMESTAMP2 {
             *slot = Some(timestamp2(buf, c.meta).map_err(at)?);
+        } else if c.ty == ColumnType::MYSQL_TYPE_TIME {
+            let bytes = buf
+                .checked_eat(3)
+                .ok_or_else(|| at("a TIME shorter than 3 bytes".into()))?;
+            *slot = Some(Cell::Binlog(BinlogValue::Value(
+                old_time(bytes).map_err(at)?,
+            )));
         } else if c.ty == ColumnType::MYSQL_TYPE_YEAR {
             let byte = buf
                 .checked_eat(1)
@@ -359,6 +374,112 @@ fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, Strin
         secs: be(&bytes[..4]),
         micros,
     })
+}
+
+/// A value of MariaDB's pre-10.1 high-resolution TIME(n), DATETIME(n) or TIMESTAMP(n)
+/// (`n` 1 to 6; MariaDB's `Field_time_hires`, `Field_datetime_hires`,
+/// `Field_timestamp_hires`), all big-endian in units of 10^-n seconds:
+///
+/// - TIME: 3 to 6 bytes (`[3, 4, 4, 5, 5, 5, 6][n]`), the signed time's units plus the
+///   units of 839 hours (so that the bytes sort as the values do);
+/// - DATETIME: 5 to 8 bytes (`[5, 6, 6, 7, 7, 7, 8][n]`), `pack_time`'s
+///   `(((((year·13 + month)·32 + day)·24 + hour)·60 + minute)·60 + second)` in units;
+/// - TIMESTAMP: four bytes of epoch seconds, then the fraction in `[0, 1, 1, 2, 2, 3, 3][n]`
+///   bytes.
+fn mariadb_hires<'a>(buf: &mut ParseBuf<'a>, ty: ColumnType, n: u8) -> Result<Cell<'a>, String> {
+    const TIME_BYTES: [usize; 7] = [3, 4, 4, 5, 5, 5, 6];
+    const DATETIME_BYTES: [usize; 7] = [5, 6, 6, 7, 7, 7, 8];
+    const FRACTION_BYTES: [usize; 7] = [0, 1, 1, 2, 2, 3, 3];
+    let d = usize::from(n);
+    if !(1..=6).contains(&d) {
+        return Err(format!("a {ty:?} with {n} fraction digits"));
+    }
+    let scale = 10u64.pow(6 - u32::from(n));
+    let be = |b: &[u8]| b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
+    let take = |buf: &mut ParseBuf<'a>, len: usize| {
+        buf.checked_eat(len)
+            .ok_or_else(|| format!("a {ty:?}({n}) shorter than {len} bytes"))
+    };
+    match ty {
+        ColumnType::MYSQL_TYPE_TIME => {
+            // 839 hours in units: `(TIME_MAX_VALUE_SECONDS + 1) · 10^n`.
+            let zero = 3_020_400 * 1_000_000 / scale;
+            let units = i128::from(be(take(buf, TIME_BYTES[d])?)) - i128::from(zero);
+            let micros = units.unsigned_abs() * u128::from(scale);
+            let secs = micros / 1_000_000;
+            let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
+            let narrow = |v: u128| u8::try_from(v).map_err(|e| e.to_string());
+            Ok(Cell::Binlog(BinlogValue::Value(MyValue::Time(
+                units < 0,
+                u32::try_from(hours / 24).map_err(|e| e.to_string())?,
+                narrow(hours % 24)?,
+                narrow(minutes)?,
+                narrow(seconds)?,
+                u32::try_from(micros % 1_000_000).map_err(|e| e.to_string())?,
+            ))))
+        }
+        ColumnType::MYSQL_TYPE_DATETIME => {
+            let full = be(take(buf, DATETIME_BYTES[d])?) * scale;
+            let micros = full % 1_000_000;
+            let mut t = full / 1_000_000;
+            let mut part = |m: u64| {
+                let v = t % m;
+                t /= m;
+                v
+            };
+            let (second, minute, hour, day, month) =
+                (part(60), part(60), part(24), part(32), part(13));
+            let narrow = |v: u64| u8::try_from(v).map_err(|e| e.to_string());
+            Ok(Cell::Binlog(BinlogValue::Value(MyValue::Date(
+                u16::try_from(t).map_err(|e| e.to_string())?,
+                narrow(month)?,
+                narrow(day)?,
+                narrow(hour)?,
+                narrow(minute)?,
+                narrow(second)?,
+                u32::try_from(micros).map_err(|e| e.to_string())?,
+            ))))
+        }
+        ColumnType::MYSQL_TYPE_TIMESTAMP => {
+            let bytes = take(buf, 4 + FRACTION_BYTES[d])?;
+            let secs = u32::try_from(be(&bytes[..4])).map_err(|e| e.to_string())?;
+            let micros = be(&bytes[4..]) * scale;
+            if micros > 999_999 {
+                return Err(format!("a TIMESTAMP fraction of {micros} microseconds"));
+            }
+            Ok(Cell::Timestamp {
+                secs,
+                micros: u32::try_from(micros).map_err(|e| e.to_string())?,
+            })
+        }
+        other => Err(format!("{other:?} is not a MariaDB high-resolution type")),
+    }
+}
+
+/// A pre-5.6 `MYSQL_TYPE_TIME` value (MariaDB's TIME made with
+/// `mysql56_temporal_format=OFF`): three little-endian bytes of the signed
+/// `±(hours·10000 + minutes·100 + seconds)`. mysql_common reads them unsigned and the hours
+/// into a byte, so `-838:59:59` became `71:12:57`.
+fn old_time(bytes: &[u8]) -> Result<MyValue, String> {
+    let raw = bytes
+        .iter()
+        .rev()
+        .fold(0i32, |acc, &b| (acc << 8) | i32::from(b));
+    let signed = (raw << 8) >> 8;
+    let v = signed.unsigned_abs();
+    let (hours, minutes, seconds) = (v / 10_000, v / 100 % 100, v % 100);
+    if minutes > 59 || seconds > 59 {
+        return Err(format!("a TIME of {signed}"));
+    }
+    let narrow = |v: u32| u8::try_from(v).map_err(|e| e.to_string());
+    Ok(MyValue::Time(
+        signed < 0,
+        hours / 24,
+        narrow(hours % 24)?,
+        narrow(minutes)?,
+        narrow(seconds)?,
+        0,
+    ))
 }
 
 /// A `MYSQL_TYPE_YEAR` value: one byte, the years after 1900, except that 0 is the zero
@@ -546,6 +667,7 @@ mod tests {
             meta,
             unsigned,
             name: None,
+            hires: None,
         }
     }
 
@@ -791,6 +913,55 @@ mod tests {
             _ => out = (packed + (0x80_0000 << 24)).to_be_bytes()[2..].to_vec(),
         }
         out
+    }
+
+    #[test]
+    fn mariadbs_old_temporal_forms_are_read_as_it_writes_them() {
+        // Pre-5.6 TIME: the signed hhmmss in three little-endian bytes.
+        let le = |v: i32| v.to_le_bytes()[..3].to_vec();
+        assert_eq!(
+            old_time(&le(-8_385_959)),
+            Ok(MyValue::Time(true, 34, 22, 59, 59, 0))
+        );
+        assert_eq!(
+            old_time(&le(123_456)),
+            Ok(MyValue::Time(false, 0, 12, 34, 56, 0))
+        );
+        assert!(old_time(&le(99)).is_err());
+        // High-resolution TIME(1) -00:00:00.1: 839 hours in tenths, less one.
+        let units = 3_020_400u64 * 10 - 1;
+        let time1 = units.to_be_bytes()[4..].to_vec();
+        let mut buf = ParseBuf(&time1);
+        assert_eq!(
+            mariadb_hires(&mut buf, ColumnType::MYSQL_TYPE_TIME, 1),
+            Ok(Cell::Binlog(BinlogValue::Value(MyValue::Time(
+                true, 0, 0, 0, 0, 100_000
+            ))))
+        );
+        // DATETIME(3) 2020-02-29 23:59:59.999: pack_time in milliseconds, seven bytes.
+        let packed =
+            (((((2020u64 * 13 + 2) * 32 + 29) * 24 + 23) * 60 + 59) * 60 + 59) * 1000 + 999;
+        let dt3 = packed.to_be_bytes()[1..].to_vec();
+        assert_eq!(
+            mariadb_hires(&mut ParseBuf(&dt3), ColumnType::MYSQL_TYPE_DATETIME, 3),
+            Ok(Cell::Binlog(BinlogValue::Value(MyValue::Date(
+                2020, 2, 29, 23, 59, 59, 999_000
+            ))))
+        );
+        // TIMESTAMP(6): seconds, then three bytes of microseconds.
+        let ts6 = [0, 0, 0, 1, 0x0F, 0x42, 0x3F];
+        assert_eq!(
+            mariadb_hires(&mut ParseBuf(&ts6), ColumnType::MYSQL_TYPE_TIMESTAMP, 6),
+            Ok(Cell::Timestamp {
+                secs: 1,
+                micros: 999_999
+            })
+        );
+        // Too short, or no fraction digits: refused.
+        assert!(
+            mariadb_hires(&mut ParseBuf(&dt3[..5]), ColumnType::MYSQL_TYPE_DATETIME, 3).is_err()
+        );
+        assert!(mariadb_hires(&mut ParseBuf(&dt3), ColumnType::MYSQL_TYPE_DATETIME, 0).is_err());
     }
 
     #[test]

@@ -424,11 +424,12 @@ impl MyStream {
         let undecodable = |e: String| {
             Failure::Malformed.error(format!("{db}.{table}: undecodable rows event: {e}"))
         };
-        let columns = plan(tme).map_err(undecodable)?;
+        let mut columns = plan(tme).map_err(undecodable)?;
         if !knows_columns(&self.tables, &db, &table, &columns) {
             // `columns` borrows the stream's table map, so only the tables are replaced.
             self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
         }
+        mark_mariadb_hires(&self.tables, &db, &table, &mut columns);
         let images = Images::new(&self.tables, (&db, &table), &columns, &bound.key);
         let file_no = file_number(&self.file) + self.file_base;
         // The same for every row of the event.
@@ -455,6 +456,37 @@ impl MyStream {
             }
             Ok(())
         })
+    }
+}
+
+/// Marks the columns whose old temporal binlog type is MariaDB's pre-10.1 high-resolution
+/// form (`rows::mariadb_hires`): TIME, DATETIME or TIMESTAMP with fraction digits in the
+/// catalog, which the table map cannot say.
+fn mark_mariadb_hires(tables: &[Table], db: &str, table: &str, columns: &mut [ColumnPlan<'_>]) {
+    use mysql_async::consts::ColumnType as T;
+    let Some(t) = find_table(tables, db, table) else {
+        return;
+    };
+    for c in columns.iter_mut().filter(|c| {
+        matches!(
+            c.ty,
+            T::MYSQL_TYPE_TIME | T::MYSQL_TYPE_DATETIME | T::MYSQL_TYPE_TIMESTAMP
+        )
+    }) {
+        let fsp = match c
+            .name
+            .as_deref()
+            .and_then(|n| t.column(n))
+            .map(|col| &col.ty)
+        {
+            Some(
+                crate::value::ColType::Time { fsp }
+                | crate::value::ColType::DateTime { fsp }
+                | crate::value::ColType::Timestamp { fsp },
+            ) => *fsp,
+            _ => 0,
+        };
+        c.hires = u8::try_from(fsp).ok().filter(|&n| n > 0);
     }
 }
 

@@ -242,10 +242,13 @@ impl ColType {
         charset: Option<&str>,
         json_checked: bool,
     ) -> Self {
+        // The digits between the parentheses: MariaDB spells a pre-10.1 temporal column
+        // `datetime(3) /* mariadb-5.3 */`.
         let fsp = || {
             column_type
                 .split_once('(')
-                .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+                .and_then(|(_, r)| r.split_once(')'))
+                .and_then(|(n, _)| n.trim().parse().ok())
                 .unwrap_or(0)
         };
         match data_type {
