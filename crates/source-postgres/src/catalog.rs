@@ -46,6 +46,12 @@ pub struct Table {
     pub key: Vec<String>,
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: char,
+    /// Generated (stored) columns, left out of `columns` and of every document: logical
+    /// replication does not publish them (before PostgreSQL 18), so a streamed change
+    /// could not carry them, and a merged row would keep the value computed from the
+    /// backfilled row's other columns. A chunk's `t.*` still returns them; the chunk's
+    /// plan skips them.
+    pub generated: Vec<String>,
 }
 
 impl Table {
@@ -154,6 +160,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             columns: Vec::new(),
             key: Vec::new(),
             replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
+            generated: Vec::new(),
         })
         .collect();
     let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
@@ -161,7 +168,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
         .query(
             "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull,
                     CASE WHEN a.attcollation <> 0 THEN (SELECT collname::text FROM pg_collation WHERE oid = a.attcollation) END,
-                    t.typstorage <> 'p'
+                    t.typstorage <> 'p', a.attgenerated <> ''
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attrelid, a.attnum",
@@ -172,6 +179,10 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
     let index: HashMap<u32, usize> = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
     for r in &columns {
         if let Some(&i) = index.get(&r.get::<_, u32>(0)) {
+            if r.get::<_, bool>(7) {
+                tables[i].generated.push(r.get(1));
+                continue;
+            }
             tables[i].columns.push(Column {
                 name: r.get(1),
                 type_name: r.get(2),

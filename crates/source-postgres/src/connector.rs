@@ -82,6 +82,15 @@ impl Connector for PostgresConnector {
                 items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: {}", sql::replica_identity_full(&table))));
                 continue;
             }
+            if !t.generated.is_empty() {
+                items.push(CheckItem::warning(
+                    &format!("generated columns of {}", b.table_name()),
+                    format!(
+                        "{} left out of its documents: logical replication does not carry generated columns before PostgreSQL 18, so a streamed change could not update them; compute them downstream",
+                        t.generated.join(", ")
+                    ),
+                ));
+            }
             if t.has_toast_hazard() {
                 toasted.push(qualified);
             }

@@ -57,6 +57,8 @@ pub struct Plan {
 enum Source {
     Text(Kind),
     Server(usize),
+    /// A generated column `t.*` returns and documents leave out ([`Table::generated`]).
+    Skip,
 }
 
 impl Plan {
@@ -71,12 +73,18 @@ impl Plan {
         ask: &[String],
     ) -> Option<Self> {
         let own = description.len().checked_sub(lead + ask.len())?;
-        if own != t.columns.len() {
+        if own != t.columns.len() + t.generated.len() {
             return None;
         }
         let mut columns = Vec::with_capacity(own);
-        for (i, d) in description.iter().skip(lead).take(own).enumerate() {
-            let c = t.columns.get(i).filter(|c| c.name == d.name())?;
+        let mut next = 0;
+        for d in description.iter().skip(lead).take(own) {
+            if t.generated.iter().any(|g| g == d.name()) {
+                columns.push((String::new(), Source::Skip));
+                continue;
+            }
+            let c = t.columns.get(next).filter(|c| c.name == d.name())?;
+            next += 1;
             let source = match ask.iter().position(|a| *a == c.name) {
                 Some(j) => Source::Server(lead + own + j),
                 None => Source::Text(types.kind(c.type_oid)),
@@ -95,6 +103,7 @@ impl Plan {
             let at = match source {
                 Source::Text(_) => lead + i,
                 Source::Server(j) => *j,
+                Source::Skip => continue,
             };
             let text = r.try_get(at).map_err(|e| format!("column {name}: {e}"))?;
             match (text, source) {
@@ -103,6 +112,7 @@ impl Plan {
                     .map_err(|e| format!("column {name}: {e}"))?,
                 (Some(text), Source::Server(_)) => value::push_server_json(&mut out, name, text)
                     .map_err(|e| format!("column {name}: {e}"))?,
+                (Some(_), Source::Skip) => {}
             }
         }
         self.text_hint.set(self.text_hint.get().max(out.text_len()));
