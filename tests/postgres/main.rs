@@ -1541,3 +1541,66 @@ fn generated_columns_are_left_out_on_both_paths_and_check_says_so() {
         assert_eq!(strip_meta(doc), want);
     }
 }
+
+/// A partitioned table is captured as one table: its backfill reads its partitions (a
+/// chunk `FROM ONLY` the root read nothing), its partitions' changes stream as its own
+/// (`publish_via_partition_root`), a row moved across partitions is a delete then an
+/// insert, the capture restarts (the publication's membership lists the root), and its
+/// estimate is its partitions'. A keyless one is refused with the remedy.
+#[test]
+fn a_partitioned_table_backfills_and_streams_as_one_table() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TABLE part (id bigint, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE part_eu PARTITION OF part FOR VALUES IN ('eu');
+         CREATE TABLE part_us PARTITION OF part FOR VALUES IN ('us');
+         INSERT INTO part SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 300) g;
+         ANALYZE part_eu; ANALYZE part_us",
+    )
+    .unwrap();
+    let cap = Capture::new(&binary, "part");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 50}})), "bindings": [binding("part", "", 0)]}));
+    let first = cap.capture_logging("info");
+    assert!(first.ok, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("estimated_rows=300"),
+        "{}",
+        first.stderr
+    );
+    let backfilled = docs(&first.lines, 0);
+    assert_eq!(backfilled.len(), 300);
+    pg.sql("INSERT INTO part VALUES (1000, 'us', 4); UPDATE part SET v = -1 WHERE id = 2; UPDATE part SET region = 'us' WHERE id = 4")
+        .unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let ops: Vec<(i64, String, String)> = docs(&second.lines, 0)
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_i64().unwrap(),
+                d["region"].as_str().unwrap().to_string(),
+                d["_meta"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, String, String)> = [
+        (1000, "us", "c"),
+        (2, "eu", "u"),
+        (4, "eu", "d"),
+        (4, "us", "c"),
+    ]
+    .iter()
+    .map(|(i, r, o)| (*i, (*r).to_string(), (*o).to_string()))
+    .collect();
+    assert_eq!(ops, want);
+    pg.sql("CREATE TABLE loose (a int, b text) PARTITION BY LIST (b); CREATE TABLE loose_x PARTITION OF loose FOR VALUES IN ('x')")
+        .unwrap();
+    let keyless = Capture::new(&binary, "part-keyless");
+    keyless.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "keyless_slot"})), "bindings": [binding("loose", "", 0)]}));
+    let refused = keyless.capture();
+    assert!(
+        !refused.ok && refused.stderr.contains("add a primary key"),
+        "{}",
+        refused.stderr
+    );
+}

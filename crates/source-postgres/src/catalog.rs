@@ -46,6 +46,10 @@ pub struct Table {
     pub key: Vec<String>,
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: char,
+    /// A partitioned table (`relkind` p): its rows live in its partitions, so chunks read
+    /// it without `ONLY`, and the publication publishes its partitions' changes as its own
+    /// (`publish_via_partition_root`).
+    pub partitioned: bool,
     /// Generated (stored) columns, left out of `columns` and of every document: logical
     /// replication does not publish them (before PostgreSQL 18), so a streamed change
     /// could not carry them, and a merged row would keep the value computed from the
@@ -137,7 +141,7 @@ fn db_err(e: tokio_postgres::Error) -> SourceError {
 pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.relkind = 'p'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
@@ -160,6 +164,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             columns: Vec::new(),
             key: Vec::new(),
             replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
+            partitioned: r.get(4),
             generated: Vec::new(),
         })
         .collect();

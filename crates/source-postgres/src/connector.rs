@@ -156,7 +156,8 @@ impl Connector for PostgresConnector {
                                 .iter()
                                 .map(|b| b.resource.table())
                                 .collect::<Vec<_>>()
-                                .iter()
+                                .iter(),
+                            source.server_version() >= 130_000
                         )
                     ),
                 ),

@@ -257,7 +257,7 @@ impl PgSource {
                 .await;
         }
         let sql = sql::keyed_scan(
-            &t.table,
+            &sql::relation(&t.table, t.partitioned),
             &select,
             key,
             after.as_deref(),
@@ -732,6 +732,16 @@ impl ChunkScanner for PgSource {
     /// rather than hold the backfill, whose scan then waits for the lock itself.
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
         let t = self.table(&binding.table).ok()?.clone();
+        if t.partitioned {
+            // Its rows are its partitions': the sum of theirs, where analyzed.
+            let rows: Option<i64> = self
+                .client
+                .query_one(sql::ESTIMATE_PARTITIONED_ROWS, &[&t.oid])
+                .await
+                .ok()?
+                .get(0);
+            return rows.and_then(|r| u64::try_from(r).ok());
+        }
         let analyzed: Option<i64> = self
             .client
             .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
@@ -1042,27 +1052,56 @@ impl PgSource {
     async fn ensure_publication(&self, bindings: &[BindingSpec]) -> Result<(), SourceError> {
         let publication = &self.endpoint.publication;
         let read_only = self.endpoint.advanced.read_only;
+        let via_root = self.server_version >= 130_000;
+        let mut partitioned = false;
         for b in bindings {
-            if b.scans_physically() {
-                let t = self.table(&b.table)?;
-                if t.replica_identity != 'f' {
-                    return Err(Failure::Setup.error(format!(
-                        "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: {}",
-                        b.table,
-                        sql::replica_identity_full(&t.table)
-                    )));
-                }
+            let t = self.table(&b.table)?;
+            partitioned |= t.partitioned;
+            if b.scans_physically() && t.partitioned {
+                return Err(Failure::Setup.error(format!(
+                    "{} is partitioned and has no key: its partitions cannot be read by ctid as one table; add a primary key (it includes the partition key)",
+                    b.table
+                )));
+            }
+            if b.scans_physically() && t.replica_identity != 'f' {
+                return Err(Failure::Setup.error(format!(
+                    "{} has no primary key and needs REPLICA IDENTITY FULL so its updates and deletes carry the old row: {}",
+                    b.table,
+                    sql::replica_identity_full(&t.table)
+                )));
             }
         }
         let exists = self
             .client
             .query_opt(
-                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                if via_root {
+                    "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1"
+                } else {
+                    "SELECT puballtables, false FROM pg_publication WHERE pubname = $1"
+                },
                 &[publication],
             )
             .await
             .map_err(|e| db_error(e, "reading pg_publication"))?;
-        let sql = sql::create_publication(publication, bindings.iter().map(|b| &b.table));
+        let sql = sql::create_publication(publication, bindings.iter().map(|b| &b.table), via_root);
+        // A partitioned table's changes must come as its own, not its partitions'.
+        if exists
+            .as_ref()
+            .is_some_and(|r| partitioned && !r.get::<_, bool>(1))
+        {
+            let alter = sql::publish_via_root(publication);
+            if read_only || !via_root {
+                return Err(Failure::Setup.error(format!(
+                    "publication {publication:?} publishes a partitioned table's changes under its partitions' names; {}",
+                    if via_root { alter } else { "PostgreSQL 13 or later is needed".into() }
+                )));
+            }
+            self.client
+                .batch_execute(&alter)
+                .await
+                .map_err(|e| db_error(e, &format!("altering publication {publication:?}")))?;
+            tracing::warn!(publication = %publication, "set publish_via_partition_root = true for the bound partitioned tables");
+        }
         match exists {
             None if read_only => Err(Failure::Setup.error(format!(
                 "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: {sql}"

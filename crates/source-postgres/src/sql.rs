@@ -74,24 +74,36 @@ pub fn xmin_filter(min: Option<u32>, max: Option<u32>) -> String {
     f
 }
 
-/// A keyed chunk: `select` from the table aliased `t`, after the cursor when `after`
-/// holds its key values as [`typed`] expressions, in key order, `rows + 1` at most.
+/// What a chunk reads: the table itself (`ONLY`: an inheritance parent's children are
+/// tables of their own, published under their own names), or a partitioned table with its
+/// partitions, whose changes are published as its own.
+pub fn relation(table: &TableRef, partitioned: bool) -> String {
+    if partitioned {
+        qualified(table)
+    } else {
+        format!("ONLY {}", qualified(table))
+    }
+}
+
+/// A keyed chunk: `select` from `relation` ([`relation`]) aliased `t`, after the cursor
+/// when `after` holds its key values as [`typed`] expressions, in key order, `rows + 1`
+/// at most.
 pub fn keyed_scan(
-    table: &TableRef,
+    relation: &str,
     select: &str,
     key: &[String],
     after: Option<&[String]>,
     filter: &str,
     rows: usize,
 ) -> String {
-    keyed_range(table, select, key, (after, None), filter, rows + 1)
+    keyed_range(relation, select, key, (after, None), filter, rows + 1)
 }
 
 /// The rows of one key range of a chunk read on several connections (`scan::ranges`):
 /// those after `after` and, with `skip`, after the key `skip` rows past `after` too (read
 /// in the same snapshot by an index scan of the key alone), in key order, at most `limit`.
 pub fn keyed_range(
-    table: &TableRef,
+    relation: &str,
     select: &str,
     key: &[String],
     (after, skip): (Option<&[String]>, Option<usize>),
@@ -99,18 +111,14 @@ pub fn keyed_range(
     limit: usize,
 ) -> String {
     let cols = key_columns("t", key);
-    let mut sql = format!(
-        "SELECT {select} FROM ONLY {} t WHERE true",
-        qualified(table)
-    );
+    let mut sql = format!("SELECT {select} FROM {relation} t WHERE true");
     if let Some(after) = after {
         sql.push_str(&format!(" AND ({cols}) > ({})", after.join(", ")));
     }
     if let Some(skip) = skip {
         let probe = key_columns("p", key);
         sql.push_str(&format!(
-            " AND ({cols}) > (SELECT {probe} FROM ONLY {} p WHERE true",
-            qualified(table)
+            " AND ({cols}) > (SELECT {probe} FROM {relation} p WHERE true"
         ));
         if let Some(after) = after {
             sql.push_str(&format!(" AND ({probe}) > ({})", after.join(", ")));
@@ -263,6 +271,10 @@ pub const FREE_CONNECTIONS: &str = "SELECT (current_setting('max_connections')::
 /// The server's version number (150004 for 15.4).
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::int";
 
+/// A partitioned table's row count: its leaf partitions' `reltuples`, those analyzed.
+pub const ESTIMATE_PARTITIONED_ROWS: &str = "SELECT sum(c.reltuples)::bigint FROM pg_partition_tree($1::oid::regclass) p \
+     JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf AND c.reltuples >= 0";
+
 /// The planner's row estimate of a relation (parameter: its OID).
 pub const ESTIMATE_ROWS: &str =
     "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1";
@@ -287,13 +299,15 @@ pub fn rows_on_first_pages(table: &TableRef, pages: i64) -> String {
     )
 }
 
-/// The statement that creates the publication for these tables (all tables when none).
+/// The statement that creates the publication for these tables (all tables when none);
+/// `via_root` (PostgreSQL 13+) publishes a partitioned table's changes as its own.
 pub fn create_publication<'a>(
     publication: &str,
     tables: impl Iterator<Item = &'a TableRef>,
+    via_root: bool,
 ) -> String {
     let names: Vec<String> = tables.map(qualified).collect();
-    if names.is_empty() {
+    let mut sql = if names.is_empty() {
         format!("CREATE PUBLICATION {}", quote(publication))
     } else {
         format!(
@@ -301,7 +315,19 @@ pub fn create_publication<'a>(
             quote(publication),
             names.join(", ")
         )
+    };
+    if via_root {
+        sql.push_str(" WITH (publish_via_partition_root = true)");
     }
+    sql
+}
+
+/// Makes an existing publication publish a partitioned table's changes as its own.
+pub fn publish_via_root(publication: &str) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+        quote(publication)
+    )
 }
 
 /// Adds `tables` (already qualified, comma-separated) to the publication.
@@ -349,13 +375,20 @@ mod tests {
     fn keyed_scans_start_after_the_cursor_and_keep_the_xid_window() {
         let key = ["id".to_string(), "name".to_string()];
         assert_eq!(
-            keyed_scan(&orders(), "t.*", &key, None, "", 10),
+            keyed_scan(&relation(&orders(), false), "t.*", &key, None, "", 10),
             "SELECT t.* FROM ONLY \"sh\"\"op\".\"orders\" t WHERE true ORDER BY t.\"id\", t.\"name\" LIMIT 11"
         );
         let after = [typed("E'1'", INT), typed("E'x'", TEXT_C)];
         let filter = xmin_filter(Some(7), None);
         assert_eq!(
-            keyed_scan(&orders(), "t.*", &key, Some(&after), &filter, 2),
+            keyed_scan(
+                &relation(&orders(), false),
+                "t.*",
+                &key,
+                Some(&after),
+                &filter,
+                2
+            ),
             "SELECT t.* FROM ONLY \"sh\"\"op\".\"orders\" t WHERE true AND (t.\"id\", t.\"name\") > (E'1'::text::integer, E'x'::text::text COLLATE \"C\") AND ((t.xmin::text::bigint - 7 + 4294967296) % 4294967296) < 2147483648 ORDER BY t.\"id\", t.\"name\" LIMIT 3"
         );
         assert_eq!(xmin_filter(None, None), "");
@@ -404,12 +437,12 @@ mod tests {
     #[test]
     fn publications_name_their_tables() {
         assert_eq!(
-            create_publication("p", std::iter::empty()),
+            create_publication("p", std::iter::empty(), false),
             "CREATE PUBLICATION \"p\""
         );
         let t = [orders()];
         assert_eq!(
-            create_publication("p", t.iter()),
+            create_publication("p", t.iter(), false),
             "CREATE PUBLICATION \"p\" FOR TABLE \"sh\"\"op\".\"orders\""
         );
         assert_eq!(

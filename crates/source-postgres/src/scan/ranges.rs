@@ -401,7 +401,14 @@ fn plan(
             // The last part reads one row more, which only says whether the table goes on.
             let limit = if last { rows + 1 } else { rows };
             Part {
-                sql: sql::keyed_range(&t.table, select, &req.binding.key, (after, skip), "", limit),
+                sql: sql::keyed_range(
+                    &sql::relation(&t.table, t.partitioned),
+                    select,
+                    &req.binding.key,
+                    (after, skip),
+                    "",
+                    limit,
+                ),
                 limits: ChunkLimits { rows, bytes },
             }
         })
