@@ -71,6 +71,7 @@ on_both_servers!(
     bad_input_fails_with_one_clear_line,
     resumes_by_gtid_on_a_promoted_replica,
     keys_are_unique_indexes_whose_columns_are_all_not_null,
+    xa_transactions_deliver_at_their_commit_and_never_when_rolled_back,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -1477,4 +1478,57 @@ fn mariadbs_pre_10_1_temporal_columns_render_the_same_on_both_paths() {
     let second = cap.capture();
     assert!(second.ok, "{}", second.stderr);
     same_but_id(&backfilled, &docs(&second.lines));
+}
+
+/// XA transactions commit at `XA COMMIT`: a rolled-back one delivers nothing, a prepared
+/// one delivers its rows when it commits, a one-phase one at once. A capture that
+/// restarted between a prepare and its commit cannot read the rows again, and stops with
+/// the remedy rather than lose them in silence.
+fn xa_transactions_deliver_at_their_commit_and_never_when_rolled_back(
+    (binary, db): (PathBuf, MariaDbServer),
+) {
+    db.sql("CREATE TABLE test.xa (id INT PRIMARY KEY, v INT); INSERT INTO test.xa VALUES (1, 1)")
+        .unwrap();
+    let cap = Capture::new(&binary, &format!("xa-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "xa"}, "target": "xa"}]}));
+    assert!(cap.capture().ok);
+    // Each statement list is a session of its own: a prepared XA outlives its session.
+    for sql in [
+        "XA START 'a'; INSERT INTO test.xa VALUES (2, 2); XA END 'a'; XA PREPARE 'a'; XA ROLLBACK 'a'",
+        "XA START 'b'; INSERT INTO test.xa VALUES (3, 3); UPDATE test.xa SET v = 10 WHERE id = 1; XA END 'b'; XA PREPARE 'b'",
+        "INSERT INTO test.xa VALUES (5, 5)",
+        "XA COMMIT 'b'",
+        "XA START 'c'; INSERT INTO test.xa VALUES (4, 4); XA END 'c'; XA COMMIT 'c' ONE PHASE",
+    ] {
+        db.sql(sql).unwrap();
+    }
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let seen: Vec<(i64, i64)> = docs(&out.lines)
+        .iter()
+        .map(|d| (d["id"].as_i64().unwrap(), d["v"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(5, 5), (3, 3), (1, 10), (4, 4)],
+        "in commit order, nothing of 'a'"
+    );
+    let pos: Vec<Vec<u64>> = docs(&out.lines)
+        .iter()
+        .map(|d| serde_json::from_value(d["_meta"]["source"]["pos"].clone()).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "{pos:?}");
+    // Prepared while the capture runs to its end, committed after it stopped.
+    db.sql("XA START 'd'; INSERT INTO test.xa VALUES (6, 6); XA END 'd'; XA PREPARE 'd'")
+        .unwrap();
+    assert!(cap.capture().ok);
+    db.sql("XA COMMIT 'd'").unwrap();
+    let lost = cap.capture();
+    assert!(!lost.ok, "{:?}", lost.lines);
+    assert!(
+        lost.stderr.contains("XA COMMIT") && lost.stderr.contains("raise `backfill`"),
+        "{}",
+        lost.stderr
+    );
 }

@@ -4,6 +4,12 @@
 //!   `XID` (or a `COMMIT` query) commits it at the event's end position; a standalone GTID
 //!   with a query is a DDL: the catalog of the captured tables is read again, and the
 //!   transaction commits.
+//! * An XA transaction commits at its `XA COMMIT`, not where its rows are logged: its
+//!   rows (between `XA START`, or MariaDB's GTID flagged prepared-XA, and the
+//!   `XA_PREPARE` event) are held by xid, delivered at `XA COMMIT` with that event's
+//!   positions, and dropped at `XA ROLLBACK`; a one-phase XA commits at its `XA_PREPARE`.
+//!   An `XA COMMIT` of an xid this run did not see prepared (the capture restarted in
+//!   between) stops the capture: its rows cannot be read again.
 //! * Heartbeats (`@master_heartbeat_period`, half a second) carry the server's position
 //!   on an idle server: they become `Progress` between transactions.
 //! * Column names come with every table map (`binlog_row_metadata=FULL`), so a row is
@@ -110,7 +116,18 @@ pub struct MyStream {
     /// End offset of the last event read (for messages).
     last_end: u64,
     pending: VecDeque<StreamEvent<BinlogPosition>>,
+    /// The XA transaction being logged (`XA START` to `XA_PREPARE`): its xid when known
+    /// yet, and its changes, held.
+    xa: Option<(Option<String>, Vec<Change>)>,
+    /// Prepared XA transactions' changes by xid, until `XA COMMIT` or `XA ROLLBACK`.
+    prepared: std::collections::HashMap<String, Vec<Change>>,
 }
+
+/// `XA_PREPARE_LOG_EVENT`: an XA transaction is prepared (or, one-phase, committed).
+pub const XA_PREPARE_LOG_EVENT: u8 = 0x26;
+
+/// MariaDB's GTID event flag of a transaction that is an XA PREPARE.
+const MARIADB_FL_PREPARED_XA: u8 = 64;
 
 impl std::fmt::Debug for MyStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,6 +213,8 @@ impl MyStream {
             file_base: at.file_base,
             last_end: at.pos,
             pending: VecDeque::new(),
+            xa: None,
+            prepared: std::collections::HashMap::new(),
         };
         this.pass_the_floor().await?;
         Ok(this)
@@ -303,6 +322,13 @@ impl MyStream {
     ) -> Result<bool, SourceError> {
         match kind {
             MARIADB_GTID_EVENT => {
+                if event
+                    .data()
+                    .get(12)
+                    .is_some_and(|flags| flags & MARIADB_FL_PREPARED_XA != 0)
+                {
+                    self.xa = Some((None, Vec::new()));
+                }
                 if let Some(gtid) = mariadb_gtid(event.data(), event.header().server_id()) {
                     self.gtid = Some(gtid.to_string());
                     if let Some(Gtids::MariaDb(state)) = &mut self.gtids {
@@ -376,6 +402,9 @@ impl MyStream {
                 if text == "BEGIN" {
                     return Ok(());
                 }
+                if let Some(xa) = xa_statement(&text) {
+                    return self.xa_statement(xa, end, ts_ms);
+                }
                 if !text.starts_with("COMMIT") {
                     // A DDL (or a non-transactional statement): follow the schema.
                     self.reload_catalog().await?;
@@ -386,7 +415,56 @@ impl MyStream {
                 self.commit(end, ts_ms);
             }
             EventData::RowsEvent(rows) => self.rows_event(&rows, end, ts_ms).await?,
+            EventData::XaPrepareLogEvent(body) => {
+                let (xid, changes) = self.xa.take().unwrap_or_default();
+                if body.first() == Some(&1) {
+                    // One phase: this is the commit.
+                    self.pending
+                        .extend(changes.into_iter().map(StreamEvent::Change));
+                } else {
+                    let xid = xid.ok_or_else(|| {
+                        Failure::Malformed.error(format!(
+                            "an XA PREPARE at {}:{end} without its XA START or XA END",
+                            self.file
+                        ))
+                    })?;
+                    self.prepared.insert(xid, changes);
+                }
+                self.commit(end, ts_ms);
+            }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// An XA statement logged as a query (see the module docs).
+    fn xa_statement(&mut self, xa: Xa<'_>, end: u64, ts_ms: i64) -> Result<(), SourceError> {
+        match xa {
+            Xa::Start(xid) => self.xa = Some((Some(xid.to_string()), Vec::new())),
+            Xa::End(xid) => {
+                if let Some((known, _)) = &mut self.xa {
+                    known.get_or_insert_with(|| xid.to_string());
+                }
+            }
+            Xa::Commit(xid) => {
+                let Some(changes) = self.prepared.remove(xid) else {
+                    return Err(Failure::Setup.error(format!(
+                        "XA COMMIT {xid} at {}:{end}: its rows were logged at its XA PREPARE, before this capture read the binlog (it restarted in between), and cannot be read again; raise `backfill` of every binding, which starts the stream past this point",
+                        self.file
+                    )));
+                };
+                // Delivered here, so their positions are this event's.
+                let file_no = file_number(&self.file) + self.file_base;
+                for (i, mut change) in (0u64..).zip(changes) {
+                    change.meta.pos = vec![file_no, end, i];
+                    self.pending.push_back(StreamEvent::Change(change));
+                }
+                self.commit(end, ts_ms);
+            }
+            Xa::Rollback(xid) => {
+                self.prepared.remove(xid);
+                self.commit(end, ts_ms);
+            }
         }
         Ok(())
     }
@@ -442,7 +520,7 @@ impl MyStream {
             f.push_str("cursor", &format!("{}:{end}", self.file));
             Arc::new(f)
         };
-        let pending = &mut self.pending;
+        let (pending, mut held) = (&mut self.pending, self.xa.as_mut().map(|(_, held)| held));
         let mut i = 0u64;
         decode_each(rows, &columns, undecodable, |before, after| {
             let meta = ChangeMeta {
@@ -452,7 +530,10 @@ impl MyStream {
             // A row with no image still takes its place in `pos`.
             i += 1;
             if let Some(change) = images.change(bound.index, before, after, meta)? {
-                pending.push_back(StreamEvent::Change(change));
+                match held.as_mut() {
+                    Some(held) => held.push(change),
+                    None => pending.push_back(StreamEvent::Change(change)),
+                }
             }
             Ok(())
         })
@@ -779,8 +860,32 @@ pub fn parsed_by_the_stream(event_type: u8) -> bool {
             | TABLE_MAP_EVENT
             | HEARTBEAT_EVENT
             | PARTIAL_UPDATE_ROWS_EVENT
+            | XA_PREPARE_LOG_EVENT
     ) || ROWS_V1_EVENTS.contains(&event_type)
         || ROWS_V2_EVENTS.contains(&event_type)
+}
+
+/// An XA statement as the binlog logs it (upper-cased query text), with its xid as
+/// the server prints it (`X'61',X'',1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Xa<'a> {
+    Start(&'a str),
+    End(&'a str),
+    Commit(&'a str),
+    Rollback(&'a str),
+}
+
+fn xa_statement(text: &str) -> Option<Xa<'_>> {
+    let rest = text.strip_prefix("XA ")?;
+    let (verb, xid) = rest.split_once(' ')?;
+    let xid = xid.trim();
+    Some(match verb {
+        "START" | "BEGIN" => Xa::Start(xid),
+        "END" => Xa::End(xid),
+        "COMMIT" => Xa::Commit(xid.strip_suffix(" ONE PHASE").unwrap_or(xid)),
+        "ROLLBACK" => Xa::Rollback(xid),
+        _ => return None,
+    })
 }
 
 /// The GTID of a MariaDB GTID event's body: sequence number (8 bytes, little-endian)
@@ -889,6 +994,38 @@ impl MyStream {
                 .ok_or_else(|| Failure::Interrupted.error("the server closed the binlog stream"))?
                 .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Xa, xa_statement};
+
+    #[test]
+    fn xa_statements_are_read_with_their_xids() {
+        assert_eq!(
+            xa_statement("XA START X'61',X'',1"),
+            Some(Xa::Start("X'61',X'',1"))
+        );
+        assert_eq!(
+            xa_statement("XA END X'61',X'',1"),
+            Some(Xa::End("X'61',X'',1"))
+        );
+        assert_eq!(
+            xa_statement("XA COMMIT X'61',X'',1"),
+            Some(Xa::Commit("X'61',X'',1"))
+        );
+        assert_eq!(
+            xa_statement("XA COMMIT X'61',X'',1 ONE PHASE"),
+            Some(Xa::Commit("X'61',X'',1"))
+        );
+        assert_eq!(
+            xa_statement("XA ROLLBACK X'61',X'',1"),
+            Some(Xa::Rollback("X'61',X'',1"))
+        );
+        for other in ["XA RECOVER", "ALTER TABLE XA ADD c INT", "COMMIT", "XA"] {
+            assert_eq!(xa_statement(other), None, "{other}");
         }
     }
 }
