@@ -72,6 +72,7 @@ on_both_servers!(
     resumes_by_gtid_on_a_promoted_replica,
     keys_are_unique_indexes_whose_columns_are_all_not_null,
     xa_transactions_deliver_at_their_commit_and_never_when_rolled_back,
+    savepoints_stay_inside_their_transaction,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -1530,5 +1531,45 @@ fn xa_transactions_deliver_at_their_commit_and_never_when_rolled_back(
         lost.stderr.contains("XA COMMIT") && lost.stderr.contains("raise `backfill`"),
         "{}",
         lost.stderr
+    );
+}
+
+/// A transaction with savepoints (ORMs nest transactions so) is one transaction: the
+/// `SAVEPOINT` queries inside it do not end it, and the rows rolled back to a savepoint
+/// are not delivered.
+fn savepoints_stay_inside_their_transaction((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql("CREATE TABLE test.sp (id INT PRIMARY KEY, v INT); INSERT INTO test.sp VALUES (1, 1)")
+        .unwrap();
+    let cap = Capture::new(&binary, &format!("savepoints-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "sp"}, "target": "sp"}]}));
+    assert!(cap.capture().ok);
+    db.sql(
+        "BEGIN; INSERT INTO test.sp VALUES (2, 2); SAVEPOINT s1; INSERT INTO test.sp VALUES (3, 3);
+         ROLLBACK TO SAVEPOINT s1; INSERT INTO test.sp VALUES (4, 4); SAVEPOINT s2;
+         UPDATE test.sp SET v = 9 WHERE id = 1; RELEASE SAVEPOINT s2; COMMIT",
+    )
+    .unwrap();
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let seen: Vec<(i64, i64)> = docs(&out.lines)
+        .iter()
+        .map(|d| (d["id"].as_i64().unwrap(), d["v"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(seen, [(2, 2), (4, 4), (1, 9)]);
+    // One transaction: no checkpoint between its first and its last change.
+    let at: Vec<usize> = out
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"doc\""))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !out.lines[at[0]..=at[2]]
+            .iter()
+            .any(|l| l.contains("\"checkpoint\"")),
+        "{:#?}",
+        out.lines
     );
 }

@@ -4,6 +4,8 @@
 //!   `XID` (or a `COMMIT` query) commits it at the event's end position; a standalone GTID
 //!   with a query is a DDL: the catalog of the captured tables is read again, and the
 //!   transaction commits.
+//! * `SAVEPOINT`, `ROLLBACK TO` and `RELEASE SAVEPOINT` queries inside a transaction are
+//!   places in it, not statements that end it (ORMs nest transactions with them).
 //! * An XA transaction commits at its `XA COMMIT`, not where its rows are logged: its
 //!   rows (between `XA START`, or MariaDB's GTID flagged prepared-XA, and the
 //!   `XA_PREPARE` event) are held by xid, delivered at `XA COMMIT` with that event's
@@ -404,6 +406,15 @@ impl MyStream {
                 }
                 if let Some(xa) = xa_statement(&text) {
                     return self.xa_statement(xa, end, ts_ms);
+                }
+                // Inside a transaction: its rows rolled back to a savepoint are not in the
+                // binlog (the server truncates the transaction's cache), so these only
+                // mark places; the transaction goes on.
+                if ["SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT"]
+                    .iter()
+                    .any(|p| text.starts_with(p))
+                {
+                    return Ok(());
                 }
                 if !text.starts_with("COMMIT") {
                     // A DDL (or a non-transactional statement): follow the schema.
