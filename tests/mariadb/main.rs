@@ -73,6 +73,7 @@ on_both_servers!(
     keys_are_unique_indexes_whose_columns_are_all_not_null,
     xa_transactions_deliver_at_their_commit_and_never_when_rolled_back,
     savepoints_stay_inside_their_transaction,
+    a_truncate_is_delivered_as_a_truncate,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -1569,6 +1570,43 @@ fn savepoints_stay_inside_their_transaction((binary, db): (PathBuf, MariaDbServe
         !out.lines[at[0]..=at[2]]
             .iter()
             .any(|l| l.contains("\"checkpoint\"")),
+        "{:#?}",
+        out.lines
+    );
+}
+
+/// `TRUNCATE TABLE` is logged as a query, not as row deletes: it is delivered as a
+/// truncate (before, it was taken for a DDL and the rows stayed downstream), whether named
+/// from the table's database or qualified from another.
+fn a_truncate_is_delivered_as_a_truncate((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql("CREATE TABLE test.tr (id INT PRIMARY KEY, v INT); INSERT INTO test.tr VALUES (1, 1), (2, 2); CREATE TABLE test.other (id INT PRIMARY KEY)")
+        .unwrap();
+    let cap = Capture::new(&binary, &format!("truncate-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "tr"}, "target": "tr"}]}));
+    assert!(cap.capture().ok);
+    db.sql("USE test; TRUNCATE TABLE tr; INSERT INTO tr VALUES (3, 3); TRUNCATE other")
+        .unwrap();
+    db.sql("USE mysql; INSERT INTO test.tr VALUES (4, 4); TRUNCATE `test`.`tr`; INSERT INTO test.tr VALUES (5, 5)")
+        .unwrap();
+    let out = cap.capture();
+    assert!(out.ok, "{}", out.stderr);
+    let events: Vec<String> = out
+        .lines
+        .iter()
+        .filter(|l| !l.contains("\"checkpoint\""))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            match v.get("doc") {
+                Some(d) => format!("{}{}", d["_meta"]["op"].as_str().unwrap(), d["id"]),
+                None if l.contains("\"truncate\"") => "truncate".to_string(),
+                None => l.clone(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["truncate", "c3", "c4", "truncate", "c5"],
         "{:#?}",
         out.lines
     );

@@ -416,6 +416,32 @@ impl MyStream {
                 {
                     return Ok(());
                 }
+                if let Some((db, table)) = truncated_table(&q.query(), &q.schema())
+                    && let Some(bound) = self.bindings.get(&db, &table)
+                {
+                    // Every row of a bound table removed: a truncate, in a statement
+                    // of its own.
+                    let binding = bound.index;
+                    if !self.in_txn {
+                        self.pending.push_back(StreamEvent::Begin);
+                    }
+                    let mut fields = Row::with_capacity(3, 96);
+                    fields.push_i64("ts_ms", ts_ms);
+                    if let Some(g) = &self.gtid {
+                        fields.push_str("txid", g);
+                    }
+                    fields.push_str("cursor", &format!("{}:{end}", self.file));
+                    let meta = ChangeMeta {
+                        pos: vec![file_number(&self.file) + self.file_base, end, 0],
+                        fields: Arc::new(fields),
+                    };
+                    self.pending.push_back(StreamEvent::Truncate {
+                        bindings: vec![binding],
+                        meta,
+                    });
+                    self.commit(end, ts_ms);
+                    return Ok(());
+                }
                 if !text.starts_with("COMMIT") {
                     // A DDL (or a non-transactional statement): follow the schema.
                     self.reload_catalog().await?;
@@ -876,6 +902,65 @@ pub fn parsed_by_the_stream(event_type: u8) -> bool {
         || ROWS_V2_EVENTS.contains(&event_type)
 }
 
+/// The table a `TRUNCATE [TABLE] [db.]name` query empties, as (database, table), the
+/// database defaulting to the query's; `None` for any other query. Names may be
+/// backquoted (a doubled backquote inside is one); comments before the statement are
+/// skipped.
+fn truncated_table(query: &str, default_db: &str) -> Option<(String, String)> {
+    let mut rest = query.trim_start();
+    while let Some(after) = rest.strip_prefix("/*") {
+        rest = after.split_once("*/")?.1.trim_start();
+    }
+    let keyword = |rest: &mut &str, word: &str| {
+        let head = rest.get(..word.len())?;
+        let next = rest[word.len()..].chars().next();
+        if head.eq_ignore_ascii_case(word) && next.is_none_or(|c| c.is_whitespace() || c == '`') {
+            *rest = rest[word.len()..].trim_start();
+            Some(())
+        } else {
+            None
+        }
+    };
+    keyword(&mut rest, "TRUNCATE")?;
+    let _ = keyword(&mut rest, "TABLE");
+    let ident = |rest: &mut &str| -> Option<String> {
+        if let Some(quoted) = rest.strip_prefix('`') {
+            let mut name = String::new();
+            let mut chars = quoted.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if c == '`' {
+                    if chars.peek().map(|&(_, n)| n) == Some('`') {
+                        chars.next();
+                        name.push('`');
+                        continue;
+                    }
+                    *rest = &quoted[i + 1..];
+                    return Some(name);
+                }
+                name.push(c);
+            }
+            None
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            let name = rest[..end].to_string();
+            *rest = &rest[end..];
+            (!name.is_empty()).then_some(name)
+        }
+    };
+    let first = ident(&mut rest)?;
+    let (db, table) = match rest.strip_prefix('.') {
+        Some(after) => {
+            rest = after;
+            (first, ident(&mut rest)?)
+        }
+        None => (default_db.to_string(), first),
+    };
+    let tail = rest.trim().trim_end_matches(';').trim();
+    tail.is_empty().then_some((db, table))
+}
+
 /// An XA statement as the binlog logs it (upper-cased query text), with its xid as
 /// the server prints it (`X'61',X'',1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1011,7 +1096,27 @@ impl MyStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{Xa, xa_statement};
+    use super::{Xa, truncated_table, xa_statement};
+
+    #[test]
+    fn truncates_name_their_table() {
+        let t = |q: &str| truncated_table(q, "shop");
+        let named = |db: &str, table: &str| Some((db.to_string(), table.to_string()));
+        assert_eq!(t("TRUNCATE TABLE orders"), named("shop", "orders"));
+        assert_eq!(t("truncate orders"), named("shop", "orders"));
+        assert_eq!(t("TRUNCATE `other`.`or``ders`"), named("other", "or`ders"));
+        assert_eq!(t("/* app */ TRUNCATE TABLE x.y;"), named("x", "y"));
+        assert_eq!(t("TRUNCATE TABLE `my table`"), named("shop", "my table"));
+        for other in [
+            "TRUNCATED",
+            "TRUNCATE TABLE a, b",
+            "DROP TABLE t",
+            "TRUNCATE",
+            "TRUNCATE TABLE `x",
+        ] {
+            assert_eq!(t(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn xa_statements_are_read_with_their_xids() {
