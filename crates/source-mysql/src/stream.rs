@@ -30,6 +30,8 @@
 //!   for before each chunk's snapshot (see [`crate::scan`]), so every one of them is
 //!   visible to the backfill. Opening returns once the stream has passed the floor.
 
+mod statement;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +59,7 @@ use crate::position::{BinlogPosition, Gtid, GtidSet, Gtids, file_number, uuid_st
 use crate::rows::{Cell, ColumnPlan, Image, decode_each, plan};
 use crate::sql;
 use crate::value::{key_value, render_cell};
+use statement::{Statement, Xa};
 
 /// MariaDB's GTID event type (opens a transaction; not in mysql_common's `EventType`).
 pub const MARIADB_GTID_EVENT: u8 = 162;
@@ -404,7 +407,7 @@ impl MyStream {
                 if text == "BEGIN" {
                     return Ok(());
                 }
-                if let Some(xa) = xa_statement(&text) {
+                if let Some(xa) = statement::xa(&text) {
                     return self.xa_statement(xa, end, ts_ms);
                 }
                 // Inside a transaction: its rows rolled back to a savepoint are not in the
@@ -416,30 +419,9 @@ impl MyStream {
                 {
                     return Ok(());
                 }
-                if let Some((db, table)) = truncated_table(&q.query(), &q.schema())
-                    && let Some(bound) = self.bindings.get(&db, &table)
+                if let Some(statement) = statement::parse(&q.query(), &q.schema())
+                    && self.bound_tables_statement(&statement, end, ts_ms)?
                 {
-                    // Every row of a bound table removed: a truncate, in a statement
-                    // of its own.
-                    let binding = bound.index;
-                    if !self.in_txn {
-                        self.pending.push_back(StreamEvent::Begin);
-                    }
-                    let mut fields = Row::with_capacity(3, 96);
-                    fields.push_i64("ts_ms", ts_ms);
-                    if let Some(g) = &self.gtid {
-                        fields.push_str("txid", g);
-                    }
-                    fields.push_str("cursor", &format!("{}:{end}", self.file));
-                    let meta = ChangeMeta {
-                        pos: vec![file_number(&self.file) + self.file_base, end, 0],
-                        fields: Arc::new(fields),
-                    };
-                    self.pending.push_back(StreamEvent::Truncate {
-                        bindings: vec![binding],
-                        meta,
-                    });
-                    self.commit(end, ts_ms);
                     return Ok(());
                 }
                 if !text.starts_with("COMMIT") {
@@ -472,6 +454,72 @@ impl MyStream {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A statement about bound tables (`statement::parse`): a truncate of one is
+    /// delivered; a drop, or a rename that leaves its name to no other table, stops the
+    /// capture with the remedy (the name may be taken by a new table the stream must not
+    /// take for the old one). A rename that puts another table under the bound name in the
+    /// same statement (the swap of an online schema change, gh-ost or pt-osc) is followed.
+    /// `true` when the statement was a bound table's truncate, delivered here.
+    fn bound_tables_statement(
+        &mut self,
+        statement: &Statement,
+        end: u64,
+        ts_ms: i64,
+    ) -> Result<bool, SourceError> {
+        let bound = |(db, table): &statement::Name| self.bindings.get(db, table).is_some();
+        let at = format!("{}:{end}", self.file);
+        match statement {
+            Statement::Truncate(name) => {
+                let Some(binding) = self.bindings.get(&name.0, &name.1).map(|b| b.index) else {
+                    return Ok(false);
+                };
+                // Every row of a bound table removed: a truncate, in a statement of its
+                // own.
+                if !self.in_txn {
+                    self.pending.push_back(StreamEvent::Begin);
+                }
+                let mut fields = Row::with_capacity(3, 96);
+                fields.push_i64("ts_ms", ts_ms);
+                if let Some(g) = &self.gtid {
+                    fields.push_str("txid", g);
+                }
+                fields.push_str("cursor", &at);
+                let meta = ChangeMeta {
+                    pos: vec![file_number(&self.file) + self.file_base, end, 0],
+                    fields: Arc::new(fields),
+                };
+                self.pending.push_back(StreamEvent::Truncate {
+                    bindings: vec![binding],
+                    meta,
+                });
+                self.commit(end, ts_ms);
+                Ok(true)
+            }
+            Statement::Drop(names) => match names.iter().find(|n| bound(n)) {
+                Some((db, table)) => Err(Failure::Lost.error(format!(
+                    "{db}.{table} was dropped at {at}: remove its binding, or, once it is created again, raise its `backfill`"
+                ))),
+                None => Ok(false),
+            },
+            Statement::Rename(pairs) => {
+                let left = pairs
+                    .iter()
+                    .find(|(from, _)| bound(from) && !pairs.iter().any(|(_, to)| to == from));
+                match left {
+                    Some(((db, table), (to_db, to))) => Err(Failure::Lost.error(format!(
+                        "{db}.{table} was renamed to {to_db}.{to} at {at}: point its binding at the new name and raise its `backfill`"
+                    ))),
+                    None => {
+                        if let Some(((db, table), _)) = pairs.iter().find(|(from, _)| bound(from)) {
+                            tracing::warn!(table = %format!("{db}.{table}"), at = %at, "a bound table was swapped for another under its name (an online schema change?); following the name");
+                        }
+                        Ok(false)
+                    }
+                }
+            }
+        }
     }
 
     /// An XA statement logged as a query (see the module docs).
@@ -902,88 +950,6 @@ pub fn parsed_by_the_stream(event_type: u8) -> bool {
         || ROWS_V2_EVENTS.contains(&event_type)
 }
 
-/// The table a `TRUNCATE [TABLE] [db.]name` query empties, as (database, table), the
-/// database defaulting to the query's; `None` for any other query. Names may be
-/// backquoted (a doubled backquote inside is one); comments before the statement are
-/// skipped.
-fn truncated_table(query: &str, default_db: &str) -> Option<(String, String)> {
-    let mut rest = query.trim_start();
-    while let Some(after) = rest.strip_prefix("/*") {
-        rest = after.split_once("*/")?.1.trim_start();
-    }
-    let keyword = |rest: &mut &str, word: &str| {
-        let head = rest.get(..word.len())?;
-        let next = rest[word.len()..].chars().next();
-        if head.eq_ignore_ascii_case(word) && next.is_none_or(|c| c.is_whitespace() || c == '`') {
-            *rest = rest[word.len()..].trim_start();
-            Some(())
-        } else {
-            None
-        }
-    };
-    keyword(&mut rest, "TRUNCATE")?;
-    let _ = keyword(&mut rest, "TABLE");
-    let ident = |rest: &mut &str| -> Option<String> {
-        if let Some(quoted) = rest.strip_prefix('`') {
-            let mut name = String::new();
-            let mut chars = quoted.char_indices().peekable();
-            while let Some((i, c)) = chars.next() {
-                if c == '`' {
-                    if chars.peek().map(|&(_, n)| n) == Some('`') {
-                        chars.next();
-                        name.push('`');
-                        continue;
-                    }
-                    *rest = &quoted[i + 1..];
-                    return Some(name);
-                }
-                name.push(c);
-            }
-            None
-        } else {
-            let end = rest
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(rest.len());
-            let name = rest[..end].to_string();
-            *rest = &rest[end..];
-            (!name.is_empty()).then_some(name)
-        }
-    };
-    let first = ident(&mut rest)?;
-    let (db, table) = match rest.strip_prefix('.') {
-        Some(after) => {
-            rest = after;
-            (first, ident(&mut rest)?)
-        }
-        None => (default_db.to_string(), first),
-    };
-    let tail = rest.trim().trim_end_matches(';').trim();
-    tail.is_empty().then_some((db, table))
-}
-
-/// An XA statement as the binlog logs it (upper-cased query text), with its xid as
-/// the server prints it (`X'61',X'',1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Xa<'a> {
-    Start(&'a str),
-    End(&'a str),
-    Commit(&'a str),
-    Rollback(&'a str),
-}
-
-fn xa_statement(text: &str) -> Option<Xa<'_>> {
-    let rest = text.strip_prefix("XA ")?;
-    let (verb, xid) = rest.split_once(' ')?;
-    let xid = xid.trim();
-    Some(match verb {
-        "START" | "BEGIN" => Xa::Start(xid),
-        "END" => Xa::End(xid),
-        "COMMIT" => Xa::Commit(xid.strip_suffix(" ONE PHASE").unwrap_or(xid)),
-        "ROLLBACK" => Xa::Rollback(xid),
-        _ => return None,
-    })
-}
-
 /// The GTID of a MariaDB GTID event's body: sequence number (8 bytes, little-endian)
 /// then domain id (4 bytes) and flags; `None` when too short.
 pub fn mariadb_gtid(body: &[u8], server_id: u32) -> Option<Gtid> {
@@ -1090,58 +1056,6 @@ impl MyStream {
                 .ok_or_else(|| Failure::Interrupted.error("the server closed the binlog stream"))?
                 .map_err(|e| my_error(e, "reading the binlog"))?;
             self.handle(event).await?;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Xa, truncated_table, xa_statement};
-
-    #[test]
-    fn truncates_name_their_table() {
-        let t = |q: &str| truncated_table(q, "shop");
-        let named = |db: &str, table: &str| Some((db.to_string(), table.to_string()));
-        assert_eq!(t("TRUNCATE TABLE orders"), named("shop", "orders"));
-        assert_eq!(t("truncate orders"), named("shop", "orders"));
-        assert_eq!(t("TRUNCATE `other`.`or``ders`"), named("other", "or`ders"));
-        assert_eq!(t("/* app */ TRUNCATE TABLE x.y;"), named("x", "y"));
-        assert_eq!(t("TRUNCATE TABLE `my table`"), named("shop", "my table"));
-        for other in [
-            "TRUNCATED",
-            "TRUNCATE TABLE a, b",
-            "DROP TABLE t",
-            "TRUNCATE",
-            "TRUNCATE TABLE `x",
-        ] {
-            assert_eq!(t(other), None, "{other}");
-        }
-    }
-
-    #[test]
-    fn xa_statements_are_read_with_their_xids() {
-        assert_eq!(
-            xa_statement("XA START X'61',X'',1"),
-            Some(Xa::Start("X'61',X'',1"))
-        );
-        assert_eq!(
-            xa_statement("XA END X'61',X'',1"),
-            Some(Xa::End("X'61',X'',1"))
-        );
-        assert_eq!(
-            xa_statement("XA COMMIT X'61',X'',1"),
-            Some(Xa::Commit("X'61',X'',1"))
-        );
-        assert_eq!(
-            xa_statement("XA COMMIT X'61',X'',1 ONE PHASE"),
-            Some(Xa::Commit("X'61',X'',1"))
-        );
-        assert_eq!(
-            xa_statement("XA ROLLBACK X'61',X'',1"),
-            Some(Xa::Rollback("X'61',X'',1"))
-        );
-        for other in ["XA RECOVER", "ALTER TABLE XA ADD c INT", "COMMIT", "XA"] {
-            assert_eq!(xa_statement(other), None, "{other}");
         }
     }
 }
