@@ -75,6 +75,7 @@ on_both_servers!(
     savepoints_stay_inside_their_transaction,
     a_truncate_is_delivered_as_a_truncate,
     a_renamed_table_stops_and_a_swapped_one_is_followed,
+    a_write_logged_as_a_statement_stops_the_capture,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -1659,4 +1660,32 @@ fn a_renamed_table_stops_and_a_swapped_one_is_followed((binary, db): (PathBuf, M
         .map(|d| d["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, [4], "nothing of the new table");
+}
+
+/// A session that logs statements (`binlog_format` STATEMENT) writes no rows to the
+/// binlog: such a write to a bound table stops the capture with the remedy (before, it
+/// was taken for a DDL and the change never arrived); one to another table does not.
+fn a_write_logged_as_a_statement_stops_the_capture((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql("CREATE TABLE test.st (id INT PRIMARY KEY, v INT); CREATE TABLE test.elsewhere (id INT PRIMARY KEY); INSERT INTO test.st VALUES (1, 1)")
+        .unwrap();
+    let cap = Capture::new(&binary, &format!("statement-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "st"}, "target": "st"}]}));
+    assert!(cap.capture().ok);
+    db.sql("SET SESSION binlog_format = 'STATEMENT'; INSERT INTO test.elsewhere VALUES (1)")
+        .unwrap();
+    db.sql("INSERT INTO test.st VALUES (2, 2)").unwrap();
+    let fine = cap.capture();
+    assert!(fine.ok, "{}", fine.stderr);
+    assert_eq!(docs(&fine.lines).len(), 1);
+    db.sql("SET SESSION binlog_format = 'STATEMENT'; UPDATE test.st SET v = 5 WHERE id = 1")
+        .unwrap();
+    let stopped = cap.capture();
+    assert!(!stopped.ok);
+    assert!(
+        stopped.stderr.contains("test.st was written")
+            && stopped.stderr.contains("binlog_format = ROW"),
+        "{}",
+        stopped.stderr
+    );
 }

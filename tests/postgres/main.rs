@@ -1604,3 +1604,49 @@ fn a_partitioned_table_backfills_and_streams_as_one_table() {
         refused.stderr
     );
 }
+
+/// A publication that leaves out kinds of change, rows or columns of a bound table (the
+/// backfill reads it whole) is refused by `check` and `capture` with the statement that
+/// mends it; mended, the capture runs.
+#[test]
+fn a_publication_that_filters_changes_is_refused_with_the_remedy() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql(
+        "CREATE TABLE pf (id int PRIMARY KEY, v int, secret text); INSERT INTO pf VALUES (1, 1, 's');
+         CREATE PUBLICATION only_inserts FOR TABLE pf WITH (publish = 'insert');
+         CREATE PUBLICATION some_rows FOR TABLE pf WHERE (v > 0);
+         CREATE PUBLICATION some_columns FOR TABLE pf (id, v)",
+    )
+    .unwrap();
+    for (publication, says) in [
+        (
+            "only_inserts",
+            "publish = 'insert, update, delete, truncate'",
+        ),
+        ("some_rows", "some rows (a WHERE clause)"),
+        ("some_columns", "some columns"),
+    ] {
+        let cap = Capture::new(&binary, &format!("pf-{publication}"));
+        cap.config(&json!({"endpoint": endpoint(&pg, json!({"publication": publication, "slot": format!("slot_{publication}")})),
+                            "bindings": [binding("pf", "", 0)]}));
+        let check = cap.run(&["check"]);
+        let report = check.lines.join("\n");
+        assert!(
+            !check.ok && report.contains(says),
+            "{publication}: {report}"
+        );
+        let run = cap.capture();
+        assert!(
+            !run.ok && run.stderr.contains(says),
+            "{publication}: {}",
+            run.stderr
+        );
+    }
+    pg.sql("ALTER PUBLICATION some_rows SET TABLE pf").unwrap();
+    let cap = Capture::new(&binary, "pf-mended");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"publication": "some_rows", "slot": "slot_mended"})),
+                        "bindings": [binding("pf", "", 0)]}));
+    let run = cap.capture();
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(docs(&run.lines, 0).len(), 1);
+}

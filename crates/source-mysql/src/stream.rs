@@ -497,6 +497,13 @@ impl MyStream {
                 self.commit(end, ts_ms);
                 Ok(true)
             }
+            Statement::Write(name) if bound(name) => {
+                let (db, table) = name;
+                Err(Failure::Setup.error(format!(
+                    "{db}.{table} was written at {at} by a statement logged as a statement, not as rows (a session with binlog_format STATEMENT or MIXED): its rows are not in the binlog. Make every session log rows (SET GLOBAL binlog_format = ROW, and reconnect the writers), then raise the binding's `backfill`"
+                )))
+            }
+            Statement::Write(_) => Ok(false),
             Statement::Drop(names) => match names.iter().find(|n| bound(n)) {
                 Some((db, table)) => Err(Failure::Lost.error(format!(
                     "{db}.{table} was dropped at {at}: remove its binding, or, once it is created again, raise its `backfill`"

@@ -128,6 +128,21 @@ impl Connector for PostgresConnector {
             .await
             .map(|r| r.get(0))
             .unwrap_or(false);
+        if publication.is_some() {
+            let tables: Vec<_> = bindings.iter().map(|b| b.resource.table()).collect();
+            let defects = crate::scan::publication_defects(
+                client,
+                &endpoint.publication,
+                source.server_version(),
+                &tables,
+            )
+            .await?;
+            items.extend(
+                defects
+                    .into_iter()
+                    .map(|d| CheckItem::new("publication filters", false, d)),
+            );
+        }
         items.push(
             match (
                 publication.is_some(),

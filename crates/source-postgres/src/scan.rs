@@ -50,6 +50,7 @@
 use std::cmp::Ordering;
 
 use backfill_core::key::{Hi, Key, Region};
+use backfill_core::source::TableRef;
 use backfill_core::source::{
     BindingSpec, Chunk, ChunkScanner, ClassifyBatch, KeyClassifier, Row, ScanRequest,
     SnapshotWitness, Source, StreamStart, buffered_bytes,
@@ -1102,6 +1103,15 @@ impl PgSource {
                 .map_err(|e| db_error(e, &format!("altering publication {publication:?}")))?;
             tracing::warn!(publication = %publication, "set publish_via_partition_root = true for the bound partitioned tables");
         }
+        if exists.is_some() {
+            let tables: Vec<TableRef> = bindings.iter().map(|b| b.table.clone()).collect();
+            let defects =
+                publication_defects(&self.client, publication, self.server_version, &tables)
+                    .await?;
+            if !defects.is_empty() {
+                return Err(Failure::Setup.error(defects.join("; ")));
+            }
+        }
         match exists {
             None if read_only => Err(Failure::Setup.error(format!(
                 "publication {publication:?} does not exist and endpoint.advanced.read_only is set; create it: {sql}"
@@ -1151,6 +1161,62 @@ impl PgSource {
             }
         }
     }
+}
+
+/// What an existing publication leaves out of the bound tables' changes, each with the
+/// statement that mends it: an operation it does not publish (`publish = 'insert'`), and
+/// (PostgreSQL 15+) a row filter or column list on a bound table. The backfill reads the
+/// tables whole, so their later changes would miss rows, columns or kinds of change, and
+/// the tables downstream would go stale without a word.
+pub async fn publication_defects(
+    client: &Client,
+    publication: &str,
+    server_version: u32,
+    tables: &[TableRef],
+) -> Result<Vec<String>, SourceError> {
+    let mut defects = Vec::new();
+    let published = client
+        .query_opt(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| db_error(e, "reading pg_publication"))?;
+    if published.is_some_and(|r| !r.get::<_, bool>(0)) {
+        defects.push(format!(
+            "publication {publication:?} does not publish every kind of change: ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+            sql::quote(publication)
+        ));
+    }
+    if server_version >= 150_000 {
+        let filtered = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
+                   FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                   JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE p.pubname = $1 AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)",
+                &[&publication],
+            )
+            .await
+            .map_err(|e| db_error(e, "reading pg_publication_rel"))?;
+        for r in &filtered {
+            let table = TableRef::new(r.get::<_, String>(0), r.get::<_, String>(1));
+            if !tables.contains(&table) {
+                continue;
+            }
+            let what = match (r.get::<_, bool>(2), r.get::<_, bool>(3)) {
+                (true, true) => "some rows (a WHERE clause) and some columns",
+                (true, false) => "some rows (a WHERE clause)",
+                _ => "some columns",
+            };
+            defects.push(format!(
+                "publication {publication:?} publishes only {what} of {table}, which the backfill reads whole: ALTER PUBLICATION {} SET TABLE {} (with the other tables it publishes), or bind a publication without filters",
+                sql::quote(publication),
+                sql::qualified(&table)
+            ));
+        }
+    }
+    Ok(defects)
 }
 
 #[cfg(test)]
