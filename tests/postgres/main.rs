@@ -1650,3 +1650,28 @@ fn a_publication_that_filters_changes_is_refused_with_the_remedy() {
     assert!(run.ok, "{}", run.stderr);
     assert_eq!(docs(&run.lines, 0).len(), 1);
 }
+
+/// An UNLOGGED table's changes never reach the WAL: `check` fails it and the capture
+/// refuses it, each with the `ALTER TABLE ... SET LOGGED` to run (before, `check` passed
+/// and the capture died on the server's "cannot add relation to publication").
+#[test]
+fn an_unlogged_table_is_refused_with_the_remedy() {
+    let Some((binary, pg)) = setup() else { return };
+    pg.sql("CREATE UNLOGGED TABLE ul (id int PRIMARY KEY, v int); INSERT INTO ul VALUES (1, 1)")
+        .unwrap();
+    let cap = Capture::new(&binary, "ul");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({})), "bindings": [binding("ul", "", 0)]}));
+    let check = cap.run(&["check"]);
+    let remedy = "ALTER TABLE \"public\".\"ul\" SET LOGGED";
+    assert!(
+        !check.ok && check.lines.join("\n").contains(remedy),
+        "{:?}",
+        check.lines
+    );
+    let run = cap.capture();
+    assert!(!run.ok && run.stderr.contains(remedy), "{}", run.stderr);
+    pg.sql("ALTER TABLE ul SET LOGGED").unwrap();
+    let run = cap.capture();
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(docs(&run.lines, 0).len(), 1);
+}

@@ -50,6 +50,10 @@ pub struct Table {
     /// it without `ONLY`, and the publication publishes its partitions' changes as its own
     /// (`publish_via_partition_root`).
     pub partitioned: bool,
+    /// An `UNLOGGED` table: its changes never reach the WAL, so logical replication
+    /// cannot carry them (a publication refuses it); `check` and the start refuse it with
+    /// the `ALTER TABLE ... SET LOGGED` to run.
+    pub unlogged: bool,
     /// Generated (stored) columns, left out of `columns` and of every document: logical
     /// replication does not publish them (before PostgreSQL 18), so a streamed change
     /// could not carry them, and a merged row would keep the value computed from the
@@ -59,6 +63,17 @@ pub struct Table {
 }
 
 impl Table {
+    /// Why the stream could never carry this table's changes, with the remedy.
+    pub fn unstreamable(&self) -> Option<String> {
+        self.unlogged.then(|| {
+            format!(
+                "{} is UNLOGGED: its changes never reach the WAL, which logical replication reads; ALTER TABLE {} SET LOGGED",
+                self.table,
+                crate::sql::qualified(&self.table)
+            )
+        })
+    }
+
     /// The types the columns of `key` are cast to in statements (`text` for a column
     /// the catalog lacks).
     pub fn key_types(&self, key: &[String]) -> Vec<KeyType<'_>> {
@@ -141,7 +156,8 @@ fn db_err(e: tokio_postgres::Error) -> SourceError {
 pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.relkind = 'p'
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text, c.relkind = 'p',
+                    c.relpersistence = 'u'
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'
@@ -165,6 +181,7 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
             key: Vec::new(),
             replica_identity: r.get::<_, String>(3).chars().next().unwrap_or('d'),
             partitioned: r.get(4),
+            unlogged: r.get(5),
             generated: Vec::new(),
         })
         .collect();

@@ -78,6 +78,10 @@ impl Connector for PostgresConnector {
                 items.push(CheckItem::new(&name, false, format!("not found, or {user} cannot read it: check the name (`discover` lists what it can read), or GRANT SELECT ON {qualified} TO {user}")));
                 continue;
             };
+            if let Some(why) = t.unstreamable() {
+                items.push(CheckItem::new(&name, false, why));
+                continue;
+            }
             if t.key.is_empty() && t.replica_identity != 'f' {
                 items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: {}", sql::replica_identity_full(&table))));
                 continue;

@@ -1057,6 +1057,9 @@ impl PgSource {
         let mut partitioned = false;
         for b in bindings {
             let t = self.table(&b.table)?;
+            if let Some(why) = t.unstreamable() {
+                return Err(Failure::Setup.error(why));
+            }
             partitioned |= t.partitioned;
             if b.scans_physically() && t.partitioned {
                 return Err(Failure::Setup.error(format!(
