@@ -683,3 +683,36 @@ fn binary_rows_store_what_text_rows_store_type_by_type() {
         assert_eq!(binary.rows(), 0);
     }
 }
+
+/// MariaDB's statements that arrive as query text land downstream as they happened: a
+/// `TRUNCATE TABLE` empties the destination table, a transaction with savepoints lands
+/// whole without its rolled-back rows, and a rolled-back XA transaction lands nothing.
+#[test]
+fn mariadb_truncates_savepoints_and_xa_land_as_they_happened() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql(
+        "CREATE TABLE test.q (id int PRIMARY KEY, v int); INSERT INTO test.q VALUES (1, 1), (2, 2)",
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-queries-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["q"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    for sql in [
+        "TRUNCATE TABLE test.q",
+        "INSERT INTO test.q VALUES (3, 3)",
+        "BEGIN; INSERT INTO test.q VALUES (4, 4); SAVEPOINT a; INSERT INTO test.q VALUES (5, 5); ROLLBACK TO SAVEPOINT a; UPDATE test.q SET v = 30 WHERE id = 3; COMMIT",
+        "XA START 'x'; INSERT INTO test.q VALUES (6, 6); XA END 'x'; XA PREPARE 'x'",
+        "XA ROLLBACK 'x'",
+    ] {
+        src.sql(sql).unwrap();
+    }
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let rows = dest.sql("SELECT id, v FROM q ORDER BY id").unwrap();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), ["3|30", "4|4"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
