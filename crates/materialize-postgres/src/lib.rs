@@ -285,7 +285,31 @@ impl PgDestination {
     }
 
     /// Creates `shape`'s table, or adds the columns it lacks; refuses a key or type change.
-    fn ensure(&mut self, shape: &Shape, target: &str) -> Result<()> {
+    /// Forgets the position of a table just created: one dropped from under the
+    /// materialization (by hand, by a restore) holds none of the lines its position says
+    /// were applied, so it is loaded from the collection's start. Without this it was
+    /// created empty and filled from where the dropped one had stopped, every earlier row
+    /// missing.
+    fn forget_position(&mut self, target: &str) -> Result<()> {
+        let (materialization, table) = (self.materialization.clone(), target.to_string());
+        let forgotten: Option<i64> =
+            self.run("forgetting a dropped table's position", |client, schema| {
+                let statement = sql::forget_checkpoint(schema);
+                async move {
+                    let row = client
+                        .query_opt(&statement, &[&materialization, &table])
+                        .await?;
+                    Ok(row.map(|r| r.get(0)))
+                }
+            })?;
+        if let Some(line) = forgotten {
+            tracing::warn!(table = %target, applied_lines = line, "the table was missing though its position said lines were applied (dropped from under the materialization): created again and loaded from the collection's start");
+        }
+        Ok(())
+    }
+
+    /// Creates the table if missing (`Ok(true)`), or brings it to the shape.
+    fn ensure(&mut self, shape: &Shape, target: &str) -> Result<bool> {
         let qualified = shape.qualified();
         let q = qualified.clone();
         let existing: Vec<(String, String)> =
@@ -303,9 +327,11 @@ impl PgDestination {
         if existing.is_empty() {
             let create = shape.create_once() + ";" + &shape.reread_index().unwrap_or_default();
             tracing::info!(table = %qualified, "creating the table");
-            return self.run("creating a table", |client, _| async move {
-                client.batch_execute(&create).await
-            });
+            return self
+                .run("creating a table", |client, _| async move {
+                    client.batch_execute(&create).await
+                })
+                .map(|()| true);
         }
         let rebuild = format!(
             "run `cdc backfill PIPELINE materialization --binding {target} --table drop` to recreate it from the collection"
@@ -347,7 +373,7 @@ impl PgDestination {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn write_checkpoints<'c>(
@@ -653,7 +679,9 @@ impl Destination for PgDestination {
                     client.batch_execute(&drop).await
                 })?;
             }
-            self.ensure(&shape, &binding.table)?;
+            if self.ensure(&shape, &binding.table)? && !recreate.contains(&i) {
+                self.forget_position(&binding.table)?;
+            }
             tables.push((shape, binding.table.clone()));
         }
         self.tables = tables;

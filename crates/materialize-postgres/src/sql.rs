@@ -420,6 +420,15 @@ pub fn read_checkpoints(schema: &str) -> String {
     )
 }
 
+/// Deletes a binding's position, returning the line it held: `$1` materialization, `$2`
+/// target.
+pub fn forget_checkpoint(schema: &str) -> String {
+    format!(
+        "DELETE FROM {}.cdc_checkpoints WHERE materialization = $1 AND target = $2 RETURNING line",
+        ident(schema)
+    )
+}
+
 /// Sets a binding's position: `$1` materialization, `$2` target, `$3` line.
 pub fn write_checkpoint(schema: &str) -> String {
     format!(
