@@ -1560,6 +1560,11 @@ fn a_partitioned_table_backfills_and_streams_as_one_table() {
     .unwrap();
     let cap = Capture::new(&binary, "part");
     cap.config(&json!({"endpoint": endpoint(&pg, json!({"advanced": {"chunk_size": 50}})), "bindings": [binding("part", "", 0)]}));
+    let check = cap.run(&["check"]).lines.join("\n");
+    assert!(
+        check.contains("no TRUNCATE of a single partition"),
+        "{check}"
+    );
     let first = cap.capture_logging("info");
     assert!(first.ok, "{}", first.stderr);
     assert!(

@@ -86,6 +86,12 @@ impl Connector for PostgresConnector {
                 items.push(CheckItem::new(&name, false, format!("no primary key, so its updates and deletes must carry the whole old row: {}", sql::replica_identity_full(&table))));
                 continue;
             }
+            if t.partitioned {
+                items.push(CheckItem::warning(
+                    &format!("partitions of {}", b.table_name()),
+                    "its partitions' changes are published as its own, and PostgreSQL then publishes no TRUNCATE of a single partition: delete a partition's rows instead, or raise the binding's `backfill` after truncating one",
+                ));
+            }
             if !t.generated.is_empty() {
                 items.push(CheckItem::warning(
                     &format!("generated columns of {}", b.table_name()),
