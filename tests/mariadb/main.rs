@@ -76,6 +76,7 @@ on_both_servers!(
     a_truncate_is_delivered_as_a_truncate,
     a_renamed_table_stops_and_a_swapped_one_is_followed,
     a_write_logged_as_a_statement_stops_the_capture,
+    a_large_json_document_streams_as_it_backfills,
 );
 
 fn capture(binary: &std::path::Path, dir: &std::path::Path) -> Outcome {
@@ -1688,4 +1689,33 @@ fn a_write_logged_as_a_statement_stops_the_capture((binary, db): (PathBuf, Maria
         "{}",
         stopped.stderr
     );
+}
+
+/// A JSON document past 64 KiB (MySQL's large binary form: four-byte offsets) with typed
+/// values inside streams as the same text it backfills.
+fn a_large_json_document_streams_as_it_backfills((binary, db): (PathBuf, MariaDbServer)) {
+    db.sql(
+        "CREATE TABLE test.bigj (id INT PRIMARY KEY, j JSON);
+         INSERT INTO test.bigj SELECT 1, JSON_OBJECT('items', JSON_ARRAYAGG(JSON_OBJECT('n', seq, 'price', CAST(seq / 7 AS DECIMAL(10,3)), 'at', CAST('2020-01-01 00:00:00' AS DATETIME) + INTERVAL seq SECOND, 'name', REPEAT('é', seq % 20))), 'big', 1e300)
+           FROM (SELECT a.n + 10 * b.n + 100 * c.n + 1000 * d.n + 1 AS seq FROM
+                   (SELECT 0 n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) a,
+                   (SELECT 0 n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) b,
+                   (SELECT 0 n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9) c,
+                   (SELECT 0 n UNION ALL SELECT 1) d) t",
+    )
+    .unwrap();
+    let size = db.sql("SELECT LENGTH(j) FROM test.bigj").unwrap();
+    assert!(size.trim().parse::<usize>().unwrap() > 65_536, "{size}");
+    let cap = Capture::new(&binary, &format!("bigj-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": "bigj"}, "target": "bigj"}]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    db.sql("INSERT INTO test.bigj SELECT 2, j FROM test.bigj")
+        .unwrap();
+    let second = cap.capture();
+    assert!(second.ok, "{}", second.stderr);
+    let (backfilled, streamed) = (docs(&first.lines), docs(&second.lines));
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0]["j"].to_string(), backfilled[0]["j"].to_string());
 }
