@@ -87,6 +87,25 @@ fn docs(lines: &[String]) -> Vec<Value> {
     testkit::live::docs(lines, 0)
 }
 
+/// Each document's `id` and `v`, in order.
+fn ids_and_values(lines: &[String]) -> Vec<(i64, i64)> {
+    docs(lines)
+        .iter()
+        .map(|d| (d["id"].as_i64().unwrap(), d["v"].as_i64().unwrap()))
+        .collect()
+}
+
+/// A capture of `test.<table>` (made by `ddl`), run once (its backfill).
+fn backfilled(binary: &std::path::Path, db: &MariaDbServer, ddl: &str, table: &str) -> Capture {
+    db.sql(ddl).unwrap();
+    let cap = Capture::new(binary, &format!("{table}-{}", db.port));
+    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
+                        "bindings": [{"resource": {"namespace": "test", "stream": table}, "target": table}]}));
+    let first = cap.capture();
+    assert!(first.ok, "{}", first.stderr);
+    cap
+}
+
 /// The checker's oracle: a table's key and `v` columns as the server has them now.
 struct Table<'a>(&'a MariaDbServer, &'a str, &'static str);
 
@@ -1492,12 +1511,12 @@ fn mariadbs_pre_10_1_temporal_columns_render_the_same_on_both_paths() {
 fn xa_transactions_deliver_at_their_commit_and_never_when_rolled_back(
     (binary, db): (PathBuf, MariaDbServer),
 ) {
-    db.sql("CREATE TABLE test.xa (id INT PRIMARY KEY, v INT); INSERT INTO test.xa VALUES (1, 1)")
-        .unwrap();
-    let cap = Capture::new(&binary, &format!("xa-{}", db.port));
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "xa"}, "target": "xa"}]}));
-    assert!(cap.capture().ok);
+    let cap = backfilled(
+        &binary,
+        &db,
+        "CREATE TABLE test.xa (id INT PRIMARY KEY, v INT); INSERT INTO test.xa VALUES (1, 1)",
+        "xa",
+    );
     // Each statement list is a session of its own: a prepared XA outlives its session.
     for sql in [
         "XA START 'a'; INSERT INTO test.xa VALUES (2, 2); XA END 'a'; XA PREPARE 'a'; XA ROLLBACK 'a'",
@@ -1510,10 +1529,7 @@ fn xa_transactions_deliver_at_their_commit_and_never_when_rolled_back(
     }
     let out = cap.capture();
     assert!(out.ok, "{}", out.stderr);
-    let seen: Vec<(i64, i64)> = docs(&out.lines)
-        .iter()
-        .map(|d| (d["id"].as_i64().unwrap(), d["v"].as_i64().unwrap()))
-        .collect();
+    let seen = ids_and_values(&out.lines);
     assert_eq!(
         seen,
         [(5, 5), (3, 3), (1, 10), (4, 4)],
@@ -1542,12 +1558,12 @@ fn xa_transactions_deliver_at_their_commit_and_never_when_rolled_back(
 /// `SAVEPOINT` queries inside it do not end it, and the rows rolled back to a savepoint
 /// are not delivered.
 fn savepoints_stay_inside_their_transaction((binary, db): (PathBuf, MariaDbServer)) {
-    db.sql("CREATE TABLE test.sp (id INT PRIMARY KEY, v INT); INSERT INTO test.sp VALUES (1, 1)")
-        .unwrap();
-    let cap = Capture::new(&binary, &format!("savepoints-{}", db.port));
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "sp"}, "target": "sp"}]}));
-    assert!(cap.capture().ok);
+    let cap = backfilled(
+        &binary,
+        &db,
+        "CREATE TABLE test.sp (id INT PRIMARY KEY, v INT); INSERT INTO test.sp VALUES (1, 1)",
+        "sp",
+    );
     db.sql(
         "BEGIN; INSERT INTO test.sp VALUES (2, 2); SAVEPOINT s1; INSERT INTO test.sp VALUES (3, 3);
          ROLLBACK TO SAVEPOINT s1; INSERT INTO test.sp VALUES (4, 4); SAVEPOINT s2;
@@ -1556,10 +1572,7 @@ fn savepoints_stay_inside_their_transaction((binary, db): (PathBuf, MariaDbServe
     .unwrap();
     let out = cap.capture();
     assert!(out.ok, "{}", out.stderr);
-    let seen: Vec<(i64, i64)> = docs(&out.lines)
-        .iter()
-        .map(|d| (d["id"].as_i64().unwrap(), d["v"].as_i64().unwrap()))
-        .collect();
+    let seen = ids_and_values(&out.lines);
     assert_eq!(seen, [(2, 2), (4, 4), (1, 9)]);
     // One transaction: no checkpoint between its first and its last change.
     let at: Vec<usize> = out
@@ -1582,12 +1595,12 @@ fn savepoints_stay_inside_their_transaction((binary, db): (PathBuf, MariaDbServe
 /// truncate (before, it was taken for a DDL and the rows stayed downstream), whether named
 /// from the table's database or qualified from another.
 fn a_truncate_is_delivered_as_a_truncate((binary, db): (PathBuf, MariaDbServer)) {
-    db.sql("CREATE TABLE test.tr (id INT PRIMARY KEY, v INT); INSERT INTO test.tr VALUES (1, 1), (2, 2); CREATE TABLE test.other (id INT PRIMARY KEY)")
-        .unwrap();
-    let cap = Capture::new(&binary, &format!("truncate-{}", db.port));
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "tr"}, "target": "tr"}]}));
-    assert!(cap.capture().ok);
+    let cap = backfilled(
+        &binary,
+        &db,
+        "CREATE TABLE test.tr (id INT PRIMARY KEY, v INT); INSERT INTO test.tr VALUES (1, 1), (2, 2); CREATE TABLE test.other (id INT PRIMARY KEY)",
+        "tr",
+    );
     db.sql("USE test; TRUNCATE TABLE tr; INSERT INTO tr VALUES (3, 3); TRUNCATE other")
         .unwrap();
     db.sql("USE mysql; INSERT INTO test.tr VALUES (4, 4); TRUNCATE `test`.`tr`; INSERT INTO test.tr VALUES (5, 5)")
@@ -1621,12 +1634,12 @@ fn a_truncate_is_delivered_as_a_truncate((binary, db): (PathBuf, MariaDbServer))
 /// an online schema change (gh-ost, pt-osc: the copy renamed into the name in the same
 /// statement) is followed.
 fn a_renamed_table_stops_and_a_swapped_one_is_followed((binary, db): (PathBuf, MariaDbServer)) {
-    db.sql("CREATE TABLE test.rn (id INT PRIMARY KEY, v INT); INSERT INTO test.rn VALUES (1, 1)")
-        .unwrap();
-    let cap = Capture::new(&binary, &format!("rename-{}", db.port));
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "rn"}, "target": "rn"}]}));
-    assert!(cap.capture().ok);
+    let cap = backfilled(
+        &binary,
+        &db,
+        "CREATE TABLE test.rn (id INT PRIMARY KEY, v INT); INSERT INTO test.rn VALUES (1, 1)",
+        "rn",
+    );
     db.sql(
         "CREATE TABLE test._rn_gho (id INT PRIMARY KEY, v INT, w INT);
          INSERT INTO test._rn_gho SELECT id, v, 0 FROM test.rn;
@@ -1667,12 +1680,12 @@ fn a_renamed_table_stops_and_a_swapped_one_is_followed((binary, db): (PathBuf, M
 /// binlog: such a write to a bound table stops the capture with the remedy (before, it
 /// was taken for a DDL and the change never arrived); one to another table does not.
 fn a_write_logged_as_a_statement_stops_the_capture((binary, db): (PathBuf, MariaDbServer)) {
-    db.sql("CREATE TABLE test.st (id INT PRIMARY KEY, v INT); CREATE TABLE test.elsewhere (id INT PRIMARY KEY); INSERT INTO test.st VALUES (1, 1)")
-        .unwrap();
-    let cap = Capture::new(&binary, &format!("statement-{}", db.port));
-    cap.config(&json!({"endpoint": {"host": "127.0.0.1", "port": db.port, "user": "root"},
-                        "bindings": [{"resource": {"namespace": "test", "stream": "st"}, "target": "st"}]}));
-    assert!(cap.capture().ok);
+    let cap = backfilled(
+        &binary,
+        &db,
+        "CREATE TABLE test.st (id INT PRIMARY KEY, v INT); CREATE TABLE test.elsewhere (id INT PRIMARY KEY); INSERT INTO test.st VALUES (1, 1)",
+        "st",
+    );
     db.sql("SET SESSION binlog_format = 'STATEMENT'; INSERT INTO test.elsewhere VALUES (1)")
         .unwrap();
     db.sql("INSERT INTO test.st VALUES (2, 2)").unwrap();

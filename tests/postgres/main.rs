@@ -48,6 +48,15 @@ fn to_jsonb(pg: &PgServer, table: &str, id: i64) -> Value {
     .unwrap()
 }
 
+/// Asserts that each of `docs` (rows of `table` keyed by `id`) equals `to_jsonb` of its
+/// row; `what` names them in a failure.
+fn each_equals_to_jsonb(pg: &PgServer, table: &str, docs: &[Value], what: &str) {
+    for doc in docs {
+        let id = doc["id"].as_i64().unwrap();
+        assert_eq!(strip_meta(doc), to_jsonb(pg, table, id), "{what} row {id}");
+    }
+}
+
 /// Every built-in type, backfilled and streamed, equals `to_jsonb` of the row.
 #[test]
 fn every_value_equals_to_jsonb_backfilled_and_streamed() {
@@ -79,14 +88,7 @@ fn every_value_equals_to_jsonb_backfilled_and_streamed() {
     assert!(first.ok, "{}", first.stderr);
     let backfilled = docs(&first.lines, 0);
     assert_eq!(backfilled.len(), 3);
-    for doc in &backfilled {
-        let id = doc["id"].as_i64().unwrap();
-        assert_eq!(
-            strip_meta(doc),
-            to_jsonb(&pg, "types", id),
-            "backfilled row {id}"
-        );
-    }
+    each_equals_to_jsonb(&pg, "types", &backfilled, "backfilled");
     // The same values streamed: inserted again under new ids, and one updated in place.
     pg.sql("INSERT INTO types SELECT id + 100, i2, i4, i8, n, n2, f4, f8, b, t, vc, c, by, u, j, jb, d, tm, ttz, ts, tstz, iv, ai, a2, at, ats, inet, cidr, mac, e, dom, r, tr, bt, vb, m, x, p, tv, o, comp, an, aj FROM types")
         .unwrap();
@@ -96,15 +98,12 @@ fn every_value_equals_to_jsonb_backfilled_and_streamed() {
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines, 0);
     assert_eq!(streamed.len(), 4, "{:#?}", second.lines);
-    for doc in &streamed {
-        let id = doc["id"].as_i64().unwrap();
-        assert!(doc["_meta"]["source"]["pos"].is_array());
-        assert_eq!(
-            strip_meta(doc),
-            to_jsonb(&pg, "types", id),
-            "streamed row {id}"
-        );
-    }
+    assert!(
+        streamed
+            .iter()
+            .all(|d| d["_meta"]["source"]["pos"].is_array())
+    );
+    each_equals_to_jsonb(&pg, "types", &streamed, "streamed");
 }
 
 struct PgOracle<'a> {
@@ -1461,28 +1460,14 @@ fn rarer_types_and_extremes_equal_to_jsonb_backfilled_and_streamed() {
     assert!(first.ok, "{}", first.stderr);
     let backfilled = docs(&first.lines, 0);
     assert_eq!(backfilled.len(), 2);
-    for doc in &backfilled {
-        let id = doc["id"].as_i64().unwrap();
-        assert_eq!(
-            strip_meta(doc),
-            to_jsonb(&pg, "types2", id),
-            "backfilled row {id}"
-        );
-    }
+    each_equals_to_jsonb(&pg, "types2", &backfilled, "backfilled");
     pg.sql("INSERT INTO types2 SELECT id + 100, mr, ts, tstz, n, fa, bx, ci, ln, pg, m8, lsn, tq, ch, nm, iv2, ov, j, ea, d, ia, ra, bpa, tt, xa, ba, ua FROM types2")
         .unwrap();
     let second = cap.capture();
     assert!(second.ok, "{}", second.stderr);
     let streamed = docs(&second.lines, 0);
     assert_eq!(streamed.len(), 2);
-    for doc in &streamed {
-        let id = doc["id"].as_i64().unwrap();
-        assert_eq!(
-            strip_meta(doc),
-            to_jsonb(&pg, "types2", id),
-            "streamed row {id}"
-        );
-    }
+    each_equals_to_jsonb(&pg, "types2", &streamed, "streamed");
 }
 
 /// A generated column is left out of every document, backfilled and streamed alike (logical
