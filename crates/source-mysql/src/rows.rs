@@ -407,16 +407,15 @@ fn mariadb_hires<'a>(buf: &mut ParseBuf<'a>, ty: ColumnType, n: u8) -> Result<Ce
             let units = i128::from(be(take(buf, TIME_BYTES[d])?)) - i128::from(zero);
             let micros = units.unsigned_abs() * u128::from(scale);
             let secs = micros / 1_000_000;
-            let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
-            let narrow = |v: u128| u8::try_from(v).map_err(|e| e.to_string());
-            Ok(Cell::Binlog(BinlogValue::Value(MyValue::Time(
+            let wide = |v: u128| u64::try_from(v).map_err(|e| e.to_string());
+            let (hours, minutes, seconds) =
+                (wide(secs / 3600)?, wide(secs / 60 % 60)?, wide(secs % 60)?);
+            let micros = wide(micros % 1_000_000)?;
+            Ok(Cell::Binlog(BinlogValue::Value(time_value(
                 units < 0,
-                u32::try_from(hours / 24).map_err(|e| e.to_string())?,
-                narrow(hours % 24)?,
-                narrow(minutes)?,
-                narrow(seconds)?,
-                u32::try_from(micros % 1_000_000).map_err(|e| e.to_string())?,
-            ))))
+                (hours, minutes, seconds),
+                micros,
+            )?)))
         }
         ColumnType::MYSQL_TYPE_DATETIME => {
             let full = be(take(buf, DATETIME_BYTES[d])?) * scale;
@@ -471,14 +470,28 @@ fn old_time(bytes: &[u8]) -> Result<MyValue, String> {
     if minutes > 59 || seconds > 59 {
         return Err(format!("a TIME of {signed}"));
     }
-    let narrow = |v: u32| u8::try_from(v).map_err(|e| e.to_string());
-    Ok(MyValue::Time(
+    time_value(
         signed < 0,
-        hours / 24,
+        (u64::from(hours), u64::from(minutes), u64::from(seconds)),
+        0,
+    )
+}
+
+/// A TIME as mysql_common's value holds it: sign, days, then the hours of the last day,
+/// minutes, seconds, microseconds.
+fn time_value(
+    negative: bool,
+    (hours, minutes, seconds): (u64, u64, u64),
+    micros: u64,
+) -> Result<MyValue, String> {
+    let narrow = |v: u64| u8::try_from(v).map_err(|e| e.to_string());
+    Ok(MyValue::Time(
+        negative,
+        u32::try_from(hours / 24).map_err(|e| e.to_string())?,
         narrow(hours % 24)?,
         narrow(minutes)?,
         narrow(seconds)?,
-        0,
+        u32::try_from(micros).map_err(|e| e.to_string())?,
     ))
 }
 
@@ -534,15 +547,7 @@ fn time2(buf: &mut ParseBuf<'_>, meta: &[u8]) -> Result<MyValue, String> {
     if micros > 999_999 || minutes > 59 || seconds > 59 {
         return Err(format!("a TIME of {hms:#x} with {micros} microseconds"));
     }
-    let narrow = |v: u64| u8::try_from(v).map_err(|e| e.to_string());
-    Ok(MyValue::Time(
-        neg,
-        u32::try_from(hours / 24).map_err(|e| e.to_string())?,
-        narrow(hours % 24)?,
-        narrow(minutes)?,
-        narrow(seconds)?,
-        u32::try_from(micros).map_err(|e| e.to_string())?,
-    ))
+    time_value(neg, (hours, minutes, seconds), micros)
 }
 
 /// A `MYSQL_TYPE_NEWDECIMAL` value (`meta` is `[precision, scale]`), its bytes taken.
