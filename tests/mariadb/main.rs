@@ -1674,6 +1674,23 @@ fn a_renamed_table_stops_and_a_swapped_one_is_followed((binary, db): (PathBuf, M
         .map(|d| d["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, [4], "nothing of the new table");
+    // MariaDB's CREATE OR REPLACE drops the table it replaces.
+    if db.sql("SELECT VERSION()").unwrap().contains("Maria") {
+        let cap = backfilled(
+            &binary,
+            &db,
+            "CREATE TABLE test.cr (id INT PRIMARY KEY, v INT); INSERT INTO test.cr VALUES (1, 1)",
+            "cr",
+        );
+        db.sql("CREATE OR REPLACE TABLE test.cr (id INT PRIMARY KEY, v INT); INSERT INTO test.cr VALUES (2, 2)")
+            .unwrap();
+        let replaced = cap.capture();
+        assert!(
+            !replaced.ok && replaced.stderr.contains("test.cr was dropped"),
+            "{}",
+            replaced.stderr
+        );
+    }
 }
 
 /// A session that logs statements (`binlog_format` STATEMENT) writes no rows to the

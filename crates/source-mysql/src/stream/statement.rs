@@ -16,7 +16,8 @@ pub(super) type Name = (String, String);
 pub(super) enum Statement {
     /// `TRUNCATE [TABLE] name`.
     Truncate(Name),
-    /// `DROP TABLE [IF EXISTS] name, ...` (not `DROP TEMPORARY TABLE`).
+    /// `DROP TABLE [IF EXISTS] name, ...` (not `DROP TEMPORARY TABLE`), and MariaDB's
+    /// `CREATE OR REPLACE TABLE name`, which drops the table it replaces.
     Drop(Vec<Name>),
     /// `RENAME TABLE a TO b, ...` and `ALTER TABLE a ... RENAME [TO|AS] b`: (from, to).
     Rename(Vec<(Name, Name)>),
@@ -46,6 +47,16 @@ pub(super) fn parse(query: &str, default_db: &str) -> Option<Statement> {
             names.push(c.name(default_db)?);
         }
         return Some(Statement::Drop(names));
+    }
+    if c.keyword("CREATE") {
+        // MariaDB's `CREATE OR REPLACE TABLE`: a drop, then a new table under the name.
+        if !(c.keyword("OR") && c.keyword("REPLACE")) || c.keyword("TEMPORARY") {
+            return None;
+        }
+        if !c.keyword("TABLE") {
+            return None;
+        }
+        return c.name(default_db).map(|name| Statement::Drop(vec![name]));
     }
     if c.keyword("RENAME") {
         if !c.keyword("TABLE") {
@@ -299,6 +310,12 @@ mod tests {
             Some(Statement::Drop(vec![name("shop", "a"), name("b", "c")]))
         );
         assert_eq!(t("DROP TEMPORARY TABLE t"), None);
+        assert_eq!(
+            t("CREATE OR REPLACE TABLE `t` (id INT)"),
+            Some(Statement::Drop(vec![name("shop", "t")]))
+        );
+        assert_eq!(t("CREATE OR REPLACE TEMPORARY TABLE t (id INT)"), None);
+        assert_eq!(t("CREATE TABLE t (id INT)"), None);
         assert_eq!(t("DROP DATABASE shop"), None);
         assert_eq!(
             t("RENAME TABLE t TO _t_old, `_t_gho` TO t"),
