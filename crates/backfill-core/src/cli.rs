@@ -425,7 +425,7 @@ pub fn resolve_bindings(
                 .find(|t| t.table.namespace == b.resource.namespace && t.table.stream == b.resource.stream)
                 .ok_or_else(|| {
                     Error::Config(format!(
-                        "binding {i} ({}): no such table, or the connector's user cannot see it; check the spelling (run `discover`) and the user's grants",
+                        "binding {i} ({}): no such table, or the connector's user cannot see it, or it is not a plain table (a view, or a system-versioned or foreign table, which `discover` leaves out); check the spelling (run `discover`) and the user's grants",
                         b.table_name()
                     ))
                 })?;
