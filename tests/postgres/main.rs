@@ -1643,7 +1643,9 @@ fn a_publication_that_filters_changes_is_refused_with_the_remedy() {
 
 /// An UNLOGGED table's changes never reach the WAL: `check` fails it and the capture
 /// refuses it, each with the `ALTER TABLE ... SET LOGGED` to run (before, `check` passed
-/// and the capture died on the server's "cannot add relation to publication").
+/// and the capture died on the server's "cannot add relation to publication"). A table
+/// with REPLICA IDENTITY NOTHING is refused the same way: published, it would make the
+/// application's updates fail.
 #[test]
 fn an_unlogged_table_is_refused_with_the_remedy() {
     let Some((binary, pg)) = setup() else { return };
@@ -1664,4 +1666,20 @@ fn an_unlogged_table_is_refused_with_the_remedy() {
     let run = cap.capture();
     assert!(run.ok, "{}", run.stderr);
     assert_eq!(docs(&run.lines, 0).len(), 1);
+    // Published with REPLICA IDENTITY NOTHING, the table would refuse the application's
+    // updates: refused before anything is created.
+    pg.sql("CREATE TABLE nothing (id int PRIMARY KEY, v int); ALTER TABLE nothing REPLICA IDENTITY NOTHING; INSERT INTO nothing VALUES (1, 1)")
+        .unwrap();
+    let cap = Capture::new(&binary, "nothing");
+    cap.config(&json!({"endpoint": endpoint(&pg, json!({"publication": "nothing_pub", "slot": "nothing_slot"})), "bindings": [binding("nothing", "", 0)]}));
+    let remedy = "ALTER TABLE \"public\".\"nothing\" REPLICA IDENTITY DEFAULT";
+    let check = cap.run(&["check"]);
+    assert!(
+        !check.ok && check.lines.join("\n").contains(remedy),
+        "{:?}",
+        check.lines
+    );
+    let run = cap.capture();
+    assert!(!run.ok && run.stderr.contains(remedy), "{}", run.stderr);
+    pg.sql("UPDATE nothing SET v = 2").unwrap();
 }

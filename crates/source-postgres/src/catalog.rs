@@ -63,13 +63,20 @@ pub struct Table {
 }
 
 impl Table {
-    /// Why the stream could never carry this table's changes, with the remedy.
+    /// Why the stream could never carry this table's changes (or publishing it would
+    /// break the application's writes), with the remedy.
     pub fn unstreamable(&self) -> Option<String> {
-        self.unlogged.then(|| {
+        let table = crate::sql::qualified(&self.table);
+        if self.unlogged {
+            return Some(format!(
+                "{} is UNLOGGED: its changes never reach the WAL, which logical replication reads; ALTER TABLE {table} SET LOGGED",
+                self.table
+            ));
+        }
+        (self.replica_identity == 'n').then(|| {
             format!(
-                "{} is UNLOGGED: its changes never reach the WAL, which logical replication reads; ALTER TABLE {} SET LOGGED",
-                self.table,
-                crate::sql::qualified(&self.table)
+                "{} has REPLICA IDENTITY NOTHING: once published, its UPDATEs and DELETEs fail on the server; ALTER TABLE {table} REPLICA IDENTITY DEFAULT (or FULL)",
+                self.table
             )
         })
     }
