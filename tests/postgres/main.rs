@@ -1217,6 +1217,11 @@ fn check_lines_are_statements_to_paste() {
         "{text}"
     );
     assert!(
+        text.contains("warn WAL retention: max_slot_wal_keep_size = -1")
+            && text.contains("ALTER SYSTEM SET max_slot_wal_keep_size"),
+        "an unbounded slot can fill the disk: {text}"
+    );
+    assert!(
         !text.contains("..."),
         "no statement is left unfinished: {text}"
     );

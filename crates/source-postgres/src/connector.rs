@@ -42,6 +42,9 @@ impl Connector for PostgresConnector {
         ));
         items.extend(server_items(endpoint, source.client()).await);
         let client = source.client();
+        if source.server_version() >= 130_000 {
+            items.push(wal_retention(client).await);
+        }
         match ReplicationConn::connect(endpoint).await {
             Ok(mut conn) => {
                 let ok = conn.simple_query("IDENTIFY_SYSTEM").await;
@@ -272,6 +275,31 @@ async fn range_connections(
         .map(|r| r.get(0))
         .ok()?;
     CheckItem::range_connections(endpoint.advanced.backfill.backfill_ranges, bindings, free)
+}
+
+/// Whether a slot's WAL is bounded (`max_slot_wal_keep_size`, PostgreSQL 13+): without a
+/// bound, a capture stopped for long keeps every WAL segment since, until the server's
+/// disk is full and the database stops.
+async fn wal_retention(client: &tokio_postgres::Client) -> CheckItem {
+    let keep: String = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    if keep == "-1" {
+        CheckItem::warning(
+            "WAL retention",
+            "max_slot_wal_keep_size = -1: a stopped capture's slot keeps WAL without bound, until the disk is full; bound it by what the disk can spare (a capture stopped past it must backfill again): ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf()",
+        )
+    } else {
+        CheckItem::new(
+            "WAL retention",
+            true,
+            format!(
+                "max_slot_wal_keep_size = {keep}: a capture stopped past it must backfill again"
+            ),
+        )
+    }
 }
 
 /// The server settings and the privilege a capture cannot run without: `check` prints
