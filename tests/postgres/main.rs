@@ -1588,6 +1588,32 @@ fn a_partitioned_table_backfills_and_streams_as_one_table() {
     .map(|(i, r, o)| (*i, (*r).to_string(), (*o).to_string()))
     .collect();
     assert_eq!(ops, want);
+    // A publication made before, without publish_via_partition_root: refused when the
+    // endpoint may write nothing, set otherwise.
+    pg.sql("CREATE PUBLICATION leafy FOR TABLE part").unwrap();
+    let leafy = |name: &str, read_only: bool| {
+        let cap = Capture::new(&binary, name);
+        cap.config(&json!({"endpoint": endpoint(&pg, json!({"publication": "leafy", "slot": format!("slot_{}", name.replace('-', "_")),
+                                                              "advanced": {"read_only": read_only}})),
+                            "bindings": [binding("part", "", 0)]}));
+        cap.capture()
+    };
+    pg.sql("SELECT pg_create_logical_replication_slot('slot_leafy_ro', 'pgoutput')")
+        .unwrap();
+    let refused = leafy("leafy-ro", true);
+    assert!(
+        !refused.ok && refused.stderr.contains("publish_via_partition_root = true"),
+        "{}",
+        refused.stderr
+    );
+    let set = leafy("leafy-rw", false);
+    assert!(set.ok, "{}", set.stderr);
+    assert_eq!(
+        pg.sql("SELECT pubviaroot FROM pg_publication WHERE pubname = 'leafy'")
+            .unwrap()
+            .trim(),
+        "t"
+    );
     pg.sql("CREATE TABLE loose (a int, b text) PARTITION BY LIST (b); CREATE TABLE loose_x PARTITION OF loose FOR VALUES IN ('x')")
         .unwrap();
     let keyless = Capture::new(&binary, "part-keyless");
