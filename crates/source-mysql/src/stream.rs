@@ -325,12 +325,26 @@ impl MyStream {
         end: u64,
         behind: bool,
     ) -> Result<bool, SourceError> {
+        // An XA transaction's rows end at its XA_PREPARE event, before the next group:
+        // rows still held here would never be delivered.
+        if matches!(
+            kind,
+            MARIADB_GTID_EVENT | MYSQL_GTID_EVENT | MYSQL_ANONYMOUS_GTID_EVENT
+        ) && self.xa.take().is_some_and(|(_, held)| !held.is_empty())
+        {
+            return Err(Failure::Malformed.error(format!(
+                "an XA transaction's rows without its XA PREPARE, before {}:{end}",
+                self.file
+            )));
+        }
         match kind {
             MARIADB_GTID_EVENT => {
-                if event
-                    .data()
-                    .get(12)
-                    .is_some_and(|flags| flags & MARIADB_FL_PREPARED_XA != 0)
+                // Behind the floor nothing is delivered, so nothing is held either.
+                if !behind
+                    && event
+                        .data()
+                        .get(12)
+                        .is_some_and(|flags| flags & MARIADB_FL_PREPARED_XA != 0)
                 {
                     self.xa = Some((None, Vec::new()));
                 }
