@@ -1529,7 +1529,19 @@ fn generated_columns_are_left_out_on_both_paths_and_check_says_so() {
         let mut want = to_jsonb(&pg, "gen", doc["id"].as_i64().unwrap());
         want.as_object_mut().unwrap().remove("g");
         assert_eq!(strip_meta(doc), want);
-    }
+    } // A key that includes a generated column could not key the stream's changes.
+    pg.sql(
+        "CREATE TABLE genkey (a int, g int GENERATED ALWAYS AS (a + 1) STORED, PRIMARY KEY (a, g))",
+    )
+    .unwrap();
+    let keyed = Capture::new(&binary, "genkey");
+    keyed.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "genkey_slot", "publication": "genkey_pub"})), "bindings": [binding("genkey", "", 0)]}));
+    let refused = keyed.capture();
+    assert!(
+        !refused.ok && refused.stderr.contains("includes the generated column g"),
+        "{}",
+        refused.stderr
+    );
 }
 
 /// A partitioned table is captured as one table: its backfill reads its partitions (a

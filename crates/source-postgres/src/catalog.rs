@@ -73,6 +73,12 @@ impl Table {
                 self.table
             ));
         }
+        if let Some(k) = self.key.iter().find(|k| self.generated.contains(k)) {
+            return Some(format!(
+                "{}'s key includes the generated column {k}, which logical replication does not carry (before PostgreSQL 18), so its changes could not be keyed; key the table on stored columns",
+                self.table
+            ));
+        }
         (self.replica_identity == 'n').then(|| {
             format!(
                 "{} has REPLICA IDENTITY NOTHING: once published, its UPDATEs and DELETEs fail on the server; ALTER TABLE {table} REPLICA IDENTITY DEFAULT (or FULL)",
