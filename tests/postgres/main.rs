@@ -48,6 +48,16 @@ fn to_jsonb(pg: &PgServer, table: &str, id: i64) -> Value {
     .unwrap()
 }
 
+/// Asserts that a capture of `table` (with a slot and publication of its own) stops at
+/// start and says `says`.
+fn assert_refused(binary: &std::path::Path, pg: &PgServer, table: &str, says: &str) {
+    let cap = Capture::new(binary, &format!("refused-{table}"));
+    cap.config(&json!({"endpoint": endpoint(pg, json!({"slot": format!("{table}_slot"), "publication": format!("{table}_pub")})),
+                        "bindings": [binding(table, "", 0)]}));
+    let out = cap.capture();
+    assert!(!out.ok && out.stderr.contains(says), "{}", out.stderr);
+}
+
 /// Asserts that each of `docs` (rows of `table` keyed by `id`) equals `to_jsonb` of its
 /// row; `what` names them in a failure.
 fn each_equals_to_jsonb(pg: &PgServer, table: &str, docs: &[Value], what: &str) {
@@ -1534,14 +1544,7 @@ fn generated_columns_are_left_out_on_both_paths_and_check_says_so() {
         "CREATE TABLE genkey (a int, g int GENERATED ALWAYS AS (a + 1) STORED, PRIMARY KEY (a, g))",
     )
     .unwrap();
-    let keyed = Capture::new(&binary, "genkey");
-    keyed.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "genkey_slot", "publication": "genkey_pub"})), "bindings": [binding("genkey", "", 0)]}));
-    let refused = keyed.capture();
-    assert!(
-        !refused.ok && refused.stderr.contains("includes the generated column g"),
-        "{}",
-        refused.stderr
-    );
+    assert_refused(&binary, &pg, "genkey", "includes the generated column g");
 }
 
 /// A partitioned table is captured as one table: its backfill reads its partitions (a
@@ -1628,14 +1631,7 @@ fn a_partitioned_table_backfills_and_streams_as_one_table() {
     );
     pg.sql("CREATE TABLE loose (a int, b text) PARTITION BY LIST (b); CREATE TABLE loose_x PARTITION OF loose FOR VALUES IN ('x')")
         .unwrap();
-    let keyless = Capture::new(&binary, "part-keyless");
-    keyless.config(&json!({"endpoint": endpoint(&pg, json!({"slot": "keyless_slot"})), "bindings": [binding("loose", "", 0)]}));
-    let refused = keyless.capture();
-    assert!(
-        !refused.ok && refused.stderr.contains("add a primary key"),
-        "{}",
-        refused.stderr
-    );
+    assert_refused(&binary, &pg, "loose", "add a primary key");
 }
 
 /// A publication that leaves out kinds of change, rows or columns of a bound table (the
