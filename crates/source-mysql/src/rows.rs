@@ -351,17 +351,24 @@ fn string<'a>(buf: &mut ParseBuf<'a>, c: &ColumnPlan<'a>) -> Result<Option<&'a [
         .ok_or_else(|| "a string shorter than its length".into())
 }
 
-/// A `MYSQL_TYPE_TIMESTAMP2` value: four bytes of big-endian epoch seconds, then the
-/// fraction in `(n + 1) / 2` big-endian bytes for TIMESTAMP(n), in units of 10^-2,
-/// 10^-4 or 10^-6 seconds (MySQL's `my_timestamp_from_binary`; `meta` is `[n]`).
-fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, String> {
-    let (frac_bytes, unit) = match meta.first().copied().unwrap_or(0) {
+/// How MySQL 5.6's temporal types store the fraction of a `what`(n): in `(n + 1) / 2`
+/// big-endian bytes, in units of 10^-2, 10^-4 or 10^-6 seconds (as bytes, and the
+/// microseconds of a unit).
+fn fraction_layout(n: u8, what: &str) -> Result<(usize, u32), String> {
+    Ok(match n {
         0 => (0, 0),
         1 | 2 => (1, 10_000),
         3 | 4 => (2, 100),
         5 | 6 => (3, 1),
-        n => return Err(format!("a TIMESTAMP with {n} fraction digits")),
-    };
+        n => return Err(format!("a {what} with {n} fraction digits")),
+    })
+}
+
+/// A `MYSQL_TYPE_TIMESTAMP2` value: four bytes of big-endian epoch seconds, then the
+/// fraction in `(n + 1) / 2` big-endian bytes for TIMESTAMP(n), in units of 10^-2,
+/// 10^-4 or 10^-6 seconds (MySQL's `my_timestamp_from_binary`; `meta` is `[n]`).
+fn timestamp2<'a>(buf: &mut ParseBuf<'a>, meta: &[u8]) -> Result<Cell<'a>, String> {
+    let (frac_bytes, unit) = fraction_layout(meta.first().copied().unwrap_or(0), "TIMESTAMP")?;
     let bytes = buf
         .checked_eat(4 + frac_bytes)
         .ok_or("a TIMESTAMP shorter than its precision")?;
@@ -514,14 +521,7 @@ fn year(byte: u8) -> MyValue {
 /// overflow is checked and yields a large positive time where it is not.
 fn time2(buf: &mut ParseBuf<'_>, meta: &[u8]) -> Result<MyValue, String> {
     const INT_OFS: i64 = 0x80_0000;
-    let n = meta.first().copied().unwrap_or(0);
-    let (frac_bytes, unit) = match n {
-        0 => (0, 0),
-        1 | 2 => (1, 10_000),
-        3 | 4 => (2, 100),
-        5 | 6 => (3, 1),
-        n => return Err(format!("a TIME with {n} fraction digits")),
-    };
+    let (frac_bytes, unit) = fraction_layout(meta.first().copied().unwrap_or(0), "TIME")?;
     let bytes = buf
         .checked_eat(3 + frac_bytes)
         .ok_or("a TIME shorter than its precision")?;
@@ -537,7 +537,7 @@ fn time2(buf: &mut ParseBuf<'_>, meta: &[u8]) -> Result<MyValue, String> {
             int += 1;
             frac -= 1 << (8 * frac_bytes);
         }
-        (int << 24) + frac * unit
+        (int << 24) + frac * i64::from(unit)
     };
     let neg = packed < 0;
     let abs = packed.unsigned_abs();

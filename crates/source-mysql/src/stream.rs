@@ -494,15 +494,9 @@ impl MyStream {
                 if !self.in_txn {
                     self.pending.push_back(StreamEvent::Begin);
                 }
-                let mut fields = Row::with_capacity(3, 96);
-                fields.push_i64("ts_ms", ts_ms);
-                if let Some(g) = &self.gtid {
-                    fields.push_str("txid", g);
-                }
-                fields.push_str("cursor", &at);
                 let meta = ChangeMeta {
                     pos: vec![file_number(&self.file) + self.file_base, end, 0],
-                    fields: Arc::new(fields),
+                    fields: self.source_fields(end, ts_ms),
                 };
                 self.pending.push_back(StreamEvent::Truncate {
                     bindings: vec![binding],
@@ -541,6 +535,18 @@ impl MyStream {
                 }
             }
         }
+    }
+
+    /// `_meta.source`'s fields of an event ending at `end`: `ts_ms`, `txid` (the GTID)
+    /// and `cursor`.
+    fn source_fields(&self, end: u64, ts_ms: i64) -> Arc<Row> {
+        let mut f = Row::with_capacity(3, 96);
+        f.push_i64("ts_ms", ts_ms);
+        if let Some(g) = &self.gtid {
+            f.push_str("txid", g);
+        }
+        f.push_str("cursor", &format!("{}:{end}", self.file));
+        Arc::new(f)
     }
 
     /// An XA statement logged as a query (see the module docs).
@@ -617,15 +623,7 @@ impl MyStream {
         let images = Images::new(&self.tables, (&db, &table), &columns, &bound.key);
         let file_no = file_number(&self.file) + self.file_base;
         // The same for every row of the event.
-        let fields = {
-            let mut f = Row::with_capacity(3, 96);
-            f.push_i64("ts_ms", ts_ms);
-            if let Some(g) = &self.gtid {
-                f.push_str("txid", g);
-            }
-            f.push_str("cursor", &format!("{}:{end}", self.file));
-            Arc::new(f)
-        };
+        let fields = self.source_fields(end, ts_ms);
         let (pending, mut held) = (&mut self.pending, self.xa.as_mut().map(|(_, held)| held));
         let mut i = 0u64;
         decode_each(rows, &columns, undecodable, |before, after| {
