@@ -285,31 +285,13 @@ impl PgDestination {
     }
 
     /// Creates `shape`'s table, or adds the columns it lacks; refuses a key or type change.
-    /// Forgets the position of a table just created: one dropped from under the
-    /// materialization (by hand, by a restore) holds none of the lines its position says
-    /// were applied, so it is loaded from the collection's start. Without this it was
-    /// created empty and filled from where the dropped one had stopped, every earlier row
-    /// missing.
-    fn forget_position(&mut self, target: &str) -> Result<()> {
-        let (materialization, table) = (self.materialization.clone(), target.to_string());
-        let forgotten: Option<i64> =
-            self.run("forgetting a dropped table's position", |client, schema| {
-                let statement = sql::forget_checkpoint(schema);
-                async move {
-                    let row = client
-                        .query_opt(&statement, &[&materialization, &table])
-                        .await?;
-                    Ok(row.map(|r| r.get(0)))
-                }
-            })?;
-        if let Some(line) = forgotten {
-            tracing::warn!(table = %target, applied_lines = line, "the table was missing though its position said lines were applied (dropped from under the materialization): created again and loaded from the collection's start");
-        }
-        Ok(())
-    }
-
-    /// Creates the table if missing (`Ok(true)`), or brings it to the shape.
-    fn ensure(&mut self, shape: &Shape, target: &str) -> Result<bool> {
+    /// Creates the table if missing, or brings it to the shape. With `forget`, a table
+    /// created here has its position deleted in the same transaction: one dropped from
+    /// under the materialization (by hand, by a restore) holds none of the lines its
+    /// position says were applied, so it is loaded from the collection's start. Without
+    /// this it was created empty and filled from where the dropped one had stopped, every
+    /// earlier row missing; in two transactions, a crash between them would do the same.
+    fn ensure(&mut self, shape: &Shape, target: &str, forget: bool) -> Result<()> {
         let qualified = shape.qualified();
         let q = qualified.clone();
         let existing: Vec<(String, String)> =
@@ -327,11 +309,26 @@ impl PgDestination {
         if existing.is_empty() {
             let create = shape.create_once() + ";" + &shape.reread_index().unwrap_or_default();
             tracing::info!(table = %qualified, "creating the table");
-            return self
-                .run("creating a table", |client, _| async move {
-                    client.batch_execute(&create).await
-                })
-                .map(|()| true);
+            let (materialization, table) = (self.materialization.clone(), target.to_string());
+            let forgotten: Option<i64> = self.run("creating a table", |client, schema| {
+                let forget_checkpoint = sql::forget_checkpoint(schema);
+                async move {
+                    let tx = client.transaction().await?;
+                    tx.batch_execute(&create).await?;
+                    let row = if forget {
+                        tx.query_opt(&forget_checkpoint, &[&materialization, &table])
+                            .await?
+                    } else {
+                        None
+                    };
+                    tx.commit().await?;
+                    Ok(row.map(|r| r.get(0)))
+                }
+            })?;
+            if let Some(line) = forgotten {
+                tracing::warn!(table = %target, applied_lines = line, "the table was missing though its position said lines were applied (dropped from under the materialization): created again and loaded from the collection's start");
+            }
+            return Ok(());
         }
         let rebuild = format!(
             "run `cdc backfill PIPELINE materialization --binding {target} --table drop` to recreate it from the collection"
@@ -373,7 +370,7 @@ impl PgDestination {
                 }
             }
         }
-        Ok(false)
+        Ok(())
     }
 
     fn write_checkpoints<'c>(
@@ -679,9 +676,7 @@ impl Destination for PgDestination {
                     client.batch_execute(&drop).await
                 })?;
             }
-            if self.ensure(&shape, &binding.table)? && !recreate.contains(&i) {
-                self.forget_position(&binding.table)?;
-            }
+            self.ensure(&shape, &binding.table, !recreate.contains(&i))?;
             tables.push((shape, binding.table.clone()));
         }
         self.tables = tables;
