@@ -733,24 +733,16 @@ impl ChunkScanner for PgSource {
     /// rather than hold the backfill, whose scan then waits for the lock itself.
     async fn estimate_rows(&mut self, binding: &BindingSpec) -> Option<u64> {
         let t = self.table(&binding.table).ok()?.clone();
-        if t.partitioned {
-            // Its rows are its partitions': the sum of theirs, where analyzed.
-            let rows: Option<i64> = self
-                .client
-                .query_one(sql::ESTIMATE_PARTITIONED_ROWS, &[&t.oid])
-                .await
-                .ok()?
-                .get(0);
-            return rows.and_then(|r| u64::try_from(r).ok());
-        }
-        let analyzed: Option<i64> = self
-            .client
-            .query_one(sql::ESTIMATE_ROWS, &[&t.oid])
-            .await
-            .ok()?
-            .get(0);
-        if let Some(rows) = analyzed {
-            return u64::try_from(rows).ok();
+        // A partitioned table's rows are its partitions': the sum of theirs, where
+        // analyzed; it has no pages of its own to sample.
+        let planner = if t.partitioned {
+            sql::ESTIMATE_PARTITIONED_ROWS
+        } else {
+            sql::ESTIMATE_ROWS
+        };
+        let analyzed: Option<i64> = self.client.query_one(planner, &[&t.oid]).await.ok()?.get(0);
+        if analyzed.is_some() || t.partitioned {
+            return analyzed.and_then(|rows| u64::try_from(rows).ok());
         }
         if self.server_version < 140_000 {
             return None;
