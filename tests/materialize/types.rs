@@ -561,13 +561,15 @@ fn binary_rows_store_what_text_rows_store_type_by_type() {
         name: name.into(),
         columns: std::iter::once(("id", "integer", Conversion::Text))
             .chain(columns.iter().map(|(n, t, c, _)| (*n, *t, *c)))
-            .map(|(n, t, c)| Column {
-                name: n.into(),
-                mapped: Mapped {
-                    pg_type: t.into(),
-                    conversion: c,
-                    warning: None,
-                },
+            .map(|(n, t, c)| {
+                Column::new(
+                    n,
+                    Mapped {
+                        pg_type: t.into(),
+                        conversion: c,
+                        warning: None,
+                    },
+                )
             })
             .collect(),
         key: vec!["id".into()],
@@ -752,5 +754,104 @@ fn a_destination_table_dropped_by_hand_is_loaded_again_whole() {
         "{said}"
     );
     assert_eq!(dest.sql("SELECT count(*) FROM dd").unwrap().trim(), "4");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Names longer than PostgreSQL's 63 bytes (MySQL and MariaDB allow 64 characters, three
+/// bytes each in CJK): each long column lands in a column of its own under a fitted name,
+/// the table is brought to its shape again at the next start, a rebuild swaps its shadow
+/// in, and a target too long for a table name is refused with the remedy. Before, the
+/// server cut each name to 63 bytes: two columns sharing their first 63 bytes stopped the
+/// table's creation, a cut column was "added" again (and refused) at every later start, and
+/// a rebuild of a table of 52 bytes or more could not create its shadow, whose key
+/// constraint's cut name was the shadow's own.
+#[test]
+fn names_longer_than_postgres_allows_land_in_columns_of_their_own() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    let table = format!("orders_{}", "x".repeat(48)); // 55 bytes
+    let key = format!("k{}", "e".repeat(63)); // 64 bytes
+    let (a1, a2) = (
+        format!("{}1", "a".repeat(63)),
+        format!("{}2", "a".repeat(63)),
+    );
+    let cjk = "数据".repeat(11); // 22 characters, 66 bytes
+    src.sql(&format!(
+        "CREATE TABLE test.{table} (`{key}` int PRIMARY KEY, `{a1}` int, `{a2}` int, `{cjk}` text);
+         INSERT INTO test.{table} VALUES (1, 11, 12, 'one'), (2, 21, 22, 'two')"
+    ))
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-long-names-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &[&table]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    src.sql(&format!(
+        "INSERT INTO test.{table} VALUES (3, 31, 32, 'three'); UPDATE test.{table} SET `{a2}` = 220 WHERE `{key}` = 2"
+    ))
+    .unwrap();
+    // The second start reads the table's columns back and finds each one.
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let landed = || {
+        dest.sql(&format!(
+            "SELECT to_jsonb(t) FROM {table} t ORDER BY 1::text"
+        ))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let row: Value = serde_json::from_str(l).unwrap();
+            let mut values: Vec<String> = row
+                .as_object()
+                .unwrap()
+                .values()
+                .map(Value::to_string)
+                .collect();
+            values.sort();
+            values.join(",")
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+    };
+    let want: std::collections::BTreeSet<String> =
+        ["\"one\",1,11,12", "\"two\",2,21,220", "\"three\",3,31,32"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(landed(), want);
+    let columns = dest
+        .sql(&format!(
+            "SELECT attname FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0"
+        ))
+        .unwrap();
+    assert_eq!(columns.lines().count(), 4, "{columns}");
+    assert!(columns.lines().all(|c| c.len() <= 63), "{columns}");
+
+    // A rebuild through a shadow table swaps in the same rows.
+    let running = crate::backfill::Running::start(&pipeline);
+    crate::backfill::backfill(&pipeline, &["materialization"]);
+    running.stop();
+    assert_eq!(landed(), want);
+
+    // A target no PostgreSQL table can be named is refused at start, naming the limit.
+    let long_target = "t".repeat(64);
+    // The capture's config is a file of its own: the pipeline's one target is the table's.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        &format!("\"target\":\"{table}\""),
+        &format!("\"target\":\"{long_target}\""),
+    );
+    assert!(text.contains(&long_target), "{text}");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = Command::new(workspace_binary("cdc").unwrap())
+        .args(["run"])
+        .arg(&pipeline)
+        .arg("--until-caught-up")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("63 bytes"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

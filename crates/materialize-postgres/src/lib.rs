@@ -246,7 +246,17 @@ impl PgDestination {
             Some((s, n)) => (s.to_string(), n.to_string()),
             None => (self.schema.clone(), binding.table.clone()),
         };
-        let mut columns = Vec::new();
+        for part in [&schema, &name] {
+            if part.len() > sql::MAX_NAME {
+                return Err(self.definite(format!(
+                    "target {:?}: {part:?} is {} bytes, and PostgreSQL cuts a name to {} bytes; name a shorter target",
+                    binding.table,
+                    part.len(),
+                    sql::MAX_NAME
+                )));
+            }
+        }
+        let mut columns: Vec<Column> = Vec::new();
         for c in &binding.schema.columns {
             let known = if binding.schema.connector.contains("postgres") {
                 let ty = c.source_type.clone();
@@ -261,11 +271,30 @@ impl PgDestination {
             if let Some(warning) = &mapped.warning {
                 tracing::warn!(table = %binding.table, column = %c.name, "{warning}");
             }
-            columns.push(Column {
-                name: c.name.clone(),
-                mapped,
-            });
+            let column = Column::new(&c.name, mapped);
+            if let Some(other) = columns.iter().find(|o| o.name == column.name) {
+                return Err(self.definite(format!(
+                    "target {:?}: fields {:?} and {:?} would both be column {:?}; rename one at the source",
+                    binding.table, other.field, column.field, column.name
+                )));
+            }
+            if binding.delta && sql::DELTA_COLUMNS.iter().any(|(n, _)| *n == column.name) {
+                return Err(self.definite(format!(
+                    "target {:?}: field {:?} is a column every delta table adds; rename it at the source, or materialize the collection with standard updates",
+                    binding.table, column.field
+                )));
+            }
+            if column.name != column.field {
+                tracing::info!(table = %binding.table, field = %column.field, column = %column.name, "a field longer than a PostgreSQL name lands in a fitted column");
+            }
+            columns.push(column);
         }
+        let key: Vec<String> = binding
+            .schema
+            .key
+            .iter()
+            .map(|k| sql::fitted(k, ""))
+            .collect();
         Ok(Shape {
             schema,
             name,
@@ -273,11 +302,11 @@ impl PgDestination {
             key: if binding.delta {
                 Vec::new()
             } else {
-                binding.schema.key.clone()
+                key.clone()
             },
             delta: binding.delta,
             reread_key: if binding.delta && binding.skip_unchanged_rereads {
-                binding.schema.key.clone()
+                key
             } else {
                 Vec::new()
             },
@@ -768,7 +797,7 @@ impl Destination for PgDestination {
     fn begin_shadow(&mut self, binding: usize) -> Result<usize> {
         let (shape, target) = self.tables[binding].clone();
         let shadow = Shape {
-            name: format!("{}_cdc_shadow", shape.name),
+            name: sql::fitted(&shape.name, "_cdc_shadow"),
             ..shape
         };
         let (drop, create) = (
@@ -799,8 +828,8 @@ impl Destination for PgDestination {
                 format!(
                     " ALTER TABLE {} RENAME CONSTRAINT {} TO {};",
                     live.qualified(),
-                    sql::ident(&format!("{}_pkey", staged.name)),
-                    sql::ident(&format!("{}_pkey", live.name))
+                    staged.pkey(),
+                    live.pkey()
                 )
             }
         );

@@ -13,6 +13,32 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The longest name PostgreSQL keeps, in bytes (`NAMEDATALEN - 1`); the server cuts a
+/// longer one without a word.
+pub const MAX_NAME: usize = 63;
+
+/// `base` followed by `suffix`, as a name PostgreSQL keeps whole. When it would pass
+/// [`MAX_NAME`], `base` is cut at a character boundary and followed by `_` and eight hex
+/// digits of its CRC-32 before `suffix`: two names that share their first 63 bytes stay
+/// apart, and one name always fits the same way, so a restart finds the column it made.
+/// Left to the server, the cut made two such columns one ("specified more than once"),
+/// made a cut column look missing at every later start, and made a 63-byte table's key
+/// constraint (`<table>_pkey`) the table's own name.
+pub fn fitted(base: &str, suffix: &str) -> String {
+    if base.len() + suffix.len() <= MAX_NAME {
+        return format!("{base}{suffix}");
+    }
+    let mut cut = MAX_NAME - suffix.len() - 9;
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}_{:08x}{suffix}",
+        &base[..cut],
+        crc32fast::hash(base.as_bytes())
+    )
+}
+
 /// `'text'`, quoted as a literal.
 pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -29,10 +55,23 @@ pub const DELTA_COLUMNS: [(&str, &str); 4] = [
 /// A destination column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Column {
-    /// Its name (the source column's).
+    /// The collection field it holds (the source column's name).
+    pub field: String,
+    /// Its name: the field's, [`fitted`] into a PostgreSQL name.
     pub name: String,
     /// Its type and conversion.
     pub mapped: Mapped,
+}
+
+impl Column {
+    /// The column holding `field`, under the field's [`fitted`] name.
+    pub fn new(field: &str, mapped: Mapped) -> Self {
+        Self {
+            field: field.into(),
+            name: fitted(field, ""),
+            mapped,
+        }
+    }
 }
 
 /// A destination table's shape: everything its statements depend on.
@@ -44,12 +83,12 @@ pub struct Shape {
     pub name: String,
     /// Columns in order.
     pub columns: Vec<Column>,
-    /// Key column names (empty: keyless, or delta).
+    /// Key column names, as [`Column::name`] (empty: keyless, or delta).
     pub key: Vec<String>,
     /// A delta table.
     pub delta: bool,
-    /// A delta table's collection key, when re-read rows equal to their key's latest row
-    /// are left out (empty otherwise).
+    /// A delta table's collection key, as [`Column::name`], when re-read rows equal to
+    /// their key's latest row are left out (empty otherwise).
     pub reread_key: Vec<String>,
 }
 
@@ -59,14 +98,14 @@ impl Shape {
         format!("{}.{}", ident(&self.schema), ident(&self.name))
     }
 
-    /// The name of the primary key constraint.
-    fn pkey(&self) -> String {
-        ident(&format!("{}_pkey", self.name))
+    /// The name of the primary key constraint, quoted.
+    pub fn pkey(&self) -> String {
+        ident(&fitted(&self.name, "_pkey"))
     }
 
     /// The value of `column` read from the staged document `d` (a `jsonb` expression).
     fn value(&self, column: &Column, d: &str) -> String {
-        let (field, ty) = (literal(&column.name), &column.mapped.pg_type);
+        let (field, ty) = (literal(&column.field), &column.mapped.pg_type);
         match column.mapped.conversion {
             Conversion::Text => format!("({d}->>{field})::{ty}"),
             // `types::zero_in_date`, in SQL.
@@ -76,8 +115,9 @@ impl Shape {
             Conversion::Json => format!("nullif({d}->{field}, 'null'::jsonb)::{ty}"),
             Conversion::Base64 => format!("decode({d}->>{field}, 'base64')"),
             Conversion::Record => format!(
-                "(jsonb_populate_record(NULL::{}, jsonb_build_object({field}, {d}->{field}))).{}",
+                "(jsonb_populate_record(NULL::{}, jsonb_build_object({}, {d}->{field}))).{}",
                 self.qualified(),
+                literal(&column.name),
                 ident(&column.name)
             ),
         }
@@ -183,7 +223,7 @@ impl Shape {
                 let name = ident(&c.name);
                 format!(
                     "{name} = CASE WHEN s.d ? {} THEN {} ELSE t.{name} END",
-                    literal(&c.name),
+                    literal(&c.field),
                     self.value(c, "s.d")
                 )
             })
@@ -292,7 +332,7 @@ impl Shape {
             cols.push("\"_line\"".into());
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-                ident(&format!("{}_latest", self.name)),
+                ident(&fitted(&self.name, "_latest")),
                 self.qualified(),
                 cols.join(", ")
             )
@@ -452,13 +492,15 @@ mod tests {
     use super::*;
 
     fn shape(key: &[&str], delta: bool) -> Shape {
-        let col = |name: &str, ty: &str, conversion| Column {
-            name: name.into(),
-            mapped: Mapped {
-                pg_type: ty.into(),
-                conversion,
-                warning: None,
-            },
+        let col = |name: &str, ty: &str, conversion| {
+            Column::new(
+                name,
+                Mapped {
+                    pg_type: ty.into(),
+                    conversion,
+                    warning: None,
+                },
+            )
         };
         Shape {
             schema: "public".into(),
@@ -473,6 +515,25 @@ mod tests {
             delta,
             reread_key: Vec::new(),
         }
+    }
+
+    #[test]
+    fn names_are_fitted_into_63_bytes_apart_and_the_same_each_time() {
+        assert_eq!(fitted("orders", "_pkey"), "orders_pkey");
+        let exact = "t".repeat(63);
+        assert_eq!(fitted(&exact, ""), exact);
+        assert_eq!(fitted(&exact, "_pkey").len(), 63);
+        assert_ne!(fitted(&exact, "_pkey"), exact);
+        let (a1, a2) = (
+            format!("{}1", "a".repeat(63)),
+            format!("{}2", "a".repeat(63)),
+        );
+        assert_ne!(fitted(&a1, ""), fitted(&a2, ""));
+        assert_eq!(fitted(&a1, ""), fitted(&a1, ""));
+        let cjk = "数据".repeat(11);
+        let fit = fitted(&cjk, "_cdc_shadow");
+        assert!(fit.len() <= 63 && fit.ends_with("_cdc_shadow"), "{fit}");
+        assert!(fit.starts_with(&"数据".repeat(6)), "{fit}");
     }
 
     #[test]

@@ -220,7 +220,7 @@ fn write_row<'a>(
     let start = out.mark();
     out.begin(shape.columns.len());
     for (i, column) in shape.columns.iter().enumerate() {
-        let ok = cell(i, &column.name).is_some_and(|value| {
+        let ok = cell(i, &column.field).is_some_and(|value| {
             let value = match value {
                 Cell::Str(s)
                     if column.mapped.conversion == Conversion::MysqlDate && zero_in_date(&s) =>
@@ -264,13 +264,15 @@ mod tests {
             name: "t".into(),
             columns: columns
                 .iter()
-                .map(|(n, c)| Column {
-                    name: (*n).into(),
-                    mapped: Mapped {
-                        pg_type: "text".into(),
-                        conversion: *c,
-                        warning: None,
-                    },
+                .map(|(n, c)| {
+                    Column::new(
+                        n,
+                        Mapped {
+                            pg_type: "text".into(),
+                            conversion: *c,
+                            warning: None,
+                        },
+                    )
                 })
                 .collect(),
             key: vec!["id".into()],
