@@ -855,3 +855,84 @@ fn names_longer_than_postgres_allows_land_in_columns_of_their_own() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes a pipeline of one capture of `stream` (the source table's name) landed in the
+/// destination table `target`, in `dir`; returns the pipeline file.
+fn pipeline_to(
+    db: &dyn LiveDb,
+    dest: &PgServer,
+    dir: &Path,
+    stream: &str,
+    target: &str,
+) -> std::path::PathBuf {
+    let path = pipeline(db, dest, dir, &[]);
+    std::fs::write(
+        dir.join("config.json"),
+        json!({"endpoint": db.endpoint(),
+               "bindings": [{"resource": {"namespace": db.namespace(), "stream": stream}, "target": target}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut spec: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    spec["materializations"][0]["bindings"] = json!([{"source": target, "target": target}]);
+    std::fs::write(&path, spec.to_string()).unwrap();
+    path
+}
+
+/// Names that need quoting everywhere (quotes, backquotes, dots, spaces, capitals,
+/// non-ASCII) in the source table's name, its key and its columns: backfilled, then
+/// streamed inserts, updates and deletes, land as the source holds them.
+fn quoted_names_land(db: &dyn LiveDb, dest: &PgServer, q: impl Fn(&str) -> String) {
+    let t = format!("{}.{}", q(db.namespace()), q("Wé\"ird t`ab.le'"));
+    let table = "Wé\"ird t`ab.le'";
+    let (key, col) = ("Ke`y \"A\".b'", "Vál`ue \"x\".y'");
+    db.exec(&format!(
+        "CREATE TABLE {t} ({k} int PRIMARY KEY, {c} text); INSERT INTO {t} ({k}, {c}) VALUES (1, 'one'), (2, 'two')",
+        k = q(key), c = q(col)
+    ))
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "mat-quoted-{}-{}",
+        db.namespace(),
+        std::process::id()
+    ));
+    let pipeline = pipeline_to(db, dest, &dir, table, "quoted");
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    db.exec(&format!(
+        "INSERT INTO {t} ({k}, {c}) VALUES (3, 'three'); UPDATE {t} SET {c} = 'TWO' WHERE {k} = 2; DELETE FROM {t} WHERE {k} = 1",
+        k = q(key), c = q(col)
+    ))
+    .unwrap();
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let rows = dest
+        .sql(&format!(
+            "SELECT \"{}\", \"{}\" FROM quoted ORDER BY 1",
+            key.replace('"', "\"\""),
+            col.replace('"', "\"\"")
+        ))
+        .unwrap();
+    assert_eq!(rows.lines().collect::<Vec<_>>(), ["2|TWO", "3|three"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn quoted_names_land_from_postgres() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    quoted_names_land(&src, &dest, |n| format!("\"{}\"", n.replace('"', "\"\"")));
+}
+
+#[test]
+fn quoted_names_land_from_mariadb() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    quoted_names_land(&src, &dest, |n| format!("`{}`", n.replace('`', "``")));
+}
