@@ -936,3 +936,62 @@ fn quoted_names_land_from_mariadb() {
     };
     quoted_names_land(&src, &dest, |n| format!("`{}`", n.replace('`', "``")));
 }
+
+/// Rows of `table` as `to_jsonb` text, in key order.
+fn jsonb_rows(server: &PgServer, table: &str) -> String {
+    server
+        .sql(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY id"))
+        .unwrap()
+}
+
+/// A column added with a default gives every row already there a value that no change
+/// in the log carries: the table is read again, so the destination's rows take it too,
+/// whether the column came while the capture was stopped (found at start against the
+/// column numbers its backfill read) or while it ran (found in the stream). Before, the
+/// rows already there held NULL downstream, `NOT NULL` column or not, until each was
+/// next written.
+#[test]
+fn a_column_added_with_a_default_reaches_the_rows_already_there() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql("CREATE TABLE ev (id int PRIMARY KEY, v int); INSERT INTO ev SELECT g, g FROM generate_series(1, 3) g")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-default-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["ev"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    // While stopped; and a column that fills nothing, which needs no second read.
+    src.sql("ALTER TABLE ev ADD COLUMN status text NOT NULL DEFAULT 'new', ADD COLUMN note text; INSERT INTO ev VALUES (4, 4, 'four')")
+        .unwrap();
+    let said = cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(jsonb_rows(&dest, "ev"), jsonb_rows(&src, "ev"), "{said}");
+    assert!(said.contains("read again"), "{said}");
+    // While running: found when the table's next change brings its new shape.
+    let running = crate::backfill::Running::start(&pipeline);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Streaming first, so the column comes after the capture read the catalog.
+    src.sql("INSERT INTO ev VALUES (5, 5, 'five')").unwrap();
+    while dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5" {
+        assert!(std::time::Instant::now() < deadline, "nothing streamed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    src.sql("ALTER TABLE ev ADD COLUMN n int DEFAULT 7; UPDATE ev SET v = 10 WHERE id = 4")
+        .unwrap();
+    while jsonb_rows(&dest, "ev") != jsonb_rows(&src, "ev") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never took the new column's value: {} against {}",
+            jsonb_rows(&dest, "ev"),
+            jsonb_rows(&src, "ev")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    running.stop();
+    // Once read again, a restart does not read it a third time.
+    let said = cdc(&["run", "--until-caught-up"], &pipeline);
+    assert!(!said.contains("read again"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

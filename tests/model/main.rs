@@ -188,6 +188,7 @@ fn run_case(
                 } else {
                     vec!["id".into()]
                 },
+                columns: Vec::new(),
             })
             .collect();
         let shutdown = Shutdown::default();
@@ -402,6 +403,24 @@ fn checker_catches_a_merger_that_emits_chunks_without_patching() {
     );
 }
 
+/// A table whose rows take values no change carries (a column added with a default) is
+/// read again when the stream says so; a merger that ignores it leaves the rows stale.
+#[test]
+fn checker_catches_a_merger_that_ignores_rereads() {
+    let (caught, examples) = caught_with(
+        Sabotage {
+            skip_rereads: true,
+            ..Sabotage::default()
+        },
+        100,
+    );
+    eprintln!("ignoring rereads: {caught} of 100 cases caught, e.g. {examples:?}");
+    assert!(
+        caught >= 5,
+        "the checker caught only {caught} of 100 cases with rereads ignored"
+    );
+}
+
 /// SQL Server's chunks (DESIGN.md §7, `source-sqlserver`'s `source.rs`): locking reads row
 /// by row with writes committing in between, a fence after the scan, no witness to check.
 /// Precise-heavy cases with a wide commit-before-visible gap keep every guarantee...
@@ -499,6 +518,7 @@ fn documents_are_flushed_when_the_stream_waits_not_at_the_next_checkpoint() {
         ),
         mode: ResolvedMode::Normal,
         key: vec!["id".into()],
+        columns: Vec::new(),
     }];
     db.borrow_mut().state_keys = vec![state_key("s", "t0", 0)];
     let options = EngineOptions {

@@ -54,6 +54,12 @@ enum SimChange {
     Truncate {
         table: usize,
     },
+    /// The table's rows all take new values that no change carries, as a column added
+    /// with a default gives them; the stream says so with a `Reread`.
+    Rewrite {
+        table: usize,
+        rows: BTreeMap<i64, Row>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -213,6 +219,13 @@ impl SimDb {
                 tables[*table].remove(id);
             }
             SimChange::Truncate { table } => tables[*table].clear(),
+            SimChange::Rewrite { table, rows } => {
+                for (id, row) in rows {
+                    if let Some(stored) = tables[*table].get_mut(id) {
+                        *stored = row.clone();
+                    }
+                }
+            }
         }
     }
 
@@ -227,7 +240,7 @@ impl SimDb {
                     touched.insert((*table, if self.keyless(*table) { -1 } else { *old }));
                     touched.insert((*table, if self.keyless(*table) { -1 } else { *id }));
                 }
-                SimChange::Truncate { table } => {
+                SimChange::Truncate { table } | SimChange::Rewrite { table, .. } => {
                     touched.insert((*table, -1));
                 }
             }
@@ -413,6 +426,16 @@ impl SimDb {
                     before,
                     row,
                 }
+            } else if roll == 98
+                && !self.keyless(t)
+                && self.layout.modes[t] != ResolvedMode::OnlyChanges
+            {
+                // Keyless tables are left out: Without Primary Key is exact only when the
+                // table is not written during its backfill, which a reread cannot wait for;
+                // Only Changes reads no rows by choice.
+                let ids: Vec<i64> = work[t].keys().copied().collect();
+                let rows = ids.into_iter().map(|id| (id, self.row(t, id))).collect();
+                SimChange::Rewrite { table: t, rows }
             } else if roll < 99 {
                 let Some(id) = pick(&mut self.rng) else {
                     continue;
@@ -694,6 +717,11 @@ impl SimDb {
                     bindings: vec![*table],
                     meta,
                 },
+                SimChange::Rewrite { table, .. } => StreamEvent::Reread {
+                    binding: *table,
+                    column_mark: None,
+                    reason: "rewritten".into(),
+                },
             };
             events.push(event);
         }
@@ -758,6 +786,11 @@ impl Oracle for SimDb {
                     SimChange::Truncate { table } if *table == binding && present => {
                         events.push(KeyEvent::Delete);
                         present = false;
+                    }
+                    SimChange::Rewrite { table, rows } if *table == binding && present => {
+                        if let Some(row) = rows.get(&id) {
+                            events.push(KeyEvent::Write(row.to_map()));
+                        }
                     }
                     _ => {}
                 }

@@ -32,6 +32,14 @@ pub trait CatalogColumn {
     fn nullable(&self) -> bool;
     /// How the column orders as a key column (drives Automatic).
     fn ordering(&self) -> KeyOrdering;
+    /// [`ColumnInfo::ordinal`]: none unless the database numbers its columns for good.
+    fn ordinal(&self) -> Option<u64> {
+        None
+    }
+    /// [`ColumnInfo::fills_existing_rows`].
+    fn fills_existing_rows(&self) -> bool {
+        false
+    }
 }
 
 /// What every catalog knows of a table, borrowed from the crate's own table type.
@@ -99,6 +107,8 @@ pub trait CatalogTable {
                     name: c.name().to_string(),
                     type_name: c.type_name().to_string(),
                     nullable: c.nullable(),
+                    ordinal: c.ordinal(),
+                    fills_existing_rows: c.fills_existing_rows(),
                 })
                 .collect(),
             facts: TableFacts {

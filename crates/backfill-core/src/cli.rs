@@ -445,6 +445,7 @@ pub fn resolve_bindings(
                 binding: b.clone(),
                 mode,
                 key,
+                columns: table.columns.clone(),
             })
         })
         .collect()
@@ -617,6 +618,8 @@ mod tests {
                 name: "id".into(),
                 type_name: "bigint".into(),
                 nullable: false,
+                ordinal: None,
+                fills_existing_rows: false,
             }],
             facts: TableFacts {
                 key: key

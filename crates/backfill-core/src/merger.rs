@@ -178,6 +178,8 @@ pub struct Sabotage {
     pub skip_snapshot_check: bool,
     /// Emit Precise chunks without patching changes into them.
     pub skip_patching: bool,
+    /// Ignore [`StreamEvent::Reread`]: leave a rewritten table's rows stale.
+    pub skip_rereads: bool,
 }
 
 impl Default for EngineOptions {
@@ -357,6 +359,7 @@ pub async fn run<S: Source, K: Sink>(
         unacknowledged: None,
         told: None,
         settled: None,
+        rereads: Vec::new(),
     };
     engine.start(&reconciled.truncate).await?;
     let outcome = engine.main_loop(&mut source).await?;
@@ -396,6 +399,10 @@ fn log_start<P: Position>(
     for &i in &reconciled.raised {
         let b = &bindings[i].binding;
         tracing::info!(binding = i, table = %b.table_name(), counter = b.backfill, "backfill counter raised: the table is read again");
+    }
+    for (i, columns) in &reconciled.reread {
+        let b = &bindings[*i].binding;
+        tracing::warn!(binding = i, table = %b.table_name(), ?columns, "columns added since the backfill fill the rows already there, which no change carried: the table is read again (an incremental backfill)");
     }
     for &(i, kept, asked) in &reconciled.mode_kept {
         let b = &bindings[i].binding;
@@ -542,6 +549,10 @@ struct Engine<S: Source, K> {
     /// batches with its capacity: a batch is usually a whole transaction, and growing a
     /// fresh vector to it again for every transaction copied each event about twice.
     batch: Vec<StreamEvent<S::Position>>,
+    /// Bindings the stream said must be read again ([`StreamEvent::Reread`]), applied at
+    /// the top of the main loop, where the stream is between transactions and no chunk is
+    /// in hand: `(binding, column mark, reason)`.
+    rereads: Vec<(usize, Option<u64>, String)>,
 }
 
 impl<S: Source, K: Sink> Engine<S, K> {
@@ -557,12 +568,19 @@ impl<S: Source, K: Sink> Engine<S, K> {
             .expect("every binding has a state entry")
     }
 
+    /// Says that a keyless binding's table is read again: a multiset cannot be re-read
+    /// on top of itself.
+    fn truncate_for_reread(&mut self, b: usize) -> Result<()> {
+        let mut source = self.source_fields(b);
+        source.insert("snapshot".into(), Value::Bool(true));
+        self.out.truncate(b, &source)?;
+        self.dirty = true;
+        Ok(())
+    }
+
     async fn start(&mut self, truncate: &[usize]) -> Result<()> {
         for &b in truncate {
-            let mut source = self.source_fields(b);
-            source.insert("snapshot".into(), Value::Bool(true));
-            self.out.truncate(b, &source)?;
-            self.dirty = true;
+            self.truncate_for_reread(b)?;
         }
         for b in 0..self.specs.len() {
             let entry = self.entry_mut(b);
@@ -584,6 +602,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
         let mut end: Option<S::Position> = None;
         let mut ahead = None;
         loop {
+            // Before the next cycle, so the table's backfill starts over at once.
+            if !self.rereads.is_empty() {
+                self.checkpoint().await?;
+            }
             self.measure_lag(source).await;
             self.acknowledge_committed().await?;
             if self.shutdown.requested() {
@@ -612,6 +634,37 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 self.checkpoint().await?;
             }
         }
+    }
+
+    /// Starts each binding the stream asked to read again over as an incremental backfill
+    /// ([`StreamEvent::Reread`]). Called by every checkpoint before it writes the state:
+    /// no checkpoint can carry a position past a reread without it (MySQL's `ALTER TABLE`
+    /// is read once), the changes delivered before are in the units up to this checkpoint
+    /// and the re-read rows in those after it. A checkpoint is between transactions, so
+    /// the binding's window opens at the delivered position as it does for a counter
+    /// raised at start; its first chunk's snapshot must see the transaction that carried
+    /// the reread ([`Engine::observe`]), like any chunk's.
+    fn apply_rereads(&mut self) -> Result<()> {
+        for (b, mark, reason) in std::mem::take(&mut self.rereads) {
+            let table = self.table_name(b);
+            let entry = self.entry_mut(b);
+            if !entry.rereads_on_rewrite() {
+                if entry.mode == ResolvedMode::OnlyChanges {
+                    tracing::warn!(%table, "{reason}; the binding runs Only Changes, so the rows written before stay as they were downstream (raise its backfill counter to read them)");
+                } else {
+                    // Not started: its backfill reads the table as it is now.
+                    entry.column_mark = mark.or(entry.column_mark);
+                }
+                continue;
+            }
+            entry.read_again(mark);
+            let keyless = entry.mode == ResolvedMode::WithoutPrimaryKey;
+            tracing::warn!(%table, "{reason}: the rows written before hold values no change carried, so the table is read again (an incremental backfill)");
+            if keyless {
+                self.truncate_for_reread(b)?;
+            }
+        }
+        Ok(())
     }
 
     /// Commits the unit in hand unless the last line written is already a checkpoint of the
@@ -672,6 +725,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
 
     async fn checkpoint(&mut self) -> Result<()> {
         debug_assert!(!self.in_txn, "checkpoints never split a transaction");
+        self.apply_rereads()?;
         self.state.position = Some(self.delivered.clone());
         let docs = self.out.docs_in_unit() as u64;
         self.out.checkpoint(&self.state.to_json())?;
@@ -1021,8 +1075,13 @@ impl<S: Source, K: Sink> Engine<S, K> {
             } => {
                 self.advance(position)?;
                 self.in_txn = false;
+                // A table to be read again counts from its `Reread` on: the transaction
+                // that carried it made the rows' new values, and the first chunk's
+                // snapshot must see it. (Before it, the rewrite held the table's lock, so
+                // a snapshot that sees this transaction sees every earlier one that
+                // touched the table.)
                 if let Some(t) = txid
-                    && self.phase_any_backfilling()
+                    && (self.phase_any_backfilling() || !self.rereads.is_empty())
                 {
                     self.unproven_txids.push(*t);
                 }
@@ -1035,6 +1094,17 @@ impl<S: Source, K: Sink> Engine<S, K> {
                         .stream_lag_seconds((now_ms - ts) as f64 / 1000.0);
                 }
                 Ok(true)
+            }
+            StreamEvent::Reread {
+                binding,
+                column_mark,
+                reason,
+            } => {
+                if !self.options.sabotage.skip_rereads {
+                    self.rereads.push((*binding, *column_mark, reason.clone()));
+                    self.dirty = true;
+                }
+                Ok(false)
             }
             StreamEvent::Progress { position } => {
                 if self.in_txn {
@@ -1121,7 +1191,8 @@ impl<S: Source, K: Sink> Engine<S, K> {
                     }
                     StreamEvent::Begin
                     | StreamEvent::Commit { .. }
-                    | StreamEvent::Progress { .. } => {}
+                    | StreamEvent::Progress { .. }
+                    | StreamEvent::Reread { .. } => {}
                 }
             }
             return Ok(());
@@ -1213,7 +1284,10 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 StreamEvent::Truncate { bindings, meta } => {
                     items.push(Item::Truncate(bindings, meta))
                 }
-                StreamEvent::Begin | StreamEvent::Commit { .. } | StreamEvent::Progress { .. } => {}
+                StreamEvent::Begin
+                | StreamEvent::Commit { .. }
+                | StreamEvent::Progress { .. }
+                | StreamEvent::Reread { .. } => {}
             }
         }
         items

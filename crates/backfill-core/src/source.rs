@@ -153,6 +153,20 @@ pub struct ColumnInfo {
     pub type_name: String,
     /// Whether NULL is allowed.
     pub nullable: bool,
+    /// The column's number where the database gives each column one that is never reused
+    /// and grows with each column added (PostgreSQL's `attnum`); `None` where it does not
+    /// (MySQL and MariaDB, whose stream sees each `ALTER TABLE` instead). A binding's state
+    /// keeps the highest one its backfill read ([`crate::state::BindingState::column_mark`]).
+    #[serde(skip)]
+    pub ordinal: Option<u64>,
+    /// Whether rows written before the column was added hold a value in it that no change
+    /// in the log carries: a column added with a default, an identity, or `NOT NULL` where
+    /// the database fills an implicit default. Such a column, added after a binding's
+    /// backfill read the table, leaves every row not written since stale downstream, so
+    /// the binding is read again (DESIGN.md §8: a change the stream cannot follow
+    /// re-backfills the binding).
+    #[serde(skip)]
+    pub fills_existing_rows: bool,
 }
 
 /// A capturable table, as discovery reports it.
@@ -453,6 +467,20 @@ pub enum StreamEvent<P> {
     Progress {
         /// The position reached.
         position: P,
+    },
+    /// The binding's table now holds values no change in the log carries (a column added
+    /// with a default, say): rows the stream will never deliver again are stale
+    /// downstream. The core reads the table again from the next transaction boundary, as
+    /// an incremental backfill that its state counts ([`crate::state::BindingState::rereads`]).
+    /// Delivered anywhere in the stream; a binding whose backfill has not started is left
+    /// as it is, since its backfill reads the table as it is now.
+    Reread {
+        /// The binding.
+        binding: usize,
+        /// The table's highest column ordinal now ([`ColumnInfo::ordinal`]), if it has them.
+        column_mark: Option<u64>,
+        /// Why, for the log (names the column).
+        reason: String,
     },
 }
 

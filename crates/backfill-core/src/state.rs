@@ -26,7 +26,7 @@ use crate::config::Binding;
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::mode::ResolvedMode;
-use crate::source::Position;
+use crate::source::{ColumnInfo, Position};
 
 /// Where a binding is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,13 +60,48 @@ pub struct BindingState {
     /// consumer's progress (percent, ETA) reads it from the checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<u64>,
+    /// The table's highest column ordinal when its backfill started, where the database
+    /// numbers columns for good ([`ColumnInfo::ordinal`]): a column numbered past it was
+    /// added since, and one that fills the rows already there makes the table read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_mark: Option<u64>,
+    /// How often this entry's table was read again because it came to hold values the log
+    /// never carried ([`crate::source::StreamEvent::Reread`]); each read is incremental.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rereads: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl BindingState {
     /// Whether the destination may already hold rows of this table, so Precise must
     /// forward deletes of keys the scanner has not reached yet.
     pub fn incremental(&self) -> bool {
-        self.backfill > 0
+        self.backfill > 0 || self.rereads > 0
+    }
+
+    /// Whether the table is read again when it comes to hold values the log never
+    /// carried: once its backfill has started, and unless it runs Only Changes (which
+    /// reads no rows by choice: the stale rows are then only said).
+    pub fn rereads_on_rewrite(&self) -> bool {
+        self.phase != Phase::Pending && self.mode != ResolvedMode::OnlyChanges
+    }
+
+    /// Starts this entry's backfill over, as an incremental one: its table holds values
+    /// the log never carried.
+    pub fn read_again(&mut self, column_mark: Option<u64>) {
+        *self = BindingState {
+            mode: self.mode,
+            phase: Phase::Pending,
+            cursor: None,
+            rows_done: 0,
+            backfill: self.backfill,
+            estimated_rows: None,
+            column_mark: column_mark.or(self.column_mark),
+            rereads: self.rereads + 1,
+        };
     }
 }
 
@@ -94,6 +129,24 @@ pub struct ResolvedBinding {
     pub mode: ResolvedMode,
     /// Key columns in key order (empty for a keyless table).
     pub key: Vec<String>,
+    /// The table's columns as discovered at start.
+    pub columns: Vec<ColumnInfo>,
+}
+
+impl ResolvedBinding {
+    /// The highest column ordinal of the table, where its database has them.
+    pub fn column_mark(&self) -> Option<u64> {
+        self.columns.iter().filter_map(|c| c.ordinal).max()
+    }
+
+    /// Columns added since `mark` that fill the rows already there.
+    fn filled_since(&self, mark: u64) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter(|c| c.fills_existing_rows && c.ordinal.is_some_and(|o| o > mark))
+            .map(|c| c.name.as_str())
+            .collect()
+    }
 }
 
 /// The outcome of reconciling a loaded state with the config.
@@ -107,6 +160,9 @@ pub struct Reconciled<P> {
     pub truncate: Vec<usize>,
     /// Bindings whose counter was raised since the state was written (re-backfilled now).
     pub raised: Vec<usize>,
+    /// Bindings read again because columns that fill the rows already there were added
+    /// since their backfill started, with those columns' names.
+    pub reread: Vec<(usize, Vec<String>)>,
     /// Bindings whose configured mode now resolves to another mode than their entry runs:
     /// `(binding, mode kept, mode asked for)`. The entry keeps its mode until the counter
     /// is raised, so a backfill never changes its guarantees halfway; the user is told.
@@ -168,6 +224,7 @@ impl<P: Position> State<P> {
                 reset_stream: false,
                 truncate: Vec::new(),
                 raised: Vec::new(),
+                reread: Vec::new(),
                 mode_kept: Vec::new(),
             };
         };
@@ -183,6 +240,7 @@ impl<P: Position> State<P> {
         };
         let reset_stream = !bindings.is_empty() && bindings.iter().all(|b| raised(&b.binding));
         let (mut truncate, mut raised_now, mut mode_kept) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reread = Vec::new();
         let mut entries = BTreeMap::new();
         for (i, b) in bindings.iter().enumerate() {
             let key = b.binding.state_key();
@@ -191,7 +249,26 @@ impl<P: Position> State<P> {
                     if existing.mode != b.mode {
                         mode_kept.push((i, existing.mode, b.mode));
                     }
-                    existing.clone()
+                    let mut entry = existing.clone();
+                    let added: Vec<String> = match existing.column_mark {
+                        Some(mark) if existing.rereads_on_rewrite() => b
+                            .filled_since(mark)
+                            .into_iter()
+                            .map(str::to_string)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    if added.is_empty() {
+                        // Columns added that fill nothing stream as they come.
+                        entry.column_mark = b.column_mark().or(entry.column_mark);
+                    } else {
+                        entry.read_again(b.column_mark());
+                        if b.mode == ResolvedMode::WithoutPrimaryKey {
+                            truncate.push(i);
+                        }
+                        reread.push((i, added));
+                    }
+                    entry
                 }
                 None => {
                     if raised(&b.binding) {
@@ -214,6 +291,7 @@ impl<P: Position> State<P> {
             reset_stream,
             truncate,
             raised: raised_now,
+            reread,
             mode_kept,
         }
     }
@@ -232,6 +310,8 @@ fn fresh_entry(b: &ResolvedBinding) -> BindingState {
         rows_done: 0,
         backfill: b.binding.backfill,
         estimated_rows: None,
+        column_mark: b.column_mark(),
+        rereads: 0,
     }
 }
 
@@ -322,6 +402,7 @@ mod tests {
             ),
             mode,
             key: vec!["id".into()],
+            columns: Vec::new(),
         }
     }
 
@@ -367,6 +448,78 @@ mod tests {
         assert_eq!(r.state.bindings["s.a"].phase, Phase::Active);
         assert_eq!(r.state.bindings["s.k.v1"].phase, Phase::Pending);
         assert!(!r.state.bindings.contains_key("s.k"));
+    }
+
+    fn with_columns(mut b: ResolvedBinding, columns: &[(u64, bool)]) -> ResolvedBinding {
+        b.columns = columns
+            .iter()
+            .map(|&(ordinal, fills)| ColumnInfo {
+                name: format!("c{ordinal}"),
+                type_name: "int".into(),
+                nullable: true,
+                ordinal: Some(ordinal),
+                fills_existing_rows: fills,
+            })
+            .collect();
+        b
+    }
+
+    #[test]
+    fn a_column_added_since_the_backfill_that_fills_the_rows_reads_the_table_again() {
+        let at_backfill = [
+            with_columns(rb("a", 0, ResolvedMode::Precise), &[(1, false), (2, true)]),
+            with_columns(rb("k", 0, ResolvedMode::WithoutPrimaryKey), &[(1, false)]),
+            with_columns(rb("o", 0, ResolvedMode::OnlyChanges), &[(1, false)]),
+        ];
+        let before = active(State::initial(&at_backfill));
+        assert_eq!(before.bindings["s.a"].column_mark, Some(2));
+        // A column that fills nothing (nullable, no default) streams as it comes.
+        let nullable = [
+            with_columns(
+                rb("a", 0, ResolvedMode::Precise),
+                &[(1, false), (2, true), (3, false)],
+            ),
+            at_backfill[1].clone(),
+            at_backfill[2].clone(),
+        ];
+        let r = State::reconcile(Some(before.clone()), &nullable);
+        assert!(r.reread.is_empty());
+        assert_eq!(r.state.bindings["s.a"].phase, Phase::Active);
+        assert_eq!(r.state.bindings["s.a"].column_mark, Some(3));
+        // One with a default, in each binding: read again, incrementally; a keyless table
+        // truncated first; Only Changes reads nothing by choice.
+        let filled = [
+            with_columns(
+                rb("a", 0, ResolvedMode::Precise),
+                &[(1, false), (2, true), (4, true)],
+            ),
+            with_columns(
+                rb("k", 0, ResolvedMode::WithoutPrimaryKey),
+                &[(1, false), (2, true)],
+            ),
+            with_columns(
+                rb("o", 0, ResolvedMode::OnlyChanges),
+                &[(1, false), (2, true)],
+            ),
+        ];
+        let r = State::reconcile(Some(before), &filled);
+        assert_eq!(
+            r.reread,
+            vec![(0, vec!["c4".to_string()]), (1, vec!["c2".to_string()])]
+        );
+        assert_eq!(r.truncate, vec![1]);
+        let a = &r.state.bindings["s.a"];
+        assert_eq!(
+            (a.phase, a.cursor.clone(), a.rereads),
+            (Phase::Pending, None, 1)
+        );
+        assert!(a.incremental());
+        assert_eq!(a.column_mark, Some(4));
+        assert_eq!(r.state.bindings["s.o"].phase, Phase::Active);
+        assert_eq!(r.state.position, Some(Lsn(7)));
+        // Once read again, the same columns are not news.
+        let again = State::reconcile(Some(active(r.state)), &filled);
+        assert!(again.reread.is_empty());
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct Column {
     pub toastable: bool,
     /// How the column orders as a key column.
     pub ordering: KeyOrdering,
+    /// `attnum`: never reused, and larger for each column added.
+    pub attnum: u64,
+    /// Whether the rows already there hold a value in it that no change carried, had it
+    /// been added after them: a default (kept as the table's "missing" value, or written
+    /// by a rewrite) or an identity ([`CatalogColumn::fills_existing_rows`]).
+    pub fills_existing_rows: bool,
 }
 
 /// A capturable table.
@@ -123,6 +129,12 @@ impl CatalogColumn for Column {
     fn ordering(&self) -> KeyOrdering {
         self.ordering
     }
+    fn ordinal(&self) -> Option<u64> {
+        Some(self.attnum)
+    }
+    fn fills_existing_rows(&self) -> bool {
+        self.fills_existing_rows
+    }
 }
 
 impl CatalogTable for Table {
@@ -203,7 +215,8 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
         .query(
             "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, NOT a.attnotnull,
                     CASE WHEN a.attcollation <> 0 THEN (SELECT collname::text FROM pg_collation WHERE oid = a.attcollation) END,
-                    t.typstorage <> 'p', a.attgenerated <> ''
+                    t.typstorage <> 'p', a.attgenerated <> '', a.attnum::int,
+                    a.atthasmissing OR a.atthasdef OR a.attidentity <> ''
                FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
               WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attrelid, a.attnum",
@@ -226,6 +239,8 @@ pub async fn tables(client: &Client) -> Result<Vec<Table>, SourceError> {
                 collation: r.get(5),
                 toastable: r.get(6),
                 ordering: KeyOrdering::Unorderable,
+                attnum: u64::try_from(r.get::<_, i32>(8)).unwrap_or(0),
+                fills_existing_rows: r.get(9),
             });
         }
     }

@@ -938,10 +938,14 @@ impl Source for PgSource {
             bindings
                 .iter()
                 .filter_map(|b| {
-                    self.tables
-                        .iter()
-                        .find(|t| t.table == b.table)
-                        .map(|t| (t.oid, b.index))
+                    self.tables.iter().find(|t| t.table == b.table).map(|t| {
+                        let columns = t.columns.iter().map(|c| c.name.clone());
+                        let bound = crate::stream::BoundTable {
+                            binding: b.index,
+                            columns: columns.chain(t.generated.iter().cloned()).collect(),
+                        };
+                        (t.oid, bound)
+                    })
                 })
                 .collect(),
             start_lsn,

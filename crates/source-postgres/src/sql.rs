@@ -268,6 +268,12 @@ pub fn watermark(past: Option<Lsn>) -> String {
 /// reserve and the client backends already connected.
 pub const FREE_CONNECTIONS: &str = "SELECT (current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'))::bigint";
 
+/// Of the columns named `$2` of table `$1`, those that fill the rows already there (a
+/// default, kept as the table's "missing" value or written by a rewrite, or an identity),
+/// and the table's highest column number (dropped columns included: numbers are never
+/// reused).
+pub const FILLED_COLUMNS: &str = "SELECT ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attname = ANY($2) AND attnum > 0 AND NOT attisdropped AND (atthasmissing OR atthasdef OR attidentity <> '') ORDER BY attnum), (SELECT max(attnum)::int FROM pg_attribute WHERE attrelid = $1)";
+
 /// The server's version number (150004 for 15.4).
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::int";
 

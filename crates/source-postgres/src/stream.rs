@@ -16,7 +16,7 @@
 //! Memory stays bounded for transactions of any size: each message becomes events as it
 //! arrives, and the core writes them out before asking for more.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,18 @@ use crate::catalog::Types;
 use crate::pgoutput::{self, Cell, Message, OldImage};
 use crate::position::{Lsn, PgPosition};
 use crate::replication::{PG_EPOCH_OFFSET_US, ReplMessage, ReplicationConn};
+use crate::sql;
 use crate::value::{self, Kind};
+
+/// A bound table as the stream knows it.
+#[derive(Debug)]
+pub(crate) struct BoundTable {
+    /// Its binding.
+    pub(crate) binding: usize,
+    /// The column names known: the catalog's when the stream opened, and every one a
+    /// `Relation` message brought since.
+    pub(crate) columns: HashSet<String>,
+}
 
 #[derive(Debug)]
 struct RelInfo {
@@ -59,9 +70,9 @@ pub struct PgStream {
     client: Client,
     types: Types,
     bindings: BoundTables,
-    /// The bound tables' OIDs when the stream opened: a rename or a drop-and-recreate is
+    /// The bound tables by OID when the stream opened: a rename or a drop-and-recreate is
     /// noticed, never silently followed or ignored.
-    bound_oids: HashMap<u32, usize>,
+    bound_oids: HashMap<u32, BoundTable>,
     relations: HashMap<u32, RelInfo>,
     txn: Option<Txn>,
     pending: VecDeque<StreamEvent<PgPosition>>,
@@ -80,7 +91,7 @@ impl PgStream {
         client: Client,
         types: Types,
         bindings: &[BindingSpec],
-        bound_oids: HashMap<u32, usize>,
+        bound_oids: HashMap<u32, BoundTable>,
         start: Lsn,
         xid_ref: u64,
         heartbeat: Duration,
@@ -203,7 +214,7 @@ impl PgStream {
             Message::Commit {
                 end_lsn, commit_ts, ..
             } => self.commit(end_lsn, commit_ts)?,
-            Message::Relation(r) => self.relation(r)?,
+            Message::Relation(r) => self.relation(r).await?,
             Message::Insert { rel, new } => self.insert(rel, &new).await?,
             Message::Update { rel, old, new } => self.update(rel, old.as_ref(), &new).await?,
             Message::Delete {
@@ -248,14 +259,17 @@ impl PgStream {
 
     /// A relation's schema: which binding its changes belong to (by OID, checked against
     /// its name: a renamed or recreated bound table stops the capture with the remedy).
-    fn relation(&mut self, r: pgoutput::Relation) -> Result<(), SourceError> {
+    /// A bound table that gained columns which fill the rows already there is read again
+    /// ([`PgStream::filled_columns`]).
+    async fn relation(&mut self, r: pgoutput::Relation) -> Result<(), SourceError> {
         let by_name = self
             .bindings
             .get(&r.namespace, &r.name)
             .map(|b| (b.index, b.key.clone()));
-        let (binding, key) = match (self.bound_oids.get(&r.oid), by_name) {
-            (Some(&i), Some((j, key))) if i == j => (Some(i), key),
-            (Some(&i), _) => {
+        let bound = self.bound_oids.get(&r.oid).map(|t| t.binding);
+        let (binding, key) = match (bound, by_name) {
+            (Some(i), Some((j, key))) if i == j => (Some(i), key),
+            (Some(i), _) => {
                 return Err(Failure::Lost.error(format!(
                     "the table of binding {i} was renamed to {}.{}; point the binding at the new name and raise its backfill counter",
                     r.namespace, r.name
@@ -269,6 +283,26 @@ impl PgStream {
             }
             (None, None) => (None, Vec::new()),
         };
+        if let (Some(i), Some(known)) = (binding, self.bound_oids.get_mut(&r.oid)) {
+            let added: Vec<String> = r
+                .columns
+                .iter()
+                .filter(|c| known.columns.insert(c.name.clone()))
+                .map(|c| c.name.clone())
+                .collect();
+            if !added.is_empty()
+                && let Some((filled, mark)) = self.filled_columns(r.oid, &added).await?
+            {
+                self.pending.push_back(StreamEvent::Reread {
+                    binding: i,
+                    column_mark: Some(mark),
+                    reason: format!(
+                        "{}.{} gained {filled:?} with a default (or an identity)",
+                        r.namespace, r.name
+                    ),
+                });
+            }
+        }
         let columns = r
             .columns
             .iter()
@@ -285,6 +319,26 @@ impl PgStream {
             },
         );
         Ok(())
+    }
+
+    /// Which of the `added` columns of table `oid` fill the rows already there (a default
+    /// the server gives them, an identity), and the table's highest column number now; `None`
+    /// when none does. The catalog is read as it is now: a column dropped since counts as
+    /// not filling, and a default set after the column was added counts as filling (a
+    /// reread more than needed, never one less).
+    async fn filled_columns(
+        &self,
+        oid: u32,
+        added: &[String],
+    ) -> Result<Option<(Vec<String>, u64)>, SourceError> {
+        let row = self
+            .client
+            .query_one(sql::FILLED_COLUMNS, &[&oid, &added])
+            .await
+            .map_err(|e| crate::conn::db_error(e, "reading the columns a table gained"))?;
+        let filled: Vec<String> = row.get(0);
+        let mark: i32 = row.get(1);
+        Ok((!filled.is_empty()).then(|| (filled, u64::try_from(mark).unwrap_or(0))))
     }
 
     /// The relation `rel` and its binding; `None` for a relation no binding reads.

@@ -719,6 +719,7 @@ mod tests {
                 StreamEvent::Commit { .. } => "commit",
                 StreamEvent::Progress { .. } => "progress",
                 StreamEvent::Truncate { .. } => "truncate",
+                StreamEvent::Reread { .. } => "reread",
             })
             .collect();
         assert_eq!(

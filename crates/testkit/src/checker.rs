@@ -473,15 +473,20 @@ fn check_histories(
 ) {
     #[derive(Default)]
     struct Track {
-        epoch: Option<u32>,
+        epoch: Option<(u32, u64)>,
         prev: Option<String>,
         idx: Option<usize>,
         version: Option<String>,
     }
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     let mut histories: HashMap<String, Option<Vec<KeyEvent>>> = HashMap::new();
+    // The last committed checkpoint: how often the entry of a document's counter had its
+    // table read again (`rereads`) as of it. Each reread is an incremental backfill, whose
+    // history starts over like a counter's.
+    let mut last_state: Option<&Value> = None;
     for c in committed {
         match c {
+            Committed::Checkpoint { state, .. } => last_state = Some(state),
             Committed::Truncate { binding, .. } if *binding == b => {
                 for (id, t) in tracks.iter_mut() {
                     if matches!(t.prev.as_deref(), Some("c" | "u")) {
@@ -506,8 +511,17 @@ fn check_histories(
                 ..
             } if *binding == b => {
                 let id = key_identity(&expect.key, row);
-                let epoch = runs[*run].counters.get(b).copied().unwrap_or(0);
-                let incremental = epoch > 0;
+                let counter = runs[*run].counters.get(b).copied().unwrap_or(0);
+                let entry = if counter == 0 {
+                    expect.table.clone()
+                } else {
+                    format!("{}.v{counter}", expect.table)
+                };
+                let rereads = last_state
+                    .and_then(|s| s["bindings"][entry.as_str()]["rereads"].as_u64())
+                    .unwrap_or(0);
+                let epoch = (counter, rereads);
+                let incremental = epoch != (0, 0);
                 let t = tracks.entry(id.clone()).or_default();
                 if t.epoch != Some(epoch) {
                     // The history starts over at the first document after a counter raise.
