@@ -995,3 +995,57 @@ fn a_column_added_with_a_default_reaches_the_rows_already_there() {
     assert!(!said.contains("read again"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same from MariaDB, whose stream reads each `ALTER TABLE ... ADD` where the binlog
+/// has it, whether the capture ran then or reads it later.
+#[test]
+fn a_column_added_with_a_default_reaches_the_rows_already_there_from_mariadb() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql("CREATE TABLE test.ev (id int PRIMARY KEY, v int); INSERT INTO test.ev VALUES (1, 1), (2, 2), (3, 3)")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-default-my-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["ev"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    let landed = || {
+        dest.sql("SELECT id, v, status, n, note FROM ev ORDER BY id")
+            .unwrap_or_else(|e| e.to_string())
+    };
+    // While stopped; and a column that fills nothing.
+    src.sql("ALTER TABLE test.ev ADD COLUMN status varchar(8) NOT NULL DEFAULT 'new', ADD COLUMN note text; INSERT INTO test.ev VALUES (4, 4, 'four', NULL)")
+        .unwrap();
+    let said = cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(
+        dest.sql("SELECT id, v, status FROM ev ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1|1|new\n2|2|new\n3|3|new\n4|4|four",
+        "{said}"
+    );
+    // While running.
+    let running = crate::backfill::Running::start(&pipeline);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    src.sql("INSERT INTO test.ev VALUES (5, 5, 'five', NULL)")
+        .unwrap();
+    while dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5" {
+        assert!(std::time::Instant::now() < deadline, "nothing streamed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    src.sql("ALTER TABLE test.ev ADD COLUMN n int DEFAULT 7")
+        .unwrap();
+    let want = "1|1|new|7|\n2|2|new|7|\n3|3|new|7|\n4|4|four|7|\n5|5|five|7|";
+    while landed().trim() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never took the new column's value: {}",
+            landed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

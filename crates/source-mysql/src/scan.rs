@@ -274,7 +274,7 @@ pub struct MySource {
     helpers: Vec<backfill_core::worker::Worker<Conn>>,
 }
 
-/// The tables read at connect (again when a chunk finds a table changed).
+/// The tables read at connect, and again at each backfill's first chunk.
 impl Catalog for MySource {
     type Table = Table;
 
@@ -608,6 +608,12 @@ impl ChunkScanner for MySource {
     }
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
+        // A backfill's first chunk reads the catalog as it is now: a table read again
+        // because an `ALTER TABLE` gave its rows new columns (`StreamEvent::Reread`) is
+        // read with them.
+        if req.after.is_none() {
+            self.tables = load_tables(&mut self.conn).await?;
+        }
         let scanned = if req.binding.scans_physically() {
             self.scan_keyless(req).await
         } else {

@@ -512,6 +512,20 @@ impl MyStream {
                 )))
             }
             Statement::Write(_) => Ok(false),
+            Statement::AddFilled(name, columns) => {
+                if let Some(binding) = self.bindings.get(&name.0, &name.1).map(|b| b.index) {
+                    // The DDL is followed as any other; the table is read again.
+                    self.pending.push_back(StreamEvent::Reread {
+                        binding,
+                        column_mark: None,
+                        reason: format!(
+                            "{}.{} gained {columns:?} at {at}, with a default (or NOT NULL, an identity, a generation)",
+                            name.0, name.1
+                        ),
+                    });
+                }
+                Ok(false)
+            }
             Statement::Drop(names) => match names.iter().find(|n| bound(n)) {
                 Some((db, table)) => Err(Failure::Lost.error(format!(
                     "{db}.{table} was dropped at {at}: remove its binding, or, once it is created again, raise its `backfill`"
