@@ -1081,7 +1081,7 @@ impl<S: Source, K: Sink> Engine<S, K> {
                 // a snapshot that sees this transaction sees every earlier one that
                 // touched the table.)
                 if let Some(t) = txid
-                    && (self.phase_any_backfilling() || !self.rereads.is_empty())
+                    && (!self.rereads.is_empty() || self.phase_any_backfilling())
                 {
                     self.unproven_txids.push(*t);
                 }

@@ -32,6 +32,9 @@ pub struct Server {
     pub gtid_mode: bool,
     /// MySQL: every GTID the stream has read (see [`crate::scan`]'s docs).
     pub read_through: Arc<Mutex<GtidSet>>,
+    /// Set by the stream when a DDL made it read the catalog again; the scanner then
+    /// reads it again too before a backfill's first chunk (shared with the stream).
+    pub catalog_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The crate's one classifier: a driver error as transient (retry) or definite (stop,
@@ -101,6 +104,7 @@ impl Server {
             flavor,
             gtid_mode,
             read_through: Arc::default(),
+            catalog_changed: Arc::default(),
         })
     }
 }

@@ -274,7 +274,7 @@ pub struct MySource {
     helpers: Vec<backfill_core::worker::Worker<Conn>>,
 }
 
-/// The tables read at connect, and again at each backfill's first chunk.
+/// The tables read at connect, and again at a backfill's first chunk after a DDL.
 impl Catalog for MySource {
     type Table = Table;
 
@@ -608,10 +608,15 @@ impl ChunkScanner for MySource {
     }
 
     async fn scan(&mut self, req: ScanRequest<'_>) -> Result<Chunk<BinlogPosition>, SourceError> {
-        // A backfill's first chunk reads the catalog as it is now: a table read again
-        // because an `ALTER TABLE` gave its rows new columns (`StreamEvent::Reread`) is
-        // read with them.
-        if req.after.is_none() {
+        // A backfill's first chunk after a DDL reads the catalog as it is now: a table
+        // read again because an `ALTER TABLE` gave its rows new columns
+        // (`StreamEvent::Reread`) is read with them.
+        if req.after.is_none()
+            && self
+                .server
+                .catalog_changed
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
             self.tables = load_tables(&mut self.conn).await?;
         }
         let scanned = if req.binding.scans_physically() {

@@ -114,6 +114,8 @@ pub struct MyStream {
     gtids: Option<Gtids>,
     /// MySQL: the set the source waits for before a chunk's snapshot (shared with it).
     read_through: Option<Arc<Mutex<GtidSet>>>,
+    /// Told when a DDL made the stream read the catalog again (shared with the source).
+    catalog_changed: Arc<std::sync::atomic::AtomicBool>,
     /// Until the stream passes it: the start, at or before which nothing is delivered.
     floor: Option<BinlogPosition>,
     /// The position's `file_base` (see [`crate::position`]).
@@ -214,6 +216,7 @@ impl MyStream {
             gtid: None,
             gtids,
             read_through: (server.flavor == Flavor::MySql).then(|| server.read_through.clone()),
+            catalog_changed: server.catalog_changed.clone(),
             floor: mysql_by_gtid.then(|| floor.clone()),
             file_base: at.file_base,
             last_end: at.pos,
@@ -269,6 +272,8 @@ impl MyStream {
     /// Reads the catalog again (after a DDL).
     async fn reload_catalog(&mut self) -> Result<(), SourceError> {
         self.tables = read_catalog(&self.endpoint, &self.bindings).await?;
+        self.catalog_changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
