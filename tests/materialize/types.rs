@@ -1049,3 +1049,54 @@ fn a_column_added_with_a_default_reaches_the_rows_already_there_from_mariadb() {
     running.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A source column widened in place (`varchar(5)` to `varchar(20)`, `numeric(6,2)` to
+/// `numeric(12,4)`, `integer` to `bigint`) widens its destination column the same way, in
+/// place, and the longer values land. Before, the destination kept `varchar(5)`, whose
+/// base type still matched, and the first longer value stopped the materialization for
+/// good ("value too long"); `integer` to `bigint` stopped it with a rebuild as the remedy.
+/// A source column narrowed again keeps its wider destination column, which holds every
+/// value; a change to another kind of type still stops with the remedy (see
+/// `a_new_source_column_is_added_and_a_type_change_stops_with_the_remedy`).
+#[test]
+fn a_widened_source_column_widens_its_destination_column() {
+    let Some(src) = PgServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql("CREATE TABLE wide (id int PRIMARY KEY, s varchar(5), n numeric(6,2), i integer); INSERT INTO wide VALUES (1, 'abc', 1234.5, 7)")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-wide-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["wide"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    src.sql("ALTER TABLE wide ALTER COLUMN s TYPE varchar(20), ALTER COLUMN n TYPE numeric(12,4), ALTER COLUMN i TYPE bigint;
+             INSERT INTO wide VALUES (2, 'a much longer text', 12345678.1234, 9000000000)")
+        .unwrap();
+    let said = cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(
+        jsonb_rows(&dest, "wide"),
+        jsonb_rows(&src, "wide"),
+        "{said}"
+    );
+    let types = |server: &PgServer| {
+        server
+            .sql("SELECT string_agg(format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'wide'::regclass AND attnum > 0")
+            .unwrap()
+    };
+    assert_eq!(types(&dest), types(&src));
+    // Narrower again: the destination column holds every value, and keeps its type.
+    let widened = types(&dest);
+    src.sql("UPDATE wide SET i = 2 WHERE id = 2; ALTER TABLE wide ALTER COLUMN n TYPE numeric(10,2), ALTER COLUMN i TYPE integer; INSERT INTO wide VALUES (3, 'x', 1.5, 1)")
+        .unwrap();
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(types(&dest), widened);
+    assert_eq!(
+        dest.sql("SELECT s, n::text, i FROM wide WHERE id = 3")
+            .unwrap()
+            .trim(),
+        "x|1.5000|1"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

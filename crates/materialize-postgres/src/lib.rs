@@ -129,7 +129,7 @@ fn classify(materialization: &str, what: &str, e: &tokio_postgres::Error) -> Err
             Some("3D000") => "; check endpoint.database",
             Some("3F000") => "; create the schema, or fix endpoint.schema",
             Some(code) if code.starts_with("22") => {
-                "; a value of the collection that the destination column's type cannot hold (the context names the table and column)"
+                "; a value of the collection that the destination column's type cannot hold (the context names the table and column). If its source column was widened, run the materialization again: it widens the destination column at start"
             }
             _ => "",
         };
@@ -320,7 +320,13 @@ impl PgDestination {
     /// position says were applied, so it is loaded from the collection's start. Without
     /// this it was created empty and filled from where the dropped one had stopped, every
     /// earlier row missing; in two transactions, a crash between them would do the same.
-    fn ensure(&mut self, shape: &Shape, target: &str, forget: bool) -> Result<()> {
+    ///
+    /// A column whose collection type the stored one cannot hold is widened in place
+    /// when that keeps every value ([`types::widens`]: `varchar(5)` to `varchar(20)`,
+    /// `integer` to `bigint`); one stored wider than the collection's type is kept, and
+    /// the shape takes the stored type, so rows are written in it. Anything else stops
+    /// with the remedy.
+    fn ensure(&mut self, shape: &mut Shape, target: &str, forget: bool) -> Result<()> {
         let qualified = shape.qualified();
         let q = qualified.clone();
         let existing: Vec<(String, String)> =
@@ -375,7 +381,9 @@ impl PgDestination {
                 )));
             }
         }
-        for column in &shape.columns {
+        let wanted = self.canonical_types(shape)?;
+        for (i, wanted) in wanted.into_iter().enumerate() {
+            let column = &shape.columns[i];
             match existing.iter().find(|(n, _)| n == &column.name) {
                 None => {
                     let add = shape.add_column(column);
@@ -384,22 +392,41 @@ impl PgDestination {
                         client.batch_execute(&add).await
                     })?;
                 }
+                Some((_, stored)) if *stored == wanted => {}
+                Some((_, stored)) if types::widens(stored, &wanted) => {
+                    let alter = shape.widen_column(column, &wanted);
+                    tracing::info!(table = %qualified, column = %column.name, from = %stored, to = %wanted, "widening a column as its source column was");
+                    self.run("widening a column", |client, _| async move {
+                        client.batch_execute(&alter).await
+                    })?;
+                }
+                Some((_, stored)) if types::widens(&wanted, stored) => {
+                    tracing::info!(table = %qualified, column = %column.name, stored = %stored, collection = %wanted, "the column holds every value of its narrower source type: kept");
+                    shape.columns[i].mapped.pg_type = stored.clone();
+                }
                 Some((_, stored)) => {
-                    let ty = column.mapped.pg_type.clone();
-                    let wanted: Option<String> =
-                        self.run("looking up a type", |client, _| async move {
-                            Ok(client.query_one(sql::TYPE_NAME, &[&ty]).await?.get(0))
-                        })?;
-                    if wanted.as_deref() != Some(stored.as_str()) {
-                        return Err(self.definite(format!(
-                            "column {} of {qualified} is {stored} but the collection's column maps to {}; {rebuild}",
-                            column.name, column.mapped.pg_type
-                        )));
-                    }
+                    return Err(self.definite(format!(
+                        "column {} of {qualified} is {stored} but the collection's column maps to {wanted}, which is no wider; {rebuild}",
+                        column.name
+                    )));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Each column type of `shape` as the destination spells it (`format_type` with its
+    /// modifiers), read from a temporary table of those types made and rolled back here:
+    /// `varchar(20)` is `character varying(20)` there.
+    fn canonical_types(&mut self, shape: &Shape) -> Result<Vec<String>> {
+        let probe = shape.type_probe();
+        self.run("reading column types", |client, _| async move {
+            let tx = client.transaction().await?;
+            tx.batch_execute(&probe).await?;
+            let rows = tx.query(sql::TYPE_PROBE_COLUMNS, &[]).await?;
+            tx.rollback().await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
     }
 
     fn write_checkpoints<'c>(
@@ -705,7 +732,8 @@ impl Destination for PgDestination {
                     client.batch_execute(&drop).await
                 })?;
             }
-            self.ensure(&shape, &binding.table, !recreate.contains(&i))?;
+            let mut shape = shape;
+            self.ensure(&mut shape, &binding.table, !recreate.contains(&i))?;
             tables.push((shape, binding.table.clone()));
         }
         self.tables = tables;

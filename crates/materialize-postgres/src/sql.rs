@@ -203,6 +203,31 @@ impl Shape {
         )
     }
 
+    /// `ALTER TABLE ... ALTER COLUMN ... TYPE` to a type that holds every value it has.
+    pub fn widen_column(&self, column: &Column, to: &str) -> String {
+        format!(
+            "ALTER TABLE {} ALTER COLUMN {} TYPE {to}",
+            self.qualified(),
+            ident(&column.name)
+        )
+    }
+
+    /// A temporary table with a column of each of this shape's types, to read back how
+    /// the server spells them ([`TYPE_PROBE_COLUMNS`]); made in a transaction that is
+    /// rolled back.
+    pub fn type_probe(&self) -> String {
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i} {}", c.mapped.pg_type))
+            .collect();
+        format!(
+            "CREATE TEMP TABLE cdc_type_probe ({}) ON COMMIT DROP",
+            columns.join(", ")
+        )
+    }
+
     /// Deletes the staged keys.
     pub fn delete_keys(&self) -> String {
         format!(
@@ -477,8 +502,12 @@ pub fn write_checkpoint(schema: &str) -> String {
     )
 }
 
-/// A table's columns and their types: `$1` the qualified table name.
-pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+/// A table's columns and their types with modifiers: `$1` the qualified table name.
+pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+/// The types of [`Shape::type_probe`]'s table, in column order, as `format_type` spells
+/// them.
+pub const TYPE_PROBE_COLUMNS: &str = "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = 'pg_temp.cdc_type_probe'::regclass AND a.attnum > 0 ORDER BY a.attnum";
 
 /// A table's primary key columns in order: `$1` the qualified table name.
 pub const TABLE_KEY: &str = "SELECT a.attname::text FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a WHERE i.indrelid = to_regclass($1) AND i.indisprimary AND a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n";

@@ -128,6 +128,74 @@ pub fn map(connector: &str, source_type: &str, known_to_destination: bool) -> Ma
     ))
 }
 
+/// Whether a column of PostgreSQL type `from` can become `to` with every value kept, both
+/// as `format_type` writes them: `to` is the same, or a wider integer, a `numeric` with
+/// as many digits before and after the point, `double precision` for `real`, a longer or
+/// unbounded `character varying` (or `text`), a longer `bit varying`, a time stamp or
+/// time of the same zone with as many fractional digits. Anything else (a narrower type,
+/// another kind) is not.
+pub fn widens(from: &str, to: &str) -> bool {
+    if from == to {
+        return true;
+    }
+    // (base with what follows the modifiers, the modifiers)
+    let split = |t: &str| -> (String, Option<Vec<u32>>) {
+        match (t.find('('), t.find(')')) {
+            (Some(open), Some(close)) if open < close => (
+                format!("{}{}", &t[..open], &t[close + 1..]),
+                t[open + 1..close]
+                    .split(',')
+                    .map(|n| n.trim().parse().ok())
+                    .collect(),
+            ),
+            _ => (t.to_string(), None),
+        }
+    };
+    let ((fb, fa), (tb, ta)) = (split(from), split(to));
+    let integer_digits = |t: &str| match t {
+        "smallint" => Some(5),
+        "integer" => Some(10),
+        "bigint" => Some(19),
+        _ => None,
+    };
+    let arg = |a: &Option<Vec<u32>>, i: usize| a.as_ref().and_then(|a| a.get(i).copied());
+    // An unbounded `to` holds everything; a bounded one, what is no longer than it.
+    let longer = |i: usize| match (arg(&fa, i), arg(&ta, i)) {
+        (_, None) => ta.is_none(),
+        (Some(f), Some(t)) => f <= t,
+        (None, Some(_)) => false,
+    };
+    match (fb.as_str(), tb.as_str()) {
+        (f, t) if integer_digits(f).is_some() && integer_digits(t).is_some() => {
+            integer_digits(f) <= integer_digits(t)
+        }
+        (f, "numeric") if integer_digits(f).is_some() => match (arg(&ta, 0), arg(&ta, 1)) {
+            (None, _) => true,
+            (Some(p), s) => {
+                i64::from(p) - i64::from(s.unwrap_or(0))
+                    >= i64::from(integer_digits(f).unwrap_or(u32::MAX))
+            }
+        },
+        ("real", "double precision") | ("character varying", "text") => true,
+        ("character varying", "character varying") | ("bit varying", "bit varying") => longer(0),
+        ("numeric", "numeric") => match (arg(&fa, 0), arg(&ta, 0)) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(fp), Some(tp)) => {
+                let (fs, ts) = (arg(&fa, 1).unwrap_or(0), arg(&ta, 1).unwrap_or(0));
+                ts >= fs && i64::from(tp) - i64::from(ts) >= i64::from(fp) - i64::from(fs)
+            }
+        },
+        (f, t)
+            if f == t
+                && (f.starts_with("timestamp") || f.starts_with("time ") || f == "interval") =>
+        {
+            longer(0)
+        }
+        _ => false,
+    }
+}
+
 /// `name(args) rest` split into the name, the argument text and whether `unsigned` follows.
 fn parts(t: &str) -> (&str, Option<&str>, bool) {
     let unsigned = t.contains("unsigned");
@@ -206,6 +274,52 @@ fn map_sqlserver(t: &str) -> Option<Mapped> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn widening_keeps_every_value_and_nothing_else_passes() {
+        use super::widens;
+        for (from, to) in [
+            ("character varying(5)", "character varying(20)"),
+            ("character varying(5)", "character varying"),
+            ("character varying(5)", "text"),
+            ("numeric(6,2)", "numeric(12,4)"),
+            ("numeric(6,2)", "numeric"),
+            ("integer", "bigint"),
+            ("smallint", "integer"),
+            ("integer", "numeric(10,0)"),
+            ("bigint", "numeric"),
+            ("real", "double precision"),
+            (
+                "timestamp(3) without time zone",
+                "timestamp without time zone",
+            ),
+            ("timestamp(3) with time zone", "timestamp(6) with time zone"),
+            ("bit varying(3)", "bit varying(8)"),
+            ("text", "text"),
+        ] {
+            assert!(widens(from, to), "{from} -> {to}");
+        }
+        for (from, to) in [
+            ("character varying(20)", "character varying(5)"),
+            ("character varying", "character varying(5)"),
+            ("text", "character varying(50)"),
+            ("numeric(12,4)", "numeric(12,2)"),
+            ("numeric(6,2)", "numeric(6,3)"),
+            ("numeric", "numeric(30,10)"),
+            ("bigint", "integer"),
+            ("bigint", "numeric(18,0)"),
+            ("integer", "text"),
+            ("double precision", "real"),
+            ("timestamp without time zone", "timestamp with time zone"),
+            (
+                "timestamp(6) without time zone",
+                "timestamp(3) without time zone",
+            ),
+            ("character(5)", "character(10)"),
+        ] {
+            assert!(!widens(from, to), "{from} -> {to}");
+        }
+    }
+
     use super::*;
 
     fn pg(connector: &str, t: &str) -> String {
