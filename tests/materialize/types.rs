@@ -937,6 +937,16 @@ fn quoted_names_land_from_mariadb() {
     quoted_names_land(&src, &dest, |n| format!("`{}`", n.replace('`', "``")));
 }
 
+/// Polls `check` until it says nothing is left to wait for (`None`), for at most a
+/// minute; panics with its last word (what is still awaited) after that.
+fn within_a_minute(mut check: impl FnMut() -> Option<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Some(awaited) = check() {
+        assert!(std::time::Instant::now() < deadline, "{awaited}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Rows of `table` as `to_jsonb` text, in key order.
 fn jsonb_rows(server: &PgServer, table: &str) -> String {
     server
@@ -971,24 +981,20 @@ fn a_column_added_with_a_default_reaches_the_rows_already_there() {
     assert!(said.contains("read again"), "{said}");
     // While running: found when the table's next change brings its new shape.
     let running = crate::backfill::Running::start(&pipeline);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // Streaming first, so the column comes after the capture read the catalog.
     src.sql("INSERT INTO ev VALUES (5, 5, 'five')").unwrap();
-    while dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5" {
-        assert!(std::time::Instant::now() < deadline, "nothing streamed");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    within_a_minute(|| {
+        (dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5")
+            .then(|| "nothing streamed".into())
+    });
     src.sql("ALTER TABLE ev ADD COLUMN n int DEFAULT 7; UPDATE ev SET v = 10 WHERE id = 4")
         .unwrap();
-    while jsonb_rows(&dest, "ev") != jsonb_rows(&src, "ev") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the destination never took the new column's value: {} against {}",
-            jsonb_rows(&dest, "ev"),
-            jsonb_rows(&src, "ev")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    within_a_minute(|| {
+        let (got, want) = (jsonb_rows(&dest, "ev"), jsonb_rows(&src, "ev"));
+        (got != want).then(|| {
+            format!("the destination never took the new column's value: {got} against {want}")
+        })
+    });
     running.stop();
     // Once read again, a restart does not read it a third time.
     let said = cdc(&["run", "--until-caught-up"], &pipeline);
@@ -1028,24 +1034,20 @@ fn a_column_added_with_a_default_reaches_the_rows_already_there_from_mariadb() {
     );
     // While running.
     let running = crate::backfill::Running::start(&pipeline);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     src.sql("INSERT INTO test.ev VALUES (5, 5, 'five', NULL)")
         .unwrap();
-    while dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5" {
-        assert!(std::time::Instant::now() < deadline, "nothing streamed");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    within_a_minute(|| {
+        (dest.sql("SELECT count(*) FROM ev").unwrap().trim() != "5")
+            .then(|| "nothing streamed".into())
+    });
     src.sql("ALTER TABLE test.ev ADD COLUMN n int DEFAULT 7")
         .unwrap();
     let want = "1|1|new|7|\n2|2|new|7|\n3|3|new|7|\n4|4|four|7|\n5|5|five|7|";
-    while landed().trim() != want {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the destination never took the new column's value: {}",
-            landed()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
+    within_a_minute(|| {
+        let got = landed();
+        (got.trim() != want)
+            .then(|| format!("the destination never took the new column's value: {got}"))
+    });
     running.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
