@@ -549,9 +549,9 @@ struct Engine<S: Source, K> {
     /// batches with its capacity: a batch is usually a whole transaction, and growing a
     /// fresh vector to it again for every transaction copied each event about twice.
     batch: Vec<StreamEvent<S::Position>>,
-    /// Bindings the stream said must be read again ([`StreamEvent::Reread`]), applied at
-    /// the top of the main loop, where the stream is between transactions and no chunk is
-    /// in hand: `(binding, column mark, reason)`.
+    /// Bindings the stream said must be read again ([`StreamEvent::Reread`]), applied by
+    /// the next checkpoint, which is between transactions and after any chunk in hand was
+    /// emitted: `(binding, column mark, reason)`.
     rereads: Vec<(usize, Option<u64>, String)>,
 }
 
