@@ -1102,3 +1102,39 @@ fn a_widened_source_column_widens_its_destination_column() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same from MariaDB, whose types map to spellings of their own (`varchar(n)`,
+/// `numeric(p,s)`): `MODIFY ... VARCHAR(40)` and a wider `DECIMAL` widen the destination's
+/// columns, and the longer values land.
+#[test]
+fn a_widened_mariadb_column_widens_its_destination_column() {
+    let Some(src) = MariaDbServer::start_or_skip() else {
+        return;
+    };
+    let Some(dest) = PgServer::start_or_skip() else {
+        return;
+    };
+    src.sql("CREATE TABLE test.mw (id int PRIMARY KEY, s varchar(5), d decimal(6,2)); INSERT INTO test.mw VALUES (1, 'abc', 1234.5)")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("mat-wide-my-{}", std::process::id()));
+    let pipeline = pipeline(&src, &dest, &dir, &["mw"]);
+    cdc(&["run", "--until-caught-up"], &pipeline);
+    src.sql("ALTER TABLE test.mw MODIFY s varchar(40), MODIFY d decimal(14,4); INSERT INTO test.mw VALUES (2, 'a value longer than five', 1234567890.1234)")
+        .unwrap();
+    let said = cdc(&["run", "--until-caught-up"], &pipeline);
+    assert_eq!(
+        dest.sql("SELECT id, s, d FROM mw ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1|abc|1234.5000\n2|a value longer than five|1234567890.1234",
+        "{said}"
+    );
+    let types = dest
+        .sql("SELECT string_agg(format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'mw'::regclass AND attnum > 0")
+        .unwrap();
+    assert_eq!(
+        types.trim(),
+        "integer, character varying(40), numeric(14,4)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -724,7 +724,7 @@ impl Destination for PgDestination {
         )?;
         let mut tables = Vec::new();
         for (i, binding) in bindings.iter().enumerate() {
-            let shape = self.shape(binding)?;
+            let mut shape = self.shape(binding)?;
             if recreate.contains(&i) {
                 let drop = format!("DROP TABLE IF EXISTS {}", shape.qualified());
                 tracing::info!(table = %shape.qualified(), "dropping the table, as requested, to create it again");
@@ -732,7 +732,6 @@ impl Destination for PgDestination {
                     client.batch_execute(&drop).await
                 })?;
             }
-            let mut shape = shape;
             self.ensure(&mut shape, &binding.table, !recreate.contains(&i))?;
             tables.push((shape, binding.table.clone()));
         }
