@@ -225,17 +225,33 @@ impl Driver for PipelineDriver {
 
     /// The store's committed log as one run: a checkpoint no state equals, the committed
     /// lines in order, and the last committed state.
+    ///
+    /// A read the store answers as unavailable (a JetStream cluster still electing after
+    /// a node came back, on a busy machine) is read again, whole, for up to half a minute:
+    /// the oracle's read is not what the scenario tests.
     fn outputs(&mut self) -> Vec<Vec<String>> {
         let store = self.open_store();
         let mut lines = vec![
             json!({"checkpoint": {"version": 1, "position": null, "bindings": {}}}).to_string(),
         ];
-        lines.extend(
-            store
-                .read(CAPTURE)
-                .expect("the store reads")
-                .map(|l| l.expect("a line")),
-        );
+        let mut attempts = 0;
+        let read = loop {
+            let read: Result<Vec<String>, _> = store.read(CAPTURE).and_then(|mut all| {
+                all.try_fold(Vec::new(), |mut v, l| {
+                    v.push(l?);
+                    Ok(v)
+                })
+            });
+            match read {
+                Err(e) if attempts < 30 => {
+                    attempts += 1;
+                    eprintln!("reading the store again: {e:?}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                read => break read.expect("the store reads"),
+            }
+        };
+        lines.extend(read);
         let state: Value = store
             .committed(CAPTURE)
             .expect("the store reads")
