@@ -20,7 +20,7 @@
 use backfill_core::encode::days_from_civil;
 
 use crate::cell::Cell;
-use crate::types::Conversion;
+use crate::types::{Conversion, base_name};
 
 /// How one column's values are written in binary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,21 +149,6 @@ impl Binary {
             Self::Uuid => !scalar && put(out, uuid(text)),
         }
     }
-}
-
-/// `pg_type` lowercased, without typmods, its words single-spaced.
-fn base_name(pg_type: &str) -> String {
-    let mut name = String::with_capacity(pg_type.len());
-    let mut depth = 0;
-    for c in pg_type.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ if depth == 0 => name.push(c.to_ascii_lowercase()),
-            _ => {}
-        }
-    }
-    name.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn put<const N: usize>(out: &mut Vec<u8>, bytes: Option<[u8; N]>) -> bool {

@@ -138,20 +138,16 @@ pub fn widens(from: &str, to: &str) -> bool {
     if from == to {
         return true;
     }
-    // (base with what follows the modifiers, the modifiers)
-    let split = |t: &str| -> (String, Option<Vec<u32>>) {
-        match (t.find('('), t.find(')')) {
-            (Some(open), Some(close)) if open < close => (
-                format!("{}{}", &t[..open], &t[close + 1..]),
-                t[open + 1..close]
-                    .split(',')
-                    .map(|n| n.trim().parse().ok())
-                    .collect(),
-            ),
-            _ => (t.to_string(), None),
-        }
+    // The modifiers, as numbers (none when absent or not all numbers).
+    let modifiers = |t: &str| -> Option<Vec<u32>> {
+        parts(t)
+            .1?
+            .split(',')
+            .map(|n| n.trim().parse().ok())
+            .collect()
     };
-    let ((fb, fa), (tb, ta)) = (split(from), split(to));
+    let (fb, fa) = (base_name(from), modifiers(from));
+    let (tb, ta) = (base_name(to), modifiers(to));
     let integer_digits = |t: &str| match t {
         "smallint" => Some(5),
         "integer" => Some(10),
@@ -194,6 +190,21 @@ pub fn widens(from: &str, to: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// `pg_type` lowercased, without typmods, its words single-spaced.
+pub(crate) fn base_name(pg_type: &str) -> String {
+    let mut name = String::with_capacity(pg_type.len());
+    let mut depth = 0;
+    for c in pg_type.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => name.push(c.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    name.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `name(args) rest` split into the name, the argument text and whether `unsigned` follows.
