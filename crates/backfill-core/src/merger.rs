@@ -404,6 +404,10 @@ fn log_start<P: Position>(
         let b = &bindings[*i].binding;
         tracing::warn!(binding = i, table = %b.table_name(), ?columns, "columns added since the backfill fill the rows already there, which no change carried: the table is read again (an incremental backfill)");
     }
+    for (i, columns) in &reconciled.unread {
+        let b = &bindings[*i].binding;
+        tracing::warn!(binding = i, table = %b.table_name(), ?columns, "columns added since the binding became active fill the rows already there, which no change carried; the binding runs Only Changes, so those rows stay as they were downstream (raise its backfill counter to read them)");
+    }
     for &(i, kept, asked) in &reconciled.mode_kept {
         let b = &bindings[i].binding;
         tracing::warn!(

@@ -163,6 +163,9 @@ pub struct Reconciled<P> {
     /// Bindings read again because columns that fill the rows already there were added
     /// since their backfill started, with those columns' names.
     pub reread: Vec<(usize, Vec<String>)>,
+    /// Only Changes bindings whose table gained such columns: not read, by the mode's
+    /// choice, only said.
+    pub unread: Vec<(usize, Vec<String>)>,
     /// Bindings whose configured mode now resolves to another mode than their entry runs:
     /// `(binding, mode kept, mode asked for)`. The entry keeps its mode until the counter
     /// is raised, so a backfill never changes its guarantees halfway; the user is told.
@@ -225,6 +228,7 @@ impl<P: Position> State<P> {
                 truncate: Vec::new(),
                 raised: Vec::new(),
                 reread: Vec::new(),
+                unread: Vec::new(),
                 mode_kept: Vec::new(),
             };
         };
@@ -240,7 +244,7 @@ impl<P: Position> State<P> {
         };
         let reset_stream = !bindings.is_empty() && bindings.iter().all(|b| raised(&b.binding));
         let (mut truncate, mut raised_now, mut mode_kept) = (Vec::new(), Vec::new(), Vec::new());
-        let mut reread = Vec::new();
+        let (mut reread, mut unread) = (Vec::new(), Vec::new());
         let mut entries = BTreeMap::new();
         for (i, b) in bindings.iter().enumerate() {
             let key = b.binding.state_key();
@@ -251,16 +255,20 @@ impl<P: Position> State<P> {
                     }
                     let mut entry = existing.clone();
                     let added: Vec<String> = match existing.column_mark {
-                        Some(mark) if existing.rereads_on_rewrite() => b
+                        Some(mark) if existing.phase != Phase::Pending => b
                             .filled_since(mark)
                             .into_iter()
                             .map(str::to_string)
                             .collect(),
                         _ => Vec::new(),
                     };
-                    if added.is_empty() {
-                        // Columns added that fill nothing stream as they come.
+                    if added.is_empty() || !existing.rereads_on_rewrite() {
+                        // Columns added that fill nothing stream as they come; Only
+                        // Changes reads no rows by choice, and is told.
                         entry.column_mark = b.column_mark().or(entry.column_mark);
+                        if !added.is_empty() {
+                            unread.push((i, added));
+                        }
                     } else {
                         entry.read_again(b.column_mark());
                         if b.mode == ResolvedMode::WithoutPrimaryKey {
@@ -292,6 +300,7 @@ impl<P: Position> State<P> {
             truncate,
             raised: raised_now,
             reread,
+            unread,
             mode_kept,
         }
     }
@@ -516,6 +525,7 @@ mod tests {
         assert!(a.incremental());
         assert_eq!(a.column_mark, Some(4));
         assert_eq!(r.state.bindings["s.o"].phase, Phase::Active);
+        assert_eq!(r.unread, vec![(2, vec!["c2".to_string()])]);
         assert_eq!(r.state.position, Some(Lsn(7)));
         // Once read again, the same columns are not news.
         let again = State::reconcile(Some(active(r.state)), &filled);
